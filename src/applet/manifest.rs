@@ -1,0 +1,265 @@
+//! `applet.toml`: parsing and validation. Every problem is reported with its line.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::Diagnostic;
+
+pub const MANIFEST_FILE: &str = "applet.toml";
+
+/// The raw shape of `applet.toml`; unknown keys are rejected by serde.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    params: IndexMap<String, Spanned<ParamSpec>>,
+    #[serde(default)]
+    permissions: IndexMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<Spanned<String>>,
+    cpu: Option<Spanned<String>>,
+    memory: Option<Spanned<String>>,
+}
+
+/// The type of one applet parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Enum,
+    List,
+    HostSelector,
+}
+
+impl ParamType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+            ParamType::Enum => "enum",
+            ParamType::List => "list",
+            ParamType::HostSelector => "host-selector",
+        }
+    }
+}
+
+/// `[params.NAME]` in the manifest.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Allowed values of an `enum` param.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// Item type of a `list` param (default `string`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ParamType>,
+    /// Inclusive bounds for `integer` and `number` params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// A secret param's value is redacted from audit records and logs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+}
+
+/// `[limits]` requested by the applet (capped later by the host's maxima).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RequestedLimits {
+    pub timeout: Option<Duration>,
+    pub cpu: Option<Duration>,
+    pub memory: Option<u64>,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: semver::Version,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub params: IndexMap<String, ParamSpec>,
+    /// Module name -> the scope value as written (checked by the module itself).
+    pub permissions: IndexMap<String, toml::Value>,
+    pub limits: RequestedLimits,
+    /// Line of each permission in applet.toml, for later diagnostics.
+    #[serde(skip)]
+    pub permission_lines: IndexMap<String, usize>,
+}
+
+impl Manifest {
+    /// `name@version`.
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// Parses and validates `applet.toml`. Returns every problem found, each with its line.
+    pub fn parse(source: &str) -> Result<Manifest, Vec<Diagnostic>> {
+        let raw: RawManifest = toml::from_str(source).map_err(|e| {
+            let message = e.message().trim().to_string();
+            vec![match e.span() {
+                Some(span) => Diagnostic::at(MANIFEST_FILE, source, span.start, message),
+                None => Diagnostic::new(MANIFEST_FILE, message),
+            }]
+        })?;
+        let mut errs = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| Diagnostic::at(MANIFEST_FILE, source, span.start, msg);
+
+        if let Err(msg) = validate_name(raw.name.get_ref()) {
+            errs.push(at(raw.name.span(), format!("name: {msg}")));
+        }
+        let version = match semver::Version::parse(raw.version.get_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push(at(raw.version.span(), format!("version `{}` is not semver (like 1.2.0): {e}", raw.version.get_ref())));
+                semver::Version::new(0, 0, 0)
+            }
+        };
+        for tag in &raw.tags {
+            if validate_name(tag.get_ref()).is_err() {
+                errs.push(at(tag.span(), format!("tag `{}` must be lowercase letters, digits and `-`", tag.get_ref())));
+            }
+        }
+        let mut params = IndexMap::new();
+        for (pname, spec) in raw.params {
+            let span = spec.span();
+            let spec = spec.into_inner();
+            if let Err(msg) = validate_param_name(&pname) {
+                errs.push(at(span.clone(), format!("params.{pname}: {msg}")));
+            }
+            if let Err(msg) = validate_param_spec(&spec) {
+                errs.push(at(span, format!("params.{pname}: {msg}")));
+            }
+            params.insert(pname, spec);
+        }
+        let mut permissions = IndexMap::new();
+        let mut permission_lines = IndexMap::new();
+        for (module, scope) in raw.permissions {
+            let span = scope.span();
+            permission_lines.insert(module.clone(), crate::error::line_col(source, span.start).0);
+            if let Err(msg) = crate::modules::check_permission(&module, scope.get_ref()) {
+                errs.push(at(span, format!("permissions.{module}: {msg}")));
+            }
+            permissions.insert(module, scope.into_inner());
+        }
+        let mut limits = RequestedLimits::default();
+        if let Some(t) = &raw.limits.timeout {
+            match parse_duration(t.get_ref()) {
+                Ok(d) => limits.timeout = Some(d),
+                Err(m) => errs.push(at(t.span(), format!("limits.timeout: {m}"))),
+            }
+        }
+        if let Some(t) = &raw.limits.cpu {
+            match parse_duration(t.get_ref()) {
+                Ok(d) => limits.cpu = Some(d),
+                Err(m) => errs.push(at(t.span(), format!("limits.cpu: {m}"))),
+            }
+        }
+        if let Some(m) = &raw.limits.memory {
+            match parse_size(m.get_ref()) {
+                Ok(b) => limits.memory = Some(b),
+                Err(msg) => errs.push(at(m.span(), format!("limits.memory: {msg}"))),
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Manifest {
+            name: raw.name.into_inner(),
+            version,
+            description: raw.description,
+            tags: raw.tags.into_iter().map(Spanned::into_inner).collect(),
+            params,
+            permissions,
+            limits,
+            permission_lines,
+        })
+    }
+}
+
+/// Applet names: 1-64 chars of `[a-z0-9-]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("`{name}` must be 1 to 64 characters long"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(format!("`{name}` may contain only lowercase letters, digits and `-`"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("`{name}` must not start or end with `-`"));
+    }
+    Ok(())
+}
+
+fn validate_param_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok { Ok(()) } else { Err("param names must be identifiers (letters, digits, `_`)".into()) }
+}
+
+fn validate_param_spec(spec: &ParamSpec) -> Result<(), String> {
+    match (spec.ty, &spec.values) {
+        (ParamType::Enum, None) => return Err("an enum param needs `values = [...]`".into()),
+        (ParamType::Enum, Some(v)) if v.is_empty() => return Err("`values` of an enum param must not be empty".into()),
+        (ParamType::Enum, _) => {}
+        (_, Some(_)) => return Err("`values` is only allowed with type = \"enum\"".into()),
+        _ => {}
+    }
+    if spec.items.is_some() && spec.ty != ParamType::List {
+        return Err("`items` is only allowed with type = \"list\"".into());
+    }
+    if matches!(spec.items, Some(ParamType::List | ParamType::Enum)) {
+        return Err("list items must be string, integer, number, boolean or host-selector".into());
+    }
+    if (spec.min.is_some() || spec.max.is_some()) && !matches!(spec.ty, ParamType::Integer | ParamType::Number) {
+        return Err("`min`/`max` are only allowed with integer and number params".into());
+    }
+    if spec.required && spec.default.is_some() {
+        return Err("a required param cannot have a default".into());
+    }
+    if let Some(default) = &spec.default {
+        super::params::check_value(spec, default).map_err(|m| format!("default: {m}"))?;
+    }
+    Ok(())
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}"))
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{s}` is not a size like \"64MiB\": {e}"))
+}

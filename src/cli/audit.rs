@@ -1,0 +1,140 @@
+//! `opslet audit list|show|verify|head`.
+
+use clap::{Args, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::output::Format;
+use super::{EXIT_AUDIT_BROKEN, Global};
+use crate::error::Error;
+use crate::store::audit::{AuditRecord, Filter};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// List audit records, oldest first.
+    List(ListArgs),
+    /// Show one record by sequence number, or every record of a run by run id (or its prefix).
+    Show {
+        /// A sequence number or a run id.
+        id: String,
+    },
+    /// Walk the hash chain; exit 7 and name the first bad record if anything was changed.
+    Verify,
+    /// Print the chain head (record count and last hash) to anchor it elsewhere.
+    Head,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this applet (NAME or NAME@VERSION).
+    #[arg(long)]
+    pub applet: Option<String>,
+    /// Only records made by this caller.
+    #[arg(long)]
+    pub caller: Option<String>,
+    /// Only this status (ok, error, limit_exceeded, interrupted, ...).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this kind (run.start, run.end, action).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only this run (id or prefix).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// From this time: RFC 3339 (2026-11-24T10:00:00Z) or an age like 2h.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time: RFC 3339 or an age like 30m.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
+    let store = global.open_store()?;
+    let audit = store.audit();
+    match cmd {
+        AuditCmd::List(a) => {
+            let filter = Filter {
+                applet: a.applet,
+                actor: a.caller,
+                status: a.status,
+                kind: a.kind,
+                run_id: a.run,
+                since: a.since.as_deref().map(|s| parse_time("--since", s)).transpose()?,
+                until: a.until.as_deref().map(|s| parse_time("--until", s)).transpose()?,
+                limit: Some(a.limit),
+            };
+            let records = audit.list(&filter)?;
+            print_records(&records, a.format);
+            Ok(0)
+        }
+        AuditCmd::Show { id } => {
+            let records = match id.parse::<u64>() {
+                Ok(seq) => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
+                Err(_) => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
+            };
+            if records.is_empty() {
+                return Err(Error::Config(format!("no audit record or run `{id}`")));
+            }
+            println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+            Ok(0)
+        }
+        AuditCmd::Verify => {
+            let report = audit.verify()?;
+            match report.first_bad {
+                None => {
+                    println!("audit log intact: {} records, head {}", report.records, report.head.hash);
+                    Ok(0)
+                }
+                Some((seq, why)) => {
+                    println!("audit log BROKEN at record {seq}: {why}");
+                    Ok(EXIT_AUDIT_BROKEN)
+                }
+            }
+        }
+        AuditCmd::Head => {
+            let head = audit.head()?;
+            println!("{} {}", head.count, head.hash);
+            Ok(0)
+        }
+    }
+}
+
+fn parse_time(flag: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
+        Err(_) => Err(Error::Config(format!("{flag}: `{s}` is neither an RFC 3339 time nor an age like 2h"))),
+    }
+}
+
+fn print_records(records: &[AuditRecord], format: Format) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(records).unwrap_or_default()),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(records).unwrap_or_default()),
+        Format::Table => {
+            let mut t = Table::new();
+            t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+            t.set_header(vec!["seq", "time", "kind", "applet", "caller", "via", "status", "run"]);
+            for r in records {
+                t.add_row(vec![
+                    r.seq.to_string(),
+                    r.time.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    r.kind.clone(),
+                    r.applet.clone().unwrap_or_default(),
+                    r.actor.clone().unwrap_or_default(),
+                    r.via.clone().unwrap_or_default(),
+                    r.status.clone().unwrap_or_default(),
+                    r.run_id.clone().unwrap_or_default(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The `opslet` command line: argument parsing and dispatch, one file per subcommand.
+//! Exit codes are listed in docs/cli.md and come from [`crate::Error::exit_code`].
+
+mod audit;
+mod check;
+mod new;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+use crate::error::Error;
+use crate::store::Store;
+
+/// Exit code when `opslet audit verify` finds a broken chain.
+pub const EXIT_AUDIT_BROKEN: i32 = 7;
+
+#[derive(Parser, Debug)]
+#[command(name = "opslet", version, about = "Sandboxed, audited Lua applets for operations teams")]
+pub struct Cli {
+    /// Where opslet keeps its store (audit log, kv, registry).
+    #[arg(long, global = true, env = "OPSLET_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (default: DATA_DIR/opslet.toml when it exists).
+    #[arg(long, global = true, env = "OPSLET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new applet folder from a template.
+    New(new::NewArgs),
+    /// Validate an applet: manifest, params, permissions and Luau syntax.
+    Check(check::CheckArgs),
+    /// Run an applet folder.
+    Run(run::RunArgs),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Write the Lua type definitions (for luau-lsp) into a folder.
+    Meta {
+        /// Target folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+/// Settings every subcommand shares.
+pub struct Global {
+    pub data_dir: PathBuf,
+    pub config: Config,
+}
+
+impl Global {
+    fn load(cli: &Cli) -> Result<Global, Error> {
+        let data_dir = cli.data_dir.clone().unwrap_or_else(config::default_data_dir);
+        let config = match &cli.config {
+            Some(p) => Config::load(p)?,
+            None => {
+                let p = data_dir.join("opslet.toml");
+                if p.exists() { Config::load(&p)? } else { Config::default() }
+            }
+        };
+        Ok(Global { data_dir, config })
+    }
+
+    /// Opens the store and closes runs left open by processes that died.
+    pub fn open_store(&self) -> Result<Store, Error> {
+        let store = Store::open(&self.data_dir, Duration::from_secs(10))?;
+        store.audit().close_interrupted()?;
+        Ok(store)
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let global = match Global::load(&cli) {
+        Ok(g) => g,
+        Err(e) => return report(&e),
+    };
+    let result = match cli.command {
+        Command::New(args) => new::run(args),
+        Command::Check(args) => check::run(&global, args),
+        Command::Run(args) => run::run(&global, args),
+        Command::Audit(cmd) => audit::run(&global, cmd),
+        Command::Meta { out } => write_meta(&out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &Error) -> i32 {
+    eprintln!("error: {e}");
+    e.exit_code()
+}
+
+/// Lua type definitions bundled into the binary: `opslet meta --out DIR` writes them.
+pub const META_FILES: &[(&str, &str)] = &[
+    ("opslet.d.luau", include_str!("../../stdlib/meta/opslet.d.luau")),
+];
+
+fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
+    std::fs::create_dir_all(out).map_err(|e| Error::Internal(format!("creating {}: {e}", out.display())))?;
+    for (name, text) in META_FILES {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,67 @@
+//! Printing results as a table, JSON or YAML.
+
+use clap::ValueEnum;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Renders a value in the chosen format (ending with a newline, or empty for `nil` as a table).
+pub fn render(v: &Value, format: Format) -> String {
+    match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into())),
+        Format::Yaml => serde_yaml_ng::to_string(v).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n")),
+        Format::Table => render_table(v),
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn new_table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+fn render_table(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_object) => {
+            let mut columns: Vec<String> = Vec::new();
+            for item in items {
+                for k in item.as_object().into_iter().flat_map(|o| o.keys()) {
+                    if !columns.contains(k) {
+                        columns.push(k.clone());
+                    }
+                }
+            }
+            let mut t = new_table();
+            t.set_header(columns.clone());
+            for item in items {
+                t.add_row(columns.iter().map(|c| cell(item.get(c).unwrap_or(&Value::Null))));
+            }
+            format!("{t}\n")
+        }
+        Value::Array(items) => items.iter().map(|i| format!("{}\n", cell(i))).collect(),
+        Value::Object(map) => {
+            let mut t = new_table();
+            t.set_header(vec!["key", "value"]);
+            for (k, v) in map {
+                t.add_row(vec![k.clone(), cell(v)]);
+            }
+            format!("{t}\n")
+        }
+        scalar => format!("{}\n", cell(scalar)),
+    }
+}

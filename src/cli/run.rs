@@ -1,0 +1,165 @@
+//! `opslet run PATH`: run an applet folder once, or on every change with `--watch`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use notify::{RecursiveMode, Watcher};
+
+use super::Global;
+use super::output::{Format, render};
+use crate::applet::AppletPackage;
+use crate::error::Error;
+use crate::runtime::context::{Caller, LogLine, LogSink};
+use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The applet folder.
+    pub path: PathBuf,
+    /// A parameter as NAME=VALUE (repeatable); converted to the param's declared type.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// All parameters as one JSON object; --param values override it.
+    #[arg(long, value_name = "JSON")]
+    pub params_json: Option<String>,
+    /// Tell the applet (ctx.dry_run) and the modules to change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to print the result on stdout.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Re-run whenever a file of the applet changes (Ctrl-C stops).
+    #[arg(long)]
+    pub watch: bool,
+    /// Do not print the applet's log lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the Lua traceback of an applet error.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
+    let params_json = match &args.params_json {
+        None => None,
+        Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            Ok(_) => return Err(Error::Params(vec![crate::error::ParamError { param: "--params-json".into(), message: "must be a JSON object".into() }])),
+            Err(e) => return Err(Error::Params(vec![crate::error::ParamError { param: "--params-json".into(), message: format!("not valid JSON: {e}") }])),
+        },
+    };
+    let mut pairs = Vec::new();
+    for p in &args.params {
+        match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => pairs.push((k.trim().to_string(), v.to_string())),
+            _ => return Err(Error::Params(vec![crate::error::ParamError { param: p.clone(), message: "--param takes NAME=VALUE".into() }])),
+        }
+    }
+    let store = global.open_store()?;
+    let runtime = Runtime::new(&global.config, Some(store))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
+    let cancel = CancelToken::default();
+    {
+        let cancel = cancel.clone();
+        rt.spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
+        let package = Arc::new(AppletPackage::load_dir(&args.path)?);
+        let mut req = RunRequest::new(package, Caller { via: via.into(), ..Caller::cli() });
+        req.params_json = params_json.clone();
+        req.params_pairs = pairs.clone();
+        req.dry_run = args.dry_run;
+        req.cancel = cancel;
+        if !args.quiet {
+            let sink: LogSink = Arc::new(|l: &LogLine| eprintln!("[{}] {}", l.level.name(), l.message));
+            req.log_sink = Some(sink);
+        }
+        let outcome = rt.block_on(runtime.run(req));
+        Ok(report(&outcome, &args))
+    };
+    if !args.watch {
+        return once(cancel, "cli");
+    }
+    watch(&args.path, &cancel, |c| once(c, "watch"))
+}
+
+/// Prints the outcome: the result on stdout, notes and errors on stderr. Returns the exit code.
+fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
+    for note in &outcome.notes {
+        eprintln!("note: {note}");
+    }
+    match &outcome.result {
+        Ok(v) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(render(v, args.format).as_bytes());
+            let _ = out.flush();
+            0
+        }
+        Err(e) => {
+            if args.format == Format::Json && !matches!(e, Error::Params(_) | Error::Applet(_)) {
+                // stdout stays one JSON document even on failure: null.
+                println!("null");
+            }
+            eprintln!("error: {} failed (run {}): {e}", outcome.applet, outcome.run_id);
+            if args.verbose {
+                if let Some(tb) = &outcome.traceback {
+                    eprintln!("{tb}");
+                }
+            }
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs `once` now and after every change below `dir`, until Ctrl-C.
+fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> Result<i32, Error>) -> Result<i32, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove() {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .map_err(|e| Error::Internal(format!("watching {}: {e}", dir.display())))?;
+    watcher.recursive_mode(dir)?;
+    loop {
+        match once(cancel.clone()) {
+            Ok(_) => {}
+            Err(e) => eprintln!("error: {e}"),
+        }
+        eprintln!("-- watching {} for changes (Ctrl-C to stop)", dir.display());
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(0);
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(()) => {
+                    // Let an editor finish writing, then drain the burst of events.
+                    std::thread::sleep(Duration::from_millis(150));
+                    while rx.try_recv().is_ok() {}
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
+            }
+        }
+    }
+}
+
+trait WatchDir {
+    fn recursive_mode(&mut self, dir: &Path) -> Result<(), Error>;
+}
+
+impl<W: Watcher> WatchDir for W {
+    fn recursive_mode(&mut self, dir: &Path) -> Result<(), Error> {
+        self.watch(dir, RecursiveMode::Recursive).map_err(|e| Error::Internal(format!("watching {}: {e}", dir.display())))
+    }
+}

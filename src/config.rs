@@ -1,0 +1,173 @@
+//! `opslet.toml`: host-wide settings. The doc comments on these structs are the reference
+//! (docs/config.md repeats them with examples).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::applet::manifest::{parse_duration, parse_size};
+use crate::error::{Diagnostic, Error};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run limits: defaults for applets that ask for nothing, and maxima nobody can exceed.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The per-applet key-value store.
+    #[serde(default)]
+    pub kv: KvConfig,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[limits]`. Durations are written like `"30s"`, sizes like `"64MiB"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Wall-clock time of a run, async waits included (default 60s).
+    pub timeout: String,
+    /// Upper bound for an applet's own `limits.timeout` (default 1h).
+    pub max_timeout: String,
+    /// CPU time a run may use (default 30s).
+    pub cpu: String,
+    /// Upper bound for an applet's `limits.cpu` (default 10m).
+    pub max_cpu: String,
+    /// Lua heap of a run (default 64MiB).
+    pub memory: String,
+    /// Upper bound for an applet's `limits.memory` (default 1GiB).
+    pub max_memory: String,
+    /// Number of log lines a run may write (default 10000).
+    pub log_lines: usize,
+    /// Total bytes of log output a run may write (default 1MiB).
+    pub log_bytes: String,
+    /// Size of the run's result as JSON (default 8MiB).
+    pub result_bytes: String,
+    /// Nested Lua calls (default 200).
+    pub call_depth: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            timeout: "60s".into(),
+            max_timeout: "1h".into(),
+            cpu: "30s".into(),
+            max_cpu: "10m".into(),
+            memory: "64MiB".into(),
+            max_memory: "1GiB".into(),
+            log_lines: 10_000,
+            log_bytes: "1MiB".into(),
+            result_bytes: "8MiB".into(),
+            call_depth: 200,
+        }
+    }
+}
+
+/// `[kv]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// Total size of one applet's keys and values (default 1MiB).
+    pub max_bytes: String,
+    /// Size of one value (default 64KiB).
+    pub max_value_bytes: String,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { max_bytes: "1MiB".into(), max_value_bytes: "64KiB".into() }
+    }
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Flush the store to disk after recording a run's start, so a run whose process is killed
+    /// still shows as interrupted (default true).
+    pub sync: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { sync: true }
+    }
+}
+
+/// Limits resolved to numbers: the host's defaults and maxima.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLimits {
+    pub timeout: Duration,
+    pub max_timeout: Duration,
+    pub cpu: Duration,
+    pub max_cpu: Duration,
+    pub memory: u64,
+    pub max_memory: u64,
+    pub log_lines: usize,
+    pub log_bytes: u64,
+    pub result_bytes: u64,
+    pub call_depth: usize,
+}
+
+impl Config {
+    /// Reads a config file; a missing file at the default location is an empty config.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading config {}: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, name: &str) -> Result<Config, Error> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let d = match e.span() {
+                Some(span) => Diagnostic::at(name, text, span.start, e.message().trim()),
+                None => Diagnostic::new(name, e.message().trim()),
+            };
+            Error::Config(format!("invalid config: {d}"))
+        })?;
+        cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        Ok(cfg)
+    }
+
+    pub fn host_limits(&self) -> Result<HostLimits, String> {
+        let l = &self.limits;
+        let d = |key: &str, v: &str| parse_duration(v).map_err(|m| format!("limits.{key}: {m}"));
+        let s = |key: &str, v: &str| parse_size(v).map_err(|m| format!("limits.{key}: {m}"));
+        let out = HostLimits {
+            timeout: d("timeout", &l.timeout)?,
+            max_timeout: d("max_timeout", &l.max_timeout)?,
+            cpu: d("cpu", &l.cpu)?,
+            max_cpu: d("max_cpu", &l.max_cpu)?,
+            memory: s("memory", &l.memory)?,
+            max_memory: s("max_memory", &l.max_memory)?,
+            log_lines: l.log_lines,
+            log_bytes: s("log_bytes", &l.log_bytes)?,
+            result_bytes: s("result_bytes", &l.result_bytes)?,
+            call_depth: l.call_depth,
+        };
+        if out.memory < 1024 * 1024 {
+            return Err("limits.memory must be at least 1MiB".into());
+        }
+        if !(16..=20_000).contains(&out.call_depth) {
+            return Err("limits.call_depth must be between 16 and 20000".into());
+        }
+        Ok(out)
+    }
+
+    pub fn kv_limits(&self) -> Result<(u64, u64), String> {
+        let total = parse_size(&self.kv.max_bytes).map_err(|m| format!("kv.max_bytes: {m}"))?;
+        let value = parse_size(&self.kv.max_value_bytes).map_err(|m| format!("kv.max_value_bytes: {m}"))?;
+        Ok((total, value))
+    }
+}
+
+/// Where opslet keeps its data when neither `--data-dir` nor `OPSLET_DATA_DIR` says.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "opslet")
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".opslet"))
+}

@@ -1,0 +1,149 @@
+//! The error type at opslet's edges (CLI today, HTTP later), with the exit code each kind maps to.
+
+use std::fmt;
+
+/// A problem at one place in an applet's files: `file:line:col: message`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { file: file.into(), line: None, column: None, message: message.into() }
+    }
+
+    /// A diagnostic located at byte offset `offset` of `source`.
+    pub fn at(file: impl Into<String>, source: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_col(source, offset);
+        Diagnostic { file: file.into(), line: Some(line), column: Some(column), message: message.into() }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{}:{}: {}", self.file, l, c, self.message),
+            (Some(l), None) => write!(f, "{}:{}: {}", self.file, l, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, column)
+}
+
+/// One bad parameter value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "param `{}`: {}", self.param, self.message)
+    }
+}
+
+/// Which hard limit ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    Cpu,
+    Memory,
+    WallTime,
+    Output,
+    ResultSize,
+    CallDepth,
+}
+
+impl Limit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Cpu => "cpu",
+            Limit::Memory => "memory",
+            Limit::WallTime => "wall-time",
+            Limit::Output => "output",
+            Limit::ResultSize => "result-size",
+            Limit::CallDepth => "call-depth",
+        }
+    }
+}
+
+/// Everything that can go wrong between "the user asked" and "the applet ran".
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The applet folder, manifest or Lua sources are invalid.
+    #[error("invalid applet:\n{}", join_lines(.0))]
+    Applet(Vec<Diagnostic>),
+    /// Parameters do not match the manifest.
+    #[error("invalid params:\n{}", join_lines(.0))]
+    Params(Vec<ParamError>),
+    /// The applet raised an error (or returned something that is not a result).
+    #[error("{0}")]
+    AppletFailed(String),
+    /// A hard limit ended the run.
+    #[error("{message}")]
+    LimitExceeded { limit: Limit, message: String },
+    /// The run was cancelled from outside.
+    #[error("run cancelled")]
+    Cancelled,
+    /// Configuration file problems.
+    #[error("{0}")]
+    Config(String),
+    /// Storage (sled) problems.
+    #[error("{0}")]
+    Store(String),
+    /// Anything else: I/O, bugs in host code.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn join_lines<T: fmt::Display>(items: &[T]) -> String {
+    items.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
+}
+
+impl Error {
+    /// Process exit code for this error (documented in docs/cli.md).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::AppletFailed(_) => 1,
+            Error::Applet(_) | Error::Params(_) | Error::Config(_) => 3,
+            Error::LimitExceeded { .. } => 4,
+            Error::Cancelled => 6,
+            Error::Store(_) | Error::Internal(_) => 5,
+        }
+    }
+
+    /// Short machine-readable kind, used in audit records and JSON error output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Applet(_) => "invalid_applet",
+            Error::Params(_) => "invalid_params",
+            Error::AppletFailed(_) => "applet_error",
+            Error::LimitExceeded { .. } => "limit_exceeded",
+            Error::Cancelled => "cancelled",
+            Error::Config(_) => "config_error",
+            Error::Store(_) => "store_error",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(format!("data store: {e}"))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,15 @@
+//! opslet: sandboxed, audited Lua applets for operations teams.
+//!
+//! See ARCHITECTURE.md for the map. The entry point for running an applet is
+//! [`runtime::Runtime::run`].
+
+pub mod applet;
+pub mod builtins;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod modules;
+pub mod runtime;
+pub mod store;
+
+pub use error::{Error, Result};

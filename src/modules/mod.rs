@@ -1,0 +1,167 @@
+//! Host modules: the capabilities an applet must ask for in `[permissions]`.
+//!
+//! Each module implements [`HostModule`] and is listed once in [`ModuleRegistry::builtin`]. A
+//! module is injected only when the manifest grants it; otherwise its global is a stub whose
+//! every field raises an error naming the missing permission. Modules check their scope on every
+//! call through [`Grant`].
+
+use std::sync::Arc;
+
+use mlua::{Lua, Table};
+
+use crate::runtime::context::RunCtx;
+
+/// Every host module opslet knows by name (some arrive in later versions).
+pub const KNOWN: &[&str] = &["ssh", "zabbix", "es", "netdev", "virt", "ipmi", "cmdb"];
+
+/// One host module.
+pub trait HostModule: Send + Sync {
+    /// The Lua global and the `[permissions]` key.
+    fn name(&self) -> &'static str;
+    /// Checks the manifest's scope value (`ssh = { hosts = [...] }`, `zabbix = ["read"]`).
+    fn check_scope(&self, scope: &toml::Value) -> Result<(), String>;
+    /// Builds the module table for one run.
+    fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table>;
+}
+
+/// The permission an applet holds for one module, checked on each call.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub module: &'static str,
+    pub scope: toml::Value,
+}
+
+impl Grant {
+    /// The listed actions: `["read", "ack"]`, or the `actions` key of a table scope.
+    pub fn actions(&self) -> Vec<String> {
+        let list = match &self.scope {
+            toml::Value::Array(a) => Some(a),
+            toml::Value::Table(t) => t.get("actions").and_then(toml::Value::as_array),
+            _ => None,
+        };
+        list.map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+    }
+
+    /// Fails unless `action` is granted; `function` names the Lua call for the message.
+    pub fn require(&self, function: &str, action: &str) -> mlua::Result<()> {
+        if self.actions().iter().any(|a| a == action || a == "*") {
+            Ok(())
+        } else {
+            Err(mlua::Error::runtime(format!(
+                "{}.{function}: permission denied: the applet's manifest does not grant `{action}` (add it: [permissions] {} = [\"{action}\"])",
+                self.module, self.module
+            )))
+        }
+    }
+
+    /// A list-valued key of a table scope (`hosts`, `commands`, ...).
+    pub fn list(&self, key: &str) -> Vec<String> {
+        match &self.scope {
+            toml::Value::Table(t) => t
+                .get(key)
+                .and_then(toml::Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The set of host modules available in this build.
+#[derive(Clone, Default)]
+pub struct ModuleRegistry {
+    modules: Vec<Arc<dyn HostModule>>,
+}
+
+impl ModuleRegistry {
+    /// The modules compiled into this opslet.
+    pub fn builtin() -> ModuleRegistry {
+        ModuleRegistry { modules: Vec::new() }
+    }
+
+    /// Adds a module (embedding hosts and tests use this to plug in their own).
+    pub fn with(mut self, module: Arc<dyn HostModule>) -> ModuleRegistry {
+        self.modules.retain(|m| m.name() != module.name());
+        self.modules.push(module);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn HostModule>> {
+        self.modules.iter().find(|m| m.name() == name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name()).collect()
+    }
+
+    /// Checks that every permission names a module of this build with a scope it accepts.
+    pub fn check_permissions(&self, manifest: &crate::applet::Manifest) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        for (name, scope) in &manifest.permissions {
+            match self.get(name) {
+                Some(m) => {
+                    if let Err(msg) = m.check_scope(scope) {
+                        errs.push((name.clone(), msg));
+                    }
+                }
+                None => errs.push((name.clone(), self.unavailable(name))),
+            }
+        }
+        errs
+    }
+
+    fn unavailable(&self, name: &str) -> String {
+        let have = self.names();
+        let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
+        if KNOWN.contains(&name) {
+            format!("the `{name}` module is not available in this opslet build (available: {have})")
+        } else {
+            format!("unknown module `{name}` (available: {have})")
+        }
+    }
+
+    /// Sets each module's global: the real table when granted, a stub that explains otherwise.
+    pub fn inject(&self, lua: &Lua, globals: &Table, manifest: &crate::applet::Manifest, ctx: &Arc<RunCtx>) -> mlua::Result<()> {
+        for m in &self.modules {
+            let table = match manifest.permissions.get(m.name()) {
+                Some(scope) => m.register(lua, Grant { module: m.name(), scope: scope.clone() }, ctx)?,
+                None => stub(lua, m.name(), format!("permission denied: this applet does not declare the `{0}` permission (add `{0} = ...` under [permissions] in applet.toml)", m.name()))?,
+            };
+            globals.raw_set(m.name(), table)?;
+        }
+        for name in KNOWN.iter().filter(|n| self.get(n).is_none()) {
+            globals.raw_set(*name, stub(lua, name, self.unavailable(name))?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A table whose every field access raises `module.field: why`.
+fn stub(lua: &Lua, module: &'static str, why: String) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    let mt = lua.create_table()?;
+    mt.set(
+        "__index",
+        lua.create_function(move |_, (_t, key): (Table, mlua::Value)| -> mlua::Result<()> {
+            let key = crate::builtins::log::display(&key);
+            Err(mlua::Error::runtime(format!("{module}.{key}: {why}")))
+        })?,
+    )?;
+    t.set_metatable(Some(mt))?;
+    Ok(t)
+}
+
+/// Shape check done while parsing a manifest: `true`, a list of action names, or a table.
+pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String> {
+    let ident = !module.is_empty() && module.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ident {
+        return Err(format!("`{module}` is not a module name"));
+    }
+    match scope {
+        toml::Value::Boolean(true) => Ok(()),
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(()),
+        toml::Value::Array(_) => Err("a list of actions must contain only strings, like [\"read\"]".into()),
+        toml::Value::Table(_) => Ok(()),
+        _ => Err("expected true, a list of actions like [\"read\"], or a table like { hosts = [\"group:web\"] }".into()),
+    }
+}

@@ -1,0 +1,163 @@
+//! `RunCtx`: everything host code needs to know about the run it serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::limits::Guard;
+use super::redact::Redactor;
+use crate::error::Limit;
+use crate::store::Store;
+use crate::store::audit::{AuditEvent, AuditLog};
+
+/// Who started a run, and through which door.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Caller {
+    /// User name (OS user for the CLI, account for HTTP).
+    pub user: String,
+    /// `cli`, `http`, `hook`, `watch`, ...
+    pub via: String,
+}
+
+impl Caller {
+    pub fn cli() -> Caller {
+        Caller { user: os_user(), via: "cli".into() }
+    }
+}
+
+/// The name of the user running this process.
+pub fn os_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(passwd_name)
+}
+
+/// The login name of the effective uid from the passwd database, or `uid:N`.
+fn passwd_name() -> String {
+    // SAFETY: geteuid has no preconditions; getpwuid returns NULL or a pointer to a static
+    // record whose pw_name is a NUL-terminated string, copied out before any other call.
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid:{uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+    }
+}
+
+/// Severity of an applet log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// One line an applet logged.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LogLine {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub level: Level,
+    pub message: String,
+}
+
+/// Receives log lines as they are written (CLI prints them, HTTP streams them).
+pub type LogSink = Arc<dyn Fn(&LogLine) + Send + Sync>;
+
+#[derive(Default)]
+pub(crate) struct LogBuf {
+    pub lines: Vec<LogLine>,
+    pub bytes: u64,
+}
+
+/// Per-run state shared by the sandbox and every module.
+pub struct RunCtx {
+    pub run_id: String,
+    pub applet: String,
+    pub version: String,
+    pub hash: String,
+    pub caller: Caller,
+    pub dry_run: bool,
+    pub guard: Arc<Guard>,
+    pub redactor: Redactor,
+    pub store: Option<Store>,
+    pub(crate) logs: Mutex<LogBuf>,
+    pub(crate) sink: Option<LogSink>,
+    /// kv writes of a dry run stay here and are dropped at the end.
+    pub(crate) kv_overlay: Mutex<HashMap<String, Option<Vec<u8>>>>,
+    pub(crate) kv_limits: (u64, u64),
+}
+
+impl RunCtx {
+    /// Appends a log line, enforcing the output limit. Secrets are redacted first.
+    pub fn log(&self, level: Level, message: &str) -> mlua::Result<()> {
+        const MAX_LINE: usize = 64 * 1024;
+        let mut message = self.redactor.apply(message).into_owned();
+        if message.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" [line truncated]");
+        }
+        let line = LogLine { time: chrono::Utc::now(), level, message };
+        {
+            let mut logs = self.logs.lock();
+            let limits = &self.guard.limits;
+            if logs.lines.len() >= limits.log_lines || logs.bytes + line.message.len() as u64 > limits.log_bytes {
+                return Err(self.guard.trip(Limit::Output));
+            }
+            logs.bytes += line.message.len() as u64;
+            logs.lines.push(line.clone());
+        }
+        if let Some(sink) = &self.sink {
+            sink(&line);
+        }
+        Ok(())
+    }
+
+    pub fn take_logs(&self) -> Vec<LogLine> {
+        std::mem::take(&mut self.logs.lock().lines)
+    }
+
+    /// The audit log, when the run has a store.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.store.as_ref().map(Store::audit)
+    }
+
+    /// Records one action a module took on a target (a host, a device, an API object).
+    pub fn record_action(&self, module: &str, action: &str, target: &str, ok: bool, detail: serde_json::Value) -> Result<(), crate::error::Error> {
+        let Some(audit) = self.audit() else { return Ok(()) };
+        let detail = self.redactor.apply_json(detail);
+        audit
+            .append(AuditEvent {
+                kind: "action".into(),
+                run_id: Some(self.run_id.clone()),
+                actor: Some(self.caller.user.clone()),
+                via: Some(self.caller.via.clone()),
+                applet: Some(format!("{}@{}", self.applet, self.version)),
+                status: Some(if ok { "ok" } else { "error" }.into()),
+                data: serde_json::json!({ "module": module, "action": action, "target": target, "dry_run": self.dry_run, "detail": detail }),
+            })
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,465 @@
+//! Running an applet: params, limits, the sandboxed state, the result, and the audit records
+//! around it. `Runtime::run` is the one entry point every trigger (CLI, HTTP, watch) goes through.
+
+pub mod context;
+pub mod convert;
+pub mod limits;
+pub mod redact;
+pub mod sandbox;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use mlua::chunk::{ChunkMode, Compiler};
+use mlua::{Function, Value as LuaValue};
+use serde_json::{Map, Value, json};
+
+use crate::applet::{AppletPackage, params};
+use crate::config::{Config, HostLimits};
+use crate::error::{Diagnostic, Error, Limit};
+use crate::modules::ModuleRegistry;
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+use context::{Caller, LogLine, LogSink, RunCtx};
+use convert::ConvertError;
+use limits::{Guard, RunLimits};
+use redact::Redactor;
+
+/// Compiles Luau source to bytecode; a syntax error becomes `path:line: message`.
+pub fn compile(path: &str, src: &[u8]) -> Result<Vec<u8>, Diagnostic> {
+    Compiler::new().set_optimization_level(1).set_debug_level(1).compile(src).map_err(|e| {
+        let msg = match &e {
+            mlua::Error::SyntaxError { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        syntax_diagnostic(path, &msg)
+    })
+}
+
+/// Luau reports `:LINE: message` or `chunk:LINE: message`; pull the line out.
+fn syntax_diagnostic(path: &str, msg: &str) -> Diagnostic {
+    let mut parts = msg.splitn(3, ':');
+    let (_, line, rest) = (parts.next(), parts.next(), parts.next());
+    match (line.and_then(|l| l.trim().parse::<usize>().ok()), rest) {
+        (Some(line), Some(rest)) => Diagnostic { file: path.to_string(), line: Some(line), column: None, message: rest.trim().to_string() },
+        _ => Diagnostic::new(path, msg.trim()),
+    }
+}
+
+/// Cancels a run from another thread or task.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.0.store(true, Ordering::Release);
+        self.0.1.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.0.load(Ordering::Acquire)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What to run, for whom.
+pub struct RunRequest {
+    pub package: Arc<AppletPackage>,
+    /// Typed params (`--params-json`, an HTTP body).
+    pub params_json: Option<Map<String, Value>>,
+    /// `--param k=v` strings, applied on top of `params_json`.
+    pub params_pairs: Vec<(String, String)>,
+    pub caller: Caller,
+    pub dry_run: bool,
+    pub log_sink: Option<LogSink>,
+    /// Extra values to redact from logs, errors and results.
+    pub secrets: Vec<String>,
+    pub cancel: CancelToken,
+}
+
+impl RunRequest {
+    pub fn new(package: Arc<AppletPackage>, caller: Caller) -> RunRequest {
+        RunRequest {
+            package,
+            params_json: None,
+            params_pairs: Vec::new(),
+            caller,
+            dry_run: false,
+            log_sink: None,
+            secrets: Vec::new(),
+            cancel: CancelToken::default(),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Ok,
+    Error,
+    LimitExceeded,
+    InvalidParams,
+    InvalidApplet,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Error => "error",
+            RunStatus::LimitExceeded => "limit_exceeded",
+            RunStatus::InvalidParams => "invalid_params",
+            RunStatus::InvalidApplet => "invalid_applet",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Everything a trigger needs to report a run.
+pub struct RunOutcome {
+    pub run_id: String,
+    pub applet: String,
+    pub hash: String,
+    pub status: RunStatus,
+    pub result: Result<Value, Error>,
+    /// Lua stack traceback of an applet error, when there is one.
+    pub traceback: Option<String>,
+    pub logs: Vec<LogLine>,
+    pub duration: Duration,
+    pub cpu: Duration,
+    pub limits: RunLimits,
+    /// Limits the applet asked for that the host capped.
+    pub notes: Vec<String>,
+}
+
+/// The applet runner: config, host modules and the store.
+#[derive(Clone)]
+pub struct Runtime {
+    host_limits: HostLimits,
+    kv_limits: (u64, u64),
+    audit_sync: bool,
+    modules: ModuleRegistry,
+    store: Option<Store>,
+}
+
+impl Runtime {
+    pub fn new(config: &Config, store: Option<Store>) -> Result<Runtime, Error> {
+        Ok(Runtime {
+            host_limits: config.host_limits().map_err(Error::Config)?,
+            kv_limits: config.kv_limits().map_err(Error::Config)?,
+            audit_sync: config.audit.sync,
+            modules: ModuleRegistry::builtin(),
+            store,
+        })
+    }
+
+    /// Adds or replaces a host module.
+    pub fn with_module(mut self, module: Arc<dyn crate::modules::HostModule>) -> Runtime {
+        self.modules = self.modules.with(module);
+        self
+    }
+
+    pub fn modules(&self) -> &ModuleRegistry {
+        &self.modules
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Runs an applet to the end. Never panics and never returns early without recording the
+    /// run's end in the audit log (when there is a store).
+    pub async fn run(&self, req: RunRequest) -> RunOutcome {
+        let t0 = Instant::now();
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let package = Arc::clone(&req.package);
+        let manifest = &package.manifest;
+        let applet_id = manifest.id();
+        let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
+        let params = params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs);
+
+        let mut secrets = req.secrets.clone();
+        if let Ok(p) = &params {
+            for (name, spec) in &manifest.params {
+                if spec.secret {
+                    collect_strings(p.get(name), &mut secrets);
+                }
+            }
+        }
+        let redactor = Redactor::new(secrets);
+        let audit_params = match &params {
+            Ok(p) => Value::Object(params::redacted(manifest, p)),
+            Err(_) => Value::Null,
+        };
+
+        let outcome = |status: RunStatus, result: Result<Value, Error>, traceback, logs, cpu| RunOutcome {
+            run_id: run_id.clone(),
+            applet: applet_id.clone(),
+            hash: package.hash.clone(),
+            status,
+            result,
+            traceback,
+            logs,
+            duration: t0.elapsed(),
+            cpu,
+            limits: limits.clone(),
+            notes: notes.clone(),
+        };
+
+        if let Some(store) = &self.store {
+            let start = store.audit().append(AuditEvent {
+                kind: "run.start".into(),
+                run_id: Some(run_id.clone()),
+                actor: Some(req.caller.user.clone()),
+                via: Some(req.caller.via.clone()),
+                applet: Some(applet_id.clone()),
+                status: None,
+                data: json!({ "hash": package.hash, "params": audit_params, "dry_run": req.dry_run, "limits": limits, "pid": std::process::id() }),
+            });
+            let synced = start.and_then(|_| if self.audit_sync { store.flush() } else { Ok(()) });
+            if let Err(e) = synced {
+                let err = Error::Store(format!("refusing to run {applet_id}: cannot record the run in the audit log: {e}"));
+                return outcome(RunStatus::Error, Err(err), None, Vec::new(), Duration::ZERO);
+            }
+        }
+
+        let guard = Guard::new(limits.clone());
+        let ctx = Arc::new(RunCtx {
+            run_id: run_id.clone(),
+            applet: manifest.name.clone(),
+            version: manifest.version.to_string(),
+            hash: package.hash.clone(),
+            caller: req.caller.clone(),
+            dry_run: req.dry_run,
+            guard: Arc::clone(&guard),
+            redactor,
+            store: self.store.clone(),
+            logs: Default::default(),
+            sink: req.log_sink.clone(),
+            kv_overlay: Default::default(),
+            kv_limits: self.kv_limits,
+        });
+
+        let (result, traceback) = match params {
+            Err(errs) => (Err(Error::Params(errs)), None),
+            Ok(p) => match package.check_modules(&self.modules) {
+                Err(e) => (Err(e), None),
+                Ok(()) => self.execute(&ctx, &package, p, &req.cancel).await,
+            },
+        };
+        let cpu = guard.cpu_used();
+        let logs = ctx.take_logs();
+        let (result, traceback) = match result {
+            Ok(v) => (Ok(ctx.redactor.apply_json(v)), None),
+            Err(Error::AppletFailed(m)) => (Err(Error::AppletFailed(ctx.redactor.apply(&m).into_owned())), traceback.map(|t| ctx.redactor.apply(&t).into_owned())),
+            Err(e) => (Err(e), traceback),
+        };
+        let status = match &result {
+            Ok(_) => RunStatus::Ok,
+            Err(Error::Params(_)) => RunStatus::InvalidParams,
+            Err(Error::Applet(_)) => RunStatus::InvalidApplet,
+            Err(Error::LimitExceeded { .. }) => RunStatus::LimitExceeded,
+            Err(Error::Cancelled) => RunStatus::Cancelled,
+            Err(_) => RunStatus::Error,
+        };
+        let mut out = outcome(status, result, traceback, logs, cpu);
+
+        if let Some(store) = &self.store {
+            let mut data = json!({ "duration_ms": out.duration.as_millis() as u64, "cpu_ms": cpu.as_millis() as u64, "log_lines": out.logs.len() });
+            match &out.result {
+                Ok(v) => {
+                    let bytes = serde_json::to_vec(v).unwrap_or_default();
+                    data["result_sha256"] = json!(hex::encode(sha2::Sha256::digest(&bytes)));
+                    data["result_bytes"] = json!(bytes.len());
+                }
+                Err(e) => {
+                    data["error"] = json!(e.to_string());
+                    data["error_kind"] = json!(e.kind());
+                    if let Error::LimitExceeded { limit, .. } = e {
+                        data["limit"] = json!(limit);
+                    }
+                }
+            }
+            let end = store.audit().append(AuditEvent {
+                kind: "run.end".into(),
+                run_id: Some(run_id.clone()),
+                actor: Some(req.caller.user.clone()),
+                via: Some(req.caller.via.clone()),
+                applet: Some(applet_id.clone()),
+                status: Some(status.name().into()),
+                data,
+            });
+            if let Err(e) = end {
+                out.notes.push(format!("the run's end could not be recorded in the audit log: {e}"));
+            }
+        }
+        out
+    }
+
+    async fn execute(&self, ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, params: Map<String, Value>, cancel: &CancelToken) -> (Result<Value, Error>, Option<String>) {
+        let guard = Arc::clone(&ctx.guard);
+        guard.start_cpu_clock();
+        // Cancellation reaches CPU-bound Lua through the interrupt.
+        let watcher = {
+            let (guard, cancel) = (Arc::clone(&guard), cancel.clone());
+            async move {
+                cancel.cancelled().await;
+                guard.cancel();
+            }
+        };
+        let body = AssertUnwindSafe(async {
+            let (lua, array_mt) = sandbox::new_state(ctx, package, &self.modules).map_err(|e| Failure::Host(format!("creating the sandbox: {e}")))?;
+            let main = package.bytecode.get(crate::applet::MAIN_FILE).ok_or_else(|| Failure::Host("main.lua is not compiled".into()))?;
+            let chunk = lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
+            let entry: LuaValue = chunk.call_async(()).await.map_err(Failure::Lua)?;
+            let LuaValue::Function(entry) = entry else {
+                return Err(Failure::Shape(format!("main.lua must return a function (`return function(params, ctx) ... end`), but it returned {}", entry.type_name())));
+            };
+            let params_t = convert::to_lua(&lua, &Value::Object(params), &array_mt).map_err(Failure::Lua)?;
+            let ctx_t = ctx_table(&lua, ctx).map_err(Failure::Lua)?;
+            let result: LuaValue = call_entry(&entry, params_t, ctx_t).await.map_err(Failure::Lua)?;
+            match convert::to_json(&result, guard.limits.result_bytes) {
+                Ok(v) => Ok(v),
+                Err(ConvertError::TooLarge(_)) => {
+                    guard.trip(Limit::ResultSize);
+                    Err(Failure::Limit)
+                }
+                Err(ConvertError::Invalid(m)) => Err(Failure::Shape(format!("the result cannot be returned: {m}"))),
+            }
+        })
+        .catch_unwind();
+        let timed = tokio::time::timeout(guard.limits.timeout, body);
+        let res = tokio::select! {
+            r = timed => r,
+            _ = watcher => return (Err(Error::Cancelled), None),
+        };
+        let failure = match res {
+            Ok(Ok(Ok(v))) => return (Ok(v), None),
+            Err(_elapsed) => {
+                guard.trip(Limit::WallTime);
+                Failure::Limit
+            }
+            Ok(Err(panic)) => Failure::Host(format!("host code panicked: {}", panic_message(&panic))),
+            Ok(Ok(Err(f))) => f,
+        };
+        if let Some(limit) = guard.tripped() {
+            return (Err(Error::LimitExceeded { limit, message: guard.limits.describe(limit) }), None);
+        }
+        if guard.is_cancelled() {
+            return (Err(Error::Cancelled), None);
+        }
+        match failure {
+            Failure::Lua(mlua::Error::MemoryError(_)) => (Err(Error::LimitExceeded { limit: Limit::Memory, message: guard.limits.describe(Limit::Memory) }), None),
+            Failure::Lua(e) => {
+                let (msg, tb) = describe_lua_error(&e);
+                (Err(Error::AppletFailed(msg)), tb)
+            }
+            Failure::Shape(m) => (Err(Error::AppletFailed(m)), None),
+            Failure::Host(m) => (Err(Error::Internal(m)), None),
+            Failure::Limit => (Err(Error::Internal("a limit was reported but not recorded".into())), None),
+        }
+    }
+}
+
+use sha2::Digest;
+
+enum Failure {
+    Lua(mlua::Error),
+    Shape(String),
+    Host(String),
+    Limit,
+}
+
+async fn call_entry(entry: &Function, params: LuaValue, ctx: mlua::Table) -> mlua::Result<LuaValue> {
+    let mut results: mlua::MultiValue = entry.call_async((params, ctx)).await?;
+    Ok(results.pop_front().unwrap_or(LuaValue::Nil))
+}
+
+fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
+    let t = lua.create_table()?;
+    t.raw_set("run_id", ctx.run_id.as_str())?;
+    t.raw_set("applet", ctx.applet.as_str())?;
+    t.raw_set("version", ctx.version.as_str())?;
+    t.raw_set("applet_id", format!("{}@{}", ctx.applet, ctx.version))?;
+    t.raw_set("hash", ctx.hash.as_str())?;
+    t.raw_set("caller", ctx.caller.user.as_str())?;
+    t.raw_set("via", ctx.caller.via.as_str())?;
+    t.raw_set("dry_run", ctx.dry_run)?;
+    t.set_readonly(true);
+    Ok(t)
+}
+
+fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
+    match v {
+        Some(Value::String(s)) => out.push(s.clone()),
+        Some(Value::Array(a)) => a.iter().for_each(|x| collect_strings(Some(x), out)),
+        _ => {}
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Turns an mlua error into the message a user sees (`main.lua:12: boom`) and a traceback.
+pub fn describe_lua_error(e: &mlua::Error) -> (String, Option<String>) {
+    match e {
+        mlua::Error::CallbackError { traceback, cause } => {
+            let (msg, inner_tb) = describe_lua_error(cause);
+            let tb = inner_tb.or_else(|| Some(traceback.clone()));
+            let located = if has_location(&msg) { msg } else { match tb.as_deref().and_then(first_location) { Some(loc) => format!("{loc}: {msg}"), None => msg } };
+            (located, tb)
+        }
+        mlua::Error::RuntimeError(m) => match m.split_once("\nstack traceback:") {
+            Some((msg, tb)) => (msg.trim().to_string(), Some(format!("stack traceback:{tb}"))),
+            None => (m.trim().to_string(), None),
+        },
+        mlua::Error::WithContext { context, cause } => {
+            let (msg, tb) = describe_lua_error(cause);
+            (format!("{context}: {msg}"), tb)
+        }
+        mlua::Error::SyntaxError { message, .. } => (message.clone(), None),
+        mlua::Error::ExternalError(err) => (err.to_string(), None),
+        other => (other.to_string(), None),
+    }
+}
+
+fn has_location(msg: &str) -> bool {
+    first_location(msg).is_some_and(|loc| msg.starts_with(&loc))
+}
+
+/// The first `file.lua:LINE` in a message or traceback.
+fn first_location(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(idx) = line.find(".lua:") {
+            let start = line[..idx].rfind(|c: char| c.is_whitespace() || c == '[' || c == '"').map_or(0, |i| i + 1);
+            let rest = &line[idx + 5..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !digits.is_empty() {
+                return Some(format!("{}:{digits}", &line[start..idx + 4]));
+            }
+        }
+    }
+    None
+}

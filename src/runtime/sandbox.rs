@@ -1,0 +1,156 @@
+//! Builds the Luau state for one run: the library allow-list, host modules, `require`, limits,
+//! then `sandbox(true)` so every global and library table is read-only.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use mlua::chunk::ChunkMode;
+use mlua::{Lua, LuaOptions, MultiValue, StdLib, Table, Value};
+
+use super::context::{Level, RunCtx};
+use crate::applet::AppletPackage;
+use crate::builtins;
+use crate::error::Limit;
+use crate::modules::ModuleRegistry;
+
+/// Luau libraries an applet gets. No `debug`; `os` in Luau only has clocks and dates.
+pub fn libs() -> StdLib {
+    StdLib::COROUTINE | StdLib::TABLE | StdLib::OS | StdLib::STRING | StdLib::UTF8 | StdLib::BIT | StdLib::MATH | StdLib::BUFFER
+}
+
+/// Globals removed from the base library: dynamic code loading and environment tampering.
+const REMOVED_GLOBALS: &[&str] = &["loadstring", "getfenv", "setfenv", "require", "newproxy", "gcinfo"];
+
+/// Runs before the applet, with the library tables still writable. Makes every limit error
+/// survive `pcall`, `xpcall` and `coroutine.resume`, and gives `table.sort` a Lua comparator so
+/// the interrupt fires inside long sorts.
+const PRELUDE: &str = r#"
+local check = ...
+local rawpcall, rawxpcall, rawresume, rawsort = pcall, xpcall, coroutine.resume, table.sort
+pcall = function(...) return check(rawpcall(...)) end
+xpcall = function(...) return check(rawxpcall(...)) end
+coroutine.resume = function(...) return check(rawresume(...)) end
+local function lt(a, b) return a < b end
+table.sort = function(t, comp) return rawsort(t, comp or lt) end
+"#;
+
+/// The stdlib helpers bundled into the binary: `require "opslet.NAME"`.
+pub const STDLIB: &[(&str, &str)] = &[
+    ("opslet.strings", include_str!("../../stdlib/opslet/strings.lua")),
+    ("opslet.tables", include_str!("../../stdlib/opslet/tables.lua")),
+    ("opslet.text", include_str!("../../stdlib/opslet/text.lua")),
+];
+
+fn compiled_stdlib() -> &'static BTreeMap<&'static str, Vec<u8>> {
+    static C: OnceLock<BTreeMap<&'static str, Vec<u8>>> = OnceLock::new();
+    C.get_or_init(|| {
+        STDLIB
+            .iter()
+            .map(|(name, src)| (*name, super::compile(&format!("{name}.lua"), src.as_bytes()).expect("bundled stdlib compiles")))
+            .collect()
+    })
+}
+
+fn compiled_prelude() -> &'static [u8] {
+    static C: OnceLock<Vec<u8>> = OnceLock::new();
+    C.get_or_init(|| super::compile("prelude", PRELUDE.as_bytes()).expect("prelude compiles"))
+}
+
+/// Creates the sandboxed state for `package`. Returns the state and the array metatable.
+pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleRegistry) -> mlua::Result<(Lua, Table)> {
+    let lua = Lua::new_with(libs(), LuaOptions::new().catch_rust_panics(false))?;
+    let guard = Arc::clone(&ctx.guard);
+    guard.install(&lua)?;
+    let globals = lua.globals();
+    for name in REMOVED_GLOBALS {
+        globals.raw_set(*name, Value::Nil)?;
+    }
+
+    let array_mt = lua.create_table()?;
+    array_mt.raw_set("__opslet_array", true)?;
+    array_mt.set_readonly(true);
+
+    globals.raw_set("json", builtins::json::module(&lua, ctx, &array_mt)?)?;
+    globals.raw_set("log", builtins::log::module(&lua, ctx)?)?;
+    globals.raw_set("time", builtins::time::module(&lua, ctx)?)?;
+    globals.raw_set("kv", builtins::kv::module(&lua, ctx, &array_mt)?)?;
+    globals.raw_set("print", builtins::log::logger(&lua, ctx, Level::Info)?)?;
+    globals.raw_set("require", require_fn(&lua, package)?)?;
+    modules.inject(&lua, &globals, &package.manifest, ctx)?;
+
+    let g = Arc::clone(&guard);
+    let check = lua.create_function(move |_, results: MultiValue| {
+        if matches!(results.front(), Some(Value::Boolean(false))) {
+            if let Some(Value::String(s)) = results.get(1) {
+                if s.as_bytes().as_ref() == b"not enough memory" {
+                    return Err(g.trip(Limit::Memory));
+                }
+            }
+        }
+        if g.tripped().is_some() || g.is_cancelled() {
+            return Err(g.raise());
+        }
+        Ok(results)
+    })?;
+    lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call::<()>(check)?;
+    lua.sandbox(true)?;
+    Ok((lua, array_mt))
+}
+
+/// `require(name)`: `opslet.*` from the bundled stdlib, anything else from the applet's own
+/// files (`require "lib.util"` loads `lib/util.lua`). Never touches the filesystem.
+fn require_fn(lua: &Lua, package: &Arc<AppletPackage>) -> mlua::Result<mlua::Function> {
+    let package = Arc::clone(package);
+    let loaded = lua.create_table()?;
+    lua.create_function(move |lua, name: String| {
+        if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
+            if v == Value::Boolean(false) {
+                return Err(mlua::Error::runtime(format!("require: `{name}` is being loaded already (circular require)")));
+            }
+            return Ok(v);
+        }
+        let (chunk_name, bytecode): (String, &[u8]) = if name.starts_with("opslet.") {
+            match compiled_stdlib().get(name.as_str()) {
+                Some(b) => (format!("={name}"), b.as_slice()),
+                None => {
+                    let have: Vec<&str> = STDLIB.iter().map(|(n, _)| *n).collect();
+                    return Err(mlua::Error::runtime(format!("require: no stdlib module `{name}` (have: {})", have.join(", "))));
+                }
+            }
+        } else {
+            let path = module_path(&name).map_err(mlua::Error::runtime)?;
+            match package.bytecode.get(&path) {
+                Some(b) => (format!("={path}"), b.as_slice()),
+                None => {
+                    return Err(mlua::Error::runtime(format!(
+                        "require: module `{name}` not found: looked for {path} in the applet (modules load only from the applet's own files or opslet.* stdlib)"
+                    )));
+                }
+            }
+        };
+        loaded.raw_set(name.as_str(), false)?;
+        let result = lua.load(bytecode).set_name(chunk_name).set_mode(ChunkMode::Binary).call::<Value>(());
+        let value = match result {
+            Ok(Value::Nil) => Value::Boolean(true),
+            Ok(v) => v,
+            Err(e) => {
+                loaded.raw_set(name.as_str(), Value::Nil)?;
+                return Err(e);
+            }
+        };
+        loaded.raw_set(name.as_str(), value.clone())?;
+        Ok(value)
+    })
+}
+
+/// Maps a module name to a package path: `lib.util` and `./lib/util` both mean `lib/util.lua`.
+pub fn module_path(name: &str) -> Result<String, String> {
+    let trimmed = name.strip_prefix("./").unwrap_or(name);
+    let base = trimmed.strip_suffix(".lua").unwrap_or(trimmed);
+    let path = if base.contains('/') { format!("{base}.lua") } else { format!("{}.lua", base.replace('.', "/")) };
+    crate::applet::check_rel_path(&path).map_err(|m| format!("require: `{name}` is not a valid module name: {m}"))?;
+    if path == crate::applet::MAIN_FILE {
+        return Err("require: main.lua cannot be required".into());
+    }
+    Ok(path)
+}

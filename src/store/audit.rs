@@ -1,0 +1,279 @@
+//! The audit log: append-only, hash-chained records in sled.
+//!
+//! Record `n` stores `prev` = hash of record `n-1` and `hash` = SHA-256 over `prev` and the
+//! record's canonical JSON (all fields but `hash`). The head (last seq and hash) is kept apart, so
+//! `verify` finds edited, removed, reordered and truncated records. Anchor `opslet audit head`
+//! outside the host to also catch a rewrite of the whole chain.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+
+use super::keys;
+use crate::error::Error;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What a caller hands to `append`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEvent {
+    /// `run.start`, `run.end`, `action`, ...
+    pub kind: String,
+    pub run_id: Option<String>,
+    pub actor: Option<String>,
+    pub via: Option<String>,
+    /// `name@version`.
+    pub applet: Option<String>,
+    pub status: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// One stored record. Field order is the canonical order for hashing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+    pub prev: String,
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl AuditRecord {
+    fn compute_hash(&self) -> String {
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        let body = serde_json::to_vec(&unhashed).expect("audit records always serialize");
+        let mut h = Sha256::new();
+        h.update(self.prev.as_bytes());
+        h.update(&body);
+        hex::encode(h.finalize())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Head {
+    /// Number of records (the next seq).
+    pub count: u64,
+    pub hash: String,
+}
+
+/// Result of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head: Head,
+    /// The first bad record and why; `None` when the chain is intact.
+    pub first_bad: Option<(u64, String)>,
+}
+
+/// Filters for `list`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub applet: Option<String>,
+    pub actor: Option<String>,
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub run_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    fn matches(&self, r: &AuditRecord) -> bool {
+        let applet_ok = self.applet.as_ref().is_none_or(|a| {
+            r.applet.as_deref().is_some_and(|ra| ra == a || ra.split('@').next() == Some(a.as_str()))
+        });
+        applet_ok
+            && self.actor.as_ref().is_none_or(|a| r.actor.as_deref() == Some(a))
+            && self.status.as_ref().is_none_or(|s| r.status.as_deref() == Some(s))
+            && self.kind.as_ref().is_none_or(|k| &r.kind == k)
+            && self.run_id.as_ref().is_none_or(|id| r.run_id.as_deref().is_some_and(|rid| rid.starts_with(id.as_str())))
+            && self.since.is_none_or(|t| r.time >= t)
+            && self.until.is_none_or(|t| r.time <= t)
+    }
+}
+
+/// Handle to the audit trees.
+#[derive(Clone)]
+pub struct AuditLog {
+    records: sled::Tree,
+    meta: sled::Tree,
+    open_runs: sled::Tree,
+    /// Serializes appends within this process (sled keeps other processes out).
+    lock: Arc<Mutex<()>>,
+}
+
+impl AuditLog {
+    pub fn open(db: &sled::Db) -> Result<AuditLog, Error> {
+        Ok(AuditLog {
+            records: db.open_tree(keys::AUDIT)?,
+            meta: db.open_tree(keys::AUDIT_META)?,
+            open_runs: db.open_tree(keys::RUNS_OPEN)?,
+            lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn head(&self) -> Result<Head, Error> {
+        Ok(match self.meta.get("head")? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit head is corrupt: {e}")))?,
+            None => Head { count: 0, hash: GENESIS.to_string() },
+        })
+    }
+
+    /// Appends one record, atomically with the head and the open-runs index.
+    pub fn append(&self, ev: AuditEvent) -> Result<AuditRecord, Error> {
+        let _guard = self.lock.lock();
+        let head = self.head()?;
+        let mut rec = AuditRecord {
+            seq: head.count,
+            time: Utc::now(),
+            kind: ev.kind,
+            run_id: ev.run_id,
+            actor: ev.actor,
+            via: ev.via,
+            applet: ev.applet,
+            status: ev.status,
+            data: ev.data,
+            prev: head.hash,
+            hash: String::new(),
+        };
+        rec.hash = rec.compute_hash();
+        let body = serde_json::to_vec(&rec).map_err(|e| Error::Internal(format!("encoding audit record: {e}")))?;
+        let new_head = serde_json::to_vec(&Head { count: rec.seq + 1, hash: rec.hash.clone() }).expect("head serializes");
+        let run_key = rec.run_id.clone();
+        let kind = rec.kind.clone();
+        (&self.records, &self.meta, &self.open_runs)
+            .transaction(|(records, meta, open)| {
+                records.insert(&rec.seq.to_be_bytes(), body.as_slice())?;
+                meta.insert("head", new_head.as_slice())?;
+                if let Some(id) = &run_key {
+                    if kind == "run.start" {
+                        open.insert(id.as_bytes(), &rec.seq.to_be_bytes())?;
+                    } else if kind == "run.end" {
+                        open.remove(id.as_bytes())?;
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| Error::Store(format!("writing audit record: {e:?}")))?;
+        Ok(rec)
+    }
+
+    /// Run ids that have a `run.start` but no `run.end`.
+    pub fn open_runs(&self) -> Result<Vec<(String, u64)>, Error> {
+        let mut out = Vec::new();
+        for item in self.open_runs.iter() {
+            let (k, v) = item?;
+            let seq = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            out.push((String::from_utf8_lossy(&k).into_owned(), seq));
+        }
+        Ok(out)
+    }
+
+    /// Closes every run left open by a process that died: each gets a `run.end` with status
+    /// `interrupted`. Only call while holding the store exclusively (no run of ours is in flight).
+    pub fn close_interrupted(&self) -> Result<usize, Error> {
+        let open = self.open_runs()?;
+        for (run_id, start_seq) in &open {
+            let start = self.get(*start_seq)?;
+            self.append(AuditEvent {
+                kind: "run.end".into(),
+                run_id: Some(run_id.clone()),
+                actor: start.as_ref().and_then(|s| s.actor.clone()),
+                via: start.as_ref().and_then(|s| s.via.clone()),
+                applet: start.as_ref().and_then(|s| s.applet.clone()),
+                status: Some("interrupted".into()),
+                data: serde_json::json!({ "error": "the process running this applet stopped before the run ended", "start_seq": start_seq }),
+            })?;
+        }
+        Ok(open.len())
+    }
+
+    pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, Error> {
+        match self.records.get(seq.to_be_bytes())? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit record {seq} is unreadable: {e}")))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records matching `filter`, oldest first (the newest `limit` of them).
+    pub fn list(&self, filter: &Filter) -> Result<Vec<AuditRecord>, Error> {
+        let mut out = Vec::new();
+        for item in self.records.iter().rev() {
+            let (k, v) = item?;
+            let rec: AuditRecord = serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_ref())))?;
+            if filter.matches(&rec) {
+                out.push(rec);
+                if filter.limit.is_some_and(|l| out.len() >= l) {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walks the whole chain and reports the first record that does not fit.
+    pub fn verify(&self) -> Result<VerifyReport, Error> {
+        let head = self.head()?;
+        let mut expected_seq = 0u64;
+        let mut prev = GENESIS.to_string();
+        let mut first_bad = None;
+        for item in self.records.iter() {
+            let (k, v) = item?;
+            let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
+            let rec: AuditRecord = match serde_json::from_slice(&v) {
+                Ok(r) => r,
+                Err(e) => {
+                    first_bad = Some((key_seq, format!("record is not valid JSON: {e}")));
+                    break;
+                }
+            };
+            let problem = if key_seq != expected_seq {
+                Some(format!("expected record {expected_seq} here; records {expected_seq}..{key_seq} are missing"))
+            } else if rec.seq != key_seq {
+                Some(format!("record stored at {key_seq} says it is record {} (moved or reordered)", rec.seq))
+            } else if rec.prev != prev {
+                Some("its `prev` hash does not match the record before it (a record was removed, replaced or reordered)".into())
+            } else if rec.compute_hash() != rec.hash {
+                Some("its content does not match its hash (the record was edited)".into())
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                first_bad = Some((expected_seq.min(key_seq), p));
+                break;
+            }
+            prev = rec.hash.clone();
+            expected_seq += 1;
+        }
+        if first_bad.is_none() && (head.count != expected_seq || (expected_seq > 0 && head.hash != prev)) {
+            first_bad = Some((expected_seq, format!("the log ends at record {} but its head says {} records (records were removed from the end)", expected_seq, head.count)));
+        }
+        Ok(VerifyReport { records: expected_seq, head, first_bad })
+    }
+
+    /// Raw access for tests that tamper with the log on purpose.
+    #[doc(hidden)]
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.records
+    }
+}

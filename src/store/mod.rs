@@ -1,0 +1,89 @@
+//! The embedded sled store under the data dir: audit log, per-applet kv (and, later, the registry).
+//! Every tree name lives in `keys`.
+
+pub mod audit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Error;
+
+/// Names of every sled tree opslet uses.
+pub mod keys {
+    pub const AUDIT: &str = "audit";
+    pub const AUDIT_META: &str = "audit_meta";
+    pub const RUNS_OPEN: &str = "runs_open";
+    pub const KV_PREFIX: &str = "kv/";
+}
+
+/// A handle to the data dir's store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    audit: audit::AuditLog,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`. sled allows one process at a time, so a
+    /// busy store is retried for up to `wait` before giving up with a clear error.
+    pub fn open(data_dir: &Path, wait: Duration) -> Result<Store, Error> {
+        std::fs::create_dir_all(data_dir).map_err(|e| Error::Store(format!("creating data dir {}: {e}", data_dir.display())))?;
+        let path = data_dir.join("db");
+        let start = Instant::now();
+        let db = loop {
+            match sled::Config::new().path(&path).flush_every_ms(Some(200)).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if is_lock_error(&e) && start.elapsed() < wait => std::thread::sleep(Duration::from_millis(25)),
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    return Err(Error::Store(format!(
+                        "data dir {} is in use by another opslet process (waited {}s); wait for it to finish or use another --data-dir",
+                        data_dir.display(),
+                        wait.as_secs()
+                    )));
+                }
+                Err(e) => return Err(Error::Store(format!("opening data store {}: {e}", path.display()))),
+            }
+        };
+        let audit = audit::AuditLog::open(&db)?;
+        Ok(Store { inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf() }) })
+    }
+
+    /// A throwaway store in a temporary folder (tests, benchmarks).
+    pub fn temporary() -> Result<Store, Error> {
+        let db = sled::Config::new().temporary(true).open()?;
+        let audit = audit::AuditLog::open(&db)?;
+        Ok(Store { inner: Arc::new(Inner { db, audit, dir: PathBuf::new() }) })
+    }
+
+    pub fn audit(&self) -> &audit::AuditLog {
+        &self.inner.audit
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn kv_tree(&self, applet: &str) -> Result<sled::Tree, Error> {
+        Ok(self.inner.db.open_tree(format!("{}{applet}", keys::KV_PREFIX))?)
+    }
+
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// Writes everything to disk (fsync).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+}
+
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock")
+}
