@@ -79,6 +79,32 @@ impl RunLimits {
     }
 }
 
+/// Cancels a run from another thread or task.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.0.store(true, Ordering::Release);
+        self.0.1.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.0.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `cancel` has been called.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// How often (in interrupts) the clocks are read; reading the thread CPU clock is a syscall.
 const CLOCK_EVERY: u32 = 1024;
 /// How often (in interrupts) the call depth is checked.
@@ -90,7 +116,7 @@ pub struct Guard {
     pub started: Instant,
     deadline: Instant,
     tripped: AtomicU8,
-    cancelled: AtomicBool,
+    cancel: CancelToken,
     ticks: AtomicU32,
     cpu: Mutex<CpuClock>,
 }
@@ -102,14 +128,14 @@ struct CpuClock {
 }
 
 impl Guard {
-    pub fn new(limits: RunLimits) -> Arc<Guard> {
+    pub fn new(limits: RunLimits, cancel: CancelToken) -> Arc<Guard> {
         let started = Instant::now();
         Arc::new(Guard {
             deadline: started + limits.timeout,
             limits,
             started,
             tripped: AtomicU8::new(0),
-            cancelled: AtomicBool::new(false),
+            cancel,
             ticks: AtomicU32::new(0),
             cpu: Mutex::new(CpuClock { thread: None, last: Duration::ZERO, used: Duration::ZERO }),
         })
@@ -134,12 +160,8 @@ impl Guard {
         }
     }
 
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-    }
-
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire)
+        self.cancel.is_cancelled()
     }
 
     /// Time left before the wall-time limit.
@@ -189,7 +211,7 @@ impl Guard {
         let guard = Arc::clone(self);
         let depth = guard.limits.call_depth;
         lua.set_interrupt(move |lua| {
-            if guard.tripped.load(Ordering::Relaxed) != 0 || guard.cancelled.load(Ordering::Relaxed) {
+            if guard.tripped.load(Ordering::Relaxed) != 0 || guard.cancel.0.0.load(Ordering::Relaxed) {
                 return Err(guard.raise());
             }
             let n = guard.ticks.fetch_add(1, Ordering::Relaxed);

@@ -25,6 +25,7 @@ use crate::store::Store;
 use crate::store::audit::AuditEvent;
 use context::{Caller, LogLine, LogSink, RunCtx};
 use convert::ConvertError;
+pub use limits::CancelToken;
 use limits::{Guard, RunLimits};
 use redact::Redactor;
 
@@ -46,31 +47,6 @@ fn syntax_diagnostic(path: &str, msg: &str) -> Diagnostic {
     match (line.and_then(|l| l.trim().parse::<usize>().ok()), rest) {
         (Some(line), Some(rest)) => Diagnostic { file: path.to_string(), line: Some(line), column: None, message: rest.trim().to_string() },
         _ => Diagnostic::new(path, msg.trim()),
-    }
-}
-
-/// Cancels a run from another thread or task.
-#[derive(Clone, Default)]
-pub struct CancelToken(Arc<(AtomicBool, tokio::sync::Notify)>);
-
-impl CancelToken {
-    pub fn cancel(&self) {
-        self.0.0.store(true, Ordering::Release);
-        self.0.1.notify_waiters();
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.0.load(Ordering::Acquire)
-    }
-
-    async fn cancelled(&self) {
-        loop {
-            let notified = self.0.1.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 
@@ -237,7 +213,7 @@ impl Runtime {
             }
         }
 
-        let guard = Guard::new(limits.clone());
+        let guard = Guard::new(limits.clone(), req.cancel.clone());
         let ctx = Arc::new(RunCtx {
             run_id: run_id.clone(),
             applet: manifest.name.clone(),
@@ -313,14 +289,8 @@ impl Runtime {
     async fn execute(&self, ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, params: Map<String, Value>, cancel: &CancelToken) -> (Result<Value, Error>, Option<String>) {
         let guard = Arc::clone(&ctx.guard);
         guard.start_cpu_clock();
-        // Cancellation reaches CPU-bound Lua through the interrupt.
-        let watcher = {
-            let (guard, cancel) = (Arc::clone(&guard), cancel.clone());
-            async move {
-                cancel.cancelled().await;
-                guard.cancel();
-            }
-        };
+        // CPU-bound Lua sees cancellation in the interrupt; async waits see it here.
+        let watcher = cancel.cancelled();
         let body = AssertUnwindSafe(async {
             let (lua, array_mt) = sandbox::new_state(ctx, package, &self.modules).map_err(|e| Failure::Host(format!("creating the sandbox: {e}")))?;
             let main = package.bytecode.get(crate::applet::MAIN_FILE).ok_or_else(|| Failure::Host("main.lua is not compiled".into()))?;

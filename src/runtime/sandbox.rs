@@ -23,7 +23,8 @@ const REMOVED_GLOBALS: &[&str] = &["loadstring", "getfenv", "setfenv", "require"
 
 /// Runs before the applet, with the library tables still writable. Makes every limit error
 /// survive `pcall`, `xpcall` and `coroutine.resume`, and gives `table.sort` a Lua comparator so
-/// the interrupt fires inside long sorts.
+/// the interrupt fires inside long sorts. `check` also receives any host panic caught by `pcall`;
+/// converting it resumes the panic, which ends the run as an internal error.
 const PRELUDE: &str = r#"
 local check = ...
 local rawpcall, rawxpcall, rawresume, rawsort = pcall, xpcall, coroutine.resume, table.sort
@@ -58,7 +59,7 @@ fn compiled_prelude() -> &'static [u8] {
 
 /// Creates the sandboxed state for `package`. Returns the state and the array metatable.
 pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleRegistry) -> mlua::Result<(Lua, Table)> {
-    let lua = Lua::new_with(libs(), LuaOptions::new().catch_rust_panics(false))?;
+    let lua = Lua::new_with(libs(), LuaOptions::new())?;
     let guard = Arc::clone(&ctx.guard);
     guard.install(&lua)?;
     let globals = lua.globals();

@@ -1,0 +1,76 @@
+//! Shared helpers: build packages from inline sources, run them on a throwaway store.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use opslet::applet::AppletPackage;
+use opslet::config::Config;
+use opslet::runtime::context::Caller;
+use opslet::runtime::{RunOutcome, RunRequest, Runtime};
+use opslet::store::Store;
+
+pub const MANIFEST: &str = "name = \"t\"\nversion = \"1.0.0\"\n";
+
+/// A package with `main.lua` = `main` and the given manifest (plus extra files).
+pub fn package_with(manifest: &str, main: &str, extra: &[(&str, &str)]) -> Arc<AppletPackage> {
+    let mut files = BTreeMap::new();
+    files.insert("applet.toml".to_string(), manifest.as_bytes().to_vec());
+    files.insert("main.lua".to_string(), main.as_bytes().to_vec());
+    for (p, s) in extra {
+        files.insert(p.to_string(), s.as_bytes().to_vec());
+    }
+    Arc::new(AppletPackage::from_files(files).expect("test package is valid"))
+}
+
+pub fn package(main: &str) -> Arc<AppletPackage> {
+    package_with(MANIFEST, main, &[])
+}
+
+/// A runtime with the given opslet.toml text and a temporary store.
+pub fn runtime(config: &str) -> Runtime {
+    let cfg = Config::parse(config, "opslet.toml").expect("test config is valid");
+    Runtime::new(&cfg, Some(Store::temporary().expect("temporary store"))).expect("runtime")
+}
+
+/// Small limits so limit tests finish fast.
+pub const TIGHT: &str = r#"
+[limits]
+cpu = "400ms"
+timeout = "3s"
+memory = "16MiB"
+log_lines = 100
+log_bytes = "16KiB"
+result_bytes = "64KiB"
+call_depth = 100
+[audit]
+sync = false
+"#;
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+pub fn run(rt: &Runtime, pkg: Arc<AppletPackage>) -> RunOutcome {
+    block_on(rt.run(RunRequest::new(pkg, Caller { user: "tester".into(), via: "test".into() })))
+}
+
+pub fn run_req(rt: &Runtime, req: RunRequest) -> RunOutcome {
+    block_on(rt.run(req))
+}
+
+pub fn req(pkg: Arc<AppletPackage>) -> RunRequest {
+    RunRequest::new(pkg, Caller { user: "tester".into(), via: "test".into() })
+}
+
+/// Runs `main` with tight limits and returns the outcome.
+pub fn run_tight(main: &str) -> RunOutcome {
+    run(&runtime(TIGHT), package(main))
+}
+
+pub fn err_text(o: &RunOutcome) -> String {
+    match &o.result {
+        Ok(v) => panic!("expected an error, got result {v}"),
+        Err(e) => e.to_string(),
+    }
+}
