@@ -1,0 +1,184 @@
+//! Tamper tests for the hash-chained audit log: every kind of edit is found and named.
+
+mod common;
+
+use common::*;
+use opslet::store::Store;
+use opslet::store::audit::{AuditEvent, AuditLog, AuditRecord, Filter};
+use serde_json::json;
+
+fn log_with(n: u64) -> Store {
+    let store = Store::temporary().unwrap();
+    for i in 0..n {
+        store
+            .audit()
+            .append(AuditEvent { kind: "test".into(), actor: Some("alice".into()), status: Some("ok".into()), data: json!({ "i": i }), ..AuditEvent::default() })
+            .unwrap();
+    }
+    store
+}
+
+fn raw(audit: &AuditLog, seq: u64) -> AuditRecord {
+    serde_json::from_slice(&audit.raw_tree().get(seq.to_be_bytes()).unwrap().unwrap()).unwrap()
+}
+
+fn put(audit: &AuditLog, key: u64, rec: &AuditRecord) {
+    audit.raw_tree().insert(key.to_be_bytes(), serde_json::to_vec(rec).unwrap()).unwrap();
+}
+
+fn first_bad(audit: &AuditLog) -> (u64, String) {
+    audit.verify().unwrap().first_bad.expect("tampering must be detected")
+}
+
+#[test]
+fn intact_chain_verifies() {
+    let store = log_with(5);
+    let r = store.audit().verify().unwrap();
+    assert_eq!(r.records, 5);
+    assert!(r.first_bad.is_none());
+    assert_eq!(r.head.count, 5);
+}
+
+#[test]
+fn edited_record_is_named() {
+    let store = log_with(6);
+    let a = store.audit();
+    let mut rec = raw(a, 3);
+    rec.actor = Some("mallory".into());
+    put(a, 3, &rec);
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 3);
+    assert!(why.contains("edited"), "{why}");
+}
+
+#[test]
+fn edited_record_with_recomputed_hash_breaks_the_next_link() {
+    let store = log_with(6);
+    let a = store.audit();
+    let mut rec = raw(a, 2);
+    rec.data = json!({ "i": 999 });
+    // An attacker recomputes this record's hash; the next record's `prev` no longer matches.
+    rec.hash = String::new();
+    let body = serde_json::to_vec(&rec).unwrap();
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(rec.prev.as_bytes());
+    h.update(&body);
+    rec.hash = hex::encode(h.finalize());
+    put(a, 2, &rec);
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 3);
+    assert!(why.contains("prev"), "{why}");
+}
+
+#[test]
+fn removed_record_is_named() {
+    let store = log_with(6);
+    let a = store.audit();
+    a.raw_tree().remove(2u64.to_be_bytes()).unwrap();
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 2);
+    assert!(why.contains("missing"), "{why}");
+}
+
+#[test]
+fn reordered_records_are_found() {
+    let store = log_with(6);
+    let a = store.audit();
+    let (r1, r4) = (raw(a, 1), raw(a, 4));
+    put(a, 1, &r4);
+    put(a, 4, &r1);
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 1);
+    assert!(why.contains("reordered") || why.contains("moved"), "{why}");
+}
+
+#[test]
+fn truncated_tail_is_found() {
+    let store = log_with(6);
+    let a = store.audit();
+    a.raw_tree().remove(5u64.to_be_bytes()).unwrap();
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 5);
+    assert!(why.contains("removed from the end"), "{why}");
+}
+
+#[test]
+fn garbage_record_is_named() {
+    let store = log_with(3);
+    let a = store.audit();
+    a.raw_tree().insert(1u64.to_be_bytes(), b"not json".to_vec()).unwrap();
+    let (seq, why) = first_bad(a);
+    assert_eq!(seq, 1);
+    assert!(why.contains("not valid JSON"), "{why}");
+}
+
+#[test]
+fn runs_record_start_and_end_with_hash_digest_and_redacted_secrets() {
+    let rt = runtime(TIGHT);
+    let manifest = format!("{MANIFEST}[params.token]\ntype = \"string\"\nsecret = true\n[params.host]\ntype = \"string\"\n");
+    let pkg = package_with(&manifest, "return function(p) log.info('using', p.token) return { echoed = p.token, host = p.host } end", &[]);
+    let mut r = req(pkg.clone());
+    r.params_pairs = vec![("token".into(), "s3cr3t-value".into()), ("host".into(), "db1".into())];
+    let o = run_req(&rt, r);
+    let result = o.result.as_ref().unwrap();
+    assert_eq!(result["echoed"], json!("<redacted>"), "secret params never come back in results");
+    assert_eq!(o.logs[0].message, "using <redacted>");
+
+    let recs = rt.store().unwrap().audit().list(&Filter { run_id: Some(o.run_id.clone()), ..Filter::default() }).unwrap();
+    assert_eq!(recs.len(), 2);
+    let (start, end) = (&recs[0], &recs[1]);
+    assert_eq!(start.kind, "run.start");
+    assert_eq!(start.actor.as_deref(), Some("tester"));
+    assert_eq!(start.applet.as_deref(), Some("t@1.0.0"));
+    assert_eq!(start.data["hash"], json!(pkg.hash));
+    assert_eq!(start.data["params"], json!({ "token": "<redacted>", "host": "db1" }));
+    assert_eq!(end.kind, "run.end");
+    assert_eq!(end.status.as_deref(), Some("ok"));
+    assert_eq!(end.data["result_sha256"].as_str().unwrap().len(), 64);
+    let dump = serde_json::to_string(&recs).unwrap();
+    assert!(!dump.contains("s3cr3t-value"), "secret leaked into the audit log: {dump}");
+}
+
+#[test]
+fn failed_and_limited_runs_are_recorded_with_their_error() {
+    let rt = runtime(TIGHT);
+    let o = run(&rt, package("return function() error('disk full on /var') end"));
+    let o2 = run(&rt, package("return function() while true do end end"));
+    let audit = rt.store().unwrap().audit();
+    let end = audit.list(&Filter { run_id: Some(o.run_id), kind: Some("run.end".into()), ..Filter::default() }).unwrap();
+    assert_eq!(end[0].status.as_deref(), Some("error"));
+    assert!(end[0].data["error"].as_str().unwrap().contains("main.lua:1: disk full on /var"));
+    let end2 = audit.list(&Filter { run_id: Some(o2.run_id), kind: Some("run.end".into()), ..Filter::default() }).unwrap();
+    assert_eq!(end2[0].status.as_deref(), Some("limit_exceeded"));
+    assert_eq!(end2[0].data["limit"], json!("cpu"));
+}
+
+#[test]
+fn open_runs_are_closed_as_interrupted() {
+    let store = Store::temporary().unwrap();
+    let a = store.audit();
+    a.append(AuditEvent { kind: "run.start".into(), run_id: Some("r-1".into()), actor: Some("bob".into()), applet: Some("x@1.0.0".into()), ..AuditEvent::default() }).unwrap();
+    assert_eq!(a.open_runs().unwrap().len(), 1);
+    assert_eq!(a.close_interrupted().unwrap(), 1);
+    assert!(a.open_runs().unwrap().is_empty());
+    let end = a.list(&Filter { run_id: Some("r-1".into()), kind: Some("run.end".into()), ..Filter::default() }).unwrap();
+    assert_eq!(end[0].status.as_deref(), Some("interrupted"));
+    assert_eq!(end[0].actor.as_deref(), Some("bob"));
+    assert!(a.verify().unwrap().first_bad.is_none());
+}
+
+#[test]
+fn filters_select_records() {
+    let store = log_with(0);
+    let a = store.audit();
+    for (actor, applet, status) in [("alice", "a@1.0.0", "ok"), ("bob", "b@2.0.0", "error"), ("alice", "b@2.0.0", "ok")] {
+        a.append(AuditEvent { kind: "run.end".into(), actor: Some(actor.into()), applet: Some(applet.into()), status: Some(status.into()), ..AuditEvent::default() }).unwrap();
+    }
+    let n = |f: Filter| a.list(&f).unwrap().len();
+    assert_eq!(n(Filter { actor: Some("alice".into()), ..Filter::default() }), 2);
+    assert_eq!(n(Filter { applet: Some("b".into()), ..Filter::default() }), 2);
+    assert_eq!(n(Filter { applet: Some("b@2.0.0".into()), status: Some("ok".into()), ..Filter::default() }), 1);
+    assert_eq!(n(Filter { limit: Some(1), ..Filter::default() }), 1);
+    assert_eq!(n(Filter { since: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Filter::default() }), 0);
+}
