@@ -40,12 +40,13 @@ pub fn compile(path: &str, src: &[u8]) -> Result<Vec<u8>, Diagnostic> {
     })
 }
 
-/// Luau reports `:LINE: message` or `chunk:LINE: message`; pull the line out.
+/// Luau reports `LINE: message` (or `:LINE: message`); pull the line out.
 fn syntax_diagnostic(path: &str, msg: &str) -> Diagnostic {
-    let mut parts = msg.splitn(3, ':');
-    let (_, line, rest) = (parts.next(), parts.next(), parts.next());
-    match (line.and_then(|l| l.trim().parse::<usize>().ok()), rest) {
-        (Some(line), Some(rest)) => Diagnostic { file: path.to_string(), line: Some(line), column: None, message: rest.trim().to_string() },
+    let trimmed = msg.trim().trim_start_matches(':');
+    match trimmed.split_once(':') {
+        Some((line, rest)) if line.trim().parse::<usize>().is_ok() => {
+            Diagnostic { file: path.to_string(), line: line.trim().parse().ok(), column: None, message: rest.trim().to_string() }
+        }
         _ => Diagnostic::new(path, msg.trim()),
     }
 }
