@@ -80,7 +80,7 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     modules.inject(&lua, &globals, &package.manifest, ctx)?;
 
     let g = Arc::clone(&guard);
-    let check = lua.create_function(move |_, results: MultiValue| {
+    let check = lua.create_function(move |lua, results: MultiValue| {
         if matches!(results.front(), Some(Value::Boolean(false))) {
             if let Some(Value::String(s)) = results.get(1) {
                 if s.as_bytes().as_ref() == b"not enough memory" {
@@ -90,6 +90,12 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
         }
         if g.tripped().is_some() || g.is_cancelled() {
             return Err(g.raise());
+        }
+        // Errors raised by host functions reach Lua as userdata; applets get the message text.
+        let mut results = results;
+        if let Some(Value::Error(e)) = results.get(1) {
+            let (msg, _) = super::describe_lua_error(e);
+            results[1] = Value::String(lua.create_string(&msg)?);
         }
         Ok(results)
     })?;
