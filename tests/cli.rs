@@ -1,0 +1,251 @@
+//! End-to-end tests of the `opslet` binary: output contracts, exit codes, errors, audit, watch.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
+        c.env("OPSLET_DATA_DIR", self.data()).env_remove("OPSLET_CONFIG").current_dir(self.dir.path());
+        c
+    }
+
+    fn opslet(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Writes an applet folder and returns its path.
+    fn applet(&self, name: &str, manifest_extra: &str, main: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("applet.toml"), format!("name = \"{name}\"\nversion = \"1.0.0\"\n{manifest_extra}")).unwrap();
+        std::fs::write(dir.join("main.lua"), main).unwrap();
+        dir
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn new_check_run_roundtrip() {
+    let env = Env::new();
+    let o = env.opslet(&["new", "hello-world"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.opslet(&["check", "hello-world"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("ok: hello-world@0.1.0"), "{}", stdout(&o));
+    let o = env.opslet(&["run", "hello-world", "--param", "target=ops"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("hello, ops"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("[info] hello from hello-world@0.1.0"), "logs go to stderr: {}", stderr(&o));
+    let o = env.opslet(&["new", "hello-world"]);
+    assert_eq!(o.status.code(), Some(3), "refuses to overwrite");
+    let o = env.opslet(&["new", "Bad_Name"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("lowercase"), "{}", stderr(&o));
+}
+
+#[test]
+fn json_format_prints_exactly_one_document() {
+    let env = Env::new();
+    let dir = env.applet("rec", "", "return function() log.info('to stderr') print('also stderr') return { { host = 'web01', ok = true }, { host = 'web02', ok = false } } end");
+    let o = env.opslet(&["run", s(&dir), "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    assert_eq!(v, json!([{ "host": "web01", "ok": true }, { "host": "web02", "ok": false }]));
+    assert!(stderr(&o).contains("also stderr"));
+
+    let o = env.opslet(&["run", s(&dir), "--format", "yaml", "-q"]);
+    assert!(stdout(&o).contains("- host: web01"), "{}", stdout(&o));
+    assert!(stderr(&o).is_empty(), "--quiet hides logs: {}", stderr(&o));
+
+    let o = env.opslet(&["run", s(&dir)]);
+    let table = stdout(&o);
+    assert!(table.contains("host") && table.contains("web02") && table.contains("false"), "{table}");
+
+    let failing = env.applet("fails", "", "return function() error('nope') end");
+    let o = env.opslet(&["run", s(&failing), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), Value::Null, "failed runs print null");
+}
+
+#[test]
+fn exit_codes_and_errors_point_at_applet_files() {
+    let env = Env::new();
+    let dir = env.applet("boom", "[params.n]\ntype = \"integer\"\nrequired = true\n", "local util = 1\n\nreturn function(p)\n  if p.n > 1 then\n    error('too big: ' .. p.n)\n  end\n  while true do end\nend\n");
+    let o = env.opslet(&["run", s(&dir), "-p", "n=5"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("main.lua:5: too big: 5"), "{err}");
+    assert!(!err.contains(s(env.dir.path())), "errors never show host paths: {err}");
+
+    let o = env.opslet(&["run", s(&dir), "-p", "n=abc"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("param `n`: `abc` is not an integer"), "{}", stderr(&o));
+    let o = env.opslet(&["run", s(&dir), "--params-json", "[1]"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("`--params-json`: must be a JSON object"));
+
+    std::fs::write(env.data().join("opslet.toml"), "[limits]\ncpu = \"200ms\"\n").unwrap();
+    let o = env.opslet(&["run", s(&dir), "-p", "n=1"]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("cpu limit of 200ms exceeded"), "{}", stderr(&o));
+
+    std::fs::write(dir.join("main.lua"), "return function()\n  local = 1\nend\n").unwrap();
+    let o = env.opslet(&["check", s(&dir)]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("main.lua:2:"), "{}", stderr(&o));
+
+    std::fs::write(dir.join("applet.toml"), "name = \"boom\"\nversion = \"1.0.0\"\ntimeout = \"5s\"\n").unwrap();
+    let o = env.opslet(&["check", s(&dir)]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("applet.toml:3:1: unknown field `timeout`"), "{}", stderr(&o));
+
+    let o = env.opslet(&["run", "/nonexistent/applet"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("cannot open applet folder"), "{}", stderr(&o));
+    let o = env.opslet(&["run"]);
+    assert_eq!(o.status.code(), Some(2), "usage errors");
+}
+
+#[test]
+fn bad_config_is_named_with_line() {
+    let env = Env::new();
+    let dir = env.applet("cfg", "", "return function() return 1 end");
+    let cfg = env.dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[limits]\ncpu = \"30s\"\nmemroy = \"1GiB\"\n").unwrap();
+    let o = env.opslet(&["--config", s(&cfg), "run", s(&dir)]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("bad.toml:3:1") && stderr(&o).contains("memroy"), "{}", stderr(&o));
+    std::fs::write(&cfg, "[limits]\ncpu = \"fast\"\n").unwrap();
+    let o = env.opslet(&["--config", s(&cfg), "run", s(&dir)]);
+    assert!(stderr(&o).contains("limits.cpu"), "{}", stderr(&o));
+}
+
+#[test]
+fn audit_list_show_verify_and_tamper() {
+    let env = Env::new();
+    let dir = env.applet("audited", "[params.who]\ntype = \"string\"\ndefault = \"x\"\n", "return function(p) return p.who end");
+    for who in ["a", "b"] {
+        assert!(env.opslet(&["run", s(&dir), "-p", &format!("who={who}")]).status.success());
+    }
+    let o = env.opslet(&["audit", "list", "--format", "json"]);
+    let recs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[1]["status"], json!("ok"));
+    assert_eq!(recs[0]["data"]["params"], json!({ "who": "a" }));
+    let run_id = recs[2]["run_id"].as_str().unwrap().to_string();
+
+    let o = env.opslet(&["audit", "show", &run_id]);
+    let shown: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown.len(), 2);
+    let o = env.opslet(&["audit", "list", "--status", "ok", "--applet", "audited", "--since", "1h", "--format", "json"]);
+    assert_eq!(serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap().len(), 2);
+
+    let o = env.opslet(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("intact: 4 records"), "{}", stdout(&o));
+
+    // Edit record 1 behind opslet's back.
+    {
+        let store = opslet::store::Store::open(&env.data(), Duration::from_secs(5)).unwrap();
+        let tree = store.audit().raw_tree();
+        let mut rec: Value = serde_json::from_slice(&tree.get(1u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        rec["status"] = json!("error");
+        tree.insert(1u64.to_be_bytes(), serde_json::to_vec(&rec).unwrap()).unwrap();
+        store.flush().unwrap();
+    }
+    let o = env.opslet(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert!(stdout(&o).contains("BROKEN at record 1") && stdout(&o).contains("edited"), "{}", stdout(&o));
+}
+
+#[test]
+fn killed_run_shows_as_interrupted() {
+    let env = Env::new();
+    let dir = env.applet("hang", "", "return function() log.info('started') while true do end end");
+    let mut child = env.cmd().args(["run", s(&dir)]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("started"), "{first}");
+    child.kill().unwrap(); // SIGKILL: no chance to record the end
+    child.wait().unwrap();
+    let o = env.opslet(&["audit", "list", "--format", "json"]);
+    let recs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[0]["kind"], json!("run.start"));
+    assert_eq!(recs[1]["kind"], json!("run.end"));
+    assert_eq!(recs[1]["status"], json!("interrupted"));
+    assert_eq!(recs[1]["run_id"], recs[0]["run_id"]);
+    assert!(env.opslet(&["audit", "verify"]).status.success());
+}
+
+#[test]
+fn watch_reruns_on_change() {
+    let env = Env::new();
+    let dir = env.applet("watched", "", "return function() return 'first' end");
+    let mut child = env.cmd().args(["run", s(&dir), "--watch", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let wait_for = |seen: &mut String, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}; saw {seen}");
+            if let Ok(chunk) = rx.recv_timeout(left) {
+                seen.push_str(&chunk);
+            }
+        }
+    };
+    wait_for(&mut seen, "\"first\"");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.join("main.lua"), "return function() return 'second' end").unwrap();
+    wait_for(&mut seen, "\"second\"");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn meta_writes_type_definitions() {
+    let env = Env::new();
+    let out = env.dir.path().join("meta");
+    let o = env.opslet(&["meta", "--out", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(out.join("opslet.d.luau")).unwrap();
+    assert!(text.contains("declare json"));
+}
