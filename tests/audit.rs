@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use opslet::store::Store;
-use opslet::store::audit::{AuditEvent, AuditLog, AuditRecord, Filter};
+use opslet::store::audit::{AuditEvent, AuditLog, AuditRecord, Filter, record_key};
 use serde_json::json;
 
 fn log_with(n: u64) -> Store {
@@ -19,11 +19,11 @@ fn log_with(n: u64) -> Store {
 }
 
 fn raw(audit: &AuditLog, seq: u64) -> AuditRecord {
-    serde_json::from_slice(&audit.raw_tree().get(seq.to_be_bytes()).unwrap().unwrap()).unwrap()
+    serde_json::from_slice(&audit.raw_tree().get(record_key(seq)).unwrap().unwrap()).unwrap()
 }
 
 fn put(audit: &AuditLog, key: u64, rec: &AuditRecord) {
-    audit.raw_tree().insert(key.to_be_bytes(), serde_json::to_vec(rec).unwrap()).unwrap();
+    audit.raw_tree().insert(record_key(key), serde_json::to_vec(rec).unwrap()).unwrap();
 }
 
 fn first_bad(audit: &AuditLog) -> (u64, String) {
@@ -75,7 +75,7 @@ fn edited_record_with_recomputed_hash_breaks_the_next_link() {
 fn removed_record_is_named() {
     let store = log_with(6);
     let a = store.audit();
-    a.raw_tree().remove(2u64.to_be_bytes()).unwrap();
+    a.raw_tree().remove(record_key(2)).unwrap();
     let (seq, why) = first_bad(a);
     assert_eq!(seq, 2);
     assert!(why.contains("missing"), "{why}");
@@ -97,7 +97,7 @@ fn reordered_records_are_found() {
 fn truncated_tail_is_found() {
     let store = log_with(6);
     let a = store.audit();
-    a.raw_tree().remove(5u64.to_be_bytes()).unwrap();
+    a.raw_tree().remove(record_key(5)).unwrap();
     let (seq, why) = first_bad(a);
     assert_eq!(seq, 5);
     assert!(why.contains("removed from the end"), "{why}");
@@ -107,7 +107,7 @@ fn truncated_tail_is_found() {
 fn garbage_record_is_named() {
     let store = log_with(3);
     let a = store.audit();
-    a.raw_tree().insert(1u64.to_be_bytes(), b"not json".to_vec()).unwrap();
+    a.raw_tree().insert(record_key(1), b"not json".to_vec()).unwrap();
     let (seq, why) = first_bad(a);
     assert_eq!(seq, 1);
     assert!(why.contains("not valid JSON"), "{why}");

@@ -176,9 +176,9 @@ fn audit_list_show_verify_and_tamper() {
     {
         let store = opslet::store::Store::open(&env.data(), Duration::from_secs(5)).unwrap();
         let tree = store.audit().raw_tree();
-        let mut rec: Value = serde_json::from_slice(&tree.get(1u64.to_be_bytes()).unwrap().unwrap()).unwrap();
+        let mut rec: Value = serde_json::from_slice(&tree.get(opslet::store::audit::record_key(1)).unwrap().unwrap()).unwrap();
         rec["status"] = json!("error");
-        tree.insert(1u64.to_be_bytes(), serde_json::to_vec(&rec).unwrap()).unwrap();
+        tree.insert(opslet::store::audit::record_key(1), serde_json::to_vec(&rec).unwrap()).unwrap();
         store.flush().unwrap();
     }
     let o = env.opslet(&["audit", "verify"]);

@@ -7,6 +7,7 @@ use mlua::{Lua, Table};
 
 use crate::error::Limit;
 use crate::runtime::context::RunCtx;
+use crate::runtime::lazy_async::async_function;
 
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
@@ -14,7 +15,7 @@ pub fn module(lua: &Lua, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
     let c = Arc::clone(ctx);
     t.set("clock", lua.create_function(move |_, ()| Ok(c.guard.started.elapsed().as_secs_f64()))?)?;
     let c = Arc::clone(ctx);
-    t.set("sleep", lua.create_async_function(move |_, secs: f64| time_sleep(Arc::clone(&c), secs))?)?;
+    t.set("sleep", async_function(lua, "time.sleep", move |_, secs: f64| time_sleep(Arc::clone(&c), secs))?)?;
     t.set("iso", lua.create_function(time_iso)?)?;
     t.set("parse", lua.create_function(time_parse)?)?;
     Ok(t)

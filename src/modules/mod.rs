@@ -120,34 +120,58 @@ impl ModuleRegistry {
         }
     }
 
-    /// Sets each module's global: the real table when granted, a stub that explains otherwise.
+    /// Sets each granted module's global. Every other module name resolves, through a metatable
+    /// on the globals, to a stub whose fields raise an error naming the missing permission; the
+    /// stubs are only built when an applet touches one.
     pub fn inject(&self, lua: &Lua, globals: &Table, manifest: &crate::applet::Manifest, ctx: &Arc<RunCtx>) -> mlua::Result<()> {
+        let mut missing: Vec<(&'static str, String)> = Vec::new();
         for m in &self.modules {
-            let table = match manifest.permissions.get(m.name()) {
-                Some(scope) => m.register(lua, Grant { module: m.name(), scope: scope.clone() }, ctx)?,
-                None => stub(lua, m.name(), format!("permission denied: this applet does not declare the `{0}` permission (add `{0} = ...` under [permissions] in applet.toml)", m.name()))?,
-            };
-            globals.raw_set(m.name(), table)?;
+            match manifest.permissions.get(m.name()) {
+                Some(scope) => globals.raw_set(m.name(), m.register(lua, Grant { module: m.name(), scope: scope.clone() }, ctx)?)?,
+                None => missing.push((m.name(), format!("permission denied: this applet does not declare the `{0}` permission (add `{0} = ...` under [permissions] in applet.toml)", m.name()))),
+            }
         }
         for name in KNOWN.iter().filter(|n| self.get(n).is_none()) {
-            globals.raw_set(*name, stub(lua, name, self.unavailable(name))?)?;
+            missing.push((name, self.unavailable(name)));
         }
+        let mt = lua.create_table()?;
+        let stubs = lua.create_table()?;
+        mt.raw_set(
+            "__index",
+            lua.create_function(move |lua, (_g, key): (Table, mlua::Value)| -> mlua::Result<mlua::Value> {
+                let mlua::Value::String(key) = key else { return Ok(mlua::Value::Nil) };
+                let Some((module, why)) = missing.iter().find(|(m, _)| key.as_bytes().as_ref() == m.as_bytes()) else {
+                    return Ok(mlua::Value::Nil);
+                };
+                if let Some(t) = stubs.raw_get::<Option<Table>>(*module)? {
+                    return Ok(mlua::Value::Table(t));
+                }
+                let t = stub(lua, module, why)?;
+                stubs.raw_set(*module, t.clone())?;
+                Ok(mlua::Value::Table(t))
+            })?,
+        )?;
+        globals.set_metatable(Some(mt))?;
         Ok(())
     }
 }
 
 /// A table whose every field access raises `module.field: why`.
-fn stub(lua: &Lua, module: &'static str, why: String) -> mlua::Result<Table> {
+fn stub(lua: &Lua, module: &'static str, why: &str) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     let mt = lua.create_table()?;
-    mt.set(
+    let why = why.to_string();
+    mt.raw_set(
         "__index",
         lua.create_function(move |_, (_t, key): (Table, mlua::Value)| -> mlua::Result<()> {
             let key = crate::builtins::log::display(&key);
             Err(mlua::Error::runtime(format!("{module}.{key}: {why}")))
         })?,
     )?;
+    mt.raw_set("__metatable", false)?;
+    mt.set_readonly(true);
     t.set_metatable(Some(mt))?;
+    t.set_readonly(true);
     Ok(t)
 }
 

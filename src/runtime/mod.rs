@@ -3,6 +3,7 @@
 
 pub mod context;
 pub mod convert;
+pub mod lazy_async;
 pub mod limits;
 pub mod redact;
 pub mod sandbox;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use mlua::chunk::{ChunkMode, Compiler};
-use mlua::{Function, Value as LuaValue};
+use mlua::Value as LuaValue;
 use serde_json::{Map, Value, json};
 
 use crate::applet::{AppletPackage, params};
@@ -134,6 +135,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: &Config, store: Option<Store>) -> Result<Runtime, Error> {
+        keep_heap_mapped();
         Ok(Runtime {
             host_limits: config.host_limits().map_err(Error::Config)?,
             kv_limits: config.kv_limits().map_err(Error::Config)?,
@@ -292,16 +294,15 @@ impl Runtime {
         // CPU-bound Lua sees cancellation in the interrupt; async waits see it here.
         let watcher = cancel.cancelled();
         let body = AssertUnwindSafe(async {
-            let (lua, array_mt) = sandbox::new_state(ctx, package, &self.modules).map_err(|e| Failure::Host(format!("creating the sandbox: {e}")))?;
+            let state = sandbox::new_state(ctx, package, &self.modules).map_err(|e| Failure::Host(format!("creating the sandbox: {e}")))?;
             let main = package.bytecode.get(crate::applet::MAIN_FILE).ok_or_else(|| Failure::Host("main.lua is not compiled".into()))?;
-            let chunk = lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
-            let entry: LuaValue = chunk.call_async(()).await.map_err(Failure::Lua)?;
-            let LuaValue::Function(entry) = entry else {
-                return Err(Failure::Shape(format!("main.lua must return a function (`return function(params, ctx) ... end`), but it returned {}", entry.type_name())));
-            };
-            let params_t = convert::to_lua(&lua, &Value::Object(params), &array_mt).map_err(Failure::Lua)?;
-            let ctx_t = ctx_table(&lua, ctx).map_err(Failure::Lua)?;
-            let result: LuaValue = call_entry(&entry, params_t, ctx_t).await.map_err(Failure::Lua)?;
+            let chunk = state.lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
+            let params_t = convert::to_lua(&state.lua, &Value::Object(params), &state.array_mt).map_err(Failure::Lua)?;
+            let ctx_t = ctx_table(&state.lua, ctx).map_err(Failure::Lua)?;
+            let result: LuaValue = state.launch.call_async((chunk, params_t, ctx_t)).await.map_err(|e| match shape_error(&e) {
+                Some(ty) => Failure::Shape(format!("main.lua must return a function (`return function(params, ctx) ... end`), but it returned {ty}")),
+                None => Failure::Lua(e),
+            })?;
             match convert::to_json(&result, guard.limits.result_bytes) {
                 Ok(v) => Ok(v),
                 Err(ConvertError::TooLarge(_)) => {
@@ -354,9 +355,31 @@ enum Failure {
     Limit,
 }
 
-async fn call_entry(entry: &Function, params: LuaValue, ctx: mlua::Table) -> mlua::Result<LuaValue> {
-    let mut results: mlua::MultiValue = entry.call_async((params, ctx)).await?;
-    Ok(results.pop_front().unwrap_or(LuaValue::Nil))
+/// Every run builds and frees a Lua state of a few hundred KiB. glibc would hand that memory
+/// back to the kernel after each run and fault it in again on the next, which costs more than
+/// the run; keep freed heap and mid-sized blocks in the process instead.
+fn keep_heap_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only adjusts allocator tuning parameters; it is safe to call at any
+            // time, and these values are within the documented ranges.
+            unsafe {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+            }
+        });
+    }
+}
+
+/// The launcher's "main.lua did not return a function" error carries the type it got.
+fn shape_error(e: &mlua::Error) -> Option<String> {
+    match e {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => shape_error(cause),
+        mlua::Error::RuntimeError(m) => m.strip_prefix(sandbox::MAIN_RETURNED).map(|rest| rest.split_whitespace().next().unwrap_or("nothing").to_string()),
+        _ => None,
+    }
 }
 
 fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {

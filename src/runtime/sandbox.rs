@@ -33,6 +33,14 @@ xpcall = function(...) return check(rawxpcall(...)) end
 coroutine.resume = function(...) return check(rawresume(...)) end
 local function lt(a, b) return a < b end
 table.sort = function(t, comp) return rawsort(t, comp or lt) end
+-- The launcher: runs main.lua's chunk, then the function it returns.
+return function(chunk, params, ctx)
+	local entry = chunk()
+	if type(entry) ~= "function" then
+		error("opslet:main-returned:" .. type(entry), 0)
+	end
+	return (entry(params, ctx))
+end
 "#;
 
 /// The stdlib helpers bundled into the binary: `require "opslet.NAME"`.
@@ -57,11 +65,23 @@ fn compiled_prelude() -> &'static [u8] {
     C.get_or_init(|| super::compile("prelude", PRELUDE.as_bytes()).expect("prelude compiles"))
 }
 
-/// Creates the sandboxed state for `package`. Returns the state and the array metatable.
-pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleRegistry) -> mlua::Result<(Lua, Table)> {
+/// A fresh sandboxed state: the array metatable for JSON conversions and the launcher function
+/// `launch(chunk, params, ctx)` that runs main.lua and calls the function it returns.
+pub struct State {
+    pub lua: Lua,
+    pub array_mt: Table,
+    pub launch: mlua::Function,
+}
+
+/// Prefix of the launcher's error when main.lua does not return a function.
+pub const MAIN_RETURNED: &str = "opslet:main-returned:";
+
+/// Creates the sandboxed state for `package`.
+pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleRegistry) -> mlua::Result<State> {
     let lua = Lua::new_with(libs(), LuaOptions::new())?;
     let guard = Arc::clone(&ctx.guard);
     guard.install(&lua)?;
+    super::lazy_async::install(&lua)?;
     let globals = lua.globals();
     for name in REMOVED_GLOBALS {
         globals.raw_set(*name, Value::Nil)?;
@@ -99,9 +119,9 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
         }
         Ok(results)
     })?;
-    lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call::<()>(check)?;
+    let launch: mlua::Function = lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call(check)?;
     lua.sandbox(true)?;
-    Ok((lua, array_mt))
+    Ok(State { lua, array_mt, launch })
 }
 
 /// `require(name)`: `opslet.*` from the bundled stdlib, anything else from the applet's own

@@ -11,8 +11,6 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sled::Transactional;
-
 use super::keys;
 use crate::error::Error;
 
@@ -111,37 +109,64 @@ impl Filter {
     }
 }
 
-/// Handle to the audit trees.
+/// Handle to the audit tree: `r<seq>` records, `h` the chain head, `o<run_id>` open runs.
+///
+/// Each append is plain inserts in a crash-safe order (open-run marker, record, head, marker
+/// removal) rather than one batch: a sled batch forces a disk write per call, which would cost
+/// more than the run itself. `open` repairs a head left one record behind by a crash, and
+/// `close_interrupted` drops markers whose record never made it.
 #[derive(Clone)]
 pub struct AuditLog {
-    records: sled::Tree,
-    meta: sled::Tree,
-    open_runs: sled::Tree,
-    /// Serializes appends within this process (sled keeps other processes out).
-    lock: Arc<Mutex<()>>,
+    tree: sled::Tree,
+    /// The head as last written; appends are serialized through this lock (sled keeps other
+    /// processes out of the store, so the cached head is authoritative).
+    head: Arc<Mutex<Head>>,
+}
+
+const RECORD: u8 = b'r';
+const HEAD: &[u8] = b"h";
+const OPEN: u8 = b'o';
+
+/// The sled key of record `seq`.
+pub fn record_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = RECORD;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn open_key(run_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(run_id.len() + 1);
+    k.push(OPEN);
+    k.extend_from_slice(run_id.as_bytes());
+    k
 }
 
 impl AuditLog {
     pub fn open(db: &sled::Db) -> Result<AuditLog, Error> {
-        Ok(AuditLog {
-            records: db.open_tree(keys::AUDIT)?,
-            meta: db.open_tree(keys::AUDIT_META)?,
-            open_runs: db.open_tree(keys::RUNS_OPEN)?,
-            lock: Arc::new(Mutex::new(())),
-        })
+        let tree = db.open_tree(keys::AUDIT)?;
+        let mut head = read_head(&tree)?;
+        // A crash between writing a record and its head leaves the head one behind.
+        if let Some(item) = tree.scan_prefix([RECORD]).next_back() {
+            let (_, v) = item?;
+            if let Ok(last) = serde_json::from_slice::<AuditRecord>(&v) {
+                if last.seq == head.count && last.prev == head.hash && last.compute_hash() == last.hash {
+                    head = Head { count: last.seq + 1, hash: last.hash };
+                    tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
+                }
+            }
+        }
+        Ok(AuditLog { tree, head: Arc::new(Mutex::new(head)) })
     }
 
+    /// The head as stored.
     pub fn head(&self) -> Result<Head, Error> {
-        Ok(match self.meta.get("head")? {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit head is corrupt: {e}")))?,
-            None => Head { count: 0, hash: GENESIS.to_string() },
-        })
+        read_head(&self.tree)
     }
 
-    /// Appends one record, atomically with the head and the open-runs index.
+    /// Appends one record and moves the head; keeps the open-runs index.
     pub fn append(&self, ev: AuditEvent) -> Result<AuditRecord, Error> {
-        let _guard = self.lock.lock();
-        let head = self.head()?;
+        let mut head = self.head.lock();
         let mut rec = AuditRecord {
             seq: head.count,
             time: Utc::now(),
@@ -152,38 +177,36 @@ impl AuditLog {
             applet: ev.applet,
             status: ev.status,
             data: ev.data,
-            prev: head.hash,
+            prev: head.hash.clone(),
             hash: String::new(),
         };
         rec.hash = rec.compute_hash();
         let body = serde_json::to_vec(&rec).map_err(|e| Error::Internal(format!("encoding audit record: {e}")))?;
-        let new_head = serde_json::to_vec(&Head { count: rec.seq + 1, hash: rec.hash.clone() }).expect("head serializes");
-        let run_key = rec.run_id.clone();
-        let kind = rec.kind.clone();
-        (&self.records, &self.meta, &self.open_runs)
-            .transaction(|(records, meta, open)| {
-                records.insert(&rec.seq.to_be_bytes(), body.as_slice())?;
-                meta.insert("head", new_head.as_slice())?;
-                if let Some(id) = &run_key {
-                    if kind == "run.start" {
-                        open.insert(id.as_bytes(), &rec.seq.to_be_bytes())?;
-                    } else if kind == "run.end" {
-                        open.remove(id.as_bytes())?;
-                    }
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| Error::Store(format!("writing audit record: {e:?}")))?;
+        let new_head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
+        let write = || -> Result<(), sled::Error> {
+            let open = rec.run_id.as_deref().map(open_key);
+            if let (Some(k), "run.start") = (&open, rec.kind.as_str()) {
+                self.tree.insert(k, &rec.seq.to_be_bytes())?;
+            }
+            self.tree.insert(record_key(rec.seq), body.as_slice())?;
+            self.tree.insert(HEAD, serde_json::to_vec(&new_head).expect("head serializes"))?;
+            if let (Some(k), "run.end") = (&open, rec.kind.as_str()) {
+                self.tree.remove(k)?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
+        *head = new_head;
         Ok(rec)
     }
 
     /// Run ids that have a `run.start` but no `run.end`.
     pub fn open_runs(&self) -> Result<Vec<(String, u64)>, Error> {
         let mut out = Vec::new();
-        for item in self.open_runs.iter() {
+        for item in self.tree.scan_prefix([OPEN]) {
             let (k, v) = item?;
             let seq = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-            out.push((String::from_utf8_lossy(&k).into_owned(), seq));
+            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), seq));
         }
         Ok(out)
     }
@@ -191,24 +214,35 @@ impl AuditLog {
     /// Closes every run left open by a process that died: each gets a `run.end` with status
     /// `interrupted`. Only call while holding the store exclusively (no run of ours is in flight).
     pub fn close_interrupted(&self) -> Result<usize, Error> {
-        let open = self.open_runs()?;
-        for (run_id, start_seq) in &open {
-            let start = self.get(*start_seq)?;
+        let mut closed = 0;
+        for (run_id, start_seq) in self.open_runs()? {
+            let start = self.get(start_seq)?.filter(|r| r.kind == "run.start" && r.run_id.as_deref() == Some(run_id.as_str()));
+            let Some(start) = start else {
+                // The marker was written but the record was not: no run started.
+                self.tree.remove(open_key(&run_id))?;
+                continue;
+            };
+            let ended = self.list(&Filter { run_id: Some(run_id.clone()), kind: Some("run.end".into()), ..Filter::default() })?;
+            if !ended.is_empty() {
+                self.tree.remove(open_key(&run_id))?;
+                continue;
+            }
             self.append(AuditEvent {
                 kind: "run.end".into(),
                 run_id: Some(run_id.clone()),
-                actor: start.as_ref().and_then(|s| s.actor.clone()),
-                via: start.as_ref().and_then(|s| s.via.clone()),
-                applet: start.as_ref().and_then(|s| s.applet.clone()),
+                actor: start.actor.clone(),
+                via: start.via.clone(),
+                applet: start.applet.clone(),
                 status: Some("interrupted".into()),
                 data: serde_json::json!({ "error": "the process running this applet stopped before the run ended", "start_seq": start_seq }),
             })?;
+            closed += 1;
         }
-        Ok(open.len())
+        Ok(closed)
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, Error> {
-        match self.records.get(seq.to_be_bytes())? {
+        match self.tree.get(record_key(seq))? {
             Some(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit record {seq} is unreadable: {e}")))?)),
             None => Ok(None),
         }
@@ -217,7 +251,7 @@ impl AuditLog {
     /// Records matching `filter`, oldest first (the newest `limit` of them).
     pub fn list(&self, filter: &Filter) -> Result<Vec<AuditRecord>, Error> {
         let mut out = Vec::new();
-        for item in self.records.iter().rev() {
+        for item in self.tree.scan_prefix([RECORD]).rev() {
             let (k, v) = item?;
             let rec: AuditRecord = serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_ref())))?;
             if filter.matches(&rec) {
@@ -237,9 +271,9 @@ impl AuditLog {
         let mut expected_seq = 0u64;
         let mut prev = GENESIS.to_string();
         let mut first_bad = None;
-        for item in self.records.iter() {
+        for item in self.tree.scan_prefix([RECORD]) {
             let (k, v) = item?;
-            let key_seq = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
+            let key_seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0xff; 8]));
             let rec: AuditRecord = match serde_json::from_slice(&v) {
                 Ok(r) => r,
                 Err(e) => {
@@ -271,9 +305,16 @@ impl AuditLog {
         Ok(VerifyReport { records: expected_seq, head, first_bad })
     }
 
-    /// Raw access for tests that tamper with the log on purpose.
+    /// Raw access for tests that tamper with the log on purpose (keys: [`record_key`]).
     #[doc(hidden)]
     pub fn raw_tree(&self) -> &sled::Tree {
-        &self.records
+        &self.tree
     }
+}
+
+fn read_head(tree: &sled::Tree) -> Result<Head, Error> {
+    Ok(match tree.get(HEAD)? {
+        Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit head is corrupt: {e}")))?,
+        None => Head { count: 0, hash: GENESIS.to_string() },
+    })
 }

@@ -11,9 +11,8 @@ use crate::error::Error;
 
 /// Names of every sled tree opslet uses.
 pub mod keys {
+    /// Audit records, chain head and open runs (see `audit`).
     pub const AUDIT: &str = "audit";
-    pub const AUDIT_META: &str = "audit_meta";
-    pub const RUNS_OPEN: &str = "runs_open";
     pub const KV_PREFIX: &str = "kv/";
 }
 
@@ -37,7 +36,7 @@ impl Store {
         let path = data_dir.join("db");
         let start = Instant::now();
         let db = loop {
-            match sled::Config::new().path(&path).flush_every_ms(Some(200)).open() {
+            match sled::Config::new().path(&path).flush_every_ms(Some(1000)).open() {
                 Ok(db) => break db,
                 Err(sled::Error::Io(e)) if is_lock_error(&e) && start.elapsed() < wait => std::thread::sleep(Duration::from_millis(25)),
                 Err(sled::Error::Io(e)) if is_lock_error(&e) => {

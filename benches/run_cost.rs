@@ -1,0 +1,158 @@
+//! Per-run cost of a trivial applet through opslet, next to a bare mlua Luau state running the
+//! same code, and the wall time of a cold `opslet run` process. Run with `cargo bench`.
+//!
+//! Targets (issue #2): opslet within 1.5x of the bare state and under 1 ms per run; a cold
+//! `opslet run` under 30 ms. Figures are printed as ratios against the baseline measured here.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Function, Lua, LuaOptions, Table};
+use opslet::applet::AppletPackage;
+use opslet::config::Config;
+use opslet::runtime::context::Caller;
+use opslet::runtime::{RunRequest, Runtime};
+use opslet::store::Store;
+
+const MAIN: &str = "return function(params, ctx) return { n = params.n + 1, id = ctx.applet_id } end";
+const MANIFEST: &str = "name = \"bench\"\nversion = \"1.0.0\"\n[params.n]\ntype = \"integer\"\ndefault = 1\n";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn p95(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 95 / 100).min(v.len() - 1)]
+}
+
+/// Times `f` in `rounds` rounds of `per_round` calls; returns the per-call median over rounds.
+fn measure(rounds: usize, per_round: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..per_round {
+        f();
+    }
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..per_round {
+            f();
+        }
+        samples.push(t.elapsed() / per_round as u32);
+    }
+    median(samples)
+}
+
+fn bare_source() {
+    let lua = Lua::new_with(opslet::runtime::sandbox::libs(), LuaOptions::new()).unwrap();
+    lua.sandbox(true).unwrap();
+    let f: Function = lua.load(MAIN).set_name("=main.lua").call(()).unwrap();
+    let params = lua.create_table().unwrap();
+    params.set("n", 1).unwrap();
+    let ctx = lua.create_table().unwrap();
+    ctx.set("applet_id", "bench@1.0.0").unwrap();
+    let r: Table = f.call((params, ctx)).unwrap();
+    assert_eq!(r.get::<i64>("n").unwrap(), 2);
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    let mut files = BTreeMap::new();
+    files.insert("applet.toml".to_string(), MANIFEST.as_bytes().to_vec());
+    files.insert("main.lua".to_string(), MAIN.as_bytes().to_vec());
+    let pkg = Arc::new(AppletPackage::from_files(files).unwrap());
+    let bytecode = pkg.bytecode["main.lua"].clone();
+
+    let bare_bc = || {
+        let lua = Lua::new_with(opslet::runtime::sandbox::libs(), LuaOptions::new()).unwrap();
+        lua.sandbox(true).unwrap();
+        let f: Function = lua.load(bytecode.as_slice()).set_mode(mlua::chunk::ChunkMode::Binary).set_name("=main.lua").call(()).unwrap();
+        let params = lua.create_table().unwrap();
+        params.set("n", 1).unwrap();
+        let ctx = lua.create_table().unwrap();
+        ctx.set("applet_id", "bench@1.0.0").unwrap();
+        let r: Table = f.call((params, ctx)).unwrap();
+        assert_eq!(r.get::<i64>("n").unwrap(), 2);
+    };
+
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = Config::parse("[audit]\nsync = false\n", "bench").unwrap();
+    let no_store = Runtime::new(&config, None).unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let with_store = Runtime::new(&config, Some(Store::open(store_dir.path(), Duration::from_secs(1)).unwrap())).unwrap();
+    let caller = Caller { user: "bench".into(), via: "bench".into() };
+    let through = |rt: &Runtime| {
+        let o = tokio.block_on(rt.run(RunRequest::new(Arc::clone(&pkg), caller.clone())));
+        assert!(o.result.is_ok(), "{:?}", o.result);
+    };
+
+    let (rounds, per) = (15, 200);
+    let t_bare = measure(rounds, per, bare_source);
+    let t_bare_bc = measure(rounds, per, bare_bc);
+    let t_rt = measure(rounds, per, || through(&no_store));
+    let t_audit = measure(rounds, per, || through(&with_store));
+
+    println!("per-run cost of a trivial applet (median of {rounds} rounds x {per} runs)");
+    println!("  bare mlua Luau state, source          {:>10}   1.00x (baseline)", us(t_bare));
+    println!("  bare mlua Luau state, bytecode        {:>10}   {:.2}x", us(t_bare_bc), t_bare_bc.as_secs_f64() / t_bare.as_secs_f64());
+    println!("  opslet runtime, no store              {:>10}   {:.2}x", us(t_rt), t_rt.as_secs_f64() / t_bare.as_secs_f64());
+    println!("  opslet runtime + audit log (sled)     {:>10}   {:.2}x", us(t_audit), t_audit.as_secs_f64() / t_bare.as_secs_f64());
+    let ratio = t_audit.as_secs_f64() / t_bare.as_secs_f64();
+    println!(
+        "  target: opslet+audit within 1.5x of bare and under 1 ms: {}",
+        if ratio <= 1.5 && t_audit < Duration::from_millis(1) { "met" } else { "MISSED" }
+    );
+
+    // Cold process: the release binary built next to this bench.
+    let exe = env!("CARGO_BIN_EXE_opslet");
+    let dir = tempfile::tempdir().unwrap();
+    let applet = dir.path().join("bench");
+    std::fs::create_dir(&applet).unwrap();
+    std::fs::write(applet.join("applet.toml"), MANIFEST).unwrap();
+    std::fs::write(applet.join("main.lua"), MAIN).unwrap();
+    let cold = |sync: bool| {
+        let data = dir.path().join(if sync { "data-sync" } else { "data-nosync" });
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("opslet.toml"), format!("[audit]\nsync = {sync}\n")).unwrap();
+        let mut samples = Vec::new();
+        for i in 0..25 {
+            let t = Instant::now();
+            let st = Command::new(exe)
+                .args(["run", applet.to_str().unwrap(), "--format", "json", "-q"])
+                .env("OPSLET_DATA_DIR", &data)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success());
+            if i >= 3 {
+                samples.push(t.elapsed());
+            }
+        }
+        samples
+    };
+    let t_true = {
+        let mut samples = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            Command::new("true").status().unwrap();
+            samples.push(t.elapsed());
+        }
+        median(samples)
+    };
+    let synced = cold(true);
+    let unsynced = cold(false);
+    println!("cold `opslet run` process (median / p95 of 22 runs)");
+    println!("  spawning /bin/true (baseline)         {:>10}", ms(t_true));
+    println!("  opslet run, audit fsync (default)     {:>10} / {}", ms(median(synced.clone())), ms(p95(synced.clone())));
+    println!("  opslet run, audit sync = false        {:>10} / {}", ms(median(unsynced.clone())), ms(p95(unsynced)));
+    println!("  target: under 30 ms: {}", if median(synced) < Duration::from_millis(30) { "met" } else { "MISSED" });
+}
