@@ -248,3 +248,38 @@ fn cancellation_stops_a_busy_run() {
     assert_eq!(o.status, RunStatus::Cancelled);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+// ---- edge cases found in review --------------------------------------------------------------
+
+#[test]
+fn waiting_inside_an_applet_coroutine_is_an_error_not_a_hang() {
+    let e = err_text(&run_tight("return function() local co = coroutine.wrap(function() time.sleep(0.01) return 1 end) return co() end"));
+    assert!(e.contains("time.sleep: cannot wait inside a coroutine"), "{e}");
+    let v = ok_value("return function() local co = coroutine.create(function() time.sleep(0.01) end) local ok, e = coroutine.resume(co) return { ok = ok, e = e } end");
+    assert_eq!(v["ok"], json!(false));
+    assert!(v["e"].as_str().unwrap().contains("cannot wait inside a coroutine"), "{v}");
+}
+
+#[test]
+fn waiting_in_module_top_level_is_a_clear_error() {
+    let pkg = package_with(MANIFEST, "return function() return require('slow') end", &[("slow.lua", "time.sleep(0.01)\nreturn 1")]);
+    let e = err_text(&run(&runtime(TIGHT), pkg));
+    assert!(e.contains("time.sleep: cannot wait here"), "{e}");
+}
+
+#[test]
+fn require_caches_by_file() {
+    let pkg = package_with(MANIFEST, "return function() return require('lib.util') == require('./lib/util') and require('lib/util.lua') == require('lib.util') end", &[("lib/util.lua", "return {}")]);
+    assert_eq!(run(&runtime(TIGHT), pkg).result.unwrap(), json!(true));
+}
+
+#[test]
+fn globals_metatable_is_locked() {
+    let v = ok_value("return function() local mt = getmetatable(_G) local ok = pcall(setmetatable, _G, {}) return { mt = mt, ok = ok } end");
+    assert_eq!(v, json!({ "mt": false, "ok": false }));
+}
+
+#[test]
+fn memory_error_through_coroutine_wrap_still_ends_the_run() {
+    assert_limit("return function() pcall(coroutine.wrap(function() return string.rep('x', 2^30) end)) return 'survived' end", Limit::Memory);
+}

@@ -151,6 +151,8 @@ impl ModuleRegistry {
                 Ok(mlua::Value::Table(t))
             })?,
         )?;
+        mt.raw_set("__metatable", false)?;
+        mt.set_readonly(true);
         globals.set_metatable(Some(mt))?;
         Ok(())
     }

@@ -19,12 +19,20 @@ type Ctor = Box<dyn FnOnce(&Lua) -> mlua::Result<Function> + Send>;
 pub(crate) struct LazyAsync {
     make_stub: Function,
     getter: Function,
+    /// `run.main` is the run's own coroutine, set by the launcher.
+    run: Table,
     pending: std::sync::Arc<Mutex<HashMap<&'static str, Ctor>>>,
 }
 
 const STUB: &str = r#"
-local getter, name = ...
+local getter, name, run = ...
 return function(...)
+	if coroutine.running() ~= run.main then
+		error(name .. ": cannot wait inside a coroutine the applet created; call it from the applet's own flow", 2)
+	end
+	if not coroutine.isyieldable() then
+		error(name .. ": cannot wait here (in a module's top-level code, a metamethod or a sort comparator); call it from a function", 2)
+	end
 	return getter(name)(...)
 end
 "#;
@@ -35,7 +43,8 @@ fn stub_bytecode() -> &'static [u8] {
 }
 
 /// Prepares `lua` for [`async_function`]. Called once per state, before modules register.
-pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+/// Returns the table whose `main` field the launcher sets to the run's coroutine.
+pub(crate) fn install(lua: &Lua) -> mlua::Result<Table> {
     let pending: std::sync::Arc<Mutex<HashMap<&'static str, Ctor>>> = Default::default();
     let cache: Table = lua.create_table()?;
     let p = std::sync::Arc::clone(&pending);
@@ -49,8 +58,9 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         Ok(f)
     })?;
     let make_stub = lua.load(stub_bytecode()).set_name("=[host]").set_mode(ChunkMode::Binary).into_function()?;
-    lua.set_app_data(LazyAsync { make_stub, getter, pending });
-    Ok(())
+    let run = lua.create_table()?;
+    lua.set_app_data(LazyAsync { make_stub, getter, run: run.clone(), pending });
+    Ok(run)
 }
 
 /// An async host function named `name` (like `time.sleep`), built on its first call.
@@ -61,10 +71,10 @@ where
     FR: Future<Output = mlua::Result<R>> + MaybeSend + 'static,
     R: IntoLuaMulti,
 {
-    let (make_stub, getter, pending) = {
+    let (make_stub, getter, run, pending) = {
         let lazy = lua.app_data_ref::<LazyAsync>().ok_or_else(|| mlua::Error::runtime("async host functions are not set up in this state"))?;
-        (lazy.make_stub.clone(), lazy.getter.clone(), std::sync::Arc::clone(&lazy.pending))
+        (lazy.make_stub.clone(), lazy.getter.clone(), lazy.run.clone(), std::sync::Arc::clone(&lazy.pending))
     };
     pending.lock().insert(name, Box::new(move |lua: &Lua| lua.create_async_function(func)));
-    make_stub.call((getter, name))
+    make_stub.call((getter, name, run))
 }

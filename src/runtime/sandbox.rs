@@ -26,7 +26,7 @@ const REMOVED_GLOBALS: &[&str] = &["loadstring", "getfenv", "setfenv", "require"
 /// the interrupt fires inside long sorts. `check` also receives any host panic caught by `pcall`;
 /// converting it resumes the panic, which ends the run as an internal error.
 const PRELUDE: &str = r#"
-local check = ...
+local check, run = ...
 local rawpcall, rawxpcall, rawresume, rawsort = pcall, xpcall, coroutine.resume, table.sort
 pcall = function(...) return check(rawpcall(...)) end
 xpcall = function(...) return check(rawxpcall(...)) end
@@ -35,6 +35,7 @@ local function lt(a, b) return a < b end
 table.sort = function(t, comp) return rawsort(t, comp or lt) end
 -- The launcher: runs main.lua's chunk, then the function it returns.
 return function(chunk, params, ctx)
+	run.main = coroutine.running()
 	local entry = chunk()
 	if type(entry) ~= "function" then
 		error("opslet:main-returned:" .. type(entry), 0)
@@ -81,7 +82,7 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     let lua = Lua::new_with(libs(), LuaOptions::new())?;
     let guard = Arc::clone(&ctx.guard);
     guard.install(&lua)?;
-    super::lazy_async::install(&lua)?;
+    let run_info = super::lazy_async::install(&lua)?;
     let globals = lua.globals();
     for name in REMOVED_GLOBALS {
         globals.raw_set(*name, Value::Nil)?;
@@ -102,10 +103,14 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     let g = Arc::clone(&guard);
     let check = lua.create_function(move |lua, results: MultiValue| {
         if matches!(results.front(), Some(Value::Boolean(false))) {
-            if let Some(Value::String(s)) = results.get(1) {
-                if s.as_bytes().as_ref() == b"not enough memory" {
-                    return Err(g.trip(Limit::Memory));
-                }
+            // Luau's allocation failure message, possibly with a position or context prefixed.
+            let text = match results.get(1) {
+                Some(Value::String(s)) => Some(s.to_string_lossy()),
+                Some(Value::Error(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if text.is_some_and(|t| t.ends_with("not enough memory")) {
+                return Err(g.trip(Limit::Memory));
             }
         }
         if g.tripped().is_some() || g.is_cancelled() {
@@ -119,7 +124,7 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
         }
         Ok(results)
     })?;
-    let launch: mlua::Function = lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call(check)?;
+    let launch: mlua::Function = lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call((check, run_info))?;
     lua.sandbox(true)?;
     Ok(State { lua, array_mt, launch })
 }
@@ -130,15 +135,10 @@ fn require_fn(lua: &Lua, package: &Arc<AppletPackage>) -> mlua::Result<mlua::Fun
     let package = Arc::clone(package);
     let loaded = lua.create_table()?;
     lua.create_function(move |lua, name: String| {
-        if let Some(v) = loaded.raw_get::<Option<Value>>(name.as_str())? {
-            if v == Value::Boolean(false) {
-                return Err(mlua::Error::runtime(format!("require: `{name}` is being loaded already (circular require)")));
-            }
-            return Ok(v);
-        }
-        let (chunk_name, bytecode): (String, &[u8]) = if name.starts_with("opslet.") {
+        // Resolve first, so `lib.util` and `./lib/util` share one cache entry (the file path).
+        let (key, chunk_name, bytecode): (String, String, &[u8]) = if name.starts_with("opslet.") {
             match compiled_stdlib().get(name.as_str()) {
-                Some(b) => (format!("={name}"), b.as_slice()),
+                Some(b) => (name.clone(), format!("={name}"), b.as_slice()),
                 None => {
                     let have: Vec<&str> = STDLIB.iter().map(|(n, _)| *n).collect();
                     return Err(mlua::Error::runtime(format!("require: no stdlib module `{name}` (have: {})", have.join(", "))));
@@ -147,7 +147,7 @@ fn require_fn(lua: &Lua, package: &Arc<AppletPackage>) -> mlua::Result<mlua::Fun
         } else {
             let path = module_path(&name).map_err(mlua::Error::runtime)?;
             match package.bytecode.get(&path) {
-                Some(b) => (format!("={path}"), b.as_slice()),
+                Some(b) => (path.clone(), format!("={path}"), b.as_slice()),
                 None => {
                     return Err(mlua::Error::runtime(format!(
                         "require: module `{name}` not found: looked for {path} in the applet (modules load only from the applet's own files or opslet.* stdlib)"
@@ -155,17 +155,23 @@ fn require_fn(lua: &Lua, package: &Arc<AppletPackage>) -> mlua::Result<mlua::Fun
                 }
             }
         };
-        loaded.raw_set(name.as_str(), false)?;
+        if let Some(v) = loaded.raw_get::<Option<Value>>(key.as_str())? {
+            if v == Value::Boolean(false) {
+                return Err(mlua::Error::runtime(format!("require: `{name}` is being loaded already (circular require)")));
+            }
+            return Ok(v);
+        }
+        loaded.raw_set(key.as_str(), false)?;
         let result = lua.load(bytecode).set_name(chunk_name).set_mode(ChunkMode::Binary).call::<Value>(());
         let value = match result {
             Ok(Value::Nil) => Value::Boolean(true),
             Ok(v) => v,
             Err(e) => {
-                loaded.raw_set(name.as_str(), Value::Nil)?;
+                loaded.raw_set(key.as_str(), Value::Nil)?;
                 return Err(e);
             }
         };
-        loaded.raw_set(name.as_str(), value.clone())?;
+        loaded.raw_set(key.as_str(), value.clone())?;
         Ok(value)
     })
 }

@@ -5,6 +5,9 @@ local M = {}
 --- Splits `s` on a plain (non-pattern) separator. `str.split("a,b,,c", ",")` -> {"a","b","","c"}
 function M.split(s, sep)
 	sep = sep or ","
+	if sep == "" then
+		error("strings.split: the separator must not be empty", 2)
+	end
 	local out = {}
 	if s == "" then
 		return out
@@ -34,10 +37,10 @@ function M.ends_with(s, suffix)
 	return suffix == "" or string.sub(s, -#suffix) == suffix
 end
 
---- Pads `s` on the right (or the left, with `left = true`) to `width` characters.
+--- Pads `s` on the right (or the left, with `left = true`) to `width` characters (UTF-8 aware).
 function M.pad(s, width, left)
 	s = tostring(s)
-	local n = width - #s
+	local n = width - (utf8.len(s) or #s)
 	if n <= 0 then
 		return s
 	end
