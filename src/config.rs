@@ -149,8 +149,8 @@ impl Config {
             result_bytes: s("result_bytes", &l.result_bytes)?,
             call_depth: l.call_depth,
         };
-        if out.memory < 1024 * 1024 {
-            return Err("limits.memory must be at least 1MiB".into());
+        if out.memory < crate::applet::manifest::MIN_MEMORY || out.max_memory < crate::applet::manifest::MIN_MEMORY {
+            return Err("limits.memory and limits.max_memory must be at least 2MiB".into());
         }
         if !(16..=20_000).contains(&out.call_depth) {
             return Err("limits.call_depth must be between 16 and 20000".into());

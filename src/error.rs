@@ -57,7 +57,7 @@ impl fmt::Display for ParamError {
 
 /// Which hard limit ended a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Limit {
     Cpu,
     Memory,
@@ -104,6 +104,12 @@ pub enum Error {
     /// Storage (sled) problems.
     #[error("{0}")]
     Store(String),
+    /// A command-line value that is malformed (not a param value: the shape of the flag).
+    #[error("{0}")]
+    Usage(String),
+    /// Something asked for by name does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Anything else: I/O, bugs in host code.
     #[error("{0}")]
     Internal(String),
@@ -118,7 +124,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::AppletFailed(_) => 1,
-            Error::Applet(_) | Error::Params(_) | Error::Config(_) => 3,
+            Error::Usage(_) => 2,
+            Error::Applet(_) | Error::Params(_) | Error::Config(_) | Error::NotFound(_) => 3,
             Error::LimitExceeded { .. } => 4,
             Error::Cancelled => 6,
             Error::Store(_) | Error::Internal(_) => 5,
@@ -134,6 +141,8 @@ impl Error {
             Error::LimitExceeded { .. } => "limit_exceeded",
             Error::Cancelled => "cancelled",
             Error::Config(_) => "config_error",
+            Error::Usage(_) => "usage_error",
+            Error::NotFound(_) => "not_found",
             Error::Store(_) => "store_error",
             Error::Internal(_) => "internal_error",
         }

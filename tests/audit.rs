@@ -182,3 +182,15 @@ fn filters_select_records() {
     assert_eq!(n(Filter { limit: Some(1), ..Filter::default() }), 1);
     assert_eq!(n(Filter { since: Some(chrono::Utc::now() + chrono::Duration::hours(1)), ..Filter::default() }), 0);
 }
+
+#[test]
+fn a_store_of_another_layout_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+        store.db().open_tree("meta").unwrap().insert("format", &99u32.to_be_bytes()).unwrap();
+        store.flush().unwrap();
+    }
+    let err = Store::open(dir.path(), std::time::Duration::from_secs(1)).err().expect("must refuse").to_string();
+    assert!(err.contains("layout version 99") && err.contains("reads version 1"), "{err}");
+}

@@ -249,3 +249,31 @@ fn meta_writes_type_definitions() {
     let text = std::fs::read_to_string(out.join("opslet.d.luau")).unwrap();
     assert!(text.contains("declare json"));
 }
+
+#[test]
+fn config_is_only_read_by_commands_that_use_it_and_actor_is_not_from_env() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    std::fs::write(env.data().join("opslet.toml"), "this is not toml").unwrap();
+    assert!(env.opslet(&["new", "fine"]).status.success(), "a broken config does not stop `new`");
+    let o = env.opslet(&["run", "fine"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("invalid config"), "{}", stderr(&o));
+    std::fs::remove_file(env.data().join("opslet.toml")).unwrap();
+
+    let o = env.cmd().args(["run", "fine", "-q"]).env("USER", "mallory").env("LOGNAME", "mallory").output().unwrap();
+    assert!(o.status.success());
+    let o = env.opslet(&["audit", "list", "--format", "json"]);
+    let recs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_ne!(recs[0]["actor"], json!("mallory"), "the caller comes from the uid, not $USER");
+
+    let o = env.opslet(&["audit", "show", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.opslet(&["audit", "show", "01a2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least 8 characters"), "{}", stderr(&o));
+    let o = env.opslet(&["audit", "show", "ffffffff-none"]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = env.opslet(&["run", "fine", "-p", "novalue"]);
+    assert_eq!(o.status.code(), Some(2));
+}

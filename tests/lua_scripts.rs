@@ -55,3 +55,16 @@ fn logs_are_captured_in_order_with_levels() {
     let expect = [("debug", "d"), ("info", "i 2 true nil"), ("warn", "{\"a\":1}"), ("error", "e"), ("info", "p")];
     assert_eq!(lines, expect.map(|(a, b)| (a.to_string(), b.to_string())));
 }
+
+#[test]
+fn kv_size_accounting_in_dry_runs_counts_each_key_once() {
+    let rt = runtime("[kv]\nmax_bytes = \"100B\"\n[audit]\nsync = false\n");
+    let pkg = package("return function() kv.set('a', string.rep('x', 60)) kv.set('a', string.rep('y', 60)) kv.delete('a') kv.set('b', string.rep('z', 60)) return 'ok' end");
+    assert_eq!(run(&rt, pkg.clone()).result.unwrap(), json!("ok"));
+    // The store now holds `b`. A dry run that replaces and deletes it has room for `a`.
+    let mut dry = req(package("return function() kv.set('b', string.rep('x', 60)) kv.delete('b') kv.set('a', string.rep('y', 60)) return kv.keys() end"));
+    dry.dry_run = true;
+    assert_eq!(run_req(&rt, dry).result.unwrap(), json!(["a"]), "the stored `b` is shadowed, deletes free space");
+    let real = run(&rt, package("return function() return kv.keys() end"));
+    assert_eq!(real.result.unwrap(), json!(["b"]), "the dry run stored nothing");
+}

@@ -202,3 +202,10 @@ fn invalid_params_stop_the_run_and_are_audited() {
     let recs = rt.store().unwrap().audit().list(&Default::default()).unwrap();
     assert_eq!(recs.last().unwrap().status.as_deref(), Some("invalid_params"));
 }
+
+#[test]
+fn memory_request_has_a_floor() {
+    bad(&format!("{BASE}[limits]\nmemory = \"1KiB\"\n"), &["applet.toml:4", "below the minimum of 2MiB"]);
+    let e = opslet::config::Config::parse("[limits]\nmax_memory = \"1MiB\"\n", "opslet.toml").unwrap_err();
+    assert!(e.to_string().contains("at least 2MiB"), "{e}");
+}

@@ -10,6 +10,9 @@ use crate::error::Diagnostic;
 
 pub const MANIFEST_FILE: &str = "applet.toml";
 
+/// The smallest Lua heap a run may have: the sandbox itself needs a few hundred KiB.
+pub const MIN_MEMORY: u64 = 2 * 1024 * 1024;
+
 /// The raw shape of `applet.toml`; unknown keys are rejected by serde.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +188,7 @@ impl Manifest {
         }
         if let Some(m) = &raw.limits.memory {
             match parse_size(m.get_ref()) {
+                Ok(b) if b < MIN_MEMORY => errs.push(at(m.span(), format!("limits.memory: {} is below the minimum of 2MiB", m.get_ref()))),
                 Ok(b) => limits.memory = Some(b),
                 Err(msg) => errs.push(at(m.span(), format!("limits.memory: {msg}"))),
             }

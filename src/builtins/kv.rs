@@ -62,19 +62,23 @@ fn write(ctx: &RunCtx, op: &str, key: &str, value: Option<Vec<u8>>) -> mlua::Res
         if v.len() as u64 > max_value {
             return Err(mlua::Error::runtime(format!("kv.{op}({key}): value is {} bytes, the limit is {max_value}", v.len())));
         }
+        // The store as this run sees it: stored entries, overridden by the dry-run overlay.
         let tree = tree(ctx)?;
+        let overlay = ctx.kv_overlay.lock();
         let mut total: u64 = 0;
         for item in tree.iter() {
             let (k, val) = item.map_err(|e| mlua::Error::runtime(format!("kv.{op}({key}): {e}")))?;
-            if k.as_ref() != key.as_bytes() {
+            let shadowed = std::str::from_utf8(&k).is_ok_and(|k| overlay.contains_key(k));
+            if k.as_ref() != key.as_bytes() && !shadowed {
                 total += (k.len() + val.len()) as u64;
             }
         }
-        for (k, v) in ctx.kv_overlay.lock().iter() {
+        for (k, v) in overlay.iter() {
             if k != key {
                 total += v.as_ref().map_or(0, |v| (k.len() + v.len()) as u64);
             }
         }
+        drop(overlay);
         total += (key.len() + v.len()) as u64;
         if total > max_total {
             return Err(mlua::Error::runtime(format!("kv.{op}({key}): this applet's store would grow to {total} bytes, the limit is {max_total}")));

@@ -14,7 +14,7 @@ pub enum AuditCmd {
     List(ListArgs),
     /// Show one record by sequence number, or every record of a run by run id (or its prefix).
     Show {
-        /// A sequence number or a run id.
+        /// A record number, or a run id (a prefix of at least 8 characters).
         id: String,
     },
     /// Walk the hash chain; exit 7 and name the first bad record if anything was changed.
@@ -73,12 +73,14 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             Ok(0)
         }
         AuditCmd::Show { id } => {
+            // Run ids are UUIDs: a run-id prefix needs 8 characters, so short numbers are seqs.
             let records = match id.parse::<u64>() {
-                Ok(seq) => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
-                Err(_) => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
+                Ok(seq) if id.len() < 8 => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
+                _ if id.len() < 8 => return Err(Error::Usage(format!("`{id}`: give a record number or at least 8 characters of a run id"))),
+                _ => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
             };
             if records.is_empty() {
-                return Err(Error::Config(format!("no audit record or run `{id}`")));
+                return Err(Error::NotFound(format!("no audit record or run `{id}`")));
             }
             println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
             Ok(0)
@@ -110,7 +112,7 @@ fn parse_time(flag: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, Erro
     }
     match humantime::parse_duration(s) {
         Ok(d) => Ok(chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default()),
-        Err(_) => Err(Error::Config(format!("{flag}: `{s}` is neither an RFC 3339 time nor an age like 2h"))),
+        Err(_) => Err(Error::Usage(format!("{flag}: `{s}` is neither an RFC 3339 time nor an age like 2h"))),
     }
 }
 

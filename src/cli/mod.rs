@@ -51,23 +51,26 @@ pub enum Command {
     },
 }
 
-/// Settings every subcommand shares.
+/// Settings every subcommand shares. The config file is read only by commands that need it.
 pub struct Global {
     pub data_dir: PathBuf,
-    pub config: Config,
+    config_path: Option<PathBuf>,
 }
 
 impl Global {
-    fn load(cli: &Cli) -> Result<Global, Error> {
-        let data_dir = cli.data_dir.clone().unwrap_or_else(config::default_data_dir);
-        let config = match &cli.config {
-            Some(p) => Config::load(p)?,
+    fn new(cli: &Cli) -> Global {
+        Global { data_dir: cli.data_dir.clone().unwrap_or_else(config::default_data_dir), config_path: cli.config.clone() }
+    }
+
+    /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
+    pub fn config(&self) -> Result<Config, Error> {
+        match &self.config_path {
+            Some(p) => Config::load(p),
             None => {
-                let p = data_dir.join("opslet.toml");
-                if p.exists() { Config::load(&p)? } else { Config::default() }
+                let p = self.data_dir.join("opslet.toml");
+                if p.exists() { Config::load(&p) } else { Ok(Config::default()) }
             }
-        };
-        Ok(Global { data_dir, config })
+        }
     }
 
     /// Opens the store and closes runs left open by processes that died.
@@ -81,10 +84,7 @@ impl Global {
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let global = match Global::load(&cli) {
-        Ok(g) => g,
-        Err(e) => return report(&e),
-    };
+    let global = Global::new(&cli);
     let result = match cli.command {
         Command::New(args) => new::run(args),
         Command::Check(args) => check::run(&global, args),

@@ -55,11 +55,12 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
     for p in &args.params {
         match p.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => pairs.push((k.trim().to_string(), v.to_string())),
-            _ => return Err(Error::Params(vec![crate::error::ParamError { param: p.clone(), message: "--param takes NAME=VALUE".into() }])),
+            _ => return Err(Error::Usage(format!("--param `{p}`: expected NAME=VALUE"))),
         }
     }
+    let config = global.config()?;
     let store = global.open_store()?;
-    let runtime = Runtime::new(&global.config, Some(store))?;
+    let runtime = Runtime::new(&config, Some(store))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
     let cancel = CancelToken::default();
     {
@@ -103,7 +104,7 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
             0
         }
         Err(e) => {
-            if args.format == Format::Json && !matches!(e, Error::Params(_) | Error::Applet(_)) {
+            if args.format == Format::Json {
                 // stdout stays one JSON document even on failure: null.
                 println!("null");
             }
@@ -120,10 +121,17 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
 
 /// Runs `once` now and after every change below `dir`, until Ctrl-C.
 fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> Result<i32, Error>) -> Result<i32, Error> {
+    let dir = &dir.canonicalize().map_err(|e| Error::Applet(vec![crate::error::Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))]))?;
     let (tx, rx) = std::sync::mpsc::channel();
+    let root = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove() {
+            let relevant = ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove();
+            // Files the package skips (hidden, editor backups) do not trigger a run.
+            let in_package = ev.paths.iter().any(|p| {
+                p.strip_prefix(&root).is_ok_and(|rel| rel.components().all(|c| c.as_os_str().to_str().is_some_and(|s| !s.starts_with('.') && !s.ends_with('~'))))
+            });
+            if relevant && in_package {
                 let _ = tx.send(());
             }
         }

@@ -27,13 +27,10 @@ impl Caller {
     }
 }
 
-/// The name of the user running this process.
+/// The name of the user running this process, from the passwd entry of the effective uid (not
+/// from `$USER`, which anyone can set).
 pub fn os_user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(passwd_name)
+    passwd_name()
 }
 
 /// The login name of the effective uid from the passwd database, or `uid:N`.

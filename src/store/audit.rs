@@ -281,8 +281,12 @@ impl AuditLog {
                     break;
                 }
             };
-            let problem = if key_seq != expected_seq {
-                Some(format!("expected record {expected_seq} here; records {expected_seq}..{key_seq} are missing"))
+            let problem = if key_seq != expected_seq && key_seq == expected_seq + 1 {
+                Some(format!("record {expected_seq} is missing"))
+            } else if key_seq > expected_seq {
+                Some(format!("records {expected_seq} to {} are missing", key_seq - 1))
+            } else if key_seq != expected_seq {
+                Some(format!("record {key_seq} is out of place"))
             } else if rec.seq != key_seq {
                 Some(format!("record stored at {key_seq} says it is record {} (moved or reordered)", rec.seq))
             } else if rec.prev != prev {
@@ -299,8 +303,12 @@ impl AuditLog {
             prev = rec.hash.clone();
             expected_seq += 1;
         }
-        if first_bad.is_none() && (head.count != expected_seq || (expected_seq > 0 && head.hash != prev)) {
-            first_bad = Some((expected_seq, format!("the log ends at record {} but its head says {} records (records were removed from the end)", expected_seq, head.count)));
+        if first_bad.is_none() {
+            if head.count > expected_seq {
+                first_bad = Some((expected_seq, format!("the log holds {expected_seq} records but its head says {} (records were removed from the end)", head.count)));
+            } else if head.count < expected_seq || (expected_seq > 0 && head.hash != prev) {
+                first_bad = Some((head.count, format!("the head (count {}, hash {}) does not match the last record (the head was rewritten)", head.count, &head.hash[..12.min(head.hash.len())])));
+            }
         }
         Ok(VerifyReport { records: expected_seq, head, first_bad })
     }

@@ -13,6 +13,9 @@ use crate::error::Error;
 pub mod keys {
     /// Audit records, chain head and open runs (see `audit`).
     pub const AUDIT: &str = "audit";
+    /// Store-wide settings, such as the layout version under `FORMAT`.
+    pub const META: &str = "meta";
+    pub const FORMAT: &str = "format";
     pub const KV_PREFIX: &str = "kv/";
 }
 
@@ -49,6 +52,7 @@ impl Store {
                 Err(e) => return Err(Error::Store(format!("opening data store {}: {e}", path.display()))),
             }
         };
+        check_format(&db, &path)?;
         let audit = audit::AuditLog::open(&db)?;
         Ok(Store { inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf() }) })
     }
@@ -56,6 +60,7 @@ impl Store {
     /// A throwaway store in a temporary folder (tests, benchmarks).
     pub fn temporary() -> Result<Store, Error> {
         let db = sled::Config::new().temporary(true).open()?;
+        check_format(&db, Path::new("(temporary)"))?;
         let audit = audit::AuditLog::open(&db)?;
         Ok(Store { inner: Arc::new(Inner { db, audit, dir: PathBuf::new() }) })
     }
@@ -80,6 +85,24 @@ impl Store {
     pub fn flush(&self) -> Result<(), Error> {
         self.inner.db.flush()?;
         Ok(())
+    }
+}
+
+/// Layout version of the store; a data dir of another version is refused, never misread.
+pub const FORMAT: u32 = 1;
+
+fn check_format(db: &sled::Db, path: &Path) -> Result<(), Error> {
+    let meta = db.open_tree(keys::META)?;
+    match meta.get(keys::FORMAT)? {
+        None => {
+            meta.insert(keys::FORMAT, &FORMAT.to_be_bytes())?;
+            Ok(())
+        }
+        Some(v) if v.as_ref() == FORMAT.to_be_bytes() => Ok(()),
+        Some(v) => {
+            let found = v.as_ref().try_into().map(u32::from_be_bytes).map_or_else(|_| "unknown".to_string(), |n| n.to_string());
+            Err(Error::Store(format!("data store {} has layout version {found}; this opslet reads version {FORMAT}", path.display())))
+        }
     }
 }
 
