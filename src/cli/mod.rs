@@ -83,6 +83,16 @@ impl Global {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    init_tracing();
+    // A bug in host code must not print host source paths at users: one line, and the details
+    // only with RUST_BACKTRACE set.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        tracing::error!(panic = %msg, location = ?info.location(), "host code panicked");
+        if std::env::var_os("RUST_BACKTRACE").is_some() {
+            eprintln!("opslet: internal error: {msg} at {:?}\n{}", info.location(), std::backtrace::Backtrace::force_capture());
+        }
+    }));
     let cli = Cli::parse();
     let global = Global::new(&cli);
     let result = match cli.command {
@@ -96,6 +106,12 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(e) => report(&e),
     }
+}
+
+/// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPSLET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 fn report(e: &Error) -> i32 {

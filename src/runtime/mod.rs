@@ -255,6 +255,7 @@ impl Runtime {
             Err(_) => RunStatus::Error,
         };
         let mut out = outcome(status, result, traceback, logs, cpu);
+        tracing::debug!(run_id = %run_id, applet = %applet_id, status = status.name(), duration_us = out.duration.as_micros() as u64, cpu_us = cpu.as_micros() as u64, "run ended");
 
         if let Some(store) = &self.store {
             let mut data = json!({ "duration_ms": out.duration.as_millis() as u64, "cpu_ms": cpu.as_millis() as u64, "log_lines": out.logs.len() });
