@@ -167,7 +167,5 @@ impl Config {
 
 /// Where opslet keeps its data when neither `--data-dir` nor `OPSLET_DATA_DIR` says.
 pub fn default_data_dir() -> PathBuf {
-    directories::ProjectDirs::from("", "", "opslet")
-        .map(|d| d.data_dir().to_path_buf())
-        .unwrap_or_else(|| PathBuf::from(".opslet"))
+    directories::ProjectDirs::from("", "", "opslet").map(|d| d.data_dir().to_path_buf()).unwrap_or_else(|| PathBuf::from(".opslet"))
 }

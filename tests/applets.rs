@@ -38,19 +38,29 @@ fn every_bundled_applet_is_valid() {
 #[test]
 fn change_checklist_builds_steps_and_validates() {
     let rt = runtime("[audit]\nsync = false\n");
-    let v = run_with(&rt, "change-checklist", &[("service", "redis"), ("change", "config"), ("hosts", "group:cache"), ("canary", "2"), ("start", "2026-11-25T22:00:00Z")], false).unwrap();
+    let v = run_with(
+        &rt,
+        "change-checklist",
+        &[("service", "redis"), ("change", "config"), ("hosts", "group:cache"), ("canary", "2"), ("start", "2026-11-25T22:00:00Z")],
+        false,
+    )
+    .unwrap();
     let steps = v.as_array().unwrap();
     assert_eq!(steps[0]["action"], json!("announce config redis on group:cache, 2026-11-25T22:00:00.000Z to 2026-11-25T23:00:00.000Z"));
     assert!(steps.iter().any(|s| s["phase"] == "canary" && s["action"].as_str().unwrap().contains("first 2 hosts")));
     assert!(steps.iter().any(|s| s["phase"] == "rollback" && s["action"].as_str().unwrap().contains("restore the backed-up redis config")));
     assert_eq!(steps.last().unwrap()["phase"], json!("close"));
 
-    let no_rb = run_with(&rt, "change-checklist", &[("service", "x"), ("change", "deploy"), ("hosts", "web*"), ("rollback", "false")], false).unwrap();
+    let no_rb =
+        run_with(&rt, "change-checklist", &[("service", "x"), ("change", "deploy"), ("hosts", "web*"), ("rollback", "false")], false)
+            .unwrap();
     assert!(!no_rb.as_array().unwrap().iter().any(|s| s["phase"] == "rollback"));
 
     let e = run_with(&rt, "change-checklist", &[("service", "x"), ("change", "reboot"), ("hosts", "db*")], false).unwrap_err().to_string();
     assert!(e.contains("main.lua:") && e.contains("needs at least one approver"), "{e}");
-    let e = run_with(&rt, "change-checklist", &[("service", "x"), ("change", "nuke"), ("hosts", "db*"), ("window_minutes", "1000")], false).unwrap_err().to_string();
+    let e = run_with(&rt, "change-checklist", &[("service", "x"), ("change", "nuke"), ("hosts", "db*"), ("window_minutes", "1000")], false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`nuke` is not one of") && e.contains("above the maximum 480"), "{e}");
 }
 
@@ -85,7 +95,10 @@ fn log_excerpt_parses_records_and_summarizes() {
     let recs = run_with(&rt, "log-excerpt", &[("text", LOG)], false).unwrap();
     let recs = recs.as_array().unwrap();
     assert_eq!(recs.len(), 6, "debug dropped at min_level=info: {recs:?}");
-    assert_eq!(recs[0], json!({ "line": 1, "time": "2024-05-01T10:00:00Z", "level": "error", "source": "api", "message": "timeout talking to 10.0.0.5 after 3000 ms" }));
+    assert_eq!(
+        recs[0],
+        json!({ "line": 1, "time": "2024-05-01T10:00:00Z", "level": "error", "source": "api", "message": "timeout talking to 10.0.0.5 after 3000 ms" })
+    );
     assert_eq!(recs[2]["source"], json!("db"));
     assert_eq!(recs[2]["level"], json!("warn"));
     assert_eq!(recs[4]["source"], json!("sshd@web01"));

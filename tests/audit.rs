@@ -12,7 +12,13 @@ fn log_with(n: u64) -> Store {
     for i in 0..n {
         store
             .audit()
-            .append(AuditEvent { kind: "test".into(), actor: Some("alice".into()), status: Some("ok".into()), data: json!({ "i": i }), ..AuditEvent::default() })
+            .append(AuditEvent {
+                kind: "test".into(),
+                actor: Some("alice".into()),
+                status: Some("ok".into()),
+                data: json!({ "i": i }),
+                ..AuditEvent::default()
+            })
             .unwrap();
     }
     store
@@ -158,7 +164,14 @@ fn failed_and_limited_runs_are_recorded_with_their_error() {
 fn open_runs_are_closed_as_interrupted() {
     let store = Store::temporary().unwrap();
     let a = store.audit();
-    a.append(AuditEvent { kind: "run.start".into(), run_id: Some("r-1".into()), actor: Some("bob".into()), applet: Some("x@1.0.0".into()), ..AuditEvent::default() }).unwrap();
+    a.append(AuditEvent {
+        kind: "run.start".into(),
+        run_id: Some("r-1".into()),
+        actor: Some("bob".into()),
+        applet: Some("x@1.0.0".into()),
+        ..AuditEvent::default()
+    })
+    .unwrap();
     assert_eq!(a.open_runs().unwrap().len(), 1);
     assert_eq!(a.close_interrupted().unwrap(), 1);
     assert!(a.open_runs().unwrap().is_empty());
@@ -173,7 +186,14 @@ fn filters_select_records() {
     let store = log_with(0);
     let a = store.audit();
     for (actor, applet, status) in [("alice", "a@1.0.0", "ok"), ("bob", "b@2.0.0", "error"), ("alice", "b@2.0.0", "ok")] {
-        a.append(AuditEvent { kind: "run.end".into(), actor: Some(actor.into()), applet: Some(applet.into()), status: Some(status.into()), ..AuditEvent::default() }).unwrap();
+        a.append(AuditEvent {
+            kind: "run.end".into(),
+            actor: Some(actor.into()),
+            applet: Some(applet.into()),
+            status: Some(status.into()),
+            ..AuditEvent::default()
+        })
+        .unwrap();
     }
     let n = |f: Filter| a.list(&f).unwrap().len();
     assert_eq!(n(Filter { actor: Some("alice".into()), ..Filter::default() }), 2);

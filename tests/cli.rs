@@ -98,7 +98,11 @@ fn json_format_prints_exactly_one_document() {
 #[test]
 fn exit_codes_and_errors_point_at_applet_files() {
     let env = Env::new();
-    let dir = env.applet("boom", "[params.n]\ntype = \"integer\"\nrequired = true\n", "local util = 1\n\nreturn function(p)\n  if p.n > 1 then\n    error('too big: ' .. p.n)\n  end\n  while true do end\nend\n");
+    let dir = env.applet(
+        "boom",
+        "[params.n]\ntype = \"integer\"\nrequired = true\n",
+        "local util = 1\n\nreturn function(p)\n  if p.n > 1 then\n    error('too big: ' .. p.n)\n  end\n  while true do end\nend\n",
+    );
     let o = env.opslet(&["run", s(&dir), "-p", "n=5"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
@@ -210,7 +214,8 @@ fn killed_run_shows_as_interrupted() {
 fn watch_reruns_on_change() {
     let env = Env::new();
     let dir = env.applet("watched", "", "return function() return 'first' end");
-    let mut child = env.cmd().args(["run", s(&dir), "--watch", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        env.cmd().args(["run", s(&dir), "--watch", "--format", "json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -30,7 +30,9 @@ lua_tests! {
 #[test]
 fn kv_persists_per_applet_and_dry_runs_change_nothing() {
     let rt = runtime("[audit]\nsync = false\n");
-    let counter = |name: &str| package_with(&format!("name = \"{name}\"\nversion = \"1.0.0\"\n"), "return function() return kv.incr('runs') end", &[]);
+    let counter = |name: &str| {
+        package_with(&format!("name = \"{name}\"\nversion = \"1.0.0\"\n"), "return function() return kv.incr('runs') end", &[])
+    };
     assert_eq!(run(&rt, counter("a")).result.unwrap(), json!(1));
     assert_eq!(run(&rt, counter("a")).result.unwrap(), json!(2));
     assert_eq!(run(&rt, counter("b")).result.unwrap(), json!(1), "each applet name has its own store");
@@ -59,10 +61,14 @@ fn logs_are_captured_in_order_with_levels() {
 #[test]
 fn kv_size_accounting_in_dry_runs_counts_each_key_once() {
     let rt = runtime("[kv]\nmax_bytes = \"100B\"\n[audit]\nsync = false\n");
-    let pkg = package("return function() kv.set('a', string.rep('x', 60)) kv.set('a', string.rep('y', 60)) kv.delete('a') kv.set('b', string.rep('z', 60)) return 'ok' end");
+    let pkg = package(
+        "return function() kv.set('a', string.rep('x', 60)) kv.set('a', string.rep('y', 60)) kv.delete('a') kv.set('b', string.rep('z', 60)) return 'ok' end",
+    );
     assert_eq!(run(&rt, pkg.clone()).result.unwrap(), json!("ok"));
     // The store now holds `b`. A dry run that replaces and deletes it has room for `a`.
-    let mut dry = req(package("return function() kv.set('b', string.rep('x', 60)) kv.delete('b') kv.set('a', string.rep('y', 60)) return kv.keys() end"));
+    let mut dry = req(package(
+        "return function() kv.set('b', string.rep('x', 60)) kv.delete('b') kv.set('a', string.rep('y', 60)) return kv.keys() end",
+    ));
     dry.dry_run = true;
     assert_eq!(run_req(&rt, dry).result.unwrap(), json!(["a"]), "the stored `b` is shadowed, deletes free space");
     let real = run(&rt, package("return function() return kv.keys() end"));

@@ -4,8 +4,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use opslet::applet::{AppletPackage, Manifest};
 use opslet::applet::params::resolve;
+use opslet::applet::{AppletPackage, Manifest};
 use opslet::error::Error;
 use serde_json::json;
 
@@ -157,12 +157,16 @@ fn params_manifest() -> Manifest {
 #[test]
 fn params_are_typed_and_defaulted() {
     let m = params_manifest();
-    let pairs: Vec<(String, String)> = [("hosts", "group:web"), ("n", "7"), ("ratio", "0.5"), ("force", "yes"), ("mode", "full"), ("ports", "22, 80,443")]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let pairs: Vec<(String, String)> =
+        [("hosts", "group:web"), ("n", "7"), ("ratio", "0.5"), ("force", "yes"), ("mode", "full"), ("ports", "22, 80,443")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     let p = resolve(&m, None, &pairs).unwrap();
-    assert_eq!(serde_json::Value::Object(p), json!({ "hosts": "group:web", "n": 7, "ratio": 0.5, "force": true, "mode": "full", "ports": [22, 80, 443] }));
+    assert_eq!(
+        serde_json::Value::Object(p),
+        json!({ "hosts": "group:web", "n": 7, "ratio": 0.5, "force": true, "mode": "full", "ports": [22, 80, 443] })
+    );
 
     let p = resolve(&m, Some(json!({ "hosts": "web*", "ports": [1] }).as_object().unwrap()), &[("n".into(), "2".into())]).unwrap();
     assert_eq!(serde_json::Value::Object(p), json!({ "hosts": "web*", "ports": [1], "n": 2, "force": false }));
@@ -194,7 +198,8 @@ fn bad_params_are_all_named() {
 #[test]
 fn invalid_params_stop_the_run_and_are_audited() {
     let rt = common::runtime(common::TIGHT);
-    let pkg = common::package_with(&format!("{BASE}[params.n]\ntype = \"integer\"\nrequired = true\n"), "return function(p) return p.n end", &[]);
+    let pkg =
+        common::package_with(&format!("{BASE}[params.n]\ntype = \"integer\"\nrequired = true\n"), "return function(p) return p.n end", &[]);
     let mut r = common::req(pkg);
     r.params_pairs = vec![("n".into(), "x".into())];
     let o = common::run_req(&rt, r);

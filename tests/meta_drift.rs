@@ -19,12 +19,12 @@ fn declared(text: &str) -> BTreeMap<String, BTreeSet<String>> {
             current = Some(name);
         } else if t == "}" {
             current = None;
-        } else if let Some(name) = &current {
-            if let Some((key, _)) = t.split_once(':') {
-                if !key.starts_with("--") && !key.contains(' ') {
-                    out.get_mut(name).unwrap().insert(key.to_string());
-                }
-            }
+        } else if let Some(name) = &current
+            && let Some((key, _)) = t.split_once(':')
+            && !key.starts_with("--")
+            && !key.contains(' ')
+        {
+            out.get_mut(name).unwrap().insert(key.to_string());
         }
     }
     out

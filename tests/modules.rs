@@ -30,16 +30,22 @@ impl HostModule for Demo {
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let t = lua.create_table()?;
         let g = grant.clone();
-        t.set("read", lua.create_function(move |_, key: String| {
-            g.require("read", "read")?;
-            Ok(format!("value of {key}"))
-        })?)?;
+        t.set(
+            "read",
+            lua.create_function(move |_, key: String| {
+                g.require("read", "read")?;
+                Ok(format!("value of {key}"))
+            })?,
+        )?;
         let (g, c) = (grant.clone(), Arc::clone(ctx));
-        t.set("write", lua.create_function(move |_, target: String| {
-            g.require("write", "write")?;
-            c.record_action("demo", "write", &target, true, json!({ "bytes": 3 })).map_err(mlua::Error::external)?;
-            Ok(true)
-        })?)?;
+        t.set(
+            "write",
+            lua.create_function(move |_, target: String| {
+                g.require("write", "write")?;
+                c.record_action("demo", "write", &target, true, json!({ "bytes": 3 })).map_err(mlua::Error::external)?;
+                Ok(true)
+            })?,
+        )?;
         t.set("boom", lua.create_function(|_, ()| -> mlua::Result<()> { panic!("demo module bug") })?)?;
         Ok(t)
     }
@@ -96,7 +102,14 @@ fn bad_scope_and_unknown_module_are_rejected_before_running() {
 #[test]
 fn actions_are_audited_with_the_run() {
     let rt = demo_runtime();
-    let o = run(&rt, package_with(&manifest("demo = [\"read\", \"write\"]"), "return function() demo.write('db1') demo.write('db2') return 'done' end", &[]));
+    let o = run(
+        &rt,
+        package_with(
+            &manifest("demo = [\"read\", \"write\"]"),
+            "return function() demo.write('db1') demo.write('db2') return 'done' end",
+            &[],
+        ),
+    );
     assert_eq!(o.result.unwrap(), json!("done"));
     let audit = rt.store().unwrap().audit();
     let recs = audit.list(&Filter { run_id: Some(o.run_id.clone()), ..Filter::default() }).unwrap();

@@ -85,14 +85,22 @@ fn require_reaches_only_the_package_and_stdlib() {
         let e = err_text(&o);
         assert!(e.contains(expect), "require({name}) gave `{e}`, expected `{expect}`");
     }
-    let pkg = package_with(MANIFEST, "local u = require 'lib.util'\nreturn function() return u.twice(21) + require('./lib/util').twice(0) end", &[("lib/util.lua", "return { twice = function(x) return x * 2 end }")]);
+    let pkg = package_with(
+        MANIFEST,
+        "local u = require 'lib.util'\nreturn function() return u.twice(21) + require('./lib/util').twice(0) end",
+        &[("lib/util.lua", "return { twice = function(x) return x * 2 end }")],
+    );
     let o = run(&runtime(TIGHT), pkg);
     assert_eq!(o.result.unwrap(), json!(42));
 }
 
 #[test]
 fn circular_require_is_an_error() {
-    let pkg = package_with(MANIFEST, "return function() return require('a') end", &[("a.lua", "return require('b')"), ("b.lua", "return require('a')")]);
+    let pkg = package_with(
+        MANIFEST,
+        "return function() return require('a') end",
+        &[("a.lua", "return require('b')"), ("b.lua", "return require('a')")],
+    );
     let e = err_text(&run(&runtime(TIGHT), pkg));
     assert!(e.contains("circular require"), "{e}");
 }
@@ -139,7 +147,10 @@ fn cpu_in_pattern_matching() {
 
 #[test]
 fn cpu_in_table_sort_comparator_and_recursion_tail_calls() {
-    assert_limit("return function() local t = {} for i = 1, 100 do t[i] = i end table.sort(t, function(a, b) while true do end end) end", Limit::Cpu);
+    assert_limit(
+        "return function() local t = {} for i = 1, 100 do t[i] = i end table.sort(t, function(a, b) while true do end end) end",
+        Limit::Cpu,
+    );
     // Luau has no proper tail calls, so endless "tail" recursion is a depth problem.
     assert_limit("local function f() return f() end return function() return f() end", Limit::CallDepth);
 }
@@ -203,22 +214,32 @@ fn result_must_be_json_shaped() {
 #[test]
 fn nothing_leaks_between_runs() {
     let rt = runtime(TIGHT);
-    let first = run(&rt, package("return function() leaked = 'yes'; shared = shared or {}; shared.x = 1; local ok = pcall(function() _G.other = 1 end) return { leaked, ok } end"));
+    let first = run(
+        &rt,
+        package(
+            "return function() leaked = 'yes'; shared = shared or {}; shared.x = 1; local ok = pcall(function() _G.other = 1 end) return { leaked, ok } end",
+        ),
+    );
     assert_eq!(first.result.unwrap(), json!(["yes", false]), "_G must be read-only");
-    let second = run(&rt, package("return function() return { leaked = leaked == nil, other = _G.other == nil, shared = shared == nil } end"));
+    let second =
+        run(&rt, package("return function() return { leaked = leaked == nil, other = _G.other == nil, shared = shared == nil } end"));
     assert_eq!(second.result.unwrap(), json!({ "leaked": true, "other": true, "shared": true }));
 }
 
 #[test]
 fn ctx_is_read_only_and_complete() {
-    let v = ok_value("return function(p, ctx) local ok = pcall(function() ctx.caller = 'root' end) return { ok = ok, caller = ctx.caller, via = ctx.via, id = ctx.applet_id, dry = ctx.dry_run, run = #ctx.run_id } end");
+    let v = ok_value(
+        "return function(p, ctx) local ok = pcall(function() ctx.caller = 'root' end) return { ok = ok, caller = ctx.caller, via = ctx.via, id = ctx.applet_id, dry = ctx.dry_run, run = #ctx.run_id } end",
+    );
     assert_eq!(v, json!({ "ok": false, "caller": "tester", "via": "test", "id": "t@1.0.0", "dry": false, "run": 36 }));
 }
 
 #[test]
 fn limit_errors_are_reported_even_when_applet_returns_normally() {
     // A limit tripped inside pcall and then "handled": the run still ends with the limit.
-    let o = run_tight("return function() local ok, e = pcall(function() for i = 1, 1e6 do log.info(i) end end) return { ok = ok, e = tostring(e) } end");
+    let o = run_tight(
+        "return function() local ok, e = pcall(function() for i = 1, 1e6 do log.info(i) end end) return { ok = ok, e = tostring(e) } end",
+    );
     assert!(matches!(o.result, Err(Error::LimitExceeded { limit: Limit::Output, .. })), "{:?}", o.result);
 }
 
@@ -255,7 +276,9 @@ fn cancellation_stops_a_busy_run() {
 fn waiting_inside_an_applet_coroutine_is_an_error_not_a_hang() {
     let e = err_text(&run_tight("return function() local co = coroutine.wrap(function() time.sleep(0.01) return 1 end) return co() end"));
     assert!(e.contains("time.sleep: cannot wait inside a coroutine"), "{e}");
-    let v = ok_value("return function() local co = coroutine.create(function() time.sleep(0.01) end) local ok, e = coroutine.resume(co) return { ok = ok, e = e } end");
+    let v = ok_value(
+        "return function() local co = coroutine.create(function() time.sleep(0.01) end) local ok, e = coroutine.resume(co) return { ok = ok, e = e } end",
+    );
     assert_eq!(v["ok"], json!(false));
     assert!(v["e"].as_str().unwrap().contains("cannot wait inside a coroutine"), "{v}");
 }
@@ -269,17 +292,25 @@ fn waiting_in_module_top_level_is_a_clear_error() {
 
 #[test]
 fn require_caches_by_file() {
-    let pkg = package_with(MANIFEST, "return function() return require('lib.util') == require('./lib/util') and require('lib/util.lua') == require('lib.util') end", &[("lib/util.lua", "return {}")]);
+    let pkg = package_with(
+        MANIFEST,
+        "return function() return require('lib.util') == require('./lib/util') and require('lib/util.lua') == require('lib.util') end",
+        &[("lib/util.lua", "return {}")],
+    );
     assert_eq!(run(&runtime(TIGHT), pkg).result.unwrap(), json!(true));
 }
 
 #[test]
 fn globals_metatable_is_locked() {
-    let v = ok_value("return function() local mt = getmetatable(_G) local ok = pcall(setmetatable, _G, {}) return { mt = mt, ok = ok } end");
+    let v =
+        ok_value("return function() local mt = getmetatable(_G) local ok = pcall(setmetatable, _G, {}) return { mt = mt, ok = ok } end");
     assert_eq!(v, json!({ "mt": false, "ok": false }));
 }
 
 #[test]
 fn memory_error_through_coroutine_wrap_still_ends_the_run() {
-    assert_limit("return function() pcall(coroutine.wrap(function() return string.rep('x', 2^30) end)) return 'survived' end", Limit::Memory);
+    assert_limit(
+        "return function() pcall(coroutine.wrap(function() return string.rep('x', 2^30) end)) return 'survived' end",
+        Limit::Memory,
+    );
 }

@@ -35,9 +35,13 @@ impl AppletPackage {
     /// Reads an applet folder. Hidden files and folders (`.git`, editor swap files) are skipped;
     /// symlinks are refused so a package never reaches outside its folder.
     pub fn load_dir(dir: &Path) -> Result<AppletPackage, Error> {
-        let meta = std::fs::metadata(dir).map_err(|e| Error::Applet(vec![Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))]))?;
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| Error::Applet(vec![Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))]))?;
         if !meta.is_dir() {
-            return Err(Error::Applet(vec![Diagnostic::new(dir.display().to_string(), "not a folder: an applet is a folder with applet.toml and main.lua")]));
+            return Err(Error::Applet(vec![Diagnostic::new(
+                dir.display().to_string(),
+                "not a folder: an applet is a folder with applet.toml and main.lua",
+            )]));
         }
         let mut files = BTreeMap::new();
         let mut total = 0u64;
@@ -113,12 +117,16 @@ impl AppletPackage {
 
 fn read_tree(dir: &Path, prefix: &str, files: &mut BTreeMap<String, Vec<u8>>, total: &mut u64) -> Result<(), Error> {
     let io_err = |p: &str, e: std::io::Error| Error::Applet(vec![Diagnostic::new(p.to_string(), format!("cannot read: {e}"))]);
-    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| io_err(prefix, e))?.collect::<Result<_, _>>().map_err(|e| io_err(prefix, e))?;
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).map_err(|e| io_err(prefix, e))?.collect::<Result<_, _>>().map_err(|e| io_err(prefix, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            return Err(Error::Applet(vec![Diagnostic::new(format!("{prefix}{}", name.to_string_lossy()), "file name is not valid UTF-8")]));
+            return Err(Error::Applet(vec![Diagnostic::new(
+                format!("{prefix}{}", name.to_string_lossy()),
+                "file name is not valid UTF-8",
+            )]));
         };
         if name.starts_with('.') || name.ends_with('~') {
             continue;

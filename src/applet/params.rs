@@ -7,7 +7,11 @@ use crate::error::ParamError;
 
 /// Builds the params table for a run: `json` first, then `pairs` (`--param k=v`) on top, then
 /// defaults. Every problem is reported, not just the first.
-pub fn resolve(manifest: &Manifest, json: Option<&Map<String, Value>>, pairs: &[(String, String)]) -> Result<Map<String, Value>, Vec<ParamError>> {
+pub fn resolve(
+    manifest: &Manifest,
+    json: Option<&Map<String, Value>>,
+    pairs: &[(String, String)],
+) -> Result<Map<String, Value>, Vec<ParamError>> {
     let mut out = Map::new();
     let mut errs = Vec::new();
     let mut err = |param: &str, message: String| errs.push(ParamError { param: param.to_string(), message });
@@ -94,11 +98,7 @@ fn check_scalar(ty: ParamType, spec: &ParamSpec, value: &Value) -> Result<Value,
         }
         (ParamType::Enum, Value::String(s)) => {
             let values = spec.values.as_deref().unwrap_or_default();
-            if values.iter().any(|v| v == s) {
-                Ok(value.clone())
-            } else {
-                Err(format!("`{s}` is not one of: {}", values.join(", ")))
-            }
+            if values.iter().any(|v| v == s) { Ok(value.clone()) } else { Err(format!("`{s}` is not one of: {}", values.join(", "))) }
         }
         (ty, v) => Err(format!("expected {}, got {}", article(ty), describe(v))),
     }
@@ -144,15 +144,15 @@ fn coerce_scalar(ty: ParamType, raw: &str) -> Result<Value, String> {
 }
 
 fn check_bounds(spec: &ParamSpec, v: f64) -> Result<(), String> {
-    if let Some(min) = spec.min {
-        if v < min {
-            return Err(format!("{v} is below the minimum {min}"));
-        }
+    if let Some(min) = spec.min
+        && v < min
+    {
+        return Err(format!("{v} is below the minimum {min}"));
     }
-    if let Some(max) = spec.max {
-        if v > max {
-            return Err(format!("{v} is above the maximum {max}"));
-        }
+    if let Some(max) = spec.max
+        && v > max
+    {
+        return Err(format!("{v} is above the maximum {max}"));
     }
     Ok(())
 }

@@ -50,7 +50,8 @@ fn kv_get(lua: &Lua, ctx: &RunCtx, array_mt: &Table, key: String) -> mlua::Resul
     match read(ctx, &key)? {
         None => Ok(Value::Nil),
         Some(bytes) => {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| mlua::Error::runtime(format!("kv.get({key}): stored value is corrupt: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| mlua::Error::runtime(format!("kv.get({key}): stored value is corrupt: {e}")))?;
             convert::to_lua(lua, &v, array_mt)
         }
     }
@@ -81,7 +82,9 @@ fn write(ctx: &RunCtx, op: &str, key: &str, value: Option<Vec<u8>>) -> mlua::Res
         drop(overlay);
         total += (key.len() + v.len()) as u64;
         if total > max_total {
-            return Err(mlua::Error::runtime(format!("kv.{op}({key}): this applet's store would grow to {total} bytes, the limit is {max_total}")));
+            return Err(mlua::Error::runtime(format!(
+                "kv.{op}({key}): this applet's store would grow to {total} bytes, the limit is {max_total}"
+            )));
         }
     }
     if ctx.dry_run {
@@ -151,8 +154,12 @@ fn kv_incr(ctx: &RunCtx, key: String, by: f64) -> mlua::Result<f64> {
         },
     };
     let next = current + by;
-    let bytes = serde_json::to_vec(&serde_json::json!(if next.fract() == 0.0 && next.abs() < 9e15 { serde_json::json!(next as i64) } else { serde_json::json!(next) }))
-        .map_err(|e| mlua::Error::runtime(format!("kv.incr({key}): {e}")))?;
+    let bytes = serde_json::to_vec(&serde_json::json!(if next.fract() == 0.0 && next.abs() < 9e15 {
+        serde_json::json!(next as i64)
+    } else {
+        serde_json::json!(next)
+    }))
+    .map_err(|e| mlua::Error::runtime(format!("kv.incr({key}): {e}")))?;
     write(ctx, "incr", &key, Some(bytes))?;
     Ok(next)
 }

@@ -51,6 +51,7 @@ fn time_iso(_: &Lua, ts: Option<f64>) -> mlua::Result<String> {
 }
 
 fn time_parse(_: &Lua, s: String) -> mlua::Result<f64> {
-    let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|e| mlua::Error::runtime(format!("time.parse: `{s}` is not an RFC 3339 time: {e}")))?;
+    let dt = chrono::DateTime::parse_from_rfc3339(s.trim())
+        .map_err(|e| mlua::Error::runtime(format!("time.parse: `{s}` is not an RFC 3339 time: {e}")))?;
     Ok(dt.timestamp_millis() as f64 / 1000.0)
 }

@@ -76,7 +76,9 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             // Run ids are UUIDs: a run-id prefix needs 8 characters, so short numbers are seqs.
             let records = match id.parse::<u64>() {
                 Ok(seq) if id.len() < 8 => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
-                _ if id.len() < 8 => return Err(Error::Usage(format!("`{id}`: give a record number or at least 8 characters of a run id"))),
+                _ if id.len() < 8 => {
+                    return Err(Error::Usage(format!("`{id}`: give a record number or at least 8 characters of a run id")));
+                }
                 _ => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
             };
             if records.is_empty() {

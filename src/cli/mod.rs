@@ -87,7 +87,12 @@ pub fn main() -> i32 {
     // A bug in host code must not print host source paths at users: one line, and the details
     // only with RUST_BACKTRACE set.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
         tracing::error!(panic = %msg, location = ?info.location(), "host code panicked");
         if std::env::var_os("RUST_BACKTRACE").is_some() {
             eprintln!("opslet: internal error: {msg} at {:?}\n{}", info.location(), std::backtrace::Backtrace::force_capture());
@@ -120,9 +125,7 @@ fn report(e: &Error) -> i32 {
 }
 
 /// Lua type definitions bundled into the binary: `opslet meta --out DIR` writes them.
-pub const META_FILES: &[(&str, &str)] = &[
-    ("opslet.d.luau", include_str!("../../stdlib/meta/opslet.d.luau")),
-];
+pub const META_FILES: &[(&str, &str)] = &[("opslet.d.luau", include_str!("../../stdlib/meta/opslet.d.luau"))];
 
 fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::Internal(format!("creating {}: {e}", out.display())))?;

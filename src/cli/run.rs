@@ -47,8 +47,18 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
         None => None,
         Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
             Ok(serde_json::Value::Object(m)) => Some(m),
-            Ok(_) => return Err(Error::Params(vec![crate::error::ParamError { param: "--params-json".into(), message: "must be a JSON object".into() }])),
-            Err(e) => return Err(Error::Params(vec![crate::error::ParamError { param: "--params-json".into(), message: format!("not valid JSON: {e}") }])),
+            Ok(_) => {
+                return Err(Error::Params(vec![crate::error::ParamError {
+                    param: "--params-json".into(),
+                    message: "must be a JSON object".into(),
+                }]));
+            }
+            Err(e) => {
+                return Err(Error::Params(vec![crate::error::ParamError {
+                    param: "--params-json".into(),
+                    message: format!("not valid JSON: {e}"),
+                }]));
+            }
         },
     };
     let mut pairs = Vec::new();
@@ -61,7 +71,11 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let config = global.config()?;
     let store = global.open_store()?;
     let runtime = Runtime::new(&config, Some(store))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
     let cancel = CancelToken::default();
     {
         let cancel = cancel.clone();
@@ -109,10 +123,10 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
                 println!("null");
             }
             eprintln!("error: {} failed (run {}): {e}", outcome.applet, outcome.run_id);
-            if args.verbose {
-                if let Some(tb) = &outcome.traceback {
-                    eprintln!("{tb}");
-                }
+            if args.verbose
+                && let Some(tb) = &outcome.traceback
+            {
+                eprintln!("{tb}");
             }
             e.exit_code()
         }
@@ -121,7 +135,9 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
 
 /// Runs `once` now and after every change below `dir`, until Ctrl-C.
 fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> Result<i32, Error>) -> Result<i32, Error> {
-    let dir = &dir.canonicalize().map_err(|e| Error::Applet(vec![crate::error::Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))]))?;
+    let dir = &dir.canonicalize().map_err(|e| {
+        Error::Applet(vec![crate::error::Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))])
+    })?;
     let (tx, rx) = std::sync::mpsc::channel();
     let root = dir.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -129,7 +145,9 @@ fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> 
             let relevant = ev.kind.is_modify() || ev.kind.is_create() || ev.kind.is_remove();
             // Files the package skips (hidden, editor backups) do not trigger a run.
             let in_package = ev.paths.iter().any(|p| {
-                p.strip_prefix(&root).is_ok_and(|rel| rel.components().all(|c| c.as_os_str().to_str().is_some_and(|s| !s.starts_with('.') && !s.ends_with('~'))))
+                p.strip_prefix(&root).is_ok_and(|rel| {
+                    rel.components().all(|c| c.as_os_str().to_str().is_some_and(|s| !s.starts_with('.') && !s.ends_with('~')))
+                })
             });
             if relevant && in_package {
                 let _ = tx.send(());

@@ -142,7 +142,14 @@ impl RunCtx {
     }
 
     /// Records one action a module took on a target (a host, a device, an API object).
-    pub fn record_action(&self, module: &str, action: &str, target: &str, ok: bool, detail: serde_json::Value) -> Result<(), crate::error::Error> {
+    pub fn record_action(
+        &self,
+        module: &str,
+        action: &str,
+        target: &str,
+        ok: bool,
+        detail: serde_json::Value,
+    ) -> Result<(), crate::error::Error> {
         let Some(audit) = self.audit() else { return Ok(()) };
         let detail = self.redactor.apply_json(detail);
         audit

@@ -111,11 +111,16 @@ impl ToJson {
         let out = if is_array {
             let mut items: Vec<(i64, LuaValue)> = entries
                 .into_iter()
-                .map(|(k, v)| (match k {
-                    LuaValue::Integer(i) => i,
-                    LuaValue::Number(n) => n as i64,
-                    _ => 0,
-                }, v))
+                .map(|(k, v)| {
+                    (
+                        match k {
+                            LuaValue::Integer(i) => i,
+                            LuaValue::Number(n) => n as i64,
+                            _ => 0,
+                        },
+                        v,
+                    )
+                })
                 .collect();
             items.sort_by_key(|(i, _)| *i);
             let mut arr = Vec::with_capacity(items.len());

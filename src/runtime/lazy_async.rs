@@ -52,7 +52,8 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<Table> {
         if let Some(f) = cache.raw_get::<Option<Function>>(name.as_str())? {
             return Ok(f);
         }
-        let ctor = p.lock().remove(name.as_str()).ok_or_else(|| mlua::Error::runtime(format!("{name}: host function is not registered")))?;
+        let ctor =
+            p.lock().remove(name.as_str()).ok_or_else(|| mlua::Error::runtime(format!("{name}: host function is not registered")))?;
         let f = ctor(lua)?;
         cache.raw_set(name.as_str(), f.clone())?;
         Ok(f)
@@ -72,7 +73,8 @@ where
     R: IntoLuaMulti,
 {
     let (make_stub, getter, run, pending) = {
-        let lazy = lua.app_data_ref::<LazyAsync>().ok_or_else(|| mlua::Error::runtime("async host functions are not set up in this state"))?;
+        let lazy =
+            lua.app_data_ref::<LazyAsync>().ok_or_else(|| mlua::Error::runtime("async host functions are not set up in this state"))?;
         (lazy.make_stub.clone(), lazy.getter.clone(), lazy.run.clone(), std::sync::Arc::clone(&lazy.pending))
     };
     pending.lock().insert(name, Box::new(move |lua: &Lua| lua.create_async_function(func)));

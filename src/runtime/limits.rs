@@ -50,7 +50,13 @@ impl RunLimits {
         };
         let ms = |v: u64| humantime::format_duration(Duration::from_millis(v)).to_string();
         let bytes = |v: u64| bytesize::ByteSize(v).display().iec().to_string();
-        let timeout = cap("timeout", req.timeout.map(|d| d.as_millis() as u64), host.timeout.as_millis() as u64, host.max_timeout.as_millis() as u64, &ms);
+        let timeout = cap(
+            "timeout",
+            req.timeout.map(|d| d.as_millis() as u64),
+            host.timeout.as_millis() as u64,
+            host.max_timeout.as_millis() as u64,
+            &ms,
+        );
         let cpu = cap("cpu", req.cpu.map(|d| d.as_millis() as u64), host.cpu.as_millis() as u64, host.max_cpu.as_millis() as u64, &ms);
         let memory = cap("memory", req.memory, host.memory, host.max_memory, &bytes);
         (
@@ -72,7 +78,11 @@ impl RunLimits {
             Limit::Cpu => format!("cpu limit of {} exceeded", humantime::format_duration(self.cpu)),
             Limit::Memory => format!("memory limit of {} exceeded", bytesize::ByteSize(self.memory).display().iec()),
             Limit::WallTime => format!("wall-time limit of {} exceeded", humantime::format_duration(self.timeout)),
-            Limit::Output => format!("output limit exceeded ({} log lines or {} of log)", self.log_lines, bytesize::ByteSize(self.log_bytes).display().iec()),
+            Limit::Output => format!(
+                "output limit exceeded ({} log lines or {} of log)",
+                self.log_lines,
+                bytesize::ByteSize(self.log_bytes).display().iec()
+            ),
             Limit::ResultSize => format!("result-size limit of {} exceeded", bytesize::ByteSize(self.result_bytes).display().iec()),
             Limit::CallDepth => format!("call-depth limit of {} nested calls exceeded", self.call_depth),
         }
@@ -215,10 +225,10 @@ impl Guard {
                 return Err(guard.raise());
             }
             let n = guard.ticks.fetch_add(1, Ordering::Relaxed);
-            if n % DEPTH_EVERY == 0 && lua.inspect_stack(depth, |_| ()).is_some() {
+            if n.is_multiple_of(DEPTH_EVERY) && lua.inspect_stack(depth, |_| ()).is_some() {
                 return Err(guard.trip(Limit::CallDepth));
             }
-            if n % CLOCK_EVERY == 0 {
+            if n.is_multiple_of(CLOCK_EVERY) {
                 guard.check_clocks(lua)?;
             }
             Ok(VmState::Continue)

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use mlua::chunk::{ChunkMode, Compiler};
 use mlua::Value as LuaValue;
+use mlua::chunk::{ChunkMode, Compiler};
 use serde_json::{Map, Value, json};
 
 use crate::applet::{AppletPackage, params};
@@ -243,7 +243,9 @@ impl Runtime {
         let logs = ctx.take_logs();
         let (result, traceback) = match result {
             Ok(v) => (Ok(ctx.redactor.apply_json(v)), None),
-            Err(Error::AppletFailed(m)) => (Err(Error::AppletFailed(ctx.redactor.apply(&m).into_owned())), traceback.map(|t| ctx.redactor.apply(&t).into_owned())),
+            Err(Error::AppletFailed(m)) => {
+                (Err(Error::AppletFailed(ctx.redactor.apply(&m).into_owned())), traceback.map(|t| ctx.redactor.apply(&t).into_owned()))
+            }
             Err(e) => (Err(e), traceback),
         };
         let status = match &result {
@@ -258,7 +260,8 @@ impl Runtime {
         tracing::debug!(run_id = %run_id, applet = %applet_id, status = status.name(), duration_us = out.duration.as_micros() as u64, cpu_us = cpu.as_micros() as u64, "run ended");
 
         if let Some(store) = &self.store {
-            let mut data = json!({ "duration_ms": out.duration.as_millis() as u64, "cpu_ms": cpu.as_millis() as u64, "log_lines": out.logs.len() });
+            let mut data =
+                json!({ "duration_ms": out.duration.as_millis() as u64, "cpu_ms": cpu.as_millis() as u64, "log_lines": out.logs.len() });
             match &out.result {
                 Ok(v) => {
                     let bytes = serde_json::to_vec(v).unwrap_or_default();
@@ -289,7 +292,13 @@ impl Runtime {
         out
     }
 
-    async fn execute(&self, ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, params: Map<String, Value>, cancel: &CancelToken) -> (Result<Value, Error>, Option<String>) {
+    async fn execute(
+        &self,
+        ctx: &Arc<RunCtx>,
+        package: &Arc<AppletPackage>,
+        params: Map<String, Value>,
+        cancel: &CancelToken,
+    ) -> (Result<Value, Error>, Option<String>) {
         let guard = Arc::clone(&ctx.guard);
         guard.start_cpu_clock();
         // CPU-bound Lua sees cancellation in the interrupt; async waits see it here.
@@ -297,11 +306,14 @@ impl Runtime {
         let body = AssertUnwindSafe(async {
             let state = sandbox::new_state(ctx, package, &self.modules).map_err(|e| Failure::Host(format!("creating the sandbox: {e}")))?;
             let main = package.bytecode.get(crate::applet::MAIN_FILE).ok_or_else(|| Failure::Host("main.lua is not compiled".into()))?;
-            let chunk = state.lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
+            let chunk =
+                state.lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
             let params_t = convert::to_lua(&state.lua, &Value::Object(params), &state.array_mt).map_err(Failure::Lua)?;
             let ctx_t = ctx_table(&state.lua, ctx).map_err(Failure::Lua)?;
             let result: LuaValue = state.launch.call_async((chunk, params_t, ctx_t)).await.map_err(|e| match shape_error(&e) {
-                Some(ty) => Failure::Shape(format!("main.lua must return a function (`return function(params, ctx) ... end`), but it returned {ty}")),
+                Some(ty) => Failure::Shape(format!(
+                    "main.lua must return a function (`return function(params, ctx) ... end`), but it returned {ty}"
+                )),
                 None => Failure::Lua(e),
             })?;
             match convert::to_json(&result, guard.limits.result_bytes) {
@@ -335,7 +347,9 @@ impl Runtime {
             return (Err(Error::Cancelled), None);
         }
         match failure {
-            Failure::Lua(mlua::Error::MemoryError(_)) => (Err(Error::LimitExceeded { limit: Limit::Memory, message: guard.limits.describe(Limit::Memory) }), None),
+            Failure::Lua(mlua::Error::MemoryError(_)) => {
+                (Err(Error::LimitExceeded { limit: Limit::Memory, message: guard.limits.describe(Limit::Memory) }), None)
+            }
             Failure::Lua(e) => {
                 let (msg, tb) = describe_lua_error(&e);
                 (Err(Error::AppletFailed(msg)), tb)
@@ -378,7 +392,9 @@ fn keep_heap_mapped() {
 fn shape_error(e: &mlua::Error) -> Option<String> {
     match e {
         mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => shape_error(cause),
-        mlua::Error::RuntimeError(m) => m.strip_prefix(sandbox::MAIN_RETURNED).map(|rest| rest.split_whitespace().next().unwrap_or("nothing").to_string()),
+        mlua::Error::RuntimeError(m) => {
+            m.strip_prefix(sandbox::MAIN_RETURNED).map(|rest| rest.split_whitespace().next().unwrap_or("nothing").to_string())
+        }
         _ => None,
     }
 }
@@ -421,7 +437,14 @@ pub fn describe_lua_error(e: &mlua::Error) -> (String, Option<String>) {
         mlua::Error::CallbackError { traceback, cause } => {
             let (msg, inner_tb) = describe_lua_error(cause);
             let tb = inner_tb.or_else(|| Some(traceback.clone()));
-            let located = if has_location(&msg) { msg } else { match tb.as_deref().and_then(first_location) { Some(loc) => format!("{loc}: {msg}"), None => msg } };
+            let located = if has_location(&msg) {
+                msg
+            } else {
+                match tb.as_deref().and_then(first_location) {
+                    Some(loc) => format!("{loc}: {msg}"),
+                    None => msg,
+                }
+            };
             (located, tb)
         }
         mlua::Error::RuntimeError(m) => match m.split_once("\nstack traceback:") {

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
+use super::keys;
+use crate::error::Error;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use super::keys;
-use crate::error::Error;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -96,9 +96,8 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, r: &AuditRecord) -> bool {
-        let applet_ok = self.applet.as_ref().is_none_or(|a| {
-            r.applet.as_deref().is_some_and(|ra| ra == a || ra.split('@').next() == Some(a.as_str()))
-        });
+        let applet_ok =
+            self.applet.as_ref().is_none_or(|a| r.applet.as_deref().is_some_and(|ra| ra == a || ra.split('@').next() == Some(a.as_str())));
         applet_ok
             && self.actor.as_ref().is_none_or(|a| r.actor.as_deref() == Some(a))
             && self.status.as_ref().is_none_or(|s| r.status.as_deref() == Some(s))
@@ -149,11 +148,13 @@ impl AuditLog {
         // A crash between writing a record and its head leaves the head one behind.
         if let Some(item) = tree.scan_prefix([RECORD]).next_back() {
             let (_, v) = item?;
-            if let Ok(last) = serde_json::from_slice::<AuditRecord>(&v) {
-                if last.seq == head.count && last.prev == head.hash && last.compute_hash() == last.hash {
-                    head = Head { count: last.seq + 1, hash: last.hash };
-                    tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
-                }
+            if let Ok(last) = serde_json::from_slice::<AuditRecord>(&v)
+                && last.seq == head.count
+                && last.prev == head.hash
+                && last.compute_hash() == last.hash
+            {
+                head = Head { count: last.seq + 1, hash: last.hash };
+                tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
             }
         }
         Ok(AuditLog { tree, head: Arc::new(Mutex::new(head)) })
@@ -254,7 +255,8 @@ impl AuditLog {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([RECORD]).rev() {
             let (k, v) = item?;
-            let rec: AuditRecord = serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_ref())))?;
+            let rec: AuditRecord =
+                serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_ref())))?;
             if filter.matches(&rec) {
                 out.push(rec);
                 if filter.limit.is_some_and(|l| out.len() >= l) {
@@ -306,9 +308,19 @@ impl AuditLog {
         }
         if first_bad.is_none() {
             if head.count > expected_seq {
-                first_bad = Some((expected_seq, format!("the log holds {expected_seq} records but its head says {} (records were removed from the end)", head.count)));
+                first_bad = Some((
+                    expected_seq,
+                    format!("the log holds {expected_seq} records but its head says {} (records were removed from the end)", head.count),
+                ));
             } else if head.count < expected_seq || (expected_seq > 0 && head.hash != prev) {
-                first_bad = Some((head.count, format!("the head (count {}, hash {}) does not match the last record (the head was rewritten)", head.count, &head.hash[..12.min(head.hash.len())])));
+                first_bad = Some((
+                    head.count,
+                    format!(
+                        "the head (count {}, hash {}) does not match the last record (the head was rewritten)",
+                        head.count,
+                        &head.hash[..12.min(head.hash.len())]
+                    ),
+                ));
             }
         }
         Ok(VerifyReport { records: expected_seq, head, first_bad })
