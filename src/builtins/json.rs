@@ -11,7 +11,7 @@ use crate::runtime::convert::{self, ConvertError};
 pub const MAX_JSON_BYTES: u64 = 16 * 1024 * 1024;
 
 pub fn module(lua: &Lua, _ctx: &Arc<RunCtx>, array_mt: &Table) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
+    let t = lua.create_table_with_capacity(0, 4)?;
     t.set("encode", lua.create_function(json_encode)?)?;
     let mt = array_mt.clone();
     t.set("decode", lua.create_function(move |lua, s: mlua::LuaString| json_decode(lua, s, &mt))?)?;

@@ -11,7 +11,7 @@ use crate::runtime::convert::{self, ConvertError};
 const MAX_KEY: usize = 256;
 
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>, array_mt: &Table) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
+    let t = lua.create_table_with_capacity(0, 5)?;
     let (c, mt) = (Arc::clone(ctx), array_mt.clone());
     t.set("get", lua.create_function(move |lua, key: String| kv_get(lua, &c, &mt, key))?)?;
     let c = Arc::clone(ctx);

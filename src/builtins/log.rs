@@ -8,7 +8,7 @@ use crate::runtime::context::{Level, RunCtx};
 use crate::runtime::convert;
 
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
+    let t = lua.create_table_with_capacity(0, 4)?;
     for level in [Level::Debug, Level::Info, Level::Warn, Level::Error] {
         t.set(level.name(), logger(lua, ctx, level)?)?;
     }

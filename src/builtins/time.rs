@@ -10,7 +10,7 @@ use crate::runtime::context::RunCtx;
 use crate::runtime::lazy_async::async_function;
 
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
+    let t = lua.create_table_with_capacity(0, 5)?;
     t.set("now", lua.create_function(time_now)?)?;
     let c = Arc::clone(ctx);
     t.set("clock", lua.create_function(move |_, ()| Ok(c.guard.started.elapsed().as_secs_f64()))?)?;

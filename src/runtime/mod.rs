@@ -400,7 +400,7 @@ fn shape_error(e: &mlua::Error) -> Option<String> {
 }
 
 fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
-    let t = lua.create_table()?;
+    let t = lua.create_table_with_capacity(0, 8)?;
     t.raw_set("run_id", ctx.run_id.as_str())?;
     t.raw_set("applet", ctx.applet.as_str())?;
     t.raw_set("version", ctx.version.as_str())?;
