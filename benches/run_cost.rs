@@ -95,7 +95,12 @@ fn main() {
         assert!(o.result.is_ok(), "{:?}", o.result);
     };
 
-    let (rounds, per) = (15, 200);
+    // `cargo test --all-targets` runs this file too: then it is a quick smoke run, not a measurement.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (rounds, per) = if smoke { (2, 5) } else { (15, 200) };
+    if smoke {
+        println!("smoke run (use `cargo bench` for figures)");
+    }
     let t_bare = measure(rounds, per, bare_source);
     let t_bare_bc = measure(rounds, per, bare_bc);
     let t_rt = measure(rounds, per, || through(&no_store));
@@ -124,7 +129,7 @@ fn main() {
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("opslet.toml"), format!("[audit]\nsync = {sync}\n")).unwrap();
         let mut samples = Vec::new();
-        for i in 0..25 {
+        for i in 0..if smoke { 4 } else { 25 } {
             let t = Instant::now();
             let st = Command::new(exe)
                 .args(["run", applet.to_str().unwrap(), "--format", "json", "-q"])

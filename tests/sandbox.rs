@@ -314,3 +314,11 @@ fn memory_error_through_coroutine_wrap_still_ends_the_run() {
         Limit::Memory,
     );
 }
+
+#[test]
+fn memory_error_inside_a_host_function_ends_the_run() {
+    assert_limit(
+        "return function() local s = '[' .. string.rep('1,', 2000000) .. '1]' local ok, e = pcall(json.decode, s) return 'survived' end",
+        Limit::Memory,
+    );
+}

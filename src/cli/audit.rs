@@ -14,7 +14,7 @@ pub enum AuditCmd {
     List(ListArgs),
     /// Show one record by sequence number, or every record of a run by run id (or its prefix).
     Show {
-        /// A record number, or a run id (a prefix of at least 8 characters).
+        /// A record number (digits only), or a run id or a prefix of it (at least 8 characters).
         id: String,
     },
     /// Walk the hash chain; exit 7 and name the first bad record if anything was changed.
@@ -73,13 +73,14 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             Ok(0)
         }
         AuditCmd::Show { id } => {
-            // Run ids are UUIDs: a run-id prefix needs 8 characters, so short numbers are seqs.
+            // All digits: a record number. Anything else: a run-id prefix of 8 or more characters
+            // (run ids are UUIDs, which always contain `-` and usually letters).
             let records = match id.parse::<u64>() {
-                Ok(seq) if id.len() < 8 => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
-                _ if id.len() < 8 => {
-                    return Err(Error::Usage(format!("`{id}`: give a record number or at least 8 characters of a run id")));
+                Ok(seq) => audit.get(seq)?.into_iter().collect::<Vec<_>>(),
+                Err(_) if id.len() < 8 => {
+                    return Err(Error::Usage(format!("`{id}`: give a record number, or a run id (at least its first 8 characters)")));
                 }
-                _ => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
+                Err(_) => audit.list(&Filter { run_id: Some(id.clone()), ..Filter::default() })?,
             };
             if records.is_empty() {
                 return Err(Error::NotFound(format!("no audit record or run `{id}`")));

@@ -83,6 +83,11 @@ impl Global {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    // Like other Unix tools, stop quietly when the reader of our output goes away (`| head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     init_tracing();
     // A bug in host code must not print host source paths at users: one line, and the details
     // only with RUST_BACKTRACE set.
@@ -116,7 +121,8 @@ pub fn main() -> i32 {
 /// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPSLET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init();
 }
 
 fn report(e: &Error) -> i32 {

@@ -43,6 +43,16 @@ pub struct RunArgs {
 }
 
 pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
+    let json = args.format == Format::Json;
+    let result = run_inner(global, args);
+    if json && result.is_err() {
+        // stdout stays one JSON document even when the run never started.
+        println!("null");
+    }
+    result
+}
+
+fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let params_json = match &args.params_json {
         None => None,
         Some(s) => match serde_json::from_str::<serde_json::Value>(s) {

@@ -103,13 +103,14 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     let g = Arc::clone(&guard);
     let check = lua.create_function(move |lua, results: MultiValue| {
         if matches!(results.front(), Some(Value::Boolean(false))) {
-            // Luau's allocation failure message, possibly with a position or context prefixed.
-            let text = match results.get(1) {
-                Some(Value::String(s)) => Some(s.to_string_lossy()),
-                Some(Value::Error(e)) => Some(e.to_string()),
-                _ => None,
+            // Luau's allocation failure message, possibly with a position or context prefixed
+            // and a traceback appended; or mlua's memory error from a host function.
+            let out_of_memory = match results.get(1) {
+                Some(Value::String(s)) => s.to_string_lossy().lines().next().is_some_and(|l| l.ends_with("not enough memory")),
+                Some(Value::Error(e)) => is_memory_error(e),
+                _ => false,
             };
-            if text.is_some_and(|t| t.ends_with("not enough memory")) {
+            if out_of_memory {
                 return Err(g.trip(Limit::Memory));
             }
         }
@@ -127,6 +128,14 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     let launch: mlua::Function = lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call((check, run_info))?;
     lua.sandbox(true)?;
     Ok(State { lua, array_mt, launch })
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => is_memory_error(cause),
+        other => other.to_string().lines().next().is_some_and(|l| l.ends_with("not enough memory")),
+    }
 }
 
 /// `require(name)`: `opslet.*` from the bundled stdlib, anything else from the applet's own

@@ -237,7 +237,7 @@ impl AuditLog {
                 status: Some("interrupted".into()),
                 data: serde_json::json!({ "error": "the process running this applet stopped before the run ended", "start_seq": start_seq }),
             })?;
-            tracing::warn!(run_id = %run_id, applet = ?start.applet, "run left open by a stopped process recorded as interrupted");
+            tracing::warn!(run_id = %run_id, applet = start.applet.as_deref().unwrap_or(""), "run left open by a stopped process recorded as interrupted");
             closed += 1;
         }
         Ok(closed)
