@@ -276,7 +276,7 @@ fn config_is_only_read_by_commands_that_use_it_and_actor_is_not_from_env() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = env.opslet(&["audit", "show", "01a2"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("at least 8 characters"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("at least its first 8 characters"), "{}", stderr(&o));
     let o = env.opslet(&["audit", "show", "ffffffff-none"]);
     assert_eq!(o.status.code(), Some(3));
     let o = env.opslet(&["run", "fine", "-p", "novalue"]);
