@@ -214,3 +214,27 @@ fn a_store_of_another_layout_version_is_refused() {
     let err = Store::open(dir.path(), std::time::Duration::from_secs(1)).err().expect("must refuse").to_string();
     assert!(err.contains("layout version 99") && err.contains("reads version 1"), "{err}");
 }
+
+#[test]
+fn open_runs_survive_reopen_across_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+        let a = store.audit();
+        a.append(AuditEvent { kind: "test".into(), ..AuditEvent::default() }).unwrap();
+        a.append(AuditEvent { kind: "run.start".into(), run_id: Some("long-one".into()), ..AuditEvent::default() }).unwrap();
+        // Enough short runs to pass several checkpoints; the long one stays open throughout.
+        for i in 0..300 {
+            let id = format!("short-{i}");
+            a.append(AuditEvent { kind: "run.start".into(), run_id: Some(id.clone()), ..AuditEvent::default() }).unwrap();
+            a.append(AuditEvent { kind: "run.end".into(), run_id: Some(id), status: Some("ok".into()), ..AuditEvent::default() }).unwrap();
+        }
+        a.append(AuditEvent { kind: "run.start".into(), run_id: Some("last".into()), ..AuditEvent::default() }).unwrap();
+    }
+    let store = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+    let open: Vec<String> = store.audit().open_runs().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(open, ["last", "long-one"]);
+    assert_eq!(store.audit().close_interrupted().unwrap(), 2);
+    assert!(store.audit().open_runs().unwrap().is_empty());
+    assert!(store.audit().verify().unwrap().first_bad.is_none());
+}

@@ -108,36 +108,41 @@ impl Filter {
     }
 }
 
-/// Handle to the audit tree: `r<seq>` records, `h` the chain head, `o<run_id>` open runs.
+/// Handle to the audit tree: `r<seq>` records, `h` the chain head, `c` the checkpoint.
 ///
-/// Each append is plain inserts in a crash-safe order (open-run marker, record, head, marker
-/// removal) rather than one batch: a sled batch forces a disk write per call, which would cost
-/// more than the run itself. `open` repairs a head left one record behind by a crash, and
-/// `close_interrupted` drops markers whose record never made it.
+/// An append is two plain inserts (record, then head) rather than one batch: a sled batch forces
+/// a disk write per call, which would cost more than the run itself. `open` repairs a head left
+/// one record behind by a crash.
+///
+/// Open runs (a `run.start` without its `run.end`) are tracked in memory. The checkpoint is a
+/// record number before which every run has ended; it is written every few hundred appends and
+/// when the store is flushed or closed, and `open` rebuilds the open runs by reading the records
+/// after it. So a killed process costs the next one a short scan, and a run costs no extra writes.
 #[derive(Clone)]
 pub struct AuditLog {
     tree: sled::Tree,
-    /// The head as last written; appends are serialized through this lock (sled keeps other
-    /// processes out of the store, so the cached head is authoritative).
-    head: Arc<Mutex<Head>>,
+    /// Serializes appends. sled keeps other processes out of the store, so this cached state is
+    /// authoritative.
+    state: Arc<Mutex<LogState>>,
+}
+
+struct LogState {
+    head: Head,
+    /// Run id -> seq of its `run.start`, for runs without a `run.end` yet.
+    open: std::collections::BTreeMap<String, u64>,
+    since_checkpoint: u32,
 }
 
 const RECORD: u8 = b'r';
 const HEAD: &[u8] = b"h";
-const OPEN: u8 = b'o';
+const CHECKPOINT: &[u8] = b"c";
+const CHECKPOINT_EVERY: u32 = 256;
 
 /// The sled key of record `seq`.
 pub fn record_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = RECORD;
     k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn open_key(run_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(run_id.len() + 1);
-    k.push(OPEN);
-    k.extend_from_slice(run_id.as_bytes());
     k
 }
 
@@ -157,7 +162,26 @@ impl AuditLog {
                 tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
             }
         }
-        Ok(AuditLog { tree, head: Arc::new(Mutex::new(head)) })
+        let checkpoint = match tree.get(CHECKPOINT)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Store("audit checkpoint is corrupt".into()))?),
+            None => 0,
+        };
+        let mut open = std::collections::BTreeMap::new();
+        for item in tree.range(record_key(checkpoint)..=record_key(u64::MAX)) {
+            let (k, v) = item?;
+            let rec: AuditRecord =
+                serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", &k[1..])))?;
+            match (rec.kind.as_str(), rec.run_id) {
+                ("run.start", Some(id)) => {
+                    open.insert(id, rec.seq);
+                }
+                ("run.end", Some(id)) => {
+                    open.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        Ok(AuditLog { tree, state: Arc::new(Mutex::new(LogState { head, open, since_checkpoint: 0 })) })
     }
 
     /// The head as stored.
@@ -165,11 +189,11 @@ impl AuditLog {
         read_head(&self.tree)
     }
 
-    /// Appends one record and moves the head; keeps the open-runs index.
+    /// Appends one record and moves the head.
     pub fn append(&self, ev: AuditEvent) -> Result<AuditRecord, Error> {
-        let mut head = self.head.lock();
+        let mut state = self.state.lock();
         let mut rec = AuditRecord {
-            seq: head.count,
+            seq: state.head.count,
             time: Utc::now(),
             kind: ev.kind,
             run_id: ev.run_id,
@@ -178,69 +202,75 @@ impl AuditLog {
             applet: ev.applet,
             status: ev.status,
             data: ev.data,
-            prev: head.hash.clone(),
+            prev: state.head.hash.clone(),
             hash: String::new(),
         };
         rec.hash = rec.compute_hash();
         let body = serde_json::to_vec(&rec).map_err(|e| Error::Internal(format!("encoding audit record: {e}")))?;
         let new_head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
         let write = || -> Result<(), sled::Error> {
-            let open = rec.run_id.as_deref().map(open_key);
-            if let (Some(k), "run.start") = (&open, rec.kind.as_str()) {
-                self.tree.insert(k, &rec.seq.to_be_bytes())?;
-            }
             self.tree.insert(record_key(rec.seq), body.as_slice())?;
             self.tree.insert(HEAD, serde_json::to_vec(&new_head).expect("head serializes"))?;
-            if let (Some(k), "run.end") = (&open, rec.kind.as_str()) {
-                self.tree.remove(k)?;
-            }
             Ok(())
         };
         write().map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
-        *head = new_head;
+        state.head = new_head;
+        match (rec.kind.as_str(), &rec.run_id) {
+            ("run.start", Some(id)) => {
+                state.open.insert(id.clone(), rec.seq);
+            }
+            ("run.end", Some(id)) => {
+                state.open.remove(id);
+            }
+            _ => {}
+        }
+        state.since_checkpoint += 1;
+        if state.since_checkpoint >= CHECKPOINT_EVERY {
+            self.write_checkpoint(&mut state)?;
+        }
         Ok(rec)
     }
 
-    /// Run ids that have a `run.start` but no `run.end`.
+    /// Records how far back `open` must read to find every open run.
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        let mut state = self.state.lock();
+        self.write_checkpoint(&mut state)
+    }
+
+    fn write_checkpoint(&self, state: &mut LogState) -> Result<(), Error> {
+        let seq = state.open.values().min().copied().unwrap_or(state.head.count);
+        self.tree.insert(CHECKPOINT, &seq.to_be_bytes())?;
+        state.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Run ids that have a `run.start` but no `run.end`, with the seq of their start.
     pub fn open_runs(&self) -> Result<Vec<(String, u64)>, Error> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix([OPEN]) {
-            let (k, v) = item?;
-            let seq = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
-            out.push((String::from_utf8_lossy(&k[1..]).into_owned(), seq));
-        }
-        Ok(out)
+        Ok(self.state.lock().open.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 
     /// Closes every run left open by a process that died: each gets a `run.end` with status
     /// `interrupted`. Only call while holding the store exclusively (no run of ours is in flight).
     pub fn close_interrupted(&self) -> Result<usize, Error> {
-        let mut closed = 0;
-        for (run_id, start_seq) in self.open_runs()? {
-            let start = self.get(start_seq)?.filter(|r| r.kind == "run.start" && r.run_id.as_deref() == Some(run_id.as_str()));
-            let Some(start) = start else {
-                // The marker was written but the record was not: no run started.
-                self.tree.remove(open_key(&run_id))?;
-                continue;
-            };
-            let ended = self.list(&Filter { run_id: Some(run_id.clone()), kind: Some("run.end".into()), ..Filter::default() })?;
-            if !ended.is_empty() {
-                self.tree.remove(open_key(&run_id))?;
-                continue;
-            }
+        let open = self.open_runs()?;
+        for (run_id, start_seq) in &open {
+            let start = self.get(*start_seq)?;
+            let applet = start.as_ref().and_then(|s| s.applet.clone());
             self.append(AuditEvent {
                 kind: "run.end".into(),
                 run_id: Some(run_id.clone()),
-                actor: start.actor.clone(),
-                via: start.via.clone(),
-                applet: start.applet.clone(),
+                actor: start.as_ref().and_then(|s| s.actor.clone()),
+                via: start.as_ref().and_then(|s| s.via.clone()),
+                applet: applet.clone(),
                 status: Some("interrupted".into()),
                 data: serde_json::json!({ "error": "the process running this applet stopped before the run ended", "start_seq": start_seq }),
             })?;
-            tracing::warn!(run_id = %run_id, applet = start.applet.as_deref().unwrap_or(""), "run left open by a stopped process recorded as interrupted");
-            closed += 1;
+            tracing::warn!(run_id = %run_id, applet = applet.as_deref().unwrap_or(""), "run left open by a stopped process recorded as interrupted");
         }
-        Ok(closed)
+        if !open.is_empty() {
+            self.checkpoint()?;
+        }
+        Ok(open.len())
     }
 
     pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, Error> {

@@ -83,6 +83,7 @@ impl Store {
 
     /// Writes everything to disk (fsync).
     pub fn flush(&self) -> Result<(), Error> {
+        self.inner.audit.checkpoint()?;
         self.inner.db.flush()?;
         Ok(())
     }
@@ -102,6 +103,15 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), Error> {
         Some(v) => {
             let found = v.as_ref().try_into().map(u32::from_be_bytes).map_or_else(|_| "unknown".to_string(), |n| n.to_string());
             Err(Error::Store(format!("data store {} has layout version {found}; this opslet reads version {FORMAT}", path.display())))
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A clean close leaves a fresh checkpoint, so the next open reads almost nothing.
+        if let Err(e) = self.audit.checkpoint().and_then(|()| self.db.flush().map(|_| ()).map_err(Error::from)) {
+            tracing::warn!(error = %e, "closing the data store");
         }
     }
 }
