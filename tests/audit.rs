@@ -238,3 +238,29 @@ fn open_runs_survive_reopen_across_checkpoints() {
     assert!(store.audit().open_runs().unwrap().is_empty());
     assert!(store.audit().verify().unwrap().first_bad.is_none());
 }
+
+#[test]
+fn invalid_secret_values_and_numeric_secrets_never_leak() {
+    let rt = runtime(TIGHT);
+    let manifest = format!(
+        "{MANIFEST}[params.pin]\ntype = \"integer\"\nsecret = true\n[params.mode]\ntype = \"enum\"\nvalues = [\"a\", \"b\"]\nsecret = true\n"
+    );
+    let pkg = package_with(&manifest, "return function(p) log.info('pin is', p.pin) return { pin = p.pin } end", &[]);
+
+    let mut r = req(pkg.clone());
+    r.params_json = Some(json!({ "mode": "hunter2-typo" }).as_object().unwrap().clone());
+    r.params_pairs = vec![("pin".into(), "hunter2pin".into())];
+    let o = run_req(&rt, r);
+    let err = err_text(&o);
+    assert!(!err.contains("hunter2"), "secret value echoed in the error: {err}");
+    assert!(err.contains("param `pin`") && err.contains("secret param"), "{err}");
+
+    let mut r = req(pkg);
+    r.params_pairs = vec![("pin".into(), "987654".into()), ("mode".into(), "a".into())];
+    let o = run_req(&rt, r);
+    assert_eq!(o.logs[0].message, "pin is <redacted>");
+    assert_eq!(o.result.as_ref().unwrap()["pin"], json!("<redacted>"));
+
+    let dump = serde_json::to_string(&rt.store().unwrap().audit().list(&Filter::default()).unwrap()).unwrap();
+    assert!(!dump.contains("hunter2") && !dump.contains("987654"), "secret in the audit log: {dump}");
+}

@@ -282,3 +282,19 @@ fn config_is_only_read_by_commands_that_use_it_and_actor_is_not_from_env() {
     let o = env.opslet(&["run", "fine", "-p", "novalue"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn applet_text_cannot_drive_the_terminal() {
+    let env = Env::new();
+    let dir = env.applet(
+        "ansi",
+        "",
+        "return function() log.info('ok\\n\\27[1A\\27[2K\\rerror: fake host message') return { note = '\\27]0;title\\7x' } end",
+    );
+    let o = env.opslet(&["run", s(&dir)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "raw escape sequences reached the terminal");
+    assert!(err.contains("[info] ok\\n\\u{1b}[1A"), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("error: fake")), "{err}");
+}

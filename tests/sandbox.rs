@@ -322,3 +322,101 @@ fn memory_error_inside_a_host_function_ends_the_run() {
         Limit::Memory,
     );
 }
+
+// ---- attacks on long-running library calls ----------------------------------------------------
+
+#[test]
+fn long_literal_searches_are_linear_and_keep_lua_semantics() {
+    // Luau's own literal search is quadratic here and never reaches the interrupt.
+    let v = ok_value(
+        "return function()
+            local hay = string.rep('a', 4 * 1024 * 1024)
+            local needle = string.rep('a', 2 * 1024 * 1024) .. 'b'
+            local long = string.rep('x', 20)
+            local s = 'abc' .. long .. 'def' .. long
+            local parts = string.split('a' .. long .. 'b' .. long .. long .. 'c', long)
+            return {
+                plain = string.find(hay, needle, 1, true) == nil,
+                literal = string.find(hay, needle) == nil,
+                method = hay:find(needle, 1, true) == nil,
+                at = { string.find(s, long, 1, true) },
+                again = { string.find(s, long, 5, true) },
+                from_end = { string.find(s, long, -20, true) },
+                past = string.find(s, long, 100, true) == nil,
+                parts = parts,
+                short = { string.find('hello', 'l', 1, true) },
+            }
+        end",
+    );
+    assert_eq!(
+        v,
+        json!({
+            "plain": true, "literal": true, "method": true,
+            "at": [4, 23], "again": [27, 46], "from_end": [27, 46], "past": true,
+            "parts": ["a", "b", "", "c"], "short": [3, 3],
+        })
+    );
+}
+
+#[test]
+fn table_move_over_huge_ranges() {
+    // Sparse moves walk only the keys that exist (Luau's LuauTableMoveTimeoutFix, switched on at
+    // start); without it these loop 2^31 times with no interrupt.
+    assert_eq!(ok_value("return function() table.move({}, 1, 0x7ffffff0, 2, {}) return 'done' end"), json!("done"));
+    assert_eq!(
+        ok_value("return function() local s, d = {}, {} for i = 1, 100000 do table.move(s, 1, 2^20, 2, d) end return 'done' end"),
+        json!("done")
+    );
+    // Dense moves are linear in the table size; the clocks are checked between calls.
+    assert_limit("return function() local s, d = table.create(100000, 1), {} while true do table.move(s, 1, #s, 1, d) end end", Limit::Cpu);
+}
+
+#[test]
+fn logging_huge_arguments_is_cut_before_it_is_built() {
+    let rt = runtime("[limits]\nmemory = \"16MiB\"\n[audit]\nsync = false\n");
+    let o = run(
+        &rt,
+        package(
+            "return function() local s = string.rep('x', 4 * 1024 * 1024) local t = {} for i = 1, 200 do t[i] = s end log.info(table.unpack(t)) return 'ok' end",
+        ),
+    );
+    assert_eq!(o.result.unwrap(), json!("ok"));
+    assert!(o.logs[0].message.len() <= 64 * 1024 + 32, "line of {} bytes", o.logs[0].message.len());
+    assert!(o.logs[0].message.ends_with("[line truncated]"));
+}
+
+#[test]
+fn pretty_json_of_shared_tables_stays_bounded() {
+    let v = ok_value(
+        "return function()
+            local leaf = {} for i = 1, 1000 do leaf[i] = true end
+            local t = leaf for d = 1, 120 do t = { t } end
+            local w = {} for i = 1, 2000 do w[i] = t end
+            local ok, e = pcall(json.encode, w, { pretty = true })
+            return { ok = ok, e = e }
+        end",
+    );
+    assert_eq!(v["ok"], json!(false));
+    assert!(v["e"].as_str().unwrap().contains("json.encode: output would exceed"), "{v}");
+}
+
+#[test]
+fn result_size_counts_escaped_bytes() {
+    // 100k control characters are 600k bytes of JSON: over the 64KiB result limit.
+    assert_limit("return function() return string.rep('\\1', 100000) end", Limit::ResultSize);
+}
+
+#[test]
+fn out_of_memory_in_an_unprotected_coroutine_is_the_memory_limit() {
+    assert_limit("return function() return coroutine.wrap(function() return string.rep('x', 2^30) end)() end", Limit::Memory);
+}
+
+#[test]
+fn json_decode_builds_lua_values_directly() {
+    let v = ok_value(
+        "return function() local t = json.decode('{\"a\":[1,2,{\"b\":null}],\"big\":9007199254740993}') return { n = #t.a, null = t.a[3].b == json.null, big = t.big > 9e15 } end",
+    );
+    assert_eq!(v, json!({ "n": 3, "null": true, "big": true }));
+    // A decode larger than the run's heap fails with the memory limit, not host memory growth.
+    assert_limit("return function() local s = '[' .. string.rep('0,', 2000000) .. '0]' return #json.decode(s) end", Limit::Memory);
+}

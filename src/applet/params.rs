@@ -24,7 +24,7 @@ pub fn resolve(
                     Ok(v) => {
                         out.insert(name.clone(), v);
                     }
-                    Err(m) => err(name, m),
+                    Err(m) => err(name, hide_secret(spec, m)),
                 },
             }
         }
@@ -36,7 +36,7 @@ pub fn resolve(
                 Ok(v) => {
                     out.insert(name.clone(), v);
                 }
-                Err(m) => err(name, m),
+                Err(m) => err(name, hide_secret(spec, m)),
             },
         }
     }
@@ -51,6 +51,11 @@ pub fn resolve(
         }
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// A secret param's error never repeats the value it got.
+fn hide_secret(spec: &ParamSpec, message: String) -> String {
+    if spec.secret { format!("not a valid {} (the value is not shown: secret param)", spec.ty.name()) } else { message }
 }
 
 fn unknown_msg(manifest: &Manifest) -> String {

@@ -13,16 +13,27 @@ const MAX_KEY: usize = 256;
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>, array_mt: &Table) -> mlua::Result<Table> {
     let t = lua.create_table_with_capacity(0, 5)?;
     let (c, mt) = (Arc::clone(ctx), array_mt.clone());
-    t.set("get", lua.create_function(move |lua, key: String| kv_get(lua, &c, &mt, key))?)?;
+    t.set("get", lua.create_function(move |lua, key: String| polled(lua, &c, || kv_get(lua, &c, &mt, key)))?)?;
     let c = Arc::clone(ctx);
-    t.set("set", lua.create_function(move |_, (key, value): (String, Value)| kv_set(&c, key, value))?)?;
+    t.set("set", lua.create_function(move |lua, (key, value): (String, Value)| polled(lua, &c, || kv_set(&c, key, value)))?)?;
     let c = Arc::clone(ctx);
-    t.set("delete", lua.create_function(move |_, key: String| kv_delete(&c, key))?)?;
+    t.set("delete", lua.create_function(move |lua, key: String| polled(lua, &c, || kv_delete(&c, key)))?)?;
     let (c, mt) = (Arc::clone(ctx), array_mt.clone());
-    t.set("keys", lua.create_function(move |lua, prefix: Option<String>| kv_keys(lua, &c, &mt, prefix))?)?;
+    t.set("keys", lua.create_function(move |lua, prefix: Option<String>| polled(lua, &c, || kv_keys(lua, &c, &mt, prefix)))?)?;
     let c = Arc::clone(ctx);
-    t.set("incr", lua.create_function(move |_, (key, by): (String, Option<f64>)| kv_incr(&c, key, by.unwrap_or(1.0)))?)?;
+    t.set(
+        "incr",
+        lua.create_function(move |lua, (key, by): (String, Option<f64>)| polled(lua, &c, || kv_incr(&c, key, by.unwrap_or(1.0))))?,
+    )?;
     Ok(t)
+}
+
+/// Runs a kv operation between two looks at the run's clocks (a write scans the whole store).
+fn polled<T>(lua: &Lua, ctx: &RunCtx, f: impl FnOnce() -> mlua::Result<T>) -> mlua::Result<T> {
+    ctx.guard.poll(lua)?;
+    let out = f()?;
+    ctx.guard.poll(lua)?;
+    Ok(out)
 }
 
 fn tree(ctx: &RunCtx) -> mlua::Result<sled::Tree> {

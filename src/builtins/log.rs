@@ -21,14 +21,29 @@ pub fn logger(lua: &Lua, ctx: &Arc<RunCtx>, level: Level) -> mlua::Result<mlua::
     lua.create_function(move |_, args: MultiValue| ctx.log(level, &format_args(&args)))
 }
 
-/// Joins values with spaces the way `print` does; tables are shown as compact JSON.
+/// Longest log line kept; the rest is cut (and never built: a line is assembled only up to here).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Joins values with spaces the way `print` does; tables are shown as compact JSON. Stops just
+/// past `MAX_LINE` bytes (so the logger sees the line was cut) without converting the rest.
 pub fn format_args(args: &MultiValue) -> String {
+    const BUILD: usize = MAX_LINE + 1;
     let mut out = String::new();
     for (i, v) in args.iter().enumerate() {
+        if out.len() >= BUILD {
+            break;
+        }
         if i > 0 {
             out.push(' ');
         }
-        out.push_str(&display(v));
+        match v {
+            Value::String(s) => {
+                let bytes = s.as_bytes();
+                let room = BUILD.saturating_sub(out.len());
+                out.push_str(&String::from_utf8_lossy(&bytes[..bytes.len().min(room)]));
+            }
+            other => out.push_str(&display(other)),
+        }
     }
     out
 }
@@ -39,7 +54,15 @@ pub fn display(v: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::Integer(i) => i.to_string(),
         Value::Number(n) => format_number(*n),
-        Value::String(s) => s.to_string_lossy(),
+        Value::String(s) => {
+            let bytes = s.as_bytes();
+            let cut = bytes.len().min(1024);
+            let mut out = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+            if cut < bytes.len() {
+                out.push_str("...");
+            }
+            out
+        }
         Value::Table(_) => match convert::to_json(v, 16 * 1024) {
             Ok(j) => j.to_string(),
             Err(_) => "<table>".into(),

@@ -20,9 +20,28 @@ pub fn render(v: &Value, format: Format) -> String {
     }
 }
 
+/// Applet-controlled text for a terminal: control characters (escape sequences, carriage
+/// returns, and newlines unless `keep_newlines`) are shown escaped, so output cannot rewrite the
+/// screen or pass off a line as a host message.
+pub fn terminal_safe(s: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t' && !(keep_newlines && c == '\n');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn cell(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => terminal_safe(s, true).into_owned(),
         Value::Null => String::new(),
         other => other.to_string(),
     }

@@ -103,16 +103,79 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         req.dry_run = args.dry_run;
         req.cancel = cancel;
         if !args.quiet {
-            let sink: LogSink = Arc::new(|l: &LogLine| eprintln!("[{}] {}", l.level.name(), l.message));
+            let sink: LogSink =
+                Arc::new(|l: &LogLine| eprintln!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false)));
             req.log_sink = Some(sink);
         }
+        let watchdog = Watchdog::start(&runtime, &req);
         let outcome = rt.block_on(runtime.run(req));
+        watchdog.stop();
         Ok(report(&outcome, &args))
     };
     if !args.watch {
         return once(cancel, "cli");
     }
     watch(&args.path, &cancel, |c| once(c, "watch"))
+}
+
+/// How long past its wall-time limit a run may take to stop before the process is ended.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// The last line of defence for the CLI: if a run is still going `GRACE` after its wall-time
+/// limit (a host call that never reached the limit checks), record its end in the audit log and
+/// end the process with the limit's exit code.
+struct Watchdog {
+    done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Watchdog {
+    fn start(runtime: &Runtime, req: &RunRequest) -> Watchdog {
+        let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let limits = runtime.limits_for(&req.package.manifest);
+        let deadline = std::time::Instant::now() + limits.timeout + GRACE;
+        let (store, run_id, applet, caller) = (runtime.store().cloned(), req.run_id.clone(), req.package.id(), req.caller.clone());
+        let d = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let (lock, cvar) = &*d;
+            let mut finished = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !*finished {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                finished = cvar.wait_timeout(finished, left).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            if *finished {
+                return;
+            }
+            let message = format!("{} did not stop within {}s of its wall-time limit; opslet ended the process", applet, GRACE.as_secs());
+            if let Some(store) = store {
+                let ev = crate::store::audit::AuditEvent {
+                    kind: "run.end".into(),
+                    run_id: Some(run_id.clone()),
+                    actor: Some(caller.user),
+                    via: Some(caller.via),
+                    applet: Some(applet.clone()),
+                    status: Some("limit_exceeded".into()),
+                    data: serde_json::json!({ "error": message, "error_kind": "limit_exceeded", "limit": "wall-time", "killed": true }),
+                };
+                if let Ok(Some(_)) = store.audit().end_if_open(&run_id, ev) {
+                    let _ = store.flush();
+                } else {
+                    return; // the run ended on its own after all
+                }
+            }
+            eprintln!("error: {message} (run {run_id})");
+            std::process::exit(Error::LimitExceeded { limit: crate::error::Limit::WallTime, message: String::new() }.exit_code());
+        });
+        Watchdog { done }
+    }
+
+    fn stop(self) {
+        let (lock, cvar) = &*self.done;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+    }
 }
 
 /// Prints the outcome: the result on stdout, notes and errors on stderr. Returns the exit code.
@@ -132,7 +195,7 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
                 // stdout stays one JSON document even on failure: null.
                 println!("null");
             }
-            eprintln!("error: {} failed (run {}): {e}", outcome.applet, outcome.run_id);
+            eprintln!("error: {} failed (run {}): {}", outcome.applet, outcome.run_id, super::output::terminal_safe(&e.to_string(), true));
             if args.verbose
                 && let Some(tb) = &outcome.traceback
             {

@@ -57,15 +57,15 @@ impl ToJson {
     fn value(&mut self, v: &LuaValue) -> Result<Value, ConvertError> {
         match v {
             LuaValue::Nil => {
-                self.charge(4)?;
+                self.charge(8)?;
                 Ok(Value::Null)
             }
             LuaValue::LightUserData(p) if p.0.is_null() => {
-                self.charge(4)?;
+                self.charge(8)?;
                 Ok(Value::Null)
             }
             LuaValue::Boolean(b) => {
-                self.charge(5)?;
+                self.charge(8)?;
                 Ok(Value::Bool(*b))
             }
             LuaValue::Integer(i) => {
@@ -78,7 +78,7 @@ impl ToJson {
             }
             LuaValue::String(s) => {
                 let bytes = s.as_bytes();
-                self.charge(bytes.len() as u64 + 2)?;
+                self.charge(escaped_len(&bytes))?;
                 match std::str::from_utf8(&bytes) {
                     Ok(s) => Ok(Value::String(s.to_string())),
                     Err(_) => Err(self.invalid("string is not valid UTF-8")),
@@ -98,12 +98,14 @@ impl ToJson {
             return Err(self.invalid("table contains itself (a cycle)"));
         }
         self.stack.push(ptr);
-        self.charge(2)?;
+        self.charge(16)?;
         let len = t.raw_len();
         let mut count = 0usize;
         let mut entries = Vec::new();
         for pair in t.pairs::<LuaValue, LuaValue>() {
             let (k, v) = pair.map_err(|e| self.invalid(&format!("cannot read table: {e}")))?;
+            // Charged while collecting, so a huge table fails before it is copied.
+            self.charge(8)?;
             count += 1;
             entries.push((k, v));
         }
@@ -143,7 +145,7 @@ impl ToJson {
                     LuaValue::Number(n) if n.fract() == 0.0 => (*n as i64).to_string(),
                     other => return Err(self.invalid(&format!("table key of type {} cannot be a JSON key", other.type_name()))),
                 };
-                self.charge(key.len() as u64 + 4)?;
+                self.charge(escaped_len(key.as_bytes()) + 2)?;
                 self.path.push(format!(".{key}"));
                 let jv = self.value(&v)?;
                 self.path.pop();
@@ -154,6 +156,18 @@ impl ToJson {
         self.stack.pop();
         Ok(out)
     }
+}
+
+/// Length of a string as a JSON string literal (quotes and escapes included).
+fn escaped_len(bytes: &[u8]) -> u64 {
+    2 + bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<u64>()
 }
 
 fn is_array_marker(mt: &Table) -> bool {
@@ -202,4 +216,124 @@ fn to_lua_depth(lua: &Lua, v: &Value, array_mt: &Table, depth: usize) -> mlua::R
             LuaValue::Table(t)
         }
     })
+}
+
+/// Parses JSON straight into Lua values (no intermediate tree), so the Lua memory limit covers
+/// what a decode builds. Nesting is limited by serde_json (128 levels).
+pub fn decode_to_lua(lua: &Lua, bytes: &[u8], array_mt: &Table) -> Result<LuaValue, DecodeError> {
+    let failure = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = Seed { lua, array_mt, failure: &failure };
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(e) => match failure.into_inner() {
+            Some(lua_err) => Err(DecodeError::Lua(lua_err)),
+            None => Err(DecodeError::Json(e.to_string())),
+        },
+    }
+}
+
+/// Why `decode_to_lua` failed: bad JSON, or Lua refused a value (e.g. the memory limit).
+#[derive(Debug)]
+pub enum DecodeError {
+    Json(String),
+    Lua(mlua::Error),
+}
+
+#[derive(Clone, Copy)]
+struct Seed<'a> {
+    lua: &'a Lua,
+    array_mt: &'a Table,
+    failure: &'a std::cell::RefCell<Option<mlua::Error>>,
+}
+
+impl Seed<'_> {
+    fn lua<T, E: serde::de::Error>(&self, r: mlua::Result<T>) -> Result<T, E> {
+        r.map_err(|e| {
+            let msg = e.to_string();
+            self.failure.borrow_mut().get_or_insert(e);
+            E::custom(msg)
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
+    type Value = LuaValue;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<LuaValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Seed<'_> {
+    type Value = LuaValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<LuaValue, E> {
+        Ok(LuaValue::NULL)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<LuaValue, E> {
+        Ok(LuaValue::Boolean(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<LuaValue, E> {
+        Ok(if i.unsigned_abs() < (1u64 << 53) { LuaValue::Integer(i) } else { LuaValue::Number(i as f64) })
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<LuaValue, E> {
+        Ok(if u < (1u64 << 53) { LuaValue::Integer(u as i64) } else { LuaValue::Number(u as f64) })
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<LuaValue, E> {
+        Ok(LuaValue::Number(f))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<LuaValue, E> {
+        Ok(LuaValue::String(self.lua(self.lua.create_string(s))?))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<LuaValue, A::Error> {
+        let t = self.lua(self.lua.create_table())?;
+        let mut i = 0;
+        while let Some(v) = seq.next_element_seed(self)? {
+            i += 1;
+            self.lua(t.raw_set(i, v))?;
+        }
+        self.lua(t.set_metatable(Some(self.array_mt.clone())))?;
+        Ok(LuaValue::Table(t))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<LuaValue, A::Error> {
+        let t = self.lua(self.lua.create_table())?;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let v = map.next_value_seed(self)?;
+            let key = self.lua(self.lua.create_string(k.as_ref()))?;
+            self.lua(t.raw_set(key, v))?;
+        }
+        Ok(LuaValue::Table(t))
+    }
+}
+
+/// An in-memory writer that fails once more than `max` bytes are written.
+pub struct CappedWriter {
+    pub buf: Vec<u8>,
+    pub max: usize,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

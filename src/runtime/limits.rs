@@ -115,8 +115,27 @@ impl CancelToken {
     }
 }
 
-/// How often (in interrupts) the clocks are read; reading the thread CPU clock is a syscall.
-const CLOCK_EVERY: u32 = 1024;
+/// How often the clocks are read. A process-wide ticker thread bumps an epoch counter every
+/// `TICK`; the interrupt compares it with the epoch it last saw (one atomic load), so limits are
+/// checked every few milliseconds however much or little work happens between interrupts.
+const TICK: Duration = Duration::from_millis(5);
+
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+
+fn start_ticker() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::thread::Builder::new()
+            .name("opslet-limit-ticker".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(TICK);
+                    EPOCH.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .expect("spawning the limit ticker thread");
+    });
+}
 /// How often (in interrupts) the call depth is checked.
 const DEPTH_EVERY: u32 = 4;
 
@@ -128,6 +147,8 @@ pub struct Guard {
     tripped: AtomicU8,
     cancel: CancelToken,
     ticks: AtomicU32,
+    /// The ticker epoch at the last clock check.
+    seen_epoch: AtomicU32,
     cpu: Mutex<CpuClock>,
 }
 
@@ -139,6 +160,7 @@ struct CpuClock {
 
 impl Guard {
     pub fn new(limits: RunLimits, cancel: CancelToken) -> Arc<Guard> {
+        start_ticker();
         let started = Instant::now();
         Arc::new(Guard {
             deadline: started + limits.timeout,
@@ -147,6 +169,7 @@ impl Guard {
             tripped: AtomicU8::new(0),
             cancel,
             ticks: AtomicU32::new(0),
+            seen_epoch: AtomicU32::new(EPOCH.load(Ordering::Relaxed)),
             cpu: Mutex::new(CpuClock { thread: None, last: Duration::ZERO, used: Duration::ZERO }),
         })
     }
@@ -215,6 +238,20 @@ impl Guard {
         Ok(())
     }
 
+    /// Checks the clocks if the ticker moved since the last check; cheap enough to call from
+    /// every host function and conversion loop.
+    pub fn poll(&self, lua: &Lua) -> mlua::Result<()> {
+        if self.tripped.load(Ordering::Relaxed) != 0 || self.cancel.0.0.load(Ordering::Relaxed) {
+            return Err(self.raise());
+        }
+        let epoch = EPOCH.load(Ordering::Relaxed);
+        if self.seen_epoch.load(Ordering::Relaxed) != epoch {
+            self.seen_epoch.store(epoch, Ordering::Relaxed);
+            self.check_clocks(lua)?;
+        }
+        Ok(())
+    }
+
     /// Installs the interrupt on `lua`.
     pub fn install(self: &Arc<Guard>, lua: &Lua) -> mlua::Result<()> {
         lua.set_memory_limit(self.limits.memory as usize)?;
@@ -228,9 +265,7 @@ impl Guard {
             if n.is_multiple_of(DEPTH_EVERY) && lua.inspect_stack(depth, |_| ()).is_some() {
                 return Err(guard.trip(Limit::CallDepth));
             }
-            if n.is_multiple_of(CLOCK_EVERY) {
-                guard.check_clocks(lua)?;
-            }
+            guard.poll(lua)?;
             Ok(VmState::Continue)
         });
         Ok(())

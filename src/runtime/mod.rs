@@ -53,6 +53,9 @@ fn syntax_diagnostic(path: &str, msg: &str) -> Diagnostic {
 
 /// What to run, for whom.
 pub struct RunRequest {
+    /// The run's id (a UUIDv7, made by `new`): known before the run starts, so a trigger can
+    /// report or cancel it.
+    pub run_id: String,
     pub package: Arc<AppletPackage>,
     /// Typed params (`--params-json`, an HTTP body).
     pub params_json: Option<Map<String, Value>>,
@@ -69,6 +72,7 @@ pub struct RunRequest {
 impl RunRequest {
     pub fn new(package: Arc<AppletPackage>, caller: Caller) -> RunRequest {
         RunRequest {
+            run_id: uuid::Uuid::now_v7().to_string(),
             package,
             params_json: None,
             params_pairs: Vec::new(),
@@ -151,6 +155,11 @@ impl Runtime {
         self
     }
 
+    /// The limits a run of `manifest` gets on this host (its requests, capped by the maxima).
+    pub fn limits_for(&self, manifest: &crate::applet::Manifest) -> RunLimits {
+        RunLimits::resolve(&self.host_limits, &manifest.limits).0
+    }
+
     pub fn modules(&self) -> &ModuleRegistry {
         &self.modules
     }
@@ -163,19 +172,20 @@ impl Runtime {
     /// run's end in the audit log (when there is a store).
     pub async fn run(&self, req: RunRequest) -> RunOutcome {
         let t0 = Instant::now();
-        let run_id = uuid::Uuid::now_v7().to_string();
+        let run_id = req.run_id.clone();
         let package = Arc::clone(&req.package);
         let manifest = &package.manifest;
         let applet_id = manifest.id();
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
         let params = params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs);
 
+        // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
-        if let Ok(p) = &params {
-            for (name, spec) in &manifest.params {
-                if spec.secret {
-                    collect_strings(p.get(name), &mut secrets);
-                }
+        for (name, _) in manifest.params.iter().filter(|(_, s)| s.secret) {
+            collect_strings(req.params_json.as_ref().and_then(|j| j.get(name)), &mut secrets);
+            secrets.extend(req.params_pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()));
+            if let Ok(p) = &params {
+                collect_strings(p.get(name), &mut secrets);
             }
         }
         let redactor = Redactor::new(secrets);
@@ -245,6 +255,13 @@ impl Runtime {
             Ok(v) => (Ok(ctx.redactor.apply_json(v)), None),
             Err(Error::AppletFailed(m)) => {
                 (Err(Error::AppletFailed(ctx.redactor.apply(&m).into_owned())), traceback.map(|t| ctx.redactor.apply(&t).into_owned()))
+            }
+            Err(Error::Params(errs)) => {
+                let errs = errs
+                    .into_iter()
+                    .map(|e| crate::error::ParamError { param: e.param, message: ctx.redactor.apply(&e.message).into_owned() })
+                    .collect();
+                (Err(Error::Params(errs)), None)
             }
             Err(e) => (Err(e), traceback),
         };
@@ -332,6 +349,15 @@ impl Runtime {
             _ = watcher => return (Err(Error::Cancelled), None),
         };
         let failure = match res {
+            // A single long library call can finish between two clock checks: charge it now.
+            Ok(Ok(Ok(_))) if guard.cpu_used() >= guard.limits.cpu => {
+                guard.trip(Limit::Cpu);
+                Failure::Limit
+            }
+            Ok(Ok(Ok(_))) if guard.started.elapsed() >= guard.limits.timeout => {
+                guard.trip(Limit::WallTime);
+                Failure::Limit
+            }
             Ok(Ok(Ok(v))) => return (Ok(v), None),
             Err(_elapsed) => {
                 guard.trip(Limit::WallTime);
@@ -347,7 +373,7 @@ impl Runtime {
             return (Err(Error::Cancelled), None);
         }
         match failure {
-            Failure::Lua(mlua::Error::MemoryError(_)) => {
+            Failure::Lua(e) if sandbox::is_out_of_memory(&e) => {
                 (Err(Error::LimitExceeded { limit: Limit::Memory, message: guard.limits.describe(Limit::Memory) }), None)
             }
             Failure::Lua(e) => {
@@ -374,6 +400,13 @@ enum Failure {
 /// back to the kernel after each run and fault it in again on the next, which costs more than
 /// the run; keep freed heap and mid-sized blocks in the process instead.
 fn keep_heap_mapped() {
+    static FLAGS: std::sync::Once = std::sync::Once::new();
+    // Luau's table.move loops without reaching the interrupt unless this fix is on.
+    FLAGS.call_once(|| {
+        if mlua::Lua::set_fflag("LuauTableMoveTimeoutFix", true).is_err() {
+            tracing::warn!("could not enable LuauTableMoveTimeoutFix; table.move may run past the CPU limit");
+        }
+    });
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static ONCE: std::sync::Once = std::sync::Once::new();
@@ -416,6 +449,7 @@ fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
 fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
     match v {
         Some(Value::String(s)) => out.push(s.clone()),
+        Some(Value::Number(n)) => out.push(n.to_string()),
         Some(Value::Array(a)) => a.iter().for_each(|x| collect_strings(Some(x), out)),
         _ => {}
     }

@@ -42,6 +42,8 @@ impl Redactor {
         }
         match v {
             Value::String(s) => Value::String(self.apply(&s).into_owned()),
+            // A numeric secret (a PIN) in a result is a number, not text.
+            Value::Number(n) if self.secrets.iter().any(|s| *s == n.to_string()) => Value::String(REDACTED.into()),
             Value::Array(a) => Value::Array(a.into_iter().map(|x| self.apply_json(x)).collect()),
             Value::Object(m) => Value::Object(m.into_iter().map(|(k, x)| (self.apply(&k).into_owned(), self.apply_json(x))).collect()),
             other => other,

@@ -26,13 +26,29 @@ const REMOVED_GLOBALS: &[&str] = &["loadstring", "getfenv", "setfenv", "require"
 /// the interrupt fires inside long sorts. `check` also receives any host panic caught by `pcall`;
 /// converting it resumes the panic, which ends the run as an internal error.
 const PRELUDE: &str = r#"
-local check, run = ...
+local check, run, plainfind, plainsplit = ...
 local rawpcall, rawxpcall, rawresume, rawsort = pcall, xpcall, coroutine.resume, table.sort
+local rawfind, rawsplit = string.find, string.split
 pcall = function(...) return check(rawpcall(...)) end
 xpcall = function(...) return check(rawxpcall(...)) end
 coroutine.resume = function(...) return check(rawresume(...)) end
 local function lt(a, b) return a < b end
 table.sort = function(t, comp) return rawsort(t, comp or lt) end
+-- Luau searches literal needles with a quadratic loop that never reaches the interrupt; long
+-- literal needles go to a linear-time search in the host instead.
+local SPECIALS = "[%^%$%*%+%?%.%(%)%[%]%%%-]"
+string.find = function(s, p, init, plain)
+	if type(s) == "string" and type(p) == "string" and #p > 16 and (plain or not rawfind(p, SPECIALS)) then
+		return plainfind(s, p, init)
+	end
+	return rawfind(s, p, init, plain)
+end
+string.split = function(s, sep)
+	if type(s) == "string" and type(sep) == "string" and #sep > 16 then
+		return plainsplit(s, sep)
+	end
+	return rawsplit(s, sep)
+end
 -- The launcher: runs main.lua's chunk, then the function it returns.
 return function(chunk, params, ctx)
 	run.main = coroutine.running()
@@ -125,9 +141,54 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
         }
         Ok(results)
     })?;
-    let launch: mlua::Function = lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call((check, run_info))?;
+    let plainfind = lua.create_function(plain_find)?;
+    let plainsplit = lua.create_function(plain_split)?;
+    let launch: mlua::Function =
+        lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call((check, run_info, plainfind, plainsplit))?;
     lua.sandbox(true)?;
     Ok(State { lua, array_mt, launch })
+}
+
+/// `string.find(s, p, init, true)` in linear time: returns start and end (1-based) or nil.
+fn plain_find(_: &Lua, (s, p, init): (mlua::LuaString, mlua::LuaString, Option<i64>)) -> mlua::Result<(Option<i64>, Option<i64>)> {
+    let (s, p) = (s.as_bytes(), p.as_bytes());
+    let len = s.len() as i64;
+    let init = match init.unwrap_or(1) {
+        i if i < 0 => (len + i + 1).max(1),
+        0 => 1,
+        i => i,
+    };
+    if init > len + 1 {
+        return Ok((None, None));
+    }
+    let from = (init - 1) as usize;
+    Ok(match memchr::memmem::find(&s[from..], &p) {
+        Some(pos) => {
+            let start = init + pos as i64;
+            (Some(start), Some(start + p.len() as i64 - 1))
+        }
+        None => (None, None),
+    })
+}
+
+/// `string.split(s, sep)` in linear time for a non-empty separator.
+fn plain_split(lua: &Lua, (s, sep): (mlua::LuaString, mlua::LuaString)) -> mlua::Result<Table> {
+    let (s, sep) = (s.as_bytes(), sep.as_bytes());
+    let out = lua.create_table()?;
+    let mut start = 0;
+    let mut n = 0;
+    for pos in memchr::memmem::find_iter(&s, &sep) {
+        n += 1;
+        out.raw_set(n, lua.create_string(&s[start..pos])?)?;
+        start = pos + sep.len();
+    }
+    out.raw_set(n + 1, lua.create_string(&s[start..])?)?;
+    Ok(out)
+}
+
+/// Whether an error is (or wraps) a failed allocation.
+pub fn is_out_of_memory(e: &mlua::Error) -> bool {
+    is_memory_error(e)
 }
 
 fn is_memory_error(e: &mlua::Error) -> bool {

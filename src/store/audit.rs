@@ -192,6 +192,20 @@ impl AuditLog {
     /// Appends one record and moves the head.
     pub fn append(&self, ev: AuditEvent) -> Result<AuditRecord, Error> {
         let mut state = self.state.lock();
+        self.append_locked(&mut state, ev)
+    }
+
+    /// Appends `ev` (a `run.end`) only while run `run_id` is still open; atomic with respect to
+    /// other appends, so a run never gets two ends.
+    pub fn end_if_open(&self, run_id: &str, ev: AuditEvent) -> Result<Option<AuditRecord>, Error> {
+        let mut state = self.state.lock();
+        if !state.open.contains_key(run_id) {
+            return Ok(None);
+        }
+        self.append_locked(&mut state, ev).map(Some)
+    }
+
+    fn append_locked(&self, state: &mut LogState, ev: AuditEvent) -> Result<AuditRecord, Error> {
         let mut rec = AuditRecord {
             seq: state.head.count,
             time: Utc::now(),
@@ -226,7 +240,7 @@ impl AuditLog {
         }
         state.since_checkpoint += 1;
         if state.since_checkpoint >= CHECKPOINT_EVERY {
-            self.write_checkpoint(&mut state)?;
+            self.write_checkpoint(state)?;
         }
         Ok(rec)
     }
