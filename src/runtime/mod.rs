@@ -170,6 +170,10 @@ impl Runtime {
 
     /// Runs an applet to the end. Never panics and never returns early without recording the
     /// run's end in the audit log (when there is a store).
+    ///
+    /// CPU time is read from the clock of the thread that polls this future, and a CPU-bound
+    /// applet does not yield: drive each run on a thread of its own (the CLI's main thread, or a
+    /// dedicated run thread), not on a shared async worker.
     pub async fn run(&self, req: RunRequest) -> RunOutcome {
         let t0 = Instant::now();
         let run_id = req.run_id.clone();
