@@ -24,6 +24,9 @@ pub trait HostModule: Send + Sync {
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table>;
 }
 
+/// Builds a global's table on first use (see [`ModuleRegistry::inject`]).
+pub type LazyTable = Box<dyn Fn(&Lua) -> mlua::Result<Table> + Send + Sync>;
+
 /// The permission an applet holds for one module, checked on each call.
 #[derive(Debug, Clone)]
 pub struct Grant {
@@ -122,8 +125,16 @@ impl ModuleRegistry {
 
     /// Sets each granted module's global. Every other module name resolves, through a metatable
     /// on the globals, to a stub whose fields raise an error naming the missing permission; the
-    /// stubs are only built when an applet touches one.
-    pub fn inject(&self, lua: &Lua, globals: &Table, manifest: &crate::applet::Manifest, ctx: &Arc<RunCtx>) -> mlua::Result<()> {
+    /// stubs, and the `lazy` tables (the always-available modules), are only built when an
+    /// applet first touches them, and are read-only.
+    pub fn inject(
+        &self,
+        lua: &Lua,
+        globals: &Table,
+        manifest: &crate::applet::Manifest,
+        ctx: &Arc<RunCtx>,
+        lazy: Vec<(&'static str, LazyTable)>,
+    ) -> mlua::Result<()> {
         let mut missing: Vec<(&'static str, String)> = Vec::new();
         for m in &self.modules {
             match manifest.permissions.get(m.name()) {
@@ -135,19 +146,29 @@ impl ModuleRegistry {
             missing.push((name, self.unavailable(name)));
         }
         let mt = lua.create_table()?;
-        let stubs = lua.create_table()?;
+        let built = lua.create_table()?;
         mt.raw_set(
             "__index",
             lua.create_function(move |lua, (_g, key): (Table, mlua::Value)| -> mlua::Result<mlua::Value> {
                 let mlua::Value::String(key) = key else { return Ok(mlua::Value::Nil) };
-                let Some((module, why)) = missing.iter().find(|(m, _)| key.as_bytes().as_ref() == m.as_bytes()) else {
+                let key = key.as_bytes();
+                if let Some((name, make)) = lazy.iter().find(|(n, _)| key.as_ref() == n.as_bytes()) {
+                    if let Some(t) = built.raw_get::<Option<Table>>(*name)? {
+                        return Ok(mlua::Value::Table(t));
+                    }
+                    let t = make(lua)?;
+                    t.set_readonly(true);
+                    built.raw_set(*name, t.clone())?;
+                    return Ok(mlua::Value::Table(t));
+                }
+                let Some((module, why)) = missing.iter().find(|(m, _)| key.as_ref() == m.as_bytes()) else {
                     return Ok(mlua::Value::Nil);
                 };
-                if let Some(t) = stubs.raw_get::<Option<Table>>(*module)? {
+                if let Some(t) = built.raw_get::<Option<Table>>(*module)? {
                     return Ok(mlua::Value::Table(t));
                 }
                 let t = stub(lua, module, why)?;
-                stubs.raw_set(*module, t.clone())?;
+                built.raw_set(*module, t.clone())?;
                 Ok(mlua::Value::Table(t))
             })?,
         )?;

@@ -11,7 +11,7 @@ use super::context::{Level, RunCtx};
 use crate::applet::AppletPackage;
 use crate::builtins;
 use crate::error::Limit;
-use crate::modules::ModuleRegistry;
+use crate::modules::{LazyTable, ModuleRegistry};
 
 /// Luau libraries an applet gets. No `debug`; `os` in Luau only has clocks and dates.
 pub fn libs() -> StdLib {
@@ -108,13 +108,19 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     array_mt.raw_set("__opslet_array", true)?;
     array_mt.set_readonly(true);
 
-    globals.raw_set("json", builtins::json::module(&lua, ctx, &array_mt)?)?;
-    globals.raw_set("log", builtins::log::module(&lua, ctx)?)?;
-    globals.raw_set("time", builtins::time::module(&lua, ctx)?)?;
-    globals.raw_set("kv", builtins::kv::module(&lua, ctx, &array_mt)?)?;
+    // The always-available modules are built when the applet first uses them: most applets use
+    // a few, and building all of them would cost more than a short run.
+    let (c, mt) = (Arc::clone(ctx), array_mt.clone());
+    let json: LazyTable = Box::new(move |lua| builtins::json::module(lua, &c, &mt));
+    let c = Arc::clone(ctx);
+    let log: LazyTable = Box::new(move |lua| builtins::log::module(lua, &c));
+    let c = Arc::clone(ctx);
+    let time: LazyTable = Box::new(move |lua| builtins::time::module(lua, &c));
+    let (c, mt) = (Arc::clone(ctx), array_mt.clone());
+    let kv: LazyTable = Box::new(move |lua| builtins::kv::module(lua, &c, &mt));
     globals.raw_set("print", builtins::log::logger(&lua, ctx, Level::Info)?)?;
     globals.raw_set("require", require_fn(&lua, package)?)?;
-    modules.inject(&lua, &globals, &package.manifest, ctx)?;
+    modules.inject(&lua, &globals, &package.manifest, ctx, vec![("json", json), ("log", log), ("time", time), ("kv", kv)])?;
 
     let g = Arc::clone(&guard);
     let check = lua.create_function(move |lua, results: MultiValue| {
