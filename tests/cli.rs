@@ -298,3 +298,18 @@ fn applet_text_cannot_drive_the_terminal() {
     assert!(err.contains("[info] ok\\n\\u{1b}[1A"), "{err}");
     assert!(!err.lines().any(|l| l.starts_with("error: fake")), "{err}");
 }
+
+#[test]
+fn every_run_end_reaches_disk_before_the_process_exits() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    std::fs::write(env.data().join("opslet.toml"), "[audit]\nsync = false\n").unwrap();
+    let dir = env.applet("quick", "", "return function() return 1 end");
+    for _ in 0..5 {
+        assert!(env.opslet(&["run", s(&dir), "-q"]).status.success());
+    }
+    let o = env.opslet(&["audit", "list", "--kind", "run.end", "--format", "json"]);
+    let ends: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let statuses: Vec<&str> = ends.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["ok"; 5], "a run's end was lost: {statuses:?}");
+}

@@ -112,10 +112,12 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         watchdog.stop();
         Ok(report(&outcome, &args))
     };
-    if !args.watch {
-        return once(cancel, "cli");
+    let code = if args.watch { watch(&args.path, &cancel, |c| once(c, "watch")) } else { once(cancel, "cli") };
+    // The process exits without running destructors: put the run's end on disk now.
+    if let Some(store) = runtime.store() {
+        store.flush()?;
     }
-    watch(&args.path, &cancel, |c| once(c, "watch"))
+    code
 }
 
 /// How long past its wall-time limit a run may take to stop before the process is ended.
@@ -126,6 +128,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// end the process with the limit's exit code.
 struct Watchdog {
     done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Watchdog {
@@ -135,7 +138,7 @@ impl Watchdog {
         let deadline = std::time::Instant::now() + limits.timeout + GRACE;
         let (store, run_id, applet, caller) = (runtime.store().cloned(), req.run_id.clone(), req.package.id(), req.caller.clone());
         let d = Arc::clone(&done);
-        std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             let (lock, cvar) = &*d;
             let mut finished = lock.lock().unwrap_or_else(|e| e.into_inner());
             while !*finished {
@@ -168,13 +171,15 @@ impl Watchdog {
             eprintln!("error: {message} (run {run_id})");
             std::process::exit(Error::LimitExceeded { limit: crate::error::Limit::WallTime, message: String::new() }.exit_code());
         });
-        Watchdog { done }
+        Watchdog { done, thread }
     }
 
+    /// Stops the watchdog and waits for it, so it no longer holds the store.
     fn stop(self) {
         let (lock, cvar) = &*self.done;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cvar.notify_all();
+        let _ = self.thread.join();
     }
 }
 
