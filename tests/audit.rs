@@ -264,3 +264,29 @@ fn invalid_secret_values_and_numeric_secrets_never_leak() {
     let dump = serde_json::to_string(&rt.store().unwrap().audit().list(&Filter::default()).unwrap()).unwrap();
     assert!(!dump.contains("hunter2") && !dump.contains("987654"), "secret in the audit log: {dump}");
 }
+
+#[test]
+fn a_head_left_behind_by_a_crash_is_moved_forward_over_good_records() {
+    let store = log_with(3);
+    let a = store.audit();
+    a.checkpoint().unwrap();
+    let stale = a.raw_tree().get("h").unwrap().unwrap();
+    for i in 0..4 {
+        a.append(AuditEvent { kind: "later".into(), data: json!({ "i": i }), ..AuditEvent::default() }).unwrap();
+    }
+    // The process died before writing the head again: only the records reached the tree.
+    a.raw_tree().insert("h", stale.clone()).unwrap();
+    let reopened = AuditLog::open(store.db()).unwrap();
+    assert_eq!(reopened.head().unwrap().count, 7);
+    assert!(reopened.verify().unwrap().first_bad.is_none());
+
+    // A record that does not chain stops the walk, and verify names it.
+    let mut rec = raw(a, 5);
+    rec.actor = Some("mallory".into());
+    put(a, 5, &rec);
+    a.raw_tree().insert("h", stale).unwrap();
+    let reopened = AuditLog::open(store.db()).unwrap();
+    assert_eq!(reopened.head().unwrap().count, 5);
+    let (seq, _) = reopened.verify().unwrap().first_bad.expect("the edit is found");
+    assert_eq!(seq, 5);
+}

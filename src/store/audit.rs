@@ -110,9 +110,11 @@ impl Filter {
 
 /// Handle to the audit tree: `r<seq>` records, `h` the chain head, `c` the checkpoint.
 ///
-/// An append is two plain inserts (record, then head) rather than one batch: a sled batch forces
-/// a disk write per call, which would cost more than the run itself. `open` repairs a head left
-/// one record behind by a crash.
+/// An append is one plain insert (a sled batch forces a disk write per call, which would cost
+/// more than the run itself). The stored head, which is what catches records cut from the end,
+/// is written with the checkpoint: every few hundred appends and whenever the store is flushed
+/// or closed (the CLI flushes after a run's start and at exit). `open` moves a head left behind
+/// by a crash forward over the records that chain correctly after it.
 ///
 /// Open runs (a `run.start` without its `run.end`) are tracked in memory. The checkpoint is a
 /// record number before which every run has ended; it is written every few hundred appends and
@@ -149,18 +151,21 @@ pub fn record_key(seq: u64) -> [u8; 9] {
 impl AuditLog {
     pub fn open(db: &sled::Db) -> Result<AuditLog, Error> {
         let tree = db.open_tree(keys::AUDIT)?;
-        let mut head = read_head(&tree)?;
-        // A crash between writing a record and its head leaves the head one behind.
-        if let Some(item) = tree.scan_prefix([RECORD]).next_back() {
+        let stored = read_head(&tree)?;
+        // Records appended after the last head write (a crash before the next flush) are taken
+        // in as long as each one chains onto the one before.
+        let mut head = stored.clone();
+        for item in tree.range(record_key(head.count)..=record_key(u64::MAX)) {
             let (_, v) = item?;
-            if let Ok(last) = serde_json::from_slice::<AuditRecord>(&v)
-                && last.seq == head.count
-                && last.prev == head.hash
-                && last.compute_hash() == last.hash
-            {
-                head = Head { count: last.seq + 1, hash: last.hash };
-                tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
+            match serde_json::from_slice::<AuditRecord>(&v) {
+                Ok(rec) if rec.seq == head.count && rec.prev == head.hash && rec.compute_hash() == rec.hash => {
+                    head = Head { count: rec.seq + 1, hash: rec.hash };
+                }
+                _ => break,
             }
+        }
+        if head != stored {
+            tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
         }
         let checkpoint = match tree.get(CHECKPOINT)? {
             Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Store("audit checkpoint is corrupt".into()))?),
@@ -184,9 +189,9 @@ impl AuditLog {
         Ok(AuditLog { tree, state: Arc::new(Mutex::new(LogState { head, open, since_checkpoint: 0 })) })
     }
 
-    /// The head as stored.
+    /// The chain head: the stored head as found at open, moved forward by every append since.
     pub fn head(&self) -> Result<Head, Error> {
-        read_head(&self.tree)
+        Ok(self.state.lock().head.clone())
     }
 
     /// Appends one record and moves the head.
@@ -221,14 +226,8 @@ impl AuditLog {
         };
         rec.hash = rec.compute_hash();
         let body = serde_json::to_vec(&rec).map_err(|e| Error::Internal(format!("encoding audit record: {e}")))?;
-        let new_head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
-        let write = || -> Result<(), sled::Error> {
-            self.tree.insert(record_key(rec.seq), body.as_slice())?;
-            self.tree.insert(HEAD, serde_json::to_vec(&new_head).expect("head serializes"))?;
-            Ok(())
-        };
-        write().map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
-        state.head = new_head;
+        self.tree.insert(record_key(rec.seq), body.as_slice()).map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
+        state.head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
         match (rec.kind.as_str(), &rec.run_id) {
             ("run.start", Some(id)) => {
                 state.open.insert(id.clone(), rec.seq);
@@ -245,7 +244,7 @@ impl AuditLog {
         Ok(rec)
     }
 
-    /// Records how far back `open` must read to find every open run.
+    /// Stores the head, and how far back `open` must read to find every open run.
     pub fn checkpoint(&self) -> Result<(), Error> {
         let mut state = self.state.lock();
         self.write_checkpoint(&mut state)
@@ -253,6 +252,7 @@ impl AuditLog {
 
     fn write_checkpoint(&self, state: &mut LogState) -> Result<(), Error> {
         let seq = state.open.values().min().copied().unwrap_or(state.head.count);
+        self.tree.insert(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
         self.tree.insert(CHECKPOINT, &seq.to_be_bytes())?;
         state.since_checkpoint = 0;
         Ok(())
