@@ -290,3 +290,22 @@ fn a_head_left_behind_by_a_crash_is_moved_forward_over_good_records() {
     let (seq, _) = reopened.verify().unwrap().first_bad.expect("the edit is found");
     assert_eq!(seq, 5);
 }
+
+#[test]
+fn secrets_are_redacted_across_the_log_cut_and_in_every_numeric_form() {
+    let rt = runtime("[audit]\nsync = false\n");
+    let manifest = format!(
+        "{MANIFEST}[params.token]\ntype = \"string\"\nsecret = true\n[params.num]\ntype = \"number\"\nsecret = true\n[params.flag]\ntype = \"boolean\"\nsecret = true\n"
+    );
+    let main = "return function(p)
+        log.info(string.rep('x', 64 * 1024 - 5) .. p.token)
+        log.info('num', p.num, 'flag', p.flag, 'true stays true')
+        return p.num
+    end";
+    let mut r = req(package_with(&manifest, main, &[]));
+    r.params_json = Some(json!({ "token": "ABCDEFGHIJ", "num": 1000.0, "flag": true }).as_object().unwrap().clone());
+    let o = run_req(&rt, r);
+    assert!(!o.logs[0].message.contains("ABCDE"), "part of a secret crossing the cut leaked");
+    assert_eq!(o.logs[1].message, "num <redacted> flag true true stays true");
+    assert_eq!(o.result.unwrap(), json!("<redacted>"));
+}

@@ -24,10 +24,11 @@ pub fn logger(lua: &Lua, ctx: &Arc<RunCtx>, level: Level) -> mlua::Result<mlua::
 /// Longest log line kept; the rest is cut (and never built: a line is assembled only up to here).
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Joins values with spaces the way `print` does; tables are shown as compact JSON. Stops just
-/// past `MAX_LINE` bytes (so the logger sees the line was cut) without converting the rest.
+/// Joins values with spaces the way `print` does; tables are shown as compact JSON. Stops a
+/// little past `MAX_LINE` bytes without converting the rest: the logger redacts secrets first
+/// (so one crossing the cut is still found whole, up to 4 KiB) and then cuts at `MAX_LINE`.
 pub fn format_args(args: &MultiValue) -> String {
-    const BUILD: usize = MAX_LINE + 1;
+    const BUILD: usize = MAX_LINE + 4096;
     let mut out = String::new();
     for (i, v) in args.iter().enumerate() {
         if out.len() >= BUILD {

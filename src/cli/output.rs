@@ -66,7 +66,7 @@ fn render_table(v: &Value) -> String {
                 }
             }
             let mut t = new_table();
-            t.set_header(columns.clone());
+            t.set_header(columns.iter().map(|c| terminal_safe(c, false).into_owned()).collect::<Vec<_>>());
             for item in items {
                 t.add_row(columns.iter().map(|c| cell(item.get(c).unwrap_or(&Value::Null))));
             }
@@ -77,7 +77,7 @@ fn render_table(v: &Value) -> String {
             let mut t = new_table();
             t.set_header(vec!["key", "value"]);
             for (k, v) in map {
-                t.add_row(vec![k.clone(), cell(v)]);
+                t.add_row(vec![terminal_safe(k, false).into_owned(), cell(v)]);
             }
             format!("{t}\n")
         }

@@ -185,7 +185,8 @@ impl Runtime {
 
         // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
-        for (name, _) in manifest.params.iter().filter(|(_, s)| s.secret) {
+        // Booleans are left out: redacting every "true" would hide nothing and garble the text.
+        for (name, _) in manifest.params.iter().filter(|(_, s)| s.secret && s.ty != crate::applet::ParamType::Boolean) {
             collect_strings(req.params_json.as_ref().and_then(|j| j.get(name)), &mut secrets);
             secrets.extend(req.params_pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()));
             if let Ok(p) = &params {
@@ -453,7 +454,13 @@ fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
 fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {
     match v {
         Some(Value::String(s)) => out.push(s.clone()),
-        Some(Value::Number(n)) => out.push(n.to_string()),
+        Some(Value::Number(n)) => {
+            out.push(n.to_string());
+            // 1000.0 prints as 1000 in Lua.
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                out.push((f as i64).to_string());
+            }
+        }
         Some(Value::Array(a)) => a.iter().for_each(|x| collect_strings(Some(x), out)),
         _ => {}
     }

@@ -58,11 +58,29 @@ impl AuditRecord {
         let mut unhashed = self.clone();
         unhashed.hash = String::new();
         let body = serde_json::to_vec(&unhashed).expect("audit records always serialize");
-        let mut h = Sha256::new();
-        h.update(self.prev.as_bytes());
-        h.update(&body);
-        hex::encode(h.finalize())
+        hash_body(&self.prev, &body)
     }
+
+    /// Sets `hash` and returns the record's stored JSON, serializing it only once: `hash` is the
+    /// last field, so the hashed form (with `"hash":""`) ends the stored form but for the value.
+    fn seal(&mut self) -> Vec<u8> {
+        self.hash = String::new();
+        let mut body = serde_json::to_vec(self).expect("audit records always serialize");
+        let hash = hash_body(&self.prev, &body);
+        debug_assert!(body.ends_with(br#""hash":""}"#));
+        body.truncate(body.len() - 2);
+        body.extend_from_slice(hash.as_bytes());
+        body.extend_from_slice(b"\"}");
+        self.hash = hash;
+        body
+    }
+}
+
+fn hash_body(prev: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(body);
+    hex::encode(h.finalize())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -224,8 +242,7 @@ impl AuditLog {
             prev: state.head.hash.clone(),
             hash: String::new(),
         };
-        rec.hash = rec.compute_hash();
-        let body = serde_json::to_vec(&rec).map_err(|e| Error::Internal(format!("encoding audit record: {e}")))?;
+        let body = rec.seal();
         self.tree.insert(record_key(rec.seq), body.as_slice()).map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
         state.head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
         match (rec.kind.as_str(), &rec.run_id) {
