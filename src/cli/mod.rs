@@ -59,7 +59,9 @@ pub struct Global {
 
 impl Global {
     fn new(cli: &Cli) -> Global {
-        Global { data_dir: cli.data_dir.clone().unwrap_or_else(config::default_data_dir), config_path: cli.config.clone() }
+        // An empty OPSLET_DATA_DIR / OPSLET_CONFIG means "not set".
+        let non_empty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+        Global { data_dir: non_empty(&cli.data_dir).unwrap_or_else(config::default_data_dir), config_path: non_empty(&cli.config) }
     }
 
     /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
