@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod modules;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 

@@ -5,6 +5,7 @@ mod audit;
 mod check;
 mod new;
 mod output;
+mod registry;
 mod run;
 
 use std::path::PathBuf;
@@ -38,8 +39,37 @@ pub enum Command {
     New(new::NewArgs),
     /// Validate an applet: manifest, params, permissions and Luau syntax.
     Check(check::CheckArgs),
-    /// Run an applet folder.
+    /// Run an applet: a folder, or NAME[@VERSION|@sha256:PREFIX] from the registry.
     Run(run::RunArgs),
+    /// Publish an applet folder to the registry as a new version (and make it current).
+    Publish(registry::PublishArgs),
+    /// List the published versions of an applet.
+    Versions(registry::NameArgs),
+    /// Describe a published version: params, permissions (and how they changed), hash, message.
+    Show(registry::RefArgs),
+    /// Make a published version the current one.
+    Promote(registry::VersionArgs),
+    /// Make the previous current version current again.
+    Rollback {
+        /// Applet name.
+        name: String,
+    },
+    /// Stop new runs of a version (it stays in history; --allow-yanked still runs it).
+    Yank(registry::YankArgs),
+    /// List the registry's applets with their current versions.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: output::Format,
+    },
+    /// Search the registry by name, tags and description.
+    Search(registry::SearchArgs),
+    /// Manage featured collections.
+    #[command(subcommand)]
+    Feature(registry::FeatureCmd),
+    /// Write one published version to a single-file bundle.
+    Export(registry::ExportArgs),
+    /// Publish a bundle written by `export` (its content hash is verified).
+    Import(registry::ImportArgs),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -111,6 +141,17 @@ pub fn main() -> i32 {
         Command::New(args) => new::run(args),
         Command::Check(args) => check::run(&global, args),
         Command::Run(args) => run::run(&global, args),
+        Command::Publish(args) => registry::publish(&global, args),
+        Command::Versions(args) => registry::versions(&global, args),
+        Command::Show(args) => registry::show(&global, args),
+        Command::Promote(args) => registry::promote(&global, args),
+        Command::Rollback { name } => registry::rollback(&global, name),
+        Command::Yank(args) => registry::yank(&global, args),
+        Command::List { format } => registry::list(&global, format),
+        Command::Search(args) => registry::search(&global, args),
+        Command::Feature(cmd) => registry::feature(&global, cmd),
+        Command::Export(args) => registry::export(&global, args),
+        Command::Import(args) => registry::import(&global, args),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

@@ -17,8 +17,13 @@ use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The applet folder.
-    pub path: PathBuf,
+    /// An applet folder, or a registry applet: NAME, NAME@VERSION or NAME@sha256:PREFIX.
+    /// A folder of that name in the current directory wins; write ./NAME to be explicit.
+    #[arg(value_name = "APPLET")]
+    pub target: String,
+    /// Run a yanked version (named explicitly or current).
+    #[arg(long)]
+    pub allow_yanked: bool,
     /// A parameter as NAME=VALUE (repeatable); converted to the param's declared type.
     #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
@@ -78,6 +83,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             _ => return Err(Error::Usage(format!("--param `{p}`: expected NAME=VALUE"))),
         }
     }
+    let source = Source::of(&args.target)?;
     let config = global.config()?;
     let store = global.open_store()?;
     let runtime = Runtime::new(&config, Some(store))?;
@@ -96,7 +102,14 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         });
     }
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
-        let package = Arc::new(AppletPackage::load_dir(&args.path)?);
+        let package = Arc::new(match &source {
+            Source::Folder(path) => AppletPackage::load_dir(path)?,
+            Source::Registry(r) => {
+                let reg = crate::registry::Registry::new(runtime.store().expect("the CLI runs with a store").clone())?;
+                let meta = reg.resolve(r, args.allow_yanked)?;
+                reg.package(&meta)?
+            }
+        });
         let mut req = RunRequest::new(package, Caller { via: via.into(), ..Caller::cli() });
         req.params_json = params_json.clone();
         req.params_pairs = pairs.clone();
@@ -112,12 +125,34 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         watchdog.stop();
         Ok(report(&outcome, &args))
     };
-    let code = if args.watch { watch(&args.path, &cancel, |c| once(c, "watch")) } else { once(cancel, "cli") };
+    let code = match (&source, args.watch) {
+        (Source::Folder(path), true) => watch(path, &cancel, |c| once(c, "watch")),
+        (Source::Registry(_), true) => Err(Error::Usage("--watch works with applet folders, not registry applets".into())),
+        _ => once(cancel, "cli"),
+    };
     // The process exits without running destructors: put the run's end on disk now.
     if let Some(store) = runtime.store() {
         store.flush()?;
     }
     code
+}
+
+/// Where the applet comes from.
+enum Source {
+    Folder(PathBuf),
+    Registry(crate::registry::Reference),
+}
+
+impl Source {
+    /// A path (an existing folder, or anything with `/` or a leading `.`) or a registry reference.
+    fn of(target: &str) -> Result<Source, Error> {
+        let path = Path::new(target);
+        if path.is_dir() || target.contains('/') || target.starts_with('.') {
+            Ok(Source::Folder(path.to_path_buf()))
+        } else {
+            crate::registry::Reference::parse(target).map(Source::Registry)
+        }
+    }
 }
 
 /// How long past its wall-time limit a run may take to stop before the process is ended.

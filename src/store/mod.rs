@@ -13,6 +13,12 @@ use crate::error::Error;
 pub mod keys {
     /// Audit records, chain head and open runs (see `audit`).
     pub const AUDIT: &str = "audit";
+    /// Registry: packages by content hash, versions by `name@version`, applets by name,
+    /// featured collections by name.
+    pub const REG_PACKAGES: &str = "reg/packages";
+    pub const REG_VERSIONS: &str = "reg/versions";
+    pub const REG_APPLETS: &str = "reg/applets";
+    pub const REG_FEATURES: &str = "reg/features";
     /// Store-wide settings, such as the layout version under `FORMAT`.
     pub const META: &str = "meta";
     pub const FORMAT: &str = "format";

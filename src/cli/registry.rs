@@ -1,0 +1,352 @@
+//! Registry subcommands: publish, versions, show, promote, rollback, yank, list, search,
+//! feature, export, import.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::Global;
+use super::output::{Format, terminal_safe};
+use crate::applet::AppletPackage;
+use crate::error::Error;
+use crate::modules::ModuleRegistry;
+use crate::registry::{PermissionChanges, Published, Reference, Registry, VersionMeta};
+use crate::runtime::context::os_user;
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The applet folder.
+    pub path: PathBuf,
+    /// Why this version exists (shown by `show` and `versions`).
+    #[arg(short, long, default_value = "")]
+    pub message: String,
+    /// Allow a version lower than the latest published one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArgs {
+    /// Applet name.
+    pub name: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct RefArgs {
+    /// NAME, NAME@VERSION or NAME@sha256:PREFIX.
+    pub reference: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// NAME@VERSION.
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct YankArgs {
+    /// NAME@VERSION.
+    pub reference: String,
+    /// Take the yank back.
+    #[arg(long)]
+    pub undo: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// Words to look for in names, tags and descriptions (typos are tolerated).
+    #[arg(default_value = "")]
+    pub query: String,
+    /// Only applets with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Only applets that need this module (e.g. ssh).
+    #[arg(long)]
+    pub permission: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FeatureCmd {
+    /// Add an applet to a featured collection.
+    Add { collection: String, name: String },
+    /// Remove an applet from a featured collection.
+    Rm { collection: String, name: String },
+    /// List the featured collections.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// NAME, NAME@VERSION or NAME@sha256:PREFIX.
+    pub reference: String,
+    /// The bundle file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// A bundle written by `opslet export`.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+fn registry(global: &Global) -> Result<Registry, Error> {
+    Registry::new(global.open_store()?)
+}
+
+fn version_ref(s: &str) -> Result<(String, semver::Version), Error> {
+    match Reference::parse(s)? {
+        Reference::Version(n, v) => Ok((n, v)),
+        _ => Err(Error::Usage(format!("`{s}`: give NAME@VERSION"))),
+    }
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+fn print_json<T: serde::Serialize>(v: &T, format: Format) {
+    match format {
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
+}
+
+pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
+    let pkg = AppletPackage::load_dir(&args.path)?;
+    pkg.check_modules(&ModuleRegistry::builtin())?;
+    let reg = registry(global)?;
+    match reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)? {
+        Published::New(v) => println!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        Published::Unchanged(v) => println!("{} is already published with this content; nothing to do", v.id()),
+    }
+    Ok(0)
+}
+
+pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
+    let reg = registry(global)?;
+    let applet = reg.applet(&args.name)?;
+    let versions = reg.versions(&args.name)?;
+    if args.format != Format::Table {
+        print_json(&versions, args.format);
+        return Ok(0);
+    }
+    let mut t = table();
+    t.set_header(vec!["version", "", "published", "publisher", "sha256", "message"]);
+    for v in versions.iter().rev() {
+        let mark = match (v.version == applet.current, v.yanked) {
+            (true, true) => "current, yanked",
+            (true, false) => "current",
+            (false, true) => "yanked",
+            _ => "",
+        };
+        t.add_row(vec![
+            v.version.clone(),
+            mark.into(),
+            v.published_at.format("%Y-%m-%d %H:%M").to_string(),
+            v.publisher.clone(),
+            v.hash[..12].to_string(),
+            terminal_safe(&v.message, false).into_owned(),
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
+    let reg = registry(global)?;
+    let r = Reference::parse(&args.reference)?;
+    let v = reg.resolve(&r, true)?;
+    let applet = reg.applet(r.name())?;
+    let versions = reg.versions(r.name())?;
+    let previous = versions.iter().filter(|p| p.semver() < v.semver()).next_back();
+    let changes = previous.map(|p| PermissionChanges::between(&p.permissions, &v.permissions));
+    if args.format != Format::Table {
+        print_json(
+            &serde_json::json!({ "version": v, "current": applet.current, "permission_changes": changes, "previous": previous.map(VersionMeta::id) }),
+            args.format,
+        );
+        return Ok(0);
+    }
+    let safe = |s: &str| terminal_safe(s, false).into_owned();
+    println!("{}  {}", v.id(), if v.version == applet.current { "(current)" } else { "" });
+    if v.yanked {
+        println!("YANKED: new runs need --allow-yanked");
+    }
+    println!("{}", safe(&v.description));
+    println!("tags:       {}", v.tags.join(", "));
+    println!("sha256:     {}", v.hash);
+    println!("published:  {} by {}", v.published_at.format("%Y-%m-%d %H:%M:%S UTC"), safe(&v.publisher));
+    if let Some(by) = &v.imported_by {
+        println!("imported:   by {}", safe(by));
+    }
+    if !v.message.is_empty() {
+        println!("message:    {}", safe(&v.message));
+    }
+    if v.permissions.is_empty() {
+        println!("permissions: none (runs with the always-available modules only)");
+    } else {
+        println!("permissions:");
+        for (m, scope) in &v.permissions {
+            println!("  {m} = {scope}");
+        }
+    }
+    match (&changes, previous) {
+        (Some(c), Some(p)) if !c.is_empty() => {
+            println!("permission changes since {}:", p.version);
+            for m in &c.added {
+                println!("  + {m} = {}  (NEW)", v.permissions[m]);
+            }
+            for m in &c.removed {
+                println!("  - {m}");
+            }
+            for (m, before, after) in &c.changed {
+                println!("  ~ {m}: {before} -> {after}");
+            }
+        }
+        (Some(_), Some(p)) => println!("permissions unchanged since {}", p.version),
+        _ => {}
+    }
+    if !v.params.is_empty() {
+        let mut t = table();
+        t.set_header(vec!["param", "type", "required", "default", "description"]);
+        for (name, p) in &v.params {
+            t.add_row(vec![
+                name.clone(),
+                p.ty.name().to_string(),
+                if p.required { "yes".into() } else { String::new() },
+                p.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                safe(&p.description),
+            ]);
+        }
+        println!("{t}");
+    }
+    Ok(0)
+}
+
+pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {
+    let (name, version) = version_ref(&args.reference)?;
+    let a = registry(global)?.promote(&name, &version, &os_user())?;
+    println!("{}@{} is now current", a.name, a.current);
+    Ok(0)
+}
+
+pub fn rollback(global: &Global, name: String) -> Result<i32, Error> {
+    let (from, to) = registry(global)?.rollback(&name, &os_user())?;
+    println!("{name}: rolled back from {from} to {to}");
+    Ok(0)
+}
+
+pub fn yank(global: &Global, args: YankArgs) -> Result<i32, Error> {
+    let (name, version) = version_ref(&args.reference)?;
+    let v = registry(global)?.yank(&name, &version, args.undo, &os_user())?;
+    println!("{} {}", v.id(), if v.yanked { "yanked: new runs need --allow-yanked" } else { "is no longer yanked" });
+    Ok(0)
+}
+
+pub fn list(global: &Global, format: Format) -> Result<i32, Error> {
+    let reg = registry(global)?;
+    let all = reg.list()?;
+    if format != Format::Table {
+        print_json(
+            &all.iter().map(|(a, v)| serde_json::json!({ "name": a.name, "current": v, "history": a.history })).collect::<Vec<_>>(),
+            format,
+        );
+        return Ok(0);
+    }
+    let mut t = table();
+    t.set_header(vec!["applet", "current", "permissions", "description"]);
+    for (a, v) in &all {
+        t.add_row(vec![
+            a.name.clone(),
+            if v.yanked { format!("{} (yanked)", v.version) } else { v.version.clone() },
+            v.permissions.keys().cloned().collect::<Vec<_>>().join(", "),
+            terminal_safe(&v.description, false).into_owned(),
+        ]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub fn search(global: &Global, args: SearchArgs) -> Result<i32, Error> {
+    let hits = registry(global)?.search(&args.query, args.tag.as_deref(), args.permission.as_deref())?;
+    if args.format != Format::Table {
+        print_json(&hits, args.format);
+        return Ok(0);
+    }
+    if hits.is_empty() {
+        eprintln!("no applet matches `{}`", args.query);
+        return Ok(0);
+    }
+    let mut t = table();
+    t.set_header(vec!["applet", "version", "needs", "tags", "description"]);
+    for h in &hits {
+        let needs = if h.permissions.is_empty() { "-".to_string() } else { h.permissions.join(", ") };
+        let name = if h.featured.is_empty() { h.name.clone() } else { format!("{} *", h.name) };
+        t.add_row(vec![name, h.version.clone(), needs, h.tags.join(", "), terminal_safe(&h.description, false).into_owned()]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
+    let reg = registry(global)?;
+    match cmd {
+        FeatureCmd::Add { collection, name } => {
+            reg.feature(&collection, &name, false, &os_user())?;
+            println!("{name} is featured in {collection}");
+        }
+        FeatureCmd::Rm { collection, name } => {
+            reg.feature(&collection, &name, true, &os_user())?;
+            println!("{name} removed from {collection}");
+        }
+        FeatureCmd::List { format } => {
+            let all = reg.featured()?;
+            if format != Format::Table {
+                print_json(&all, format);
+            } else {
+                for (c, names) in all {
+                    println!("{c}: {}", names.join(", "));
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn export(global: &Global, args: ExportArgs) -> Result<i32, Error> {
+    let (meta, bytes) = registry(global)?.export(&Reference::parse(&args.reference)?)?;
+    std::fs::write(&args.output, bytes).map_err(|e| Error::Internal(format!("writing {}: {e}", args.output.display())))?;
+    eprintln!("wrote {} to {}", meta.id(), args.output.display());
+    Ok(0)
+}
+
+pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
+    let meta = std::fs::metadata(&args.file).map_err(|e| Error::NotFound(format!("{}: {e}", args.file.display())))?;
+    if meta.len() > crate::registry::bundle::MAX_BUNDLE_BYTES {
+        return Err(Error::Applet(vec![crate::error::Diagnostic::new(
+            args.file.display().to_string(),
+            format!("is {} bytes; bundles may be at most {}", meta.len(), crate::registry::bundle::MAX_BUNDLE_BYTES),
+        )]));
+    }
+    let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
+    match registry(global)?.import(&bytes, &os_user(), args.allow_downgrade)? {
+        Published::New(v) => println!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        Published::Unchanged(v) => println!("{} is already in the registry with this content", v.id()),
+    }
+    Ok(0)
+}

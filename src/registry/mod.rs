@@ -1,0 +1,497 @@
+//! The applet registry ("market"): immutable published versions, a current pointer per applet,
+//! yanking, search and featured collections, stored in the data dir's sled store.
+//!
+//! Trees (names in `store::keys`): packages by content hash, versions by `name@version`, applets
+//! by name, featured collections by name. Publishing writes all of them in one sled transaction,
+//! so a crash leaves either the whole version or none of it.
+
+pub mod bundle;
+pub mod model;
+pub mod search;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::Utc;
+use parking_lot::RwLock;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::applet::AppletPackage;
+use crate::applet::manifest::validate_name;
+use crate::error::{Diagnostic, Error};
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+pub use model::{AppletMeta, PermissionChanges, VersionMeta};
+pub use search::SearchHit;
+
+/// What `publish` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Published {
+    /// A new version, now current.
+    New(VersionMeta),
+    /// This exact content was already published under this version.
+    Unchanged(VersionMeta),
+}
+
+/// How a run names what to run: `name`, `name@1.2.0`, `name@sha256:ab12cd34`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    Current(String),
+    Version(String, semver::Version),
+    Hash(String, String),
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Result<Reference, Error> {
+        let bad = |m: String| Error::Usage(format!("`{s}`: {m}"));
+        let (name, rest) = match s.split_once('@') {
+            Some((n, r)) => (n, Some(r)),
+            None => (s, None),
+        };
+        validate_name(name).map_err(|m| bad(format!("applet name {m}")))?;
+        Ok(match rest {
+            None => Reference::Current(name.into()),
+            Some(r) => match r.strip_prefix("sha256:") {
+                Some(prefix) => {
+                    if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(bad("a hash prefix needs at least 8 hex digits".into()));
+                    }
+                    Reference::Hash(name.into(), prefix.to_ascii_lowercase())
+                }
+                None => {
+                    Reference::Version(name.into(), semver::Version::parse(r).map_err(|e| bad(format!("`{r}` is not a version: {e}")))?)
+                }
+            },
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Reference::Current(n) | Reference::Version(n, _) | Reference::Hash(n, _) => n,
+        }
+    }
+}
+
+/// The registry over a store.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    packages: sled::Tree,
+    versions: sled::Tree,
+    applets: sled::Tree,
+    features: sled::Tree,
+    index: Arc<RwLock<Option<Arc<search::Index>>>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPackage {
+    files: BTreeMap<String, String>,
+}
+
+fn version_key(name: &str, version: &str) -> Vec<u8> {
+    format!("{name}@{version}").into_bytes()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("registry records serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(b).map_err(|e| Error::Store(format!("registry {what} is unreadable: {e}")))
+}
+
+fn tx_err(e: TransactionError<Error>) -> Error {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => Error::from(e),
+    }
+}
+
+impl Registry {
+    pub fn new(store: Store) -> Result<Registry, Error> {
+        let db = store.db();
+        Ok(Registry {
+            packages: db.open_tree(crate::store::keys::REG_PACKAGES)?,
+            versions: db.open_tree(crate::store::keys::REG_VERSIONS)?,
+            applets: db.open_tree(crate::store::keys::REG_APPLETS)?,
+            features: db.open_tree(crate::store::keys::REG_FEATURES)?,
+            index: Arc::new(RwLock::new(None)),
+            store,
+        })
+    }
+
+    fn audit(&self, kind: &str, actor: &str, applet: &str, data: serde_json::Value) -> Result<(), Error> {
+        self.store
+            .audit()
+            .append(AuditEvent {
+                kind: kind.into(),
+                actor: Some(actor.into()),
+                via: Some("registry".into()),
+                applet: Some(applet.into()),
+                status: Some("ok".into()),
+                data,
+                ..AuditEvent::default()
+            })
+            .map(|_| ())
+    }
+
+    fn changed(&self) {
+        *self.index.write() = None;
+    }
+
+    /// Publishes a validated package. The same content under the same version again is a no-op;
+    /// other content under an existing version is refused, as is a version lower than the
+    /// latest unless `allow_downgrade`.
+    pub fn publish(&self, pkg: &AppletPackage, publisher: &str, message: &str, allow_downgrade: bool) -> Result<Published, Error> {
+        let meta = VersionMeta::from_package(pkg, publisher, message);
+        self.publish_meta(pkg, meta, allow_downgrade, "registry.publish", publisher)
+    }
+
+    fn publish_meta(
+        &self,
+        pkg: &AppletPackage,
+        meta: VersionMeta,
+        allow_downgrade: bool,
+        kind: &str,
+        actor: &str,
+    ) -> Result<Published, Error> {
+        let name = meta.name.clone();
+        let existing = self.versions(&name)?;
+        if let Some(same) = existing.iter().find(|v| v.version == meta.version) {
+            if same.hash == meta.hash {
+                return Ok(Published::Unchanged(same.clone()));
+            }
+            return Err(Error::Applet(vec![Diagnostic::new(
+                meta.id(),
+                format!(
+                    "version {} is already published with different content (sha256:{}); publish a new version",
+                    meta.version,
+                    &same.hash[..16]
+                ),
+            )]));
+        }
+        if let Some(latest) = existing.iter().map(VersionMeta::semver).max() {
+            if meta.semver() < latest && !allow_downgrade {
+                return Err(Error::Applet(vec![Diagnostic::new(
+                    meta.id(),
+                    format!(
+                        "version {} is lower than the latest published {latest}; pass --allow-downgrade to publish it anyway",
+                        meta.version
+                    ),
+                )]));
+            }
+        }
+        let stored = json(&StoredPackage { files: pkg.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect() });
+        let vkey = version_key(&name, &meta.version);
+        let vbody = json(&meta);
+        let now = Utc::now();
+        (&self.packages, &self.versions, &self.applets)
+            .transaction(|(packages, versions, applets)| {
+                if let Some(prev) = versions.get(&vkey)? {
+                    // Someone published this version between our check and now.
+                    let prev: VersionMeta = parse("version", &prev).map_err(ConflictableTransactionError::Abort)?;
+                    if prev.hash != meta.hash {
+                        return Err(ConflictableTransactionError::Abort(Error::Applet(vec![Diagnostic::new(
+                            meta.id(),
+                            "was just published with different content",
+                        )])));
+                    }
+                    return Ok(());
+                }
+                packages.insert(meta.hash.as_bytes(), stored.as_slice())?;
+                versions.insert(vkey.as_slice(), vbody.as_slice())?;
+                let applet = match applets.get(name.as_bytes())? {
+                    Some(b) => {
+                        let mut a: AppletMeta = parse("applet", &b).map_err(ConflictableTransactionError::Abort)?;
+                        let prev = std::mem::replace(&mut a.current, meta.version.clone());
+                        a.history.push(prev);
+                        a.updated_at = now;
+                        a
+                    }
+                    None => AppletMeta {
+                        name: name.clone(),
+                        current: meta.version.clone(),
+                        history: Vec::new(),
+                        created_at: now,
+                        updated_at: now,
+                    },
+                };
+                applets.insert(name.as_bytes(), json(&applet))?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.changed();
+        self.audit(
+            kind,
+            actor,
+            &meta.id(),
+            serde_json::json!({ "hash": meta.hash, "message": meta.message, "permissions": meta.permissions }),
+        )?;
+        Ok(Published::New(meta))
+    }
+
+    /// All versions of an applet, oldest first (semver order).
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionMeta>, Error> {
+        let mut out = Vec::new();
+        for item in self.versions.scan_prefix(format!("{name}@").as_bytes()) {
+            let (_, v) = item?;
+            out.push(parse::<VersionMeta>("version", &v)?);
+        }
+        out.sort_by_key(VersionMeta::semver);
+        Ok(out)
+    }
+
+    pub fn applet(&self, name: &str) -> Result<AppletMeta, Error> {
+        match self.applets.get(name.as_bytes())? {
+            Some(b) => parse("applet", &b),
+            None => Err(Error::NotFound(format!("no applet `{name}` in the registry{}", self.suggest(name)))),
+        }
+    }
+
+    fn suggest(&self, name: &str) -> String {
+        let names: Vec<String> =
+            self.applets.iter().keys().filter_map(|k| k.ok()).map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+        let best = names.iter().map(|n| (strsim::levenshtein(n, name), n)).filter(|(d, _)| *d <= 2).min();
+        best.map(|(_, n)| format!(" (did you mean `{n}`?)")).unwrap_or_default()
+    }
+
+    fn version(&self, name: &str, version: &str) -> Result<VersionMeta, Error> {
+        match self.versions.get(version_key(name, version))? {
+            Some(b) => parse("version", &b),
+            None => {
+                self.applet(name)?;
+                let have: Vec<String> = self.versions(name)?.into_iter().map(|v| v.version).collect();
+                Err(Error::NotFound(format!("{name} has no version {version} (published: {})", have.join(", "))))
+            }
+        }
+    }
+
+    /// The version a reference names, refusing yanked versions unless `allow_yanked`.
+    pub fn resolve(&self, r: &Reference, allow_yanked: bool) -> Result<VersionMeta, Error> {
+        let meta = match r {
+            Reference::Current(name) => {
+                let a = self.applet(name)?;
+                let v = self.version(name, &a.current)?;
+                if v.yanked && !allow_yanked {
+                    return Err(Error::NotFound(format!(
+                        "{} is the current version but it is yanked; promote another version, roll back, or pin it with --allow-yanked",
+                        v.id()
+                    )));
+                }
+                return Ok(v);
+            }
+            Reference::Version(name, v) => self.version(name, &v.to_string())?,
+            Reference::Hash(name, prefix) => {
+                let matches: Vec<VersionMeta> = self.versions(name)?.into_iter().filter(|v| v.hash.starts_with(prefix.as_str())).collect();
+                match matches.len() {
+                    0 => {
+                        self.applet(name)?;
+                        return Err(Error::NotFound(format!("{name} has no version with hash sha256:{prefix}")));
+                    }
+                    1 => matches.into_iter().next().expect("one match"),
+                    _ => return Err(Error::Usage(format!("sha256:{prefix} matches several versions of {name}; give more digits"))),
+                }
+            }
+        };
+        if meta.yanked && !allow_yanked {
+            return Err(Error::NotFound(format!("{} is yanked; pass --allow-yanked to run it anyway", meta.id())));
+        }
+        Ok(meta)
+    }
+
+    /// The package of a published version, checked against its recorded hash.
+    pub fn package(&self, meta: &VersionMeta) -> Result<AppletPackage, Error> {
+        let b = self
+            .packages
+            .get(meta.hash.as_bytes())?
+            .ok_or_else(|| Error::Store(format!("package of {} (sha256:{}) is missing", meta.id(), meta.hash)))?;
+        let stored: StoredPackage = parse("package", &b)?;
+        let mut files = BTreeMap::new();
+        for (p, data) in stored.files {
+            files.insert(p, B64.decode(data).map_err(|e| Error::Store(format!("package of {} is damaged: {e}", meta.id())))?);
+        }
+        let pkg = AppletPackage::from_files(files)?;
+        if pkg.hash != meta.hash {
+            return Err(Error::Store(format!("package of {} does not match its hash: the store was altered", meta.id())));
+        }
+        Ok(pkg)
+    }
+
+    fn set_current(&self, name: &str, f: impl Fn(&mut AppletMeta) -> Result<(), Error>) -> Result<AppletMeta, Error> {
+        let out = self
+            .applets
+            .transaction(|applets| {
+                let b = applets
+                    .get(name.as_bytes())?
+                    .ok_or_else(|| ConflictableTransactionError::Abort(Error::NotFound(format!("no applet `{name}` in the registry"))))?;
+                let mut a: AppletMeta = parse("applet", &b).map_err(ConflictableTransactionError::Abort)?;
+                f(&mut a).map_err(ConflictableTransactionError::Abort)?;
+                a.updated_at = Utc::now();
+                applets.insert(name.as_bytes(), json(&a))?;
+                Ok(a)
+            })
+            .map_err(tx_err)?;
+        self.changed();
+        Ok(out)
+    }
+
+    /// Makes `version` the current one.
+    pub fn promote(&self, name: &str, version: &semver::Version, actor: &str) -> Result<AppletMeta, Error> {
+        let v = self.version(name, &version.to_string())?;
+        if v.yanked {
+            return Err(Error::Usage(format!("{} is yanked and cannot become current", v.id())));
+        }
+        let before = self.applet(name)?.current;
+        let a = self.set_current(name, |a| {
+            if a.current != v.version {
+                let prev = std::mem::replace(&mut a.current, v.version.clone());
+                a.history.push(prev);
+            }
+            Ok(())
+        })?;
+        self.audit("registry.promote", actor, &v.id(), serde_json::json!({ "from": before, "to": v.version }))?;
+        Ok(a)
+    }
+
+    /// Goes back to the previous current version (skipping yanked ones). Returns (from, to).
+    pub fn rollback(&self, name: &str, actor: &str) -> Result<(String, String), Error> {
+        let versions = self.versions(name)?;
+        let yanked = |ver: &str| versions.iter().any(|v| v.version == ver && v.yanked);
+        let before = self.applet(name)?.current;
+        let a = self.set_current(name, |a| {
+            let mut history = a.history.clone();
+            while let Some(prev) = history.pop() {
+                if prev != a.current && !yanked(&prev) {
+                    a.current = prev;
+                    a.history = history;
+                    return Ok(());
+                }
+            }
+            Err(Error::NotFound(format!("{name} has no earlier version to roll back to")))
+        })?;
+        self.audit("registry.rollback", actor, &format!("{name}@{}", a.current), serde_json::json!({ "from": before, "to": a.current }))?;
+        Ok((before, a.current))
+    }
+
+    /// Marks a version yanked (or, with `undo`, not yanked).
+    pub fn yank(&self, name: &str, version: &semver::Version, undo: bool, actor: &str) -> Result<VersionMeta, Error> {
+        let key = version_key(name, &version.to_string());
+        let out = self
+            .versions
+            .transaction(|versions| {
+                let b = versions
+                    .get(&key)?
+                    .ok_or_else(|| ConflictableTransactionError::Abort(Error::NotFound(format!("{name} has no version {version}"))))?;
+                let mut v: VersionMeta = parse("version", &b).map_err(ConflictableTransactionError::Abort)?;
+                v.yanked = !undo;
+                versions.insert(key.as_slice(), json(&v))?;
+                Ok(v)
+            })
+            .map_err(tx_err)?;
+        self.changed();
+        self.audit(if undo { "registry.unyank" } else { "registry.yank" }, actor, &out.id(), serde_json::json!({}))?;
+        Ok(out)
+    }
+
+    /// Every applet with its current version, by name.
+    pub fn list(&self) -> Result<Vec<(AppletMeta, VersionMeta)>, Error> {
+        let mut out = Vec::new();
+        for item in self.applets.iter() {
+            let (_, b) = item?;
+            let a: AppletMeta = parse("applet", &b)?;
+            let v = self.version(&a.name, &a.current)?;
+            out.push((a, v));
+        }
+        Ok(out)
+    }
+
+    /// Ranked search over current versions (see `search`).
+    pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>) -> Result<Vec<SearchHit>, Error> {
+        let index = self.index()?;
+        Ok(index.search(query, tag, permission))
+    }
+
+    /// The search index, built on first use after a change.
+    pub fn index(&self) -> Result<Arc<search::Index>, Error> {
+        if let Some(i) = self.index.read().as_ref() {
+            return Ok(Arc::clone(i));
+        }
+        let featured = self.featured_all()?;
+        let index = Arc::new(search::Index::build(self.list()?.into_iter().map(|(_, v)| v), &featured));
+        *self.index.write() = Some(Arc::clone(&index));
+        Ok(index)
+    }
+
+    fn featured_all(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.features.iter() {
+            let (k, v) = item?;
+            out.insert(String::from_utf8_lossy(&k).into_owned(), parse::<Vec<String>>("collection", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Featured collections: collection -> applet names.
+    pub fn featured(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
+        self.featured_all()
+    }
+
+    /// Adds (or with `remove`, removes) an applet to a featured collection.
+    pub fn feature(&self, collection: &str, name: &str, remove: bool, actor: &str) -> Result<Vec<String>, Error> {
+        validate_name(collection).map_err(|m| Error::Usage(format!("collection name {m}")))?;
+        if !remove {
+            self.applet(name)?;
+        }
+        let out = self
+            .features
+            .transaction(|features| {
+                let mut names: Vec<String> = match features.get(collection.as_bytes())? {
+                    Some(b) => parse("collection", &b).map_err(ConflictableTransactionError::Abort)?,
+                    None => Vec::new(),
+                };
+                if remove {
+                    if !names.iter().any(|n| n == name) {
+                        return Err(ConflictableTransactionError::Abort(Error::NotFound(format!(
+                            "`{name}` is not in collection `{collection}`"
+                        ))));
+                    }
+                    names.retain(|n| n != name);
+                } else if !names.iter().any(|n| n == name) {
+                    names.push(name.to_string());
+                }
+                if names.is_empty() {
+                    features.remove(collection.as_bytes())?;
+                } else {
+                    features.insert(collection.as_bytes(), json(&names))?;
+                }
+                Ok(names)
+            })
+            .map_err(tx_err)?;
+        self.changed();
+        self.audit(
+            if remove { "registry.feature.rm" } else { "registry.feature.add" },
+            actor,
+            name,
+            serde_json::json!({ "collection": collection }),
+        )?;
+        Ok(out)
+    }
+
+    /// A single-file bundle of one version.
+    pub fn export(&self, r: &Reference) -> Result<(VersionMeta, Vec<u8>), Error> {
+        let meta = self.resolve(r, true)?;
+        let pkg = self.package(&meta)?;
+        Ok((bundle::encode(&meta, &pkg), meta)).map(|(b, m)| (m, b))
+    }
+
+    /// Publishes a bundle made by `export` (its hash is verified first).
+    pub fn import(&self, bytes: &[u8], actor: &str, allow_downgrade: bool) -> Result<Published, Error> {
+        let (mut meta, pkg) = bundle::decode(bytes)?;
+        meta.yanked = false;
+        meta.imported_by = Some(actor.to_string());
+        self.publish_meta(&pkg, meta, allow_downgrade, "registry.import", actor)
+    }
+}
