@@ -313,3 +313,70 @@ fn every_run_end_reaches_disk_before_the_process_exits() {
     let statuses: Vec<&str> = ends.iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["ok"; 5], "a run's end was lost: {statuses:?}");
 }
+
+#[test]
+fn registry_publish_search_run_yank_rollback_export_import() {
+    let env = Env::new();
+    let v1 = env.applet("greeter", "description = \"Say hello to a team\"\ntags = [\"demo\"]\n", "return function() return 'v1' end");
+    let o = env.opslet(&["publish", s(&v1), "-m", "first cut"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("published greeter@1.0.0"));
+    std::fs::write(v1.join("applet.toml"), "name = \"greeter\"\nversion = \"1.1.0\"\ndescription = \"Say hello to a team\"\ntags = [\"demo\"]\n[permissions]\nzabbix = [\"read\"]\n").unwrap();
+    std::fs::write(v1.join("main.lua"), "return function() return 'v2' end").unwrap();
+    let o = env.opslet(&["publish", s(&v1)]);
+    assert_eq!(o.status.code(), Some(3), "zabbix is not in this build: {}", stderr(&o));
+    std::fs::write(
+        v1.join("applet.toml"),
+        "name = \"greeter\"\nversion = \"1.1.0\"\ndescription = \"Say hello to a team\"\ntags = [\"demo\"]\n",
+    )
+    .unwrap();
+    assert!(env.opslet(&["publish", s(&v1)]).status.success());
+
+    let o = env.opslet(&["search", "helo", "--format", "json"]);
+    let hits: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(hits[0]["name"], json!("greeter"));
+
+    // Run from the registry (from another directory, so no folder shadows the name).
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let run = |args: &[&str]| env.cmd().current_dir(&elsewhere).args(args).output().unwrap();
+    let o = run(&["run", "greeter", "--format", "json", "-q"]);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("v2"));
+    let o = run(&["run", "greeter@1.0.0", "--format", "json", "-q"]);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("v1"));
+
+    assert!(env.opslet(&["yank", "greeter@1.1.0"]).status.success());
+    let o = run(&["run", "greeter", "-q"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).contains("yanked"), "{}", stderr(&o));
+    let o = run(&["run", "greeter", "--allow-yanked", "--format", "json", "-q"]);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("v2"));
+    let o = env.opslet(&["rollback", "greeter"]);
+    assert!(stdout(&o).contains("rolled back from 1.1.0 to 1.0.0"), "{}", stdout(&o));
+    let o = run(&["run", "greeter", "--format", "json", "-q"]);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("v1"));
+
+    // Runs record the exact hash they ran.
+    let o = env.opslet(&["audit", "list", "--kind", "run.start", "--format", "json"]);
+    let starts: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let o = env.opslet(&["versions", "greeter", "--format", "json"]);
+    let versions: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(starts.last().unwrap()["data"]["hash"], versions[0]["hash"]);
+
+    let o = env.opslet(&["show", "greeter@1.1.0"]);
+    assert!(stdout(&o).contains("YANKED") && stdout(&o).contains("sha256:"), "{}", stdout(&o));
+
+    let bundle = env.dir.path().join("greeter.bundle");
+    assert!(env.opslet(&["export", "greeter@1.0.0", "-o", s(&bundle)]).status.success());
+    let other = Env::new();
+    let o = other.opslet(&["import", s(&bundle)]);
+    assert!(stdout(&o).contains("imported greeter@1.0.0"), "{}", stderr(&o));
+    let o = other.opslet(&["list", "--format", "json"]);
+    assert_eq!(serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()[0]["name"], json!("greeter"));
+
+    for (args, code) in
+        [(vec!["run", "nope"], 3), (vec!["run", "Bad_Name"], 2), (vec!["promote", "greeter"], 2), (vec!["versions", "nope"], 3)]
+    {
+        assert_eq!(run(&args).status.code(), Some(code), "{args:?}: {}", stderr(&run(&args)));
+    }
+}
