@@ -187,8 +187,9 @@ fn search_ranks_tolerates_typos_and_filters() {
         false,
     )
     .unwrap();
-    let names =
-        |q: &str, tag: Option<&str>, perm: Option<&str>| r.search(q, tag, perm).unwrap().into_iter().map(|h| h.name).collect::<Vec<_>>();
+    let names = |q: &str, tag: Option<&str>, perm: Option<&str>| {
+        r.search(q, tag, perm, 50).unwrap().into_iter().map(|h| h.name).collect::<Vec<_>>()
+    };
 
     assert_eq!(names("disk-usage", None, None)[0], "disk-usage", "an exact name ranks first");
     let disk = names("disk", None, None);
@@ -202,11 +203,11 @@ fn search_ranks_tolerates_typos_and_filters() {
     assert_eq!(names("disk monitoring", None, None), Vec::<String>::new(), "every word must match");
     assert_eq!(names("disk", Some("linux"), None), ["disk-usage"]);
     assert_eq!(names("", None, Some("ssh")), ["disk-cleanup"]);
-    let hit = &r.search("triage", None, None).unwrap()[0];
+    let hit = &r.search("triage", None, None, 50).unwrap()[0];
     assert_eq!(hit.permissions, ["zabbix"]);
 
     r.feature("storage", "disk-usage", false, "a").unwrap();
-    let hits = r.search("disk", None, None).unwrap();
+    let hits = r.search("disk", None, None, 50).unwrap();
     assert_eq!(hits.iter().find(|h| h.name == "disk-usage").unwrap().featured, ["storage"]);
     assert!(r.feature("storage", "missing-applet", false, "a").is_err());
     r.feature("storage", "disk-usage", true, "a").unwrap();

@@ -68,6 +68,9 @@ pub struct SearchArgs {
     /// Only applets that need this module (e.g. ssh).
     #[arg(long)]
     pub permission: Option<String>,
+    /// At most this many results.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }
@@ -173,7 +176,7 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
     let v = reg.resolve(&r, true)?;
     let applet = reg.applet(r.name())?;
     let versions = reg.versions(r.name())?;
-    let previous = versions.iter().filter(|p| p.semver() < v.semver()).next_back();
+    let previous = versions.iter().rfind(|p| p.semver() < v.semver());
     let changes = previous.map(|p| PermissionChanges::between(&p.permissions, &v.permissions));
     if args.format != Format::Table {
         print_json(
@@ -283,7 +286,7 @@ pub fn list(global: &Global, format: Format) -> Result<i32, Error> {
 }
 
 pub fn search(global: &Global, args: SearchArgs) -> Result<i32, Error> {
-    let hits = registry(global)?.search(&args.query, args.tag.as_deref(), args.permission.as_deref())?;
+    let hits = registry(global)?.search(&args.query, args.tag.as_deref(), args.permission.as_deref(), args.limit)?;
     if args.format != Format::Table {
         print_json(&hits, args.format);
         return Ok(0);

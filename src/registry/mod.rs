@@ -173,16 +173,17 @@ impl Registry {
                 ),
             )]));
         }
-        if let Some(latest) = existing.iter().map(VersionMeta::semver).max() {
-            if meta.semver() < latest && !allow_downgrade {
-                return Err(Error::Applet(vec![Diagnostic::new(
-                    meta.id(),
-                    format!(
-                        "version {} is lower than the latest published {latest}; pass --allow-downgrade to publish it anyway",
-                        meta.version
-                    ),
-                )]));
-            }
+        if let Some(latest) = existing.iter().map(VersionMeta::semver).max()
+            && meta.semver() < latest
+            && !allow_downgrade
+        {
+            return Err(Error::Applet(vec![Diagnostic::new(
+                meta.id(),
+                format!(
+                    "version {} is lower than the latest published {latest}; pass --allow-downgrade to publish it anyway",
+                    meta.version
+                ),
+            )]));
         }
         let stored = json(&StoredPackage { files: pkg.files.iter().map(|(p, b)| (p.clone(), B64.encode(b))).collect() });
         let vkey = version_key(&name, &meta.version);
@@ -408,10 +409,10 @@ impl Registry {
         Ok(out)
     }
 
-    /// Ranked search over current versions (see `search`).
-    pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>) -> Result<Vec<SearchHit>, Error> {
+    /// The best `limit` matches among current versions (see `search`).
+    pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>, limit: usize) -> Result<Vec<SearchHit>, Error> {
         let index = self.index()?;
-        Ok(index.search(query, tag, permission))
+        Ok(index.search(query, tag, permission, limit))
     }
 
     /// The search index, built on first use after a change.

@@ -1,10 +1,11 @@
 //! Ranked, typo-tolerant search over the current version of every applet.
 //!
-//! Every query word must match the applet somewhere (name, tags or description), exactly, as a
+//! Every query word must match the applet somewhere (name, tags or description): exactly, as a
 //! prefix, or within a small edit distance; matches in the name weigh most. Featured applets get
-//! a small boost.
+//! a small boost. Words are interned into a vocabulary when the index is built, so a query
+//! compares each term against the distinct words once, then scores applets by table lookups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -26,13 +27,24 @@ pub struct SearchHit {
 
 struct Entry {
     hit: SearchHit,
-    name_parts: Vec<String>,
-    desc_words: Vec<String>,
+    name_parts: Vec<u32>,
+    tags: Vec<u32>,
+    desc_words: Vec<u32>,
 }
 
 /// The in-memory index: rebuilt after any registry change.
 pub struct Index {
     entries: Vec<Entry>,
+    vocab: Vec<String>,
+}
+
+/// How one query term relates to each vocabulary word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rel {
+    None,
+    Close,
+    Prefix,
+    Exact,
 }
 
 fn words(s: &str) -> Vec<String> {
@@ -48,20 +60,41 @@ fn allowed(len: usize) -> usize {
     }
 }
 
-fn close(a: &str, b: &str) -> bool {
-    let k = allowed(a.chars().count());
-    k > 0 && a.len().abs_diff(b.len()) <= k && strsim::damerau_levenshtein(a, b) <= k
+fn relation(term: &str, word: &str) -> Rel {
+    if term == word {
+        return Rel::Exact;
+    }
+    if term.len() >= 3 && word.starts_with(term) {
+        return Rel::Prefix;
+    }
+    let k = allowed(term.chars().count());
+    if k > 0 && term.len().abs_diff(word.len()) <= k && strsim::damerau_levenshtein(term, word) <= k {
+        return Rel::Close;
+    }
+    Rel::None
 }
 
 impl Index {
     pub fn build(versions: impl Iterator<Item = VersionMeta>, featured: &BTreeMap<String, Vec<String>>) -> Index {
+        let mut vocab: Vec<String> = Vec::new();
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut intern = |w: String| -> u32 {
+            if let Some(&id) = ids.get(&w) {
+                return id;
+            }
+            let id = vocab.len() as u32;
+            ids.insert(w.clone(), id);
+            vocab.push(w);
+            id
+        };
         let entries = versions
             .map(|v| {
                 let in_collections: Vec<String> =
                     featured.iter().filter(|(_, names)| names.contains(&v.name)).map(|(c, _)| c.clone()).collect();
                 Entry {
-                    name_parts: v.name.split('-').map(str::to_string).collect(),
-                    desc_words: words(&v.description),
+                    name_parts: v.name.split('-').map(|p| intern(p.to_string())).collect(),
+                    tags: v.tags.iter().map(|t| intern(t.to_lowercase())).collect(),
+                    desc_words: words(&v.description).into_iter().map(&mut intern).collect(),
                     hit: SearchHit {
                         name: v.name.clone(),
                         version: v.version.clone(),
@@ -74,7 +107,7 @@ impl Index {
                 }
             })
             .collect();
-        Index { entries }
+        Index { entries, vocab }
     }
 
     pub fn len(&self) -> usize {
@@ -85,18 +118,25 @@ impl Index {
         self.entries.is_empty()
     }
 
-    /// Hits for `query` (all applets when empty), best first, filtered by tag and permission.
-    pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>) -> Vec<SearchHit> {
-        let terms = words(query);
-        let mut hits: Vec<SearchHit> = self
+    /// The best `limit` hits for `query` (every applet matches an empty query), filtered by tag
+    /// and permission.
+    pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>, limit: usize) -> Vec<SearchHit> {
+        let terms: Vec<(String, Vec<Rel>)> = words(query)
+            .into_iter()
+            .map(|t| {
+                let rel = self.vocab.iter().map(|w| relation(&t, w)).collect();
+                (t, rel)
+            })
+            .collect();
+        let mut scored: Vec<(u32, &Entry)> = self
             .entries
             .iter()
             .filter(|e| tag.is_none_or(|t| e.hit.tags.iter().any(|x| x == t)))
             .filter(|e| permission.is_none_or(|p| e.hit.permissions.iter().any(|x| x == p)))
             .filter_map(|e| {
                 let mut total = 0;
-                for t in &terms {
-                    let s = score_term(e, t);
+                for (t, rel) in &terms {
+                    let s = score_term(e, t, rel);
                     if s == 0 {
                         return None;
                     }
@@ -105,50 +145,58 @@ impl Index {
                 if !e.hit.featured.is_empty() {
                     total += 5;
                 }
-                let mut hit = e.hit.clone();
-                hit.score = total;
-                Some(hit)
+                Some((total, e))
             })
             .collect();
-        hits.sort_by(|a, b| b.score.cmp(&a.score).then_with(|| a.name.cmp(&b.name)));
-        hits
+        let order = |a: &(u32, &Entry), b: &(u32, &Entry)| b.0.cmp(&a.0).then_with(|| a.1.hit.name.cmp(&b.1.hit.name));
+        if scored.len() > limit {
+            scored.select_nth_unstable_by(limit, order);
+            scored.truncate(limit);
+        }
+        scored.sort_by(order);
+        scored
+            .into_iter()
+            .map(|(score, e)| {
+                let mut hit = e.hit.clone();
+                hit.score = score;
+                hit
+            })
+            .collect()
     }
 }
 
-fn score_term(e: &Entry, t: &str) -> u32 {
+fn score_term(e: &Entry, t: &str, rel: &[Rel]) -> u32 {
     let name = e.hit.name.as_str();
     if name == t {
         return 100;
     }
     let mut best = 0;
-    let mut take = |s: u32| best = best.max(s);
     if name.starts_with(t) {
-        take(60);
+        best = 60;
     } else if name.contains(t) {
-        take(40);
+        best = 40;
     }
-    for part in &e.name_parts {
-        if part == t {
-            take(50);
-        } else if close(t, part) {
-            take(30);
-        }
+    for &p in &e.name_parts {
+        best = best.max(match rel[p as usize] {
+            Rel::Exact => 50,
+            Rel::Prefix | Rel::Close => 30,
+            Rel::None => 0,
+        });
     }
-    for tag in &e.hit.tags {
-        if tag == t {
-            take(35);
-        } else if close(t, tag) {
-            take(20);
-        }
+    for &w in &e.tags {
+        best = best.max(match rel[w as usize] {
+            Rel::Exact => 35,
+            Rel::Prefix | Rel::Close => 20,
+            Rel::None => 0,
+        });
     }
-    for w in &e.desc_words {
-        if w == t {
-            take(15);
-        } else if t.len() >= 3 && w.starts_with(t) {
-            take(10);
-        } else if close(t, w) {
-            take(8);
-        }
+    for &w in &e.desc_words {
+        best = best.max(match rel[w as usize] {
+            Rel::Exact => 15,
+            Rel::Prefix => 10,
+            Rel::Close => 8,
+            Rel::None => 0,
+        });
     }
     best
 }
