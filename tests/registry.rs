@@ -329,3 +329,43 @@ fn publishes_killed_half_way_leave_whole_versions_or_none() {
     }
     assert!(published > 0, "no publish ever finished; the kill delays are too short to test anything");
 }
+
+#[test]
+fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
+    let src = reg();
+    src.publish(&pkg("quiet", "1.0.0", "x", "description = \"harmless\"\n"), "alice", "why", false).unwrap();
+    let (_, bytes) = src.export(&Reference::parse("quiet").unwrap()).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    doc["meta"]["description"] = json!("approved by security");
+    doc["meta"]["permissions"] = json!({});
+    doc["meta"]["tags"] = json!(["trusted"]);
+    let dst = reg();
+    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false).unwrap() else { panic!() };
+    assert_eq!(meta.description, "harmless");
+    assert!(meta.tags.is_empty());
+    assert_eq!((meta.publisher.as_str(), meta.message.as_str(), meta.imported_by.as_deref()), ("alice", "why", Some("bob")));
+
+    // An applet that needs a module this build lacks is refused at import, as at publish.
+    let mut files = BTreeMap::new();
+    files.insert("applet.toml".to_string(), b"name = \"needs-ssh\"\nversion = \"1.0.0\"\n[permissions]\nssh = true\n".to_vec());
+    files.insert("main.lua".to_string(), b"return function() end".to_vec());
+    let p = AppletPackage::from_files(files).unwrap();
+    let meta = opslet::registry::VersionMeta::from_package(&p, "alice", "");
+    let bundle = opslet::registry::bundle::encode(&meta, &p);
+    let e = reg().import(&bundle, "bob", false).unwrap_err().to_string();
+    assert!(e.contains("permissions.ssh") && e.contains("not available"), "{e}");
+}
+
+#[test]
+fn no_op_changes_write_no_audit_records() {
+    let store = Store::temporary().unwrap();
+    let r = Registry::new(store.clone()).unwrap();
+    r.publish(&pkg("a", "1.0.0", "x", ""), "alice", "", false).unwrap();
+    r.promote("a", &v("1.0.0"), "bob").unwrap();
+    r.feature("ops", "a", false, "bob").unwrap();
+    r.feature("ops", "a", false, "bob").unwrap();
+    r.publish(&pkg("a", "1.0.0", "x", ""), "alice", "", false).unwrap();
+    let kinds: Vec<String> = store.audit().list(&Filter::default()).unwrap().into_iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, ["registry.publish", "registry.feature.add"]);
+    assert_eq!(r.search("a", None, None, 10).unwrap()[0].score, 205, "whole-name match + featured boost");
+}

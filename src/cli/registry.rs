@@ -101,6 +101,7 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// A bundle written by `opslet export`.
     pub file: PathBuf,
+    /// Allow a version lower than the latest published one.
     #[arg(long)]
     pub allow_downgrade: bool,
 }
@@ -133,7 +134,9 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
     pkg.check_modules(&ModuleRegistry::builtin())?;
     let reg = registry(global)?;
-    match reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)? {
+    let published = reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)?;
+    reg.flush()?;
+    match published {
         Published::New(v) => println!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
         Published::Unchanged(v) => println!("{} is already published with this content; nothing to do", v.id()),
     }
@@ -243,20 +246,26 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
 
 pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {
     let (name, version) = version_ref(&args.reference)?;
-    let a = registry(global)?.promote(&name, &version, &os_user())?;
+    let reg = registry(global)?;
+    let a = reg.promote(&name, &version, &os_user())?;
+    reg.flush()?;
     println!("{}@{} is now current", a.name, a.current);
     Ok(0)
 }
 
 pub fn rollback(global: &Global, name: String) -> Result<i32, Error> {
-    let (from, to) = registry(global)?.rollback(&name, &os_user())?;
+    let reg = registry(global)?;
+    let (from, to) = reg.rollback(&name, &os_user())?;
+    reg.flush()?;
     println!("{name}: rolled back from {from} to {to}");
     Ok(0)
 }
 
 pub fn yank(global: &Global, args: YankArgs) -> Result<i32, Error> {
     let (name, version) = version_ref(&args.reference)?;
-    let v = registry(global)?.yank(&name, &version, args.undo, &os_user())?;
+    let reg = registry(global)?;
+    let v = reg.yank(&name, &version, args.undo, &os_user())?;
+    reg.flush()?;
     println!("{} {}", v.id(), if v.yanked { "yanked: new runs need --allow-yanked" } else { "is no longer yanked" });
     Ok(0)
 }
@@ -299,7 +308,10 @@ pub fn search(global: &Global, args: SearchArgs) -> Result<i32, Error> {
     t.set_header(vec!["applet", "version", "needs", "tags", "description"]);
     for h in &hits {
         let needs = if h.permissions.is_empty() { "-".to_string() } else { h.permissions.join(", ") };
-        let name = if h.featured.is_empty() { h.name.clone() } else { format!("{} *", h.name) };
+        let mut name = if h.featured.is_empty() { h.name.clone() } else { format!("{} *", h.name) };
+        if h.yanked {
+            name.push_str(" (yanked)");
+        }
         t.add_row(vec![name, h.version.clone(), needs, h.tags.join(", "), terminal_safe(&h.description, false).into_owned()]);
     }
     println!("{t}");
@@ -311,10 +323,12 @@ pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
     match cmd {
         FeatureCmd::Add { collection, name } => {
             reg.feature(&collection, &name, false, &os_user())?;
+            reg.flush()?;
             println!("{name} is featured in {collection}");
         }
         FeatureCmd::Rm { collection, name } => {
             reg.feature(&collection, &name, true, &os_user())?;
+            reg.flush()?;
             println!("{name} removed from {collection}");
         }
         FeatureCmd::List { format } => {
@@ -347,7 +361,10 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
         )]));
     }
     let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
-    match registry(global)?.import(&bytes, &os_user(), args.allow_downgrade)? {
+    let reg = registry(global)?;
+    let imported = reg.import(&bytes, &os_user(), args.allow_downgrade)?;
+    reg.flush()?;
+    match imported {
         Published::New(v) => println!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),
         Published::Unchanged(v) => println!("{} is already in the registry with this content", v.id()),
     }

@@ -189,7 +189,7 @@ impl Registry {
         let vkey = version_key(&name, &meta.version);
         let vbody = json(&meta);
         let now = Utc::now();
-        (&self.packages, &self.versions, &self.applets)
+        let inserted = (&self.packages, &self.versions, &self.applets)
             .transaction(|(packages, versions, applets)| {
                 if let Some(prev) = versions.get(&vkey)? {
                     // Someone published this version between our check and now.
@@ -200,7 +200,7 @@ impl Registry {
                             "was just published with different content",
                         )])));
                     }
-                    return Ok(());
+                    return Ok(Some(prev));
                 }
                 packages.insert(meta.hash.as_bytes(), stored.as_slice())?;
                 versions.insert(vkey.as_slice(), vbody.as_slice())?;
@@ -221,9 +221,12 @@ impl Registry {
                     },
                 };
                 applets.insert(name.as_bytes(), json(&applet))?;
-                Ok(())
+                Ok(None)
             })
             .map_err(tx_err)?;
+        if let Some(prev) = inserted {
+            return Ok(Published::Unchanged(prev));
+        }
         self.changed();
         self.audit(
             kind,
@@ -346,6 +349,9 @@ impl Registry {
             return Err(Error::Usage(format!("{} is yanked and cannot become current", v.id())));
         }
         let before = self.applet(name)?.current;
+        if before == v.version {
+            return self.applet(name);
+        }
         let a = self.set_current(name, |a| {
             if a.current != v.version {
                 let prev = std::mem::replace(&mut a.current, v.version.clone());
@@ -445,6 +451,9 @@ impl Registry {
         validate_name(collection).map_err(|m| Error::Usage(format!("collection name {m}")))?;
         if !remove {
             self.applet(name)?;
+            if let Some(names) = self.featured_all()?.remove(collection).filter(|names| names.iter().any(|n| n == name)) {
+                return Ok(names);
+            }
         }
         let out = self
             .features
@@ -488,11 +497,20 @@ impl Registry {
         Ok((bundle::encode(&meta, &pkg), meta)).map(|(b, m)| (m, b))
     }
 
-    /// Publishes a bundle made by `export` (its hash is verified first).
+    /// Publishes a bundle made by `export` (its hash is verified first). Everything that
+    /// describes the applet is rebuilt from the verified files; only who published it, when and
+    /// why are taken from the bundle.
     pub fn import(&self, bytes: &[u8], actor: &str, allow_downgrade: bool) -> Result<Published, Error> {
-        let (mut meta, pkg) = bundle::decode(bytes)?;
-        meta.yanked = false;
+        let (claimed, pkg) = bundle::decode(bytes)?;
+        pkg.check_modules(&crate::modules::ModuleRegistry::builtin())?;
+        let mut meta = VersionMeta::from_package(&pkg, &claimed.publisher, &claimed.message);
+        meta.published_at = claimed.published_at;
         meta.imported_by = Some(actor.to_string());
         self.publish_meta(&pkg, meta, allow_downgrade, "registry.import", actor)
+    }
+
+    /// Puts every change made so far on disk.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.store.flush()
     }
 }

@@ -22,6 +22,8 @@ pub struct SearchHit {
     pub permissions: Vec<String>,
     /// Collections featuring it.
     pub featured: Vec<String>,
+    /// The current version is yanked: `run NAME` refuses it.
+    pub yanked: bool,
     pub score: u32,
 }
 
@@ -102,6 +104,7 @@ impl Index {
                         tags: v.tags.clone(),
                         permissions: v.permissions.keys().cloned().collect(),
                         featured: in_collections,
+                        yanked: v.yanked,
                         score: 0,
                     },
                 }
@@ -121,6 +124,7 @@ impl Index {
     /// The best `limit` hits for `query` (every applet matches an empty query), filtered by tag
     /// and permission.
     pub fn search(&self, query: &str, tag: Option<&str>, permission: Option<&str>, limit: usize) -> Vec<SearchHit> {
+        let whole = query.trim().to_lowercase();
         let terms: Vec<(String, Vec<Rel>)> = words(query)
             .into_iter()
             .map(|t| {
@@ -144,6 +148,10 @@ impl Index {
                 }
                 if !e.hit.featured.is_empty() {
                     total += 5;
+                }
+                // `disk-usage` is split into words like any query; the whole name still wins.
+                if e.hit.name == whole {
+                    total += 100;
                 }
                 Some((total, e))
             })
