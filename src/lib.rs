@@ -4,6 +4,7 @@
 //! [`runtime::Runtime::run`].
 
 pub mod applet;
+pub mod auth;
 pub mod builtins;
 pub mod cli;
 pub mod config;

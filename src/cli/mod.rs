@@ -2,6 +2,7 @@
 //! Exit codes are listed in docs/cli.md and come from [`crate::Error::exit_code`].
 
 mod audit;
+mod auth;
 mod check;
 mod new;
 mod output;
@@ -70,6 +71,15 @@ pub enum Command {
     Export(registry::ExportArgs),
     /// Publish a bundle written by `export` (its content hash is verified).
     Import(registry::ImportArgs),
+    /// Manage accounts (for `opslet serve`).
+    #[command(subcommand)]
+    User(auth::UserCmd),
+    /// Manage API tokens (for `opslet serve`).
+    #[command(subcommand)]
+    Token(auth::TokenCmd),
+    /// Manage which users and groups may run which applets.
+    #[command(subcommand)]
+    Grant(auth::GrantCmd),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -152,6 +162,9 @@ pub fn main() -> i32 {
         Command::Feature(cmd) => registry::feature(&global, cmd),
         Command::Export(args) => registry::export(&global, args),
         Command::Import(args) => registry::import(&global, args),
+        Command::User(cmd) => auth::user(&global, cmd),
+        Command::Token(cmd) => auth::token(&global, cmd),
+        Command::Grant(cmd) => auth::grant(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

@@ -19,6 +19,10 @@ pub mod keys {
     pub const REG_VERSIONS: &str = "reg/versions";
     pub const REG_APPLETS: &str = "reg/applets";
     pub const REG_FEATURES: &str = "reg/features";
+    /// Accounts, API tokens (by id; only secret hashes) and run grants.
+    pub const AUTH_USERS: &str = "auth/users";
+    pub const AUTH_TOKENS: &str = "auth/tokens";
+    pub const AUTH_GRANTS: &str = "auth/grants";
     /// Store-wide settings, such as the layout version under `FORMAT`.
     pub const META: &str = "meta";
     pub const FORMAT: &str = "format";

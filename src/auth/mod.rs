@@ -1,0 +1,347 @@
+//! Accounts, API tokens, roles and per-applet run grants (used by `opslet serve`).
+//!
+//! Tokens look like `opslet_<id>_<secret>`: the id finds the record, and only the SHA-256 of the
+//! secret is stored, so a token is shown once, when it is created. Every change is audited.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::applet::manifest::validate_name;
+use crate::error::Error;
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+
+/// What a user may do. Each role includes the viewer's rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// List, show and search applets; read their own jobs.
+    Viewer,
+    /// Run the applets their grants allow.
+    Operator,
+    /// Publish, promote, roll back and yank.
+    Publisher,
+    /// Read the audit log.
+    Auditor,
+    /// Everything, including accounts, tokens, grants and hooks.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Publisher => "publisher",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Something a request wants to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<'a> {
+    ReadRegistry,
+    ReadOwnJobs,
+    ReadAllJobs,
+    Run(&'a str),
+    Publish,
+    ReadAudit,
+    Admin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub user: String,
+    /// Hex SHA-256 of the secret part.
+    pub hash: String,
+    #[serde(default)]
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// "`subject` may run applets matching `pattern`": subject is a user name or `group:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub subject: String,
+    pub pattern: String,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: String,
+    pub role: Role,
+    pub groups: Vec<String>,
+    pub token_id: String,
+}
+
+/// Why a token was not accepted. The message never repeats the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token (send `Authorization: Bearer opslet_...`)")]
+    Missing,
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token is unknown or wrong")]
+    Unknown,
+    #[error("the token was revoked")]
+    Revoked,
+    #[error("the token expired at {0}")]
+    Expired(DateTime<Utc>),
+    #[error("the token's user no longer exists")]
+    NoUser,
+}
+
+/// Accounts, tokens and grants in the store.
+#[derive(Clone)]
+pub struct Auth {
+    store: Store,
+    users: sled::Tree,
+    tokens: sled::Tree,
+    grants: sled::Tree,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("auth records serialize")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(b).map_err(|e| Error::Store(format!("{what} record is unreadable: {e}")))
+}
+
+fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two equal-length strings without stopping at the first difference.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_hex(bytes: usize) -> Result<String, Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Principal {
+    /// Whether this caller may do `action`; `grants` decide which applets an operator runs.
+    pub fn allows(&self, action: &Action, grants: &[Grant]) -> bool {
+        match (self.role, action) {
+            (Role::Admin, _) => true,
+            (_, Action::ReadRegistry | Action::ReadOwnJobs) => true,
+            (Role::Operator, Action::Run(applet)) => grants.iter().any(|g| {
+                let subject_ok =
+                    g.subject == self.user || g.subject.strip_prefix("group:").is_some_and(|grp| self.groups.iter().any(|x| x == grp));
+                subject_ok && pattern_matches(&g.pattern, applet)
+            }),
+            (Role::Publisher, Action::Publish) => true,
+            (Role::Auditor, Action::ReadAudit | Action::ReadAllJobs) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Auth {
+    pub fn new(store: Store) -> Result<Auth, Error> {
+        let db = store.db();
+        Ok(Auth {
+            users: db.open_tree(crate::store::keys::AUTH_USERS)?,
+            tokens: db.open_tree(crate::store::keys::AUTH_TOKENS)?,
+            grants: db.open_tree(crate::store::keys::AUTH_GRANTS)?,
+            store,
+        })
+    }
+
+    fn audit(&self, kind: &str, actor: &str, data: serde_json::Value) -> Result<(), Error> {
+        self.store
+            .audit()
+            .append(AuditEvent {
+                kind: kind.into(),
+                actor: Some(actor.into()),
+                via: Some("auth".into()),
+                status: Some("ok".into()),
+                data,
+                ..AuditEvent::default()
+            })
+            .map(|_| ())
+    }
+
+    pub fn flush(&self) -> Result<(), Error> {
+        self.store.flush()
+    }
+
+    pub fn add_user(&self, name: &str, role: Role, groups: &[String], actor: &str) -> Result<User, Error> {
+        validate_name(name).map_err(|m| Error::Usage(format!("user name {m}")))?;
+        for g in groups {
+            validate_name(g).map_err(|m| Error::Usage(format!("group name {m}")))?;
+        }
+        let user = User { name: name.into(), role, groups: groups.to_vec(), created_at: Utc::now() };
+        let inserted = self.users.compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(json(&user)))?;
+        if inserted.is_err() {
+            return Err(Error::Usage(format!("user `{name}` already exists")));
+        }
+        self.audit("auth.user.add", actor, serde_json::json!({ "user": name, "role": role, "groups": groups }))?;
+        Ok(user)
+    }
+
+    /// Removes a user and revokes all of their tokens.
+    pub fn remove_user(&self, name: &str, actor: &str) -> Result<usize, Error> {
+        if self.users.remove(name.as_bytes())?.is_none() {
+            return Err(Error::NotFound(format!("no user `{name}`")));
+        }
+        let mut revoked = 0;
+        for t in self.tokens(Some(name))? {
+            if !t.revoked {
+                self.set_revoked(&t.id)?;
+                revoked += 1;
+            }
+        }
+        self.audit("auth.user.rm", actor, serde_json::json!({ "user": name, "tokens_revoked": revoked }))?;
+        Ok(revoked)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, Error> {
+        self.users.get(name.as_bytes())?.map(|b| parse("user", &b)).transpose()
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, Error> {
+        self.users.iter().values().map(|v| parse("user", &v?)).collect()
+    }
+
+    /// Creates a token for `user`; returns it in full (the only time it exists outside the
+    /// caller's hands) and its record.
+    pub fn create_token(&self, user: &str, expires_at: Option<DateTime<Utc>>, label: &str, actor: &str) -> Result<(String, Token), Error> {
+        if self.user(user)?.is_none() {
+            return Err(Error::NotFound(format!("no user `{user}` (add one with `opslet user add`)")));
+        }
+        let id = random_hex(4)?;
+        let secret = random_hex(32)?;
+        let token = Token {
+            id: id.clone(),
+            user: user.into(),
+            hash: secret_hash(&secret),
+            label: label.into(),
+            created_at: Utc::now(),
+            expires_at,
+            revoked: false,
+        };
+        self.tokens.insert(id.as_bytes(), json(&token))?;
+        self.audit(
+            "auth.token.create",
+            actor,
+            serde_json::json!({ "user": user, "token_id": id, "expires_at": expires_at, "label": label }),
+        )?;
+        Ok((format!("opslet_{id}_{secret}"), token))
+    }
+
+    fn set_revoked(&self, id: &str) -> Result<Token, Error> {
+        let b = self.tokens.get(id.as_bytes())?.ok_or_else(|| Error::NotFound(format!("no token `{id}`")))?;
+        let mut t: Token = parse("token", &b)?;
+        t.revoked = true;
+        self.tokens.insert(id.as_bytes(), json(&t))?;
+        Ok(t)
+    }
+
+    pub fn revoke_token(&self, id: &str, actor: &str) -> Result<Token, Error> {
+        let t = self.set_revoked(id)?;
+        self.audit("auth.token.revoke", actor, serde_json::json!({ "user": t.user, "token_id": id }))?;
+        Ok(t)
+    }
+
+    pub fn tokens(&self, user: Option<&str>) -> Result<Vec<Token>, Error> {
+        let mut out: Vec<Token> = Vec::new();
+        for v in self.tokens.iter().values() {
+            let t: Token = parse("token", &v?)?;
+            if user.is_none_or(|u| t.user == u) {
+                out.push(t);
+            }
+        }
+        out.sort_by_key(|t| t.created_at);
+        Ok(out)
+    }
+
+    /// Checks `Authorization: Bearer <token>` (pass the header value).
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = header.strip_prefix("Bearer ").ok_or(AuthError::Missing)?.trim();
+        let rest = token.strip_prefix("opslet_").ok_or(AuthError::Malformed)?;
+        let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
+        if id.len() != 8 || secret.len() != 64 || !id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit()) {
+            return Err(AuthError::Malformed);
+        }
+        let record = self.tokens.get(id.as_bytes()).ok().flatten().ok_or(AuthError::Unknown)?;
+        let t: Token = serde_json::from_slice(&record).map_err(|_| AuthError::Unknown)?;
+        if !same(&t.hash, &secret_hash(secret)) {
+            return Err(AuthError::Unknown);
+        }
+        if t.revoked {
+            return Err(AuthError::Revoked);
+        }
+        if let Some(exp) = t.expires_at
+            && exp <= Utc::now() {
+                return Err(AuthError::Expired(exp));
+            }
+        let user = self.user(&t.user).ok().flatten().ok_or(AuthError::NoUser)?;
+        Ok(Principal { user: user.name, role: user.role, groups: user.groups, token_id: t.id })
+    }
+
+    pub fn add_grant(&self, subject: &str, pattern: &str, actor: &str) -> Result<Grant, Error> {
+        let name = subject.strip_prefix("group:").unwrap_or(subject);
+        validate_name(name).map_err(|m| Error::Usage(format!("grant subject {m}")))?;
+        if pattern.is_empty() || !pattern.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'*') {
+            return Err(Error::Usage(format!("grant pattern `{pattern}`: use applet-name characters and `*`")));
+        }
+        let g = Grant { subject: subject.into(), pattern: pattern.into() };
+        self.grants.insert(format!("{subject}\0{pattern}").as_bytes(), json(&g))?;
+        self.audit("auth.grant.add", actor, serde_json::json!({ "subject": subject, "pattern": pattern }))?;
+        Ok(g)
+    }
+
+    pub fn remove_grant(&self, subject: &str, pattern: &str, actor: &str) -> Result<(), Error> {
+        if self.grants.remove(format!("{subject}\0{pattern}").as_bytes())?.is_none() {
+            return Err(Error::NotFound(format!("no grant `{subject}` -> `{pattern}`")));
+        }
+        self.audit("auth.grant.rm", actor, serde_json::json!({ "subject": subject, "pattern": pattern }))
+    }
+
+    pub fn grants(&self) -> Result<Vec<Grant>, Error> {
+        self.grants.iter().values().map(|v| parse("grant", &v?)).collect()
+    }
+}

@@ -1,0 +1,188 @@
+//! `opslet user|token|grant`: accounts, API tokens and run grants for `opslet serve`.
+
+use clap::Subcommand;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::Global;
+use super::output::Format;
+use crate::auth::{Auth, Role};
+use crate::error::Error;
+use crate::runtime::context::os_user;
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Create an account.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Groups the user belongs to (for grants to `group:NAME`); repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Delete an account and revoke its tokens.
+    Rm { name: String },
+    /// List accounts.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create an API token for a user and print it (alone, on stdout). It is shown only once.
+    Create {
+        user: String,
+        /// Lifetime, like 30d or 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+        /// A note on what the token is for.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a token by its id (the 8 characters after `opslet_`).
+    Revoke { id: String },
+    /// List tokens (never their secrets).
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantCmd {
+    /// Let a user (or `group:NAME`) run applets whose names match PATTERN (`*` wildcards).
+    Add { subject: String, pattern: String },
+    /// Remove a grant.
+    Rm { subject: String, pattern: String },
+    /// List grants.
+    List,
+}
+
+fn auth(global: &Global) -> Result<Auth, Error> {
+    Auth::new(global.open_store()?)
+}
+
+fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
+    let a = auth(global)?;
+    match cmd {
+        UserCmd::Add { name, role, groups } => {
+            a.add_user(&name, role, &groups, &os_user())?;
+            a.flush()?;
+            eprintln!("added {name} ({})", role.name());
+        }
+        UserCmd::Rm { name } => {
+            let revoked = a.remove_user(&name, &os_user())?;
+            a.flush()?;
+            eprintln!("removed {name}; revoked {revoked} token(s)");
+        }
+        UserCmd::List { format } => {
+            let users = a.users()?;
+            if format != Format::Table {
+                println!("{}", serde_json::to_string_pretty(&users).unwrap_or_default());
+            } else {
+                let mut t = table();
+                t.set_header(vec!["user", "role", "groups", "created"]);
+                for u in users {
+                    t.add_row(vec![u.name, u.role.name().into(), u.groups.join(", "), u.created_at.format("%Y-%m-%d %H:%M").to_string()]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
+    let a = auth(global)?;
+    match cmd {
+        TokenCmd::Create { user, expires, label } => {
+            let expires_at = match expires {
+                None => None,
+                Some(s) => {
+                    let d = humantime::parse_duration(&s).map_err(|e| Error::Usage(format!("--expires `{s}`: {e}")))?;
+                    Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| Error::Usage(format!("--expires `{s}`: {e}")))?)
+                }
+            };
+            let (secret, t) = a.create_token(&user, expires_at, &label, &os_user())?;
+            a.flush()?;
+            println!("{secret}");
+            eprintln!(
+                "token {} for {user} created{}; it is not shown again",
+                t.id,
+                expires_at.map(|e| format!(", expires {e}")).unwrap_or_default()
+            );
+        }
+        TokenCmd::Revoke { id } => {
+            let t = a.revoke_token(&id, &os_user())?;
+            a.flush()?;
+            eprintln!("revoked token {} of {}", t.id, t.user);
+        }
+        TokenCmd::List { user, format } => {
+            let tokens = a.tokens(user.as_deref())?;
+            let now = chrono::Utc::now();
+            let state = |t: &crate::auth::Token| {
+                if t.revoked {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "active"
+                }
+            };
+            if format != Format::Table {
+                let rows: Vec<_> = tokens
+                    .iter()
+                    .map(|t| serde_json::json!({ "id": t.id, "user": t.user, "label": t.label, "created_at": t.created_at, "expires_at": t.expires_at, "state": state(t) }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+            } else {
+                let mut tb = table();
+                tb.set_header(vec!["id", "user", "state", "expires", "label"]);
+                for t in &tokens {
+                    tb.add_row(vec![
+                        t.id.clone(),
+                        t.user.clone(),
+                        state(t).into(),
+                        t.expires_at.map(|e| e.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()),
+                        t.label.clone(),
+                    ]);
+                }
+                println!("{tb}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
+    let a = auth(global)?;
+    match cmd {
+        GrantCmd::Add { subject, pattern } => {
+            a.add_grant(&subject, &pattern, &os_user())?;
+            a.flush()?;
+            eprintln!("{subject} may run {pattern}");
+        }
+        GrantCmd::Rm { subject, pattern } => {
+            a.remove_grant(&subject, &pattern, &os_user())?;
+            a.flush()?;
+            eprintln!("removed grant {subject} -> {pattern}");
+        }
+        GrantCmd::List => {
+            for g in a.grants()? {
+                println!("{} -> {}", g.subject, g.pattern);
+            }
+        }
+    }
+    Ok(0)
+}
