@@ -9,6 +9,7 @@ pub mod builtins;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod modules;
 pub mod registry;
 pub mod runtime;

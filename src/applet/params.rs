@@ -41,7 +41,9 @@ pub fn resolve(
         }
     }
     for (name, spec) in &manifest.params {
-        if out.contains_key(name) {
+        // A param that was given but invalid is already reported; it is not also "missing".
+        let given = json.is_some_and(|j| j.contains_key(name)) || pairs.iter().any(|(k, _)| k == name);
+        if out.contains_key(name) || given {
             continue;
         }
         if let Some(default) = &spec.default {

@@ -315,9 +315,10 @@ impl Auth {
             return Err(AuthError::Revoked);
         }
         if let Some(exp) = t.expires_at
-            && exp <= Utc::now() {
-                return Err(AuthError::Expired(exp));
-            }
+            && exp <= Utc::now()
+        {
+            return Err(AuthError::Expired(exp));
+        }
         let user = self.user(&t.user).ok().flatten().ok_or(AuthError::NoUser)?;
         Ok(Principal { user: user.name, role: user.role, groups: user.groups, token_id: t.id })
     }

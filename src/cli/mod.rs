@@ -8,6 +8,7 @@ mod new;
 mod output;
 mod registry;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +72,8 @@ pub enum Command {
     Export(registry::ExportArgs),
     /// Publish a bundle written by `export` (its content hash is verified).
     Import(registry::ImportArgs),
+    /// Serve the HTTP API (registry reads and runs, with bearer tokens).
+    Serve(serve::ServeArgs),
     /// Manage accounts (for `opslet serve`).
     #[command(subcommand)]
     User(auth::UserCmd),
@@ -162,6 +165,7 @@ pub fn main() -> i32 {
         Command::Feature(cmd) => registry::feature(&global, cmd),
         Command::Export(args) => registry::export(&global, args),
         Command::Import(args) => registry::import(&global, args),
+        Command::Serve(args) => serve::run(&global, args),
         Command::User(cmd) => auth::user(&global, cmd),
         Command::Token(cmd) => auth::token(&global, cmd),
         Command::Grant(cmd) => auth::grant(&global, cmd),

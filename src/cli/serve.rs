@@ -1,0 +1,52 @@
+//! `opslet serve`: the HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::Global;
+use crate::auth::Auth;
+use crate::error::Error;
+use crate::http::{AppState, RunPool, ServeConfig};
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "OPSLET_LISTEN", default_value = "127.0.0.1:8620")]
+    pub listen: SocketAddr,
+    /// Runs executing at once (default: the number of CPUs).
+    #[arg(long, env = "OPSLET_RUN_THREADS")]
+    pub run_threads: Option<usize>,
+    /// Runs allowed to wait for a run thread; more get 503 with Retry-After.
+    #[arg(long, env = "OPSLET_QUEUE", default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "OPSLET_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// How long a synchronous run request waits before the run is cancelled (e.g. 60s).
+    #[arg(long, env = "OPSLET_SYNC_TIMEOUT", default_value = "60s")]
+    pub sync_timeout: String,
+}
+
+pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
+    let sync_timeout =
+        humantime::parse_duration(&args.sync_timeout).map_err(|e| Error::Usage(format!("--sync-timeout `{}`: {e}", args.sync_timeout)))?;
+    let config = global.config()?;
+    let store = global.open_store()?;
+    let runtime = Runtime::new(&config, Some(store.clone()))?;
+    let threads = args.run_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pool = Arc::new(RunPool::start(runtime.clone(), threads, args.queue));
+    let state = AppState { registry: Registry::new(store.clone())?, auth: Auth::new(store.clone())?, runtime, pool, sync_timeout };
+    let cfg = ServeConfig { listen: args.listen, run_threads: threads, queue: args.queue, body_limit: args.body_limit, sync_timeout };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the server runtime: {e}")))?;
+    let result = rt.block_on(crate::http::serve(state, &cfg));
+    store.flush()?;
+    result.map(|()| 0)
+}

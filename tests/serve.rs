@@ -1,0 +1,208 @@
+//! `opslet serve` driven over loopback: the auth matrix, runs with params, errors and limits.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    tokens: std::collections::HashMap<&'static str, String>,
+}
+
+impl Server {
+    /// Stops the server the way an operator would (SIGTERM): it finishes and flushes the store.
+    fn stop(&mut self) {
+        // SAFETY: sending a signal to our own child process by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self._dir.path().join("data")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn opslet(data: &Path, args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).output().unwrap();
+    assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A data dir with two published applets, users of every role and their tokens, then the server.
+fn server(extra_flags: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let applet = |name: &str, manifest: &str, main: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("applet.toml"), format!("name = \"{name}\"\nversion = \"1.0.0\"\n{manifest}")).unwrap();
+        std::fs::write(d.join("main.lua"), main).unwrap();
+        opslet(&data, &["publish", d.to_str().unwrap()]);
+    };
+    applet(
+        "disk-report",
+        "[params.threshold]\ntype = \"integer\"\nrequired = true\nmax = 100\n",
+        "return function(p, ctx) log.info('checking') return { threshold = p.threshold, caller = ctx.caller, via = ctx.via } end",
+    );
+    applet("slow-one", "", "return function() time.sleep(0.5) while true do end end");
+    let mut tokens = std::collections::HashMap::new();
+    for (user, role) in
+        [("vic", "viewer"), ("ola", "operator"), ("oz", "operator"), ("pat", "publisher"), ("aud", "auditor"), ("ada", "admin")]
+    {
+        opslet(&data, &["user", "add", user, "--role", role]);
+        tokens.insert(user, opslet(&data, &["token", "create", user]));
+    }
+    opslet(&data, &["grant", "add", "ola", "disk-*"]);
+    opslet(&data, &["grant", "add", "ola", "slow-one"]);
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra_flags);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(&args)
+        .env("OPSLET_DATA_DIR", &data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {first}")).to_string();
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base: format!("http://{addr}"), _dir: dir, tokens }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn call(s: &Server, method: &str, path: &str, user: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", s.base);
+    let mut req = if method == "POST" { client.post(&url) } else { client.get(&url) };
+    if let Some(u) = user {
+        req = req.header("Authorization", format!("Bearer {}", s.tokens[u]));
+    }
+    if let Some(b) = body {
+        req = req.header("Content-Type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[test]
+fn auth_matrix_over_every_route() {
+    let s = server(&[]);
+    rt().block_on(async {
+        assert_eq!(call(&s, "GET", "/healthz", None, None).await, (200, json!("ok")));
+        let reads = ["/api/v1/applets", "/api/v1/search?q=disk", "/api/v1/applets/disk-report", "/api/v1/applets/disk-report/versions"];
+        for path in reads {
+            let (code, body) = call(&s, "GET", path, None, None).await;
+            assert_eq!(code, 401, "{path} without a token");
+            assert!(body["error"].as_str().unwrap().contains("no bearer token"), "{body}");
+            for user in ["vic", "ola", "pat", "aud", "ada"] {
+                assert_eq!(call(&s, "GET", path, Some(user), None).await.0, 200, "{path} as {user}");
+            }
+        }
+        let run = "/api/v1/applets/disk-report/run";
+        let params = r#"{"threshold": 90}"#;
+        for (user, code) in [("vic", 403), ("oz", 403), ("pat", 403), ("aud", 403), ("ola", 200), ("ada", 200)] {
+            assert_eq!(call(&s, "POST", run, Some(user), Some(params)).await.0, code, "run as {user}");
+        }
+        let (code, body) = call(&s, "POST", run, None, Some(params)).await;
+        assert_eq!(code, 401, "{body}");
+    });
+    let mut s = s;
+    s.stop();
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["audit", "list", "--kind", "http.denied", "--limit", "1000", "--format", "json"])
+        .env("OPSLET_DATA_DIR", s.data())
+        .output()
+        .unwrap();
+    let denied: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(denied.len(), 4 + 4 + 1, "every refused request is audited: {denied:?}");
+    assert!(
+        denied.iter().any(|d| d["actor"] == json!("vic") && d["data"]["reason"].as_str().unwrap().contains("may not run `disk-report`"))
+    );
+    let starts = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["audit", "list", "--kind", "run.start", "--format", "json"])
+        .env("OPSLET_DATA_DIR", s.data())
+        .output()
+        .unwrap();
+    let starts: Vec<Value> = serde_json::from_slice(&starts.stdout).unwrap();
+    assert_eq!(starts.iter().map(|r| r["via"].as_str().unwrap()).collect::<Vec<_>>(), ["http", "http"]);
+}
+
+#[test]
+fn runs_validate_params_and_report_results() {
+    let s = server(&["--sync-timeout", "2s"]);
+    rt().block_on(async {
+        let run = "/api/v1/applets/disk-report/run";
+        let (code, body) = call(&s, "POST", run, Some("ola"), Some(r#"{"threshold": 90}"#)).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], json!("ok"));
+        assert_eq!(body["result"], json!({ "threshold": 90, "caller": "ola", "via": "http" }));
+        assert_eq!(body["logs"][0]["message"], json!("checking"));
+        assert_eq!(body["hash"].as_str().unwrap().len(), 64);
+
+        let (code, body) = call(&s, "POST", run, Some("ola"), Some(r#"{"threshold": "high", "extra": 1}"#)).await;
+        assert_eq!(code, 422, "{body}");
+        let mut fields: Vec<&str> = body["fields"].as_array().unwrap().iter().map(|f| f["param"].as_str().unwrap()).collect();
+        fields.sort();
+        assert_eq!(fields, ["extra", "threshold"], "each bad field named once: {body}");
+        assert_eq!(call(&s, "POST", run, Some("ola"), Some(r#"{}"#)).await.0, 422, "missing required param");
+        assert_eq!(call(&s, "POST", run, Some("ola"), Some("{not json")).await.0, 400);
+        assert_eq!(call(&s, "POST", run, Some("ola"), Some("[1, 2]")).await.0, 400);
+        let big = format!(r#"{{"threshold": 1, "pad": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+        assert_eq!(call(&s, "POST", run, Some("ola"), Some(&big)).await.0, 413, "oversized bodies are refused");
+        assert_eq!(call(&s, "POST", "/api/v1/applets/no-such/run", Some("ada"), Some("{}")).await.0, 404);
+        assert_eq!(call(&s, "POST", "/api/v1/applets/Bad_Name/run", Some("ada"), Some("{}")).await.0, 400);
+
+        let (code, body) = call(&s, "POST", "/api/v1/applets/slow-one/run", Some("ola"), None).await;
+        assert_eq!(code, 504, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("cancelled"), "{body}");
+    });
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let s = server(&["--run-threads", "1", "--queue", "1", "--sync-timeout", "20s"]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let send = || {
+            client
+                .post(format!("{}/api/v1/applets/slow-one/run", s.base))
+                .header("Authorization", format!("Bearer {}", s.tokens["ola"]))
+                .send()
+        };
+        // One running, one queued; the third finds the queue full.
+        let first = tokio::spawn(send());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let second = tokio::spawn(send());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let third = send().await.unwrap();
+        assert_eq!(third.status().as_u16(), 503);
+        assert_eq!(third.headers()["retry-after"], "1");
+        first.abort();
+        second.abort();
+    });
+}
