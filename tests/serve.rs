@@ -206,3 +206,121 @@ fn a_full_queue_answers_503_with_retry_after() {
         second.abort();
     });
 }
+
+async fn poll_job(s: &Server, user: &str, id: &str) -> Value {
+    for _ in 0..200 {
+        let (code, job) = call(s, "GET", &format!("/api/v1/jobs/{id}"), Some(user), None).await;
+        assert_eq!(code, 200, "{job}");
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[test]
+fn async_jobs_stream_events_and_can_be_cancelled() {
+    let s = server(&[]);
+    rt().block_on(async {
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 70}"#)).await;
+        assert_eq!(code, 202, "{body}");
+        let id = body["job_id"].as_str().unwrap().to_string();
+        let job = poll_job(&s, "ola", &id).await;
+        assert_eq!(job["status"], json!("ok"));
+        assert_eq!(job["result"]["threshold"], json!(70));
+        assert_eq!(job["logs"][0]["message"], json!("checking"));
+
+        // Jobs are private to their caller unless one may read all jobs.
+        assert_eq!(call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("oz"), None).await.0, 403);
+        assert_eq!(call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("aud"), None).await.0, 200);
+        let (_, mine) = call(&s, "GET", "/api/v1/jobs", Some("oz"), None).await;
+        assert_eq!(mine, json!([]));
+        let (_, all) = call(&s, "GET", "/api/v1/jobs?applet=disk-report", Some("ada"), None).await;
+        assert_eq!(all.as_array().unwrap().len(), 1);
+
+        // Events of a finished job: its logs, then the end.
+        let events = sse(&s, "ola", &id).await;
+        assert!(events.contains("event: log") && events.contains("event: end") && events.contains("\"checking\""), "{events}");
+
+        // A long job: watch it live, cancel it, and see the end event.
+        let (_, body) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        let slow = body["job_id"].as_str().unwrap().to_string();
+        let watcher = {
+            let (base, token, slow) = (s.base.clone(), s.tokens["ola"].clone(), slow.clone());
+            tokio::spawn(async move { sse_raw(&base, &token, &slow).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(
+            call(&s, "POST", &format!("/api/v1/jobs/{slow}/cancel"), Some("oz"), None).await.0,
+            403,
+            "only the owner or an admin cancels"
+        );
+        assert_eq!(call(&s, "POST", &format!("/api/v1/jobs/{slow}/cancel"), Some("ola"), None).await.0, 200);
+        let job = poll_job(&s, "ola", &slow).await;
+        assert_eq!(job["status"], json!("cancelled"));
+        let events = tokio::time::timeout(std::time::Duration::from_secs(10), watcher).await.unwrap().unwrap();
+        assert!(events.contains("event: status") && events.contains("event: end") && events.contains("cancelled"), "{events}");
+        assert_eq!(call(&s, "POST", &format!("/api/v1/jobs/{slow}/cancel"), Some("ola"), None).await.0, 409);
+    });
+}
+
+async fn sse(s: &Server, user: &str, id: &str) -> String {
+    sse_raw(&s.base, &s.tokens[user], id).await
+}
+
+async fn sse_raw(base: &str, token: &str, id: &str) -> String {
+    let mut resp = reqwest::Client::new()
+        .get(format!("{base}/api/v1/jobs/{id}/events"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut out = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        out.push_str(&String::from_utf8_lossy(&chunk));
+        if out.contains("event: end") {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn restart_marks_running_jobs_interrupted_and_runs_queued_ones() {
+    let mut s = server(&["--run-threads", "1", "--queue", "4"]);
+    let (running, queued) = rt().block_on(async {
+        let (_, a) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        let (_, b) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 5}"#)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        (a["job_id"].as_str().unwrap().to_string(), b["job_id"].as_str().unwrap().to_string())
+    });
+    // Crash the server: no chance to finish anything.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let restarted = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OPSLET_DATA_DIR", s.data())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    s.child = restarted;
+    let mut lines = BufReader::new(s.child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    s.base = format!("http://{addr}");
+    rt().block_on(async {
+        let job = poll_job(&s, "ola", &running).await;
+        assert_eq!(job["status"], json!("interrupted"), "{job}");
+        let job = poll_job(&s, "ola", &queued).await;
+        assert_eq!(job["status"], json!("ok"), "the queued job ran after the restart: {job}");
+        assert_eq!(job["result"]["threshold"], json!(5));
+    });
+}

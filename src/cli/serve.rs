@@ -8,6 +8,7 @@ use clap::Args;
 use super::Global;
 use crate::auth::Auth;
 use crate::error::Error;
+use crate::http::jobs::Jobs;
 use crate::http::{AppState, RunPool, ServeConfig};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
@@ -29,6 +30,9 @@ pub struct ServeArgs {
     /// How long a synchronous run request waits before the run is cancelled (e.g. 60s).
     #[arg(long, env = "OPSLET_SYNC_TIMEOUT", default_value = "60s")]
     pub sync_timeout: String,
+    /// How long finished jobs are kept (purged at start).
+    #[arg(long, env = "OPSLET_JOB_RETENTION", default_value = "7d")]
+    pub job_retention: String,
 }
 
 pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
@@ -38,8 +42,16 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let store = global.open_store()?;
     let runtime = Runtime::new(&config, Some(store.clone()))?;
     let threads = args.run_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let pool = Arc::new(RunPool::start(runtime.clone(), threads, args.queue));
-    let state = AppState { registry: Registry::new(store.clone())?, auth: Auth::new(store.clone())?, runtime, pool, sync_timeout };
+    let pool = Arc::new(RunPool::start(threads, args.queue));
+    let jobs = Jobs::new(store.clone())?;
+    let keep = humantime::parse_duration(&args.job_retention)
+        .map_err(|e| Error::Usage(format!("--job-retention `{}`: {e}", args.job_retention)))?;
+    let purged = jobs.purge(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7)))?;
+    let state = AppState { registry: Registry::new(store.clone())?, auth: Auth::new(store.clone())?, runtime, pool, jobs, sync_timeout };
+    let (restarted, queued) = crate::http::recover_jobs(&state)?;
+    if queued > 0 || purged > 0 {
+        tracing::info!(restarted, queued, purged, "jobs recovered after start");
+    }
     let cfg = ServeConfig { listen: args.listen, run_threads: threads, queue: args.queue, body_limit: args.body_limit, sync_timeout };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

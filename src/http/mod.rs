@@ -3,6 +3,7 @@
 //! `app` builds the router from an `AppState`, so tests can drive it over a real socket or
 //! directly. Every route but `/healthz` needs a bearer token; a refused request is audited.
 
+pub mod jobs;
 mod pool;
 
 use std::net::SocketAddr;
@@ -20,6 +21,12 @@ use serde_json::{Value, json};
 
 pub use pool::RunPool;
 
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use jobs::{Job, JobEvent, Jobs};
+
+use crate::runtime::RunOutcome;
+use crate::runtime::context::LogLine;
+
 use crate::auth::{Action, Auth, Principal};
 use crate::error::Error;
 use crate::registry::{Reference, Registry};
@@ -34,6 +41,7 @@ pub struct AppState {
     pub registry: Registry,
     pub auth: Auth,
     pub pool: Arc<RunPool>,
+    pub jobs: Jobs,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
 }
@@ -141,6 +149,10 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/applets/{name}", get(show_applet))
         .route("/api/v1/applets/{name}/versions", get(versions))
         .route("/api/v1/applets/{reference}/run", post(run_applet))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/jobs/{id}/events", get(job_events))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -186,6 +198,9 @@ struct RunQuery {
     dry_run: bool,
     #[serde(default)]
     allow_yanked: bool,
+    /// Answer at once with the job id instead of waiting for the result.
+    #[serde(default, rename = "async")]
+    is_async: bool,
 }
 
 async fn run_applet(
@@ -213,19 +228,51 @@ async fn run_applet(
     };
     let meta = s.registry.resolve(&r, q.allow_yanked)?;
     let package = Arc::new(s.registry.package(&meta)?);
-    let mut req = RunRequest::new(package, Caller { user: p.user.clone(), via: "http".into() });
+    let shown: serde_json::Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| {
+            let secret = package.manifest.params.get(k).is_some_and(|spec| spec.secret);
+            (k.clone(), if secret { json!("<redacted>") } else { v.clone() })
+        })
+        .collect();
+    let mut req = RunRequest::new(Arc::clone(&package), Caller { user: p.user.clone(), via: "http".into() });
+    let job = Job {
+        id: req.run_id.clone(),
+        reference: reference.clone(),
+        applet: package.id(),
+        user: p.user.clone(),
+        status: "queued".into(),
+        dry_run: q.dry_run,
+        params: shown,
+        submitted_at: chrono::Utc::now(),
+        started_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
+        logs: Vec::new(),
+    };
+    s.jobs.accept(&job, &params, req.cancel.clone())?;
     req.params_json = Some(params);
     req.dry_run = q.dry_run;
-    let cancel = req.cancel.clone();
-    let rx = s.pool.submit(req).map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many runs waiting; retry later"))?;
-    let outcome = match tokio::time::timeout(s.sync_timeout, rx).await {
+    let done = start_job(&s, req).map_err(|e| {
+        let _ = s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full".into()), Vec::new());
+        e
+    })?;
+    if q.is_async {
+        let mut resp = (StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(resp);
+    }
+    let outcome = match tokio::time::timeout(s.sync_timeout, done).await {
         Ok(Ok(o)) => o,
         Ok(Err(_)) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the run thread stopped")),
         Err(_) => {
-            cancel.cancel();
+            s.jobs.cancel(&job.id);
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("the run did not finish within {}s and was cancelled", s.sync_timeout.as_secs()),
+                format!("the run did not finish within {}s and was cancelled (job {})", s.sync_timeout.as_secs(), job.id),
             ));
         }
     };
@@ -252,6 +299,144 @@ async fn run_applet(
         }
     }
     Ok(Json(body).into_response())
+}
+
+/// Queues a job's run on a run thread; the receiver yields its outcome when it ends.
+fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (jobs, runtime, id, applet) = (s.jobs.clone(), s.runtime.clone(), req.run_id.clone(), req.package.id());
+    let sink_jobs = jobs.clone();
+    let sink_id = id.clone();
+    req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
+    let work: pool::Work = Box::new(move |rt| {
+        let _ = jobs.started(&id, &applet);
+        let outcome = rt.block_on(runtime.run(req));
+        let (result, error) = match &outcome.result {
+            Ok(v) => (Some(v.clone()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let _ = jobs.finish(&id, outcome.status.name(), result, error, outcome.logs.clone());
+        let _ = tx.send(outcome);
+    });
+    s.pool.submit(work).map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many runs waiting; retry later"))?;
+    Ok(rx)
+}
+
+/// Runs the jobs a stopped server left queued; marks the ones it left running interrupted.
+pub fn recover_jobs(s: &AppState) -> Result<(usize, usize), Error> {
+    let queued = s.jobs.recover()?;
+    let mut restarted = 0;
+    for job in &queued {
+        let reference = Reference::parse(&job.reference)?;
+        let started = s.registry.resolve(&reference, true).and_then(|meta| s.registry.package(&meta));
+        let package = match started {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                s.jobs.finish(&job.id, "error", None, Some(format!("could not be restarted: {e}")), Vec::new())?;
+                continue;
+            }
+        };
+        let mut req = RunRequest::new(package, Caller { user: job.user.clone(), via: "http".into() });
+        req.run_id = job.id.clone();
+        req.params_json = Some(s.jobs.raw_params(&job.id)?);
+        req.dry_run = job.dry_run;
+        s.jobs.relive(&job.id, req.cancel.clone());
+        if start_job(s, req).is_err() {
+            s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full after a restart".into()), Vec::new())?;
+        } else {
+            restarted += 1;
+        }
+    }
+    Ok((restarted, queued.len()))
+}
+
+#[derive(Deserialize)]
+struct JobsQuery {
+    status: Option<String>,
+    applet: Option<String>,
+    user: Option<String>,
+    limit: Option<usize>,
+}
+
+fn may_see(s: &AppState, p: &Principal, job: &Job) -> Result<(), ApiError> {
+    if job.user == p.user {
+        return Ok(());
+    }
+    require(s, p, Action::ReadAllJobs, "/api/v1/jobs/{id}")
+}
+
+async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<JobsQuery>) -> Result<Json<Value>, ApiError> {
+    let grants = s.auth.grants()?;
+    // Without the right to read all jobs, a caller sees their own.
+    let user = if p.allows(&Action::ReadAllJobs, &grants) { q.user.clone() } else { Some(p.user.clone()) };
+    let jobs = s.jobs.list(user.as_deref(), q.status.as_deref(), q.applet.as_deref(), q.limit.unwrap_or(100).min(1000))?;
+    Ok(Json(json!(jobs)))
+}
+
+async fn get_job(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = s.jobs.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    may_see(&s, &p, &job)?;
+    Ok(Json(json!(job)))
+}
+
+async fn cancel_job(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = s.jobs.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    if job.user != p.user {
+        require(&s, &p, Action::Admin, "/api/v1/jobs/{id}/cancel")?;
+    }
+    if job.finished() || !s.jobs.cancel(&id) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("job {id} already ended ({})", job.status)));
+    }
+    Ok(Json(json!({ "job_id": id, "cancelling": true })))
+}
+
+/// Server-sent events: `status`, `log` and a final `end` with the whole job.
+async fn job_events(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(id): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    let job = s.jobs.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    may_see(&s, &p, &job)?;
+    let to_sse = |ev: &JobEvent| {
+        let name = match ev {
+            JobEvent::Status { .. } => "status",
+            JobEvent::Log { .. } => "log",
+            JobEvent::End { .. } => "end",
+        };
+        SseEvent::default().event(name).json_data(ev).unwrap_or_default()
+    };
+    // Subscribe first, then read the stored job, so no event falls between the two.
+    let live = s.jobs.subscribe(&id);
+    let job = s.jobs.get(&id)?.unwrap_or(job);
+    let mut backlog: Vec<SseEvent> = job.logs.iter().map(|l| to_sse(&JobEvent::Log { line: l.clone() })).collect();
+    let rx = match live {
+        Some(rx) if !job.finished() => {
+            // A late subscriber first learns where the job stands.
+            backlog.insert(0, to_sse(&JobEvent::Status { status: job.status.clone() }));
+            Some(rx)
+        }
+        _ => {
+            backlog.push(to_sse(&JobEvent::End { job: Box::new(job) }));
+            None
+        }
+    };
+    let backlog = futures_util::stream::iter(backlog.into_iter().map(Ok));
+    let live = futures_util::stream::unfold(rx, move |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let end = matches!(ev, JobEvent::End { .. });
+                    let item = Ok(to_sse(&ev));
+                    return Some((item, if end { None } else { Some(rx) }));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(futures_util::StreamExt::chain(backlog, live)).keep_alive(KeepAlive::default()))
 }
 
 /// Runs the server until Ctrl-C / SIGTERM. Prints `listening on ADDR` on stderr once bound.

@@ -23,6 +23,9 @@ pub mod keys {
     pub const AUTH_USERS: &str = "auth/users";
     pub const AUTH_TOKENS: &str = "auth/tokens";
     pub const AUTH_GRANTS: &str = "auth/grants";
+    /// Jobs accepted by `opslet serve`, by id; and the params they were given, until they end.
+    pub const JOBS: &str = "jobs";
+    pub const JOB_PARAMS: &str = "jobs/params";
     /// Store-wide settings, such as the layout version under `FORMAT`.
     pub const META: &str = "meta";
     pub const FORMAT: &str = "format";

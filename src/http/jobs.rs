@@ -1,0 +1,230 @@
+//! Jobs: runs accepted over HTTP, persisted from the moment they are accepted.
+//!
+//! A job is stored as `queued` (and flushed) before the request is answered, moves to `running`
+//! when a run thread takes it, and to its final status with result and logs. On start, jobs left
+//! `running` by a stopped server become `interrupted` and `queued` ones are run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+use crate::runtime::CancelToken;
+use crate::runtime::context::LogLine;
+use crate::store::Store;
+
+/// A job as stored and as returned by the API (`params` only with secrets redacted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// What was asked for: `name`, `name@version` or `name@sha256:...`.
+    pub reference: String,
+    /// `name@version` that ran (once known).
+    #[serde(default)]
+    pub applet: String,
+    pub user: String,
+    pub status: String,
+    pub dry_run: bool,
+    pub params: Map<String, Value>,
+    pub submitted_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+}
+
+impl Job {
+    pub fn finished(&self) -> bool {
+        !matches!(self.status.as_str(), "queued" | "running")
+    }
+}
+
+/// Something that happened to a running job (server-sent events).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum JobEvent {
+    Status { status: String },
+    Log { line: LogLine },
+    End { job: Box<Job> },
+}
+
+struct Live {
+    cancel: CancelToken,
+    events: tokio::sync::broadcast::Sender<JobEvent>,
+}
+
+/// The job store plus what only exists while a job runs (cancel token, event channel).
+#[derive(Clone)]
+pub struct Jobs {
+    store: Store,
+    tree: sled::Tree,
+    /// Params as given, kept to re-run queued jobs after a restart; never returned.
+    raw: sled::Tree,
+    live: Arc<Mutex<HashMap<String, Live>>>,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("jobs serialize")
+}
+
+impl Jobs {
+    pub fn new(store: Store) -> Result<Jobs, Error> {
+        Ok(Jobs {
+            tree: store.db().open_tree(crate::store::keys::JOBS)?,
+            raw: store.db().open_tree(crate::store::keys::JOB_PARAMS)?,
+            store,
+            live: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Records an accepted job durably, before it is answered.
+    pub fn accept(&self, job: &Job, raw_params: &Map<String, Value>, cancel: CancelToken) -> Result<(), Error> {
+        self.raw.insert(job.id.as_bytes(), json(raw_params))?;
+        self.tree.insert(job.id.as_bytes(), json(job))?;
+        self.store.flush()?;
+        let (events, _) = tokio::sync::broadcast::channel(256);
+        self.live.lock().insert(job.id.clone(), Live { cancel, events });
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Job>, Error> {
+        self.tree
+            .get(id.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|e| Error::Store(format!("job {id} is unreadable: {e}"))))
+            .transpose()
+    }
+
+    pub fn raw_params(&self, id: &str) -> Result<Map<String, Value>, Error> {
+        Ok(self.raw.get(id.as_bytes())?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Result<Option<Job>, Error> {
+        let Some(mut job) = self.get(id)? else { return Ok(None) };
+        f(&mut job);
+        self.tree.insert(id.as_bytes(), json(&job))?;
+        Ok(Some(job))
+    }
+
+    pub fn started(&self, id: &str, applet: &str) -> Result<(), Error> {
+        self.update(id, |j| {
+            j.status = "running".into();
+            j.applet = applet.into();
+            j.started_at = Some(Utc::now());
+        })?;
+        self.emit(id, JobEvent::Status { status: "running".into() });
+        Ok(())
+    }
+
+    pub fn log(&self, id: &str, line: &LogLine) {
+        self.emit(id, JobEvent::Log { line: line.clone() });
+    }
+
+    /// Stores the outcome and closes the job's live state.
+    pub fn finish(&self, id: &str, status: &str, result: Option<Value>, error: Option<String>, logs: Vec<LogLine>) -> Result<(), Error> {
+        let job = self.update(id, |j| {
+            j.status = status.into();
+            j.finished_at = Some(Utc::now());
+            j.result = result;
+            j.error = error;
+            j.logs = logs;
+        })?;
+        self.raw.remove(id.as_bytes())?;
+        if let Some(job) = job {
+            self.emit(id, JobEvent::End { job: Box::new(job) });
+        }
+        self.live.lock().remove(id);
+        Ok(())
+    }
+
+    fn emit(&self, id: &str, ev: JobEvent) {
+        if let Some(l) = self.live.lock().get(id) {
+            let _ = l.events.send(ev);
+        }
+    }
+
+    /// Events of a job still in flight (None once it finished).
+    pub fn subscribe(&self, id: &str) -> Option<tokio::sync::broadcast::Receiver<JobEvent>> {
+        self.live.lock().get(id).map(|l| l.events.subscribe())
+    }
+
+    /// Asks a job to stop. Returns false when it is not in flight.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.live.lock().get(id) {
+            Some(l) => {
+                l.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Jobs, newest first, filtered.
+    pub fn list(&self, user: Option<&str>, status: Option<&str>, applet: Option<&str>, limit: usize) -> Result<Vec<Job>, Error> {
+        let mut out = Vec::new();
+        // Job ids are UUIDv7: reverse key order is newest first.
+        for item in self.tree.iter().rev() {
+            let (_, v) = item?;
+            let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
+            let applet_ok = applet.is_none_or(|a| job.applet.split('@').next() == Some(a) || job.reference.split('@').next() == Some(a));
+            if user.is_none_or(|u| job.user == u) && status.is_none_or(|s| job.status == s) && applet_ok {
+                out.push(job);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a restart: `running` jobs become `interrupted`; returns the `queued` ones to run.
+    pub fn recover(&self) -> Result<Vec<Job>, Error> {
+        let mut queued = Vec::new();
+        for item in self.tree.iter() {
+            let (_, v) = item?;
+            let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
+            match job.status.as_str() {
+                "running" => {
+                    self.update(&job.id, |j| {
+                        j.status = "interrupted".into();
+                        j.finished_at = Some(Utc::now());
+                        j.error = Some("the server stopped while this job ran".into());
+                    })?;
+                }
+                "queued" => queued.push(job),
+                _ => {}
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Re-registers live state for a job that is run again after a restart.
+    pub fn relive(&self, id: &str, cancel: CancelToken) {
+        let (events, _) = tokio::sync::broadcast::channel(256);
+        self.live.lock().insert(id.to_string(), Live { cancel, events });
+    }
+
+    /// Deletes finished jobs older than `keep`.
+    pub fn purge(&self, keep: chrono::Duration) -> Result<usize, Error> {
+        let cutoff = Utc::now() - keep;
+        let mut n = 0;
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
+            if job.finished() && job.finished_at.is_some_and(|t| t < cutoff) {
+                self.tree.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
