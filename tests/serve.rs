@@ -324,3 +324,58 @@ fn restart_marks_running_jobs_interrupted_and_runs_queued_ones() {
         assert_eq!(job["result"]["threshold"], json!(5));
     });
 }
+
+#[test]
+fn registry_writes_audit_reads_and_metrics_are_guarded_by_role() {
+    let s = server(&[]);
+    // A bundle of a new version, made with the CLI from a second data dir.
+    let src = tempfile::tempdir().unwrap();
+    let applet = src.path().join("disk-report");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(
+        applet.join("applet.toml"),
+        "name = \"disk-report\"\nversion = \"1.1.0\"\n[params.threshold]\ntype = \"integer\"\ndefault = 1\n",
+    )
+    .unwrap();
+    std::fs::write(applet.join("main.lua"), "return function(p) return 'v1.1' end").unwrap();
+    let src_data = src.path().join("data");
+    opslet(&src_data, &["publish", applet.to_str().unwrap()]);
+    let bundle_path = src.path().join("b.json");
+    opslet(&src_data, &["export", "disk-report", "-o", bundle_path.to_str().unwrap()]);
+    let bundle = std::fs::read_to_string(&bundle_path).unwrap();
+
+    rt().block_on(async {
+        assert_eq!(call(&s, "GET", "/readyz", None, None).await.0, 200);
+        for user in ["vic", "ola", "aud"] {
+            assert_eq!(call(&s, "POST", "/api/v1/registry/publish", Some(user), Some(&bundle)).await.0, 403, "{user} may not publish");
+        }
+        let (code, body) = call(&s, "POST", "/api/v1/registry/publish?message=from%20ci", Some("pat"), Some(&bundle)).await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!((body["published"]["publisher"].as_str(), body["published"]["message"].as_str()), (Some("pat"), Some("from ci")));
+        assert_eq!(call(&s, "POST", "/api/v1/registry/publish", Some("pat"), Some("{\"format\": 1}")).await.0, 422);
+
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/rollback", Some("pat"), None).await;
+        assert_eq!((code, body["to"].as_str()), (200, Some("1.0.0")));
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/promote?version=1.1.0", Some("ola"), None).await.0, 403);
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/promote?version=1.1.0", Some("pat"), None).await.0, 200);
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/promote", Some("pat"), None).await.0, 400);
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/yank?version=1.0.0", Some("pat"), None).await.0, 200);
+
+        for user in ["vic", "ola", "pat"] {
+            assert_eq!(call(&s, "GET", "/api/v1/audit", Some(user), None).await.0, 403, "{user} may not read the audit log");
+        }
+        let (code, recs) = call(&s, "GET", "/api/v1/audit?kind=registry.yank", Some("aud"), None).await;
+        assert_eq!(code, 200);
+        assert_eq!(recs[0]["actor"], json!("pat"));
+        let (_, verify) = call(&s, "GET", "/api/v1/audit/verify", Some("aud"), None).await;
+        assert_eq!(verify["intact"], json!(true));
+
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some("{}")).await.0, 200);
+        assert_eq!(call(&s, "GET", "/metrics", None, None).await.0, 401);
+        let (code, text) = call(&s, "GET", "/metrics", Some("vic"), None).await;
+        assert_eq!(code, 200);
+        let text = text.as_str().unwrap();
+        assert!(text.contains("opslet_runs_total{applet=\"disk-report\",status=\"ok\"} 1"), "{text}");
+        assert!(text.contains("opslet_queue_depth 0"), "{text}");
+    });
+}

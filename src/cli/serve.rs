@@ -47,7 +47,15 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let keep = humantime::parse_duration(&args.job_retention)
         .map_err(|e| Error::Usage(format!("--job-retention `{}`: {e}", args.job_retention)))?;
     let purged = jobs.purge(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7)))?;
-    let state = AppState { registry: Registry::new(store.clone())?, auth: Auth::new(store.clone())?, runtime, pool, jobs, sync_timeout };
+    let state = AppState {
+        registry: Registry::new(store.clone())?,
+        auth: Auth::new(store.clone())?,
+        runtime,
+        pool,
+        jobs,
+        metrics: Default::default(),
+        sync_timeout,
+    };
     let (restarted, queued) = crate::http::recover_jobs(&state)?;
     if queued > 0 || purged > 0 {
         tracing::info!(restarted, queued, purged, "jobs recovered after start");

@@ -42,6 +42,7 @@ pub struct AppState {
     pub auth: Auth,
     pub pool: Arc<RunPool>,
     pub jobs: Jobs,
+    pub metrics: Arc<Metrics>,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
 }
@@ -149,6 +150,14 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/applets/{name}", get(show_applet))
         .route("/api/v1/applets/{name}/versions", get(versions))
         .route("/api/v1/applets/{reference}/run", post(run_applet))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/registry/publish", post(publish_bundle))
+        .route("/api/v1/applets/{name}/promote", post(promote))
+        .route("/api/v1/applets/{name}/rollback", post(rollback))
+        .route("/api/v1/applets/{name}/yank", post(yank))
+        .route("/api/v1/audit", get(audit_list))
+        .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
@@ -254,9 +263,8 @@ async fn run_applet(
     s.jobs.accept(&job, &params, req.cancel.clone())?;
     req.params_json = Some(params);
     req.dry_run = q.dry_run;
-    let done = start_job(&s, req).map_err(|e| {
+    let done = start_job(&s, req).inspect_err(|_e| {
         let _ = s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full".into()), Vec::new());
-        e
     })?;
     if q.is_async {
         let mut resp = (StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response();
@@ -308,9 +316,22 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
     let sink_jobs = jobs.clone();
     let sink_id = id.clone();
     req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
+    let metrics = Arc::clone(&s.metrics);
+    let m = Arc::clone(&metrics);
     let work: pool::Work = Box::new(move |rt| {
+        use std::sync::atomic::Ordering;
+        metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        metrics.running.fetch_add(1, Ordering::Relaxed);
         let _ = jobs.started(&id, &applet);
         let outcome = rt.block_on(runtime.run(req));
+        metrics.running.fetch_sub(1, Ordering::Relaxed);
+        {
+            let name = applet.split('@').next().unwrap_or_default().to_string();
+            let mut runs = metrics.runs.lock();
+            let e = runs.entry((name, outcome.status.name().to_string())).or_default();
+            e.0 += 1;
+            e.1 += outcome.duration.as_secs_f64();
+        }
         let (result, error) = match &outcome.result {
             Ok(v) => (Some(v.clone()), None),
             Err(e) => (None, Some(e.to_string())),
@@ -318,7 +339,11 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
         let _ = jobs.finish(&id, outcome.status.name(), result, error, outcome.logs.clone());
         let _ = tx.send(outcome);
     });
-    s.pool.submit(work).map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many runs waiting; retry later"))?;
+    m.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.pool.submit(work).map_err(|_| {
+        m.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many runs waiting; retry later")
+    })?;
     Ok(rx)
 }
 
@@ -437,6 +462,162 @@ async fn job_events(
         }
     });
     Ok(Sse::new(futures_util::StreamExt::chain(backlog, live)).keep_alive(KeepAlive::default()))
+}
+
+/// Counters for `/metrics` (Prometheus text format).
+#[derive(Default)]
+pub struct Metrics {
+    /// (applet, status) -> (runs, total seconds).
+    runs: parking_lot::Mutex<std::collections::BTreeMap<(String, String), (u64, f64)>>,
+    queued: std::sync::atomic::AtomicI64,
+    running: std::sync::atomic::AtomicI64,
+}
+
+impl Metrics {
+    fn render(&self) -> String {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering;
+        let mut out = String::new();
+        out.push_str("# HELP opslet_runs_total Runs finished, by applet and status.\n# TYPE opslet_runs_total counter\n");
+        let runs = self.runs.lock();
+        for ((applet, status), (n, _)) in runs.iter() {
+            let _ = writeln!(out, "opslet_runs_total{{applet=\"{applet}\",status=\"{status}\"}} {n}");
+        }
+        out.push_str("# HELP opslet_run_duration_seconds Time runs took, by applet.\n# TYPE opslet_run_duration_seconds summary\n");
+        let mut by_applet: std::collections::BTreeMap<&str, (u64, f64)> = std::collections::BTreeMap::new();
+        for ((applet, _), (n, secs)) in runs.iter() {
+            let e = by_applet.entry(applet).or_default();
+            e.0 += n;
+            e.1 += secs;
+        }
+        for (applet, (n, secs)) in by_applet {
+            let _ = writeln!(out, "opslet_run_duration_seconds_sum{{applet=\"{applet}\"}} {secs:.6}");
+            let _ = writeln!(out, "opslet_run_duration_seconds_count{{applet=\"{applet}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP opslet_queue_depth Runs waiting for a run thread.\n# TYPE opslet_queue_depth gauge\nopslet_queue_depth {}",
+            self.queued.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP opslet_runs_in_progress Runs executing now.\n# TYPE opslet_runs_in_progress gauge\nopslet_runs_in_progress {}",
+            self.running.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+    s.registry.list().map(|_| "ready").map_err(ApiError::from)
+}
+
+async fn metrics(State(s): State<AppState>, Authed(_p): Authed) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct PublishQuery {
+    #[serde(default)]
+    allow_downgrade: bool,
+    message: Option<String>,
+}
+
+/// Publishes an uploaded bundle (as written by `opslet export`) under the caller's name.
+async fn publish_bundle(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Query(q): Query<PublishQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/registry/publish")?;
+    let (claimed, pkg) = crate::registry::bundle::decode(&body)?;
+    pkg.check_modules(&crate::modules::ModuleRegistry::builtin())?;
+    let message = q.message.unwrap_or(claimed.message);
+    let out = s.registry.publish(&pkg, &p.user, &message, q.allow_downgrade)?;
+    s.registry.flush()?;
+    Ok(match out {
+        crate::registry::Published::New(v) => (StatusCode::CREATED, Json(json!({ "published": v }))).into_response(),
+        crate::registry::Published::Unchanged(v) => (StatusCode::OK, Json(json!({ "unchanged": v }))).into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+struct VersionQuery {
+    version: Option<String>,
+    #[serde(default)]
+    undo: bool,
+}
+
+fn version_of(q: &VersionQuery) -> Result<semver::Version, ApiError> {
+    let v = q.version.as_deref().ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "give ?version=X.Y.Z"))?;
+    semver::Version::parse(v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`{v}` is not a version: {e}")))
+}
+
+async fn promote(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/promote")?;
+    let a = s.registry.promote(&name, &version_of(&q)?, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!(a)))
+}
+
+async fn rollback(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/rollback")?;
+    let (from, to) = s.registry.rollback(&name, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!({ "from": from, "to": to })))
+}
+
+async fn yank(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/yank")?;
+    let v = s.registry.yank(&name, &version_of(&q)?, q.undo, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!(v)))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    applet: Option<String>,
+    caller: Option<String>,
+    status: Option<String>,
+    kind: Option<String>,
+    run: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<usize>,
+}
+
+async fn audit_list(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadAudit, "/api/v1/audit")?;
+    let store = s.runtime.store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let filter = crate::store::audit::Filter {
+        applet: q.applet,
+        actor: q.caller,
+        status: q.status,
+        kind: q.kind,
+        run_id: q.run,
+        since: q.since,
+        until: q.until,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+    };
+    Ok(Json(json!(store.audit().list(&filter)?)))
+}
+
+async fn audit_verify(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadAudit, "/api/v1/audit/verify")?;
+    let store = s.runtime.store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let r = store.audit().verify()?;
+    Ok(Json(json!({ "records": r.records, "head": r.head, "intact": r.first_bad.is_none(), "first_bad": r.first_bad })))
 }
 
 /// Runs the server until Ctrl-C / SIGTERM. Prints `listening on ADDR` on stderr once bound.
