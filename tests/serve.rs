@@ -73,6 +73,7 @@ fn server(extra_flags: &[&str]) -> Server {
     }
     opslet(&data, &["grant", "add", "ola", "disk-*"]);
     opslet(&data, &["grant", "add", "ola", "slow-one"]);
+    tokens.insert("hook", opslet(&data, &["hook", "add", "disk-alert", "--applet", "disk-report", "--map", "threshold=$.items[0].value"]));
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra_flags);
     let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
@@ -377,5 +378,54 @@ fn registry_writes_audit_reads_and_metrics_are_guarded_by_role() {
         let text = text.as_str().unwrap();
         assert!(text.contains("opslet_runs_total{applet=\"disk-report\",status=\"ok\"} 1"), "{text}");
         assert!(text.contains("opslet_queue_depth 0"), "{text}");
+    });
+}
+
+#[test]
+fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
+    use opslet::http::hooks::sign;
+    let s = server(&[]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let url = format!("{}/hooks/disk-alert", s.base);
+        let body = r#"{"event": "disk", "items": [{"value": 93}, {"value": 12}]}"#;
+        let now = chrono::Utc::now().timestamp();
+        let deliver = |ts: i64, sig: Option<String>, body: &'static str| {
+            let mut req =
+                client.post(&url).header("Content-Type", "application/json").header("X-Opslet-Timestamp", ts.to_string()).body(body);
+            if let Some(sig) = sig {
+                req = req.header("X-Opslet-Signature", sig);
+            }
+            req.send()
+        };
+        let secret = s.tokens["hook"].clone();
+
+        assert_eq!(deliver(now, None, body).await.unwrap().status().as_u16(), 401, "unsigned");
+        assert_eq!(
+            deliver(now, Some(sign("wrong-secret", now, body.as_bytes())), body).await.unwrap().status().as_u16(),
+            401,
+            "bad signature"
+        );
+        let old = now - 3600;
+        assert_eq!(deliver(old, Some(sign(&secret, old, body.as_bytes())), body).await.unwrap().status().as_u16(), 401, "stale");
+        let tampered = r#"{"event": "disk", "items": [{"value": 1}]}"#;
+        assert_eq!(
+            deliver(now, Some(sign(&secret, now, body.as_bytes())), tampered).await.unwrap().status().as_u16(),
+            401,
+            "body changed after signing"
+        );
+
+        let sig = sign(&secret, now, body.as_bytes());
+        let resp = deliver(now, Some(sig.clone()), body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let id = resp.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+        assert_eq!(deliver(now, Some(sig), body).await.unwrap().status().as_u16(), 409, "replayed");
+
+        let job = poll_job(&s, "ada", &id).await;
+        assert_eq!(job["status"], json!("ok"), "{job}");
+        assert_eq!(job["result"], json!({ "threshold": 93, "caller": "hook:disk-alert", "via": "hook" }));
+        assert_eq!(job["user"], json!("hook:disk-alert"));
+
+        assert_eq!(client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap().status().as_u16(), 404);
     });
 }

@@ -186,3 +186,43 @@ pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
     }
     Ok(0)
 }
+
+#[derive(Subcommand, Debug)]
+pub enum HookCmd {
+    /// Create `POST /hooks/NAME` running APPLET; prints its signing secret (alone, once).
+    Add {
+        name: String,
+        /// NAME, NAME@VERSION or NAME@sha256:PREFIX.
+        #[arg(long)]
+        applet: String,
+        /// param=$.json.path (repeatable), e.g. host=$.event.host or value=$.items[0].value.
+        #[arg(long = "map")]
+        maps: Vec<String>,
+    },
+    /// Delete a hook.
+    Rm { name: String },
+    /// List hooks (without their secrets).
+    List,
+}
+
+pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
+    let hooks = crate::http::hooks::Hooks::new(global.open_store()?)?;
+    match cmd {
+        HookCmd::Add { name, applet, maps } => {
+            let h = hooks.add(&name, &applet, &maps, &os_user())?;
+            println!("{}", h.secret);
+            eprintln!("hook {name} -> {applet} created: POST /hooks/{name}, signed with the secret above (shown once)");
+        }
+        HookCmd::Rm { name } => {
+            hooks.remove(&name, &os_user())?;
+            eprintln!("removed hook {name}");
+        }
+        HookCmd::List => {
+            for h in hooks.list()? {
+                let maps: Vec<String> = h.map.iter().map(|(p, path)| format!("{p}={path}")).collect();
+                println!("{} -> {}  {}", h.name, h.applet, maps.join(" "));
+            }
+        }
+    }
+    Ok(0)
+}

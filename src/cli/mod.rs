@@ -83,6 +83,9 @@ pub enum Command {
     /// Manage which users and groups may run which applets.
     #[command(subcommand)]
     Grant(auth::GrantCmd),
+    /// Manage webhooks (`POST /hooks/NAME` on `opslet serve`).
+    #[command(subcommand)]
+    Hook(auth::HookCmd),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -169,6 +172,7 @@ pub fn main() -> i32 {
         Command::User(cmd) => auth::user(&global, cmd),
         Command::Token(cmd) => auth::token(&global, cmd),
         Command::Grant(cmd) => auth::grant(&global, cmd),
+        Command::Hook(cmd) => auth::hook(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

@@ -54,6 +54,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         pool,
         jobs,
         metrics: Default::default(),
+        hooks: crate::http::hooks::Hooks::new(store.clone())?,
         sync_timeout,
     };
     let (restarted, queued) = crate::http::recover_jobs(&state)?;

@@ -3,6 +3,7 @@
 //! `app` builds the router from an `AppState`, so tests can drive it over a real socket or
 //! directly. Every route but `/healthz` needs a bearer token; a refused request is audited.
 
+pub mod hooks;
 pub mod jobs;
 mod pool;
 
@@ -43,6 +44,7 @@ pub struct AppState {
     pub pool: Arc<RunPool>,
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
+    pub hooks: hooks::Hooks,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
 }
@@ -151,6 +153,7 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/applets/{name}/versions", get(versions))
         .route("/api/v1/applets/{reference}/run", post(run_applet))
         .route("/readyz", get(readyz))
+        .route("/hooks/{name}", post(deliver_hook))
         .route("/metrics", get(metrics))
         .route("/api/v1/registry/publish", post(publish_bundle))
         .route("/api/v1/applets/{name}/promote", post(promote))
@@ -307,6 +310,62 @@ async fn run_applet(
         }
     }
     Ok(Json(body).into_response())
+}
+
+/// A webhook delivery: checked signature, payload mapped onto params, run as a job (202).
+async fn deliver_hook(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let path = format!("/hooks/{name}");
+    let Some(hook) = s.hooks.get(&name)? else {
+        deny(&s, None, &path, "no such hook");
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no hook `{name}`")));
+    };
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Err(e) = s.hooks.verify(&hook, header("x-opslet-timestamp"), header("x-opslet-signature"), &body) {
+        deny(&s, Some(&format!("hook:{name}")), &path, &e.to_string());
+        let status = if e == hooks::DeliveryError::Replayed { StatusCode::CONFLICT } else { StatusCode::UNAUTHORIZED };
+        return Err(ApiError::new(status, format!("delivery refused: {e}")));
+    }
+    let payload: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the payload is not valid JSON: {e}")))?;
+    let params = hooks::Hooks::params(&hook, &payload);
+    let r = Reference::parse(&hook.applet)?;
+    let meta = s.registry.resolve(&r, false)?;
+    let package = Arc::new(s.registry.package(&meta)?);
+    let user = format!("hook:{name}");
+    let mut req = RunRequest::new(Arc::clone(&package), Caller { user: user.clone(), via: "hook".into() });
+    let shown: serde_json::Map<String, Value> = params
+        .iter()
+        .map(|(k, v)| {
+            (k.clone(), if package.manifest.params.get(k).is_some_and(|spec| spec.secret) { json!("<redacted>") } else { v.clone() })
+        })
+        .collect();
+    let job = Job {
+        id: req.run_id.clone(),
+        reference: hook.applet.clone(),
+        applet: package.id(),
+        user,
+        status: "queued".into(),
+        dry_run: false,
+        params: shown,
+        submitted_at: chrono::Utc::now(),
+        started_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
+        logs: Vec::new(),
+    };
+    s.jobs.accept(&job, &params, req.cancel.clone())?;
+    req.params_json = Some(params);
+    if let Err(e) = start_job(&s, req) {
+        let _ = s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full".into()), Vec::new());
+        return Err(e);
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response())
 }
 
 /// Queues a job's run on a run thread; the receiver yields its outcome when it ends.

@@ -26,6 +26,9 @@ pub mod keys {
     /// Jobs accepted by `opslet serve`, by id; and the params they were given, until they end.
     pub const JOBS: &str = "jobs";
     pub const JOB_PARAMS: &str = "jobs/params";
+    /// Webhooks by name, and the delivery signatures seen within the replay window.
+    pub const HOOKS: &str = "hooks";
+    pub const HOOKS_SEEN: &str = "hooks/seen";
     /// Store-wide settings, such as the layout version under `FORMAT`.
     pub const META: &str = "meta";
     pub const FORMAT: &str = "format";
