@@ -429,3 +429,36 @@ fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
         assert_eq!(client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap().status().as_u16(), 404);
     });
 }
+
+#[test]
+fn per_applet_limit_answers_429() {
+    let s = server(&["--applet-limit", "1", "--run-threads", "2"]);
+    rt().block_on(async {
+        let (code, first) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        assert_eq!(code, 202, "{first}");
+        let (code, body) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        assert_eq!(code, 429, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("limit per applet"), "{body}");
+        // Another applet is not held back by slow-one.
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(r#"{"threshold": 1}"#)).await.0, 200);
+        let id = first["job_id"].as_str().unwrap();
+        assert_eq!(call(&s, "POST", &format!("/api/v1/jobs/{id}/cancel"), Some("ola"), None).await.0, 200);
+    });
+}
+
+#[test]
+fn graceful_shutdown_cancels_running_jobs_and_keeps_queued_ones() {
+    let mut s = server(&["--run-threads", "1", "--shutdown-grace", "500ms"]);
+    let (running, queued) = rt().block_on(async {
+        let (_, a) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        let (_, b) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 8}"#)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        (a["job_id"].as_str().unwrap().to_string(), b["job_id"].as_str().unwrap().to_string())
+    });
+    s.stop();
+    // Read the jobs straight from the store the stopped server left behind.
+    let store = opslet::store::Store::open(&s.data(), std::time::Duration::from_secs(5)).unwrap();
+    let jobs = opslet::http::jobs::Jobs::new(store).unwrap();
+    assert_eq!(jobs.get(&running).unwrap().unwrap().status, "cancelled");
+    assert_eq!(jobs.get(&queued).unwrap().unwrap().status, "queued", "a queued job waits for the next start");
+}

@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// How long a synchronous run request waits before the run is cancelled (e.g. 60s).
     #[arg(long, env = "OPSLET_SYNC_TIMEOUT", default_value = "60s")]
     pub sync_timeout: String,
+    /// Most runs of one applet queued or running at once; more get 429 (0: no limit).
+    #[arg(long, env = "OPSLET_APPLET_LIMIT", default_value_t = 16)]
+    pub applet_limit: usize,
+    /// At shutdown, how long running jobs may take to finish before they are cancelled.
+    #[arg(long, env = "OPSLET_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
     /// How long finished jobs are kept (purged at start).
     #[arg(long, env = "OPSLET_JOB_RETENTION", default_value = "7d")]
     pub job_retention: String,
@@ -55,13 +61,24 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         jobs,
         metrics: Default::default(),
         hooks: crate::http::hooks::Hooks::new(store.clone())?,
+        applet_limit: args.applet_limit,
+        per_applet: Default::default(),
         sync_timeout,
     };
     let (restarted, queued) = crate::http::recover_jobs(&state)?;
     if queued > 0 || purged > 0 {
         tracing::info!(restarted, queued, purged, "jobs recovered after start");
     }
-    let cfg = ServeConfig { listen: args.listen, run_threads: threads, queue: args.queue, body_limit: args.body_limit, sync_timeout };
+    let shutdown_grace = humantime::parse_duration(&args.shutdown_grace)
+        .map_err(|e| Error::Usage(format!("--shutdown-grace `{}`: {e}", args.shutdown_grace)))?;
+    let cfg = ServeConfig {
+        listen: args.listen,
+        run_threads: threads,
+        queue: args.queue,
+        body_limit: args.body_limit,
+        sync_timeout,
+        shutdown_grace,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -157,6 +157,15 @@ impl Jobs {
         self.live.lock().get(id).map(|l| l.events.subscribe())
     }
 
+    /// Cancels every job in flight (at shutdown); returns how many.
+    pub fn cancel_all(&self) -> usize {
+        let live = self.live.lock();
+        for l in live.values() {
+            l.cancel.cancel();
+        }
+        live.len()
+    }
+
     /// Asks a job to stop. Returns false when it is not in flight.
     pub fn cancel(&self, id: &str) -> bool {
         match self.live.lock().get(id) {

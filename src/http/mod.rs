@@ -45,6 +45,9 @@ pub struct AppState {
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
     pub hooks: hooks::Hooks,
+    /// Most runs of one applet queued or running at once (0: no limit beyond the queue).
+    pub applet_limit: usize,
+    pub per_applet: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
 }
@@ -57,6 +60,8 @@ pub struct ServeConfig {
     pub queue: usize,
     pub body_limit: usize,
     pub sync_timeout: Duration,
+    /// How long running jobs may take to finish at shutdown before they are cancelled.
+    pub shutdown_grace: Duration,
 }
 
 /// The one error type at the HTTP edge: a status and a JSON body `{ "error": ..., ... }`.
@@ -375,6 +380,25 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
     let sink_jobs = jobs.clone();
     let sink_id = id.clone();
     req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
+    let name = applet.split('@').next().unwrap_or_default().to_string();
+    if s.applet_limit > 0 {
+        let mut per = s.per_applet.lock();
+        let n = per.entry(name.clone()).or_default();
+        if *n >= s.applet_limit {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{name} already has {} runs queued or running (the limit per applet); retry later", s.applet_limit),
+            ));
+        }
+        *n += 1;
+    }
+    let per_applet = Arc::clone(&s.per_applet);
+    let release = move || {
+        if let Some(n) = per_applet.lock().get_mut(&name) {
+            *n = n.saturating_sub(1);
+        }
+    };
+    let release_on_reject = release.clone();
     let metrics = Arc::clone(&s.metrics);
     let m = Arc::clone(&metrics);
     let work: pool::Work = Box::new(move |rt| {
@@ -396,11 +420,14 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
             Err(e) => (None, Some(e.to_string())),
         };
         let _ = jobs.finish(&id, outcome.status.name(), result, error, outcome.logs.clone());
+        release();
+        tracing::info!(job = %id, applet = %applet, status = outcome.status.name(), duration_ms = outcome.duration.as_millis() as u64, "job ended");
         let _ = tx.send(outcome);
     });
     m.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     s.pool.submit(work).map_err(|_| {
         m.queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        release_on_reject();
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "too many runs waiting; retry later")
     })?;
     Ok(rx)
@@ -685,13 +712,34 @@ pub async fn serve(state: AppState, cfg: &ServeConfig) -> Result<(), Error> {
         tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     eprintln!("listening on {addr}");
-    let router = app(state, cfg.body_limit);
-    axum::serve(listener, router)
+    let router = app(state.clone(), cfg.body_limit);
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let ctrl_c = tokio::signal::ctrl_c();
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
         })
         .await
-        .map_err(|e| Error::Internal(format!("server: {e}")))
+        .map_err(|e| Error::Internal(format!("server: {e}")));
+    drain(&state, cfg.shutdown_grace).await;
+    served
+}
+
+/// Shutdown: queued jobs stay queued for the next start; running ones get `grace` to finish,
+/// then are cancelled (and recorded as such).
+async fn drain(s: &AppState, grace: Duration) {
+    use std::sync::atomic::Ordering;
+    s.pool.drain();
+    let deadline = tokio::time::Instant::now() + grace;
+    while s.metrics.running.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if s.metrics.running.load(Ordering::Relaxed) > 0 {
+        let n = s.jobs.cancel_all();
+        tracing::warn!(jobs = n, "shutdown: cancelling runs that did not finish in time");
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while s.metrics.running.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -10,6 +10,8 @@ pub type Work = Box<dyn FnOnce(&tokio::runtime::Runtime) + Send>;
 /// A fixed set of run threads fed by a bounded queue.
 pub struct RunPool {
     tx: SyncSender<Work>,
+    /// Set at shutdown: waiting work is left alone (its job stays `queued` for the next start).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The queue is full: the caller should retry later.
@@ -21,8 +23,9 @@ impl RunPool {
     pub fn start(threads: usize, queue: usize) -> RunPool {
         let (tx, rx) = sync_channel::<Work>(queue);
         let rx: Arc<Mutex<Receiver<Work>>> = Arc::new(Mutex::new(rx));
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
+            let (rx, draining) = (Arc::clone(&rx), Arc::clone(&draining));
             std::thread::Builder::new()
                 .name(format!("opslet-run-{i}"))
                 .spawn(move || {
@@ -30,12 +33,20 @@ impl RunPool {
                     loop {
                         let work = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         let Ok(work) = work else { return };
+                        if draining.load(std::sync::atomic::Ordering::Acquire) {
+                            continue;
+                        }
                         work(&rt);
                     }
                 })
                 .expect("spawning a run thread");
         }
-        RunPool { tx }
+        RunPool { tx, draining }
+    }
+
+    /// Stops starting queued work (used at shutdown).
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Queues work for a run thread.
