@@ -84,8 +84,12 @@ fn server(extra_flags: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line: {first}")).to_string();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
     std::thread::spawn(move || for _ in lines {});
     Server { child, base: format!("http://{addr}"), _dir: dir, tokens }
 }
@@ -346,7 +350,10 @@ fn registry_writes_audit_reads_and_metrics_are_guarded_by_role() {
     let bundle = std::fs::read_to_string(&bundle_path).unwrap();
 
     rt().block_on(async {
-        assert_eq!(call(&s, "GET", "/readyz", None, None).await.0, 200);
+        assert_eq!(call(&s, "GET", "/readyz", None, None).await.0, 401, "only /healthz answers without a token");
+        assert_eq!(call(&s, "GET", "/readyz", Some("vic"), None).await.0, 200);
+        let (code, doc) = call(&s, "GET", "/api/v1/openapi.json", Some("vic"), None).await;
+        assert_eq!((code, doc["openapi"].as_str().map(|v| &v[..2])), (200, Some("3.")));
         for user in ["vic", "ola", "aud"] {
             assert_eq!(call(&s, "POST", "/api/v1/registry/publish", Some(user), Some(&bundle)).await.0, 403, "{user} may not publish");
         }

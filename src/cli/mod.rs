@@ -136,7 +136,9 @@ pub fn main() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    init_tracing();
+    let cli_args: Vec<String> = std::env::args().collect();
+    let serving = cli_args.iter().skip(1).any(|a| a == "serve");
+    init_tracing(if serving { "info,sled=warn" } else { "warn" });
     // A bug in host code must not print host source paths at users: one line, and the details
     // only with RUST_BACKTRACE set.
     std::panic::set_hook(Box::new(|info| {
@@ -182,11 +184,16 @@ pub fn main() -> i32 {
     }
 }
 
-/// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPSLET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init();
+/// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`,
+/// `info` for `serve`), as JSON lines when `OPSLET_LOG_FORMAT=json`.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPSLET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = if std::env::var("OPSLET_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+    };
 }
 
 fn report(e: &Error) -> i32 {

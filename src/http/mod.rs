@@ -148,6 +148,9 @@ fn require(state: &AppState, p: &Principal, action: Action, path: &str) -> Resul
     Err(ApiError::new(StatusCode::FORBIDDEN, format!("forbidden: {why}")))
 }
 
+/// The OpenAPI document of every route below (tests/openapi.rs keeps the two in step).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// The router: every route of the API.
 pub fn app(state: AppState, body_limit: usize) -> Router {
     Router::new()
@@ -158,6 +161,7 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/applets/{name}/versions", get(versions))
         .route("/api/v1/applets/{reference}/run", post(run_applet))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(|_: Authed| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/hooks/{name}", post(deliver_hook))
         .route("/metrics", get(metrics))
         .route("/api/v1/registry/publish", post(publish_bundle))
@@ -594,7 +598,7 @@ impl Metrics {
     }
 }
 
-async fn readyz(State(s): State<AppState>) -> Result<&'static str, ApiError> {
+async fn readyz(State(s): State<AppState>, _: Authed) -> Result<&'static str, ApiError> {
     s.registry.list().map(|_| "ready").map_err(ApiError::from)
 }
 
