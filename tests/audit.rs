@@ -309,3 +309,27 @@ fn secrets_are_redacted_across_the_log_cut_and_in_every_numeric_form() {
     assert_eq!(o.logs[1].message, "num <redacted> flag true true stays true");
     assert_eq!(o.result.unwrap(), json!("<redacted>"));
 }
+
+#[test]
+fn concurrent_flushes_share_the_work_and_all_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    store.audit().append(AuditEvent { kind: format!("t{t}-{i}"), ..AuditEvent::default() }).unwrap();
+                    store.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.audit().head().unwrap().count, 160);
+    drop(store);
+    let reopened = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
+    assert_eq!(reopened.audit().verify().unwrap().records, 160);
+}

@@ -45,6 +45,17 @@ struct Inner {
     db: sled::Db,
     audit: audit::AuditLog,
     dir: PathBuf,
+    sync: parking_lot::Mutex<SyncState>,
+    synced: parking_lot::Condvar,
+}
+
+/// Group commit: callers of `flush` take a ticket; one of them flushes for everyone whose
+/// writes came before the flush started.
+#[derive(Default)]
+struct SyncState {
+    requested: u64,
+    done: u64,
+    flushing: bool,
 }
 
 impl Store {
@@ -70,7 +81,9 @@ impl Store {
         };
         check_format(&db, &path)?;
         let audit = audit::AuditLog::open(&db)?;
-        Ok(Store { inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf() }) })
+        Ok(Store {
+            inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf(), sync: Default::default(), synced: Default::default() }),
+        })
     }
 
     /// A throwaway store in a temporary folder (tests, benchmarks).
@@ -78,7 +91,7 @@ impl Store {
         let db = sled::Config::new().temporary(true).open()?;
         check_format(&db, Path::new("(temporary)"))?;
         let audit = audit::AuditLog::open(&db)?;
-        Ok(Store { inner: Arc::new(Inner { db, audit, dir: PathBuf::new() }) })
+        Ok(Store { inner: Arc::new(Inner { db, audit, dir: PathBuf::new(), sync: Default::default(), synced: Default::default() }) })
     }
 
     pub fn audit(&self) -> &audit::AuditLog {
@@ -98,10 +111,34 @@ impl Store {
     }
 
     /// Writes everything to disk (fsync).
+    ///
+    /// Concurrent callers share one fsync: the writes of every caller that asked before a flush
+    /// started are on disk when that flush ends.
     pub fn flush(&self) -> Result<(), Error> {
-        self.inner.audit.checkpoint()?;
-        self.inner.db.flush()?;
-        Ok(())
+        let inner = &self.inner;
+        let mut st = inner.sync.lock();
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.done >= ticket {
+                return Ok(());
+            }
+            if !st.flushing {
+                st.flushing = true;
+                let target = st.requested;
+                drop(st);
+                let result = inner.audit.checkpoint().and_then(|()| inner.db.flush().map(|_| ()).map_err(Error::from));
+                st = inner.sync.lock();
+                st.flushing = false;
+                if result.is_ok() {
+                    st.done = st.done.max(target);
+                }
+                inner.synced.notify_all();
+                result?;
+                continue;
+            }
+            inner.synced.wait(&mut st);
+        }
     }
 }
 
