@@ -469,3 +469,68 @@ fn graceful_shutdown_cancels_running_jobs_and_keeps_queued_ones() {
     assert_eq!(jobs.get(&running).unwrap().unwrap().status, "cancelled");
     assert_eq!(jobs.get(&queued).unwrap().unwrap().status, "queued", "a queued job waits for the next start");
 }
+
+/// Every route, every role: 401 without a token, 403 when the role (or grant) does not allow
+/// it, and anything else (the route's own answer) when it does.
+#[test]
+fn full_auth_matrix() {
+    let s = server(&[]);
+    rt().block_on(async {
+        // A finished job of ola's, for the job routes.
+        let (_, job) = call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(r#"{"threshold": 1}"#)).await;
+        let id = job["run_id"].as_str().unwrap().to_string();
+        let job_path = format!("/api/v1/jobs/{id}");
+        let cancel_path = format!("/api/v1/jobs/{id}/cancel");
+        let events_path = format!("/api/v1/jobs/{id}/events");
+        // (method, path, body, roles allowed); `ola` is an operator with a grant for disk-*.
+        let all = ["vic", "ola", "oz", "pat", "aud", "ada"];
+        let routes: Vec<(&str, &str, Option<&str>, Vec<&str>)> = vec![
+            ("GET", "/readyz", None, all.to_vec()),
+            ("GET", "/metrics", None, all.to_vec()),
+            ("GET", "/api/v1/openapi.json", None, all.to_vec()),
+            ("GET", "/api/v1/applets", None, all.to_vec()),
+            ("GET", "/api/v1/search?q=disk", None, all.to_vec()),
+            ("GET", "/api/v1/applets/disk-report", None, all.to_vec()),
+            ("GET", "/api/v1/applets/disk-report/versions", None, all.to_vec()),
+            ("POST", "/api/v1/applets/disk-report/run?dry_run=true", Some(r#"{"threshold": 2}"#), vec!["ola", "ada"]),
+            ("POST", "/api/v1/registry/publish", Some("{}"), vec!["pat", "ada"]),
+            ("POST", "/api/v1/applets/disk-report/promote?version=1.0.0", None, vec!["pat", "ada"]),
+            ("POST", "/api/v1/applets/disk-report/rollback", None, vec!["pat", "ada"]),
+            ("POST", "/api/v1/applets/disk-report/yank?version=9.9.9", None, vec!["pat", "ada"]),
+            ("GET", "/api/v1/audit", None, vec!["aud", "ada"]),
+            ("GET", "/api/v1/audit/verify", None, vec!["aud", "ada"]),
+            ("GET", "/api/v1/jobs", None, all.to_vec()),
+            ("GET", &job_path, None, vec!["ola", "aud", "ada"]),
+            ("GET", &events_path, None, vec!["ola", "aud", "ada"]),
+            ("POST", &cancel_path, None, vec!["ola", "ada"]),
+        ];
+        for (method, path, body, allowed) in &routes {
+            let (code, resp) = call(&s, method, path, None, *body).await;
+            assert_eq!(code, 401, "{method} {path} without a token: {resp}");
+            for user in all {
+                let (code, resp) = call(&s, method, path, Some(user), *body).await;
+                if allowed.contains(&user) {
+                    assert!(code != 401 && code != 403, "{method} {path} as {user} should be allowed, got {code}: {resp}");
+                } else {
+                    assert_eq!(code, 403, "{method} {path} as {user}: {resp}");
+                }
+            }
+        }
+        assert_eq!(call(&s, "GET", "/healthz", None, None).await.0, 200);
+    });
+}
+
+#[test]
+fn a_busy_applet_does_not_hold_up_other_runs() {
+    let s = server(&["--run-threads", "2"]);
+    rt().block_on(async {
+        let (code, _) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        assert_eq!(code, 202);
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        // slow-one now spins on one run thread until its CPU limit; short runs use the other.
+        for i in 0..20 {
+            let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(&format!(r#"{{"threshold": {i}}}"#))).await;
+            assert_eq!((code, body["result"]["threshold"].as_i64()), (200, Some(i)), "{body}");
+        }
+    });
+}
