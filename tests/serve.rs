@@ -529,8 +529,46 @@ fn a_busy_applet_does_not_hold_up_other_runs() {
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         // slow-one now spins on one run thread until its CPU limit; short runs use the other.
         for i in 0..20 {
-            let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(&format!(r#"{{"threshold": {i}}}"#))).await;
+            let (code, body) =
+                call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(&format!(r#"{{"threshold": {i}}}"#))).await;
             assert_eq!((code, body["result"]["threshold"].as_i64()), (200, Some(i)), "{body}");
         }
+    });
+}
+
+#[test]
+fn dev_dir_applets_reload_when_their_files_change() {
+    let dev = tempfile::tempdir().unwrap();
+    let folder = dev.path().join("dev-hello");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("applet.toml"), "name = \"dev-hello\"\nversion = \"0.1.0\"\n").unwrap();
+    std::fs::write(folder.join("main.lua"), "return function() return 'first' end").unwrap();
+    let s = server(&["--dev", dev.path().to_str().unwrap()]);
+    rt().block_on(async {
+        let run = "/api/v1/applets/dev-hello/run";
+        let (code, body) = call(&s, "POST", run, Some("ada"), None).await;
+        assert_eq!((code, body["result"].clone()), (200, json!("first")), "{body}");
+        std::fs::write(folder.join("main.lua"), "return function() return 'second' end").unwrap();
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            last = call(&s, "POST", run, Some("ada"), None).await.1;
+            if last["result"] == json!("second") {
+                break;
+            }
+        }
+        assert_eq!(last["result"], json!("second"), "the edit was picked up: {last}");
+        std::fs::write(folder.join("main.lua"), "return function( return 1 end").unwrap();
+        let mut code = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            code = call(&s, "POST", run, Some("ada"), None).await.0;
+            if code == 422 {
+                break;
+            }
+        }
+        assert_eq!(code, 422, "a broken edit is reported, not run");
+        // Registry applets are still there beside the dev ones.
+        assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ada"), Some(r#"{"threshold": 3}"#)).await.0, 200);
     });
 }

@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// At shutdown, how long running jobs may take to finish before they are cancelled.
     #[arg(long, env = "OPSLET_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
+    /// Also serve the applet folders under DIR by name (ahead of the registry), reloading each
+    /// when its files change.
+    #[arg(long, value_name = "DIR")]
+    pub dev: Option<std::path::PathBuf>,
     /// How long finished jobs are kept (purged at start).
     #[arg(long, env = "OPSLET_JOB_RETENTION", default_value = "7d")]
     pub job_retention: String,
@@ -61,6 +65,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         jobs,
         metrics: Default::default(),
         hooks: crate::http::hooks::Hooks::new(store.clone())?,
+        dev: args.dev.as_deref().map(crate::http::dev::DevApplets::watch).transpose()?,
         applet_limit: args.applet_limit,
         per_applet: Default::default(),
         sync_timeout,

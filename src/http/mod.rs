@@ -3,6 +3,7 @@
 //! `app` builds the router from an `AppState`, so tests can drive it over a real socket or
 //! directly. Every route but `/healthz` needs a bearer token; a refused request is audited.
 
+pub mod dev;
 pub mod hooks;
 pub mod jobs;
 mod pool;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub jobs: Jobs,
     pub metrics: Arc<Metrics>,
     pub hooks: hooks::Hooks,
+    /// `--dev DIR`: applets served from folders, ahead of the registry.
+    pub dev: Option<dev::DevApplets>,
     /// Most runs of one applet queued or running at once (0: no limit beyond the queue).
     pub applet_limit: usize,
     pub per_applet: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
@@ -247,8 +250,20 @@ async fn run_applet(
             Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not valid JSON: {e}"))),
         }
     };
-    let meta = s.registry.resolve(&r, q.allow_yanked)?;
-    let package = Arc::new(s.registry.package(&meta)?);
+    let dev = match (&s.dev, &r) {
+        (Some(dev), Reference::Current(name)) => dev.get(name),
+        _ => None,
+    };
+    let package = match dev {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            return Err(ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: json!({ "error": "invalid applet", "problems": [e] }) });
+        }
+        None => {
+            let meta = s.registry.resolve(&r, q.allow_yanked)?;
+            Arc::new(s.registry.package(&meta)?)
+        }
+    };
     let shown: serde_json::Map<String, Value> = params
         .iter()
         .map(|(k, v)| {
