@@ -13,14 +13,17 @@ use parking_lot::RwLock;
 use crate::applet::AppletPackage;
 use crate::error::Error;
 
-/// Applet folders of a dev dir: name -> the package, or the error that keeps it from loading.
+/// A dev applet: its package, or the error that keeps it from loading.
+type Loaded = Result<Arc<AppletPackage>, String>;
+
+/// Applet folders of a dev dir, by applet name.
 #[derive(Clone, Default)]
 pub struct DevApplets {
-    map: Arc<RwLock<HashMap<String, Result<Arc<AppletPackage>, String>>>>,
+    map: Arc<RwLock<HashMap<String, Loaded>>>,
     _watcher: Arc<parking_lot::Mutex<Option<notify::RecommendedWatcher>>>,
 }
 
-fn load(folder: &Path) -> Option<(String, Result<Arc<AppletPackage>, String>)> {
+fn load(folder: &Path) -> Option<(String, Loaded)> {
     let name = folder.file_name()?.to_str()?.to_string();
     if name.starts_with('.') || !folder.join(crate::applet::manifest::MANIFEST_FILE).exists() {
         return None;
@@ -101,7 +104,7 @@ impl DevApplets {
     }
 
     /// The dev applet of that name, if there is one (an error when its files do not load).
-    pub fn get(&self, name: &str) -> Option<Result<Arc<AppletPackage>, String>> {
+    pub fn get(&self, name: &str) -> Option<Loaded> {
         self.map.read().get(name).cloned()
     }
 }
