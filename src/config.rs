@@ -22,6 +22,31 @@ pub struct Config {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `opslet serve`; each value can be overridden by its flag or environment variable.
+    #[serde(default)]
+    pub serve: ServeSettings,
+}
+
+/// `[serve]`. Unset values take the flag's default (see `opslet serve --help`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address and port, like "127.0.0.1:8620".
+    pub listen: Option<String>,
+    /// Runs executing at once.
+    pub run_threads: Option<usize>,
+    /// Runs waiting for a run thread before 503.
+    pub queue: Option<usize>,
+    /// Largest request body in bytes.
+    pub body_limit: Option<usize>,
+    /// Runs of one applet queued or running at once before 429 (0: no limit).
+    pub applet_limit: Option<usize>,
+    /// Synchronous run timeout, like "60s".
+    pub sync_timeout: Option<String>,
+    /// Grace for running jobs at shutdown, like "10s".
+    pub shutdown_grace: Option<String>,
+    /// How long finished jobs are kept, like "7d".
+    pub job_retention: Option<String>,
 }
 
 /// `[limits]`. Durations are written like `"30s"`, sizes like `"64MiB"`.

@@ -49,8 +49,21 @@ fn opslet(data: &Path, args: &[&str]) -> String {
 
 /// A data dir with two published applets, users of every role and their tokens, then the server.
 fn server(extra_flags: &[&str]) -> Server {
+    server_with_config("", extra_flags)
+}
+
+/// Like `server`, with an opslet.toml in the data dir.
+fn server_with_config(config: &str, extra_flags: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Tests stop their servers with runs still spinning: keep the shutdown grace short.
+    let config = if config.contains("[serve]") {
+        config.replace("[serve]\n", "[serve]\nshutdown_grace = \"1s\"\n")
+    } else {
+        format!("{config}\n[serve]\nshutdown_grace = \"1s\"\n")
+    };
+    std::fs::write(data.join("opslet.toml"), config).unwrap();
     let applet = |name: &str, manifest: &str, main: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -571,4 +584,28 @@ fn dev_dir_applets_reload_when_their_files_change() {
         // Registry applets are still there beside the dev ones.
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ada"), Some(r#"{"threshold": 3}"#)).await.0, 200);
     });
+}
+
+#[test]
+fn settings_come_from_opslet_toml_and_flags_override_them() {
+    let s = server_with_config("[serve]\napplet_limit = 1\nqueue = 8\n", &[]);
+    rt().block_on(async {
+        assert_eq!(call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await.0, 202);
+        assert_eq!(
+            call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await.0,
+            429,
+            "applet_limit from opslet.toml"
+        );
+    });
+    let s = server_with_config("[serve]\napplet_limit = 1\n", &["--applet-limit", "5"]);
+    rt().block_on(async {
+        for _ in 0..2 {
+            assert_eq!(call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await.0, 202, "the flag wins");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("opslet.toml"), "[serve]\nlisten = \"nowhere\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet")).args(["serve"]).env("OPSLET_DATA_DIR", dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("serve.listen `nowhere`"));
 }

@@ -138,6 +138,10 @@ pub fn main() -> i32 {
     }
     let cli_args: Vec<String> = std::env::args().collect();
     let serving = cli_args.iter().skip(1).any(|a| a == "serve");
+    if cli_args.iter().any(|a| a == "--log-json") {
+        // SAFETY: set before any other thread exists.
+        unsafe { std::env::set_var("OPSLET_LOG_FORMAT", "json") };
+    }
     init_tracing(if serving { "info,sled=warn" } else { "warn" });
     // A bug in host code must not print host source paths at users: one line, and the details
     // only with RUST_BACKTRACE set.
