@@ -41,6 +41,8 @@ pub struct ServeSettings {
     pub body_limit: Option<usize>,
     /// Runs of one applet queued or running at once before 429 (0: no limit).
     pub applet_limit: Option<usize>,
+    /// Runs of one caller queued or running at once before 429 (0: no limit).
+    pub user_limit: Option<usize>,
     /// Synchronous run timeout, like "60s".
     pub sync_timeout: Option<String>,
     /// Grace for running jobs at shutdown, like "10s".

@@ -446,7 +446,11 @@ fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
         assert_eq!(job["result"], json!({ "threshold": 93, "caller": "hook:disk-alert", "via": "hook" }));
         assert_eq!(job["user"], json!("hook:disk-alert"));
 
-        assert_eq!(client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap().status().as_u16(), 404);
+        assert_eq!(
+            client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap().status().as_u16(),
+            401,
+            "unknown hooks look like bad signatures"
+        );
     });
 }
 
@@ -608,4 +612,33 @@ fn settings_come_from_opslet_toml_and_flags_override_them() {
     let o = Command::new(env!("CARGO_BIN_EXE_opslet")).args(["serve"]).env("OPSLET_DATA_DIR", dir.path()).output().unwrap();
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("serve.listen `nowhere`"));
+}
+
+#[test]
+fn anonymous_refusals_cannot_flood_the_audit_log_and_one_caller_cannot_take_every_slot() {
+    let mut s = server(&["--user-limit", "1", "--applet-limit", "0"]);
+    rt().block_on(async {
+        let long = format!("/api/v1/jobs/{}", "b".repeat(10_000));
+        for _ in 0..100 {
+            assert_eq!(call(&s, "GET", &long, None, None).await.0, 401);
+        }
+        assert_eq!(call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await.0, 202);
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 1}"#)).await;
+        assert_eq!(code, 429, "{body}");
+        assert!(body["error"].as_str().unwrap().contains("limit per caller"), "{body}");
+        assert_eq!(
+            call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ada"), Some(r#"{"threshold": 1}"#)).await.0,
+            200,
+            "others still run"
+        );
+    });
+    s.stop();
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["audit", "list", "--kind", "http.denied", "--limit", "1000", "--format", "json"])
+        .env("OPSLET_DATA_DIR", s.data())
+        .output()
+        .unwrap();
+    let denied: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(denied.len() <= 45, "{} records for 100 anonymous refusals", denied.len());
+    assert!(denied.iter().all(|d| d["data"]["path"].as_str().unwrap().len() <= 256));
 }

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Most runs of one applet queued or running at once; more get 429, 0: no limit [default: 16].
     #[arg(long, env = "OPSLET_APPLET_LIMIT")]
     pub applet_limit: Option<usize>,
+    /// Most runs of one caller queued or running at once; more get 429, 0: no limit [default: 32].
+    #[arg(long, env = "OPSLET_USER_LIMIT")]
+    pub user_limit: Option<usize>,
     /// At shutdown, how long running jobs may take to finish before they are cancelled [default: 10s].
     #[arg(long, env = "OPSLET_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -66,6 +69,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let queue = args.queue.or(file.queue).unwrap_or(64);
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1024 * 1024);
     let applet_limit = args.applet_limit.or(file.applet_limit).unwrap_or(16);
+    let user_limit = args.user_limit.or(file.user_limit).unwrap_or(32);
     let sync_timeout = duration("sync timeout", args.sync_timeout.as_deref().or(file.sync_timeout.as_deref()).unwrap_or("60s"))?;
     let shutdown_grace = duration("shutdown grace", args.shutdown_grace.as_deref().or(file.shutdown_grace.as_deref()).unwrap_or("10s"))?;
     let keep = duration("job retention", args.job_retention.as_deref().or(file.job_retention.as_deref()).unwrap_or("7d"))?;
@@ -85,6 +89,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         hooks: crate::http::hooks::Hooks::new(store.clone())?,
         dev: args.dev.as_deref().map(crate::http::dev::DevApplets::watch).transpose()?,
         applet_limit,
+        user_limit,
         per_applet: Default::default(),
         sync_timeout,
     };

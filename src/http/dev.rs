@@ -20,6 +20,8 @@ type Loaded = Result<Arc<AppletPackage>, String>;
 #[derive(Clone, Default)]
 pub struct DevApplets {
     map: Arc<RwLock<HashMap<String, Loaded>>>,
+    /// Folder -> the name its applet is served under, so a rename drops the old name.
+    keys: Arc<RwLock<HashMap<PathBuf, String>>>,
     _watcher: Arc<parking_lot::Mutex<Option<notify::RecommendedWatcher>>>,
 }
 
@@ -54,8 +56,10 @@ impl DevApplets {
         let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
         let root = dir.clone();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            if let Ok(ev) = ev {
-                for p in ev.paths {
+            // Only changes count: reading the files for a reload must not trigger another one.
+            if let Ok(ev) = ev.as_ref().map(|e| (e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove()).then_some(e)) {
+                let Some(ev) = ev else { return };
+                for p in ev.paths.clone() {
                     // The applet folder is the first component below the dev dir.
                     if let Some(first) = p.strip_prefix(&root).ok().and_then(|rel| rel.components().next()) {
                         let _ = tx.send(root.join(first.as_os_str()));
@@ -87,19 +91,23 @@ impl DevApplets {
     }
 
     fn reload(&self, folder: &Path) {
-        match load(folder) {
-            Some((name, loaded)) => {
-                match &loaded {
-                    Ok(p) => tracing::info!(applet = %p.id(), "dev applet loaded"),
-                    Err(e) => tracing::warn!(folder = %folder.display(), error = %e, "dev applet does not load"),
-                }
-                self.map.write().insert(name, loaded);
+        let loaded = load(folder);
+        let mut map = self.map.write();
+        let mut keys = self.keys.write();
+        if let Some(old) = keys.remove(folder) {
+            map.remove(&old);
+        }
+        if let Some((name, loaded)) = loaded {
+            match &loaded {
+                Ok(p) => tracing::info!(applet = %p.id(), "dev applet loaded"),
+                Err(e) => tracing::warn!(folder = %folder.display(), error = %e, "dev applet does not load"),
             }
-            None => {
-                if let Some(name) = folder.file_name().and_then(|n| n.to_str()) {
-                    self.map.write().remove(name);
-                }
+            if let Some(other) = keys.iter().find(|(f, n)| **n == name && f.as_path() != folder).map(|(f, _)| f.clone()) {
+                tracing::warn!(applet = %name, first = %other.display(), second = %folder.display(), "two dev folders declare the same applet; keeping the first");
+                return;
             }
+            keys.insert(folder.to_path_buf(), name.clone());
+            map.insert(name, loaded);
         }
     }
 

@@ -179,7 +179,7 @@ impl Hooks {
             return Err(DeliveryError::BadSignature);
         }
         let now = Utc::now().timestamp();
-        if (now - ts).abs() > WINDOW_SECS {
+        if now.checked_sub(ts).is_none_or(|d| d.abs() > WINDOW_SECS) {
             return Err(DeliveryError::Stale);
         }
         // A signature can be used once; it is remembered for as long as it could be accepted.

@@ -41,6 +41,18 @@ pub struct Job {
     pub error: Option<String>,
     #[serde(default)]
     pub logs: Vec<LogLine>,
+    /// Content hash of the package that runs; a restart re-runs exactly this.
+    #[serde(default)]
+    pub hash: String,
+    #[serde(default)]
+    pub allow_yanked: bool,
+    /// Served from `serve --dev`: not re-run after a restart.
+    #[serde(default)]
+    pub dev: bool,
+    /// Async jobs (and webhook deliveries) are re-run after a restart; a synchronous caller
+    /// has had its answer (an error) by then.
+    #[serde(default, rename = "async")]
+    pub is_async: bool,
 }
 
 impl Job {
@@ -61,6 +73,8 @@ pub enum JobEvent {
 struct Live {
     cancel: CancelToken,
     events: tokio::sync::broadcast::Sender<JobEvent>,
+    /// Log lines so far, for subscribers who join late.
+    logs: Vec<LogLine>,
 }
 
 /// The job store plus what only exists while a job runs (cancel token, event channel).
@@ -89,11 +103,14 @@ impl Jobs {
 
     /// Records an accepted job durably, before it is answered.
     pub fn accept(&self, job: &Job, raw_params: &Map<String, Value>, cancel: CancelToken) -> Result<(), Error> {
-        self.raw.insert(job.id.as_bytes(), json(raw_params))?;
+        // Params as given (secrets included) are kept only where a restart needs them.
+        if job.is_async && !job.dev {
+            self.raw.insert(job.id.as_bytes(), json(raw_params))?;
+        }
         self.tree.insert(job.id.as_bytes(), json(job))?;
         self.store.flush()?;
         let (events, _) = tokio::sync::broadcast::channel(256);
-        self.live.lock().insert(job.id.clone(), Live { cancel, events });
+        self.live.lock().insert(job.id.clone(), Live { cancel, events, logs: Vec::new() });
         Ok(())
     }
 
@@ -126,7 +143,10 @@ impl Jobs {
     }
 
     pub fn log(&self, id: &str, line: &LogLine) {
-        self.emit(id, JobEvent::Log { line: line.clone() });
+        if let Some(l) = self.live.lock().get_mut(id) {
+            l.logs.push(line.clone());
+            let _ = l.events.send(JobEvent::Log { line: line.clone() });
+        }
     }
 
     /// Stores the outcome and closes the job's live state.
@@ -152,9 +172,10 @@ impl Jobs {
         }
     }
 
-    /// Events of a job still in flight (None once it finished).
-    pub fn subscribe(&self, id: &str) -> Option<tokio::sync::broadcast::Receiver<JobEvent>> {
-        self.live.lock().get(id).map(|l| l.events.subscribe())
+    /// Events of a job still in flight, with the log lines written so far (None once it
+    /// finished). Taken under one lock, so no line is missed or repeated.
+    pub fn subscribe(&self, id: &str) -> Option<(Vec<LogLine>, tokio::sync::broadcast::Receiver<JobEvent>)> {
+        self.live.lock().get(id).map(|l| (l.logs.clone(), l.events.subscribe()))
     }
 
     /// Cancels every job in flight (at shutdown); returns how many.
@@ -219,7 +240,7 @@ impl Jobs {
     /// Re-registers live state for a job that is run again after a restart.
     pub fn relive(&self, id: &str, cancel: CancelToken) {
         let (events, _) = tokio::sync::broadcast::channel(256);
-        self.live.lock().insert(id.to_string(), Live { cancel, events });
+        self.live.lock().insert(id.to_string(), Live { cancel, events, logs: Vec::new() });
     }
 
     /// Deletes finished jobs older than `keep`.

@@ -50,6 +50,8 @@ pub struct AppState {
     pub dev: Option<dev::DevApplets>,
     /// Most runs of one applet queued or running at once (0: no limit beyond the queue).
     pub applet_limit: usize,
+    /// Most runs of one caller queued or running at once (0: no limit beyond the queue).
+    pub user_limit: usize,
     pub per_applet: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
@@ -78,6 +80,28 @@ impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError { status, body: json!({ "error": message.into() }) }
     }
+
+    fn message(&self) -> String {
+        self.body["error"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Param errors with the values of secret params (as given) removed.
+fn redact_errors(
+    package: &crate::applet::AppletPackage,
+    given: &serde_json::Map<String, Value>,
+    errs: Vec<crate::error::ParamError>,
+) -> Vec<crate::error::ParamError> {
+    let secrets: Vec<String> = given
+        .iter()
+        .filter(|(k, _)| package.manifest.params.get(*k).is_some_and(|s| s.secret))
+        .map(|(_, v)| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let r = crate::runtime::redact::Redactor::new(secrets);
+    errs.into_iter().map(|e| crate::error::ParamError { param: e.param, message: r.apply(&e.message).into_owned() }).collect()
 }
 
 impl IntoResponse for ApiError {
@@ -125,14 +149,39 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
+/// Records a refused request. Paths and reasons are cut to 256 bytes, and refusals without a
+/// valid caller are limited to 20 records a second (the rest are counted into the next record),
+/// so anonymous requests cannot fill the audit log.
 fn deny(state: &AppState, who: Option<&str>, path: &str, why: &str) {
+    use std::sync::atomic::Ordering;
+    static WINDOW: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    static IN_WINDOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if who.is_none() {
+        let now = chrono::Utc::now().timestamp();
+        if WINDOW.swap(now, Ordering::Relaxed) != now {
+            IN_WINDOW.store(0, Ordering::Relaxed);
+        }
+        if IN_WINDOW.fetch_add(1, Ordering::Relaxed) >= 20 {
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    let cut = |s: &str| {
+        let mut end = s.len().min(256);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
     let _ = state.runtime.store().map(|s| {
         s.audit().append(AuditEvent {
             kind: "http.denied".into(),
-            actor: who.map(str::to_string),
+            actor: who.map(cut),
             via: Some("http".into()),
             status: Some("denied".into()),
-            data: json!({ "path": path, "reason": why }),
+            data: json!({ "path": cut(path), "reason": cut(why), "suppressed_before": suppressed }),
             ..AuditEvent::default()
         })
     });
@@ -240,7 +289,11 @@ async fn run_applet(
     let params = if body.is_empty() {
         serde_json::Map::new()
     } else {
-        let is_json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|ct| ct.starts_with("application/json"));
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ct| ct.split(';').next())
+            .is_some_and(|mt| mt.trim().eq_ignore_ascii_case("application/json"));
         if !is_json {
             return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "params must be sent as application/json"));
         }
@@ -254,6 +307,7 @@ async fn run_applet(
         (Some(dev), Reference::Current(name)) => dev.get(name),
         _ => None,
     };
+    let is_dev = matches!(dev, Some(Ok(_)));
     let package = match dev {
         Some(Ok(p)) => p,
         Some(Err(e)) => {
@@ -264,13 +318,12 @@ async fn run_applet(
             Arc::new(s.registry.package(&meta)?)
         }
     };
-    let shown: serde_json::Map<String, Value> = params
-        .iter()
-        .map(|(k, v)| {
-            let secret = package.manifest.params.get(k).is_some_and(|spec| spec.secret);
-            (k.clone(), if secret { json!("<redacted>") } else { v.clone() })
-        })
-        .collect();
+    // Bad params are refused before anything is stored.
+    let validated = crate::applet::params::resolve(&package.manifest, Some(&params), &[]).map_err(|errs| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: json!({ "error": "invalid params", "fields": redact_errors(&package, &params, errs) }),
+    })?;
+    let shown = Value::Object(crate::applet::params::redacted(&package.manifest, &validated));
     let mut req = RunRequest::new(Arc::clone(&package), Caller { user: p.user.clone(), via: "http".into() });
     let job = Job {
         id: req.run_id.clone(),
@@ -279,19 +332,23 @@ async fn run_applet(
         user: p.user.clone(),
         status: "queued".into(),
         dry_run: q.dry_run,
-        params: shown,
+        params: shown.as_object().cloned().unwrap_or_default(),
         submitted_at: chrono::Utc::now(),
         started_at: None,
         finished_at: None,
         result: None,
         error: None,
         logs: Vec::new(),
+        hash: package.hash.clone(),
+        allow_yanked: q.allow_yanked,
+        dev: is_dev,
+        is_async: q.is_async,
     };
     s.jobs.accept(&job, &params, req.cancel.clone())?;
     req.params_json = Some(params);
     req.dry_run = q.dry_run;
-    let done = start_job(&s, req).inspect_err(|_e| {
-        let _ = s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full".into()), Vec::new());
+    let done = start_job(&s, req).inspect_err(|e| {
+        let _ = s.jobs.finish(&job.id, "rejected", None, Some(e.message()), Vec::new());
     })?;
     if q.is_async {
         let mut resp = (StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response();
@@ -344,9 +401,10 @@ async fn deliver_hook(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let path = format!("/hooks/{name}");
+    // An unknown hook is refused like a bad signature, so hook names cannot be probed.
     let Some(hook) = s.hooks.get(&name)? else {
         deny(&s, None, &path, "no such hook");
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no hook `{name}`")));
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "delivery refused: the signature does not match"));
     };
     let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
     if let Err(e) = s.hooks.verify(&hook, header("x-opslet-timestamp"), header("x-opslet-signature"), &body) {
@@ -382,6 +440,10 @@ async fn deliver_hook(
         result: None,
         error: None,
         logs: Vec::new(),
+        hash: package.hash.clone(),
+        allow_yanked: false,
+        dev: false,
+        is_async: true,
     };
     s.jobs.accept(&job, &params, req.cancel.clone())?;
     req.params_json = Some(params);
@@ -400,21 +462,33 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
     let sink_id = id.clone();
     req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
     let name = applet.split('@').next().unwrap_or_default().to_string();
-    if s.applet_limit > 0 {
+    // Per applet and per caller: one applet or one user cannot take every run slot.
+    let keys = [format!("applet:{name}"), format!("user:{}", req.caller.user)];
+    {
         let mut per = s.per_applet.lock();
-        let n = per.entry(name.clone()).or_default();
-        if *n >= s.applet_limit {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{name} already has {} runs queued or running (the limit per applet); retry later", s.applet_limit),
-            ));
+        let limits = [s.applet_limit, s.user_limit];
+        for (key, limit) in keys.iter().zip(limits) {
+            if limit > 0 && per.get(key).copied().unwrap_or(0) >= limit {
+                let what =
+                    if key.starts_with("applet:") { format!("{name} already has") } else { format!("{} already has", req.caller.user) };
+                let per_what = if key.starts_with("applet:") { "applet" } else { "caller" };
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{what} {limit} runs queued or running (the limit per {per_what}); retry later"),
+                ));
+            }
         }
-        *n += 1;
+        for key in &keys {
+            *per.entry(key.clone()).or_default() += 1;
+        }
     }
     let per_applet = Arc::clone(&s.per_applet);
     let release = move || {
-        if let Some(n) = per_applet.lock().get_mut(&name) {
-            *n = n.saturating_sub(1);
+        let mut per = per_applet.lock();
+        for key in &keys {
+            if let Some(n) = per.get_mut(key) {
+                *n = n.saturating_sub(1);
+            }
         }
     };
     let release_on_reject = release.clone();
@@ -456,9 +530,33 @@ fn start_job(s: &AppState, mut req: RunRequest) -> Result<tokio::sync::oneshot::
 pub fn recover_jobs(s: &AppState) -> Result<(usize, usize), Error> {
     let queued = s.jobs.recover()?;
     let mut restarted = 0;
+    let grants = s.auth.grants()?;
     for job in &queued {
-        let reference = Reference::parse(&job.reference)?;
-        let started = s.registry.resolve(&reference, true).and_then(|meta| s.registry.package(&meta));
+        if job.dev || !job.is_async {
+            let why = if job.dev {
+                "a dev applet's job is not re-run after a restart"
+            } else {
+                "the server stopped before this synchronous run started"
+            };
+            s.jobs.finish(&job.id, "interrupted", None, Some(why.into()), Vec::new())?;
+            continue;
+        }
+        // The caller must still exist and still be allowed to run it (hooks run as `hook:NAME`).
+        let name = job.reference.split('@').next().unwrap_or_default();
+        let allowed = match job.user.strip_prefix("hook:") {
+            Some(hook) => s.hooks.get(hook)?.is_some(),
+            None => s.auth.user(&job.user)?.is_some_and(|u| {
+                Principal { user: u.name, role: u.role, groups: u.groups, token_id: String::new() }.allows(&Action::Run(name), &grants)
+            }),
+        };
+        if !allowed {
+            s.jobs.finish(&job.id, "rejected", None, Some(format!("{} may no longer run {name}", job.user)), Vec::new())?;
+            continue;
+        }
+        // Exactly the version that was accepted, and only if it may still run.
+        let reference =
+            if job.hash.is_empty() { Reference::parse(&job.reference)? } else { Reference::Hash(name.to_string(), job.hash.clone()) };
+        let started = s.registry.resolve(&reference, job.allow_yanked).and_then(|meta| s.registry.package(&meta));
         let package = match started {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -539,7 +637,11 @@ async fn job_events(
     // Subscribe first, then read the stored job, so no event falls between the two.
     let live = s.jobs.subscribe(&id);
     let job = s.jobs.get(&id)?.unwrap_or(job);
-    let mut backlog: Vec<SseEvent> = job.logs.iter().map(|l| to_sse(&JobEvent::Log { line: l.clone() })).collect();
+    let (so_far, live) = match live {
+        Some((lines, rx)) => (lines, Some(rx)),
+        None => (job.logs.clone(), None),
+    };
+    let mut backlog: Vec<SseEvent> = so_far.iter().map(|l| to_sse(&JobEvent::Log { line: l.clone() })).collect();
     let rx = match live {
         Some(rx) if !job.finished() => {
             // A late subscriber first learns where the job stands.

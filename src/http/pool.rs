@@ -36,7 +36,10 @@ impl RunPool {
                         if draining.load(std::sync::atomic::Ordering::Acquire) {
                             continue;
                         }
-                        work(&rt);
+                        // A bug in host code must not take a run thread down with it.
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&rt))).is_err() {
+                            tracing::error!("a run thread's work panicked");
+                        }
                     }
                 })
                 .expect("spawning a run thread");

@@ -62,7 +62,13 @@ impl Store {
     /// Opens (creating if needed) the store in `data_dir`. sled allows one process at a time, so a
     /// busy store is retried for up to `wait` before giving up with a clear error.
     pub fn open(data_dir: &Path, wait: Duration) -> Result<Store, Error> {
-        std::fs::create_dir_all(data_dir).map_err(|e| Error::Store(format!("creating data dir {}: {e}", data_dir.display())))?;
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir).map_err(|e| Error::Store(format!("creating data dir {}: {e}", data_dir.display())))?;
+            // Audit log, kv values, jobs and hook secrets: for this user only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::Store(format!("restricting data dir {}: {e}", data_dir.display())))?;
+        }
         let path = data_dir.join("db");
         let start = Instant::now();
         let db = loop {
