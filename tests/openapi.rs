@@ -8,11 +8,10 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for chunk in src.split(".route(\"").skip(1) {
         let (path, rest) = chunk.split_once('"').unwrap();
-        let rest = rest.trim_start_matches(',').trim_start();
+        // One route per line: `.route("/p", get(a).post(b))`.
+        let line = rest.lines().next().unwrap_or_default().trim_start_matches(',').trim_start();
         for method in ["get", "post", "put", "delete", "patch"] {
-            if rest.starts_with(&format!("{method}("))
-                || rest.contains(&format!(").{method}(")) && rest.find(&format!(").{method}(")) < rest.find(".route(")
-            {
+            if line.starts_with(&format!("{method}(")) || line.contains(&format!(").{method}(")) {
                 out.insert((method.to_string(), path.to_string()));
             }
         }

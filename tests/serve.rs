@@ -114,7 +114,11 @@ fn rt() -> tokio::runtime::Runtime {
 async fn call(s: &Server, method: &str, path: &str, user: Option<&str>, body: Option<&str>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let url = format!("{}{path}", s.base);
-    let mut req = if method == "POST" { client.post(&url) } else { client.get(&url) };
+    let mut req = match method {
+        "POST" => client.post(&url),
+        "DELETE" => client.delete(&url),
+        _ => client.get(&url),
+    };
     if let Some(u) = user {
         req = req.header("Authorization", format!("Bearer {}", s.tokens[u]));
     }
@@ -520,6 +524,18 @@ fn full_auth_matrix() {
             ("GET", &job_path, None, vec!["ola", "aud", "ada"]),
             ("GET", &events_path, None, vec!["ola", "aud", "ada"]),
             ("POST", &cancel_path, None, vec!["ola", "ada"]),
+            ("GET", "/api/v1/users", None, vec!["ada"]),
+            ("POST", "/api/v1/users", Some(r#"{"name": "Bad Name", "role": "viewer"}"#), vec!["ada"]),
+            ("DELETE", "/api/v1/users/nobody", None, vec!["ada"]),
+            ("POST", "/api/v1/users/nobody/tokens", None, vec!["ada"]),
+            ("GET", "/api/v1/tokens", None, vec!["ada"]),
+            ("DELETE", "/api/v1/tokens/00000000", None, vec!["ada"]),
+            ("GET", "/api/v1/grants", None, vec!["ada"]),
+            ("POST", "/api/v1/grants", Some(r#"{"subject": "Bad Name", "pattern": "x"}"#), vec!["ada"]),
+            ("DELETE", "/api/v1/grants", Some(r#"{"subject": "nobody", "pattern": "x"}"#), vec!["ada"]),
+            ("GET", "/api/v1/hooks", None, vec!["ada"]),
+            ("POST", "/api/v1/hooks", Some(r#"{"name": "Bad Name", "applet": "x"}"#), vec!["ada"]),
+            ("DELETE", "/api/v1/hooks/nobody", None, vec!["ada"]),
         ];
         for (method, path, body, allowed) in &routes {
             let (code, resp) = call(&s, method, path, None, *body).await;
@@ -641,4 +657,54 @@ fn anonymous_refusals_cannot_flood_the_audit_log_and_one_caller_cannot_take_ever
     let denied: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert!(denied.len() <= 45, "{} records for 100 anonymous refusals", denied.len());
     assert!(denied.iter().all(|d| d["data"]["path"].as_str().unwrap().len() <= 256));
+}
+
+#[test]
+fn admins_manage_accounts_grants_and_hooks_over_http_while_the_server_runs() {
+    let mut s = server(&[]);
+    rt().block_on(async {
+        let (code, _) =
+            call(&s, "POST", "/api/v1/users", Some("ada"), Some(r#"{"name": "newbie", "role": "operator", "groups": ["oncall"]}"#)).await;
+        assert_eq!(code, 201);
+        let (code, t) = call(&s, "POST", "/api/v1/users/newbie/tokens", Some("ada"), Some(r#"{"expires": "1h", "label": "api"}"#)).await;
+        assert_eq!(code, 201, "{t}");
+        s.tokens.insert("newbie", t["token"].as_str().unwrap().to_string());
+        let run = "/api/v1/applets/disk-report/run";
+        assert_eq!(call(&s, "POST", run, Some("newbie"), Some(r#"{"threshold": 1}"#)).await.0, 403, "no grant yet");
+        assert_eq!(
+            call(&s, "POST", "/api/v1/grants", Some("ada"), Some(r#"{"subject": "group:oncall", "pattern": "disk-*"}"#)).await.0,
+            201
+        );
+        assert_eq!(call(&s, "POST", run, Some("newbie"), Some(r#"{"threshold": 1}"#)).await.0, 200, "the group grant applies at once");
+        let (_, tokens) = call(&s, "GET", "/api/v1/tokens", Some("ada"), None).await;
+        assert!(!tokens.to_string().contains(&s.tokens["newbie"][16..]), "token secrets are never listed");
+        let id = t["id"].as_str().unwrap();
+        assert_eq!(call(&s, "DELETE", &format!("/api/v1/tokens/{id}"), Some("ada"), None).await.0, 200);
+        assert_eq!(call(&s, "POST", run, Some("newbie"), Some(r#"{"threshold": 1}"#)).await.0, 401, "revoked at once");
+
+        let (code, h) = call(
+            &s,
+            "POST",
+            "/api/v1/hooks",
+            Some("ada"),
+            Some(r#"{"name": "api-hook", "applet": "disk-report", "map": ["threshold=$.v"]}"#),
+        )
+        .await;
+        assert_eq!(code, 201, "{h}");
+        let secret = h["secret"].as_str().unwrap();
+        let body = r#"{"v": 42}"#;
+        let now = chrono::Utc::now().timestamp();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/hooks/api-hook", s.base))
+            .header("X-Opslet-Timestamp", now.to_string())
+            .header("X-Opslet-Signature", opslet::http::hooks::sign(secret, now, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let (_, hooks) = call(&s, "GET", "/api/v1/hooks", Some("ada"), None).await;
+        assert!(!hooks.to_string().contains(secret), "hook secrets are never listed");
+        assert_eq!(call(&s, "DELETE", "/api/v1/users/newbie", Some("ada"), None).await.0, 200);
+    });
 }

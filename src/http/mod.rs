@@ -16,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -222,6 +222,14 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/applets/{name}/yank", post(yank))
         .route("/api/v1/audit", get(audit_list))
         .route("/api/v1/audit/verify", get(audit_verify))
+        .route("/api/v1/users", get(list_users).post(add_user))
+        .route("/api/v1/users/{name}", delete(remove_user))
+        .route("/api/v1/users/{name}/tokens", post(create_token))
+        .route("/api/v1/tokens", get(list_tokens))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/grants", get(list_grants).post(add_grant).delete(remove_grant))
+        .route("/api/v1/hooks", get(list_hooks).post(add_hook))
+        .route("/api/v1/hooks/{name}", delete(remove_hook))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
@@ -825,6 +833,142 @@ async fn audit_verify(State(s): State<AppState>, Authed(p): Authed) -> Result<Js
     let store = s.runtime.store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
     let r = store.audit().verify()?;
     Ok(Json(json!({ "records": r.records, "head": r.head, "intact": r.first_bad.is_none(), "first_bad": r.first_bad })))
+}
+
+// ---- administration (admin only): accounts, tokens, grants, hooks -----------------------------
+
+fn admin(s: &AppState, p: &Principal, path: &str) -> Result<(), ApiError> {
+    require(s, p, Action::Admin, path)
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not what this route takes: {e}")))
+}
+
+async fn list_users(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/users")?;
+    Ok(Json(json!(s.auth.users()?)))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    role: crate::auth::Role,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+async fn add_user(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/users")?;
+    let u: NewUser = body_json(&body)?;
+    let user = s.auth.add_user(&u.name, u.role, &u.groups, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!(user))).into_response())
+}
+
+async fn remove_user(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/users/{name}")?;
+    let revoked = s.auth.remove_user(&name, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "removed": name, "tokens_revoked": revoked })))
+}
+
+#[derive(Deserialize, Default)]
+struct NewToken {
+    /// Lifetime like "30d".
+    expires: Option<String>,
+    #[serde(default)]
+    label: String,
+}
+
+/// Creates a token; the answer is the only time its secret is shown.
+async fn create_token(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/users/{name}/tokens")?;
+    let t: NewToken = if body.is_empty() { NewToken::default() } else { body_json(&body)? };
+    let expires_at = match t.expires {
+        None => None,
+        Some(d) => {
+            let d = humantime::parse_duration(&d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expires `{d}`: {e}")))?;
+            Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?)
+        }
+    };
+    let (secret, rec) = s.auth.create_token(&name, expires_at, &t.label, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "id": rec.id, "user": rec.user, "expires_at": rec.expires_at })))
+        .into_response())
+}
+
+async fn list_tokens(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/tokens")?;
+    let tokens = s.auth.tokens(None)?;
+    Ok(Json(json!(tokens.iter().map(|t| json!({ "id": t.id, "user": t.user, "label": t.label, "created_at": t.created_at, "expires_at": t.expires_at, "revoked": t.revoked })).collect::<Vec<_>>())))
+}
+
+async fn revoke_token(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/tokens/{id}")?;
+    let t = s.auth.revoke_token(&id, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "revoked": t.id, "user": t.user })))
+}
+
+async fn list_grants(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    Ok(Json(json!(s.auth.grants()?)))
+}
+
+async fn add_grant(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    let g: crate::auth::Grant = body_json(&body)?;
+    let g = s.auth.add_grant(&g.subject, &g.pattern, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!(g))).into_response())
+}
+
+async fn remove_grant(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    let g: crate::auth::Grant = body_json(&body)?;
+    s.auth.remove_grant(&g.subject, &g.pattern, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "removed": g })))
+}
+
+async fn list_hooks(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/hooks")?;
+    let hooks = s.hooks.list()?;
+    Ok(Json(json!(
+        hooks.iter().map(|h| json!({ "name": h.name, "applet": h.applet, "map": h.map, "created_at": h.created_at })).collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Deserialize)]
+struct NewHook {
+    name: String,
+    applet: String,
+    /// `param=$.path` entries.
+    #[serde(default)]
+    map: Vec<String>,
+}
+
+/// Creates a hook; the answer is the only time its secret is shown.
+async fn add_hook(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/hooks")?;
+    let h: NewHook = body_json(&body)?;
+    let hook = s.hooks.add(&h.name, &h.applet, &h.map, &p.user)?;
+    s.registry.flush()?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": hook.name, "applet": hook.applet, "map": hook.map, "secret": hook.secret })))
+        .into_response())
+}
+
+async fn remove_hook(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/hooks/{name}")?;
+    s.hooks.remove(&name, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!({ "removed": name })))
 }
 
 /// Runs the server until Ctrl-C / SIGTERM. Prints `listening on ADDR` on stderr once bound.
