@@ -56,6 +56,29 @@ pub struct Job {
 }
 
 impl Job {
+    /// A new job for `req`, as asked for by `reference`, showing `params` (secrets redacted).
+    pub fn queued(req: &crate::runtime::RunRequest, reference: &str, params: Map<String, Value>) -> Job {
+        Job {
+            id: req.run_id.clone(),
+            reference: reference.to_string(),
+            applet: req.package.id(),
+            user: req.caller.user.clone(),
+            status: "queued".into(),
+            dry_run: req.dry_run,
+            params,
+            submitted_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            result: None,
+            error: None,
+            logs: Vec::new(),
+            hash: req.package.hash.clone(),
+            allow_yanked: false,
+            dev: false,
+            is_async: false,
+        }
+    }
+
     pub fn finished(&self) -> bool {
         !matches!(self.status.as_str(), "queued" | "running")
     }

@@ -333,31 +333,10 @@ async fn run_applet(
     })?;
     let shown = Value::Object(crate::applet::params::redacted(&package.manifest, &validated));
     let mut req = RunRequest::new(Arc::clone(&package), Caller { user: p.user.clone(), via: "http".into() });
-    let job = Job {
-        id: req.run_id.clone(),
-        reference: reference.clone(),
-        applet: package.id(),
-        user: p.user.clone(),
-        status: "queued".into(),
-        dry_run: q.dry_run,
-        params: shown.as_object().cloned().unwrap_or_default(),
-        submitted_at: chrono::Utc::now(),
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        logs: Vec::new(),
-        hash: package.hash.clone(),
-        allow_yanked: q.allow_yanked,
-        dev: is_dev,
-        is_async: q.is_async,
-    };
-    s.jobs.accept(&job, &params, req.cancel.clone())?;
-    req.params_json = Some(params);
     req.dry_run = q.dry_run;
-    let done = start_job(&s, req).inspect_err(|e| {
-        let _ = s.jobs.finish(&job.id, "rejected", None, Some(e.message()), Vec::new());
-    })?;
+    let mut job = Job::queued(&req, &reference, shown.as_object().cloned().unwrap_or_default());
+    (job.allow_yanked, job.dev, job.is_async) = (q.allow_yanked, is_dev, q.is_async);
+    let done = accept_and_start(&s, &job, req, params)?;
     if q.is_async {
         let mut resp = (StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response();
         if let Ok(v) = header::HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
@@ -427,39 +406,32 @@ async fn deliver_hook(
     let meta = s.registry.resolve(&r, false)?;
     let package = Arc::new(s.registry.package(&meta)?);
     let user = format!("hook:{name}");
-    let mut req = RunRequest::new(Arc::clone(&package), Caller { user: user.clone(), via: "hook".into() });
+    let req = RunRequest::new(Arc::clone(&package), Caller { user: user.clone(), via: "hook".into() });
     let shown: serde_json::Map<String, Value> = params
         .iter()
         .map(|(k, v)| {
             (k.clone(), if package.manifest.params.get(k).is_some_and(|spec| spec.secret) { json!("<redacted>") } else { v.clone() })
         })
         .collect();
-    let job = Job {
-        id: req.run_id.clone(),
-        reference: hook.applet.clone(),
-        applet: package.id(),
-        user,
-        status: "queued".into(),
-        dry_run: false,
-        params: shown,
-        submitted_at: chrono::Utc::now(),
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        logs: Vec::new(),
-        hash: package.hash.clone(),
-        allow_yanked: false,
-        dev: false,
-        is_async: true,
-    };
-    s.jobs.accept(&job, &params, req.cancel.clone())?;
-    req.params_json = Some(params);
-    if let Err(e) = start_job(&s, req) {
-        let _ = s.jobs.finish(&job.id, "rejected", None, Some("the run queue was full".into()), Vec::new());
-        return Err(e);
-    }
+    let mut job = Job::queued(&req, &hook.applet, shown);
+    job.is_async = true;
+    accept_and_start(&s, &job, req, params)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "job_id": job.id, "status": "queued" }))).into_response())
+}
+
+/// Stores a job as `queued` (durably), then queues its run; a run that cannot be queued leaves
+/// the job `rejected` with the reason.
+fn accept_and_start(
+    s: &AppState,
+    job: &Job,
+    mut req: RunRequest,
+    params: serde_json::Map<String, Value>,
+) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ApiError> {
+    s.jobs.accept(job, &params, req.cancel.clone())?;
+    req.params_json = Some(params);
+    start_job(s, req).inspect_err(|e| {
+        let _ = s.jobs.finish(&job.id, "rejected", None, Some(e.message()), Vec::new());
+    })
 }
 
 /// Queues a job's run on a run thread; the receiver yields its outcome when it ends.
