@@ -13,6 +13,7 @@ pub mod http;
 pub mod modules;
 pub mod registry;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 
 pub use error::{Error, Result};

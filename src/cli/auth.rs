@@ -226,3 +226,52 @@ pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
     }
     Ok(0)
 }
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Store a secret: the value comes from --file, or from stdin (one trailing newline is dropped).
+    Set {
+        name: String,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// List secret names (never their values).
+    List,
+    /// Delete a secret.
+    Rm { name: String },
+}
+
+pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
+    let secrets = crate::secrets::Secrets::open(global.open_store()?)?;
+    match cmd {
+        SecretCmd::Set { name, file } => {
+            let mut value = match &file {
+                Some(f) => std::fs::read(f).map_err(|e| Error::Usage(format!("--file {}: {e}", f.display())))?,
+                None => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                        .map_err(|e| Error::Usage(format!("reading the value from stdin: {e}")))?;
+                    v
+                }
+            };
+            if value.ends_with(b"\n") {
+                value.pop();
+                if value.ends_with(b"\r") {
+                    value.pop();
+                }
+            }
+            secrets.set(&name, &value, &os_user())?;
+            eprintln!("stored secret {name}");
+        }
+        SecretCmd::List => {
+            for s in secrets.list()? {
+                println!("{}\t{}\t{}", s.name, s.updated_at.format("%Y-%m-%d %H:%M"), s.updated_by);
+            }
+        }
+        SecretCmd::Rm { name } => {
+            secrets.remove(&name, &os_user())?;
+            eprintln!("removed secret {name}");
+        }
+    }
+    Ok(0)
+}

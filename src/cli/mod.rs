@@ -86,6 +86,9 @@ pub enum Command {
     /// Manage webhooks (`POST /hooks/NAME` on `opslet serve`).
     #[command(subcommand)]
     Hook(auth::HookCmd),
+    /// Manage secrets (encrypted at rest; host modules use them by name).
+    #[command(subcommand)]
+    Secret(auth::SecretCmd),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -179,6 +182,7 @@ pub fn main() -> i32 {
         Command::Token(cmd) => auth::token(&global, cmd),
         Command::Grant(cmd) => auth::grant(&global, cmd),
         Command::Hook(cmd) => auth::hook(&global, cmd),
+        Command::Secret(cmd) => auth::secret(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

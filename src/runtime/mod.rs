@@ -135,6 +135,8 @@ pub struct Runtime {
     audit_sync: bool,
     modules: ModuleRegistry,
     store: Option<Store>,
+    /// Values of the store's secrets, redacted from every run's output.
+    secrets: Arc<Vec<String>>,
 }
 
 impl Runtime {
@@ -145,6 +147,10 @@ impl Runtime {
             kv_limits: config.kv_limits().map_err(Error::Config)?,
             audit_sync: config.audit.sync,
             modules: ModuleRegistry::builtin(),
+            secrets: Arc::new(match &store {
+                Some(s) => crate::secrets::Secrets::values_of(s)?,
+                None => Vec::new(),
+            }),
             store,
         })
     }
@@ -185,6 +191,7 @@ impl Runtime {
 
         // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
+        secrets.extend(self.secrets.iter().cloned());
         // Booleans are left out: redacting every "true" would hide nothing and garble the text.
         for (name, _) in manifest.params.iter().filter(|(_, s)| s.secret && s.ty != crate::applet::ParamType::Boolean) {
             collect_strings(req.params_json.as_ref().and_then(|j| j.get(name)), &mut secrets);

@@ -29,6 +29,8 @@ pub mod keys {
     /// Webhooks by name, and the delivery signatures seen within the replay window.
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
+    /// Secrets by name, encrypted (see `secrets`).
+    pub const SECRETS: &str = "secrets";
     /// Store-wide settings, such as the layout version under `FORMAT`.
     pub const META: &str = "meta";
     pub const FORMAT: &str = "format";
