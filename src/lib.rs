@@ -7,6 +7,7 @@ pub mod applet;
 pub mod auth;
 pub mod builtins;
 pub mod cli;
+pub mod cmdb;
 pub mod config;
 pub mod error;
 pub mod http;

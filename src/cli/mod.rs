@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod check;
+mod cmdb;
 mod new;
 mod output;
 mod registry;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Manage secrets (encrypted at rest; host modules use them by name).
     #[command(subcommand)]
     Secret(auth::SecretCmd),
+    /// The inventory: hosts, groups and host selectors.
+    #[command(subcommand)]
+    Cmdb(cmdb::CmdbCmd),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -183,6 +187,7 @@ pub fn main() -> i32 {
         Command::Grant(cmd) => auth::grant(&global, cmd),
         Command::Hook(cmd) => auth::hook(&global, cmd),
         Command::Secret(cmd) => auth::secret(&global, cmd),
+        Command::Cmdb(cmd) => cmdb::run(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

@@ -29,6 +29,9 @@ pub mod keys {
     /// Webhooks by name, and the delivery signatures seen within the replay window.
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
+    /// cmdb hosts by name, and groups with their parent groups.
+    pub const CMDB_HOSTS: &str = "cmdb/hosts";
+    pub const CMDB_GROUPS: &str = "cmdb/groups";
     /// Secrets by name, encrypted (see `secrets`).
     pub const SECRETS: &str = "secrets";
     /// Store-wide settings, such as the layout version under `FORMAT`.

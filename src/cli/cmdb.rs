@@ -1,0 +1,158 @@
+//! `opslet cmdb`: hosts, groups and selectors.
+
+use clap::Subcommand;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+
+use super::Global;
+use super::output::Format;
+use crate::cmdb::{Cmdb, Host};
+use crate::error::Error;
+use crate::runtime::context::os_user;
+
+#[derive(Subcommand, Debug)]
+pub enum CmdbCmd {
+    /// Manage hosts.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Add a host.
+    Add {
+        name: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long, default_value_t = 22)]
+        port: u16,
+        /// Repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Change a host: the given fields replace or extend what it has.
+    Set {
+        name: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        port: Option<u16>,
+        /// Add to these groups (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Leave these groups (repeatable).
+        #[arg(long = "ungroup")]
+        ungroups: Vec<String>,
+        /// Set KEY=VALUE tags (repeatable); KEY= removes the tag.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Remove a host.
+    Rm { name: String },
+    /// List hosts, all or those a selector picks (e.g. 'group:web & tag:env=prod & !web03').
+    List {
+        selector: Option<String>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one host as JSON.
+    Show { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCmd {
+    /// Put a group inside parent groups: `group:PARENT` then also selects its hosts.
+    Set {
+        name: String,
+        #[arg(long = "parent")]
+        parents: Vec<String>,
+    },
+}
+
+fn tag(s: &str) -> Result<(String, String), Error> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| Error::Usage(format!("--tag `{s}`: expected KEY=VALUE")))
+}
+
+pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
+    let cmdb = Cmdb::new(global.open_store()?)?;
+    match cmd {
+        CmdbCmd::Host(HostCmd::Add { name, address, port, groups, tags }) => {
+            if cmdb.host(&name)?.is_some() {
+                return Err(Error::Usage(format!("host `{name}` already exists; change it with `opslet cmdb host set`")));
+            }
+            let tags = tags.iter().map(|t| tag(t)).collect::<Result<_, _>>()?;
+            cmdb.put(
+                Host { name: name.clone(), address, port, groups: groups.into_iter().collect(), tags, attrs: Default::default() },
+                &os_user(),
+            )?;
+            eprintln!("added {name}");
+        }
+        CmdbCmd::Host(HostCmd::Set { name, address, port, groups, ungroups, tags }) => {
+            let mut h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
+            if let Some(a) = address {
+                h.address = a;
+            }
+            if let Some(p) = port {
+                h.port = p;
+            }
+            h.groups.extend(groups);
+            for g in ungroups {
+                h.groups.remove(&g);
+            }
+            for t in tags {
+                let (k, v) = tag(&t)?;
+                if v.is_empty() {
+                    h.tags.remove(&k);
+                } else {
+                    h.tags.insert(k, v);
+                }
+            }
+            cmdb.put(h, &os_user())?;
+            eprintln!("updated {name}");
+        }
+        CmdbCmd::Host(HostCmd::Rm { name }) => {
+            cmdb.remove(&name, &os_user())?;
+            eprintln!("removed {name}");
+        }
+        CmdbCmd::Host(HostCmd::List { selector, format }) => {
+            let hosts = match &selector {
+                Some(s) => cmdb.select(s)?,
+                None => cmdb.hosts()?,
+            };
+            if format != Format::Table {
+                println!("{}", serde_json::to_string_pretty(&hosts).unwrap_or_default());
+            } else {
+                let mut t = Table::new();
+                t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+                t.set_header(vec!["host", "address", "port", "groups", "tags"]);
+                for h in hosts {
+                    let tags: Vec<String> = h.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    t.add_row(vec![
+                        h.name,
+                        h.address,
+                        h.port.to_string(),
+                        h.groups.into_iter().collect::<Vec<_>>().join(", "),
+                        tags.join(", "),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        CmdbCmd::Host(HostCmd::Show { name }) => {
+            let h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
+            println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+        }
+        CmdbCmd::Group(GroupCmd::Set { name, parents }) => {
+            cmdb.set_parents(&name, &parents, &os_user())?;
+            eprintln!("group {name} is inside: {}", if parents.is_empty() { "nothing".into() } else { parents.join(", ") });
+        }
+    }
+    Ok(0)
+}

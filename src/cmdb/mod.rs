@@ -1,0 +1,170 @@
+//! The cmdb: hosts (address, port, groups, tags, free attributes) and groups that can nest,
+//! stored in sled; selectors choose hosts. Every change is audited with before and after.
+
+pub mod selector;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::store::Store;
+use crate::store::audit::AuditEvent;
+pub use selector::Selector;
+
+/// One host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_port() -> u16 {
+    22
+}
+
+/// The cmdb of a store.
+#[derive(Clone)]
+pub struct Cmdb {
+    store: Store,
+    hosts: sled::Tree,
+    /// Group -> its parent groups.
+    groups: sled::Tree,
+}
+
+fn valid(kind: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok { Ok(()) } else { Err(Error::Usage(format!("{kind} name `{name}`: use letters, digits, `-`, `_` and `.`"))) }
+}
+
+impl Cmdb {
+    pub fn new(store: Store) -> Result<Cmdb, Error> {
+        Ok(Cmdb {
+            hosts: store.db().open_tree(crate::store::keys::CMDB_HOSTS)?,
+            groups: store.db().open_tree(crate::store::keys::CMDB_GROUPS)?,
+            store,
+        })
+    }
+
+    fn audit(&self, kind: &str, actor: &str, data: serde_json::Value) -> Result<(), Error> {
+        self.store
+            .audit()
+            .append(AuditEvent {
+                kind: kind.into(),
+                actor: Some(actor.into()),
+                via: Some("cmdb".into()),
+                status: Some("ok".into()),
+                data,
+                ..AuditEvent::default()
+            })
+            .map(|_| ())
+    }
+
+    /// Adds or replaces a host; the audit record holds before and after.
+    pub fn put(&self, host: Host, actor: &str) -> Result<Option<Host>, Error> {
+        valid("host", &host.name)?;
+        if host.address.trim().is_empty() {
+            return Err(Error::Usage(format!("host `{}`: the address is empty", host.name)));
+        }
+        for g in &host.groups {
+            valid("group", g)?;
+        }
+        let before = self.hosts.insert(host.name.as_bytes(), serde_json::to_vec(&host).expect("hosts serialize"))?;
+        let before: Option<Host> = before.and_then(|b| serde_json::from_slice(&b).ok());
+        self.audit(
+            if before.is_some() { "cmdb.host.set" } else { "cmdb.host.add" },
+            actor,
+            serde_json::json!({ "host": host.name, "before": before, "after": host }),
+        )?;
+        Ok(before)
+    }
+
+    pub fn remove(&self, name: &str, actor: &str) -> Result<Host, Error> {
+        let before = self.hosts.remove(name.as_bytes())?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
+        let before: Host = serde_json::from_slice(&before).map_err(|e| Error::Store(format!("host `{name}` is unreadable: {e}")))?;
+        self.audit("cmdb.host.rm", actor, serde_json::json!({ "host": name, "before": before, "after": null }))?;
+        Ok(before)
+    }
+
+    pub fn host(&self, name: &str) -> Result<Option<Host>, Error> {
+        self.hosts
+            .get(name.as_bytes())?
+            .map(|b| serde_json::from_slice(&b).map_err(|e| Error::Store(format!("host `{name}` is unreadable: {e}"))))
+            .transpose()
+    }
+
+    pub fn hosts(&self) -> Result<Vec<Host>, Error> {
+        self.hosts
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| Error::Store(format!("a host record is unreadable: {e}"))))
+            .collect()
+    }
+
+    /// Makes `group` a member of each of `parents` (so `group:PARENT` also selects its hosts).
+    pub fn set_parents(&self, group: &str, parents: &[String], actor: &str) -> Result<(), Error> {
+        valid("group", group)?;
+        for p in parents {
+            valid("group", p)?;
+            if p == group || self.ancestors(p)?.contains(group) {
+                return Err(Error::Usage(format!("group `{group}` cannot be inside `{p}`: that would make a cycle")));
+            }
+        }
+        self.groups.insert(group.as_bytes(), serde_json::to_vec(parents).expect("groups serialize"))?;
+        self.audit("cmdb.group.set", actor, serde_json::json!({ "group": group, "parents": parents }))
+    }
+
+    /// A group's ancestors (parents, their parents, ...).
+    pub fn ancestors(&self, group: &str) -> Result<BTreeSet<String>, Error> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![group.to_string()];
+        while let Some(g) = todo.pop() {
+            if let Some(b) = self.groups.get(g.as_bytes())? {
+                let parents: Vec<String> = serde_json::from_slice(&b).unwrap_or_default();
+                for p in parents {
+                    if out.insert(p.clone()) {
+                        todo.push(p);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hosts a selector picks, by name. A selector that picks nothing is an error.
+    pub fn select(&self, selector: &str) -> Result<Vec<Host>, Error> {
+        let sel = Selector::parse(selector).map_err(|m| Error::Usage(format!("host selector `{selector}`: {m}")))?;
+        let mut memo: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut expanded: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for h in self.hosts()? {
+            let mut all = BTreeSet::new();
+            for g in &h.groups {
+                all.insert(g.clone());
+                let anc = match memo.get(g) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let a = self.ancestors(g)?;
+                        memo.insert(g.clone(), a.clone());
+                        a
+                    }
+                };
+                all.extend(anc);
+            }
+            expanded.insert(h.name.clone(), all);
+        }
+        let in_group = |h: &Host, g: &str| expanded.get(&h.name).is_some_and(|gs| gs.contains(g));
+        let picked: Vec<Host> = self.hosts()?.into_iter().filter(|h| sel.matches(h, &in_group)).collect();
+        if picked.is_empty() {
+            return Err(Error::NotFound(format!("host selector `{selector}` matches no host in the cmdb")));
+        }
+        Ok(picked)
+    }
+}
