@@ -98,3 +98,72 @@ fn cli_adds_sets_lists_and_selects() {
     let o = opslet(&["cmdb", "host", "list", "web01 &"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+mod lua {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use opslet::applet::AppletPackage;
+    use opslet::config::Config;
+    use opslet::runtime::context::Caller;
+    use opslet::runtime::{RunRequest, Runtime};
+    use serde_json::{Value, json};
+
+    fn run(store: &opslet::store::Store, perms: &str, main: &str, dry_run: bool) -> Result<Value, String> {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "applet.toml".to_string(),
+            format!("name = \"inv\"\nversion = \"1.0.0\"\n[permissions]\ncmdb = {perms}\n").into_bytes(),
+        );
+        files.insert("main.lua".to_string(), main.as_bytes().to_vec());
+        let pkg = Arc::new(AppletPackage::from_files(files).unwrap());
+        let rt = Runtime::new(&Config::parse("[audit]\nsync = false\n", "t").unwrap(), Some(store.clone())).unwrap();
+        let mut req = RunRequest::new(pkg, Caller { user: "carol".into(), via: "test".into() });
+        req.dry_run = dry_run;
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio.block_on(rt.run(req)).result.map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn applets_read_and_change_the_cmdb_within_their_permission() {
+        let (store, c) = super::fleet();
+        let v = run(&store, r#"["read"]"#, "return function() local hs = cmdb.hosts('group:web & tag:env=prod') local out = {} for _, h in ipairs(hs) do table.insert(out, h.name .. ':' .. h.port) end return { names = out, one = cmdb.host('db01').tags.env, none = cmdb.host('nope') == nil } end", false).unwrap();
+        assert_eq!(v, json!({ "names": ["web01:22", "web02:22"], "one": "prod", "none": true }));
+
+        let e = run(&store, r#"["read"]"#, "return function() return cmdb.set('web01', { tags = { env = 'qa' } }) end", false).unwrap_err();
+        assert!(e.contains("cmdb.set") && e.contains("`write`"), "{e}");
+        let e = run(&store, r#"["read"]"#, "return function() return cmdb.hosts('group:nope') end", false).unwrap_err();
+        assert!(e.contains("matches no host"), "{e}");
+
+        assert_eq!(
+            run(
+                &store,
+                r#"["read", "write"]"#,
+                "return function() return cmdb.set('web01', { tags = { env = 'qa' }, port = 2222 }) end",
+                true
+            )
+            .unwrap(),
+            json!(false),
+            "a dry run changes nothing"
+        );
+        assert_eq!(c.host("web01").unwrap().unwrap().tags["env"], "prod");
+        assert_eq!(
+            run(
+                &store,
+                r#"["read", "write"]"#,
+                "return function() return cmdb.set('web01', { tags = { env = 'qa' }, port = 2222 }) end",
+                false
+            )
+            .unwrap(),
+            json!(true)
+        );
+        let h = c.host("web01").unwrap().unwrap();
+        assert_eq!((h.tags["env"].as_str(), h.port), ("qa", 2222));
+
+        let actions = store.audit().list(&opslet::store::audit::Filter { kind: Some("action".into()), ..Default::default() }).unwrap();
+        assert_eq!(actions.len(), 2);
+        assert_eq!(actions[0].data["detail"]["planned"], json!(true));
+        assert_eq!(actions[1].data["detail"]["before"]["port"], json!(22));
+        assert_eq!(actions[1].data["detail"]["after"]["port"], json!(2222));
+    }
+}

@@ -5,6 +5,8 @@
 //! every field raises an error naming the missing permission. Modules check their scope on every
 //! call through [`Grant`].
 
+pub mod cmdb;
+
 use std::sync::Arc;
 
 use mlua::{Lua, Table};
@@ -79,7 +81,7 @@ pub struct ModuleRegistry {
 impl ModuleRegistry {
     /// The modules compiled into this opslet.
     pub fn builtin() -> ModuleRegistry {
-        ModuleRegistry { modules: Vec::new() }
+        ModuleRegistry { modules: vec![Arc::new(cmdb::CmdbModule)] }
     }
 
     /// Adds a module (embedding hosts and tests use this to plug in their own).
