@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 use crate::applet::manifest::validate_name;
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::audit::AuditEvent;
 
 /// What a user may do. Each role includes the viewer's rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -190,17 +189,7 @@ impl Auth {
     }
 
     fn audit(&self, kind: &str, actor: &str, data: serde_json::Value) -> Result<(), Error> {
-        self.store
-            .audit()
-            .append(AuditEvent {
-                kind: kind.into(),
-                actor: Some(actor.into()),
-                via: Some("auth".into()),
-                status: Some("ok".into()),
-                data,
-                ..AuditEvent::default()
-            })
-            .map(|_| ())
+        self.store.audit().record_change(kind, actor, "auth", None, data)
     }
 
     pub fn flush(&self) -> Result<(), Error> {

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::audit::AuditEvent;
 pub use selector::Selector;
 
 /// One host.
@@ -55,17 +54,7 @@ impl Cmdb {
     }
 
     fn audit(&self, kind: &str, actor: &str, data: serde_json::Value) -> Result<(), Error> {
-        self.store
-            .audit()
-            .append(AuditEvent {
-                kind: kind.into(),
-                actor: Some(actor.into()),
-                via: Some("cmdb".into()),
-                status: Some("ok".into()),
-                data,
-                ..AuditEvent::default()
-            })
-            .map(|_| ())
+        self.store.audit().record_change(kind, actor, "cmdb", None, data)
     }
 
     /// Adds or replaces a host; the audit record holds before and after.

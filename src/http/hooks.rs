@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 use crate::applet::manifest::validate_name;
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::audit::AuditEvent;
 
 /// How far a delivery's timestamp may be from now.
 pub const WINDOW_SECS: i64 = 300;
@@ -124,15 +123,7 @@ impl Hooks {
         if self.hooks.compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(body))?.is_err() {
             return Err(Error::Usage(format!("hook `{name}` already exists")));
         }
-        self.store.audit().append(AuditEvent {
-            kind: "hook.add".into(),
-            actor: Some(actor.into()),
-            via: Some("hook".into()),
-            applet: Some(applet.into()),
-            status: Some("ok".into()),
-            data: serde_json::json!({ "hook": name, "map": hook.map }),
-            ..AuditEvent::default()
-        })?;
+        self.store.audit().record_change("hook.add", actor, "hook", Some(applet), serde_json::json!({ "hook": name, "map": hook.map }))?;
         Ok(hook)
     }
 
@@ -140,17 +131,7 @@ impl Hooks {
         if self.hooks.remove(name.as_bytes())?.is_none() {
             return Err(Error::NotFound(format!("no hook `{name}`")));
         }
-        self.store
-            .audit()
-            .append(AuditEvent {
-                kind: "hook.rm".into(),
-                actor: Some(actor.into()),
-                via: Some("hook".into()),
-                status: Some("ok".into()),
-                data: serde_json::json!({ "hook": name }),
-                ..AuditEvent::default()
-            })
-            .map(|_| ())
+        self.store.audit().record_change("hook.rm", actor, "hook", None, serde_json::json!({ "hook": name }))
     }
 
     pub fn get(&self, name: &str) -> Result<Option<Hook>, Error> {

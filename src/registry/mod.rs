@@ -23,7 +23,6 @@ use crate::applet::AppletPackage;
 use crate::applet::manifest::validate_name;
 use crate::error::{Diagnostic, Error};
 use crate::store::Store;
-use crate::store::audit::AuditEvent;
 pub use model::{AppletMeta, PermissionChanges, VersionMeta};
 pub use search::SearchHit;
 
@@ -124,18 +123,7 @@ impl Registry {
     }
 
     fn audit(&self, kind: &str, actor: &str, applet: &str, data: serde_json::Value) -> Result<(), Error> {
-        self.store
-            .audit()
-            .append(AuditEvent {
-                kind: kind.into(),
-                actor: Some(actor.into()),
-                via: Some("registry".into()),
-                applet: Some(applet.into()),
-                status: Some("ok".into()),
-                data,
-                ..AuditEvent::default()
-            })
-            .map(|_| ())
+        self.store.audit().record_change(kind, actor, "registry", Some(applet), data)
     }
 
     fn changed(&self) {

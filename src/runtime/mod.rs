@@ -141,7 +141,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: &Config, store: Option<Store>) -> Result<Runtime, Error> {
-        keep_heap_mapped();
+        prepare_process();
         Ok(Runtime {
             host_limits: config.host_limits().map_err(Error::Config)?,
             kv_limits: config.kv_limits().map_err(Error::Config)?,
@@ -408,10 +408,11 @@ enum Failure {
     Limit,
 }
 
-/// Every run builds and frees a Lua state of a few hundred KiB. glibc would hand that memory
-/// back to the kernel after each run and fault it in again on the next, which costs more than
-/// the run; keep freed heap and mid-sized blocks in the process instead.
-fn keep_heap_mapped() {
+/// Process-wide settings runs depend on, applied once: Luau's table.move fix, and keeping freed
+/// heap. Every run builds and frees a Lua state of a few hundred KiB; glibc would hand that
+/// memory back to the kernel after each run and fault it in again on the next, which costs more
+/// than the run.
+fn prepare_process() {
     static FLAGS: std::sync::Once = std::sync::Once::new();
     // Luau's table.move loops without reaching the interrupt unless this fix is on.
     FLAGS.call_once(|| {

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::store::Store;
-use crate::store::audit::AuditEvent;
 
 pub const KEY_FILE: &str = "secret.key";
 pub const KEY_ENV: &str = "OPSLET_SECRET_KEY";
@@ -95,14 +94,8 @@ impl Secrets {
         let sealed =
             Sealed { nonce: hex::encode(nonce), ciphertext: hex::encode(ct), updated_at: chrono::Utc::now(), updated_by: actor.into() };
         let existed = self.tree.insert(name.as_bytes(), serde_json::to_vec(&sealed).expect("sealed secrets serialize"))?.is_some();
-        self.store.audit().append(AuditEvent {
-            kind: if existed { "secret.update" } else { "secret.set" }.into(),
-            actor: Some(actor.into()),
-            via: Some("cli".into()),
-            status: Some("ok".into()),
-            data: serde_json::json!({ "secret": name }),
-            ..AuditEvent::default()
-        })?;
+        let kind = if existed { "secret.update" } else { "secret.set" };
+        self.store.audit().record_change(kind, actor, "cli", None, serde_json::json!({ "secret": name }))?;
         Ok(())
     }
 
@@ -123,17 +116,7 @@ impl Secrets {
         if self.tree.remove(name.as_bytes())?.is_none() {
             return Err(Error::NotFound(format!("no secret `{name}`")));
         }
-        self.store
-            .audit()
-            .append(AuditEvent {
-                kind: "secret.rm".into(),
-                actor: Some(actor.into()),
-                via: Some("cli".into()),
-                status: Some("ok".into()),
-                data: serde_json::json!({ "secret": name }),
-                ..AuditEvent::default()
-            })
-            .map(|_| ())
+        self.store.audit().record_change("secret.rm", actor, "cli", None, serde_json::json!({ "secret": name }))
     }
 
     pub fn list(&self) -> Result<Vec<SecretInfo>, Error> {

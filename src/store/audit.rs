@@ -261,6 +261,20 @@ impl AuditLog {
         Ok(rec)
     }
 
+    /// Records a successful change made by `actor` through `via` (registry, auth, cmdb, ...).
+    pub fn record_change(&self, kind: &str, actor: &str, via: &str, applet: Option<&str>, data: serde_json::Value) -> Result<(), Error> {
+        self.append(AuditEvent {
+            kind: kind.into(),
+            actor: Some(actor.into()),
+            via: Some(via.into()),
+            applet: applet.map(str::to_string),
+            status: Some("ok".into()),
+            data,
+            ..AuditEvent::default()
+        })
+        .map(|_| ())
+    }
+
     /// Stores the head, and how far back `open` must read to find every open run.
     pub fn checkpoint(&self) -> Result<(), Error> {
         let mut state = self.state.lock();
