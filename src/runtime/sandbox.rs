@@ -26,7 +26,7 @@ const REMOVED_GLOBALS: &[&str] = &["loadstring", "getfenv", "setfenv", "require"
 /// the interrupt fires inside long sorts. `check` also receives any host panic caught by `pcall`;
 /// converting it resumes the panic, which ends the run as an internal error.
 const PRELUDE: &str = r#"
-local check, run, plainfind, plainsplit = ...
+local check, run, plainfind, plainsplit, isliteral = ...
 local rawpcall, rawxpcall, rawresume, rawsort = pcall, xpcall, coroutine.resume, table.sort
 local rawfind, rawsplit = string.find, string.split
 pcall = function(...) return check(rawpcall(...)) end
@@ -36,9 +36,8 @@ local function lt(a, b) return a < b end
 table.sort = function(t, comp) return rawsort(t, comp or lt) end
 -- Luau searches literal needles with a quadratic loop that never reaches the interrupt; long
 -- literal needles go to a linear-time search in the host instead.
-local SPECIALS = "[%^%$%*%+%?%.%(%)%[%]%%%-]"
 string.find = function(s, p, init, plain)
-	if type(s) == "string" and type(p) == "string" and #p > 16 and (plain or not rawfind(p, SPECIALS)) then
+	if type(s) == "string" and type(p) == "string" and #p > 16 and (plain or isliteral(p)) then
 		return plainfind(s, p, init)
 	end
 	return rawfind(s, p, init, plain)
@@ -149,8 +148,14 @@ pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &Modu
     })?;
     let plainfind = lua.create_function(plain_find)?;
     let plainsplit = lua.create_function(plain_split)?;
-    let launch: mlua::Function =
-        lua.load(compiled_prelude()).set_name("=prelude").set_mode(ChunkMode::Binary).call((check, run_info, plainfind, plainsplit))?;
+    // Luau's own test for "no pattern characters" (`nospecials`), without running the matcher
+    // (and its interrupt) once per byte of a long needle.
+    let isliteral = lua.create_function(|_, p: mlua::LuaString| Ok(!p.as_bytes().iter().any(|b| b"^$*+?.([%-".contains(b))))?;
+    let launch: mlua::Function = lua
+        .load(compiled_prelude())
+        .set_name("=prelude")
+        .set_mode(ChunkMode::Binary)
+        .call((check, run_info, plainfind, plainsplit, isliteral))?;
     lua.sandbox(true)?;
     Ok(State { lua, array_mt, launch })
 }
