@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): builds everything and runs the whole suite, then
 # prints one closing line with the totals over all test binaries.
-# Tests that need real peers (sshd, Zabbix, ...) start them from scripts/peers/ themselves.
+# Peers are installed by scripts/peers/; tests that need a server start it and stop it by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,11 @@ if ! command -v cargo >/dev/null 2>&1; then
 	echo "cargo is required (https://rustup.rs)" >&2
 	exit 1
 fi
+
+# Real peers: OpenSSH (the tests start and stop their own sshd fleets) and ansible-core (the
+# inventory round-trip tests check opslet's files with Ansible's own parser).
+scripts/peers/ssh.sh install
+scripts/peers/ssh.sh ansible
 
 cargo build --locked --all-targets
 

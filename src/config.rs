@@ -25,6 +25,83 @@ pub struct Config {
     /// `opslet serve`; each value can be overridden by its flag or environment variable.
     #[serde(default)]
     pub serve: ServeSettings,
+    /// The `ssh` host module: credentials per host group, host-key policy, fan-out limits.
+    #[serde(default)]
+    pub ssh: SshConfig,
+}
+
+/// `[ssh]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Hosts worked on at once by one call, unless the call asks for fewer (default 256).
+    pub concurrency: usize,
+    /// Time to connect and log in to one host (default "10s").
+    pub connect_timeout: String,
+    /// Time for one command on one host, login included, unless the call says (default "60s").
+    pub timeout: String,
+    /// What to do with a host whose key is not pinned in the cmdb: "refuse" (default) or
+    /// "accept-and-pin" (trust on first use, pin it, audit it). A changed key is always refused.
+    pub first_contact: FirstContact,
+    /// Bytes of stdout and of stderr kept per host and command (default "1MiB"); the rest is cut.
+    pub max_output: String,
+    /// Largest file `ssh.put` sends or `ssh.get` fetches (default "16MiB").
+    pub max_file: String,
+    /// Who logs in where: the first entry whose `hosts` selector picks a host is used for it.
+    pub credentials: Vec<SshCredential>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            concurrency: 256,
+            connect_timeout: "10s".into(),
+            timeout: "60s".into(),
+            first_contact: FirstContact::Refuse,
+            max_output: "1MiB".into(),
+            max_file: "16MiB".into(),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+/// `[ssh] first_contact`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstContact {
+    Refuse,
+    AcceptAndPin,
+}
+
+/// `[[ssh.credentials]]`: how to log in to the hosts a selector picks. Secrets are named, never
+/// written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshCredential {
+    /// A host selector: "group:web", "tag:env=prod", "*".
+    pub hosts: String,
+    /// Login user.
+    pub user: String,
+    /// Secret holding the password.
+    pub password_secret: Option<String>,
+    /// Secret holding an OpenSSH private key (the file's text).
+    pub key_secret: Option<String>,
+    /// Secret holding the private key's passphrase.
+    pub key_passphrase_secret: Option<String>,
+    /// A cmdb host to connect through (its own credentials apply to it).
+    pub jump: Option<String>,
+}
+
+/// `[ssh]` resolved to numbers.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub first_contact: FirstContact,
+    pub max_output: u64,
+    pub max_file: u64,
+    pub credentials: Vec<SshCredential>,
 }
 
 /// `[serve]`. Unset values take the flag's default (see `opslet serve --help`).
@@ -157,6 +234,7 @@ impl Config {
         })?;
         cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        cfg.ssh_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         Ok(cfg)
     }
 
@@ -183,6 +261,34 @@ impl Config {
             return Err("limits.call_depth must be between 16 and 20000".into());
         }
         Ok(out)
+    }
+
+    pub fn ssh_settings(&self) -> Result<SshSettings, String> {
+        let c = &self.ssh;
+        let d = |key: &str, v: &str| parse_duration(v).map_err(|m| format!("ssh.{key}: {m}"));
+        let s = |key: &str, v: &str| parse_size(v).map_err(|m| format!("ssh.{key}: {m}"));
+        if !(1..=10_000).contains(&c.concurrency) {
+            return Err("ssh.concurrency must be between 1 and 10000".into());
+        }
+        for (i, cred) in c.credentials.iter().enumerate() {
+            let at = format!("ssh.credentials[{i}] (hosts = \"{}\")", cred.hosts);
+            crate::cmdb::Selector::parse(&cred.hosts).map_err(|m| format!("{at}: hosts: {m}"))?;
+            if cred.user.trim().is_empty() {
+                return Err(format!("{at}: user is empty"));
+            }
+            if cred.password_secret.is_none() && cred.key_secret.is_none() {
+                return Err(format!("{at}: give password_secret or key_secret (the name of a secret set with `opslet secret set`)"));
+            }
+        }
+        Ok(SshSettings {
+            concurrency: c.concurrency,
+            connect_timeout: d("connect_timeout", &c.connect_timeout)?,
+            timeout: d("timeout", &c.timeout)?,
+            first_contact: c.first_contact,
+            max_output: s("max_output", &c.max_output)?,
+            max_file: s("max_file", &c.max_file)?,
+            credentials: c.credentials.clone(),
+        })
     }
 
     pub fn kv_limits(&self) -> Result<(u64, u64), String> {

@@ -12,6 +12,7 @@ fn host(name: &str, groups: &[&str], tags: &[(&str, &str)]) -> Host {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         attrs: Default::default(),
+        host_key: None,
     }
 }
 

@@ -34,6 +34,9 @@ pub enum HostCmd {
         /// KEY=VALUE, repeatable.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Pin the host's SSH key: an OpenSSH public key line ("ssh-ed25519 AAAA...").
+        #[arg(long)]
+        host_key: Option<String>,
     },
     /// Change a host: the given fields replace or extend what it has.
     Set {
@@ -51,6 +54,9 @@ pub enum HostCmd {
         /// Set KEY=VALUE tags (repeatable); KEY= removes the tag.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Pin the host's SSH key ("ssh-ed25519 AAAA..."); an empty value removes the pin.
+        #[arg(long)]
+        host_key: Option<String>,
     },
     /// Remove a host.
     Rm { name: String },
@@ -83,24 +89,27 @@ fn tag(s: &str) -> Result<(String, String), Error> {
 pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
     let cmdb = Cmdb::new(global.open_store()?)?;
     match cmd {
-        CmdbCmd::Host(HostCmd::Add { name, address, port, groups, tags }) => {
+        CmdbCmd::Host(HostCmd::Add { name, address, port, groups, tags, host_key }) => {
             if cmdb.host(&name)?.is_some() {
                 return Err(Error::Usage(format!("host `{name}` already exists; change it with `opslet cmdb host set`")));
             }
             let tags = tags.iter().map(|t| tag(t)).collect::<Result<_, _>>()?;
             cmdb.put(
-                Host { name: name.clone(), address, port, groups: groups.into_iter().collect(), tags, attrs: Default::default() },
+                Host { name: name.clone(), address, port, groups: groups.into_iter().collect(), tags, attrs: Default::default(), host_key },
                 &os_user(),
             )?;
             eprintln!("added {name}");
         }
-        CmdbCmd::Host(HostCmd::Set { name, address, port, groups, ungroups, tags }) => {
+        CmdbCmd::Host(HostCmd::Set { name, address, port, groups, ungroups, tags, host_key }) => {
             let mut h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
             if let Some(a) = address {
                 h.address = a;
             }
             if let Some(p) = port {
                 h.port = p;
+            }
+            if let Some(k) = host_key {
+                h.host_key = if k.trim().is_empty() { None } else { Some(k) };
             }
             h.groups.extend(groups);
             for g in ungroups {

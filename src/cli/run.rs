@@ -15,6 +15,45 @@ use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink};
 use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
 
+/// The progress bar of a call over many hosts (ok / failed / pending counts), drawn on stderr
+/// when it is a terminal; log lines print above it.
+#[derive(Default)]
+struct Progress {
+    bar: parking_lot::Mutex<Option<(String, indicatif::ProgressBar)>>,
+}
+
+impl Progress {
+    fn update(&self, p: &crate::runtime::context::Progress) {
+        let mut slot = self.bar.lock();
+        if slot.as_ref().is_none_or(|(call, bar)| call != &p.call || bar.is_finished()) {
+            let bar = indicatif::ProgressBar::with_draw_target(Some(p.total as u64), indicatif::ProgressDrawTarget::stderr());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(p.call.clone());
+            *slot = Some((p.call.clone(), bar));
+        }
+        let (_, bar) = slot.as_ref().expect("set above");
+        bar.set_position((p.ok + p.failed + p.skipped) as u64);
+        bar.set_message(format!("ok {} · failed {} · skipped {} · pending {}", p.ok, p.failed, p.skipped, p.pending));
+        if p.pending == 0 {
+            bar.finish_and_clear();
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!("{}: {} hosts: {} ok, {} failed, {} skipped", p.call, p.total, p.ok, p.failed, p.skipped);
+            }
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match self.bar.lock().as_ref() {
+            Some((_, bar)) if !bar.is_finished() && !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// An applet folder, or a registry applet: NAME, NAME@VERSION or NAME@sha256:PREFIX.
@@ -116,8 +155,11 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         req.dry_run = args.dry_run;
         req.cancel = cancel;
         if !args.quiet {
-            let sink: LogSink =
-                Arc::new(|l: &LogLine| eprintln!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false)));
+            let bars = Progress::default();
+            let sink: LogSink = Arc::new(move |l: &LogLine| match &l.progress {
+                Some(p) => bars.update(p),
+                None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
+            });
             req.log_sink = Some(sink);
         }
         let watchdog = Watchdog::start(&runtime, &req);

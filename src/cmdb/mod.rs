@@ -24,10 +24,17 @@ pub struct Host {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub attrs: serde_json::Map<String, serde_json::Value>,
+    /// The host's pinned SSH key, as an OpenSSH public key line ("ssh-ed25519 AAAA...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 fn default_port() -> u16 {
     22
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s.to_string() }
 }
 
 /// The cmdb of a store.
@@ -65,6 +72,11 @@ impl Cmdb {
         }
         for g in &host.groups {
             valid("group", g)?;
+        }
+        if let Some(k) = &host.host_key {
+            russh::keys::PublicKey::from_openssh(k.trim()).map_err(|e| {
+                Error::Usage(format!("host `{}`: host key `{}` is not an OpenSSH public key line: {e}", host.name, short(k)))
+            })?;
         }
         let before = self.hosts.insert(host.name.as_bytes(), serde_json::to_vec(&host).expect("hosts serialize"))?;
         let before: Option<Host> = before.and_then(|b| serde_json::from_slice(&b).ok());

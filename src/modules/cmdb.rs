@@ -8,7 +8,6 @@ use mlua::{Lua, Table, Value};
 use super::{Grant, HostModule};
 use crate::cmdb::{Cmdb, Host};
 use crate::runtime::context::RunCtx;
-use crate::runtime::convert;
 
 pub struct CmdbModule;
 
@@ -19,9 +18,7 @@ fn cmdb_of(ctx: &RunCtx, call: &str) -> mlua::Result<Cmdb> {
 
 fn to_lua(lua: &Lua, h: &Host) -> mlua::Result<Value> {
     let v = serde_json::to_value(h).map_err(|e| mlua::Error::runtime(e.to_string()))?;
-    let mt = lua.create_table()?;
-    mt.raw_set("__opslet_array", true)?;
-    convert::to_lua(lua, &v, &mt)
+    super::json_to_lua(lua, &v)
 }
 
 impl HostModule for CmdbModule {

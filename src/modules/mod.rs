@@ -6,6 +6,7 @@
 //! call through [`Grant`].
 
 pub mod cmdb;
+pub mod ssh;
 
 use std::sync::Arc;
 
@@ -79,9 +80,15 @@ pub struct ModuleRegistry {
 }
 
 impl ModuleRegistry {
-    /// The modules compiled into this opslet.
+    /// The modules compiled into this opslet, with default settings (enough to check
+    /// manifests; runs use [`ModuleRegistry::from_config`]).
     pub fn builtin() -> ModuleRegistry {
-        ModuleRegistry { modules: vec![Arc::new(cmdb::CmdbModule)] }
+        ModuleRegistry::from_config(&crate::config::Config::default()).expect("the default config is valid")
+    }
+
+    /// The modules compiled into this opslet, set up from `config`.
+    pub fn from_config(config: &crate::config::Config) -> Result<ModuleRegistry, String> {
+        Ok(ModuleRegistry { modules: vec![Arc::new(cmdb::CmdbModule), Arc::new(ssh::SshModule::new(config.ssh_settings()?))] })
     }
 
     /// Adds a module (embedding hosts and tests use this to plug in their own).
@@ -179,6 +186,13 @@ impl ModuleRegistry {
         globals.set_metatable(Some(mt))?;
         Ok(())
     }
+}
+
+/// A JSON value as Lua, arrays marked as such (so they come back out as JSON arrays).
+pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    let mt = lua.create_table()?;
+    mt.raw_set("__opslet_array", true)?;
+    crate::runtime::convert::to_lua(lua, v, &mt)
 }
 
 /// A table whose every field access raises `module.field: why`.

@@ -74,6 +74,22 @@ pub struct LogLine {
     pub time: chrono::DateTime<chrono::Utc>,
     pub level: Level,
     pub message: String,
+    /// Set on progress events of a module fanning out over hosts; such lines go to the live
+    /// sink only (the CLI's progress bar, a job's event stream), not into the run's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// Where a call over many hosts stands.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    /// The Lua call, like "ssh.run".
+    pub call: String,
+    pub total: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub pending: usize,
 }
 
 /// Receives log lines as they are written (CLI prints them, HTTP streams them).
@@ -96,6 +112,8 @@ pub struct RunCtx {
     pub guard: Arc<Guard>,
     pub redactor: Redactor,
     pub store: Option<Store>,
+    /// The applet's files (scripts and files modules may send to hosts).
+    pub package: Option<Arc<crate::applet::AppletPackage>>,
     pub(crate) logs: Mutex<LogBuf>,
     pub(crate) sink: Option<LogSink>,
     /// kv writes of a dry run stay here and are dropped at the end.
@@ -116,7 +134,7 @@ impl RunCtx {
             message.truncate(cut);
             message.push_str(" [line truncated]");
         }
-        let line = LogLine { time: chrono::Utc::now(), level, message };
+        let line = LogLine { time: chrono::Utc::now(), level, message, progress: None };
         {
             let mut logs = self.logs.lock();
             let limits = &self.guard.limits;
@@ -130,6 +148,23 @@ impl RunCtx {
             sink(&line);
         }
         Ok(())
+    }
+
+    /// Sends a progress event to the live sink (not stored, not counted against the output limit).
+    pub fn progress(&self, progress: Progress) {
+        if let Some(sink) = &self.sink {
+            let message = format!(
+                "{}: {}/{} done (ok {}, failed {}, skipped {}, pending {})",
+                progress.call,
+                progress.ok + progress.failed + progress.skipped,
+                progress.total,
+                progress.ok,
+                progress.failed,
+                progress.skipped,
+                progress.pending
+            );
+            sink(&LogLine { time: chrono::Utc::now(), level: Level::Info, message, progress: Some(progress) });
+        }
     }
 
     pub fn take_logs(&self) -> Vec<LogLine> {

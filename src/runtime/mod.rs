@@ -146,7 +146,7 @@ impl Runtime {
             host_limits: config.host_limits().map_err(Error::Config)?,
             kv_limits: config.kv_limits().map_err(Error::Config)?,
             audit_sync: config.audit.sync,
-            modules: ModuleRegistry::builtin(),
+            modules: ModuleRegistry::from_config(config).map_err(|m| Error::Config(format!("invalid config: {m}")))?,
             secrets: Arc::new(match &store {
                 Some(s) => crate::secrets::Secrets::values_of(s)?,
                 None => Vec::new(),
@@ -187,7 +187,7 @@ impl Runtime {
         let manifest = &package.manifest;
         let applet_id = manifest.id();
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
-        let params = params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs);
+        let params = params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs).and_then(|p| self.check_selectors(manifest, p));
 
         // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
@@ -248,6 +248,7 @@ impl Runtime {
             guard: Arc::clone(&guard),
             redactor,
             store: self.store.clone(),
+            package: Some(Arc::clone(&package)),
             logs: Default::default(),
             sink: req.log_sink.clone(),
             kv_overlay: Default::default(),
@@ -319,6 +320,49 @@ impl Runtime {
             }
         }
         out
+    }
+
+    /// Host-selector params must pick at least one host of the cmdb (when the run has a store).
+    fn check_selectors(
+        &self,
+        manifest: &crate::applet::Manifest,
+        params: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<crate::error::ParamError>> {
+        use crate::applet::ParamType;
+        let Some(store) = &self.store else { return Ok(params) };
+        let mut errs = Vec::new();
+        let mut cmdb = None;
+        for (name, spec) in &manifest.params {
+            let is_sel = spec.ty == ParamType::HostSelector || (spec.ty == ParamType::List && spec.items == Some(ParamType::HostSelector));
+            if !is_sel {
+                continue;
+            }
+            let values: Vec<&str> = match params.get(name) {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                _ => continue,
+            };
+            for sel in values {
+                let db = match &cmdb {
+                    Some(db) => db,
+                    None => match crate::cmdb::Cmdb::new(store.clone()) {
+                        Ok(db) => cmdb.insert(db),
+                        Err(e) => {
+                            errs.push(crate::error::ParamError { param: name.clone(), message: format!("cannot read the cmdb: {e}") });
+                            break;
+                        }
+                    },
+                };
+                if let Err(e) = db.select(sel) {
+                    let message = match e {
+                        Error::NotFound(m) | Error::Usage(m) => m,
+                        other => other.to_string(),
+                    };
+                    errs.push(crate::error::ParamError { param: name.clone(), message });
+                }
+            }
+        }
+        if errs.is_empty() { Ok(params) } else { Err(errs) }
     }
 
     async fn execute(

@@ -1,6 +1,8 @@
 //! Shared helpers: build packages from inline sources, run them on a throwaway store.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

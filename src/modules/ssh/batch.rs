@@ -1,0 +1,224 @@
+//! Fan-out over many hosts: a canary batch first, then batches of a given size, at most
+//! `concurrency` hosts at once, stopping after N failures. Plain async code, no Lua.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// How to spread one call over its hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Hosts in flight at once.
+    pub concurrency: usize,
+    /// Hosts per batch after the canary (None: all the rest in one batch).
+    pub batch: Option<usize>,
+    /// Hosts in a first batch of their own (0: none). Any failure there stops the call.
+    pub canary: usize,
+    /// Stop starting hosts once this many have failed.
+    pub stop_after: Option<usize>,
+}
+
+/// The outcome on one host.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct HostResult {
+    pub host: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Seconds.
+    pub duration: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Dry run: what would run, nothing connected.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub planned: bool,
+    /// Not started: an earlier batch failed (canary or stop_after).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// Output was cut at [ssh] max_output.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// `ssh.get`: the file's content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// The command as run on the host (dry run and errors show it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+impl HostResult {
+    pub fn failed(host: &str, error: impl Into<String>) -> HostResult {
+        HostResult { host: host.into(), error: Some(error.into()), ..Default::default() }
+    }
+}
+
+/// Counts after each finished host, for progress bars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Counts {
+    pub fn pending(&self) -> usize {
+        self.total - self.ok - self.failed - self.skipped
+    }
+}
+
+/// The batches `plan` cuts `n` hosts into, as index ranges.
+pub fn batches(n: usize, plan: &Plan) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    if plan.canary > 0 && n > 0 {
+        start = plan.canary.min(n);
+        out.push(0..start);
+    }
+    let size = plan.batch.unwrap_or(usize::MAX).max(1);
+    while start < n {
+        let end = start.saturating_add(size).min(n);
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Runs `work` on every host per `plan`, on the runtime `io`; results come back in the order of
+/// `hosts`. Dropping the returned future aborts the hosts still running.
+pub async fn fan_out<F, Fut>(
+    hosts: Vec<String>,
+    plan: &Plan,
+    io: &tokio::runtime::Handle,
+    work: F,
+    progress: &(dyn Fn(Counts) + Send + Sync),
+) -> Vec<HostResult>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = HostResult> + Send + 'static,
+{
+    let n = hosts.len();
+    let mut results: Vec<Option<HostResult>> = vec![None; n];
+    let mut counts = Counts { total: n, ..Default::default() };
+    let limit = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+    let mut stop: Option<String> = None;
+    let cut = batches(n, plan);
+    for (b, range) in cut.iter().enumerate() {
+        if let Some(why) = &stop {
+            for i in range.clone() {
+                results[i] = Some(HostResult { skipped: true, ..HostResult::failed(&hosts[i], why.clone()) });
+                counts.skipped += 1;
+            }
+            progress(counts);
+            continue;
+        }
+        let mut set = JoinSet::new();
+        for i in range.clone() {
+            let fut = work(hosts[i].clone());
+            let limit = Arc::clone(&limit);
+            set.spawn_on(
+                async move {
+                    let _permit = limit.acquire_owned().await;
+                    (i, fut.await)
+                },
+                io,
+            );
+        }
+        let mut batch_failed = 0;
+        while let Some(joined) = set.join_next().await {
+            let (i, r) = match joined {
+                Ok(v) => v,
+                Err(e) => {
+                    // A panic in one host's task: report it on that host only.
+                    let Some(i) = range.clone().find(|i| results[*i].is_none()) else { continue };
+                    (i, HostResult::failed(&hosts[i], format!("internal error: {e}")))
+                }
+            };
+            if r.ok {
+                counts.ok += 1;
+            } else {
+                counts.failed += 1;
+                batch_failed += 1;
+            }
+            results[i] = Some(r);
+            progress(counts);
+        }
+        let is_canary = plan.canary > 0 && b == 0 && cut.len() > 1;
+        if is_canary && batch_failed > 0 {
+            stop = Some(format!("not run: the canary batch failed on {batch_failed} host(s)"));
+        } else if let Some(max) = plan.stop_after
+            && counts.failed >= max
+        {
+            stop = Some(format!("not run: stopped after {} failure(s) (stop_after = {max})", counts.failed));
+        }
+    }
+    results.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|| HostResult::failed(&hosts[i], "not run"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(batch: Option<usize>, canary: usize, stop_after: Option<usize>) -> Plan {
+        Plan { concurrency: 4, batch, canary, stop_after }
+    }
+
+    #[test]
+    fn batches_cut_canary_then_fixed_sizes() {
+        assert_eq!(batches(5, &plan(None, 0, None)), vec![0..5]);
+        assert_eq!(batches(5, &plan(None, 1, None)), vec![0..1, 1..5]);
+        assert_eq!(batches(5, &plan(Some(2), 1, None)), vec![0..1, 1..3, 3..5]);
+        assert_eq!(batches(2, &plan(Some(10), 5, None)), vec![0..2]);
+        assert_eq!(batches(0, &plan(Some(2), 1, None)), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    fn run(hosts: &[&str], p: Plan, fail: &'static [&'static str]) -> (Vec<HostResult>, usize) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let s2 = Arc::clone(&started);
+        let out = rt.block_on(fan_out(
+            hosts.iter().map(|h| h.to_string()).collect(),
+            &p,
+            rt.handle(),
+            move |h| {
+                s2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { HostResult { ok: !fail.contains(&h.as_str()), host: h, ..Default::default() } }
+            },
+            &|_| {},
+        ));
+        (out, started.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[test]
+    fn a_failing_canary_stops_the_rest() {
+        let (out, started) = run(&["a", "b", "c"], plan(None, 1, None), &["a"]);
+        assert_eq!(started, 1);
+        assert!(!out[0].ok && !out[0].skipped);
+        assert!(out[1].skipped && out[2].skipped, "{out:?}");
+        assert!(out[1].error.as_deref().unwrap().contains("canary"));
+    }
+
+    #[test]
+    fn stop_after_counts_failures_across_batches() {
+        let (out, started) = run(&["a", "b", "c", "d", "e"], plan(Some(2), 0, Some(2)), &["a", "c"]);
+        assert_eq!(started, 4, "batches a,b then c,d; e is never started");
+        assert_eq!(out.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
+        assert!(out[4].skipped && out[4].error.as_deref().unwrap().contains("stop_after = 2"));
+        assert!(out[1].ok && out[3].ok);
+    }
+
+    #[test]
+    fn without_limits_every_host_runs_and_order_is_kept() {
+        let hosts: Vec<String> = (0..50).map(|i| format!("h{i}")).collect();
+        let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let (out, started) = run(&refs, plan(None, 0, None), &["h7"]);
+        assert_eq!(started, 50);
+        assert_eq!(out.iter().filter(|r| !r.ok).count(), 1);
+        assert!(out.iter().zip(&hosts).all(|(r, h)| &r.host == h));
+    }
+}

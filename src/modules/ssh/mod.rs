@@ -1,0 +1,649 @@
+//! The `ssh` host module: commands, scripts and files on many hosts at once.
+//!
+//! Lua: `ssh.run(selector, command, opts)`, `ssh.script(selector, script, args, opts)`,
+//! `ssh.put(selector, path, source, opts)`, `ssh.get(selector, path, opts)`; each returns one
+//! record per host (docs/lua/ssh.md). Targets come from the cmdb, logins from `[[ssh.credentials]]`
+//! and secrets, host keys from the cmdb's pins. Connections run on opslet's own I/O threads (not
+//! the run's thread, so handshakes do not count as the applet's CPU) and are reused within a run.
+//!
+//! Layout: `client` is a plain russh client, `batch` the fan-out, `scope` the permission; this
+//! file is the Lua boundary and the per-run state tying them to the cmdb, secrets and audit.
+
+pub mod batch;
+pub mod client;
+pub mod scope;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Table, Value};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::{Grant, HostModule};
+use crate::cmdb::{Cmdb, Host};
+use crate::config::{FirstContact, SshSettings};
+use crate::runtime::context::{Progress, RunCtx};
+use batch::{HostResult, Plan};
+use client::{Auth, ConnectError, Session, Target, shell_quote};
+use scope::Scope;
+
+pub struct SshModule {
+    settings: Arc<SshSettings>,
+}
+
+impl SshModule {
+    pub fn new(settings: SshSettings) -> SshModule {
+        SshModule { settings: Arc::new(settings) }
+    }
+}
+
+/// The threads that drive every SSH connection of this process.
+fn io() -> &'static tokio::runtime::Runtime {
+    static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    IO.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("opslet-ssh")
+            .enable_all()
+            .build()
+            .expect("the ssh I/O runtime starts")
+    })
+}
+
+fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("ssh.{call}: {m}"))
+}
+
+/// One run's view of the module: its permission, its connections, its logins.
+struct RunState {
+    settings: Arc<SshSettings>,
+    ctx: Arc<RunCtx>,
+    scope: Scope,
+    /// Open sessions by host name (one connect per host, even under concurrent calls).
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Session>>>>>,
+}
+
+impl RunState {
+    fn cmdb(&self, call: &str) -> mlua::Result<Cmdb> {
+        let store = self.ctx.store.clone().ok_or_else(|| lua_err(call, "this run has no data store (no cmdb to pick hosts from)"))?;
+        Cmdb::new(store).map_err(|e| lua_err(call, e))
+    }
+
+    /// The hosts `selector` picks, all inside the permission's `hosts`.
+    fn targets(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
+        let cmdb = self.cmdb(call)?;
+        let hosts = cmdb.select(selector).map_err(|e| lua_err(call, e))?;
+        let mut allowed = BTreeSet::new();
+        for s in &self.scope.hosts {
+            match cmdb.select(s) {
+                Ok(hs) => allowed.extend(hs.into_iter().map(|h| h.name)),
+                Err(crate::error::Error::NotFound(_)) => {}
+                Err(e) => return Err(lua_err(call, e)),
+            }
+        }
+        let outside: Vec<&str> = hosts.iter().filter(|h| !allowed.contains(&h.name)).map(|h| h.name.as_str()).collect();
+        if !outside.is_empty() {
+            let shown =
+                if outside.len() > 5 { format!("{} and {} more", outside[..5].join(", "), outside.len() - 5) } else { outside.join(", ") };
+            return Err(lua_err(
+                call,
+                format!(
+                    "permission denied: {shown} {} outside the applet's ssh hosts ({}); nothing was run",
+                    if outside.len() == 1 { "is" } else { "are" },
+                    self.scope.hosts.join(", ")
+                ),
+            ));
+        }
+        Ok(hosts)
+    }
+
+    /// Builds the login for `host` from the first matching `[[ssh.credentials]]`.
+    fn target(&self, cmdb: &Cmdb, host: &Host) -> Result<(Target, Option<String>), String> {
+        let mut chosen = None;
+        for cred in &self.settings.credentials {
+            let picked = match cmdb.select(&cred.hosts) {
+                Ok(hs) => hs.iter().any(|h| h.name == host.name),
+                Err(_) => false,
+            };
+            if picked {
+                chosen = Some(cred);
+                break;
+            }
+        }
+        let cred = chosen.ok_or_else(|| {
+            format!(
+                "no [[ssh.credentials]] entry picks host {} (add one whose hosts selector matches it, e.g. hosts = \"group:...\")",
+                host.name
+            )
+        })?;
+        let store = self.ctx.store.clone().ok_or("no data store for secrets")?;
+        let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
+        let secret = |name: &str| -> Result<String, String> {
+            let v = secrets
+                .get(name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("secret `{name}` (named in [[ssh.credentials]] for {}) is not set", cred.hosts))?;
+            String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
+        };
+        let auth = match (&cred.key_secret, &cred.password_secret) {
+            (Some(k), _) => {
+                let pass = cred.key_passphrase_secret.as_deref().map(secret).transpose()?;
+                let key = client::parse_private_key(&secret(k)?, pass.as_deref()).map_err(|m| format!("secret `{k}`: {m}"))?;
+                Auth::Key(Arc::new(key))
+            }
+            (None, Some(p)) => Auth::Password(secret(p)?),
+            (None, None) => return Err("credentials without password_secret or key_secret".into()),
+        };
+        let pinned = match &host.host_key {
+            Some(k) => Some(
+                russh::keys::PublicKey::from_openssh(k.trim())
+                    .map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
+            ),
+            None => None,
+        };
+        let target = Target {
+            name: host.name.clone(),
+            address: host.address.clone(),
+            port: host.port,
+            user: cred.user.clone(),
+            auth,
+            pinned,
+            accept_new: self.settings.first_contact == FirstContact::AcceptAndPin,
+        };
+        Ok((target, cred.jump.clone()))
+    }
+
+    /// The open session to `host`, connecting (and pinning on first contact) when needed.
+    async fn session(self: &Arc<Self>, host: &Host, hops: u8) -> Result<Arc<Session>, String> {
+        let cell = {
+            let mut map = self.sessions.lock();
+            let cell = map.entry(host.name.clone()).or_default();
+            if cell.get().is_some_and(|s| s.is_closed()) {
+                *cell = Arc::default();
+            }
+            Arc::clone(cell)
+        };
+        let me = Arc::clone(self);
+        let host = host.clone();
+        cell.get_or_try_init(|| async move { me.connect(&host, hops).await.map(Arc::new) }).await.cloned()
+    }
+
+    async fn connect(self: &Arc<Self>, host: &Host, hops: u8) -> Result<Session, String> {
+        let cmdb = self.cmdb("connect").map_err(|e| e.to_string())?;
+        let (target, jump) = self.target(&cmdb, host)?;
+        let via = match jump {
+            None => None,
+            Some(_) if hops > 0 => {
+                return Err(format!("{} is a jump host that needs a jump host itself; opslet goes through one jump host only", host.name));
+            }
+            Some(j) => {
+                let jh = cmdb
+                    .host(&j)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("jump host `{j}` (for {}) is not in the cmdb", host.name))?;
+                let s = Box::pin(self.session(&jh, hops + 1)).await.map_err(|m| format!("jump host {j}: {m}"))?;
+                Some(s)
+            }
+        };
+        match Session::connect(&target, via, self.settings.connect_timeout).await {
+            Ok(s) => {
+                if host.host_key.is_none()
+                    && let Some(k) = &s.host_key
+                {
+                    self.pin(&cmdb, host, k);
+                }
+                Ok(s)
+            }
+            Err(e) => {
+                match &e {
+                    ConnectError::KeyChanged { pinned, offered, offered_key } => {
+                        let _ = self.ctx.record_action(
+                            "ssh",
+                            "hostkey.refused",
+                            &host.name,
+                            false,
+                            json!({ "reason": "changed", "pinned": pinned, "offered": offered, "offered_key": offered_key }),
+                        );
+                    }
+                    ConnectError::KeyUnknown { offered, offered_key } => {
+                        let _ = self.ctx.record_action(
+                            "ssh",
+                            "hostkey.refused",
+                            &host.name,
+                            false,
+                            json!({ "reason": "not pinned", "offered": offered, "offered_key": offered_key }),
+                        );
+                    }
+                    _ => {}
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Pins a first-contact key in the cmdb (audited there and as an action of this run).
+    fn pin(&self, cmdb: &Cmdb, host: &Host, key: &russh::keys::PublicKey) {
+        let line = client::openssh_line(key);
+        let pinned = cmdb.host(&host.name).ok().flatten().map(|mut h| {
+            h.host_key = Some(line.clone());
+            cmdb.put(h, &self.ctx.caller.user)
+        });
+        let ok = matches!(pinned, Some(Ok(_)));
+        let _ =
+            self.ctx.record_action("ssh", "hostkey.pin", &host.name, ok, json!({ "key": line, "fingerprint": client::fingerprint(key) }));
+    }
+
+    fn progress(&self, call: &str, c: batch::Counts) {
+        self.ctx.progress(Progress {
+            call: format!("ssh.{call}"),
+            total: c.total,
+            ok: c.ok,
+            failed: c.failed,
+            skipped: c.skipped,
+            pending: c.pending(),
+        });
+    }
+}
+
+/// Options every call takes, from the Lua `opts` table.
+struct CallOpts {
+    timeout: Duration,
+    plan: Plan,
+    sudo: Option<String>,
+    env: Vec<(String, String)>,
+    mode: Option<u32>,
+}
+
+const COMMON_OPTS: &[&str] = &["timeout", "concurrency", "batch", "canary", "stop_after"];
+
+fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
+    let d = match v {
+        Value::Integer(i) if i > 0 => Duration::from_secs(i as u64),
+        Value::Number(n) if n > 0.0 && n.is_finite() => Duration::from_secs_f64(n),
+        Value::String(s) => {
+            crate::applet::manifest::parse_duration(&s.to_string_lossy()).map_err(|m| lua_err(call, format!("opts.{key}: {m}")))?
+        }
+        other => return Err(lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()))),
+    };
+    Ok(d)
+}
+
+fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
+    match v {
+        Value::Integer(i) if i >= 0 => Ok(i as usize),
+        Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
+        other => Err(lua_err(call, format!("opts.{key}: expected a whole number >= 0, got {}", crate::builtins::log::display(&other)))),
+    }
+}
+
+fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSettings, scope: &Scope) -> mlua::Result<CallOpts> {
+    let mut o = CallOpts {
+        timeout: settings.timeout,
+        plan: Plan { concurrency: settings.concurrency, batch: None, canary: 0, stop_after: None },
+        sudo: None,
+        env: Vec::new(),
+        mode: None,
+    };
+    let Some(opts) = opts else { return Ok(o) };
+    for pair in opts.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let key = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => return Err(lua_err(call, format!("opts: keys must be names, got {}", other.type_name()))),
+        };
+        match key.as_str() {
+            "timeout" => o.timeout = duration_opt(call, "timeout", v)?,
+            "concurrency" => o.plan.concurrency = count_opt(call, "concurrency", v)?.clamp(1, settings.concurrency),
+            "batch" => o.plan.batch = Some(count_opt(call, "batch", v)?.max(1)),
+            "canary" => {
+                o.plan.canary = match v {
+                    Value::Boolean(b) => usize::from(b),
+                    other => count_opt(call, "canary", other)?,
+                }
+            }
+            "stop_after" => o.plan.stop_after = Some(count_opt(call, "stop_after", v)?.max(1)),
+            "sudo" if extra.contains(&"sudo") => {
+                let user = match v {
+                    Value::Boolean(false) | Value::Nil => None,
+                    Value::Boolean(true) => Some("root".to_string()),
+                    Value::String(s) => Some(s.to_string_lossy()),
+                    other => return Err(lua_err(call, format!("opts.sudo: expected true or a user name, got {}", other.type_name()))),
+                };
+                if let Some(u) = &user {
+                    if !scope.sudo {
+                        return Err(lua_err(call, "permission denied: opts.sudo needs `sudo = true` in the applet's ssh permission"));
+                    }
+                    if u.is_empty() || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                        return Err(lua_err(call, format!("opts.sudo: `{u}` is not a user name")));
+                    }
+                }
+                o.sudo = user;
+            }
+            "env" if extra.contains(&"env") => {
+                let Value::Table(t) = v else { return Err(lua_err(call, "opts.env: expected a table of NAME = value")) };
+                for pair in t.pairs::<String, Value>() {
+                    let (name, value) = pair?;
+                    let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    if !ok {
+                        return Err(lua_err(call, format!("opts.env: `{name}` is not a variable name")));
+                    }
+                    o.env.push((name, crate::builtins::log::display(&value)));
+                }
+                o.env.sort();
+            }
+            "mode" if extra.contains(&"mode") => {
+                o.mode = Some(match v {
+                    Value::String(s) => u32::from_str_radix(&s.to_string_lossy(), 8)
+                        .map_err(|_| lua_err(call, "opts.mode: expected an octal string like \"0644\""))?,
+                    Value::Integer(i) if (0..=0o7777).contains(&i) => i as u32,
+                    _ => return Err(lua_err(call, "opts.mode: expected an octal string like \"0644\"")),
+                });
+            }
+            other => {
+                let known: Vec<&str> = COMMON_OPTS.iter().chain(extra).copied().collect();
+                return Err(lua_err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// `command` with its environment and sudo applied: what the host's shell gets.
+fn wrap(command: &str, o: &CallOpts) -> String {
+    let mut body = String::new();
+    for (k, v) in &o.env {
+        body.push_str(&format!("export {k}={}; ", shell_quote(v)));
+    }
+    body.push_str(command);
+    match &o.sudo {
+        None => body,
+        Some(user) => format!("sudo -n -H -u {} -- sh -c {}", shell_quote(user), shell_quote(&body)),
+    }
+}
+
+fn results_to_lua(lua: &Lua, results: &[HostResult]) -> mlua::Result<Value> {
+    let v = serde_json::to_value(results).map_err(mlua::Error::external)?;
+    super::json_to_lua(lua, &v)
+}
+
+/// What one call does on each host.
+#[derive(Clone)]
+enum Work {
+    Exec { command: String, stdin: Option<Arc<Vec<u8>>>, audit: String },
+    Put { path: String, data: Arc<Vec<u8>>, mode: Option<u32> },
+    Get { path: String },
+}
+
+impl Work {
+    fn action(&self) -> &'static str {
+        match self {
+            Work::Exec { stdin: None, .. } => "run",
+            Work::Exec { .. } => "script",
+            Work::Put { .. } => "put",
+            Work::Get { .. } => "get",
+        }
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Work::Exec { audit, .. } => json!({ "command": audit }),
+            Work::Put { path, data, mode } => {
+                use sha2::Digest;
+                json!({ "path": path, "bytes": data.len(), "sha256": hex::encode(sha2::Sha256::digest(data.as_slice())), "mode": mode.map(|m| format!("{m:04o}")) })
+            }
+            Work::Get { path } => json!({ "path": path }),
+        }
+    }
+}
+
+async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duration) -> HostResult {
+    let t0 = Instant::now();
+    let max_output = state.settings.max_output as usize;
+    let max_file = state.settings.max_file;
+    let attempt = async {
+        let s = state.session(&host, 0).await?;
+        let mut r = HostResult { host: host.name.clone(), ..Default::default() };
+        match &work {
+            Work::Exec { command, stdin, .. } => {
+                let e = s.exec(command, stdin.as_ref().map(|d| d.as_slice()), max_output).await?;
+                r.exit_code = e.exit_code;
+                r.ok = e.exit_code == Some(0);
+                r.stdout = String::from_utf8_lossy(&e.stdout).into_owned();
+                r.stderr = String::from_utf8_lossy(&e.stderr).into_owned();
+                r.truncated = e.truncated;
+                if let Some(sig) = e.signal {
+                    r.error = Some(format!("killed by signal {sig}"));
+                } else if e.exit_code.is_none() {
+                    r.error = Some("the command ended without an exit status".into());
+                }
+            }
+            Work::Put { path, data, mode } => {
+                s.put(path, data, *mode).await?;
+                r.ok = true;
+            }
+            Work::Get { path } => {
+                let data = s.get(path, max_file).await?;
+                r.content = Some(String::from_utf8_lossy(&data).into_owned());
+                r.ok = true;
+            }
+        }
+        Ok::<HostResult, String>(r)
+    };
+    let mut r = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(m)) => HostResult::failed(&host.name, m),
+        Err(_) => HostResult::failed(&host.name, format!("timed out after {}", humantime::format_duration(timeout))),
+    };
+    r.duration = t0.elapsed().as_secs_f64();
+    let mut detail = work.describe();
+    detail["duration_ms"] = json!(t0.elapsed().as_millis() as u64);
+    detail["exit_code"] = json!(r.exit_code);
+    if let Some(e) = &r.error {
+        detail["error"] = json!(e);
+    }
+    if let Err(e) = state.ctx.record_action("ssh", work.action(), &host.name, r.ok, detail) {
+        r.ok = false;
+        r.error = Some(format!("could not record the action in the audit log: {e}"));
+    }
+    r
+}
+
+/// Runs `work` on every host `selector` picks (or plans it, in a dry run).
+async fn fan(
+    state: Arc<RunState>,
+    call: &'static str,
+    hosts: Vec<Host>,
+    work: Work,
+    o: CallOpts,
+    shown: Option<String>,
+) -> Vec<HostResult> {
+    if state.ctx.dry_run {
+        return hosts
+            .iter()
+            .map(|h| {
+                let mut detail = work.describe();
+                detail["planned"] = json!(true);
+                let _ = state.ctx.record_action("ssh", work.action(), &h.name, true, detail);
+                HostResult { host: h.name.clone(), ok: true, planned: true, command: shown.clone(), ..Default::default() }
+            })
+            .collect();
+    }
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
+    let timeout = o.timeout;
+    let st = Arc::clone(&state);
+    let progress = move |c: batch::Counts| st.progress(call, c);
+    let st = Arc::clone(&state);
+    batch::fan_out(
+        names,
+        &o.plan,
+        io().handle(),
+        move |name| {
+            let host = by_name[&name].clone();
+            one_host(Arc::clone(&st), host, work.clone(), timeout)
+        },
+        &progress,
+    )
+    .await
+}
+
+impl HostModule for SshModule {
+    fn name(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn check_scope(&self, scope: &toml::Value) -> Result<(), String> {
+        Scope::parse(scope).map(|_| ())
+    }
+
+    fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
+        let scope = Scope::parse(&grant.scope).map_err(|m| lua_err("permission", m))?;
+        let state =
+            Arc::new(RunState { settings: Arc::clone(&self.settings), ctx: Arc::clone(ctx), scope, sessions: Mutex::new(HashMap::new()) });
+        let t = lua.create_table()?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "run",
+            lua.create_async_function(move |lua, (selector, command, opts): (String, String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    let o = parse_opts("run", opts, &["sudo", "env"], &st.settings, &st.scope)?;
+                    if !st.scope.allows_command(&command) {
+                        return Err(lua_err(
+                            "run",
+                            format!(
+                                "permission denied: `{command}` matches none of the applet's ssh commands ({}); nothing was run",
+                                st.scope.commands.join(", ")
+                            ),
+                        ));
+                    }
+                    let hosts = st.targets("run", &selector)?;
+                    let full = wrap(&command, &o);
+                    let work = Work::Exec { command: full.clone(), stdin: None, audit: full.clone() };
+                    let results = fan(st, "run", hosts, work, o, Some(full)).await;
+                    results_to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "script",
+            lua.create_async_function(move |lua, (selector, script, args, opts): (String, String, Option<Vec<String>>, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    let o = parse_opts("script", opts, &["sudo", "env"], &st.settings, &st.scope)?;
+                    let from_package = st.ctx.package.as_ref().and_then(|p| p.files.get(script.trim_start_matches("./")).cloned());
+                    let (body, label) = match from_package {
+                        Some(b) => (b, script.clone()),
+                        None if !st.scope.commands.is_empty() => {
+                            return Err(lua_err(
+                                "script",
+                                format!("permission denied: `{}` is not a file of this applet, and its ssh permission lists commands, so only the applet's own script files may run", short(&script)),
+                            ));
+                        }
+                        None => (script.clone().into_bytes(), "(inline script)".to_string()),
+                    };
+                    if body.len() as u64 > st.settings.max_file {
+                        return Err(lua_err("script", format!("the script is {} bytes, over the {}-byte limit ([ssh] max_file)", body.len(), st.settings.max_file)));
+                    }
+                    let args: Vec<String> = args.unwrap_or_default().iter().map(|a| shell_quote(a)).collect();
+                    let hosts = st.targets("script", &selector)?;
+                    let runner = format!(
+                        "t=$(mktemp) && cat >\"$t\" && chmod 700 \"$t\" && \"$t\"{}{}; rc=$?; rm -f \"$t\"; exit $rc",
+                        if args.is_empty() { "" } else { " " },
+                        args.join(" ")
+                    );
+                    let full = wrap(&runner, &o);
+                    let audit = format!("script {label}{}{}", if args.is_empty() { "" } else { " " }, args.join(" "));
+                    let work = Work::Exec { command: full, stdin: Some(Arc::new(body)), audit: audit.clone() };
+                    let results = fan(st, "script", hosts, work, o, Some(audit)).await;
+                    results_to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "put",
+            lua.create_async_function(move |lua, (selector, path, source, opts): (String, String, Table, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    let o = parse_opts("put", opts, &["mode"], &st.settings, &st.scope)?;
+                    check_path("put", &st.scope, &path)?;
+                    let content: Option<mlua::LuaString> = source.get("content")?;
+                    let file: Option<String> = source.get("file")?;
+                    let data = match (content, file) {
+                        (Some(c), None) => c.as_bytes().to_vec(),
+                        (None, Some(f)) => st
+                            .ctx
+                            .package
+                            .as_ref()
+                            .and_then(|p| p.files.get(f.trim_start_matches("./")).cloned())
+                            .ok_or_else(|| lua_err("put", format!("source.file: `{f}` is not a file of this applet")))?,
+                        _ => {
+                            return Err(lua_err(
+                                "put",
+                                "source: give exactly one of { content = \"...\" } or { file = \"path/in/applet\" }",
+                            ));
+                        }
+                    };
+                    if data.len() as u64 > st.settings.max_file {
+                        return Err(lua_err(
+                            "put",
+                            format!("the content is {} bytes, over the {}-byte limit ([ssh] max_file)", data.len(), st.settings.max_file),
+                        ));
+                    }
+                    let hosts = st.targets("put", &selector)?;
+                    let shown = format!("put {path} ({} bytes)", data.len());
+                    let work = Work::Put { path, data: Arc::new(data), mode: o.mode };
+                    let results = fan(st, "put", hosts, work, o, Some(shown)).await;
+                    results_to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "get",
+            lua.create_async_function(move |lua, (selector, path, opts): (String, String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    let o = parse_opts("get", opts, &[], &st.settings, &st.scope)?;
+                    check_path("get", &st.scope, &path)?;
+                    let hosts = st.targets("get", &selector)?;
+                    let shown = format!("get {path}");
+                    let results = fan(st, "get", hosts, Work::Get { path }, o, Some(shown)).await;
+                    results_to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+        Ok(t)
+    }
+}
+
+fn check_path(call: &str, scope: &Scope, path: &str) -> mlua::Result<()> {
+    if !path.starts_with('/') {
+        return Err(lua_err(call, format!("`{path}`: give an absolute path")));
+    }
+    if !scope.allows_file(path) {
+        return Err(lua_err(
+            call,
+            format!("permission denied: `{path}` matches none of the applet's ssh files ({})", scope.files.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+fn short(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > 60 || s.contains('\n') {
+        format!("{}...", line.chars().take(60).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
