@@ -3,8 +3,11 @@
 use clap::Subcommand;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
+use std::path::PathBuf;
+
 use super::Global;
 use super::output::Format;
+use crate::cmdb::inventory::{self, Format as InvFormat};
 use crate::cmdb::{Cmdb, Host};
 use crate::error::Error;
 use crate::runtime::context::os_user;
@@ -17,6 +20,36 @@ pub enum CmdbCmd {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCmd),
+    /// Add and update hosts from a file: CSV, JSON, or an Ansible inventory (INI or YAML).
+    /// Hosts not in the file are left alone; pinned host keys are kept.
+    Import {
+        file: PathBuf,
+        /// The file's format (default: from its extension).
+        #[arg(long, value_enum)]
+        format: Option<InvFormat>,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write hosts (all, or those a selector picks) as CSV, JSON or an Ansible inventory.
+    Export {
+        selector: Option<String>,
+        #[arg(long, value_enum)]
+        format: Option<InvFormat>,
+        /// Write to this file instead of stdout (the format then defaults to its extension).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Ansible dynamic inventory: `ansible -i inventory.sh` where the script runs
+    /// `opslet cmdb inventory "$@"`, so playbooks keep working against this cmdb.
+    Inventory {
+        /// All groups and hosts (the default).
+        #[arg(long)]
+        list: bool,
+        /// One host's variables.
+        #[arg(long, value_name = "NAME", conflicts_with = "list")]
+        host: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +117,14 @@ fn tag(s: &str) -> Result<(String, String), Error> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .ok_or_else(|| Error::Usage(format!("--tag `{s}`: expected KEY=VALUE")))
+}
+
+fn list_suffix(names: &[String]) -> String {
+    match names.len() {
+        0 => String::new(),
+        1..=8 => format!(" ({})", names.join(", ")),
+        n => format!(" ({}, and {} more)", names[..8].join(", "), n - 8),
+    }
 }
 
 pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
@@ -157,6 +198,52 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
         CmdbCmd::Host(HostCmd::Show { name }) => {
             let h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
             println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+        }
+        CmdbCmd::Import { file, format, dry_run } => {
+            let shown = file.display().to_string();
+            let format = format
+                .or_else(|| InvFormat::from_path(&shown))
+                .ok_or_else(|| Error::Usage(format!("{shown}: cannot tell the format from the name; give --format csv|json|ini|yaml")))?;
+            let text = std::fs::read_to_string(&file).map_err(|e| Error::Usage(format!("reading {shown}: {e}")))?;
+            let inv = inventory::parse(format, &text, &shown).map_err(Error::Usage)?;
+            let sum = cmdb.import(&inv, &os_user(), dry_run)?;
+            let verb = if dry_run { "would add" } else { "added" };
+            eprintln!(
+                "{verb} {} host(s){}, {} {} host(s){}, {} unchanged, {} group(s) nested",
+                sum.added.len(),
+                list_suffix(&sum.added),
+                if dry_run { "would update" } else { "updated" },
+                sum.updated.len(),
+                list_suffix(&sum.updated),
+                sum.unchanged,
+                sum.groups.len()
+            );
+        }
+        CmdbCmd::Export { selector, format, output } => {
+            let from_name = output.as_ref().and_then(|p| InvFormat::from_path(&p.display().to_string()));
+            let format = format.or(from_name).unwrap_or(InvFormat::Json);
+            let text = inventory::write(format, &cmdb.export(selector.as_deref())?);
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, text).map_err(|e| Error::Usage(format!("writing {}: {e}", path.display())))?;
+                }
+                None => print!("{text}"),
+            }
+        }
+        CmdbCmd::Inventory { list: _, host } => {
+            let inv = cmdb.export(None)?;
+            let out = match host {
+                Some(name) => {
+                    let h = inv
+                        .hosts
+                        .iter()
+                        .find(|h| h.name == name)
+                        .ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
+                    serde_json::Value::Object(inventory::host_vars(h))
+                }
+                None => inventory::dynamic(&inv),
+            };
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         CmdbCmd::Group(GroupCmd::Set { name, parents }) => {
             cmdb.set_parents(&name, &parents, &os_user())?;

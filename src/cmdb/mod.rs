@@ -1,6 +1,7 @@
 //! The cmdb: hosts (address, port, groups, tags, free attributes) and groups that can nest,
 //! stored in sled; selectors choose hosts. Every change is audited with before and after.
 
+pub mod inventory;
 pub mod selector;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +38,16 @@ fn short(s: &str) -> String {
     if s.chars().count() > 40 { format!("{}...", s.chars().take(40).collect::<String>()) } else { s.to_string() }
 }
 
+/// What an import did (or would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    pub added: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: usize,
+    /// Groups whose parents were set.
+    pub groups: Vec<String>,
+}
+
 /// The cmdb of a store.
 #[derive(Clone)]
 pub struct Cmdb {
@@ -46,7 +57,7 @@ pub struct Cmdb {
     groups: sled::Tree,
 }
 
-fn valid(kind: &str, name: &str) -> Result<(), Error> {
+pub(crate) fn valid(kind: &str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok { Ok(()) } else { Err(Error::Usage(format!("{kind} name `{name}`: use letters, digits, `-`, `_` and `.`"))) }
 }
@@ -64,8 +75,8 @@ impl Cmdb {
         self.store.audit().record_change(kind, actor, "cmdb", None, data)
     }
 
-    /// Adds or replaces a host; the audit record holds before and after.
-    pub fn put(&self, host: Host, actor: &str) -> Result<Option<Host>, Error> {
+    /// Checks a host record without storing it.
+    pub fn check(host: &Host) -> Result<(), Error> {
         valid("host", &host.name)?;
         if host.address.trim().is_empty() {
             return Err(Error::Usage(format!("host `{}`: the address is empty", host.name)));
@@ -78,6 +89,12 @@ impl Cmdb {
                 Error::Usage(format!("host `{}`: host key `{}` is not an OpenSSH public key line: {e}", host.name, short(k)))
             })?;
         }
+        Ok(())
+    }
+
+    /// Adds or replaces a host; the audit record holds before and after.
+    pub fn put(&self, host: Host, actor: &str) -> Result<Option<Host>, Error> {
+        Cmdb::check(&host)?;
         let before = self.hosts.insert(host.name.as_bytes(), serde_json::to_vec(&host).expect("hosts serialize"))?;
         let before: Option<Host> = before.and_then(|b| serde_json::from_slice(&b).ok());
         self.audit(
@@ -121,6 +138,80 @@ impl Cmdb {
         }
         self.groups.insert(group.as_bytes(), serde_json::to_vec(parents).expect("groups serialize"))?;
         self.audit("cmdb.group.set", actor, serde_json::json!({ "group": group, "parents": parents }))
+    }
+
+    /// Every nested group with its parents.
+    pub fn groups(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
+        let mut out = BTreeMap::new();
+        for item in self.groups.iter() {
+            let (k, v) = item?;
+            let parents: Vec<String> = serde_json::from_slice(&v).unwrap_or_default();
+            if !parents.is_empty() {
+                out.insert(String::from_utf8_lossy(&k).into_owned(), parents);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds and updates the inventory's hosts and groups (hosts not in it are left alone). A
+    /// host without a key in the file keeps its pinned key. Everything is checked before
+    /// anything is written.
+    pub fn import(&self, inv: &inventory::Inventory, actor: &str, dry_run: bool) -> Result<ImportSummary, Error> {
+        let mut seen = BTreeSet::new();
+        for h in &inv.hosts {
+            Cmdb::check(h)?;
+            if !seen.insert(h.name.as_str()) {
+                return Err(Error::Usage(format!("host `{}` appears twice", h.name)));
+            }
+        }
+        for (g, parents) in &inv.groups {
+            valid("group", g)?;
+            for p in parents {
+                valid("group", p)?;
+            }
+        }
+        let mut sum = ImportSummary::default();
+        for h in &inv.hosts {
+            let mut h = h.clone();
+            let before = self.host(&h.name)?;
+            if h.host_key.is_none() {
+                h.host_key = before.as_ref().and_then(|b| b.host_key.clone());
+            }
+            match &before {
+                Some(b) if *b == h => sum.unchanged += 1,
+                Some(_) => {
+                    sum.updated.push(h.name.clone());
+                    if !dry_run {
+                        self.put(h, actor)?;
+                    }
+                }
+                None => {
+                    sum.added.push(h.name.clone());
+                    if !dry_run {
+                        self.put(h, actor)?;
+                    }
+                }
+            }
+        }
+        let have = self.groups()?;
+        for (g, parents) in &inv.groups {
+            if have.get(g) != Some(parents) {
+                sum.groups.push(g.clone());
+                if !dry_run {
+                    self.set_parents(g, parents, actor)?;
+                }
+            }
+        }
+        Ok(sum)
+    }
+
+    /// The hosts a selector picks (all when None) with the group tree, for export.
+    pub fn export(&self, selector: Option<&str>) -> Result<inventory::Inventory, Error> {
+        let hosts = match selector {
+            Some(s) => self.select(s)?,
+            None => self.hosts()?,
+        };
+        Ok(inventory::Inventory { hosts, groups: self.groups()? })
     }
 
     /// A group's ancestors (parents, their parents, ...).
