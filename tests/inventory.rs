@@ -27,14 +27,13 @@ impl Env {
     }
 
     fn opslet(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        Command::new(env!("CARGO_BIN_EXE_opslet"))
             .env("OPSLET_DATA_DIR", self.dir.path().join("data"))
             .env_remove("OPSLET_CONFIG")
             .current_dir(self.dir.path())
             .args(args)
             .output()
-            .unwrap();
-        out
+            .unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {

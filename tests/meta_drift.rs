@@ -34,16 +34,22 @@ fn declared(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 fn type_definitions_match_the_modules() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib/meta/opslet.d.luau")).unwrap();
     let declared = declared(&text);
-    let o = run_tight(
-        "return function()
+    let manifest = format!("{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\n");
+    let o = run(
+        &runtime(TIGHT),
+        package_with(
+            &manifest,
+            "return function()
             local out = {}
-            for _, m in ipairs({'json', 'log', 'time', 'kv'}) do
+            for _, m in ipairs({'json', 'log', 'time', 'kv', 'cmdb', 'ssh'}) do
                 local keys = {}
                 for k in pairs(_G[m]) do table.insert(keys, k) end
                 out[m] = keys
             end
             return out
         end",
+            &[],
+        ),
     );
     let actual: BTreeMap<String, BTreeSet<String>> = serde_json::from_value(o.result.unwrap()).unwrap();
     for (module, keys) in &actual {

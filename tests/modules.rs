@@ -81,9 +81,9 @@ fn undeclared_module_names_the_missing_permission() {
 
 #[test]
 fn known_but_unbuilt_modules_say_so() {
-    let o = run(&demo_runtime(), package("return function() return ssh.run('web*', 'uptime') end"));
+    let o = run(&demo_runtime(), package("return function() return zabbix.problems({}) end"));
     let e = err_text(&o);
-    assert!(e.contains("ssh.run") && e.contains("not available in this opslet build"), "{e}");
+    assert!(e.contains("zabbix.problems") && e.contains("not available in this opslet build"), "{e}");
 }
 
 #[test]

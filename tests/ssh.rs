@@ -431,3 +431,77 @@ fn selector_params_resolve_through_the_cmdb() {
     r.params_pairs = vec![("targets".into(), "group:web".into())];
     assert_eq!(ok(&run_req(&lab.rt, r)), &Value::from(1));
 }
+
+// ---- the bundled ssh applets against the fleet ----------------------------------------------
+
+fn bundled(name: &str) -> Arc<opslet::applet::AppletPackage> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("applets").join(name);
+    Arc::new(opslet::applet::AppletPackage::load_dir(&dir).unwrap())
+}
+
+fn run_bundled(lab: &Lab, name: &str, params: &[(&str, &str)], dry_run: bool) -> RunOutcome {
+    let mut r = req(bundled(name));
+    r.params_pairs = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    r.dry_run = dry_run;
+    run_req(&lab.rt, r)
+}
+
+#[test]
+fn host_facts_reports_each_host_and_the_unreachable_one() {
+    let lab = lab(3, true, true, KEY_LOGIN);
+    let o = run_bundled(&lab, "host-facts", &[("targets", "group:web")], false);
+    let v = ok(&o);
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    let kernel = String::from_utf8(std::process::Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    for h in ["web1", "web2", "web3"] {
+        let r = by_host(v, h);
+        assert_eq!(r["kernel"], kernel.trim(), "{r}");
+        assert!(r["load1"].is_number() && r["cpus"].as_u64().unwrap() >= 1, "{r}");
+        assert!(r["disks"].as_u64().unwrap() >= 1 && r["fullest_pct"].is_number(), "{r}");
+        assert!(r.get("error").is_none());
+    }
+    assert!(by_host(v, "down1")["error"].as_str().unwrap().contains("refused"));
+    // Only the packaged script ran: the applet may not run any command of its own.
+    let acts = lab.actions(&o);
+    assert!(acts.iter().all(|a| a.data["detail"]["command"] == "script facts.sh"), "{acts:?}");
+}
+
+#[test]
+fn disk_usage_lists_file_systems_over_the_threshold() {
+    let lab = lab(2, true, false, KEY_LOGIN);
+    let o = run_bundled(&lab, "disk-usage", &[("targets", "group:web"), ("threshold", "0")], false);
+    let v = ok(&o);
+    let rows = v.as_array().unwrap();
+    assert!(rows.iter().any(|r| r["host"] == "web1" && r["mount"] == "/"), "{v}");
+    assert!(rows.iter().any(|r| r["host"] == "web2"));
+    assert!(rows.windows(2).all(|w| w[0]["used_pct"].as_u64() >= w[1]["used_pct"].as_u64()), "fullest first");
+    let o = run_bundled(&lab, "disk-usage", &[("targets", "group:web"), ("threshold", "100")], false);
+    assert!(ok(&o).as_array().unwrap().iter().all(|r| r["used_pct"] == 100), "{:?}", o.result);
+}
+
+#[test]
+fn service_restart_plans_then_stops_at_a_failing_canary() {
+    let lab = lab(3, true, false, KEY_LOGIN);
+    let o = run_bundled(&lab, "service-restart", &[("targets", "group:web"), ("unit", "nginx")], true);
+    let v = ok(&o);
+    assert_eq!(v.as_array().unwrap().len(), 3);
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["planned"] == true && r["command"] == "sudo -n -H -u root -- sh -c 'systemctl restart nginx'")
+    );
+
+    // The test account may not sudo to root: the canary fails and no other host is touched.
+    let before = lab.fleet.logins();
+    let o = run_bundled(&lab, "service-restart", &[("targets", "group:web"), ("unit", "nginx")], false);
+    let v = ok(&o);
+    assert_eq!(by_host(v, "web1")["status"], "failed");
+    assert!(by_host(v, "web1")["error"].as_str().unwrap().contains("sudo"), "{v}");
+    assert_eq!(by_host(v, "web2")["status"], "skipped");
+    assert_eq!(by_host(v, "web3")["status"], "skipped");
+    assert_eq!(lab.fleet.logins() - before, 1, "only the canary connected");
+
+    let o = run_bundled(&lab, "service-restart", &[("targets", "group:web"), ("unit", "x; reboot")], false);
+    assert!(err_text(&o).contains("is not a systemd unit name"));
+}

@@ -517,7 +517,7 @@ impl HostModule for SshModule {
                             "run",
                             format!(
                                 "permission denied: `{command}` matches none of the applet's ssh commands ({}); nothing was run",
-                                st.scope.commands.join(", ")
+                                st.scope.commands.as_deref().unwrap_or_default().join(", ")
                             ),
                         ));
                     }
@@ -540,7 +540,7 @@ impl HostModule for SshModule {
                     let from_package = st.ctx.package.as_ref().and_then(|p| p.files.get(script.trim_start_matches("./")).cloned());
                     let (body, label) = match from_package {
                         Some(b) => (b, script.clone()),
-                        None if !st.scope.commands.is_empty() => {
+                        None if st.scope.commands.is_some() => {
                             return Err(lua_err(
                                 "script",
                                 format!("permission denied: `{}` is not a file of this applet, and its ssh permission lists commands, so only the applet's own script files may run", short(&script)),

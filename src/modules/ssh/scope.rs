@@ -3,6 +3,7 @@
 //! `hosts` (required) are selectors; every host a call targets must be picked by one of them.
 //! `commands` (optional) are patterns a command must match; `*` stands for shell words only, so
 //! `systemctl restart *` allows `systemctl restart nginx` but never `systemctl restart x; rm -rf /`.
+//! With `commands` given (even empty), `ssh.script` runs only the applet's own script files.
 //! `files` (optional) are path patterns for `ssh.put` and `ssh.get`. `sudo = true` allows `sudo`.
 
 /// Bytes a `*` in a command pattern may never stand for: they would let a caller append a
@@ -13,7 +14,8 @@ const SHELL_SPECIAL: &[u8] = b";&|$`<>(){}[]\\'\"*?!#~\n\r\t%^";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     pub hosts: Vec<String>,
-    pub commands: Vec<String>,
+    /// None: any command. Some: only these patterns (and scripts of the package).
+    pub commands: Option<Vec<String>>,
     pub files: Vec<String>,
     pub sudo: bool,
 }
@@ -46,8 +48,8 @@ impl Scope {
                 crate::cmdb::Selector::parse(h).map_err(|m| format!("hosts: `{h}`: {m}"))?;
             }
         }
-        let commands = list("commands")?;
-        if let Some(c) = commands.iter().find(|c| c.trim().is_empty()) {
+        let commands = t.contains_key("commands").then(|| list("commands")).transpose()?;
+        if let Some(c) = commands.iter().flatten().find(|c| c.trim().is_empty()) {
             return Err(format!("commands: `{c}` is empty"));
         }
         let sudo = match t.get("sudo") {
@@ -60,7 +62,7 @@ impl Scope {
 
     /// Whether `command` is allowed (always, when no `commands` are listed).
     pub fn allows_command(&self, command: &str) -> bool {
-        self.commands.is_empty() || self.commands.iter().any(|p| command_matches(p, command))
+        self.commands.as_ref().is_none_or(|list| list.iter().any(|p| command_matches(p, command)))
     }
 
     pub fn allows_file(&self, path: &str) -> bool {
@@ -134,6 +136,10 @@ mod tests {
         let s = Scope::parse(&v).unwrap();
         assert_eq!(s.hosts, ["group:web"]);
         assert!(s.allows_command("uptime") && !s.allows_command("id"));
+        let v: toml::Value = toml::from_str("hosts = [\"*\"]\ncommands = []").unwrap();
+        assert!(!Scope::parse(&v).unwrap().allows_command("uptime"), "an empty list allows no command");
+        let v: toml::Value = toml::from_str("hosts = [\"*\"]").unwrap();
+        assert!(Scope::parse(&v).unwrap().allows_command("anything"), "no list allows any command");
         let v: toml::Value = toml::from_str("commands = [\"uptime\"]").unwrap();
         assert!(Scope::parse(&v).unwrap_err().contains("`hosts` is required"));
         let v: toml::Value = toml::from_str("hosts = [\"*\"]\nhost = [\"x\"]").unwrap();
