@@ -40,7 +40,8 @@ fn change_checklist_builds_steps_and_validates() {
     let rt = runtime("[audit]\nsync = false\n");
     // Host-selector params must pick hosts of the cmdb.
     let cmdb = opslet::cmdb::Cmdb::new(rt.store().unwrap().clone()).unwrap();
-    let cache = opslet::cmdb::Host { name: "cache1".into(), address: "10.0.0.1".into(), groups: ["cache".into()].into(), ..Default::default() };
+    let cache =
+        opslet::cmdb::Host { name: "cache1".into(), address: "10.0.0.1".into(), groups: ["cache".into()].into(), ..Default::default() };
     cmdb.put(cache, "tester").unwrap();
     for name in ["web1", "db1"] {
         cmdb.put(opslet::cmdb::Host { name: name.into(), address: "10.0.0.2".into(), ..Default::default() }, "tester").unwrap();
