@@ -8,7 +8,6 @@
 //! `scripts/peers/ssh.sh ansible`). Under `cargo test` it runs once on 5 hosts, without Ansible.
 
 #[path = "../tests/common/sshd.rs"]
-#[allow(dead_code)]
 mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -171,7 +171,7 @@ fn check_selector(s: &str) -> Result<(), String> {
     if s.chars().any(char::is_control) {
         return Err("host selector contains control characters".into());
     }
-    Ok(())
+    crate::cmdb::Selector::parse(s).map(|_| ()).map_err(|m| format!("host selector `{s}`: {m}"))
 }
 
 fn article(ty: ParamType) -> &'static str {
