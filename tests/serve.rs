@@ -6,6 +6,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
+#[path = "common/sshd.rs"]
+mod sshd;
+
 struct Server {
     child: Child,
     base: String,
@@ -54,6 +57,11 @@ fn server(extra_flags: &[&str]) -> Server {
 
 /// Like `server`, with an opslet.toml in the data dir.
 fn server_with_config(config: &str, extra_flags: &[&str]) -> Server {
+    server_with(config, extra_flags, |_, _| {})
+}
+
+/// Like `server_with_config`; `prepare(dir, data)` runs on the data dir before the server starts.
+fn server_with(config: &str, extra_flags: &[&str], prepare: impl Fn(&Path, &Path)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -87,6 +95,7 @@ fn server_with_config(config: &str, extra_flags: &[&str]) -> Server {
     opslet(&data, &["grant", "add", "ola", "disk-*"]);
     opslet(&data, &["grant", "add", "ola", "slow-one"]);
     tokens.insert("hook", opslet(&data, &["hook", "add", "disk-alert", "--applet", "disk-report", "--map", "threshold=$.items[0].value"]));
+    prepare(dir.path(), &data);
     let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra_flags);
     let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
@@ -706,5 +715,51 @@ fn admins_manage_accounts_grants_and_hooks_over_http_while_the_server_runs() {
         let (_, hooks) = call(&s, "GET", "/api/v1/hooks", Some("ada"), None).await;
         assert!(!hooks.to_string().contains(secret), "hook secrets are never listed");
         assert_eq!(call(&s, "DELETE", "/api/v1/users/newbie", Some("ada"), None).await.0, 200);
+    });
+}
+
+#[test]
+fn ssh_progress_streams_over_sse() {
+    let fleet = sshd::Fleet::start(3, "web");
+    let config = "[[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
+    let s = server_with(config, &[], |dir, data| {
+        let mut csv = String::from("name,address,port,groups,host_key\n");
+        for h in &fleet.hosts {
+            csv.push_str(&format!("{},{},{},web,{}\n", h.name, h.address, h.port, h.host_key));
+        }
+        std::fs::write(dir.join("hosts.csv"), csv).unwrap();
+        opslet(data, &["cmdb", "import", dir.join("hosts.csv").to_str().unwrap()]);
+        opslet(data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+        let d = dir.join("fleet-check");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("applet.toml"),
+            "name = \"fleet-check\"\nversion = \"1.0.0\"\n[permissions]\nssh = { hosts = [\"group:web\"] }\n",
+        )
+        .unwrap();
+        // The pause lets the test subscribe before the hosts are contacted.
+        std::fs::write(d.join("main.lua"), "return function() time.sleep(1) local n = 0 for _, r in ipairs(ssh.run('group:web', 'uname -s')) do if r.ok then n += 1 end end return n end").unwrap();
+        opslet(data, &["publish", d.to_str().unwrap()]);
+        opslet(data, &["grant", "add", "ola", "fleet-*"]);
+    });
+    rt().block_on(async {
+        let (code, body) = call(&s, "POST", "/api/v1/applets/fleet-check/run?async=true", Some("ola"), None).await;
+        assert_eq!(code, 202, "{body}");
+        let id = body["job_id"].as_str().unwrap().to_string();
+        let events = sse(&s, "ola", &id).await;
+        let progress: Vec<Value> = events
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| v["line"].get("progress").cloned())
+            .collect();
+        assert_eq!(progress.len(), 3, "one event per finished host: {events}");
+        assert!(progress.iter().all(|p| p["call"] == "ssh.run" && p["total"] == 3));
+        let last = progress.last().unwrap();
+        assert_eq!((last["ok"].as_u64(), last["pending"].as_u64()), (Some(3), Some(0)), "{last}");
+        let job = poll_job(&s, "ola", &id).await;
+        assert_eq!(job["result"], json!(3));
+        // Progress is not part of the stored log.
+        assert!(job["logs"].as_array().unwrap().iter().all(|l| l.get("progress").is_none()), "{job}");
     });
 }
