@@ -505,3 +505,25 @@ fn service_restart_plans_then_stops_at_a_failing_canary() {
     let o = run_bundled(&lab, "service-restart", &[("targets", "group:web"), ("unit", "x; reboot")], false);
     assert!(err_text(&o).contains("is not a systemd unit name"));
 }
+
+#[test]
+fn a_run_out_of_wall_time_ends_during_ssh_calls() {
+    let lab = lab(2, true, false, KEY_LOGIN);
+    let m = format!("{}[limits]\ntimeout = \"2s\"\n", manifest(ALL));
+    let t0 = std::time::Instant::now();
+    let o = run(&lab.rt, package_with(&m, r#"return function() return ssh.run("group:web", "sleep 30") end"#, &[]));
+    assert_eq!(o.status, RunStatus::LimitExceeded, "{:?}", o.result);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(6), "{:?}", t0.elapsed());
+    // Both commands were in flight: the audit log says so (the tasks are aborted just after).
+    let t0 = std::time::Instant::now();
+    while lab.actions(&o).len() < 2 && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let acts = lab.actions(&o);
+    assert_eq!(acts.len(), 2, "{acts:?}");
+    for a in acts {
+        assert_eq!(a.status.as_deref(), Some("error"));
+        assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned"), "{:?}", a.data);
+        assert_eq!(a.data["detail"]["command"], "sleep 30");
+    }
+}
