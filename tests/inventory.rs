@@ -224,3 +224,29 @@ fn group_vars_nesting_and_selectors_after_import() {
     assert_eq!(v["ansible_port"], 2222);
     assert_eq!(v["role"], "replica");
 }
+
+#[test]
+fn hostile_inventories_are_refused_whole() {
+    let env = Env::new();
+    let write = |name: &str, text: &str| {
+        let p = env.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cases = [
+        ("cycle.ini", "[a]\nh1\n[a:children]\nb\n[b:children]\na\n", "inside itself"),
+        ("meta.ini", "[_meta]\nh1\n", "reserved"),
+        ("ansible-tag.csv", "name,tags\nh1,ansible_ssh_common_args=-oProxyCommand=x\n", "connection settings"),
+        ("newline.json", r#"[{"name":"h1","address":"h1","tags":{"a":"1\n[all:vars]"}}]"#, "control characters"),
+        ("key.json", r#"[{"name":"h1","address":"h1","tags":{"a=1 b":"x"}}]"#, "tag name"),
+        ("range.ini", "[web]\nh[1:1000][1:1000]\n", "more than 100000"),
+    ];
+    for (name, text, want) in cases {
+        let o = env.opslet(&["cmdb", "import", &write(name, text)]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success() && err.contains(want), "{name}: {err}");
+    }
+    let hosts: Value = serde_json::from_str(&env.ok(&["cmdb", "export", "--format", "json"])).unwrap();
+    assert_eq!(hosts["hosts"], serde_json::json!([]), "nothing from a refused file is stored");
+    assert_eq!(hosts["groups"], serde_json::json!({}));
+}

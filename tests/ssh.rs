@@ -217,6 +217,22 @@ fn permissions_refuse_before_any_connection() {
         ("{ hosts = [\"*\"], files = [\"/tmp/*\"] }", r#"ssh.get("web1", "/tmp/../etc/shadow")"#, "matches none of the applet's ssh files"),
         ("{ hosts = [\"*\"] }", r#"ssh.run("nomatch*", "true")"#, "matches no host in the cmdb"),
         ("{ hosts = [\"*\"] }", r#"ssh.run("web1", "true", { timout = 3 })"#, "unknown option `timout`"),
+        ("{ hosts = [\"*\"] }", r#"ssh.run("web1", "true", { timeout = 1e20 })"#, "at most 24h"),
+        ("{ hosts = [\"*\"] }", r#"ssh.run("web1", "true", { timeout = "0s" })"#, "more than 0"),
+        // Restricted (commands listed): env only by name, never PATH; files only when listed.
+        ("{ hosts = [\"*\"], commands = [\"uptime\"] }", r#"ssh.run("web1", "uptime", { env = { PATH = "/tmp" } })"#, "may not set `PATH`"),
+        (
+            "{ hosts = [\"*\"], commands = [\"uptime\"], env = [\"LANG\"] }",
+            r#"ssh.run("web1", "uptime", { env = { LC_ALL = "C" } })"#,
+            "may not set `LC_ALL`",
+        ),
+        ("{ hosts = [\"*\"], commands = [] }", r#"ssh.get("web1", "/etc/passwd")"#, "lists commands but no files"),
+        ("{ hosts = [\"*\"], commands = [] }", r#"ssh.put("web1", "/tmp/x", { content = "x" })"#, "lists commands but no files"),
+        (
+            "{ hosts = [\"*\"], commands = [\"find /tmp -name *\"] }",
+            r#"ssh.run("web1", "find /tmp -name x -o -fprint /tmp/y")"#,
+            "matches none",
+        ),
     ];
     let logins = lab.fleet.logins();
     for (scope, call, want) in cases {
@@ -526,4 +542,48 @@ fn a_run_out_of_wall_time_ends_during_ssh_calls() {
         assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned"), "{:?}", a.data);
         assert_eq!(a.data["detail"]["command"], "sleep 30");
     }
+}
+
+#[test]
+fn secrets_with_quotes_stay_redacted_in_commands_shown_and_audited() {
+    let lab = lab(1, true, false, KEY_LOGIN);
+    let m = format!("{}[params.pw]\ntype = \"string\"\nsecret = true\nrequired = true\n", manifest(ALL));
+    let main = r#"return function(p)
+        return { run = ssh.run("web1", "true", { env = { PW = p.pw } }), script = ssh.script("web1", "echo ok", { p.pw }, { env = { PW = p.pw } }) }
+    end"#;
+    let pw = "S3cr'tPw";
+    for dry in [true, false] {
+        let mut r = req(package_with(&m, main, &[]));
+        r.params_pairs = vec![("pw".into(), pw.into())];
+        r.dry_run = dry;
+        let o = run_req(&lab.rt, r);
+        let v = ok(&o);
+        let all = serde_json::to_string(&lab.store.audit().list(&Filter::default()).unwrap()).unwrap() + &v.to_string();
+        for leak in ["S3cr", "tPw"] {
+            assert!(!all.contains(leak), "dry_run={dry}: {leak} leaked: {all}");
+        }
+    }
+}
+
+#[test]
+fn an_applet_that_writes_the_cmdb_cannot_move_hosts_into_its_ssh_scope() {
+    let lab = lab(2, true, false, KEY_LOGIN);
+    let m = "name = \"t\"\nversion = \"1.0.0\"\n[permissions]\ncmdb = [\"read\", \"write\"]\nssh = { hosts = [\"tag:team=a\"] }\n";
+    let main = r#"return function()
+        cmdb.set("web2", { tags = { team = "a" } })
+        return ssh.run("web2", "true")
+    end"#;
+    let o = run(&lab.rt, package_with(m, main, &[]));
+    assert!(err_text(&o).contains("web2 is outside the applet's ssh hosts"), "{}", err_text(&o));
+}
+
+#[test]
+fn a_host_cannot_be_its_own_jump_host() {
+    let creds = "[[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\njump = \"web1\"\n";
+    let lab = lab(1, true, false, creds);
+    let t0 = std::time::Instant::now();
+    let o = lab.run(ALL, r#"return function() return ssh.run("web1", "true") end"#);
+    let e = ok(&o)[0]["error"].as_str().unwrap().to_string();
+    assert!(e.contains("its own jump host"), "{e}");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(5));
 }

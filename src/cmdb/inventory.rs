@@ -416,8 +416,8 @@ pub fn expand_range(pattern: &str) -> Result<Vec<String>, String> {
     let (a, b) = (parts[0], parts[1]);
     let mut items = Vec::new();
     if let (Ok(x), Ok(y)) = (a.parse::<u64>(), b.parse::<u64>()) {
-        if x > y || y - x > 100_000 {
-            return Err(format!("`{pattern}`: the range must go up and hold at most 100000 hosts"));
+        if x > y || y - x >= MAX_RANGE as u64 {
+            return Err(format!("`{pattern}`: the range must go up and hold at most {MAX_RANGE} hosts"));
         }
         let width = if a.starts_with('0') && a.len() > 1 { a.len() } else { 0 };
         for n in (x..=y).step_by(step) {
@@ -430,14 +430,21 @@ pub fn expand_range(pattern: &str) -> Result<Vec<String>, String> {
     } else {
         return Err(format!("`{pattern}`: a host range is numbers [01:10] or letters [a:f]"));
     }
-    let mut out = Vec::new();
+    let rest = expand_range(tail)?;
+    if items.len().saturating_mul(rest.len()) > MAX_RANGE {
+        return Err(format!("`{pattern}` names more than {MAX_RANGE} hosts"));
+    }
+    let mut out = Vec::with_capacity(items.len() * rest.len());
     for i in items {
-        for rest in expand_range(tail)? {
-            out.push(format!("{head}{i}{rest}"));
+        for r in &rest {
+            out.push(format!("{head}{i}{r}"));
         }
     }
     Ok(out)
 }
+
+/// Most hosts one range pattern may name.
+const MAX_RANGE: usize = 100_000;
 
 fn parse_ini(text: &str, file: &str) -> Result<Inventory, String> {
     enum Section {
@@ -665,6 +672,7 @@ mod tests {
         assert_eq!(expand_range("r[1:2]-[a:b]").unwrap(), ["r1-a", "r1-b", "r2-a", "r2-b"]);
         assert!(expand_range("web[3:1]").unwrap_err().contains("must go up"));
         assert!(expand_range("web[1:").unwrap_err().contains("unclosed"));
+        assert!(expand_range("h[1:1000][1:1000]").unwrap_err().contains("more than 100000"));
     }
 
     #[test]

@@ -59,7 +59,13 @@ pub struct Cmdb {
 
 pub(crate) fn valid(kind: &str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err(Error::Usage(format!("{kind} name `{name}`: use letters, digits, `-`, `_` and `.`"))) }
+    if !ok {
+        return Err(Error::Usage(format!("{kind} name `{name}`: use letters, digits, `-`, `_` and `.`")));
+    }
+    if kind == "group" && ["all", "ungrouped", "_meta"].contains(&name) {
+        return Err(Error::Usage(format!("group name `{name}` is reserved (Ansible gives it a meaning of its own)")));
+    }
+    Ok(())
 }
 
 impl Cmdb {
@@ -83,6 +89,22 @@ impl Cmdb {
         }
         for g in &host.groups {
             valid("group", g)?;
+        }
+        let at = |what: &str, m: &str| Error::Usage(format!("host `{}`: {what}: {m}", host.name));
+        for (k, v) in &host.tags {
+            valid("tag", k).map_err(|e| at("tag", &e.to_string()))?;
+            if k.starts_with("ansible_") {
+                return Err(at("tag", &format!("`{k}`: ansible_* variables are connection settings, not tags")));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(at("tag", &format!("`{k}`: the value holds control characters")));
+            }
+        }
+        for (k, v) in &host.attrs {
+            valid("attribute", k).map_err(|e| at("attribute", &e.to_string()))?;
+            if v.as_str().is_some_and(|s| s.chars().any(char::is_control)) {
+                return Err(at("attribute", &format!("`{k}`: the value holds control characters")));
+            }
         }
         if let Some(k) = &host.host_key {
             russh::keys::PublicKey::from_openssh(k.trim()).map_err(|e| {
@@ -170,6 +192,24 @@ impl Cmdb {
                 valid("group", p)?;
             }
         }
+        // The group tree as it would be: no cycles, checked before anything is written.
+        let mut tree = self.groups()?;
+        tree.extend(inv.groups.clone());
+        for start in tree.keys() {
+            let mut seen = BTreeSet::new();
+            let mut todo: Vec<&String> = tree[start].iter().collect();
+            while let Some(g) = todo.pop() {
+                if g == start {
+                    return Err(Error::Usage(format!(
+                        "group `{start}` would end up inside itself (through {})",
+                        seen.into_iter().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if seen.insert(g) {
+                    todo.extend(tree.get(g).into_iter().flatten());
+                }
+            }
+        }
         let mut sum = ImportSummary::default();
         for h in &inv.hosts {
             let mut h = h.clone();
@@ -233,30 +273,50 @@ impl Cmdb {
 
     /// The hosts a selector picks, by name. A selector that picks nothing is an error.
     pub fn select(&self, selector: &str) -> Result<Vec<Host>, Error> {
-        let sel = Selector::parse(selector).map_err(|m| Error::Usage(format!("host selector `{selector}`: {m}")))?;
+        self.snapshot()?.select(selector)
+    }
+
+    /// Every host with its groups (nesting resolved), read once: selections against it do not
+    /// see later changes.
+    pub fn snapshot(&self) -> Result<Snapshot, Error> {
         let mut memo: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut expanded: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for h in self.hosts()? {
+        let hosts = self.hosts()?;
+        let mut member_of = BTreeMap::new();
+        for h in &hosts {
             let mut all = BTreeSet::new();
             for g in &h.groups {
                 all.insert(g.clone());
-                let anc = match memo.get(g) {
-                    Some(a) => a.clone(),
-                    None => {
-                        let a = self.ancestors(g)?;
-                        memo.insert(g.clone(), a.clone());
-                        a
-                    }
-                };
-                all.extend(anc);
+                if !memo.contains_key(g) {
+                    memo.insert(g.clone(), self.ancestors(g)?);
+                }
+                all.extend(memo[g].iter().cloned());
             }
-            expanded.insert(h.name.clone(), all);
+            member_of.insert(h.name.clone(), all);
         }
-        let in_group = |h: &Host, g: &str| expanded.get(&h.name).is_some_and(|gs| gs.contains(g));
-        let picked: Vec<Host> = self.hosts()?.into_iter().filter(|h| sel.matches(h, &in_group)).collect();
+        Ok(Snapshot { hosts, member_of })
+    }
+}
+
+/// The cmdb's hosts at one moment, for selecting.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub hosts: Vec<Host>,
+    member_of: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Snapshot {
+    /// The hosts a selector picks, by name. A selector that picks nothing is an error.
+    pub fn select(&self, selector: &str) -> Result<Vec<Host>, Error> {
+        let sel = Selector::parse(selector).map_err(|m| Error::Usage(format!("host selector `{selector}`: {m}")))?;
+        let in_group = |h: &Host, g: &str| self.member_of.get(&h.name).is_some_and(|gs| gs.contains(g));
+        let picked: Vec<Host> = self.hosts.iter().filter(|h| sel.matches(h, &in_group)).cloned().collect();
         if picked.is_empty() {
             return Err(Error::NotFound(format!("host selector `{selector}` matches no host in the cmdb")));
         }
         Ok(picked)
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
     }
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -106,6 +107,7 @@ where
     let mut results: Vec<Option<HostResult>> = vec![None; n];
     let mut counts = Counts { total: n, ..Default::default() };
     let limit = Arc::new(Semaphore::new(plan.concurrency.max(1)));
+    let failed = Arc::new(AtomicUsize::new(0));
     let mut stop: Option<String> = None;
     let cut = batches(n, plan);
     for (b, range) in cut.iter().enumerate() {
@@ -118,28 +120,44 @@ where
             continue;
         }
         let mut set = JoinSet::new();
+        let mut index_of = std::collections::HashMap::new();
         for i in range.clone() {
             let fut = work(hosts[i].clone());
-            let limit = Arc::clone(&limit);
-            set.spawn_on(
+            let (limit, failed, host) = (Arc::clone(&limit), Arc::clone(&failed), hosts[i].clone());
+            let stop_after = plan.stop_after;
+            let handle = set.spawn_on(
                 async move {
                     let _permit = limit.acquire_owned().await;
-                    (i, fut.await)
+                    // Hosts still waiting for a slot do not start once enough have failed.
+                    if let Some(max) = stop_after
+                        && failed.load(Ordering::SeqCst) >= max
+                    {
+                        let why = format!("not run: stopped after {max} failure(s) (stop_after = {max})");
+                        return HostResult { skipped: true, ..HostResult::failed(&host, why) };
+                    }
+                    let r = fut.await;
+                    if !r.ok {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    r
                 },
                 io,
             );
+            index_of.insert(handle.id(), i);
         }
         let mut batch_failed = 0;
-        while let Some(joined) = set.join_next().await {
+        while let Some(joined) = set.join_next_with_id().await {
             let (i, r) = match joined {
-                Ok(v) => v,
+                Ok((id, r)) => (index_of[&id], r),
+                // A panic in one host's task: report it on that host only.
                 Err(e) => {
-                    // A panic in one host's task: report it on that host only.
-                    let Some(i) = range.clone().find(|i| results[*i].is_none()) else { continue };
+                    let i = index_of[&e.id()];
                     (i, HostResult::failed(&hosts[i], format!("internal error: {e}")))
                 }
             };
-            if r.ok {
+            if r.skipped {
+                counts.skipped += 1;
+            } else if r.ok {
                 counts.ok += 1;
             } else {
                 counts.failed += 1;
@@ -206,10 +224,21 @@ mod tests {
     #[test]
     fn stop_after_counts_failures_across_batches() {
         let (out, started) = run(&["a", "b", "c", "d", "e"], plan(Some(2), 0, Some(2)), &["a", "c"]);
-        assert_eq!(started, 4, "batches a,b then c,d; e is never started");
+        assert_eq!(started, 4, "batches a,b then c,d; e's batch is never started");
         assert_eq!(out.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "d", "e"]);
         assert!(out[4].skipped && out[4].error.as_deref().unwrap().contains("stop_after = 2"));
-        assert!(out[1].ok && out[3].ok);
+        // d runs beside c, unless c's failure lands before d takes its slot.
+        assert!(out[1].ok && (out[3].ok || out[3].skipped));
+    }
+
+    #[test]
+    fn stop_after_holds_back_hosts_waiting_for_a_slot() {
+        // One batch, one host at a time: after two failures the rest never start.
+        let p = Plan { concurrency: 1, batch: None, canary: 0, stop_after: Some(2) };
+        let (out, started) = run(&["a", "b", "c", "d"], p, &["a", "b", "c", "d"]);
+        assert_eq!(started, 4, "futures are created for all (they do nothing until polled)");
+        assert_eq!(out.iter().filter(|r| r.skipped).count(), 2, "{out:?}");
+        assert!(out[2].error.as_deref().unwrap().contains("stop_after = 2"));
     }
 
     #[test]

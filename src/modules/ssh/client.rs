@@ -210,22 +210,23 @@ impl Session {
     }
 
     /// Runs `command`; stdin, when given, is sent and closed. Output past `max_output` bytes per
-    /// stream is dropped (and flagged).
-    pub async fn exec(&self, command: &str, stdin: Option<&[u8]>, max_output: usize) -> Result<Exec, String> {
+    /// stream, or past what `budget` has left (shared by all hosts of a call), is dropped and
+    /// flagged.
+    pub async fn exec(&self, command: &str, stdin: Option<bytes::Bytes>, max_output: usize, budget: &Budget) -> Result<Exec, String> {
         let t0 = Instant::now();
         let mut ch = self.handle.channel_open_session().await.map_err(|e| format!("opening a session channel: {e}"))?;
         ch.exec(true, command.as_bytes()).await.map_err(|e| format!("starting the command: {e}"))?;
         if let Some(input) = stdin {
-            ch.data_bytes(input.to_vec()).await.map_err(|e| format!("sending input: {e}"))?;
+            ch.data_bytes(input).await.map_err(|e| format!("sending input: {e}"))?;
         }
         ch.eof().await.map_err(|e| format!("closing input: {e}"))?;
         let mut out = Exec::default();
         let keep = |buf: &mut Vec<u8>, data: &[u8], cut: &mut bool| {
-            let room = max_output.saturating_sub(buf.len());
+            let room = budget.take(max_output.saturating_sub(buf.len()).min(data.len()));
             if data.len() > room {
                 *cut = true;
             }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
+            buf.extend_from_slice(&data[..room]);
         };
         while let Some(msg) = ch.wait().await {
             match msg {
@@ -262,12 +263,17 @@ impl Session {
         Ok(())
     }
 
-    /// Reads `path`, refusing files over `max` bytes.
-    pub async fn get(&self, path: &str, max: u64) -> Result<Vec<u8>, String> {
+    /// Reads `path`, refusing files over `max` bytes or over what `budget` has left.
+    pub async fn get(&self, path: &str, max: u64, budget: &Budget) -> Result<Vec<u8>, String> {
         let sftp = self.sftp().await?;
         let meta = sftp.metadata(path).await.map_err(|e| format!("reading {path}: {e}"))?;
-        if meta.size.unwrap_or(0) > max {
-            return Err(format!("{path} is {} bytes, over the {max}-byte limit ([ssh] max_file)", meta.size.unwrap_or(0)));
+        let size = meta.size.unwrap_or(0);
+        if size > max {
+            return Err(format!("{path} is {size} bytes, over the {max}-byte limit ([ssh] max_file)"));
+        }
+        let want = usize::try_from(size).unwrap_or(usize::MAX);
+        if budget.take(want) < want {
+            return Err(format!("{path} is {size} bytes, more than this call may still hold in memory (the run's memory limit)"));
         }
         let f = sftp.open(path).await.map_err(|e| format!("opening {path}: {e}"))?;
         let mut buf = Vec::new();
@@ -281,6 +287,28 @@ impl Session {
 
     pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// Bytes the results of one call may hold in all (the run's memory limit): output beyond it is
+/// cut, so a thousand chatty hosts cannot exhaust the process before the Lua heap limit applies.
+#[derive(Debug)]
+pub struct Budget(std::sync::atomic::AtomicU64);
+
+impl Budget {
+    pub fn new(bytes: u64) -> Budget {
+        Budget(std::sync::atomic::AtomicU64::new(bytes))
+    }
+
+    /// Takes up to `want` bytes; returns how many were granted.
+    pub fn take(&self, want: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let mut granted = 0;
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            granted = (want as u64).min(left);
+            Some(left - granted)
+        });
+        granted as usize
     }
 }
 

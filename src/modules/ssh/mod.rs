@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::{Grant, HostModule};
-use crate::cmdb::{Cmdb, Host};
+use crate::cmdb::{Cmdb, Host, Snapshot};
 use crate::config::{FirstContact, SshSettings};
 use crate::runtime::context::{Progress, RunCtx};
 use batch::{HostResult, Plan};
@@ -61,29 +61,46 @@ struct RunState {
     settings: Arc<SshSettings>,
     ctx: Arc<RunCtx>,
     scope: Scope,
+    /// The cmdb as the run started: targets, scope, logins and addresses all come from it, so an
+    /// applet that may also write the cmdb cannot move hosts into its scope mid-run.
+    snapshot: Result<Arc<Snapshot>, String>,
+    /// Names the permission's `hosts` pick.
+    allowed: BTreeSet<String>,
+    /// Per host name, the index of its `[[ssh.credentials]]` entry.
+    cred_of: HashMap<String, usize>,
+    /// Logins by credentials entry, read from secrets on first use.
+    auths: Mutex<HashMap<usize, Result<Auth, String>>>,
     /// Open sessions by host name (one connect per host, even under concurrent calls).
     sessions: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Session>>>>>,
 }
 
 impl RunState {
-    fn cmdb(&self, call: &str) -> mlua::Result<Cmdb> {
-        let store = self.ctx.store.clone().ok_or_else(|| lua_err(call, "this run has no data store (no cmdb to pick hosts from)"))?;
-        Cmdb::new(store).map_err(|e| lua_err(call, e))
+    fn new(settings: Arc<SshSettings>, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
+        let snapshot = match &ctx.store {
+            None => Err("this run has no data store (no cmdb to pick hosts from)".to_string()),
+            Some(store) => Cmdb::new(store.clone()).and_then(|c| c.snapshot()).map(Arc::new).map_err(|e| e.to_string()),
+        };
+        let pick = |sel: &str| -> Vec<String> {
+            match &snapshot {
+                Ok(snap) => snap.select(sel).map(|hs| hs.into_iter().map(|h| h.name).collect()).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let allowed = scope.hosts.iter().flat_map(|s| pick(s)).collect();
+        let mut cred_of = HashMap::new();
+        for (i, cred) in settings.credentials.iter().enumerate() {
+            for name in pick(&cred.hosts) {
+                cred_of.entry(name).or_insert(i);
+            }
+        }
+        RunState { settings, ctx, scope, snapshot, allowed, cred_of, auths: Mutex::default(), sessions: Mutex::default() }
     }
 
     /// The hosts `selector` picks, all inside the permission's `hosts`.
     fn targets(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
-        let cmdb = self.cmdb(call)?;
-        let hosts = cmdb.select(selector).map_err(|e| lua_err(call, e))?;
-        let mut allowed = BTreeSet::new();
-        for s in &self.scope.hosts {
-            match cmdb.select(s) {
-                Ok(hs) => allowed.extend(hs.into_iter().map(|h| h.name)),
-                Err(crate::error::Error::NotFound(_)) => {}
-                Err(e) => return Err(lua_err(call, e)),
-            }
-        }
-        let outside: Vec<&str> = hosts.iter().filter(|h| !allowed.contains(&h.name)).map(|h| h.name.as_str()).collect();
+        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
+        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
+        let outside: Vec<&str> = hosts.iter().filter(|h| !self.allowed.contains(&h.name)).map(|h| h.name.as_str()).collect();
         if !outside.is_empty() {
             let shown =
                 if outside.len() > 5 { format!("{} and {} more", outside[..5].join(", "), outside.len() - 5) } else { outside.join(", ") };
@@ -99,43 +116,46 @@ impl RunState {
         Ok(hosts)
     }
 
-    /// Builds the login for `host` from the first matching `[[ssh.credentials]]`.
-    fn target(&self, cmdb: &Cmdb, host: &Host) -> Result<(Target, Option<String>), String> {
-        let mut chosen = None;
-        for cred in &self.settings.credentials {
-            let picked = match cmdb.select(&cred.hosts) {
-                Ok(hs) => hs.iter().any(|h| h.name == host.name),
-                Err(_) => false,
-            };
-            if picked {
-                chosen = Some(cred);
-                break;
-            }
+    /// The login of credentials entry `i`, read from secrets once per run.
+    fn auth(&self, i: usize) -> Result<Auth, String> {
+        if let Some(a) = self.auths.lock().get(&i) {
+            return a.clone();
         }
-        let cred = chosen.ok_or_else(|| {
+        let cred = &self.settings.credentials[i];
+        let read = || -> Result<Auth, String> {
+            let store = self.ctx.store.clone().ok_or("no data store for secrets")?;
+            let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
+            let secret = |name: &str| -> Result<String, String> {
+                let v = secrets
+                    .get(name)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("secret `{name}` (named in [[ssh.credentials]] for {}) is not set", cred.hosts))?;
+                String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
+            };
+            match (&cred.key_secret, &cred.password_secret) {
+                (Some(k), _) => {
+                    let pass = cred.key_passphrase_secret.as_deref().map(secret).transpose()?;
+                    let key = client::parse_private_key(&secret(k)?, pass.as_deref()).map_err(|m| format!("secret `{k}`: {m}"))?;
+                    Ok(Auth::Key(Arc::new(key)))
+                }
+                (None, Some(p)) => Ok(Auth::Password(secret(p)?)),
+                (None, None) => Err("credentials without password_secret or key_secret".into()),
+            }
+        };
+        let a = read();
+        self.auths.lock().insert(i, a.clone());
+        a
+    }
+
+    /// Builds the login for `host` from the first matching `[[ssh.credentials]]`.
+    fn target(&self, host: &Host) -> Result<(Target, Option<String>), String> {
+        let i = *self.cred_of.get(&host.name).ok_or_else(|| {
             format!(
                 "no [[ssh.credentials]] entry picks host {} (add one whose hosts selector matches it, e.g. hosts = \"group:...\")",
                 host.name
             )
         })?;
-        let store = self.ctx.store.clone().ok_or("no data store for secrets")?;
-        let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
-        let secret = |name: &str| -> Result<String, String> {
-            let v = secrets
-                .get(name)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("secret `{name}` (named in [[ssh.credentials]] for {}) is not set", cred.hosts))?;
-            String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
-        };
-        let auth = match (&cred.key_secret, &cred.password_secret) {
-            (Some(k), _) => {
-                let pass = cred.key_passphrase_secret.as_deref().map(secret).transpose()?;
-                let key = client::parse_private_key(&secret(k)?, pass.as_deref()).map_err(|m| format!("secret `{k}`: {m}"))?;
-                Auth::Key(Arc::new(key))
-            }
-            (None, Some(p)) => Auth::Password(secret(p)?),
-            (None, None) => return Err("credentials without password_secret or key_secret".into()),
-        };
+        let cred = &self.settings.credentials[i];
         let pinned = match &host.host_key {
             Some(k) => Some(
                 russh::keys::PublicKey::from_openssh(k.trim())
@@ -148,7 +168,7 @@ impl RunState {
             address: host.address.clone(),
             port: host.port,
             user: cred.user.clone(),
-            auth,
+            auth: self.auth(i)?,
             pinned,
             accept_new: self.settings.first_contact == FirstContact::AcceptAndPin,
         };
@@ -171,18 +191,18 @@ impl RunState {
     }
 
     async fn connect(self: &Arc<Self>, host: &Host, hops: u8) -> Result<Session, String> {
-        let cmdb = self.cmdb("connect").map_err(|e| e.to_string())?;
-        let (target, jump) = self.target(&cmdb, host)?;
+        let (target, jump) = self.target(host)?;
         let via = match jump {
             None => None,
+            Some(j) if j == host.name => {
+                return Err(format!("{} would be its own jump host: give its [[ssh.credentials]] entry no `jump`", host.name));
+            }
             Some(_) if hops > 0 => {
                 return Err(format!("{} is a jump host that needs a jump host itself; opslet goes through one jump host only", host.name));
             }
             Some(j) => {
-                let jh = cmdb
-                    .host(&j)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("jump host `{j}` (for {}) is not in the cmdb", host.name))?;
+                let snap = self.snapshot.as_ref().map_err(Clone::clone)?;
+                let jh = snap.host(&j).cloned().ok_or_else(|| format!("jump host `{j}` (for {}) is not in the cmdb", host.name))?;
                 let s = Box::pin(self.session(&jh, hops + 1)).await.map_err(|m| format!("jump host {j}: {m}"))?;
                 Some(s)
             }
@@ -192,7 +212,7 @@ impl RunState {
                 if host.host_key.is_none()
                     && let Some(k) = &s.host_key
                 {
-                    self.pin(&cmdb, host, k);
+                    self.pin(host, k);
                 }
                 Ok(s)
             }
@@ -224,11 +244,16 @@ impl RunState {
     }
 
     /// Pins a first-contact key in the cmdb (audited there and as an action of this run).
-    fn pin(&self, cmdb: &Cmdb, host: &Host, key: &russh::keys::PublicKey) {
+    fn pin(&self, host: &Host, key: &russh::keys::PublicKey) {
         let line = client::openssh_line(key);
-        let pinned = cmdb.host(&host.name).ok().flatten().map(|mut h| {
-            h.host_key = Some(line.clone());
-            cmdb.put(h, &self.ctx.caller.user)
+        let cmdb = self.ctx.store.clone().map(Cmdb::new);
+        // Pin only if the host still has the address we reached and no pin of its own by now.
+        let pinned = cmdb.and_then(Result::ok).and_then(|c| {
+            let h = c.host(&host.name).ok().flatten()?;
+            if h.address != host.address || h.port != host.port || h.host_key.is_some() {
+                return None;
+            }
+            Some(c.put(Host { host_key: Some(line.clone()), ..h }, &self.ctx.caller.user))
         });
         let ok = matches!(pinned, Some(Ok(_)));
         let _ =
@@ -248,6 +273,7 @@ impl RunState {
 }
 
 /// Options every call takes, from the Lua `opts` table.
+#[derive(Clone)]
 struct CallOpts {
     timeout: Duration,
     plan: Plan,
@@ -259,14 +285,18 @@ struct CallOpts {
 const COMMON_OPTS: &[&str] = &["timeout", "concurrency", "batch", "canary", "stop_after"];
 
 fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
+    const MAX: Duration = Duration::from_secs(24 * 3600);
     let d = match v {
-        Value::Integer(i) if i > 0 => Duration::from_secs(i as u64),
-        Value::Number(n) if n > 0.0 && n.is_finite() => Duration::from_secs_f64(n),
+        Value::Integer(i) => Duration::from_secs(i.max(0) as u64),
+        Value::Number(n) => Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX),
         Value::String(s) => {
             crate::applet::manifest::parse_duration(&s.to_string_lossy()).map_err(|m| lua_err(call, format!("opts.{key}: {m}")))?
         }
         other => return Err(lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()))),
     };
+    if d.is_zero() || d > MAX {
+        return Err(lua_err(call, format!("opts.{key}: must be more than 0 and at most 24h")));
+    }
     Ok(d)
 }
 
@@ -330,6 +360,14 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
                     if !ok {
                         return Err(lua_err(call, format!("opts.env: `{name}` is not a variable name")));
                     }
+                    if !scope.allows_env(&name) {
+                        return Err(lua_err(
+                            call,
+                            format!(
+                                "permission denied: opts.env may not set `{name}`: the applet's ssh permission lists commands, so env names must be listed in its `env` (loader and shell start-up variables never can be)"
+                            ),
+                        ));
+                    }
                     o.env.push((name, crate::builtins::log::display(&value)));
                 }
                 o.env.sort();
@@ -349,6 +387,15 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
         }
     }
     Ok(o)
+}
+
+/// The options with secret values taken out of `env`, for what is shown and recorded.
+fn redacted(o: &CallOpts, ctx: &RunCtx) -> CallOpts {
+    let mut o = o.clone();
+    for (_, v) in &mut o.env {
+        *v = ctx.redactor.apply(v).into_owned();
+    }
+    o
 }
 
 /// `command` with its environment and sudo applied: what the host's shell gets.
@@ -372,9 +419,21 @@ fn results_to_lua(lua: &Lua, results: &[HostResult]) -> mlua::Result<Value> {
 /// What one call does on each host.
 #[derive(Clone)]
 enum Work {
-    Exec { command: String, stdin: Option<Arc<Vec<u8>>>, audit: String },
-    Put { path: String, data: Arc<Vec<u8>>, mode: Option<u32> },
-    Get { path: String },
+    Exec {
+        command: String,
+        stdin: Option<bytes::Bytes>,
+        audit: String,
+    },
+    /// `sha256` is left out when the content holds a secret (a short secret's hash can be reversed).
+    Put {
+        path: String,
+        data: Arc<Vec<u8>>,
+        mode: Option<u32>,
+        sha256: Option<String>,
+    },
+    Get {
+        path: String,
+    },
 }
 
 impl Work {
@@ -390,9 +449,8 @@ impl Work {
     fn describe(&self) -> serde_json::Value {
         match self {
             Work::Exec { audit, .. } => json!({ "command": audit }),
-            Work::Put { path, data, mode } => {
-                use sha2::Digest;
-                json!({ "path": path, "bytes": data.len(), "sha256": hex::encode(sha2::Sha256::digest(data.as_slice())), "mode": mode.map(|m| format!("{m:04o}")) })
+            Work::Put { path, data, mode, sha256 } => {
+                json!({ "path": path, "bytes": data.len(), "sha256": sha256, "mode": mode.map(|m| format!("{m:04o}")) })
             }
             Work::Get { path } => json!({ "path": path }),
         }
@@ -421,7 +479,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duration) -> HostResult {
+async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duration, budget: Arc<client::Budget>) -> HostResult {
     let t0 = Instant::now();
     let mut in_flight = InFlight { state: &state, host: &host.name, work: &work, t0, finished: false };
     let max_output = state.settings.max_output as usize;
@@ -431,7 +489,7 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
         let mut r = HostResult { host: host.name.clone(), ..Default::default() };
         match &work {
             Work::Exec { command, stdin, .. } => {
-                let e = s.exec(command, stdin.as_ref().map(|d| d.as_slice()), max_output).await?;
+                let e = s.exec(command, stdin.clone(), max_output, &budget).await?;
                 r.exit_code = e.exit_code;
                 r.ok = e.exit_code == Some(0);
                 r.stdout = String::from_utf8_lossy(&e.stdout).into_owned();
@@ -443,12 +501,12 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
                     r.error = Some("the command ended without an exit status".into());
                 }
             }
-            Work::Put { path, data, mode } => {
+            Work::Put { path, data, mode, .. } => {
                 s.put(path, data, *mode).await?;
                 r.ok = true;
             }
             Work::Get { path } => {
-                let data = s.get(path, max_file).await?;
+                let data = s.get(path, max_file, &budget).await?;
                 r.content = Some(String::from_utf8_lossy(&data).into_owned());
                 r.ok = true;
             }
@@ -498,6 +556,7 @@ async fn fan(
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
     let timeout = o.timeout;
+    let budget = Arc::new(client::Budget::new(state.ctx.guard.limits.memory));
     let st = Arc::clone(&state);
     let progress = move |c: batch::Counts| st.progress(call, c);
     let st = Arc::clone(&state);
@@ -507,7 +566,7 @@ async fn fan(
         io().handle(),
         move |name| {
             let host = by_name[&name].clone();
-            one_host(Arc::clone(&st), host, work.clone(), timeout)
+            one_host(Arc::clone(&st), host, work.clone(), timeout, Arc::clone(&budget))
         },
         &progress,
     )
@@ -525,8 +584,7 @@ impl HostModule for SshModule {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant.scope).map_err(|m| lua_err("permission", m))?;
-        let state =
-            Arc::new(RunState { settings: Arc::clone(&self.settings), ctx: Arc::clone(ctx), scope, sessions: Mutex::new(HashMap::new()) });
+        let state = Arc::new(RunState::new(Arc::clone(&self.settings), Arc::clone(ctx), scope));
         let t = lua.create_table()?;
 
         let st = Arc::clone(&state);
@@ -547,8 +605,9 @@ impl HostModule for SshModule {
                     }
                     let hosts = st.targets("run", &selector)?;
                     let full = wrap(&command, &o);
-                    let work = Work::Exec { command: full.clone(), stdin: None, audit: full.clone() };
-                    let results = fan(st, "run", hosts, work, o, Some(full)).await;
+                    let shown = wrap(&command, &redacted(&o, &st.ctx));
+                    let work = Work::Exec { command: full, stdin: None, audit: shown.clone() };
+                    let results = fan(st, "run", hosts, work, o, Some(shown)).await;
                     results_to_lua(&lua, &results)
                 }
             })?,
@@ -575,7 +634,10 @@ impl HostModule for SshModule {
                     if body.len() as u64 > st.settings.max_file {
                         return Err(lua_err("script", format!("the script is {} bytes, over the {}-byte limit ([ssh] max_file)", body.len(), st.settings.max_file)));
                     }
-                    let args: Vec<String> = args.unwrap_or_default().iter().map(|a| shell_quote(a)).collect();
+                    let args = args.unwrap_or_default();
+                    // What the audit log and a dry run show: secrets taken out before quoting.
+                    let shown_args: Vec<String> = args.iter().map(|a| shell_quote(&st.ctx.redactor.apply(a))).collect();
+                    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
                     let hosts = st.targets("script", &selector)?;
                     let runner = format!(
                         "t=$(mktemp) && cat >\"$t\" && chmod 700 \"$t\" && \"$t\"{}{}; rc=$?; rm -f \"$t\"; exit $rc",
@@ -583,8 +645,9 @@ impl HostModule for SshModule {
                         args.join(" ")
                     );
                     let full = wrap(&runner, &o);
-                    let audit = format!("script {label}{}{}", if args.is_empty() { "" } else { " " }, args.join(" "));
-                    let work = Work::Exec { command: full, stdin: Some(Arc::new(body)), audit: audit.clone() };
+                    let shown_env: String = redacted(&o, &st.ctx).env.iter().map(|(k, v)| format!("{k}={} ", shell_quote(v))).collect();
+                    let audit = format!("{shown_env}script {label}{}{}", if args.is_empty() { "" } else { " " }, shown_args.join(" "));
+                    let work = Work::Exec { command: full, stdin: Some(bytes::Bytes::from(body)), audit: audit.clone() };
                     let results = fan(st, "script", hosts, work, o, Some(audit)).await;
                     results_to_lua(&lua, &results)
                 }
@@ -624,7 +687,12 @@ impl HostModule for SshModule {
                     }
                     let hosts = st.targets("put", &selector)?;
                     let shown = format!("put {path} ({} bytes)", data.len());
-                    let work = Work::Put { path, data: Arc::new(data), mode: o.mode };
+                    let text = String::from_utf8_lossy(&data);
+                    let sha256 = (st.ctx.redactor.apply(&text) == text).then(|| {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(&data))
+                    });
+                    let work = Work::Put { path, data: Arc::new(data), mode: o.mode, sha256 };
                     let results = fan(st, "put", hosts, work, o, Some(shown)).await;
                     results_to_lua(&lua, &results)
                 }
@@ -657,7 +725,10 @@ fn check_path(call: &str, scope: &Scope, path: &str) -> mlua::Result<()> {
     if !scope.allows_file(path) {
         return Err(lua_err(
             call,
-            format!("permission denied: `{path}` matches none of the applet's ssh files ({})", scope.files.join(", ")),
+            format!(
+                "permission denied: `{path}` matches none of the applet's ssh files ({})",
+                scope.files.as_deref().map(|f| f.join(", ")).unwrap_or_else(|| "none: the permission lists commands but no files".into())
+            ),
         ));
     }
     Ok(())
