@@ -10,10 +10,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 	exit 1
 fi
 
-# Real peers: OpenSSH (the tests start and stop their own sshd fleets) and ansible-core (the
-# inventory round-trip tests check opslet's files with Ansible's own parser).
+# Real peers: OpenSSH (the tests start and stop their own sshd fleets), ansible-core (the
+# inventory round-trip tests check opslet's files with Ansible's own parser) and a browser.
 scripts/peers/ssh.sh install
 scripts/peers/ssh.sh ansible
+# Debian's Chromium and playwright-core (e2e/) for the web console's browser tests.
+scripts/peers/browser.sh
 
 cargo build --locked --all-targets
 

@@ -763,3 +763,120 @@ fn ssh_progress_streams_over_sse() {
         assert!(job["logs"].as_array().unwrap().iter().all(|l| l.get("progress").is_none()), "{job}");
     });
 }
+
+/// A raw request with a cookie and/or CSRF header: (status, set-cookie, body).
+async fn cookie_call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", s.base);
+    let mut req = match method {
+        "POST" => client.post(&url),
+        "DELETE" => client.delete(&url),
+        _ => client.get(&url),
+    };
+    if let Some(c) = cookie {
+        req = req.header("Cookie", format!("opslet_session={c}"));
+    }
+    if let Some(t) = csrf {
+        req = req.header("X-CSRF-Token", t);
+    }
+    if let Some(b) = body {
+        req = req.header("Content-Type", "application/json").body(b.to_string());
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let set = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let text = resp.text().await.unwrap();
+    (status, set, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[test]
+fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
+    let s = server_with("", &[], |_, data| {
+        for user in ["ola", "vic"] {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
+                .args(["user", "passwd", user])
+                .env("OPSLET_DATA_DIR", data)
+                .stdin(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), format!("{user}-long-password\n").as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success());
+        }
+        // Too short: refused.
+        let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["user", "passwd", "oz", "--file", "/dev/null"])
+            .env("OPSLET_DATA_DIR", data)
+            .output()
+            .unwrap();
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("too short"));
+    });
+    rt().block_on(async {
+        let login = |user: &str, pw: &str| format!(r#"{{"user": "{user}", "password": "{pw}"}}"#);
+        // Wrong password, unknown user and a user without a password all look the same.
+        for body in [login("ola", "nope-nope-nope"), login("nobody", "whatever-long"), login("oz", "oz-long-password")] {
+            let (code, set, v) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&body)).await;
+            assert_eq!((code, set.as_str()), (401, ""), "{body}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("wrong user name or password"));
+        }
+        // A good sign-in: HttpOnly, SameSite=Strict cookie; the CSRF token in the body.
+        let (code, set, v) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&login("ola", "ola-long-password"))).await;
+        assert_eq!(code, 200, "{v}");
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
+        let sid = set.split(';').next().unwrap().strip_prefix("opslet_session=").unwrap().to_string();
+        let csrf = v["csrf"].as_str().unwrap().to_string();
+        assert_eq!((v["user"].as_str(), v["role"].as_str()), (Some("ola"), Some("operator")));
+        assert!(!v.to_string().contains(&sid), "the session id is only in the cookie");
+
+        // Reads work with the cookie alone; writes need the CSRF token, and only the right one.
+        let (code, _, me) = cookie_call(&s, "GET", "/api/v1/session", Some(&sid), None, None).await;
+        assert_eq!((code, me["csrf"].as_str()), (200, Some(csrf.as_str())));
+        let run = "/api/v1/applets/disk-report/run";
+        let body = Some(r#"{"threshold": 5}"#);
+        assert_eq!(cookie_call(&s, "POST", run, Some(&sid), None, body).await.0, 403);
+        assert_eq!(cookie_call(&s, "POST", run, Some(&sid), Some("0".repeat(48).as_str()), body).await.0, 403);
+        let (code, _, v) = cookie_call(&s, "POST", run, Some(&sid), Some(&csrf), body).await;
+        assert_eq!((code, v["result"]["threshold"].as_i64()), (200, Some(5)), "{v}");
+        // A forged or guessed cookie is no session.
+        assert_eq!(cookie_call(&s, "GET", "/api/v1/jobs", Some(&"f".repeat(64)), None, None).await.0, 401);
+        // Another session's CSRF token does not fit this one.
+        let (_, set2, v2) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&login("vic", "vic-long-password"))).await;
+        let sid2 = set2.split(';').next().unwrap().strip_prefix("opslet_session=").unwrap().to_string();
+        assert_eq!(cookie_call(&s, "POST", run, Some(&sid), v2["csrf"].as_str(), body).await.0, 403);
+        // The viewer's session cannot run even with its own token.
+        assert_eq!(cookie_call(&s, "POST", run, Some(&sid2), v2["csrf"].as_str(), body).await.0, 403);
+
+        // Signing out ends the session: the old cookie no longer works.
+        let (code, set, _) = cookie_call(&s, "DELETE", "/api/v1/session", Some(&sid), Some(&csrf), None).await;
+        assert!(code == 200 && set.contains("Max-Age=0"), "{set}");
+        assert_eq!(cookie_call(&s, "GET", "/api/v1/jobs", Some(&sid), None, None).await.0, 401);
+
+        // A removed user's session dies with the account.
+        let (code, _) = call(&s, "DELETE", "/api/v1/users/vic", Some("ada"), None).await;
+        assert_eq!(code, 200);
+        assert_eq!(cookie_call(&s, "GET", "/api/v1/jobs", Some(&sid2), None, None).await.0, 401);
+
+        // Guessing is throttled per user after five failures in a minute.
+        let mut codes = Vec::new();
+        for _ in 0..7 {
+            codes.push(cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&login("ola", "guess-guess-guess"))).await.0);
+        }
+        assert_eq!(codes, [401, 401, 401, 401, 401, 429, 429]);
+        // Sign-ins are audited; refusals too.
+        let (_, recs) = call(&s, "GET", "/api/v1/audit?kind=http.signin", Some("aud"), None).await;
+        assert!(!recs.as_array().unwrap().is_empty());
+
+        // The console's own page: served with a strict policy, no inline script allowed.
+        let resp = reqwest::get(format!("{}/ui/", s.base)).await.unwrap();
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(resp.text().await.unwrap().contains("/ui/app.js"));
+    });
+}

@@ -105,7 +105,16 @@ pub enum AuthError {
     Expired(DateTime<Utc>),
     #[error("the token's user no longer exists")]
     NoUser,
+    #[error("wrong user name or password")]
+    BadPassword,
+    #[error("the session expired or was signed out; sign in again")]
+    NoSession,
+    #[error("the CSRF token is missing or wrong (send the X-CSRF-Token header the session gave)")]
+    Csrf,
 }
+
+/// Shortest console password.
+pub const MIN_PASSWORD: usize = 10;
 
 /// Accounts, tokens and grants in the store.
 #[derive(Clone)]
@@ -114,6 +123,7 @@ pub struct Auth {
     users: sled::Tree,
     tokens: sled::Tree,
     grants: sled::Tree,
+    passwords: sled::Tree,
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -126,6 +136,11 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Erro
 
 fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares two secrets without stopping at the first difference.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    same(a, b)
 }
 
 /// Compares two equal-length strings without stopping at the first difference.
@@ -184,6 +199,7 @@ impl Auth {
             users: db.open_tree(crate::store::keys::AUTH_USERS)?,
             tokens: db.open_tree(crate::store::keys::AUTH_TOKENS)?,
             grants: db.open_tree(crate::store::keys::AUTH_GRANTS)?,
+            passwords: db.open_tree(crate::store::keys::AUTH_PASSWORDS)?,
             store,
         })
     }
@@ -215,6 +231,7 @@ impl Auth {
         if self.users.remove(name.as_bytes())?.is_none() {
             return Err(Error::NotFound(format!("no user `{name}`")));
         }
+        self.passwords.remove(name.as_bytes())?;
         let mut revoked = 0;
         for t in self.tokens(Some(name))? {
             if !t.revoked {
@@ -224,6 +241,51 @@ impl Auth {
         }
         self.audit("auth.user.rm", actor, serde_json::json!({ "user": name, "tokens_revoked": revoked }))?;
         Ok(revoked)
+    }
+
+    /// Sets a user's console password (stored as an argon2id hash).
+    pub fn set_password(&self, user: &str, password: &str, actor: &str) -> Result<(), Error> {
+        use argon2::password_hash::PasswordHasher;
+        if self.user(user)?.is_none() {
+            return Err(Error::NotFound(format!("no user `{user}`")));
+        }
+        if password.chars().count() < MIN_PASSWORD {
+            return Err(Error::Usage(format!("the password is too short: use at least {MIN_PASSWORD} characters")));
+        }
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .map_err(|e| Error::Internal(format!("hashing the password: {e}")))?
+            .to_string();
+        let had = self.passwords.insert(user.as_bytes(), hash.as_bytes())?.is_some();
+        self.audit(if had { "auth.password.change" } else { "auth.password.set" }, actor, serde_json::json!({ "user": user }))
+    }
+
+    /// The principal for `user` if `password` is theirs. Wrong user and wrong password give the
+    /// same error, and both cost one hash check.
+    pub fn check_password(&self, user: &str, password: &str) -> Result<Principal, AuthError> {
+        use argon2::password_hash::PasswordVerifier;
+        let stored = self.passwords.get(user.as_bytes()).ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+        // Unknown users are checked against a throwaway hash, so timing does not tell which
+        // names exist.
+        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let dummy = DUMMY.get_or_init(|| {
+            use argon2::password_hash::PasswordHasher;
+            argon2::Argon2::default().hash_password(b"opslet-no-such-user").map(|h| h.to_string()).unwrap_or_default()
+        });
+        let hash = stored.as_deref().unwrap_or(dummy);
+        let ok = argon2::password_hash::phc::PasswordHash::new(hash)
+            .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        if !ok || stored.is_none() {
+            return Err(AuthError::BadPassword);
+        }
+        self.principal_of(user, "password")
+    }
+
+    /// The principal of an existing user (sessions re-read it on every request).
+    pub fn principal_of(&self, user: &str, via: &str) -> Result<Principal, AuthError> {
+        let u = self.user(user).ok().flatten().ok_or(AuthError::NoUser)?;
+        Ok(Principal { user: u.name, role: u.role, groups: u.groups, token_id: via.to_string() })
     }
 
     pub fn user(&self, name: &str) -> Result<Option<User>, Error> {

@@ -22,6 +22,13 @@ pub enum UserCmd {
     },
     /// Delete an account and revoke its tokens.
     Rm { name: String },
+    /// Set the password the user signs in to the web console with, read from stdin (one
+    /// trailing newline dropped) or --file; at least 10 characters.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
     /// List accounts.
     List {
         #[arg(long, value_enum, default_value = "table")]
@@ -80,6 +87,21 @@ pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
             a.add_user(&name, role, &groups, &os_user())?;
             a.flush()?;
             eprintln!("added {name} ({})", role.name());
+        }
+        UserCmd::Passwd { name, file } => {
+            let raw = match &file {
+                Some(f) => std::fs::read_to_string(f).map_err(|e| Error::Usage(format!("--file {}: {e}", f.display())))?,
+                None => {
+                    let mut v = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
+                        .map_err(|e| Error::Usage(format!("reading the password from stdin: {e}")))?;
+                    v
+                }
+            };
+            let pw = raw.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&raw);
+            a.set_password(&name, pw, &os_user())?;
+            a.flush()?;
+            eprintln!("password set for {name}");
         }
         UserCmd::Rm { name } => {
             let revoked = a.remove_user(&name, &os_user())?;

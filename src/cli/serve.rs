@@ -92,6 +92,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         user_limit,
         per_applet: Default::default(),
         sync_timeout,
+        sessions: Default::default(),
     };
     let (restarted, queued) = crate::http::recover_jobs(&state)?;
     if queued > 0 || purged > 0 {

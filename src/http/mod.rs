@@ -7,6 +7,8 @@ pub mod dev;
 pub mod hooks;
 pub mod jobs;
 mod pool;
+pub mod session;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct AppState {
     pub per_applet: Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
     /// How long a synchronous run request waits for its run.
     pub sync_timeout: Duration,
+    /// Web console sessions.
+    pub sessions: Arc<session::Sessions>,
 }
 
 /// Server settings (flags of `opslet serve`).
@@ -139,6 +143,28 @@ impl FromRequestParts<AppState> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        // No bearer token: the web console's session cookie.
+        if header.is_none()
+            && let Some(sid) = session::cookie(&parts.headers)
+        {
+            let Some(sess) = state.sessions.get(&sid) else {
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {}", crate::auth::AuthError::NoSession)));
+            };
+            let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+            let csrf = parts.headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if !safe && !crate::auth::same_secret(csrf, &sess.csrf) {
+                let why = crate::auth::AuthError::Csrf.to_string();
+                deny(state, Some(&sess.user), parts.uri.path(), &why);
+                return Err(ApiError::new(StatusCode::FORBIDDEN, format!("forbidden: {why}")));
+            }
+            return match state.auth.principal_of(&sess.user, "session") {
+                Ok(p) => Ok(Authed(p)),
+                Err(e) => {
+                    state.sessions.remove(&sid);
+                    Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {e}")))
+                }
+            };
+        }
         match state.auth.authenticate(header) {
             Ok(p) => Ok(Authed(p)),
             Err(e) => {
@@ -234,6 +260,9 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/events", get(job_events))
+        .route("/api/v1/session", get(session_show).post(session_start).delete(session_end))
+        .route("/api/v1/cmdb/hosts", get(cmdb_hosts))
+        .merge(ui::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -328,6 +357,11 @@ async fn run_applet(
     };
     // Bad params are refused before anything is stored.
     let validated = crate::applet::params::resolve(&package.manifest, Some(&params), &[]).map_err(|errs| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        body: json!({ "error": "invalid params", "fields": redact_errors(&package, &params, errs) }),
+    })?;
+    // Host selectors must pick hosts: said now, per field, not when the job runs.
+    let validated = s.runtime.check_selectors(&package.manifest, validated).map_err(|errs| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         body: json!({ "error": "invalid params", "fields": redact_errors(&package, &params, errs) }),
     })?;
@@ -841,6 +875,7 @@ async fn add_user(State(s): State<AppState>, Authed(p): Authed, body: axum::body
 async fn remove_user(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     admin(&s, &p, "/api/v1/users/{name}")?;
     let revoked = s.auth.remove_user(&name, &p.user)?;
+    s.sessions.remove_user(&name);
     s.auth.flush()?;
     Ok(Json(json!({ "removed": name, "tokens_revoked": revoked })))
 }
@@ -979,4 +1014,109 @@ async fn drain(s: &AppState, grace: Duration) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+// ---- web console sessions, cmdb -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+fn session_body(p: &Principal, csrf: &str) -> Value {
+    json!({ "user": p.user, "role": p.role.name(), "groups": p.groups, "csrf": csrf })
+}
+
+/// Signs in with `{user, password}` or `{token}`; answers with the CSRF token and sets the cookie.
+async fn session_start(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<SignIn>) -> Result<Response, ApiError> {
+    let principal = match (&body.user, &body.password, &body.token) {
+        (Some(user), Some(password), None) => {
+            if s.sessions.throttled(user) {
+                deny(&s, None, "/api/v1/session", &format!("sign-in for {user} throttled after repeated failures"));
+                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins for this user; wait a minute"));
+            }
+            let (auth, user2, password) = (s.auth.clone(), user.clone(), password.clone());
+            // Hash checks are slow on purpose: keep them off the async workers.
+            let checked = tokio::task::spawn_blocking(move || auth.check_password(&user2, &password))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            match checked {
+                Ok(p) => {
+                    s.sessions.succeeded(user);
+                    p
+                }
+                Err(e) => {
+                    s.sessions.failed(user);
+                    deny(&s, None, "/api/v1/session", &format!("sign-in as {user}: {e}"));
+                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {e}")));
+                }
+            }
+        }
+        (None, None, Some(token)) => match s.auth.authenticate(Some(&format!("Bearer {token}"))) {
+            Ok(p) => p,
+            Err(e) => {
+                deny(&s, None, "/api/v1/session", &e.to_string());
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {e}")));
+            }
+        },
+        _ => return Err(ApiError::new(StatusCode::BAD_REQUEST, "send {\"user\": ..., \"password\": ...} or {\"token\": ...}")),
+    };
+    let (sid, csrf) = s.sessions.create(&principal.user);
+    if let Some(store) = s.runtime.store() {
+        let _ = store.audit().append(AuditEvent {
+            kind: "http.signin".into(),
+            actor: Some(principal.user.clone()),
+            via: Some("http".into()),
+            status: Some("ok".into()),
+            data: json!({ "with": if body.token.is_some() { "token" } else { "password" } }),
+            ..AuditEvent::default()
+        });
+    }
+    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+    let mut resp = Json(session_body(&principal, &csrf)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&session::set_cookie(Some(&sid), secure)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// Who is signed in (and, for a cookie session, its CSRF token, so a reloaded page can go on).
+async fn session_show(State(s): State<AppState>, Authed(p): Authed, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let csrf = session::cookie(&headers).and_then(|sid| s.sessions.get(&sid)).map(|sess| sess.csrf).unwrap_or_default();
+    Ok(Json(session_body(&p, &csrf)))
+}
+
+async fn session_end(State(s): State<AppState>, Authed(_p): Authed, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(sid) = session::cookie(&headers) {
+        s.sessions.remove(&sid);
+    }
+    let mut resp = Json(json!({ "signed_out": true })).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&session::set_cookie(None, false)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct HostsQuery {
+    selector: Option<String>,
+}
+
+/// cmdb hosts, all or those a selector picks (an empty list when it picks none).
+async fn cmdb_hosts(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<HostsQuery>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/cmdb/hosts")?;
+    let store = s.runtime.store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let cmdb = crate::cmdb::Cmdb::new(store.clone())?;
+    let hosts = match q.selector.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => cmdb.hosts()?,
+        Some(sel) => match cmdb.select(sel) {
+            Ok(h) => h,
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    Ok(Json(json!(hosts)))
 }

@@ -323,7 +323,7 @@ impl Runtime {
     }
 
     /// Host-selector params must pick at least one host of the cmdb (when the run has a store).
-    fn check_selectors(
+    pub fn check_selectors(
         &self,
         manifest: &crate::applet::Manifest,
         params: Map<String, Value>,

@@ -23,6 +23,8 @@ pub mod keys {
     pub const AUTH_USERS: &str = "auth/users";
     pub const AUTH_TOKENS: &str = "auth/tokens";
     pub const AUTH_GRANTS: &str = "auth/grants";
+    /// User name -> argon2id hash of the console password.
+    pub const AUTH_PASSWORDS: &str = "auth/passwords";
     /// Jobs accepted by `opslet serve`, by id; and the params they were given, until they end.
     pub const JOBS: &str = "jobs";
     pub const JOB_PARAMS: &str = "jobs/params";

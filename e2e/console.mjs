@@ -1,0 +1,226 @@
+// End-to-end test of the web console in a real headless Chromium (Debian's), driven by
+// playwright-core. tests/console.rs prepares a data dir, starts `opslet serve` and runs this
+// with OPSLET_URL, the users' passwords in OPSLET_PW_<ROLE>, and OPSLET_SHOTS (where to save
+// screenshots). Exits non-zero on the first failed check, naming it.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+
+const base = process.env.OPSLET_URL;
+const shots = process.env.OPSLET_SHOTS;
+const pw = (role) => process.env[`OPSLET_PW_${role.toUpperCase()}`];
+const step = (name) => console.log(`- ${name}`);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+async function signedIn(user, role) {
+  const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 }, acceptDownloads: true });
+  const page = await ctx.newPage();
+  page.on("pageerror", (e) => {
+    throw new Error(`page error as ${user}: ${e.message}`);
+  });
+  await page.goto(base + "/");
+  await page.waitForURL(/#\/login$/);
+  await page.fill("#login-user", user);
+  await page.fill("#login-password", pw(role));
+  await page.click("button[type=submit]");
+  await page.waitForSelector("#search");
+  return { ctx, page };
+}
+
+async function shot(page, name) {
+  if (!shots) return;
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: false });
+}
+
+try {
+  // ---- sign in ------------------------------------------------------------------------------------
+  step("a wrong password is refused on the page");
+  {
+    const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 } });
+    const page = await ctx.newPage();
+    await page.goto(base + "/");
+    await page.waitForSelector("#login-user");
+    await shot(page, "login");
+    await page.fill("#login-user", "ola");
+    await page.fill("#login-password", "not-the-password");
+    await page.click("button[type=submit]");
+    await page.waitForSelector(".error:not([hidden])");
+    assert.match(await page.textContent(".error"), /wrong user name or password/);
+    // The session cookie is HttpOnly: page scripts cannot read it.
+    assert.equal(await page.evaluate(() => document.cookie), "");
+    await ctx.close();
+  }
+
+  step("operator signs in, searches the market");
+  const { ctx: opCtx, page } = await signedIn("ola", "operator");
+  assert.equal(await page.evaluate(() => document.cookie), "", "the session cookie is not visible to scripts");
+  const navText = await page.textContent("#nav");
+  assert.ok(!navText.includes("Publish") && !navText.includes("Audit"), `operator nav: ${navText}`);
+  assert.ok(await page.isVisible("section.featured"), "featured collection shown");
+  assert.ok((await page.textContent("section.featured")).includes("fleet-report"));
+  assert.ok(!(await page.textContent("main")).includes("null"), "no stray values on the page");
+  await shot(page, "market");
+  await page.fill("#search", "fleet reprot");
+  await page.press("#search", "Enter");
+  await page.waitForSelector("#results li.hit a.title");
+  const first = await page.textContent("#results li.hit a.title");
+  assert.equal(first, "fleet-report", "typo-tolerant search finds the applet first");
+  assert.ok((await page.textContent("#results")).includes("cmdb"), "permission badge shown");
+  await shot(page, "market-search");
+
+  step("open the applet: description, versions, params form");
+  await page.click("#results li.hit a.title");
+  await page.waitForSelector("#run-form");
+  const appletText = await page.textContent("main");
+  assert.ok(appletText.includes("Score the selected hosts"), "description");
+  assert.ok(appletText.includes("cmdb: read"), "permission badge with scope");
+  assert.ok(appletText.includes("1.0.0") && appletText.includes("1.1.0") && appletText.includes("add mode param"), "versions with messages");
+  assert.equal(await page.getAttribute("#p-threshold", "type"), "number");
+  assert.equal(await page.evaluate(() => document.querySelector("#p-mode").tagName), "SELECT");
+  assert.ok((await page.textContent("label[for=p-targets]")).includes("*"), "required mark");
+
+  step("host selector preview");
+  await page.fill("#p-targets", "group:web");
+  await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("3 host(s)"));
+  await page.fill("#p-targets", "group:nosuch");
+  await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("No host matches"));
+
+  step("a bad value is refused per field");
+  await page.fill("#p-targets", "group:web");
+  await page.fill("#p-threshold", "500");
+  await page.click("#run");
+  await page.waitForSelector("#p-threshold-err:not([hidden])");
+  assert.match(await page.textContent("#p-threshold-err"), /above the maximum 100/);
+  assert.equal(await page.getAttribute("#p-threshold", "aria-invalid"), "true");
+  await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("3 host(s)"));
+  await shot(page, "applet-invalid");
+  await page.fill("#p-targets", "group:nosuch");
+  await page.fill("#p-threshold", "50");
+  await page.click("#run");
+  await page.waitForSelector("#p-targets-err:not([hidden])");
+  assert.match(await page.textContent("#p-targets-err"), /matches no host in the cmdb/);
+
+  step("a good value runs; the log streams live; the result is a table");
+  await page.fill("#p-targets", "group:web");
+  await page.selectOption("#p-mode", "full");
+  // Keyboard: the form submits with Enter from a field.
+  await page.focus("#p-threshold");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(/#\/job\//);
+  const jobId = page.url().split("#/job/")[1];
+  await page.waitForFunction(() => document.querySelectorAll("#job-log li").length >= 2);
+  const stillRunning = await page.evaluate(() => !document.querySelector("#result-table"));
+  assert.ok(stillRunning, "log lines arrive while the run is still going");
+  await page.waitForSelector("#result-table", { timeout: 20000 });
+  assert.ok((await page.textContent("#job-log")).includes("in full mode"));
+  assert.equal(await page.locator("#result-table tbody tr").count(), 3);
+  assert.ok((await page.textContent("#job-status")).includes("ok"));
+  assert.ok(await page.isHidden("#job-progress"), "no progress bar for a run without hosts fan-out");
+  await shot(page, "job");
+
+  step("sort, filter and download the result");
+  const headers = await page.$$eval("#result-table th", (ths) => ths.map((t) => t.textContent));
+  assert.deepEqual(headers, ["host", "address", "flagged", "score"], "the host column leads");
+  const scores = async () => page.$$eval("#result-table tbody tr", (rows) => rows.map((r) => Number(r.children[3].textContent)));
+  await page.click("#result-table th:nth-child(4) button");
+  const asc = await scores();
+  assert.ok(asc.every((x) => Number.isFinite(x)), `scores: ${asc}`);
+  assert.deepEqual(asc, [...asc].sort((a, b) => a - b), "sorted ascending");
+  await page.click("#result-table th:nth-child(4) button");
+  const desc = await scores();
+  assert.deepEqual(desc, [...desc].sort((a, b) => b - a), "sorted descending");
+  assert.notDeepEqual(asc, desc, "the rows moved");
+  await page.fill("#result-filter", "web2");
+  assert.equal(await page.locator("#result-table tbody tr").count(), 1);
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download-csv")]);
+  const csv = fs.readFileSync(await download.path(), "utf8");
+  assert.match(csv, /^host,address,flagged,score\r\nweb2,192\.0\.2\.11,(true|false),\d+\r\n$/);
+  await page.fill("#result-filter", "");
+
+  step("jobs list shows the run");
+  await page.click("#nav a[href='#/jobs']");
+  await page.waitForSelector("#jobs");
+  assert.ok((await page.textContent("#jobs")).includes("fleet-report@1.1.0"));
+
+  step("dry run from the form");
+  await page.goto(base + "/ui/#/applet/fleet-report");
+  await page.waitForSelector("#run-form");
+  await page.fill("#p-targets", "web1");
+  await page.fill("#p-threshold", "10");
+  await page.click("#dry-run");
+  await page.waitForSelector("#result-table", { timeout: 20000 });
+  assert.ok((await page.textContent("#job-status")).includes("dry run"));
+
+  step("hosts page");
+  await page.goto(base + "/ui/#/hosts?selector=group%3Aweb");
+  await page.waitForSelector("#result-table");
+  assert.equal(await page.locator("#result-table tbody tr").count(), 3);
+  await shot(page, "hosts");
+  await opCtx.close();
+
+  // ---- auditor ------------------------------------------------------------------------------------
+  step("auditor opens the run's audit entry; the chain verifies");
+  const { ctx: audCtx, page: aud } = await signedIn("aud", "auditor");
+  assert.ok((await aud.textContent("#nav")).includes("Audit"));
+  await aud.goto(`${base}/ui/#/job/${jobId}`);
+  await aud.waitForSelector("#audit-link");
+  await aud.click("#audit-link");
+  await aud.waitForSelector("#audit tbody tr");
+  assert.match(await aud.textContent("#chain"), /Chain intact/);
+  const kinds = await aud.$$eval("#audit tbody tr td:nth-child(3)", (tds) => tds.map((t) => t.textContent));
+  assert.ok(kinds.includes("run.start") && kinds.includes("run.end"), `kinds: ${kinds}`);
+  await aud.locator("#audit tbody tr", { hasText: "run.start" }).locator("button").click();
+  const detail = await aud.textContent("#audit-detail");
+  assert.ok(detail.includes(jobId) && detail.includes('"kind": "run.start"'), detail);
+  await shot(aud, "audit");
+  await audCtx.close();
+
+  // ---- viewer -------------------------------------------------------------------------------------
+  step("a viewer cannot run or publish, on the page or through the API");
+  const { ctx: viewCtx, page: viewer } = await signedIn("vic", "viewer");
+  const vnav = await viewer.textContent("#nav");
+  assert.ok(!vnav.includes("Publish") && !vnav.includes("Audit"), vnav);
+  await viewer.goto(`${base}/ui/#/applet/fleet-report`);
+  await viewer.waitForSelector("#no-run");
+  assert.equal(await viewer.locator("#run-form").count(), 0);
+  const statuses = await viewer.evaluate(async () => {
+    const me = await (await fetch("/api/v1/session")).json();
+    const post = (url, body, csrf) =>
+      fetch(url, { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf }, body }).then((r) => r.status);
+    return {
+      run: await post("/api/v1/applets/fleet-report/run", JSON.stringify({ targets: "web1", threshold: 1 }), me.csrf),
+      publish: await post("/api/v1/registry/publish", "{}", me.csrf),
+      noCsrf: await post("/api/v1/applets/fleet-report/run", "{}", ""),
+    };
+  });
+  assert.deepEqual(statuses, { run: 403, publish: 403, noCsrf: 403 });
+  await viewCtx.close();
+
+  // ---- publisher ----------------------------------------------------------------------------------
+  step("a publisher publishes a bundle and rolls back");
+  const { ctx: pubCtx, page: pub } = await signedIn("pat", "publisher");
+  await pub.click("#nav a[href='#/publish']");
+  await pub.waitForSelector("#bundle");
+  await pub.setInputFiles("#bundle", process.env.OPSLET_BUNDLE);
+  await pub.fill("#publish-message", "from the console");
+  await pub.click("button[type=submit]");
+  await pub.waitForSelector("p.ok a");
+  assert.match(await pub.textContent("p.ok"), /Published disk-usage@1\.0\.0/);
+  await shot(pub, "publish");
+  await pub.goto(`${base}/ui/#/applet/fleet-report`);
+  await pub.waitForSelector("text=Roll back to the previous version");
+  await pub.click("text=Roll back to the previous version");
+  await pub.waitForFunction(() => document.querySelector("#toast")?.textContent.includes("Rolled back"));
+  await pub.waitForFunction(() => document.querySelector("main h1")?.textContent.includes("1.0.0"));
+  await pubCtx.close();
+
+  console.log("console e2e: all checks passed");
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,845 @@
+// opslet web console: a small single-page app over the HTTP API, with no dependencies.
+// Everything shown is built with textContent (never innerHTML), so applet text cannot inject
+// markup. State-changing requests carry the session's CSRF token.
+"use strict";
+
+const state = { me: null, csrf: "" };
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $main = () => document.getElementById("main");
+
+function show(...nodes) {
+  const m = $main();
+  m.replaceChildren(...nodes);
+  m.focus({ preventScroll: true });
+}
+
+function toast(text, bad) {
+  const t = document.getElementById("toast");
+  t.textContent = text;
+  t.className = bad ? "bad on" : "on";
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => (t.className = ""), 4000);
+}
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+}
+
+async function api(method, path, body, raw) {
+  const headers = {};
+  if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  let payload;
+  if (raw !== undefined) {
+    payload = raw;
+    headers["Content-Type"] = "application/octet-stream";
+  } else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    headers["Content-Type"] = "application/json";
+  }
+  const resp = await fetch(path, { method, headers, body: payload, credentials: "same-origin" });
+  let data = null;
+  const text = await resp.text();
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (_) {
+    data = { error: text };
+  }
+  if (resp.status === 401 && !path.startsWith("/api/v1/session")) {
+    state.me = null;
+    location.hash = "#/login";
+    throw new ApiError(401, data);
+  }
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+
+const can = {
+  run: () => ["operator", "admin"].includes(state.me?.role),
+  publish: () => ["publisher", "admin"].includes(state.me?.role),
+  audit: () => ["auditor", "admin"].includes(state.me?.role),
+  allJobs: () => ["auditor", "admin"].includes(state.me?.role),
+};
+
+function fmtTime(t) {
+  if (!t) return "";
+  const d = new Date(t);
+  return isNaN(d) ? String(t) : d.toLocaleString();
+}
+
+function duration(job) {
+  if (!job.started_at) return "";
+  const end = job.finished_at ? new Date(job.finished_at) : new Date();
+  const ms = end - new Date(job.started_at);
+  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function badge(text, kind) {
+  return h("span", { class: `badge ${kind || ""}` }, text);
+}
+
+function statusBadge(s) {
+  const kind = { ok: "good", running: "info", queued: "info", cancelled: "warn" }[s] || "bad";
+  return badge(s, kind);
+}
+
+function errorBox(e) {
+  return h("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e));
+}
+
+// ---- navigation --------------------------------------------------------------------------------
+
+function renderNav() {
+  const nav = document.getElementById("nav");
+  const who = document.getElementById("who");
+  if (!state.me) {
+    nav.replaceChildren();
+    who.replaceChildren();
+    return;
+  }
+  const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/hosts", "Hosts"]];
+  if (can.publish()) links.push(["#/publish", "Publish"]);
+  if (can.audit()) links.push(["#/audit", "Audit"]);
+  nav.replaceChildren(...links.map(([href, label]) => h("a", { href, "data-nav": label.toLowerCase() }, label)));
+  who.replaceChildren(
+    h("span", {}, `${state.me.user} · ${state.me.role}`),
+    h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),
+  );
+}
+
+async function signOut() {
+  try {
+    await api("DELETE", "/api/v1/session");
+  } catch (_) {}
+  state.me = null;
+  state.csrf = "";
+  location.hash = "#/login";
+}
+
+async function route() {
+  const hash = location.hash || "#/";
+  const [path, query] = hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  if (!state.me && parts[0] !== "login") {
+    try {
+      const me = await api("GET", "/api/v1/session");
+      state.me = me;
+      state.csrf = me.csrf;
+    } catch (_) {
+      location.hash = "#/login";
+      return;
+    }
+  }
+  renderNav();
+  document.querySelectorAll("#nav a").forEach((a) => a.removeAttribute("aria-current"));
+  const current = document.querySelector(`#nav a[href="#/${parts[0] || ""}"]`);
+  if (current) current.setAttribute("aria-current", "page");
+  try {
+    switch (parts[0]) {
+      case "login":
+        return viewLogin();
+      case undefined:
+        return viewMarket(params);
+      case "applet":
+        return viewApplet(parts[1]);
+      case "job":
+        return viewJob(parts[1]);
+      case "jobs":
+        return viewJobs(params);
+      case "hosts":
+        return viewHosts(params);
+      case "audit":
+        return viewAudit(params);
+      case "publish":
+        return viewPublish();
+      default:
+        show(h("h1", {}, "Not found"), h("p", {}, `Nothing at ${hash}.`));
+    }
+  } catch (e) {
+    if (e.status !== 401) show(errorBox(e));
+  }
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", route);
+
+// ---- sign in -------------------------------------------------------------------------------------
+
+function viewLogin() {
+  const err = h("p", { class: "error", role: "alert", hidden: true });
+  const user = h("input", { id: "login-user", name: "user", autocomplete: "username", required: true });
+  const pass = h("input", { id: "login-password", name: "password", type: "password", autocomplete: "current-password" });
+  const token = h("input", { id: "login-token", name: "token", type: "password", autocomplete: "off", placeholder: "opslet_…" });
+  const form = h(
+    "form",
+    {
+      class: "card narrow",
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        err.hidden = true;
+        const body = token.value.trim() ? { token: token.value.trim() } : { user: user.value.trim(), password: pass.value };
+        try {
+          const me = await api("POST", "/api/v1/session", body);
+          state.me = me;
+          state.csrf = me.csrf;
+          location.hash = "#/";
+        } catch (e) {
+          err.textContent = e.message;
+          err.hidden = false;
+        }
+      },
+    },
+    h("h1", {}, "Sign in"),
+    h("label", { for: "login-user" }, "User"),
+    user,
+    h("label", { for: "login-password" }, "Password"),
+    pass,
+    h("details", {}, h("summary", {}, "Sign in with an API token instead"), h("label", { for: "login-token" }, "Token"), token),
+    err,
+    h("button", { type: "submit", class: "primary" }, "Sign in"),
+  );
+  renderNav();
+  show(form);
+  user.focus();
+}
+
+// ---- market --------------------------------------------------------------------------------------
+
+function permissionBadges(perms) {
+  return perms.map((p) => badge(p, "perm"));
+}
+
+function hitCard(hit) {
+  return h(
+    "li",
+    { class: "card hit" },
+    h("a", { href: `#/applet/${encodeURIComponent(hit.name)}`, class: "title" }, hit.name),
+    " ",
+    h("span", { class: "muted" }, hit.version),
+    hit.yanked ? badge("yanked", "bad") : null,
+    h("p", {}, hit.description),
+    h("div", { class: "badges" }, permissionBadges(hit.permissions), hit.tags.map((t) => badge(`#${t}`, "tag"))),
+  );
+}
+
+async function viewMarket(params) {
+  const q = params.get("q") || "";
+  const tag = params.get("tag") || "";
+  const input = h("input", { id: "search", type: "search", value: q, placeholder: "Search applets (typos are fine)", "aria-label": "Search applets" });
+  const results = h("div", { id: "results" });
+  const tags = h("div", { class: "tags", "aria-label": "Tags" });
+  const form = h(
+    "form",
+    {
+      role: "search",
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        const p = new URLSearchParams();
+        if (input.value.trim()) p.set("q", input.value.trim());
+        if (tag) p.set("tag", tag);
+        location.hash = `#/?${p}`;
+      },
+    },
+    input,
+    h("button", { type: "submit" }, "Search"),
+  );
+  show(h("h1", {}, "Applet market"), form, tags, results);
+  const qs = new URLSearchParams({ q, limit: "200" });
+  if (tag) qs.set("tag", tag);
+  const hits = await api("GET", `/api/v1/search?${qs}`);
+  const allTags = [...new Set(hits.flatMap((x) => x.tags))].sort();
+  tags.replaceChildren(
+    h("span", { class: "muted" }, "Tags: "),
+    ...(tag ? [h("a", { href: `#/?${new URLSearchParams(q ? { q } : {})}` }, "all")] : []),
+    ...allTags.map((t) => h("a", { href: `#/?${new URLSearchParams(q ? { q, tag: t } : { tag: t })}`, class: t === tag ? "on" : "" }, `#${t}`)),
+  );
+  const sections = [];
+  if (!q && !tag) {
+    const collections = {};
+    for (const x of hits) for (const c of x.featured) (collections[c] ||= []).push(x);
+    for (const [c, xs] of Object.entries(collections).sort()) {
+      sections.push(h("section", { class: "featured" }, h("h2", {}, `Featured: ${c}`), h("ul", { class: "hits" }, xs.map(hitCard))));
+    }
+  }
+  sections.push(
+    h(
+      "section",
+      {},
+      h("h2", {}, q || tag ? `${hits.length} result(s)` : "All applets"),
+      hits.length ? h("ul", { class: "hits" }, hits.map(hitCard)) : h("p", { class: "muted" }, "No applet matches."),
+    ),
+  );
+  results.replaceChildren(...sections);
+}
+
+// ---- applet page and run form -------------------------------------------------------------------
+
+function scopeText(module, scope) {
+  if (scope === true) return module;
+  if (Array.isArray(scope)) return `${module}: ${scope.join(", ")}`;
+  if (scope && typeof scope === "object") {
+    const parts = Object.entries(scope).map(([k, v]) => `${k} = ${Array.isArray(v) ? v.join(", ") : v}`);
+    return `${module}: ${parts.join("; ")}`;
+  }
+  return module;
+}
+
+async function viewApplet(name) {
+  const [info, versions] = await Promise.all([
+    api("GET", `/api/v1/applets/${encodeURIComponent(name)}`),
+    api("GET", `/api/v1/applets/${encodeURIComponent(name)}/versions`),
+  ]);
+  const v = info.version;
+  const head = h(
+    "section",
+    { class: "card" },
+    h("h1", {}, v.name, " ", h("span", { class: "muted" }, v.version), v.yanked ? badge("yanked", "bad") : null),
+    h("p", {}, v.description || h("span", { class: "muted" }, "No description.")),
+    h(
+      "div",
+      { class: "badges", "aria-label": "Permissions" },
+      Object.entries(v.permissions).length
+        ? Object.entries(v.permissions).map(([m, s]) => badge(scopeText(m, s), "perm"))
+        : badge("no host modules", "good"),
+      v.tags.map((t) => badge(`#${t}`, "tag")),
+    ),
+    h("p", { class: "muted" }, `Published by ${v.publisher} on ${fmtTime(v.published_at)}`, v.message ? ` — “${v.message}”` : ""),
+  );
+  const vt = h(
+    "table",
+    { class: "grid" },
+    h("thead", {}, h("tr", {}, ["Version", "Publisher", "Published", "Message", "State", ""].map((c) => h("th", { scope: "col" }, c)))),
+    h(
+      "tbody",
+      {},
+      versions
+        .slice()
+        .reverse()
+        .map((x) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, x.version),
+            h("td", {}, x.publisher),
+            h("td", {}, fmtTime(x.published_at)),
+            h("td", {}, x.message),
+            h("td", {}, x.version === info.current ? badge("current", "good") : null, x.yanked ? badge("yanked", "bad") : null),
+            h("td", {}, can.publish() ? versionActions(name, x, info.current) : null),
+          ),
+        ),
+    ),
+  );
+  const actions = can.publish()
+    ? h("p", {}, h("button", { type: "button", onclick: () => registryAction(`/api/v1/applets/${encodeURIComponent(name)}/rollback`, name, "Rolled back") }, "Roll back to the previous version"))
+    : null;
+  const runPart = can.run()
+    ? runForm(v)
+    : h("p", { class: "muted", id: "no-run" }, `Your role (${state.me.role}) cannot run applets.`);
+  show(head, h("section", { class: "card" }, h("h2", {}, "Run"), runPart), h("section", { class: "card" }, h("h2", {}, "Versions"), vt, actions));
+}
+
+function versionActions(name, x, current) {
+  const base = `/api/v1/applets/${encodeURIComponent(name)}`;
+  const q = (extra) => `?${new URLSearchParams({ version: x.version, ...extra })}`;
+  return h(
+    "span",
+    { class: "row-actions" },
+    x.version !== current && !x.yanked ? h("button", { type: "button", onclick: () => registryAction(`${base}/promote${q({})}`, name, `Promoted ${x.version}`) }, "Promote") : null,
+    x.yanked
+      ? h("button", { type: "button", onclick: () => registryAction(`${base}/yank${q({ undo: "true" })}`, name, `Un-yanked ${x.version}`) }, "Un-yank")
+      : h("button", { type: "button", class: "danger", onclick: () => registryAction(`${base}/yank${q({})}`, name, `Yanked ${x.version}`) }, "Yank"),
+  );
+}
+
+async function registryAction(path, name, done) {
+  try {
+    await api("POST", path);
+    toast(done);
+    viewApplet(name);
+  } catch (e) {
+    toast(e.message, true);
+  }
+}
+
+function field(name, spec) {
+  const id = `p-${name}`;
+  const label = h("label", { for: id }, name, spec.required ? h("span", { class: "req", title: "required" }, " *") : null);
+  const desc = spec.description ? h("small", { class: "muted", id: `${id}-desc` }, spec.description) : null;
+  const err = h("small", { class: "field-error", id: `${id}-err`, role: "alert", hidden: true });
+  const common = { id, name, "aria-describedby": `${id}-desc ${id}-err`, required: spec.required && spec.type !== "boolean" };
+  let input;
+  let preview = null;
+  const def = spec.default;
+  switch (spec.type) {
+    case "boolean":
+      input = h("input", { ...common, type: "checkbox", checked: def === true });
+      break;
+    case "enum":
+      input = h(
+        "select",
+        common,
+        spec.required && def === undefined ? h("option", { value: "" }, "— choose —") : null,
+        !spec.required ? h("option", { value: "" }, "") : null,
+        (spec.values || []).map((x) => h("option", { value: x, selected: def === x }, x)),
+      );
+      break;
+    case "integer":
+    case "number":
+      input = h("input", { ...common, type: "number", step: spec.type === "integer" ? "1" : "any", min: spec.min, max: spec.max, value: def });
+      break;
+    case "list":
+      input = h("input", { ...common, value: Array.isArray(def) ? def.join(", ") : def, placeholder: "comma, separated, values" });
+      break;
+    case "host-selector": {
+      input = h("input", { ...common, value: def, placeholder: "group:web & tag:env=prod" });
+      preview = h("div", { class: "preview muted", id: `${id}-preview`, "aria-live": "polite" });
+      let timer;
+      let asked = 0;
+      const update = () => {
+        clearTimeout(timer);
+        timer = setTimeout(async () => {
+          const sel = input.value.trim();
+          const mine = ++asked;
+          if (!sel) return preview.replaceChildren();
+          try {
+            const hosts = await api("GET", `/api/v1/cmdb/hosts?${new URLSearchParams({ selector: sel })}`);
+            if (mine !== asked) return; // a newer selector was typed meanwhile
+            preview.replaceChildren(
+              hosts.length ? `${hosts.length} host(s): ` : "No host matches this selector.",
+              hosts.slice(0, 20).map((x) => badge(x.name, "host")),
+              hosts.length > 20 ? ` and ${hosts.length - 20} more` : "",
+            );
+          } catch (e) {
+            if (mine === asked) preview.replaceChildren(e.message);
+          }
+        }, 250);
+      };
+      input.addEventListener("input", update);
+      if (def) update();
+      break;
+    }
+    default:
+      input = h("input", { ...common, type: spec.secret ? "password" : "text", value: def, autocomplete: "off" });
+  }
+  return { name, spec, input, err, node: h("div", { class: "field" }, label, input, desc, preview, err) };
+}
+
+function valueOf(f) {
+  const { spec, input } = f;
+  if (spec.type === "boolean") return input.checked;
+  const raw = input.value.trim();
+  if (raw === "") return undefined;
+  if (spec.type === "integer" || spec.type === "number") return Number(raw);
+  if (spec.type === "list") {
+    const items = raw.split(",").map((x) => x.trim()).filter((x) => x !== "");
+    return ["integer", "number"].includes(spec.items) ? items.map(Number) : spec.items === "boolean" ? items.map((x) => x === "true") : items;
+  }
+  return raw;
+}
+
+function runForm(v) {
+  const fields = Object.entries(v.params).map(([n, s]) => field(n, s));
+  const formErr = h("p", { class: "error", role: "alert", hidden: true });
+  const submit = async (dry) => {
+    formErr.hidden = true;
+    for (const f of fields) {
+      f.err.hidden = true;
+      f.input.removeAttribute("aria-invalid");
+    }
+    const params = {};
+    for (const f of fields) {
+      const val = valueOf(f);
+      if (val !== undefined) params[f.name] = val;
+    }
+    const qs = new URLSearchParams({ async: "true" });
+    if (dry) qs.set("dry_run", "true");
+    try {
+      const r = await api("POST", `/api/v1/applets/${encodeURIComponent(v.name)}/run?${qs}`, params);
+      location.hash = `#/job/${r.job_id}`;
+    } catch (e) {
+      const byField = {};
+      for (const fe of e.body?.fields || []) (byField[fe.param] ||= []).push(fe.message);
+      let first = null;
+      for (const f of fields) {
+        if (byField[f.name]) {
+          f.err.textContent = byField[f.name].join("; ");
+          f.err.hidden = false;
+          f.input.setAttribute("aria-invalid", "true");
+          first ||= f.input;
+          delete byField[f.name];
+        }
+      }
+      const rest = Object.entries(byField).map(([k, m]) => `${k}: ${m.join("; ")}`);
+      if (!first || rest.length) {
+        formErr.textContent = rest.length ? `${e.message}: ${rest.join("; ")}` : e.message;
+        formErr.hidden = false;
+      }
+      (first || formErr).focus?.();
+    }
+  };
+  return h(
+    "form",
+    {
+      id: "run-form",
+      novalidate: true,
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        submit(false);
+      },
+    },
+    fields.length ? fields.map((f) => f.node) : h("p", { class: "muted" }, "This applet takes no params."),
+    formErr,
+    h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary", id: "run" }, "Run"), h("button", { type: "button", id: "dry-run", onclick: () => submit(true) }, "Dry run")),
+  );
+}
+
+// ---- one job: live log, progress, result ---------------------------------------------------------
+
+function resultView(result) {
+  const isTable = Array.isArray(result) && result.length > 0 && result.every((r) => r && typeof r === "object" && !Array.isArray(r));
+  if (!isTable) return h("pre", { class: "json", id: "result-json" }, JSON.stringify(result, null, 2));
+  // Identity columns first (objects come back with sorted keys), the rest as they appear.
+  const seen = [...new Set(result.flatMap((r) => Object.keys(r)))];
+  const lead = ["host", "name", "id"].filter((c) => seen.includes(c));
+  const cols = [...lead, ...seen.filter((c) => !lead.includes(c))];
+  const cell = (v) => (v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  let sortCol = null;
+  let sortDir = 1;
+  const filter = h("input", { type: "search", id: "result-filter", placeholder: "Filter rows", "aria-label": "Filter result rows" });
+  const tbody = h("tbody");
+  const count = h("span", { class: "muted", id: "result-count" });
+  const header = cols.map((c) =>
+    h(
+      "th",
+      { scope: "col" },
+      h(
+        "button",
+        {
+          type: "button",
+          class: "sort",
+          onclick: () => {
+            sortDir = sortCol === c ? -sortDir : 1;
+            sortCol = c;
+            header.forEach((th) => th.removeAttribute("aria-sort"));
+            header[cols.indexOf(c)].setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+            draw();
+          },
+        },
+        c,
+      ),
+    ),
+  );
+  const rows = () => {
+    const f = filter.value.trim().toLowerCase();
+    let rs = result.filter((r) => !f || cols.some((c) => cell(r[c]).toLowerCase().includes(f)));
+    if (sortCol) {
+      rs = rs.slice().sort((a, b) => {
+        const x = a[sortCol];
+        const y = b[sortCol];
+        if (typeof x === "number" && typeof y === "number") return (x - y) * sortDir;
+        return cell(x).localeCompare(cell(y), undefined, { numeric: true }) * sortDir;
+      });
+    }
+    return rs;
+  };
+  const draw = () => {
+    const rs = rows();
+    tbody.replaceChildren(...rs.map((r) => h("tr", {}, cols.map((c) => h("td", {}, cell(r[c]))))));
+    count.textContent = `${rs.length} of ${result.length} row(s)`;
+  };
+  filter.addEventListener("input", draw);
+  const download = (name, type, text) => {
+    const a = h("a", { href: URL.createObjectURL(new Blob([text], { type })), download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  };
+  const csv = () => {
+    const q = (s) => (/[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+    return [cols.map(q).join(","), ...rows().map((r) => cols.map((c) => q(cell(r[c]))).join(","))].join("\r\n") + "\r\n";
+  };
+  draw();
+  return h(
+    "div",
+    { id: "result-table" },
+    h(
+      "div",
+      { class: "toolbar" },
+      filter,
+      count,
+      h("button", { type: "button", id: "download-csv", onclick: () => download("result.csv", "text/csv", csv()) }, "Download CSV"),
+      h("button", { type: "button", id: "download-json", onclick: () => download("result.json", "application/json", JSON.stringify(rows(), null, 2)) }, "Download JSON"),
+    ),
+    h("div", { class: "scroll" }, h("table", { class: "grid" }, h("thead", {}, h("tr", {}, header)), tbody)),
+  );
+}
+
+function jobSummary(job) {
+  return h(
+    "dl",
+    { class: "facts" },
+    h("dt", {}, "Applet"),
+    h("dd", {}, h("a", { href: `#/applet/${encodeURIComponent(job.reference.split("@")[0])}` }, job.applet || job.reference)),
+    h("dt", {}, "Status"),
+    h("dd", { id: "job-status" }, statusBadge(job.status), job.dry_run ? badge("dry run", "warn") : null),
+    h("dt", {}, "Started by"),
+    h("dd", {}, job.user),
+    h("dt", {}, "Submitted"),
+    h("dd", {}, fmtTime(job.submitted_at)),
+    h("dt", {}, "Duration"),
+    h("dd", { id: "job-duration" }, duration(job)),
+    h("dt", {}, "Params"),
+    h("dd", {}, h("code", {}, JSON.stringify(job.params))),
+  );
+}
+
+async function viewJob(id) {
+  const job = await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`);
+  const log = h("ol", { class: "log", id: "job-log", "aria-live": "polite" });
+  const progress = h("div", { class: "progress", id: "job-progress", hidden: true });
+  const result = h("section", { class: "card", id: "job-result" }, h("h2", {}, "Result"), h("p", { class: "muted" }, "Waiting for the run to finish…"));
+  const summary = h("div", {}, jobSummary(job));
+  const cancel = h(
+    "button",
+    {
+      type: "button",
+      class: "danger",
+      id: "cancel",
+      hidden: job.finished_at || !(job.user === state.me.user || state.me.role === "admin"),
+      onclick: async () => {
+        try {
+          await api("POST", `/api/v1/jobs/${encodeURIComponent(id)}/cancel`);
+          toast("Cancelling…");
+        } catch (e) {
+          toast(e.message, true);
+        }
+      },
+    },
+    "Cancel",
+  );
+  const auditLink = can.audit() ? h("a", { href: `#/audit?run=${encodeURIComponent(id)}`, id: "audit-link" }, "Audit records of this run") : null;
+  show(h("h1", {}, "Job ", h("code", {}, id)), h("section", { class: "card" }, summary, h("p", {}, cancel, " ", auditLink)), progress, h("section", { class: "card" }, h("h2", {}, "Log"), log), result);
+  const addLine = (l) => {
+    if (l.progress) {
+      const p = l.progress;
+      const done = p.ok + p.failed + p.skipped;
+      progress.hidden = false;
+      progress.replaceChildren(
+        h("span", {}, `${p.call}: ${done}/${p.total} hosts`),
+        h("progress", { max: p.total, value: done }),
+        h("span", {}, `ok ${p.ok} · failed ${p.failed} · skipped ${p.skipped} · pending ${p.pending}`),
+      );
+      return;
+    }
+    log.append(h("li", { class: `lvl-${l.level}` }, h("time", {}, new Date(l.time).toLocaleTimeString()), " ", h("b", {}, l.level), " ", l.message));
+  };
+  const finish = (j) => {
+    summary.replaceChildren(jobSummary(j));
+    cancel.hidden = true;
+    if (j.error) result.replaceChildren(h("h2", {}, "Result"), errorBox(j.error));
+    else result.replaceChildren(h("h2", {}, "Result"), resultView(j.result));
+  };
+  if (job.finished_at) {
+    job.logs.forEach(addLine);
+    finish(job);
+    return;
+  }
+  const es = new EventSource(`/api/v1/jobs/${encodeURIComponent(id)}/events`);
+  es.addEventListener("log", (ev) => addLine(JSON.parse(ev.data).line));
+  es.addEventListener("status", (ev) => {
+    const s = JSON.parse(ev.data).status;
+    document.getElementById("job-status")?.replaceChildren(statusBadge(s), job.dry_run ? badge("dry run", "warn") : null);
+  });
+  es.addEventListener("end", (ev) => {
+    es.close();
+    finish(JSON.parse(ev.data).job);
+  });
+  es.onerror = () => {
+    es.close();
+    api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`).then((j) => j.finished_at && finish(j)).catch(() => {});
+  };
+  window.addEventListener("hashchange", () => es.close(), { once: true });
+}
+
+// ---- jobs, hosts, audit, publish -----------------------------------------------------------------
+
+function filterForm(fields, params, target) {
+  const inputs = fields.map(([name, label, opts]) =>
+    opts
+      ? h("select", { name, "aria-label": label }, h("option", { value: "" }, `${label}: any`), opts.map((o) => h("option", { value: o, selected: params.get(name) === o }, o)))
+      : h("input", { name, placeholder: label, "aria-label": label, value: params.get(name) || "" }),
+  );
+  return h(
+    "form",
+    {
+      class: "filters",
+      onsubmit: (ev) => {
+        ev.preventDefault();
+        const p = new URLSearchParams();
+        for (const i of inputs) if (i.value.trim()) p.set(i.name, i.value.trim());
+        location.hash = `${target}?${p}`;
+      },
+    },
+    inputs,
+    h("button", { type: "submit" }, "Filter"),
+  );
+}
+
+async function viewJobs(params) {
+  const qs = new URLSearchParams();
+  for (const k of ["applet", "status", "user"]) if (params.get(k)) qs.set(k, params.get(k));
+  const jobs = await api("GET", `/api/v1/jobs?${qs}`);
+  const fields = [["applet", "Applet"], ["status", "Status", ["queued", "running", "ok", "error", "invalid_params", "limit_exceeded", "cancelled"]]];
+  if (can.allJobs()) fields.push(["user", "User"]);
+  show(
+    h("h1", {}, "Jobs"),
+    filterForm(fields, params, "#/jobs"),
+    jobs.length
+      ? h(
+          "table",
+          { class: "grid", id: "jobs" },
+          h("thead", {}, h("tr", {}, ["Job", "Applet", "Status", "User", "Submitted", "Duration"].map((c) => h("th", { scope: "col" }, c)))),
+          h(
+            "tbody",
+            {},
+            jobs.map((j) =>
+              h(
+                "tr",
+                {},
+                h("td", {}, h("a", { href: `#/job/${j.id}` }, j.id.slice(0, 13))),
+                h("td", {}, j.applet || j.reference),
+                h("td", {}, statusBadge(j.status), j.dry_run ? badge("dry run", "warn") : null),
+                h("td", {}, j.user),
+                h("td", {}, fmtTime(j.submitted_at)),
+                h("td", {}, duration(j)),
+              ),
+            ),
+          ),
+        )
+      : h("p", { class: "muted" }, "No jobs."),
+  );
+}
+
+async function viewHosts(params) {
+  const sel = params.get("selector") || "";
+  const hosts = await api("GET", `/api/v1/cmdb/hosts?${new URLSearchParams(sel ? { selector: sel } : {})}`);
+  show(
+    h("h1", {}, "Hosts"),
+    filterForm([["selector", "Selector, e.g. group:web & tag:env=prod"]], params, "#/hosts"),
+    h("p", { class: "muted" }, `${hosts.length} host(s)`),
+    resultView(hosts.map((x) => ({ name: x.name, address: x.address, port: x.port, groups: x.groups.join(", "), tags: Object.entries(x.tags).map(([k, v]) => `${k}=${v}`).join(", "), pinned_key: x.host_key ? "yes" : "no" }))),
+  );
+}
+
+async function viewAudit(params) {
+  const qs = new URLSearchParams({ limit: "200" });
+  for (const k of ["applet", "caller", "status", "kind", "run"]) if (params.get(k)) qs.set(k, params.get(k));
+  const [records, verify] = await Promise.all([api("GET", `/api/v1/audit?${qs}`), api("GET", "/api/v1/audit/verify")]);
+  const chain = verify.intact
+    ? h("p", { class: "ok", id: "chain" }, `Chain intact: ${verify.records} records verified.`)
+    : h("p", { class: "error", id: "chain" }, `Chain broken at record ${verify.first_bad?.seq ?? "?"}: ${verify.first_bad?.reason ?? ""}`);
+  const detail = h("pre", { class: "json", id: "audit-detail", hidden: true });
+  show(
+    h("h1", {}, "Audit log"),
+    chain,
+    filterForm([["kind", "Kind"], ["caller", "Caller"], ["applet", "Applet"], ["status", "Status"], ["run", "Run id"]], params, "#/audit"),
+    h(
+      "table",
+      { class: "grid", id: "audit" },
+      h("thead", {}, h("tr", {}, ["#", "Time", "Kind", "Who", "Applet", "Status", "Target"].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        records.map((r) =>
+          h(
+            "tr",
+            {},
+            h(
+              "td",
+              {},
+              h(
+                "button",
+                {
+                  type: "button",
+                  class: "link",
+                  onclick: () => {
+                    detail.textContent = JSON.stringify(r, null, 2);
+                    detail.hidden = false;
+                    detail.scrollIntoView({ block: "nearest" });
+                  },
+                },
+                String(r.seq),
+              ),
+            ),
+            h("td", {}, fmtTime(r.time)),
+            h("td", {}, r.kind),
+            h("td", {}, r.actor || ""),
+            h("td", {}, r.applet || ""),
+            h("td", {}, r.status || ""),
+            h("td", {}, r.data?.target || r.data?.module || ""),
+          ),
+        ),
+      ),
+    ),
+    detail,
+  );
+}
+
+function viewPublish() {
+  const file = h("input", { type: "file", id: "bundle", accept: ".bundle,.json,application/json", required: true });
+  const msg = h("input", { id: "publish-message", placeholder: "What changed" });
+  const out = h("p", { role: "status" });
+  show(
+    h("h1", {}, "Publish"),
+    h(
+      "form",
+      {
+        class: "card narrow",
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          if (!file.files[0]) return;
+          try {
+            const bytes = await file.files[0].arrayBuffer();
+            const qs = msg.value.trim() ? `?${new URLSearchParams({ message: msg.value.trim() })}` : "";
+            const r = await api("POST", `/api/v1/registry/publish${qs}`, undefined, bytes);
+            const v = r.published || r.unchanged;
+            out.className = "ok";
+            out.replaceChildren(r.published ? "Published " : "Already published: ", h("a", { href: `#/applet/${encodeURIComponent(v.name)}` }, `${v.name}@${v.version}`));
+          } catch (e) {
+            out.className = "error";
+            out.textContent = [e.message, ...(e.body?.problems || [])].join("\n");
+          }
+        },
+      },
+      h("p", { class: "muted" }, "Upload a bundle made with ", h("code", {}, "opslet export NAME -o FILE"), "."),
+      h("label", { for: "bundle" }, "Bundle"),
+      file,
+      h("label", { for: "publish-message" }, "Message"),
+      msg,
+      h("button", { type: "submit", class: "primary" }, "Publish"),
+      out,
+    ),
+  );
+}

@@ -1,0 +1,130 @@
+//! The web console end to end: a real `opslet serve` with published applets, driven by a real
+//! headless Chromium through playwright-core (e2e/console.mjs). Needs what
+//! `scripts/peers/browser.sh` installs. With OPSLET_SCREENSHOTS=DIR the pages are saved there
+//! (docs/screenshots holds the committed ones).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const ROLES: &[(&str, &str)] = &[("ola", "operator"), ("vic", "viewer"), ("pat", "publisher"), ("aud", "auditor"), ("ada", "admin")];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn opslet(data: &Path, args: &[&str]) -> String {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
+    assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn opslet_stdin(data: &Path, args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(args)
+        .env("OPSLET_DATA_DIR", data)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn password(user: &str) -> String {
+    format!("{user}-console-pw-1")
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn the_console_works_in_a_real_browser() {
+    let node_modules = root().join("e2e/node_modules/playwright-core");
+    assert!(node_modules.exists() && Path::new("/usr/bin/chromium").exists(), "run scripts/peers/browser.sh first (scripts/test.sh does)");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+
+    // Users of every role with console passwords; the operator may run fleet-*.
+    for (user, role) in ROLES {
+        opslet(&data, &["user", "add", user, "--role", role]);
+        opslet_stdin(&data, &["user", "passwd", user], &format!("{}\n", password(user)));
+    }
+    opslet(&data, &["grant", "add", "ola", "fleet-*"]);
+    // Three hosts to select.
+    for (i, name) in ["web1", "web2", "web3"].iter().enumerate() {
+        opslet(&data, &["cmdb", "host", "add", name, "--address", &format!("192.0.2.{}", i + 10), "--group", "web"]);
+    }
+    // fleet-report 1.0.0 (without the mode param), then 1.1.0 from the fixture.
+    let fixture = root().join("tests/fixtures/console/fleet-report");
+    let v1 = dir.path().join("fleet-report-1");
+    copy_dir(&fixture, &v1);
+    let manifest = std::fs::read_to_string(v1.join("applet.toml")).unwrap();
+    let manifest = manifest.replace("version = \"1.1.0\"", "version = \"1.0.0\"");
+    let manifest = manifest[..manifest.find("[params.mode]").unwrap()].to_string() + "[permissions]\ncmdb = [\"read\"]\n";
+    std::fs::write(v1.join("applet.toml"), manifest).unwrap();
+    std::fs::write(v1.join("main.lua"), std::fs::read_to_string(fixture.join("main.lua")).unwrap().replace("params.mode", "\"quick\""))
+        .unwrap();
+    opslet(&data, &["publish", v1.to_str().unwrap(), "-m", "first version"]);
+    opslet(&data, &["publish", fixture.to_str().unwrap(), "-m", "add mode param"]);
+    opslet(&data, &["publish", root().join("applets/run-report").to_str().unwrap(), "-m", "bundled"]);
+    opslet(&data, &["feature", "add", "daily-ops", "fleet-report"]);
+    // A bundle for the publisher to upload, exported from another registry.
+    let other = dir.path().join("other");
+    opslet(&other, &["publish", root().join("applets/disk-usage").to_str().unwrap(), "-m", "elsewhere"]);
+    let bundle = dir.path().join("disk-usage.bundle");
+    opslet(&other, &["export", "disk-usage", "-o", bundle.to_str().unwrap()]);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OPSLET_DATA_DIR", &data)
+        .env_remove("OPSLET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let _serve = Serve(child);
+
+    let shots = std::env::var("OPSLET_SCREENSHOTS").unwrap_or_else(|_| dir.path().join("shots").display().to_string());
+    let mut node = Command::new("node");
+    node.arg(root().join("e2e/console.mjs"))
+        .current_dir(root().join("e2e"))
+        .env("OPSLET_URL", format!("http://{addr}"))
+        .env("OPSLET_SHOTS", &shots)
+        .env("OPSLET_BUNDLE", &bundle);
+    for (user, role) in ROLES {
+        node.env(format!("OPSLET_PW_{}", role.to_uppercase()), password(user));
+    }
+    let out = node.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(out.status.success() && text.contains("all checks passed"), "the browser test failed:\n{text}");
+    for page in ["login", "market", "job", "audit", "hosts", "publish"] {
+        assert!(Path::new(&shots).join(format!("{page}.png")).exists(), "no screenshot of {page}");
+    }
+}
