@@ -247,18 +247,19 @@ impl Session {
         russh_sftp::client::SftpSession::new(ch.into_stream()).await.map_err(|e| format!("starting sftp: {e}"))
     }
 
-    /// Writes `data` to `path` and sets its mode.
+    /// Writes `data` to `path` with `mode`. The mode is set on the open handle before any byte is
+    /// written (no window where the content has the default mode), and only the mode: a size
+    /// in the attributes would truncate whatever another writer put there meanwhile.
     pub async fn put(&self, path: &str, data: &[u8], mode: Option<u32>) -> Result<(), String> {
         let sftp = self.sftp().await?;
         let mut f = sftp.create(path).await.map_err(|e| format!("creating {path}: {e}"))?;
+        if let Some(mode) = mode {
+            let attrs = russh_sftp::protocol::FileAttributes { permissions: Some(mode), ..Default::default() };
+            f.set_metadata(attrs).await.map_err(|e| format!("setting the mode of {path}: {e}"))?;
+        }
         f.write_all(data).await.map_err(|e| format!("writing {path}: {e}"))?;
         f.shutdown().await.map_err(|e| format!("writing {path}: {e}"))?;
         drop(f);
-        if let Some(mode) = mode {
-            let mut meta = sftp.metadata(path).await.map_err(|e| format!("reading the mode of {path}: {e}"))?;
-            meta.permissions = Some(mode);
-            sftp.set_metadata(path, meta).await.map_err(|e| format!("setting the mode of {path}: {e}"))?;
-        }
         let _ = sftp.close().await;
         Ok(())
     }
