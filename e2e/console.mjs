@@ -162,6 +162,12 @@ try {
   await page.waitForSelector("#result-table");
   assert.equal(await page.locator("#result-table tbody tr").count(), 3);
   await shot(page, "hosts");
+  step("CSV downloads neutralise spreadsheet formulas");
+  await page.goto(base + "/ui/#/hosts?selector=group%3Asheet");
+  await page.waitForFunction(() => document.querySelector("#result-count")?.textContent.startsWith("1 of"));
+  const [sheet] = await Promise.all([page.waitForEvent("download"), page.click("#download-csv")]);
+  const sheetCsv = fs.readFileSync(await sheet.path(), "utf8");
+  assert.ok(sheetCsv.includes("\ncalc1,'=1+1,"), sheetCsv);
   await opCtx.close();
 
   // ---- auditor ------------------------------------------------------------------------------------

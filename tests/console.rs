@@ -72,6 +72,8 @@ fn the_console_works_in_a_real_browser() {
     for (i, name) in ["web1", "web2", "web3"].iter().enumerate() {
         opslet(&data, &["cmdb", "host", "add", name, "--address", &format!("192.0.2.{}", i + 10), "--group", "web"]);
     }
+    // A host whose address a spreadsheet would run as a formula.
+    opslet(&data, &["cmdb", "host", "add", "calc1", "--address", "=1+1", "--group", "sheet"]);
     // fleet-report 1.0.0 (without the mode param), then 1.1.0 from the fixture.
     let fixture = root().join("tests/fixtures/console/fleet-report");
     let v1 = dir.path().join("fleet-report-1");

@@ -873,6 +873,51 @@ fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
         let (_, recs) = call(&s, "GET", "/api/v1/audit?kind=http.signin", Some("aud"), None).await;
         assert!(!recs.as_array().unwrap().is_empty());
 
+        // Parallel guesses for one user cannot slip past the count (it is taken before hashing).
+        let (_, set3, _) =
+            cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&format!(r#"{{"token": "{}"}}"#, s.tokens["oz"]))).await;
+        assert!(set3.contains("HttpOnly"));
+        let guesses = (0..12).map(|_| {
+            let base = s.base.clone();
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{base}/api/v1/session"))
+                    .header("Content-Type", "application/json")
+                    .body(r#"{"user": "zed", "password": "guess-guess-guess"}"#)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        });
+        let mut got = Vec::new();
+        for g in guesses {
+            got.push(g.await.unwrap());
+        }
+        assert_eq!(got.iter().filter(|c| **c == 401).count(), 5, "{got:?}");
+        assert_eq!(got.iter().filter(|c| **c == 429).count(), 7, "{got:?}");
+        // Over-long names are refused before any work.
+        let long = format!(r#"{{"user": "{}", "password": "x"}}"#, "a".repeat(100));
+        assert_eq!(cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&long)).await.0, 400);
+
+        // A session started with a token ends when the token is revoked.
+        let (code, created) = call(&s, "POST", "/api/v1/users/ola/tokens", Some("ada"), Some(r#"{"label": "console"}"#)).await;
+        assert_eq!(code, 201, "{created}");
+        let token = created["token"].as_str().unwrap().to_string();
+        let (_, set4, _) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&format!(r#"{{"token": "{token}"}}"#))).await;
+        let sid4 = set4.split(';').next().unwrap().strip_prefix("opslet_session=").unwrap().to_string();
+        assert_eq!(cookie_call(&s, "GET", "/api/v1/jobs", Some(&sid4), None, None).await.0, 200);
+        let id = created["id"].as_str().unwrap();
+        assert_eq!(call(&s, "DELETE", &format!("/api/v1/tokens/{id}"), Some("ada"), None).await.0, 200);
+        let (code, _, v) = cookie_call(&s, "GET", "/api/v1/jobs", Some(&sid4), None, None).await;
+        assert_eq!(code, 401, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+
+        // API answers are never cached.
+        let resp = reqwest::Client::new().get(format!("{}/api/v1/applets", s.base)).bearer_auth(&s.tokens["vic"]).send().await.unwrap();
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+
         // The console's own page: served with a strict policy, no inline script allowed.
         let resp = reqwest::get(format!("{}/ui/", s.base)).await.unwrap();
         let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();

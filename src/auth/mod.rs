@@ -336,6 +336,26 @@ impl Auth {
         Ok(t)
     }
 
+    /// Whether token `id` is still good (exists, not revoked, not expired): sessions started
+    /// with a token end with it.
+    pub fn token_live(&self, id: &str) -> Result<(), AuthError> {
+        let record = self.tokens.get(id.as_bytes()).ok().flatten().ok_or(AuthError::Unknown)?;
+        let t: Token = serde_json::from_slice(&record).map_err(|_| AuthError::Unknown)?;
+        if t.revoked {
+            return Err(AuthError::Revoked);
+        }
+        match t.expires_at {
+            Some(exp) if exp <= Utc::now() => Err(AuthError::Expired(exp)),
+            _ => Ok(()),
+        }
+    }
+
+    /// When token `id` expires, if it does.
+    pub fn token_expiry(&self, id: &str) -> Option<DateTime<Utc>> {
+        let record = self.tokens.get(id.as_bytes()).ok().flatten()?;
+        serde_json::from_slice::<Token>(&record).ok()?.expires_at
+    }
+
     pub fn tokens(&self, user: Option<&str>) -> Result<Vec<Token>, Error> {
         let mut out: Vec<Token> = Vec::new();
         for v in self.tokens.iter().values() {

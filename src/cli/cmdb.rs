@@ -206,6 +206,13 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 .ok_or_else(|| Error::Usage(format!("{shown}: cannot tell the format from the name; give --format csv|json|ini|yaml")))?;
             let text = std::fs::read_to_string(&file).map_err(|e| Error::Usage(format!("reading {shown}: {e}")))?;
             let inv = inventory::parse(format, &text, &shown).map_err(Error::Usage)?;
+            if !inv.dropped.is_empty() {
+                let names: Vec<&str> = inv.dropped.iter().map(String::as_str).collect();
+                eprintln!(
+                    "warning: not imported, they look like credentials (keep those in `opslet secret`, where applets cannot read them): {}",
+                    names.join(", ")
+                );
+            }
             let sum = cmdb.import(&inv, &os_user(), dry_run)?;
             let verb = if dry_run { "would add" } else { "added" };
             eprintln!(

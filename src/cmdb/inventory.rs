@@ -45,6 +45,20 @@ pub struct Inventory {
     pub hosts: Vec<Host>,
     #[serde(default)]
     pub groups: BTreeMap<String, Vec<String>>,
+    /// Variables left out of an import because they look like credentials, as `var` names
+    /// (credentials belong in opslet's secrets, not in the cmdb every applet may read).
+    #[serde(skip)]
+    pub dropped: BTreeSet<String>,
+}
+
+/// Whether a variable name looks like it holds a credential.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["password", "passwd", "passphrase", "secret", "token", "vault", "api_key", "apikey", "private_key"]
+        .iter()
+        .any(|w| n.contains(w) && !n.ends_with("_file"))
+        || n.ends_with("_pass")
+        || n == "pass"
 }
 
 /// A parse error: `file:line: message`.
@@ -118,6 +132,7 @@ impl Builder {
             out
         };
         let mut hosts = Vec::new();
+        let mut dropped = BTreeSet::new();
         for name in &self.order {
             let mut vars = self.vars[name].clone();
             let member_of = self.members.get(name).cloned().unwrap_or_default();
@@ -135,9 +150,16 @@ impl Builder {
                     vars.entry(k).or_insert(v);
                 }
             }
+            vars.retain(|k, _| {
+                let keep = !looks_secret(k);
+                if !keep {
+                    dropped.insert(k.clone());
+                }
+                keep
+            });
             hosts.push(host_from_vars(name, member_of, vars).map_err(|m| at(file, 0, format!("host {name}: {m}")))?);
         }
-        Ok(Inventory { hosts, groups: groups.into_iter().filter(|(_, p)| !p.is_empty()).collect() })
+        Ok(Inventory { hosts, groups: groups.into_iter().filter(|(_, p)| !p.is_empty()).collect(), dropped })
     }
 }
 
@@ -313,7 +335,7 @@ fn parse_csv(text: &str, file: &str) -> Result<Inventory, String> {
         h.host_key = (!key.is_empty()).then_some(key);
         hosts.push(h);
     }
-    Ok(Inventory { hosts, groups: BTreeMap::new() })
+    Ok(Inventory { hosts, groups: BTreeMap::new(), dropped: BTreeSet::new() })
 }
 
 fn write_csv(inv: &Inventory) -> String {

@@ -251,7 +251,7 @@ impl Cmdb {
             Some(s) => self.select(s)?,
             None => self.hosts()?,
         };
-        Ok(inventory::Inventory { hosts, groups: self.groups()? })
+        Ok(inventory::Inventory { hosts, groups: self.groups()?, dropped: Default::default() })
     }
 
     /// A group's ancestors (parents, their parents, ...).

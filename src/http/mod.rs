@@ -150,11 +150,19 @@ impl FromRequestParts<AppState> for Authed {
             let Some(sess) = state.sessions.get(&sid) else {
                 return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {}", crate::auth::AuthError::NoSession)));
             };
+            if let Some(token) = &sess.token
+                && let Err(e) = state.auth.token_live(token)
+            {
+                state.sessions.remove(&sid);
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: the session's token: {e}")));
+            }
             let safe = matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
             let csrf = parts.headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
             if !safe && !crate::auth::same_secret(csrf, &sess.csrf) {
                 let why = crate::auth::AuthError::Csrf.to_string();
-                deny(state, Some(&sess.user), parts.uri.path(), &why);
+                // Rate-limited like anonymous refusals: another page could make a signed-in
+                // browser send these in bulk.
+                deny(state, None, parts.uri.path(), &format!("{} (session of {})", why, sess.user));
                 return Err(ApiError::new(StatusCode::FORBIDDEN, format!("forbidden: {why}")));
             }
             return match state.auth.principal_of(&sess.user, "session") {
@@ -229,6 +237,14 @@ fn require(state: &AppState, p: &Principal, action: Action, path: &str) -> Resul
 /// The OpenAPI document of every route below (tests/openapi.rs keeps the two in step).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// API answers are per caller: never cached (a shared browser keeps nothing after sign-out).
+async fn no_store(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    resp
+}
+
 /// The router: every route of the API.
 pub fn app(state: AppState, body_limit: usize) -> Router {
     Router::new()
@@ -262,6 +278,7 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/session", get(session_show).post(session_start).delete(session_end))
         .route("/api/v1/cmdb/hosts", get(cmdb_hosts))
+        .layer(axum::middleware::map_response(no_store))
         .merge(ui::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -1034,12 +1051,20 @@ fn session_body(p: &Principal, csrf: &str) -> Value {
 async fn session_start(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<SignIn>) -> Result<Response, ApiError> {
     let principal = match (&body.user, &body.password, &body.token) {
         (Some(user), Some(password), None) => {
-            if s.sessions.throttled(user) {
-                deny(&s, None, "/api/v1/session", &format!("sign-in for {user} throttled after repeated failures"));
-                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins for this user; wait a minute"));
+            if user.is_empty() || user.len() > session::MAX_USER || password.len() > 1024 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "the user name (up to 64 bytes) or the password (up to 1024) is too long or empty",
+                ));
             }
+            if !s.sessions.attempt(user) {
+                deny(&s, None, "/api/v1/session", &format!("sign-in for {user} throttled after repeated attempts"));
+                return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many sign-in attempts for this user; wait a minute"));
+            }
+            // Hash checks are slow and large on purpose: a few at a time, off the async workers.
+            let _permit =
+                s.sessions.hashing.acquire().await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let (auth, user2, password) = (s.auth.clone(), user.clone(), password.clone());
-            // Hash checks are slow on purpose: keep them off the async workers.
             let checked = tokio::task::spawn_blocking(move || auth.check_password(&user2, &password))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -1049,7 +1074,6 @@ async fn session_start(State(s): State<AppState>, headers: HeaderMap, Json(body)
                     p
                 }
                 Err(e) => {
-                    s.sessions.failed(user);
                     deny(&s, None, "/api/v1/session", &format!("sign-in as {user}: {e}"));
                     return Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {e}")));
                 }
@@ -1064,7 +1088,10 @@ async fn session_start(State(s): State<AppState>, headers: HeaderMap, Json(body)
         },
         _ => return Err(ApiError::new(StatusCode::BAD_REQUEST, "send {\"user\": ..., \"password\": ...} or {\"token\": ...}")),
     };
-    let (sid, csrf) = s.sessions.create(&principal.user);
+    // A token's session ends with the token (revoked: at the next request; expiring: then).
+    let token = (!principal.token_id.is_empty() && principal.token_id != "password").then(|| principal.token_id.clone());
+    let until = token.as_deref().and_then(|t| s.auth.token_expiry(t)).map(|exp| (exp - chrono::Utc::now()).to_std().unwrap_or_default());
+    let (sid, csrf) = s.sessions.create(&principal.user, token, until);
     if let Some(store) = s.runtime.store() {
         let _ = store.audit().append(AuditEvent {
             kind: "http.signin".into(),
@@ -1118,5 +1145,10 @@ async fn cmdb_hosts(State(s): State<AppState>, Authed(p): Authed, Query(q): Quer
             Err(e) => return Err(e.into()),
         },
     };
-    Ok(Json(json!(hosts)))
+    // Free attributes stay out: imported inventories can carry anything in them.
+    let shown: Vec<Value> = hosts
+        .into_iter()
+        .map(|h| json!({ "name": h.name, "address": h.address, "port": h.port, "groups": h.groups, "tags": h.tags, "pinned": h.host_key.is_some() }))
+        .collect();
+    Ok(Json(json!(shown)))
 }

@@ -14,17 +14,31 @@ pub const TTL: Duration = Duration::from_secs(12 * 3600);
 /// Failed sign-ins per user name within a minute before further tries get 429.
 const MAX_FAILURES: u32 = 5;
 
+/// Longest user name a sign-in is tried with (longer ones are refused before any work).
+pub const MAX_USER: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct Session {
     pub user: String,
     pub csrf: String,
     pub expires: Instant,
+    /// The API token the session was started with: it ends when the token is revoked or expires.
+    pub token: Option<String>,
 }
 
-#[derive(Default)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Session>>,
-    failures: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Sign-in attempts per user name in the current minute (counted before the hash check).
+    attempts: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Password hash checks at once (each takes ~19 MiB and a core for tens of ms).
+    pub hashing: tokio::sync::Semaphore,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Sessions { live: Mutex::default(), attempts: Mutex::default(), hashing: tokio::sync::Semaphore::new(cores) }
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -34,13 +48,15 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl Sessions {
-    /// A new session for `user`: (session id, CSRF token).
-    pub fn create(&self, user: &str) -> (String, String) {
+    /// A new session for `user` (started with `token`, if so, and ending no later than
+    /// `until`): (session id, CSRF token).
+    pub fn create(&self, user: &str, token: Option<String>, until: Option<Duration>) -> (String, String) {
         let (sid, csrf) = (random_hex(32), random_hex(24));
         let mut live = self.live.lock();
         let now = Instant::now();
         live.retain(|_, s| s.expires > now);
-        live.insert(sid.clone(), Session { user: user.to_string(), csrf: csrf.clone(), expires: now + TTL });
+        let ttl = until.map_or(TTL, |u| u.min(TTL));
+        live.insert(sid.clone(), Session { user: user.to_string(), csrf: csrf.clone(), expires: now + ttl, token });
         (sid, csrf)
     }
 
@@ -58,26 +74,27 @@ impl Sessions {
         self.live.lock().retain(|_, s| s.user != user);
     }
 
-    /// Whether sign-ins for `user` are paused after too many failures.
-    pub fn throttled(&self, user: &str) -> bool {
-        let f = self.failures.lock();
-        f.get(user).is_some_and(|(since, n)| *n >= MAX_FAILURES && since.elapsed() < Duration::from_secs(60))
-    }
-
-    pub fn failed(&self, user: &str) {
-        let mut f = self.failures.lock();
-        if f.len() > 10_000 {
-            f.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
+    /// Counts a sign-in attempt for `user` before its password is checked; false when the user
+    /// already had MAX_FAILURES attempts this minute (so parallel guesses cannot slip through).
+    pub fn attempt(&self, user: &str) -> bool {
+        let mut a = self.attempts.lock();
+        if a.len() > 1024 {
+            a.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
         }
-        let e = f.entry(user.to_string()).or_insert((Instant::now(), 0));
+        let e = a.entry(user.to_string()).or_insert((Instant::now(), 0));
         if e.0.elapsed() >= Duration::from_secs(60) {
             *e = (Instant::now(), 0);
         }
+        if e.1 >= MAX_FAILURES {
+            return false;
+        }
         e.1 += 1;
+        true
     }
 
+    /// A successful sign-in clears the user's count.
     pub fn succeeded(&self, user: &str) {
-        self.failures.lock().remove(user);
+        self.attempts.lock().remove(user);
     }
 }
 
@@ -113,15 +130,14 @@ mod tests {
     }
 
     #[test]
-    fn failures_throttle_then_reset_on_success() {
+    fn attempts_are_counted_before_checking_and_reset_on_success() {
         let s = Sessions::default();
         for _ in 0..MAX_FAILURES {
-            assert!(!s.throttled("bob"));
-            s.failed("bob");
+            assert!(s.attempt("bob"));
         }
-        assert!(s.throttled("bob"));
-        assert!(!s.throttled("alice"));
+        assert!(!s.attempt("bob"));
+        assert!(s.attempt("alice"));
         s.succeeded("bob");
-        assert!(!s.throttled("bob"));
+        assert!(s.attempt("bob"));
     }
 }

@@ -577,7 +577,12 @@ function resultView(result) {
     a.remove();
   };
   const csv = () => {
-    const q = (s) => (/[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+    // Cells a spreadsheet would run as a formula get a leading apostrophe.
+    const neutral = (s) => (/^[=+\-@\t\r]/.test(s) ? `'${s}` : s);
+    const q = (raw) => {
+      const s = neutral(raw);
+      return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+    };
     return [cols.map(q).join(","), ...rows().map((r) => cols.map((c) => q(cell(r[c]))).join(","))].join("\r\n") + "\r\n";
   };
   draw();
@@ -749,7 +754,7 @@ async function viewHosts(params) {
     h("h1", {}, "Hosts"),
     filterForm([["selector", "Selector, e.g. group:web & tag:env=prod"]], params, "#/hosts"),
     h("p", { class: "muted" }, `${hosts.length} host(s)`),
-    resultView(hosts.map((x) => ({ name: x.name, address: x.address, port: x.port, groups: x.groups.join(", "), tags: Object.entries(x.tags).map(([k, v]) => `${k}=${v}`).join(", "), pinned_key: x.host_key ? "yes" : "no" }))),
+    resultView(hosts.map((x) => ({ name: x.name, address: x.address, port: x.port, groups: x.groups.join(", "), tags: Object.entries(x.tags).map(([k, v]) => `${k}=${v}`).join(", "), pinned_key: x.pinned ? "yes" : "no" }))),
   );
 }
 
