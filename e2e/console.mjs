@@ -62,7 +62,7 @@ try {
   assert.equal(await page.evaluate(() => document.cookie), "", "the session cookie is not visible to scripts");
   const navText = await page.textContent("#nav");
   assert.ok(!navText.includes("Publish") && !navText.includes("Audit"), `operator nav: ${navText}`);
-  assert.ok(await page.isVisible("section.featured"), "featured collection shown");
+  await page.waitForSelector("section.featured", { timeout: 10000 });
   assert.ok((await page.textContent("section.featured")).includes("fleet-report"));
   assert.ok(!(await page.textContent("main")).includes("null"), "no stray values on the page");
   await shot(page, "market");
@@ -157,6 +157,29 @@ try {
   await page.waitForSelector("#result-table", { timeout: 20000 });
   assert.ok((await page.textContent("#job-status")).includes("dry run"));
 
+  step("an ssh applet shows per-host progress and a facts table");
+  await page.goto(base + "/ui/#/applet/host-facts");
+  await page.waitForSelector("#run-form");
+  await page.fill("#p-targets", "group:fleet");
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForSelector("#result-table", { timeout: 30000 });
+  assert.ok(await page.isVisible("#job-progress"), "the progress bar is shown");
+  assert.match(await page.textContent("#job-progress"), /ssh\.script: 3\/3 hosts.*ok 3 · failed 0/);
+  const factCols = await page.$$eval("#result-table th", (ths) => ths.map((t) => t.textContent));
+  assert.ok(factCols[0] === "host" && factCols.includes("kernel") && factCols.includes("load1"), `${factCols}`);
+  assert.equal(await page.locator("#result-table tbody tr").count(), 3);
+  await shot(page, "job-ssh");
+
+  step("a running job can be cancelled");
+  await page.goto(base + "/ui/#/applet/fleet-wait");
+  await page.waitForSelector("#run-form");
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForFunction(() => document.querySelector("#job-log")?.textContent.includes("waiting"));
+  await page.click("#cancel");
+  await page.waitForFunction(() => document.querySelector("#job-status")?.textContent.includes("cancelled"), null, { timeout: 15000 });
+
   step("hosts page");
   await page.goto(base + "/ui/#/hosts?selector=group%3Aweb");
   await page.waitForSelector("#result-table");
@@ -221,6 +244,12 @@ try {
   await shot(pub, "publish");
   await pub.goto(`${base}/ui/#/applet/fleet-report`);
   await pub.waitForSelector("text=Roll back to the previous version");
+  // Yank 1.0.0, then undo it.
+  const row100 = pub.locator("tbody tr", { hasText: "first version" });
+  await row100.locator("button", { hasText: "Yank" }).click();
+  await pub.waitForFunction(() => document.querySelector("#toast")?.textContent.includes("Yanked 1.0.0"));
+  await pub.locator("tbody tr", { hasText: "first version" }).locator("button", { hasText: "Un-yank" }).click();
+  await pub.waitForFunction(() => document.querySelector("#toast")?.textContent.includes("Un-yanked 1.0.0"));
   await pub.click("text=Roll back to the previous version");
   await pub.waitForFunction(() => document.querySelector("#toast")?.textContent.includes("Rolled back"));
   await pub.waitForFunction(() => document.querySelector("main h1")?.textContent.includes("1.0.0"));

@@ -3,6 +3,9 @@
 //! `scripts/peers/browser.sh` installs. With OPSLET_SCREENSHOTS=DIR the pages are saved there
 //! (docs/screenshots holds the committed ones).
 
+#[path = "common/sshd.rs"]
+mod sshd;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,6 +75,28 @@ fn the_console_works_in_a_real_browser() {
     for (i, name) in ["web1", "web2", "web3"].iter().enumerate() {
         opslet(&data, &["cmdb", "host", "add", name, "--address", &format!("192.0.2.{}", i + 10), "--group", "web"]);
     }
+    // Three real sshd hosts for an ssh applet, whose per-host progress the job page shows.
+    let fleet = sshd::Fleet::start(3, "node");
+    let mut csv = String::from("name,address,port,groups,host_key\n");
+    for h in &fleet.hosts {
+        csv.push_str(&format!("{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key));
+    }
+    std::fs::write(dir.path().join("fleet.csv"), csv).unwrap();
+    opslet(&data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
+    opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    std::fs::write(
+        data.join("opslet.toml"),
+        "[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
+    )
+    .unwrap();
+    opslet(&data, &["publish", root().join("applets/host-facts").to_str().unwrap(), "-m", "bundled"]);
+    opslet(&data, &["grant", "add", "ola", "host-*"]);
+    // A slow applet to cancel.
+    let slow = dir.path().join("fleet-wait");
+    std::fs::create_dir_all(&slow).unwrap();
+    std::fs::write(slow.join("applet.toml"), "name = \"fleet-wait\"\nversion = \"1.0.0\"\ndescription = \"Waits a long time\"\n").unwrap();
+    std::fs::write(slow.join("main.lua"), "return function() log.info('waiting') time.sleep(30) return 1 end").unwrap();
+    opslet(&data, &["publish", slow.to_str().unwrap(), "-m", "slow"]);
     // A host whose address a spreadsheet would run as a formula.
     opslet(&data, &["cmdb", "host", "add", "calc1", "--address", "=1+1", "--group", "sheet"]);
     // fleet-report 1.0.0 (without the mode param), then 1.1.0 from the fixture.
