@@ -16,11 +16,14 @@ scripts/peers/ssh.sh install
 scripts/peers/ssh.sh ansible
 # Debian's Chromium and playwright-core (e2e/) for the web console's browser tests.
 scripts/peers/browser.sh
+# A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.
+scripts/peers/zabbix.sh start
+trap 'scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true' EXIT
 
 cargo build --locked --all-targets
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true' EXIT
 set +e
 cargo test --locked --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -28,6 +28,35 @@ pub struct Config {
     /// The `ssh` host module: credentials per host group, host-key policy, fan-out limits.
     #[serde(default)]
     pub ssh: SshConfig,
+    /// The `zabbix` host module: named connections (`[zabbix.NAME]`).
+    #[serde(default)]
+    pub zabbix: std::collections::BTreeMap<String, ZabbixConn>,
+}
+
+/// `[zabbix.NAME]`: one Zabbix server. Logs in with `user` + `password_secret`, or with an API
+/// token from `token_secret` (Zabbix 5.4+).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZabbixConn {
+    /// The API endpoint, like "https://zabbix.example.com/api_jsonrpc.php".
+    pub url: String,
+    pub user: Option<String>,
+    /// Secret holding the user's password.
+    pub password_secret: Option<String>,
+    /// Secret holding an API token (instead of user + password).
+    pub token_secret: Option<String>,
+    /// Per request (default "30s").
+    #[serde(default = "default_zabbix_timeout")]
+    pub timeout: String,
+    /// A PEM file of extra CA certificates to trust for this server.
+    pub ca_file: Option<PathBuf>,
+    /// The connection calls without a name use (default: the only one, or "default").
+    #[serde(default)]
+    pub default: bool,
+}
+
+fn default_zabbix_timeout() -> String {
+    "30s".into()
 }
 
 /// `[ssh]`.
@@ -235,6 +264,7 @@ impl Config {
         cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.ssh_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        cfg.check_zabbix().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         Ok(cfg)
     }
 
@@ -289,6 +319,24 @@ impl Config {
             max_file: s("max_file", &c.max_file)?,
             credentials: c.credentials.clone(),
         })
+    }
+
+    pub fn check_zabbix(&self) -> Result<(), String> {
+        for (name, c) in &self.zabbix {
+            let at = format!("zabbix.{name}");
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return Err(format!("{at}.url: `{}` is not an http(s) URL", c.url));
+            }
+            match (&c.user, &c.password_secret, &c.token_secret) {
+                (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => return Err(format!("{at}: give user + password_secret, or token_secret (names of secrets, not values)")),
+            }
+            parse_duration(&c.timeout).map_err(|m| format!("{at}.timeout: {m}"))?;
+        }
+        if self.zabbix.values().filter(|c| c.default).count() > 1 {
+            return Err("zabbix: more than one connection says default = true".into());
+        }
+        Ok(())
     }
 
     pub fn kv_limits(&self) -> Result<(u64, u64), String> {

@@ -7,6 +7,7 @@
 
 pub mod cmdb;
 pub mod ssh;
+pub mod zabbix;
 
 use std::sync::Arc;
 
@@ -88,7 +89,13 @@ impl ModuleRegistry {
 
     /// The modules compiled into this opslet, set up from `config`.
     pub fn from_config(config: &crate::config::Config) -> Result<ModuleRegistry, String> {
-        Ok(ModuleRegistry { modules: vec![Arc::new(cmdb::CmdbModule), Arc::new(ssh::SshModule::new(config.ssh_settings()?))] })
+        Ok(ModuleRegistry {
+            modules: vec![
+                Arc::new(cmdb::CmdbModule),
+                Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
+                Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
+            ],
+        })
     }
 
     /// Adds a module (embedding hosts and tests use this to plug in their own).

@@ -1,0 +1,261 @@
+//! The zabbix module against a real Zabbix 6.0 (scripts/peers/zabbix.sh starts it: PostgreSQL,
+//! the PHP API, zabbix_server; values fed with zabbix_sender): problems raised and acknowledged
+//! for real, items and history, maintenance, permissions, wrong credentials, API errors, a server
+//! that is down, and logging in again after the session ends.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use opslet::modules::zabbix::client::{Client, Login};
+use opslet::runtime::{RunOutcome, Runtime};
+use opslet::secrets::Secrets;
+use opslet::store::Store;
+use opslet::store::audit::Filter;
+use serde_json::{Value, json};
+
+fn url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/peers/zabbix.sh");
+        let o = std::process::Command::new("bash").args([script, "start"]).output().expect("running scripts/peers/zabbix.sh");
+        assert!(o.status.success(), "scripts/peers/zabbix.sh start failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        "http://127.0.0.1:18080/api_jsonrpc.php".to_string()
+    })
+}
+
+fn admin() -> Client {
+    Client::new("test", url(), Login::Password { user: "Admin".into(), password: "zabbix".into() }, Duration::from_secs(30), None).unwrap()
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// A host with a trapper item `app.load` and a trigger `> 5` (manual close), fed a 9: a real
+/// problem. Returns (host name, itemid, eventid).
+fn problem_host(tag: &str) -> (String, String, String) {
+    let name = format!("opslet-{tag}-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros() % 1_000_000_000);
+    block(async {
+        let z = admin();
+        let h = z
+            .call("host.create", json!({ "host": name, "groups": [{ "groupid": "2" }], "tags": [{ "tag": "service", "value": "api" }] }))
+            .await
+            .unwrap();
+        let hostid = h["hostids"][0].as_str().unwrap().to_string();
+        let i = z
+            .call("item.create", json!({ "hostid": hostid, "name": "App load", "key_": "app.load", "type": 2, "value_type": 3 }))
+            .await
+            .unwrap();
+        let itemid = i["itemids"][0].as_str().unwrap().to_string();
+        z.call(
+            "trigger.create",
+            json!({ "description": format!("High load on {name}"), "expression": format!("last(/{name}/app.load)>5"), "priority": 4, "manual_close": 1 }),
+        )
+        .await
+        .unwrap();
+        // The server accepts values for a new item once its config cache has synced (~2 s).
+        let t0 = Instant::now();
+        loop {
+            let o = std::process::Command::new("zabbix_sender")
+                .args(["-z", "127.0.0.1", "-p", "10051", "-s", &name, "-k", "app.load", "-o", "9"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&o.stdout).contains("processed: 1") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "zabbix_sender never got through: {}", String::from_utf8_lossy(&o.stdout));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let t0 = Instant::now();
+        let eventid = loop {
+            let p = z.call("problem.get", json!({ "hostids": [hostid], "output": ["eventid"] })).await.unwrap();
+            if let Some(e) = p.get(0) {
+                break e["eventid"].as_str().unwrap().to_string();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no problem was raised");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        (name, itemid, eventid)
+    })
+}
+
+fn runtime_with(conn: &str, password: &str) -> Runtime {
+    let store = Store::temporary().unwrap();
+    Secrets::open(store.clone()).unwrap().set("zbx-pass", password.as_bytes(), "tester").unwrap();
+    let cfg = opslet::config::Config::parse(&format!("[audit]\nsync = false\n{conn}"), "opslet.toml").unwrap();
+    Runtime::new(&cfg, Some(store)).unwrap()
+}
+
+fn rt() -> Runtime {
+    runtime_with(&format!("[zabbix.main]\nurl = \"{}\"\nuser = \"Admin\"\npassword_secret = \"zbx-pass\"\n", url()), "zabbix")
+}
+
+fn applet(rt: &Runtime, actions: &str, main: &str, dry_run: bool) -> RunOutcome {
+    let m = format!("name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nzabbix = {actions}\n");
+    let mut r = req(package_with(&m, main, &[]));
+    r.dry_run = dry_run;
+    run_req(rt, r)
+}
+
+fn ok(o: &RunOutcome) -> &Value {
+    o.result.as_ref().unwrap_or_else(|e| panic!("run failed: {e}"))
+}
+
+fn actions(rt: &Runtime, o: &RunOutcome) -> Vec<opslet::store::audit::AuditRecord> {
+    rt.store().unwrap().audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap()
+}
+
+#[test]
+fn reads_problems_items_and_history_from_a_real_server() {
+    let (host, itemid, eventid) = problem_host("read");
+    let rt = rt();
+    let main = format!(
+        r#"return function()
+            local p = zabbix.problems({{ host = "{host}", severity_min = "high", since = "1h" }})
+            local none = zabbix.problems({{ host = "{host}", severity_min = "disaster" }})
+            local items = zabbix.items("{host}", "app.*")
+            local hist = zabbix.history(items[1].itemid, "1h")
+            local hosts = zabbix.hosts({{ name = "{host}" }})
+            return {{ p = p, none = #none, items = items, hist = hist, hosts = hosts }}
+        end"#
+    );
+    let o = applet(&rt, "[\"read\"]", &main, false);
+    let v = ok(&o);
+    assert_eq!(v["p"][0]["eventid"], eventid.as_str());
+    assert_eq!(v["p"][0]["host"], host.as_str());
+    assert_eq!(v["p"][0]["severity_name"], "high");
+    assert_eq!(v["p"][0]["acknowledged"], false);
+    assert_eq!(v["p"][0]["tags"]["service"], "api");
+    assert_eq!(v["none"], 0);
+    assert_eq!(v["items"][0]["itemid"], itemid.as_str());
+    assert_eq!(v["items"][0]["key"], "app.load");
+    assert_eq!(v["hist"][0]["value"], 9.0);
+    assert_eq!(v["hosts"][0]["groups"][0], "Linux servers");
+    assert!(actions(&rt, &o).is_empty(), "reads are not actions");
+}
+
+#[test]
+fn acknowledges_and_closes_a_problem_for_real_and_audits_it() {
+    let (_, _, eventid) = problem_host("ack");
+    let rt = rt();
+    // A dry run plans and changes nothing.
+    let main = format!(r#"return function() return zabbix.ack("{eventid}", {{ message = "restarting api", close = true }}) end"#);
+    let o = applet(&rt, "[\"read\", \"ack\"]", &main, true);
+    assert_eq!(ok(&o), &json!(false));
+    assert_eq!(actions(&rt, &o)[0].data["detail"]["planned"], true);
+    let still = block(admin().call("problem.get", json!({ "eventids": [eventid], "output": ["acknowledged"] }))).unwrap();
+    assert_eq!(still[0]["acknowledged"], "0");
+
+    let o = applet(&rt, "[\"read\", \"ack\"]", &main, false);
+    assert_eq!(ok(&o), &json!(true));
+    let acts = actions(&rt, &o);
+    assert_eq!(acts[0].data["action"], "ack");
+    assert_eq!(acts[0].data["detail"]["action"], 7, "close + acknowledge + message");
+    // Zabbix's task manager closes it: r_eventid appears.
+    let t0 = Instant::now();
+    loop {
+        let e =
+            block(admin().call("event.get", json!({ "eventids": [eventid], "output": ["r_eventid"], "select_acknowledges": ["message"] })))
+                .unwrap();
+        if e[0]["r_eventid"] != "0" {
+            assert_eq!(e[0]["acknowledges"][0]["message"], "restarting api");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the problem was not closed: {e}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn maintenance_is_created_for_real() {
+    let (host, _, _) = problem_host("mnt");
+    let rt = rt();
+    let main = format!(
+        r#"return function() return zabbix.maintenance({{ hosts = {{ "{host}" }}, duration = "2h", name = "{host} patching" }}) end"#
+    );
+    let o = applet(&rt, "[\"read\", \"maintenance\"]", &main, false);
+    let id = ok(&o).as_str().unwrap().to_string();
+    let m = block(admin().call("maintenance.get", json!({ "maintenanceids": [id], "selectHosts": ["host"] }))).unwrap();
+    assert_eq!(m[0]["name"], format!("{host} patching"));
+    assert_eq!(m[0]["hosts"][0]["host"], host.as_str());
+    assert_eq!(actions(&rt, &o)[0].data["action"], "maintenance");
+}
+
+#[test]
+fn permissions_refuse_before_anything_is_sent() {
+    let rt = rt();
+    for (actions_, call, want) in [
+        ("[\"read\"]", r#"zabbix.ack("1", { message = "x" })"#, "does not grant `ack`"),
+        ("[\"read\"]", r#"zabbix.maintenance({ hosts = "x", duration = 600 })"#, "does not grant `maintenance`"),
+        ("[\"read\"]", r#"zabbix.call("host.delete", { "1" })"#, "does not grant `call:host.delete`"),
+        ("[\"ack\"]", r#"zabbix.problems()"#, "does not grant `read`"),
+        ("[\"read\"]", r#"zabbix.connection("other")"#, "no Zabbix connection `other`"),
+        ("[\"read\", \"ack\"]", r#"zabbix.ack("1", { mesage = "x" })"#, "unknown option `mesage`"),
+    ] {
+        let o = applet(&rt, actions_, &format!("return function() return {call} end"), false);
+        let e = err_text(&o);
+        assert!(e.contains(want), "{call}: {e}");
+        assert!(actions(&rt, &o).is_empty());
+    }
+    let bad = opslet::applet::AppletPackage::from_files(
+        [
+            ("applet.toml".to_string(), b"name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nzabbix = [\"write\"]\n".to_vec()),
+            ("main.lua".to_string(), b"return function() end".to_vec()),
+        ]
+        .into(),
+    )
+    .unwrap();
+    let e = bad.check_modules(rt.modules()).unwrap_err().to_string();
+    assert!(e.contains("`write` is not an action"), "{e}");
+}
+
+#[test]
+fn api_errors_wrong_credentials_and_a_dead_server_are_clear() {
+    // Zabbix's own code and message come back.
+    let rt = rt();
+    let o = applet(
+        &rt,
+        "[\"call:host.create\"]",
+        r#"return function() return zabbix.call("host.create", { host = "", groups = { { groupid = "2" } } }) end"#,
+        false,
+    );
+    let e = err_text(&o);
+    assert!(e.contains("Zabbix API error -32602: Invalid params. Incorrect characters used for host name"), "{e}");
+    // The failed write is audited as such.
+    let acts = actions(&rt, &o);
+    assert_eq!((acts[0].data["action"].as_str(), acts[0].status.as_deref()), (Some("host.create"), Some("error")));
+    let o = applet(&rt, "[\"call:host.nosuch\"]", r#"return function() return zabbix.call("host.nosuch") end"#, false);
+    assert!(err_text(&o).contains("Zabbix API error -32601: Method not found."), "{}", err_text(&o));
+
+    // A user that does not exist (Admin would be locked out after a few wrong passwords).
+    let wrong =
+        runtime_with(&format!("[zabbix.main]\nurl = \"{}\"\nuser = \"opslet-nobody\"\npassword_secret = \"zbx-pass\"\n", url()), "nope");
+    let o = applet(&wrong, "[\"read\"]", "return function() return zabbix.problems() end", false);
+    let e = err_text(&o);
+    assert!(e.contains("Incorrect user name or password"), "{e}");
+    assert!(!e.contains("nope"), "the password never shows");
+
+    let dead = runtime_with(
+        "[zabbix.main]\nurl = \"http://127.0.0.1:1/api_jsonrpc.php\"\nuser = \"Admin\"\npassword_secret = \"zbx-pass\"\n",
+        "zabbix",
+    );
+    let o = applet(&dead, "[\"read\"]", "return function() return zabbix.hosts() end", false);
+    let e = err_text(&o);
+    assert!(e.contains("127.0.0.1:1") && e.to_lowercase().contains("connect"), "{e}");
+}
+
+#[test]
+fn a_lost_session_is_renewed_once() {
+    let rt = rt();
+    let main = r#"return function()
+        local before = #zabbix.hosts({ name = "Zabbix server" })
+        zabbix.call("user.logout", {})
+        local after = #zabbix.hosts({ name = "Zabbix server" })
+        return { before = before, after = after }
+    end"#;
+    let o = applet(&rt, "[\"read\", \"call:user.logout\"]", main, false);
+    assert_eq!(ok(&o), &json!({ "before": 1, "after": 1 }));
+}
