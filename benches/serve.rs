@@ -56,6 +56,7 @@ async fn drive(url: String, token: Option<String>, body: Option<&'static str>, c
 }
 
 fn main() {
+    opslet::install_tls_provider();
     let smoke = !std::env::args().any(|a| a == "--bench");
     let dur = if smoke { Duration::from_millis(500) } else { Duration::from_secs(5) };
     let clients = 16;

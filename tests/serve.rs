@@ -117,6 +117,7 @@ fn server_with(config: &str, extra_flags: &[&str], prepare: impl Fn(&Path, &Path
 }
 
 fn rt() -> tokio::runtime::Runtime {
+    opslet::install_tls_provider();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 

@@ -58,16 +58,9 @@ pub struct Client {
     session: tokio::sync::Mutex<Session>,
 }
 
-fn install_crypto() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 impl Client {
     pub fn new(name: &str, url: &str, login: Login, timeout: Duration, ca_pem: Option<&[u8]>) -> Result<Client, String> {
-        install_crypto();
+        crate::install_tls_provider();
         let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10)));
         if let Some(pem) = ca_pem {
             for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("zabbix.{name}.ca_file: {e}"))? {
