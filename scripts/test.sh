@@ -18,12 +18,15 @@ scripts/peers/ssh.sh ansible
 scripts/peers/browser.sh
 # A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.
 scripts/peers/zabbix.sh start
-trap 'scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true' EXIT
+# An Elasticsearch-API server (osmem-server), likewise.
+scripts/peers/es.sh start
+stop_peers() { scripts/peers/es.sh stop >/dev/null 2>&1 || true; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true; }
+trap stop_peers EXIT
 
 cargo build --locked --all-targets
 
 log=$(mktemp)
-trap 'rm -f "$log"; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true' EXIT
+trap 'rm -f "$log"; stop_peers' EXIT
 set +e
 cargo test --locked --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

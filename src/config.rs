@@ -31,6 +31,30 @@ pub struct Config {
     /// The `zabbix` host module: named connections (`[zabbix.NAME]`).
     #[serde(default)]
     pub zabbix: std::collections::BTreeMap<String, ZabbixConn>,
+    /// The `es` host module: named Elasticsearch / OpenSearch connections (`[es.NAME]`).
+    #[serde(default)]
+    pub es: std::collections::BTreeMap<String, EsConn>,
+}
+
+/// `[es.NAME]`: one Elasticsearch or OpenSearch cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EsConn {
+    /// Like "https://logs.example.com:9200".
+    pub url: String,
+    /// Basic auth: user + password_secret.
+    pub user: Option<String>,
+    pub password_secret: Option<String>,
+    /// Or an API key (the base64 `id:key` form) from a secret.
+    pub api_key_secret: Option<String>,
+    /// Per request (default "30s").
+    #[serde(default = "default_zabbix_timeout")]
+    pub timeout: String,
+    /// A PEM file of extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// The connection `es.*` uses when several are configured.
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// `[zabbix.NAME]`: one Zabbix server. Logs in with `user` + `password_secret`, or with an API
@@ -335,6 +359,20 @@ impl Config {
         }
         if self.zabbix.values().filter(|c| c.default).count() > 1 {
             return Err("zabbix: more than one connection says default = true".into());
+        }
+        for (name, c) in &self.es {
+            let at = format!("es.{name}");
+            if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                return Err(format!("{at}.url: `{}` is not an http(s) URL", c.url));
+            }
+            match (&c.user, &c.password_secret, &c.api_key_secret) {
+                (None, None, None) | (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+                _ => return Err(format!("{at}: give user + password_secret, or api_key_secret, or neither")),
+            }
+            parse_duration(&c.timeout).map_err(|m| format!("{at}.timeout: {m}"))?;
+        }
+        if self.es.values().filter(|c| c.default).count() > 1 {
+            return Err("es: more than one connection says default = true".into());
         }
         Ok(())
     }

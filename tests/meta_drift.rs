@@ -34,14 +34,15 @@ fn declared(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 fn type_definitions_match_the_modules() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib/meta/opslet.d.luau")).unwrap();
     let declared = declared(&text);
-    let manifest = format!("{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\n");
+    let manifest =
+        format!("{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\n");
     let o = run(
         &runtime(TIGHT),
         package_with(
             &manifest,
             "return function()
             local out = {}
-            for _, m in ipairs({'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix'}) do
+            for _, m in ipairs({'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es'}) do
                 local keys = {}
                 for k in pairs(_G[m]) do table.insert(keys, k) end
                 out[m] = keys

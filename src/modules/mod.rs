@@ -6,6 +6,7 @@
 //! call through [`Grant`].
 
 pub mod cmdb;
+pub mod es;
 pub mod ssh;
 pub mod zabbix;
 
@@ -94,6 +95,7 @@ impl ModuleRegistry {
                 Arc::new(cmdb::CmdbModule),
                 Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
                 Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
+                Arc::new(es::EsModule::new(config.es.clone())),
             ],
         })
     }

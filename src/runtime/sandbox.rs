@@ -64,6 +64,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("opslet.strings", include_str!("../../stdlib/opslet/strings.lua")),
     ("opslet.tables", include_str!("../../stdlib/opslet/tables.lua")),
     ("opslet.text", include_str!("../../stdlib/opslet/text.lua")),
+    ("opslet.es", include_str!("../../stdlib/opslet/es.lua")),
 ];
 
 fn compiled_stdlib() -> &'static BTreeMap<&'static str, Vec<u8>> {
