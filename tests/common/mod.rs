@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod sshd;
+pub mod zabbix;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
