@@ -192,3 +192,43 @@ fn a_lost_session_is_renewed_once() {
     let o = applet(&rt, "[\"read\", \"call:user.logout\"]", main, false);
     assert_eq!(ok(&o), &json!({ "before": 1, "after": 1 }));
 }
+
+#[test]
+fn the_cmdb_imports_hosts_from_zabbix() {
+    let (host, _, _) = problem_host("import");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("opslet.toml"), format!("[zabbix.main]\nurl = \"{}\"\nuser = \"Admin\"\npassword_secret = \"zbx\"\n", url()))
+        .unwrap();
+    let opslet = |args: &[&str], stdin: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(args)
+            .env("OPSLET_DATA_DIR", &data)
+            .env_remove("OPSLET_CONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), stdin.unwrap_or("").as_bytes()).unwrap();
+        c.wait_with_output().unwrap()
+    };
+    assert!(opslet(&["secret", "set", "zbx"], Some("zabbix")).status.success());
+    let o = opslet(&["cmdb", "import", "--from-zabbix", "main", "--group", "Linux servers"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = opslet(&["cmdb", "host", "show", &host], None);
+    let h: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(h["address"], "127.0.0.1");
+    assert!(h["groups"].as_array().unwrap().contains(&json!("linux-servers")), "{h}");
+    assert_eq!(h["tags"]["service"], "api");
+    assert!(h["attrs"]["zabbix_hostid"].is_string());
+    // Selectors work on what came in.
+    let o = opslet(&["cmdb", "host", "list", "group:linux-servers & tag:service=api", "--format", "json"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&host));
+    // A group Zabbix does not have is an error naming it; a connection not configured too.
+    let o = opslet(&["cmdb", "import", "--from-zabbix", "main", "--group", "No such group"], None);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no host group `No such group`"));
+    let o = opslet(&["cmdb", "import", "--from-zabbix", "other"], None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no [zabbix.other]"), "{}", String::from_utf8_lossy(&o.stderr));
+}

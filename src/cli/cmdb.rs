@@ -23,10 +23,17 @@ pub enum CmdbCmd {
     /// Add and update hosts from a file: CSV, JSON, or an Ansible inventory (INI or YAML).
     /// Hosts not in the file are left alone; pinned host keys are kept.
     Import {
-        file: PathBuf,
+        #[arg(required_unless_present = "from_zabbix")]
+        file: Option<PathBuf>,
         /// The file's format (default: from its extension).
         #[arg(long, value_enum)]
         format: Option<InvFormat>,
+        /// Take the hosts from a Zabbix connection of the config ([zabbix.NAME]) instead of a file.
+        #[arg(long, value_name = "CONN", conflicts_with_all = ["file", "format"])]
+        from_zabbix: Option<String>,
+        /// With --from-zabbix: only hosts of this Zabbix host group.
+        #[arg(long, requires = "from_zabbix")]
+        group: Option<String>,
         /// Show what would change, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -199,13 +206,30 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
             let h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
             println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
         }
-        CmdbCmd::Import { file, format, dry_run } => {
-            let shown = file.display().to_string();
-            let format = format
-                .or_else(|| InvFormat::from_path(&shown))
-                .ok_or_else(|| Error::Usage(format!("{shown}: cannot tell the format from the name; give --format csv|json|ini|yaml")))?;
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::Usage(format!("reading {shown}: {e}")))?;
-            let inv = inventory::parse(format, &text, &shown).map_err(Error::Usage)?;
+        CmdbCmd::Import { file, format, dry_run, from_zabbix, group } => {
+            let inv = match (&file, &from_zabbix) {
+                (_, Some(conn)) => {
+                    let client = crate::modules::zabbix::client_for(&global.config()?, &cmdb.store(), conn)?;
+                    let rt =
+                        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Internal(e.to_string()))?;
+                    let (hosts, skipped) = rt
+                        .block_on(crate::modules::zabbix::cmdb_hosts(&client, group.as_deref()))
+                        .map_err(|m| Error::Usage(format!("--from-zabbix {conn}: {m}")))?;
+                    if !skipped.is_empty() {
+                        eprintln!("warning: left out: {}", skipped.join(", "));
+                    }
+                    inventory::Inventory { hosts, ..Default::default() }
+                }
+                (Some(file), None) => {
+                    let shown = file.display().to_string();
+                    let format = format.or_else(|| InvFormat::from_path(&shown)).ok_or_else(|| {
+                        Error::Usage(format!("{shown}: cannot tell the format from the name; give --format csv|json|ini|yaml"))
+                    })?;
+                    let text = std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("reading {shown}: {e}")))?;
+                    inventory::parse(format, &text, &shown).map_err(Error::Usage)?
+                }
+                (None, None) => return Err(Error::Usage("give a FILE or --from-zabbix CONN".into())),
+            };
             if !inv.dropped.is_empty() {
                 let names: Vec<&str> = inv.dropped.iter().map(String::as_str).collect();
                 eprintln!(

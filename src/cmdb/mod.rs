@@ -57,7 +57,7 @@ pub struct Cmdb {
     groups: sled::Tree,
 }
 
-pub(crate) fn valid(kind: &str, name: &str) -> Result<(), Error> {
+pub fn valid(kind: &str, name: &str) -> Result<(), Error> {
     let ok = !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !ok {
         return Err(Error::Usage(format!("{kind} name `{name}`: use letters, digits, `-`, `_` and `.`")));
@@ -75,6 +75,11 @@ impl Cmdb {
             groups: store.db().open_tree(crate::store::keys::CMDB_GROUPS)?,
             store,
         })
+    }
+
+    /// The store this cmdb lives in.
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     fn audit(&self, kind: &str, actor: &str, data: serde_json::Value) -> Result<(), Error> {

@@ -38,7 +38,11 @@ pub fn problem_on(name: &str) -> (String, String, String) {
     block(async {
         let z = admin();
         let h = z
-            .call("host.create", json!({ "host": name, "groups": [{ "groupid": "2" }], "tags": [{ "tag": "service", "value": "api" }] }))
+            .call(
+                "host.create",
+                json!({ "host": name, "groups": [{ "groupid": "2" }], "tags": [{ "tag": "service", "value": "api" }],
+                "interfaces": [{ "type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": "10050" }] }),
+            )
             .await
             .unwrap();
         let hostid = h["hostids"][0].as_str().unwrap().to_string();
