@@ -13,7 +13,7 @@
 //   name       {EVENT.NAME}
 //   tags       {EVENT.TAGSJSON}
 //
-// Needs the hmac() JavaScript function of Zabbix's webhook engine (Zabbix 6.4 and newer).
+// Uses the hmac() JavaScript function of Zabbix's webhook engine (tested with Zabbix 6.0 LTS).
 var p = JSON.parse(value);
 if (p.event_value !== '1') {
     return 'recovery: nothing to do';

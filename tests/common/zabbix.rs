@@ -34,13 +34,19 @@ pub fn problem_host(tag: &str) -> (String, String, String) {
 
 /// Raises a real problem on a new Zabbix host called `name`: (name, itemid, eventid).
 pub fn problem_on(name: &str) -> (String, String, String) {
+    problem_with(name, "api", |_| {})
+}
+
+/// Like `problem_on`, with the host's `service` tag, and `before` called with the host id
+/// before the value that raises the problem is sent (to set up actions first).
+pub fn problem_with(name: &str, service: &str, before: impl FnOnce(&str) + Send) -> (String, String, String) {
     let name = name.to_string();
     block(async {
         let z = admin();
         let h = z
             .call(
                 "host.create",
-                json!({ "host": name, "groups": [{ "groupid": "2" }], "tags": [{ "tag": "service", "value": "api" }],
+                json!({ "host": name, "groups": [{ "groupid": "2" }], "tags": [{ "tag": "service", "value": service }],
                 "interfaces": [{ "type": 1, "main": 1, "useip": 1, "ip": "127.0.0.1", "dns": "", "port": "10050" }] }),
             )
             .await
@@ -57,6 +63,8 @@ pub fn problem_on(name: &str) -> (String, String, String) {
         )
         .await
         .unwrap();
+        // Off this runtime's thread: `before` may block on calls of its own.
+        std::thread::scope(|scope| scope.spawn(|| before(&hostid)).join().expect("the set-up before the problem"));
         // The server accepts values for a new item once its config cache has synced (~2 s).
         let t0 = Instant::now();
         loop {
