@@ -16,6 +16,8 @@ scripts/peers/ssh.sh install
 scripts/peers/ssh.sh ansible
 # Debian's Chromium and playwright-core (e2e/) for the web console's browser tests.
 scripts/peers/browser.sh
+# libvirt's library for the virt module (feature `virt`); its tests use the in-process test driver.
+scripts/peers/virt.sh
 # A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.
 scripts/peers/zabbix.sh start
 # An Elasticsearch-API server (osmem-server), likewise.
@@ -23,12 +25,12 @@ scripts/peers/es.sh start
 stop_peers() { scripts/peers/es.sh stop >/dev/null 2>&1 || true; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true; }
 trap stop_peers EXIT
 
-cargo build --locked --all-targets
+cargo build --locked --all-targets --features virt
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_peers' EXIT
 set +e
-cargo test --locked --all-targets 2>&1 | tee "$log"
+cargo test --locked --all-targets --features virt 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 awk '/^test result:/ {

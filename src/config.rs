@@ -34,6 +34,17 @@ pub struct Config {
     /// The `es` host module: named Elasticsearch / OpenSearch connections (`[es.NAME]`).
     #[serde(default)]
     pub es: std::collections::BTreeMap<String, EsConn>,
+    /// The `virt` host module (built with the `virt` feature): libvirt connections.
+    #[serde(default)]
+    pub virt: std::collections::BTreeMap<String, VirtConn>,
+}
+
+/// `[virt.NAME]`: one libvirt connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtConn {
+    /// A libvirt URI: "qemu:///system", "qemu+ssh://kvm01/system", "test:///default".
+    pub uri: String,
 }
 
 /// `[es.NAME]`: one Elasticsearch or OpenSearch cluster.

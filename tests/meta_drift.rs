@@ -34,24 +34,27 @@ fn declared(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 fn type_definitions_match_the_modules() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib/meta/opslet.d.luau")).unwrap();
     let declared = declared(&text);
-    let manifest =
-        format!("{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\n");
-    let o = run(
-        &runtime(TIGHT),
-        package_with(
-            &manifest,
-            "return function()
-            local out = {}
-            for _, m in ipairs({'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es'}) do
-                local keys = {}
+    let manifest = format!(
+        "{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\n{}",
+        if cfg!(feature = "virt") { "virt = [\"read\"]\n" } else { "" }
+    );
+    let modules = if cfg!(feature = "virt") {
+        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'virt'"
+    } else {
+        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es'"
+    };
+    let main = format!(
+        "return function()
+            local out = {{}}
+            for _, m in ipairs({{ {modules} }}) do
+                local keys = {{}}
                 for k in pairs(_G[m]) do table.insert(keys, k) end
                 out[m] = keys
             end
             return out
-        end",
-            &[],
-        ),
+        end"
     );
+    let o = run(&runtime(TIGHT), package_with(&manifest, &main, &[]));
     let actual: BTreeMap<String, BTreeSet<String>> = serde_json::from_value(o.result.unwrap()).unwrap();
     for (module, keys) in &actual {
         let documented = declared.get(module).unwrap_or_else(|| panic!("stdlib/meta/opslet.d.luau has no `declare {module}`"));

@@ -81,9 +81,9 @@ fn undeclared_module_names_the_missing_permission() {
 
 #[test]
 fn known_but_unbuilt_modules_say_so() {
-    let o = run(&demo_runtime(), package("return function() return virt.list('x') end"));
+    let o = run(&demo_runtime(), package("return function() return ipmi.power('x') end"));
     let e = err_text(&o);
-    assert!(e.contains("virt.list") && e.contains("not available in this opslet build"), "{e}");
+    assert!(e.contains("ipmi.power") && e.contains("not available in this opslet build"), "{e}");
 }
 
 #[test]

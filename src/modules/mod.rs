@@ -8,6 +8,8 @@
 pub mod cmdb;
 pub mod es;
 pub mod ssh;
+#[cfg(feature = "virt")]
+pub mod virt;
 pub mod zabbix;
 
 use std::sync::Arc;
@@ -90,14 +92,16 @@ impl ModuleRegistry {
 
     /// The modules compiled into this opslet, set up from `config`.
     pub fn from_config(config: &crate::config::Config) -> Result<ModuleRegistry, String> {
-        Ok(ModuleRegistry {
-            modules: vec![
-                Arc::new(cmdb::CmdbModule),
-                Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
-                Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
-                Arc::new(es::EsModule::new(config.es.clone())),
-            ],
-        })
+        #[allow(unused_mut)]
+        let mut modules: Vec<Arc<dyn HostModule>> = vec![
+            Arc::new(cmdb::CmdbModule),
+            Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
+            Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
+            Arc::new(es::EsModule::new(config.es.clone())),
+        ];
+        #[cfg(feature = "virt")]
+        modules.push(Arc::new(virt::VirtModule::new(config.virt.clone())));
+        Ok(ModuleRegistry { modules })
     }
 
     /// Adds a module (embedding hosts and tests use this to plug in their own).
