@@ -45,6 +45,9 @@ pub struct Config {
 pub struct VirtConn {
     /// A libvirt URI: "qemu:///system", "qemu+ssh://kvm01/system", "test:///default".
     pub uri: String,
+    /// Folders `virt.create` may take disk images from (none: VMs are created without a disk).
+    #[serde(default)]
+    pub disk_dirs: Vec<PathBuf>,
 }
 
 /// `[es.NAME]`: one Elasticsearch or OpenSearch cluster.

@@ -162,6 +162,8 @@ fn errors_are_clear_and_permissions_hold() {
 
     for (main, want) in [
         (r#"es.search("../etc", nil)"#, "is not an index name"),
+        (r#"es.search("..", nil)"#, "is not an index name"),
+        (r#"es.count("logs,.security")"#, "is not an index name"),
         (r#"es.search("logs", nil, { size = 20000 })"#, "at most 10000"),
         (r#"es.search("logs", nil, { sise = 1 })"#, "unknown option `sise`"),
         (r#"es.connection("nope")"#, "no es connection `nope`"),

@@ -127,6 +127,10 @@ fn permissions_refuse_before_anything_is_sent() {
         ("[\"ack\"]", r#"zabbix.problems()"#, "does not grant `read`"),
         ("[\"read\"]", r#"zabbix.connection("other")"#, "no Zabbix connection `other`"),
         ("[\"read\", \"ack\"]", r#"zabbix.ack("1", { mesage = "x" })"#, "unknown option `mesage`"),
+        // An empty host list would mean every host to Zabbix.
+        ("[\"read\", \"maintenance\"]", r#"zabbix.maintenance({ hosts = {}, duration = 600 })"#, "host name"),
+        ("[\"read\", \"maintenance\"]", r#"zabbix.maintenance({ hosts = { 1 }, duration = 600 })"#, "host names"),
+        ("[\"read\"]", r#"zabbix.problems({ host = {} })"#, "host name"),
     ] {
         let o = applet(&rt, actions_, &format!("return function() return {call} end"), false);
         let e = err_text(&o);
@@ -160,6 +164,17 @@ fn api_errors_wrong_credentials_and_a_dead_server_are_clear() {
     // The failed write is audited as such.
     let acts = actions(&rt, &o);
     assert_eq!((acts[0].data["action"].as_str(), acts[0].status.as_deref()), (Some("host.create"), Some("error")));
+    // Credentials in raw calls are kept out of the audit log, even when the call fails.
+    let o = applet(
+        &rt,
+        "[\"call:user.update\"]",
+        r#"return function() return zabbix.call("user.update", { userid = "999999", passwd = "Hidden-Pass-42" }) end"#,
+        false,
+    );
+    assert!(o.result.is_err());
+    let acts = actions(&rt, &o);
+    assert_eq!(acts[0].data["detail"]["params"]["passwd"], "<redacted>");
+    assert!(!serde_json::to_string(&acts).unwrap().contains("Hidden-Pass-42"));
     let o = applet(&rt, "[\"call:host.nosuch\"]", r#"return function() return zabbix.call("host.nosuch") end"#, false);
     assert!(err_text(&o).contains("Zabbix API error -32601: Method not found."), "{}", err_text(&o));
 

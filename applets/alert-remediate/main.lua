@@ -34,7 +34,7 @@ return function(params, ctx)
 		return { eventid = params.eventid, action = "none", reason = "no open problem with this event id" }
 	end
 	local service = params.service or problem.tags.service
-	if not service or not string.match(service, "^[%w@%.:_%-]+$") then
+	if not service or not string.match(service, "^[%w@][%w@%.:_%-]*$") then
 		error(string.format("no usable service for event %s (give the service param or a `service` tag)", params.eventid))
 	end
 	local host = problem.host and cmdb.host(problem.host)

@@ -2,7 +2,7 @@
 -- after its restart. Under --dry-run it returns the plan: which command would run where.
 return function(params, ctx)
 	local unit = params.unit
-	if not string.match(unit, "^[%w@%.:_%-]+$") then
+	if not string.match(unit, "^[%w@][%w@%.:_%-]*$") then
 		error(string.format("unit %q is not a systemd unit name (letters, digits, @ . : _ -)", unit))
 	end
 	local opts = { sudo = true, canary = 1, batch = params.batch, stop_after = params.stop_after, timeout = 120 }

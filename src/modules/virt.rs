@@ -70,8 +70,8 @@ fn xml_escape(s: &str) -> String {
 }
 
 /// Domain XML from `{name, vcpus, memory (MiB), disk (path), network}`, for a hypervisor of
-/// `kind` ("kvm", or "test" for libvirt's test driver).
-pub fn domain_xml(spec: &Value, kind: &str) -> Result<String, String> {
+/// `kind` ("kvm", or "test" for libvirt's test driver). A disk must lie in one of `disk_dirs`.
+pub fn domain_xml(spec: &Value, kind: &str, disk_dirs: &[std::path::PathBuf]) -> Result<String, String> {
     let known = ["name", "vcpus", "memory", "disk", "network"];
     for k in spec.as_object().ok_or("spec: a table like { name = \"vm1\", vcpus = 2, memory = 2048 }")?.keys() {
         if !known.contains(&k.as_str()) {
@@ -91,6 +91,19 @@ pub fn domain_xml(spec: &Value, kind: &str) -> Result<String, String> {
     if let Some(disk) = spec["disk"].as_str() {
         if !disk.starts_with('/') {
             return Err("spec.disk: an absolute path to the disk image".into());
+        }
+        let path = std::path::Path::new(disk);
+        let inside = path.components().all(|c| !matches!(c, std::path::Component::ParentDir))
+            && disk_dirs.iter().any(|d| path.starts_with(d) && path != d.as_path());
+        if !inside {
+            return Err(format!(
+                "spec.disk: `{disk}` is not inside the connection's disk_dirs ({})",
+                if disk_dirs.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    disk_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                }
+            ));
         }
         devices.push_str(&format!(
             "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
@@ -230,7 +243,8 @@ impl HostModule for VirtModule {
             lua.create_function(move |lua, (conn, spec): (String, LuaValue)| {
                 let spec: Value = lua.from_value(spec)?;
                 let kind = if s.conns.get(&conn).is_some_and(|c| c.uri.starts_with("test:")) { "test" } else { "kvm" };
-                let xml = domain_xml(&spec, kind).map_err(|m| err("create", m))?;
+                let dirs = s.conns.get(&conn).map(|c| c.disk_dirs.clone()).unwrap_or_default();
+                let xml = domain_xml(&spec, kind, &dirs).map_err(|m| err("create", m))?;
                 let name = spec["name"].as_str().unwrap_or("").to_string();
                 valid_name("create", &name)?;
                 s.grant.require("create", "write")?;
@@ -240,7 +254,10 @@ impl HostModule for VirtModule {
                 }
                 s.change("create", &conn, &name, json!({ "spec": spec, "xml": xml }), || {
                     let d = c.define_domain_xml(&xml)?;
-                    d.create().map(|_| ())
+                    // A VM that was defined but would not start is removed again.
+                    d.create().map(|_| ()).inspect_err(|_| {
+                        let _ = d.undefine();
+                    })
                 })
             })?,
         )?;
@@ -268,13 +285,17 @@ mod tests {
 
     #[test]
     fn specs_become_escaped_domain_xml_and_bad_ones_are_named() {
-        let x =
-            domain_xml(&json!({ "name": "vm1", "vcpus": 2, "memory": 2048, "network": "default", "disk": "/var/lib/x'y.qcow2" }), "kvm")
-                .unwrap();
+        let dirs = [std::path::PathBuf::from("/var/lib")];
+        let spec = json!({ "name": "vm1", "vcpus": 2, "memory": 2048, "network": "default", "disk": "/var/lib/x'y.qcow2" });
+        let x = domain_xml(&spec, "kvm", &dirs).unwrap();
         assert!(x.contains("<name>vm1</name>") && x.contains("<vcpu>2</vcpu>") && x.contains("<memory unit='MiB'>2048</memory>"));
         assert!(x.contains("file='/var/lib/x&apos;y.qcow2'") && x.starts_with("<domain type='kvm'>"), "{x}");
-        assert!(domain_xml(&json!({ "name": "vm1", "cpus": 2 }), "kvm").unwrap_err().contains("unknown key `cpus`"));
-        assert!(domain_xml(&json!({ "name": "vm1", "vcpus": 0 }), "kvm").unwrap_err().contains("vcpus"));
-        assert!(domain_xml(&json!({ "name": "vm1", "disk": "relative.img" }), "kvm").unwrap_err().contains("absolute"));
+        assert!(domain_xml(&json!({ "name": "vm1", "cpus": 2 }), "kvm", &dirs).unwrap_err().contains("unknown key `cpus`"));
+        assert!(domain_xml(&json!({ "name": "vm1", "vcpus": 0 }), "kvm", &dirs).unwrap_err().contains("vcpus"));
+        assert!(domain_xml(&json!({ "name": "vm1", "disk": "relative.img" }), "kvm", &dirs).unwrap_err().contains("absolute"));
+        for bad in ["/etc/shadow", "/var/lib/../../etc/shadow", "/var/lib"] {
+            assert!(domain_xml(&json!({ "name": "vm1", "disk": bad }), "kvm", &dirs).unwrap_err().contains("disk_dirs"), "{bad}");
+        }
+        assert!(domain_xml(&json!({ "name": "vm1", "disk": "/var/lib/a.qcow2" }), "kvm", &[]).unwrap_err().contains("none configured"));
     }
 }

@@ -104,7 +104,9 @@ fn check_index(call: &str, index: &str) -> mlua::Result<()> {
     let ok = !index.is_empty()
         && index.len() <= 255
         && index.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.*,+".contains(&b))
-        && !index.starts_with(['-', '_', '+']);
+        && !index.starts_with(['-', '_', '+'])
+        // No `.`/`..` segments (they would leave the base URL's path) and no hidden indices.
+        && index.split(',').all(|part| !part.is_empty() && !part.starts_with('.'));
     if ok { Ok(()) } else { Err(err(call, format!("`{index}` is not an index name or pattern"))) }
 }
 

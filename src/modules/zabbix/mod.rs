@@ -176,6 +176,10 @@ fn out(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
 
 /// Host ids for host names (an error naming the ones Zabbix does not know).
 async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::Result<Vec<String>> {
+    // An empty filter means "every host" to Zabbix: never send one.
+    if names.is_empty() || names.iter().any(|n| n.is_empty()) {
+        return Err(err(call, "give at least one host name (and no empty ones)"));
+    }
     let r = st.call(call, conn, "host.get", json!({ "output": ["hostid", "host"], "filter": { "host": names } })).await?;
     let found: Vec<(String, String)> = r
         .as_array()
@@ -191,6 +195,23 @@ async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::
         ));
     }
     Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+/// `params` with the values of credential-like keys (passwd, password, token, auth, secret)
+/// replaced, at any depth: raw calls like `user.update` carry them, the audit log must not.
+fn hide_credentials(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    let secret = ["passwd", "password", "token", "auth", "secret"].iter().any(|w| k.to_ascii_lowercase().contains(w));
+                    (k.clone(), if secret { json!("<redacted>") } else { hide_credentials(v) })
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(hide_credentials).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The module's functions, bound to connection `conn` (None: the default one).
@@ -259,8 +280,8 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 if let Some(h) = f.get("host") {
                     let names: Vec<String> = match h {
                         Value::String(s) => vec![s.clone()],
-                        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                        _ => return Err(err("problems", "host: a host name or a list of them")),
+                        Value::Array(a) if a.iter().all(Value::is_string) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                        _ => return Err(err("problems", "host: a host name or a list of host names")),
                     };
                     params["hostids"] = json!(hostids(&s, "problems", &conn, &names).await?);
                 }
@@ -436,8 +457,10 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let o: Value = lua.from_value(LuaValue::Table(spec))?;
                 let hosts: Vec<String> = match o.get("hosts") {
                     Some(Value::String(h)) => vec![h.clone()],
-                    Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                    _ => return Err(err("maintenance", "hosts: a host name or a list of them")),
+                    Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                        a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+                    }
+                    _ => return Err(err("maintenance", "hosts: a host name or a list of host names")),
                 };
                 let duration = match o.get("duration") {
                     Some(Value::Number(n)) => n.as_u64().ok_or_else(|| err("maintenance", "duration: seconds"))?,
@@ -463,10 +486,17 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     s.audit("maintenance", &hosts.join(","), true, d)?;
                     return Ok(LuaValue::Nil);
                 }
-                let params = json!({
+                // 6.2 replaced `hostids` with `hosts: [{hostid}]`.
+                let ver = s.client("maintenance", &conn)?.version().await.map_err(|e| err("maintenance", e))?;
+                let mut params = json!({
                     "name": name, "active_since": now, "active_till": now + duration as i64,
-                    "hostids": ids, "timeperiods": [{ "timeperiod_type": 0, "start_date": now, "period": duration }],
+                    "timeperiods": [{ "timeperiod_type": 0, "start_date": now, "period": duration }],
                 });
+                if ver >= (6, 2) {
+                    params["hosts"] = json!(ids.iter().map(|i| json!({ "hostid": i })).collect::<Vec<_>>());
+                } else {
+                    params["hostids"] = json!(ids);
+                }
                 let r = s.call("maintenance", &conn, "maintenance.create", params).await;
                 let id = r.as_ref().ok().and_then(|v| v["maintenanceids"].get(0).cloned());
                 s.audit("maintenance", &hosts.join(","), r.is_ok(), {
@@ -497,12 +527,17 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 };
                 let read_only = method.ends_with(".get") || method == "apiinfo.version";
                 if !read_only && s.ctx.dry_run {
-                    s.audit(&method, &conn, true, json!({ "params": params, "planned": true }))?;
+                    s.audit(&method, &conn, true, json!({ "params": hide_credentials(&params), "planned": true }))?;
                     return Ok(LuaValue::Nil);
                 }
                 let r = s.call("call", &conn, &method, params.clone()).await;
                 if !read_only {
-                    s.audit(&method, &conn, r.is_ok(), json!({ "params": params, "error": r.as_ref().err().map(ToString::to_string) }))?;
+                    s.audit(
+                        &method,
+                        &conn,
+                        r.is_ok(),
+                        json!({ "params": hide_credentials(&params), "error": r.as_ref().err().map(ToString::to_string) }),
+                    )?;
                 }
                 out(&lua, &r?)
             }
