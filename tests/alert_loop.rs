@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,6 +117,39 @@ fn zabbix_fires_webhooks(tag: &str, hostid: &str, hook_url: &str, secret: &str) 
     std::thread::sleep(Duration::from_secs(5));
 }
 
+/// A data dir that reaches the test Zabbix, the ES-API server and the fleet's first host (in the
+/// cmdb, key pinned, optionally in `group`), with the secrets the config names.
+fn lab_data(dir: &Path, fleet: &Fleet, group: Option<&str>) -> std::path::PathBuf {
+    let host = &fleet.hosts[0];
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("opslet.toml"),
+        format!(
+            "[zabbix.main]\nurl = \"{}\"\nuser = \"Admin\"\npassword_secret = \"zabbix-pass\"\n\n[es.logs]\nurl = \"{ES}\"\n\n\
+             [[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let port = host.port.to_string();
+    let mut add = vec!["cmdb", "host", "add", &host.name, "--address", &host.address, "--port", &port, "--host-key", &host.host_key];
+    if let Some(g) = group {
+        add.extend(["--group", g]);
+    }
+    opslet(&data, &add);
+    let mut pw = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["secret", "set", "zabbix-pass"])
+        .env("OPSLET_DATA_DIR", &data)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut pw.stdin.take().unwrap(), b"zabbix").unwrap();
+    assert!(pw.wait().unwrap().success());
+    opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    data
+}
+
 #[test]
 fn webhook_remediate_acknowledge_loop() {
     let tag = format!("loop{}x", std::process::id());
@@ -129,43 +161,7 @@ fn webhook_remediate_acknowledge_loop() {
     index_logs(&index, &host.name, &service, 4);
 
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("opslet.toml"),
-        format!(
-            "[zabbix.main]\nurl = \"{}\"\nuser = \"Admin\"\npassword_secret = \"zabbix-pass\"\n\n[es.logs]\nurl = \"{ES}\"\n\n\
-             [[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
-            url()
-        ),
-    )
-    .unwrap();
-    opslet(
-        &data,
-        &[
-            "cmdb",
-            "host",
-            "add",
-            &host.name,
-            "--address",
-            &host.address,
-            "--port",
-            &host.port.to_string(),
-            "--group",
-            "api",
-            "--host-key",
-            &host.host_key,
-        ],
-    );
-    let mut pw = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["secret", "set", "zabbix-pass"])
-        .env("OPSLET_DATA_DIR", &data)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut pw.stdin.take().unwrap(), b"zabbix").unwrap();
-    assert!(pw.wait().unwrap().success());
-    opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    let data = lab_data(dir.path(), &fleet, Some("api"));
     for a in ["alert-remediate", "zabbix-triage", "log-errors"] {
         opslet(&data, &["publish", &applet(a), "-m", "bundled"]);
     }
@@ -173,21 +169,7 @@ fn webhook_remediate_acknowledge_loop() {
         opslet(&data, &["hook", "add", "zabbix-problem", "--applet", "alert-remediate", "--map", "eventid=$.event.id"]).trim().to_string();
 
     // opslet serve, for Zabbix's webhook.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("OPSLET_DATA_DIR", &data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr) = common::serve::spawn(&data, &[]);
     let hook_url = format!("http://{addr}/hooks/zabbix-problem");
 
     // The problem: Zabbix's action sends it through the example media type to the hook.
@@ -266,26 +248,7 @@ fn a_dry_run_shows_the_plan_and_touches_nothing() {
     index_logs(&format!("logs-{tag}"), &host.name, &service, 2);
     let (_, _, eventid) = problem_with(&host.name, &service, |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("opslet.toml"),
-        format!("[zabbix.main]\nurl = \"{}\"\nuser = \"Admin\"\npassword_secret = \"zabbix-pass\"\n[es.logs]\nurl = \"{ES}\"\n[[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n", url()),
-    )
-    .unwrap();
-    opslet(
-        &data,
-        &["cmdb", "host", "add", &host.name, "--address", &host.address, "--port", &host.port.to_string(), "--host-key", &host.host_key],
-    );
-    let mut pw = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["secret", "set", "zabbix-pass"])
-        .env("OPSLET_DATA_DIR", &data)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut pw.stdin.take().unwrap(), b"zabbix").unwrap();
-    assert!(pw.wait().unwrap().success());
-    opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    let data = lab_data(dir.path(), &fleet, None);
     let logins = fleet.logins();
     let plan: Value = serde_json::from_str(&opslet(
         &data,

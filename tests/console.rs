@@ -6,7 +6,9 @@
 #[path = "common/sshd.rs"]
 mod sshd;
 
-use std::io::{BufRead, BufReader};
+#[path = "common/serve.rs"]
+mod serve_proc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -119,22 +121,7 @@ fn the_console_works_in_a_real_browser() {
     let bundle = dir.path().join("disk-usage.bundle");
     opslet(&other, &["export", "disk-usage", "-o", bundle.to_str().unwrap()]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("OPSLET_DATA_DIR", &data)
-        .env_remove("OPSLET_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = serve_proc::spawn(&data, &[]);
     let _serve = Serve(child);
 
     let shots = std::env::var("OPSLET_SCREENSHOTS").unwrap_or_else(|_| dir.path().join("shots").display().to_string());

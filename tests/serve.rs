@@ -9,6 +9,9 @@ use serde_json::{Value, json};
 #[path = "common/sshd.rs"]
 mod sshd;
 
+#[path = "common/serve.rs"]
+mod serve_proc;
+
 struct Server {
     child: Child,
     base: String,
@@ -96,23 +99,7 @@ fn server_with(config: &str, extra_flags: &[&str], prepare: impl Fn(&Path, &Path
     opslet(&data, &["grant", "add", "ola", "slow-one"]);
     tokens.insert("hook", opslet(&data, &["hook", "add", "disk-alert", "--applet", "disk-report", "--map", "threshold=$.items[0].value"]));
     prepare(dir.path(), &data);
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra_flags);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(&args)
-        .env("OPSLET_DATA_DIR", &data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = serve_proc::spawn(&data, extra_flags);
     Server { child, base: format!("http://{addr}"), _dir: dir, tokens }
 }
 

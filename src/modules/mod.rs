@@ -201,6 +201,41 @@ impl ModuleRegistry {
     }
 }
 
+/// Which named connection a call uses: the one asked for, else the one marked default, the only
+/// one, or the one named "default". `label` names the kind in messages ("Zabbix", "es"),
+/// `module` the config table and Lua global; `conns` are (name, marked default).
+pub fn pick_connection(label: &str, module: &str, conns: &[(&str, bool)], asked: Option<&str>) -> Result<String, String> {
+    let names = || conns.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    if let Some(c) = asked {
+        return if conns.iter().any(|(n, _)| *n == c) {
+            Ok(c.to_string())
+        } else {
+            Err(format!("no {label} connection `{c}` (configured: {})", names()))
+        };
+    }
+    if let Some((n, _)) = conns.iter().find(|(_, d)| *d) {
+        return Ok(n.to_string());
+    }
+    match conns {
+        [] => Err(format!("no {label} connection is configured (add [{module}.NAME] to opslet.toml)")),
+        [(only, _)] => Ok(only.to_string()),
+        _ if conns.iter().any(|(n, _)| *n == "default") => Ok("default".into()),
+        _ => Err(format!("several {label} connections ({}): mark one `default = true` or use {module}.connection(NAME)", names())),
+    }
+}
+
+/// An error with its sources, one after another (`error sending request: connection refused`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        m.push_str(": ");
+        m.push_str(&s.to_string());
+        src = s.source();
+    }
+    m
+}
+
 /// A JSON value as Lua, arrays marked as such (so they come back out as JSON arrays).
 pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
     let mt = lua.create_table()?;

@@ -60,7 +60,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| format!("{method} {url}: {}", chain(&e)))?;
+        let resp = req.send().await.map_err(|e| format!("{method} {url}: {}", super::error_chain(&e)))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.chars().take(300).collect()));
@@ -89,17 +89,6 @@ impl Client {
     }
 }
 
-fn chain(e: &reqwest::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        m.push_str(": ");
-        m.push_str(&s.to_string());
-        src = s.source();
-    }
-    m
-}
-
 fn check_index(call: &str, index: &str) -> mlua::Result<()> {
     let ok = !index.is_empty()
         && index.len() <= 255
@@ -121,24 +110,8 @@ struct State {
 impl State {
     fn client(&self, call: &str, conn: Option<&str>) -> mlua::Result<Arc<Client>> {
         self.grant.require(call, "read")?;
-        let name = match conn {
-            Some(c) if self.conns.contains_key(c) => c.to_string(),
-            Some(c) => {
-                return Err(err(
-                    call,
-                    format!("no es connection `{c}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")),
-                ));
-            }
-            None => match self.conns.iter().find(|(_, c)| c.default).map(|(n, _)| n.clone()) {
-                Some(n) => n,
-                None if self.conns.len() == 1 => self.conns.keys().next().cloned().expect("one"),
-                None if self.conns.contains_key("default") => "default".into(),
-                None if self.conns.is_empty() => {
-                    return Err(err(call, "no es connection is configured (add [es.NAME] with a url to opslet.toml)"));
-                }
-                None => return Err(err(call, "several es connections: mark one `default = true` or use es.connection(NAME)")),
-            },
-        };
+        let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
+        let name = super::pick_connection("es", "es", &conns, conn).map_err(|m| err(call, m))?;
         if let Some(c) = self.clients.lock().get(&name) {
             return Ok(Arc::clone(c));
         }

@@ -87,8 +87,11 @@ impl Client {
                 body["auth"] = json!(a);
             }
         }
-        let resp =
-            req.json(&body).send().await.map_err(|e| ZabbixError::Transport(format!("{method} at {}: {}", self.url, describe(&e))))?;
+        let resp = req
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ZabbixError::Transport(format!("{method} at {}: {}", self.url, crate::modules::error_chain(&e))))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| ZabbixError::Transport(format!("{method}: reading the answer: {e}")))?;
         let v: Value = serde_json::from_str(&text).map_err(|_| {
@@ -165,15 +168,4 @@ impl Client {
             other => other,
         }
     }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        m.push_str(": ");
-        m.push_str(&s.to_string());
-        src = s.source();
-    }
-    m
 }

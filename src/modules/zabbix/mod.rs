@@ -65,30 +65,8 @@ impl State {
     }
 
     fn conn_name(&self, call: &str, conn: Option<&str>) -> mlua::Result<String> {
-        if let Some(c) = conn {
-            return if self.conns.contains_key(c) {
-                Ok(c.to_string())
-            } else {
-                Err(err(call, format!("no Zabbix connection `{c}` (configured: {})", self.names())))
-            };
-        }
-        if let Some((n, _)) = self.conns.iter().find(|(_, c)| c.default) {
-            return Ok(n.clone());
-        }
-        match self.conns.len() {
-            0 => Err(err(call, "no Zabbix connection is configured (add [zabbix.NAME] with url and credentials to opslet.toml)")),
-            1 => Ok(self.conns.keys().next().cloned().expect("one")),
-            _ => self.conns.contains_key("default").then(|| "default".to_string()).ok_or_else(|| {
-                err(
-                    call,
-                    format!("several Zabbix connections ({}): mark one `default = true` or use zabbix.connection(NAME)", self.names()),
-                )
-            }),
-        }
-    }
-
-    fn names(&self) -> String {
-        self.conns.keys().cloned().collect::<Vec<_>>().join(", ")
+        let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
+        super::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| err(call, m))
     }
 
     fn client(&self, call: &str, name: &str) -> mlua::Result<Arc<Client>> {

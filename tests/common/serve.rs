@@ -1,0 +1,29 @@
+//! `opslet serve` for tests: started on a free loopback port over a data dir.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `opslet serve --listen 127.0.0.1:0 EXTRA...` on `data`; returns the child and the
+/// address it printed. Its stderr keeps being read so the server never blocks on it.
+pub fn spawn(data: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("OPSLET_DATA_DIR", data)
+        .env_remove("OPSLET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
