@@ -7,6 +7,7 @@
 
 pub mod cmdb;
 pub mod es;
+pub mod netdev;
 pub mod ssh;
 #[cfg(feature = "virt")]
 pub mod virt;
@@ -98,6 +99,7 @@ impl ModuleRegistry {
             Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
             Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
             Arc::new(es::EsModule::new(config.es.clone())),
+            Arc::new(netdev::NetdevModule::new(config.netdev_settings()?)),
         ];
         #[cfg(feature = "virt")]
         modules.push(Arc::new(virt::VirtModule::new(config.virt.clone())));

@@ -34,6 +34,8 @@ pub mod keys {
     /// cmdb hosts by name, and groups with their parent groups.
     pub const CMDB_HOSTS: &str = "cmdb/hosts";
     pub const CMDB_GROUPS: &str = "cmdb/groups";
+    /// Network devices' configuration backups: `device \0 version (u32 big-endian)` -> backup.
+    pub const CMDB_DEVICE_CONFIGS: &str = "cmdb/device-configs";
     /// Secrets by name, encrypted (see `secrets`).
     pub const SECRETS: &str = "secrets";
     /// Store-wide settings, such as the layout version under `FORMAT`.

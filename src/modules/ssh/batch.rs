@@ -58,6 +58,29 @@ impl HostResult {
     }
 }
 
+/// A per-host outcome [`fan_out`] can count and fill in for hosts it does not run.
+pub trait Outcome: Send + 'static {
+    fn failed(host: &str, why: String) -> Self;
+    fn skipped(host: &str, why: String) -> Self;
+    fn is_ok(&self) -> bool;
+    fn is_skipped(&self) -> bool;
+}
+
+impl Outcome for HostResult {
+    fn failed(host: &str, why: String) -> Self {
+        HostResult::failed(host, why)
+    }
+    fn skipped(host: &str, why: String) -> Self {
+        HostResult { skipped: true, ..HostResult::failed(host, why) }
+    }
+    fn is_ok(&self) -> bool {
+        self.ok
+    }
+    fn is_skipped(&self) -> bool {
+        self.skipped
+    }
+}
+
 /// Counts after each finished host, for progress bars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -92,19 +115,20 @@ pub fn batches(n: usize, plan: &Plan) -> Vec<std::ops::Range<usize>> {
 
 /// Runs `work` on every host per `plan`, on the runtime `io`; results come back in the order of
 /// `hosts`. Dropping the returned future aborts the hosts still running.
-pub async fn fan_out<F, Fut>(
+pub async fn fan_out<R, F, Fut>(
     hosts: Vec<String>,
     plan: &Plan,
     io: &tokio::runtime::Handle,
     work: F,
     progress: &(dyn Fn(Counts) + Send + Sync),
-) -> Vec<HostResult>
+) -> Vec<R>
 where
+    R: Outcome,
     F: Fn(String) -> Fut,
-    Fut: Future<Output = HostResult> + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
 {
     let n = hosts.len();
-    let mut results: Vec<Option<HostResult>> = vec![None; n];
+    let mut results: Vec<Option<R>> = (0..n).map(|_| None).collect();
     let mut counts = Counts { total: n, ..Default::default() };
     let limit = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -113,7 +137,7 @@ where
     for (b, range) in cut.iter().enumerate() {
         if let Some(why) = &stop {
             for i in range.clone() {
-                results[i] = Some(HostResult { skipped: true, ..HostResult::failed(&hosts[i], why.clone()) });
+                results[i] = Some(R::skipped(&hosts[i], why.clone()));
                 counts.skipped += 1;
             }
             progress(counts);
@@ -133,10 +157,10 @@ where
                         && failed.load(Ordering::SeqCst) >= max
                     {
                         let why = format!("not run: stopped after {max} failure(s) (stop_after = {max})");
-                        return HostResult { skipped: true, ..HostResult::failed(&host, why) };
+                        return R::skipped(&host, why);
                     }
                     let r = fut.await;
-                    if !r.ok {
+                    if !r.is_ok() {
                         failed.fetch_add(1, Ordering::SeqCst);
                     }
                     r
@@ -152,12 +176,12 @@ where
                 // A panic in one host's task: report it on that host only.
                 Err(e) => {
                     let i = index_of[&e.id()];
-                    (i, HostResult::failed(&hosts[i], format!("internal error: {e}")))
+                    (i, R::failed(&hosts[i], format!("internal error: {e}")))
                 }
             };
-            if r.skipped {
+            if r.is_skipped() {
                 counts.skipped += 1;
-            } else if r.ok {
+            } else if r.is_ok() {
                 counts.ok += 1;
             } else {
                 counts.failed += 1;
@@ -175,7 +199,7 @@ where
             stop = Some(format!("not run: stopped after {} failure(s) (stop_after = {max})", counts.failed));
         }
     }
-    results.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|| HostResult::failed(&hosts[i], "not run"))).collect()
+    results.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|| R::failed(&hosts[i], "not run".into()))).collect()
 }
 
 #[cfg(test)]

@@ -241,6 +241,15 @@ impl Session {
         Ok(out)
     }
 
+    /// Opens an interactive shell on a pseudo-terminal `cols` wide (network CLIs speak only
+    /// this: no exec channel). The caller drives the returned channel.
+    pub async fn shell(&self, cols: u32) -> Result<russh::Channel<client::Msg>, String> {
+        let ch = self.handle.channel_open_session().await.map_err(|e| format!("opening a session channel: {e}"))?;
+        ch.request_pty(false, "vt100", cols, 0, 0, 0, &[]).await.map_err(|e| format!("asking for a terminal: {e}"))?;
+        ch.request_shell(true).await.map_err(|e| format!("starting a shell: {e}"))?;
+        Ok(ch)
+    }
+
     async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, String> {
         let ch = self.handle.channel_open_session().await.map_err(|e| format!("opening a session channel: {e}"))?;
         ch.request_subsystem(true, "sftp").await.map_err(|e| format!("starting sftp: {e}"))?;

@@ -122,25 +122,9 @@ impl RunState {
             return a.clone();
         }
         let cred = &self.settings.credentials[i];
-        let read = || -> Result<Auth, String> {
-            let store = self.ctx.store.clone().ok_or("no data store for secrets")?;
-            let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
-            let secret = |name: &str| -> Result<String, String> {
-                let v = secrets
-                    .get(name)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("secret `{name}` (named in [[ssh.credentials]] for {}) is not set", cred.hosts))?;
-                String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
-            };
-            match (&cred.key_secret, &cred.password_secret) {
-                (Some(k), _) => {
-                    let pass = cred.key_passphrase_secret.as_deref().map(secret).transpose()?;
-                    let key = client::parse_private_key(&secret(k)?, pass.as_deref()).map_err(|m| format!("secret `{k}`: {m}"))?;
-                    Ok(Auth::Key(Arc::new(key)))
-                }
-                (None, Some(p)) => Ok(Auth::Password(secret(p)?)),
-                (None, None) => Err("credentials without password_secret or key_secret".into()),
-            }
+        let read = || {
+            let owner = format!("[[ssh.credentials]] for {}", cred.hosts);
+            login_from_secrets(&self.ctx, &owner, cred.key_secret.as_deref(), cred.key_passphrase_secret.as_deref(), cred.password_secret.as_deref())
         };
         let a = read();
         self.auths.lock().insert(i, a.clone());
@@ -212,52 +196,15 @@ impl RunState {
                 if host.host_key.is_none()
                     && let Some(k) = &s.host_key
                 {
-                    self.pin(host, k);
+                    pin_host_key(&self.ctx, "ssh", host, k);
                 }
                 Ok(s)
             }
             Err(e) => {
-                match &e {
-                    ConnectError::KeyChanged { pinned, offered, offered_key } => {
-                        let _ = self.ctx.record_action(
-                            "ssh",
-                            "hostkey.refused",
-                            &host.name,
-                            false,
-                            json!({ "reason": "changed", "pinned": pinned, "offered": offered, "offered_key": offered_key }),
-                        );
-                    }
-                    ConnectError::KeyUnknown { offered, offered_key } => {
-                        let _ = self.ctx.record_action(
-                            "ssh",
-                            "hostkey.refused",
-                            &host.name,
-                            false,
-                            json!({ "reason": "not pinned", "offered": offered, "offered_key": offered_key }),
-                        );
-                    }
-                    _ => {}
-                }
+                record_refusal(&self.ctx, "ssh", &host.name, &e);
                 Err(e.to_string())
             }
         }
-    }
-
-    /// Pins a first-contact key in the cmdb (audited there and as an action of this run).
-    fn pin(&self, host: &Host, key: &russh::keys::PublicKey) {
-        let line = client::openssh_line(key);
-        let cmdb = self.ctx.store.clone().map(Cmdb::new);
-        // Pin only if the host still has the address we reached and no pin of its own by now.
-        let pinned = cmdb.and_then(Result::ok).and_then(|c| {
-            let h = c.host(&host.name).ok().flatten()?;
-            if h.address != host.address || h.port != host.port || h.host_key.is_some() {
-                return None;
-            }
-            Some(c.put(Host { host_key: Some(line.clone()), ..h }, &self.ctx.caller.user))
-        });
-        let ok = matches!(pinned, Some(Ok(_)));
-        let _ =
-            self.ctx.record_action("ssh", "hostkey.pin", &host.name, ok, json!({ "key": line, "fingerprint": client::fingerprint(key) }));
     }
 
     fn progress(&self, call: &str, c: batch::Counts) {
@@ -272,6 +219,67 @@ impl RunState {
     }
 }
 
+/// Reads a login from secrets: a private key (with its passphrase) or a password. `owner` names
+/// the config entry in messages. Shared with the netdev module.
+pub(crate) fn login_from_secrets(
+    ctx: &RunCtx,
+    owner: &str,
+    key_secret: Option<&str>,
+    passphrase_secret: Option<&str>,
+    password_secret: Option<&str>,
+) -> Result<Auth, String> {
+    match (key_secret, password_secret) {
+        (Some(k), _) => {
+            let pass = passphrase_secret.map(|p| read_secret(ctx, owner, p)).transpose()?;
+            let key = client::parse_private_key(&read_secret(ctx, owner, k)?, pass.as_deref()).map_err(|m| format!("secret `{k}`: {m}"))?;
+            Ok(Auth::Key(Arc::new(key)))
+        }
+        (None, Some(p)) => Ok(Auth::Password(read_secret(ctx, owner, p)?)),
+        (None, None) => Err(format!("{owner}: no password_secret or key_secret")),
+    }
+}
+
+/// A secret's text; `owner` is the config entry that names it.
+pub(crate) fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
+    let store = ctx.store.clone().ok_or("no data store for secrets")?;
+    let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
+    let v = secrets.get(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("secret `{name}` (named in {owner}) is not set"))?;
+    String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
+}
+
+/// Records a refused host key (changed, or not pinned) as an action of the run.
+pub(crate) fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &ConnectError) {
+    let detail = match e {
+        ConnectError::KeyChanged { pinned, offered, offered_key } => {
+            json!({ "reason": "changed", "pinned": pinned, "offered": offered, "offered_key": offered_key })
+        }
+        ConnectError::KeyUnknown { offered, offered_key } => json!({ "reason": "not pinned", "offered": offered, "offered_key": offered_key }),
+        _ => return,
+    };
+    let _ = ctx.record_action(module, "hostkey.refused", host, false, detail);
+}
+
+/// Pins a first-contact key in the cmdb (audited there and as an action of this run), only if
+/// the host still has the address that was reached and no pin of its own by now.
+pub(crate) fn pin_host_key(ctx: &RunCtx, module: &str, host: &Host, key: &russh::keys::PublicKey) {
+    let line = client::openssh_line(key);
+    let cmdb = ctx.store.clone().map(Cmdb::new);
+    let pinned = cmdb.and_then(Result::ok).and_then(|c| {
+        let h = c.host(&host.name).ok().flatten()?;
+        if h.address != host.address || h.port != host.port || h.host_key.is_some() {
+            return None;
+        }
+        Some(c.put(Host { host_key: Some(line.clone()), ..h }, &ctx.caller.user))
+    });
+    let ok = matches!(pinned, Some(Ok(_)));
+    let _ = ctx.record_action(module, "hostkey.pin", &host.name, ok, json!({ "key": line, "fingerprint": client::fingerprint(key) }));
+}
+
+/// The threads that drive every SSH connection of this process (ssh and netdev).
+pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
+    io()
+}
+
 /// Options every call takes, from the Lua `opts` table.
 #[derive(Clone)]
 struct CallOpts {
@@ -284,7 +292,7 @@ struct CallOpts {
 
 const COMMON_OPTS: &[&str] = &["timeout", "concurrency", "batch", "canary", "stop_after"];
 
-fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
+pub(crate) fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
     const MAX: Duration = Duration::from_secs(24 * 3600);
     let d = match v {
         Value::Integer(i) => Duration::from_secs(i.max(0) as u64),
@@ -300,7 +308,7 @@ fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
     Ok(d)
 }
 
-fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
+pub(crate) fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
     match v {
         Value::Integer(i) if i >= 0 => Ok(i as usize),
         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
