@@ -37,10 +37,9 @@ def main():
             prompt = conn.find_prompt()
             outputs = {c: conn.send_command(c, read_timeout=timeout) for c in req.get("commands", [])}
         finally:
-            if dt.startswith("juniper"):
-                # FakeNOS's Junos prompt has no trailing space, so netmiko's cleanup would wait
-                # 10 s for "[>#] $" in check_config_mode; this script never enters config mode.
-                conn.check_config_mode = lambda *a, **k: False
+            # This script never enters config mode; netmiko's cleanup would still probe for it
+            # (2 s on Huawei; 10 s on FakeNOS's Junos, whose prompt lacks Junos's trailing space).
+            conn.check_config_mode = lambda *a, **k: False
             conn.disconnect()
     except Exception as e:  # noqa: BLE001 - reported to the caller as JSON
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))

@@ -253,6 +253,9 @@ class VrpLikeDeviceBase:
         if line == "exit" and getattr(shell, "stopping", False):  # HookShell.stop() on a dead session
             return True
         typed = [w for w, _ in words]
+        handled = self._vlan(shell, typed, words, line)
+        if handled is not None:
+            return handled
         m = re.fullmatch(r"screen-length (\d+) temporary", " ".join(typed))
         if m:
             shell.screen_length = int(m.group(1))
@@ -292,6 +295,49 @@ class VrpLikeDeviceBase:
         if cmd in ("screen-length 0 temporary", "screen-length disable"):
             shell.screen_length = 0
         return default(cmd)
+
+    # ---- VLANs: the one piece of configuration these devices keep (per device, in memory) ----
+    def _vlan(self, shell, typed, words, line):
+        """Handles `vlan N` in system view and the VLAN view; None when `line` is not about VLANs."""
+        base = shell.base_prompt
+        vlans = self.__dict__.setdefault("vlans", {})
+        in_vlan = re.fullmatch(r"\[" + re.escape(base) + r"-vlan(\d+)\]", shell.prompt)
+        system = shell.prompt == SYSTEM.format(base_prompt=base)
+        if system and typed[0] == "vlan":
+            if len(typed) != 2 or not typed[1].isdigit():
+                return self._error(shell, "Incomplete" if len(typed) == 1 else "Unrecognized", len(line))
+            if not 1 <= int(typed[1]) <= 4094:
+                shell.writeline(" " * (len(shell.prompt) + words[1][1]) + "^")
+                shell.writeline(self.vendor["error"].format("Wrong parameter").replace("command ", ""))
+                return False
+            vlans.setdefault(int(typed[1]), None)
+            shell.prompt = "[{}-vlan{}]".format(base, typed[1])
+            return False
+        if system and typed[:2] == ["undo", "vlan"] and len(typed) == 3 and typed[2].isdigit():
+            vlans.pop(int(typed[2]), None)
+            return False
+        if not in_vlan:
+            return None
+        vid = int(in_vlan.group(1))
+        if typed[0] in ("description", "name") and len(typed) >= 2:
+            vlans[vid] = line.strip()
+            return False
+        if typed == ["quit"]:
+            shell.prompt = SYSTEM.format(base_prompt=base)
+            return False
+        if typed == ["return"]:
+            shell.prompt = USER.format(base_prompt=base)
+            return False
+        return self._error(shell, "Unrecognized", words[0][1])
+
+    def vlan_config(self):
+        out = []
+        for vid, line in sorted(self.__dict__.get("vlans", {}).items()):
+            out.append("vlan {}".format(vid))
+            if line:
+                out.append(" " + line)
+            out.append("#")
+        return "\n".join(out)
 
     def _error(self, shell, what, col):
         shell.writeline(" " * (len(shell.prompt) + col) + "^")
@@ -344,6 +390,16 @@ def build(platform):
         "screen-length 0 temporary": {"output": vendor["screen_length_info"], "prompt": [USER, SYSTEM]},
         "screen-length disable": {"output": None, "prompt": [USER, SYSTEM]},
     })
+    def current(device, base_prompt, current_prompt, command, text=vendor["extra"]["display current-configuration"]):
+        # The VLANs configured in this session's device go right after `sysname`.
+        text = text.replace("{base_prompt}", base_prompt)
+        vlans = device.vlan_config()
+        if vlans:
+            head, sep, tail = text.partition("sysname " + base_prompt + "\n#\n")
+            text = head + sep + vlans + "\n" + tail if sep else text + "\n" + vlans
+        return {"output": text}
+
+    vendor = dict(vendor, extra=dict(vendor["extra"], **{"display current-configuration": current}))
     for name, out in vendor["extra"].items():
         commands[name] = {"output": out, "prompt": [USER, SYSTEM]}
     device = type("VrpLikeDevice", (VrpLikeDeviceBase,), {"vendor": vendor})

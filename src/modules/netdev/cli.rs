@@ -42,7 +42,11 @@ fn last(seen: &str) -> String {
     } else {
         let t: Vec<&str> = tail.into_iter().rev().collect();
         let s = t.join(" / ");
-        let s = if s.chars().count() > 160 { format!("...{}", s.chars().rev().take(160).collect::<String>().chars().rev().collect::<String>()) } else { s };
+        let s = if s.chars().count() > 160 {
+            format!("...{}", s.chars().rev().take(160).collect::<String>().chars().rev().collect::<String>())
+        } else {
+            s
+        };
         format!(" (last output: {s:?})")
     }
 }
@@ -257,7 +261,11 @@ impl Cli {
             cli.settle((out.clone(), stop));
             if cli.mode != Mode::Privileged {
                 let why = cli.profile.error_in(&out).unwrap_or("the prompt stayed in user mode").to_string();
-                return Err(CliError::Rejected { command: enable, message: format!("{why} (check the device's enable_secret)"), output: out });
+                return Err(CliError::Rejected {
+                    command: enable,
+                    message: format!("{why} (check the device's enable_secret)"),
+                    output: out,
+                });
             }
         }
         for c in cli.profile.paging_off.clone() {
@@ -288,7 +296,14 @@ impl Cli {
 
     /// Reads until a prompt (that starts after `start`, when given) or one of `expect` shows;
     /// returns the output after the echo of `sent`, and why reading stopped.
-    async fn read(&mut self, timeout: Duration, waiting: &str, expect: &[Regex], start: Option<usize>, sent: &str) -> Result<(String, Stop), CliError> {
+    async fn read(
+        &mut self,
+        timeout: Duration,
+        waiting: &str,
+        expect: &[Regex],
+        start: Option<usize>,
+        sent: &str,
+    ) -> Result<(String, Stop), CliError> {
         if let Some(why) = &self.broken {
             return Err(CliError::Broken(why.clone()));
         }
@@ -306,7 +321,10 @@ impl Cli {
                 let at = self.screen.line_start() + m.start();
                 self.screen.truncate(at);
                 let answer = self.profile.more_answer.clone();
-                self.ch.data_bytes(answer.into_bytes()).await.map_err(|e| self.fail(CliError::Protocol(format!("answering a page prompt: {e}"))))?;
+                self.ch
+                    .data_bytes(answer.into_bytes())
+                    .await
+                    .map_err(|e| self.fail(CliError::Protocol(format!("answering a page prompt: {e}"))))?;
                 continue;
             }
             if let Some(i) = expect.iter().position(|r| r.is_match(&self.screen.text()[body..])) {
@@ -326,6 +344,16 @@ impl Cli {
                 }
                 while out.ends_with('\n') {
                     out.pop();
+                }
+                if let Some(banner) = &self.profile.banner {
+                    while let Some(last) = out.rsplit('\n').next()
+                        && banner.is_match(last.trim_end())
+                    {
+                        out.truncate(out.len() - last.len());
+                        while out.ends_with('\n') {
+                            out.pop();
+                        }
+                    }
                 }
                 return Ok((out, Stop::Prompt(mode)));
             }
@@ -403,7 +431,9 @@ impl Cli {
             let enter = self.profile.config_enter.clone();
             self.command(&enter, timeout).await?;
             if self.mode != Mode::Config {
-                return Err(CliError::Protocol(format!("`{enter}` did not enter configuration mode (the prompt is `{}`)", self.prompt)).into());
+                return Err(
+                    CliError::Protocol(format!("`{enter}` did not enter configuration mode (the prompt is `{}`)", self.prompt)).into()
+                );
             }
         }
         let commit = self.profile.commit.clone();

@@ -170,7 +170,8 @@ impl RunState {
         let enable = cred.enable_secret.as_deref().map(|s| super::ssh::read_secret(&self.ctx, &owner, s)).transpose()?;
         let pinned = match &host.host_key {
             Some(k) => Some(
-                russh::keys::PublicKey::from_openssh(k.trim()).map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
+                russh::keys::PublicKey::from_openssh(k.trim())
+                    .map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
             ),
             None => None,
         };
@@ -206,7 +207,9 @@ impl RunState {
     }
 
     fn audit(&self, action: &str, device: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
-        self.ctx.record_action("netdev", action, device, ok, detail).map_err(|e| format!("could not record the action in the audit log: {e}"))
+        self.ctx
+            .record_action("netdev", action, device, ok, detail)
+            .map_err(|e| format!("could not record the action in the audit log: {e}"))
     }
 
     /// Checks that `command` may be sent to a device of `profile`.
@@ -214,7 +217,9 @@ impl RunState {
         if command.contains(['\n', '\r']) {
             return Err(lua_err(call, "a command is one line; send several with :commands{...}"));
         }
-        self.scope.allows_command(command, profile.is_read(command)).map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))
+        self.scope
+            .allows_command(command, profile.is_read(command))
+            .map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))
     }
 
     fn check_lines(&self, call: &str, lines: &[String]) -> mlua::Result<()> {
@@ -228,7 +233,14 @@ impl RunState {
     }
 
     fn progress(&self, call: &str, c: batch::Counts) {
-        self.ctx.progress(Progress { call: format!("netdev.{call}"), total: c.total, ok: c.ok, failed: c.failed, skipped: c.skipped, pending: c.pending() });
+        self.ctx.progress(Progress {
+            call: format!("netdev.{call}"),
+            total: c.total,
+            ok: c.ok,
+            failed: c.failed,
+            skipped: c.skipped,
+            pending: c.pending(),
+        });
     }
 }
 
@@ -444,7 +456,9 @@ impl UserData for Device {
             this.state.check_lines("config", &lines)?;
             let name = this.host.name.clone();
             if this.state.ctx.dry_run {
-                this.state.audit("config", &name, true, json!({ "lines": lines, "save": o.save, "planned": true })).map_err(|m| lua_err("config", m))?;
+                this.state
+                    .audit("config", &name, true, json!({ "lines": lines, "save": o.save, "planned": true }))
+                    .map_err(|m| lua_err("config", m))?;
                 return to_lua(&lua, &json!({ "planned": true, "lines": lines, "applied": 0, "saved": false }));
             }
             let t0 = Instant::now();
@@ -673,7 +687,8 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
                 let res = conn.cli.command(c, timeout).await;
                 let ms = t1.elapsed().as_millis() as u64;
                 let err = res.as_ref().err().map(ToString::to_string);
-                if let Err(m) = state.audit("command", &name, res.is_ok(), json!({ "command": shown(c), "error": err, "duration_ms": ms })) {
+                if let Err(m) = state.audit("command", &name, res.is_ok(), json!({ "command": shown(c), "error": err, "duration_ms": ms }))
+                {
                     r.ok = false;
                     r.error = Some(m);
                     break;
@@ -829,7 +844,9 @@ impl HostModule for NetdevModule {
                     for h in &hosts {
                         if let Ok(p) = st.profile_of(h) {
                             for c in &commands {
-                                st.check_command("run", &p, c).map_err(|e| lua_err("run", format!("{}: {}", h.name, e.to_string().trim_start_matches("netdev.run: "))))?;
+                                st.check_command("run", &p, c).map_err(|e| {
+                                    lua_err("run", format!("{}: {}", h.name, e.to_string().trim_start_matches("netdev.run: ")))
+                                })?;
                             }
                         }
                     }
@@ -845,7 +862,8 @@ impl HostModule for NetdevModule {
             lua.create_async_function(move |lua, (selector, lines, opts): (String, Table, Option<Table>)| {
                 let st = Arc::clone(&st);
                 async move {
-                    let o = parse_opts("configure", opts, &["timeout", "concurrency", "batch", "canary", "stop_after", "save"], &st.settings)?;
+                    let o =
+                        parse_opts("configure", opts, &["timeout", "concurrency", "batch", "canary", "stop_after", "save"], &st.settings)?;
                     // A list of lines for every device, or { profile = { lines } }.
                     let (all, by_profile) = if lines.raw_len() > 0 || lines.is_empty() {
                         (Some(string_list("configure", "lines", Value::Table(lines))?), HashMap::new())
@@ -854,7 +872,10 @@ impl HostModule for NetdevModule {
                         for pair in lines.pairs::<String, Value>() {
                             let (k, v) = pair?;
                             if st.profiles.get(&k).is_none() {
-                                return Err(lua_err("configure", format!("lines.{k}: no device profile `{k}` (known: {})", st.profiles.names().join(", "))));
+                                return Err(lua_err(
+                                    "configure",
+                                    format!("lines.{k}: no device profile `{k}` (known: {})", st.profiles.names().join(", ")),
+                                ));
                             }
                             let name = st.profiles.get(&k).map(|p| p.name.clone()).unwrap_or(k.clone());
                             m.insert(name, string_list("configure", &format!("lines.{k}"), v)?);
@@ -880,7 +901,10 @@ impl HostModule for NetdevModule {
                 async move {
                     let o = parse_opts("backup", opts, &["timeout", "concurrency", "batch", "stop_after"], &st.settings)?;
                     if !st.scope.read {
-                        return Err(lua_err("backup", "permission denied: backup needs the `read` action in the applet's netdev permission"));
+                        return Err(lua_err(
+                            "backup",
+                            "permission denied: backup needs the `read` action in the applet's netdev permission",
+                        ));
                     }
                     let hosts = st.devices("backup", &selector)?;
                     let results = fan(st, hosts, Work::Backup, o).await;
@@ -922,7 +946,10 @@ impl HostModule for NetdevModule {
                 let host = st.device("diff", &device)?;
                 let configs = stored(&st, "diff")?;
                 let versions = configs.versions(&host.name).map_err(|e| lua_err("diff", e))?;
-                let latest = versions.last().map(|b| b.version).ok_or_else(|| lua_err("diff", format!("{device} has no stored configuration (run netdev.backup first)")))?;
+                let latest = versions
+                    .last()
+                    .map(|b| b.version)
+                    .ok_or_else(|| lua_err("diff", format!("{device} has no stored configuration (run netdev.backup first)")))?;
                 let b = b.unwrap_or(latest);
                 let a = a.unwrap_or(b.saturating_sub(1).max(1));
                 let text = |v: u32| -> mlua::Result<String> {

@@ -51,6 +51,8 @@ pub struct Profile {
     pub user: Regex,
     pub privileged: Option<Regex>,
     pub config: Regex,
+    /// Lines right before a prompt that belong to it (dropped from the output).
+    pub banner: Option<Regex>,
     /// `(command, password prompt)` to reach privileged mode from user mode.
     pub enable: Option<(String, Regex)>,
     pub paging_off: Vec<String>,
@@ -90,6 +92,7 @@ struct RawPrompts {
     user: String,
     privileged: Option<String>,
     config: String,
+    banner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +170,7 @@ impl Profile {
             user: re("prompts.user", &raw.prompts.user)?,
             privileged: raw.prompts.privileged.as_deref().map(|p| re("prompts.privileged", p)).transpose()?,
             config: re("prompts.config", &raw.prompts.config)?,
+            banner: raw.prompts.banner.as_deref().map(|p| re("prompts.banner", p)).transpose()?,
             enable: match raw.enable {
                 Some(e) => Some((line("enable.command", &e.command)?, re("enable.password_prompt", &e.password_prompt)?)),
                 None => None,
@@ -223,11 +227,8 @@ impl Profile {
 
     /// A backup with the lines that change on every read left out, and trailing blanks trimmed.
     pub fn stable(&self, config: &str) -> String {
-        let mut out: String = config
-            .lines()
-            .filter(|l| !self.volatile.iter().any(|r| r.is_match(l)))
-            .map(|l| format!("{}\n", l.trim_end()))
-            .collect();
+        let mut out: String =
+            config.lines().filter(|l| !self.volatile.iter().any(|r| r.is_match(l))).map(|l| format!("{}\n", l.trim_end())).collect();
         while out.ends_with("\n\n") {
             out.pop();
         }
@@ -251,7 +252,8 @@ impl Profiles {
         }
         if let Some(dir) = dir {
             let entries = std::fs::read_dir(dir).map_err(|e| format!("[netdev] profiles_dir {}: {e}", dir.display()))?;
-            let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+            let mut files: Vec<_> =
+                entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
             files.sort();
             for path in files {
                 let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -268,10 +270,7 @@ impl Profiles {
 
     /// The profile called `name`, or whose aliases include it.
     pub fn get(&self, name: &str) -> Option<Arc<Profile>> {
-        self.by_name
-            .get(name)
-            .or_else(|| self.by_name.values().find(|p| p.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))))
-            .cloned()
+        self.by_name.get(name).or_else(|| self.by_name.values().find(|p| p.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))).cloned()
     }
 }
 
@@ -297,16 +296,25 @@ mod tests {
         let junos = ps.get("junos").unwrap();
         assert_eq!(junos.mode_of("admin@R1>"), Some(Mode::User));
         assert_eq!(junos.mode_of("admin@R1# "), Some(Mode::Config));
-        assert_eq!(ios.error_in("vlan 5000\n     ^\n% Invalid input detected at '^' marker.\n"), Some("% Invalid input detected at '^' marker."));
-        assert_eq!(vrp.error_in("Error: Unrecognized command found at '^' position."), Some("Error: Unrecognized command found at '^' position."));
+        assert_eq!(
+            ios.error_in("vlan 5000\n     ^\n% Invalid input detected at '^' marker.\n"),
+            Some("% Invalid input detected at '^' marker.")
+        );
+        assert_eq!(
+            vrp.error_in("Error: Unrecognized command found at '^' position."),
+            Some("Error: Unrecognized command found at '^' position.")
+        );
         assert!(ios.is_read("show running-config") && ios.is_read("show interfaces status"));
         assert!(!ios.is_read("reload") && !ios.is_read("show run | redirect tftp://x/y"));
     }
 
     #[test]
     fn a_broken_profile_names_the_file_and_key() {
-        let e = Profile::parse("x.toml", "name = \"x\"\n[prompts]\nuser = '('\nconfig = 'a'\n[config]\nenter='c'\nexit='e'\n[commands]\nbackup='s'\n")
-            .unwrap_err();
+        let e = Profile::parse(
+            "x.toml",
+            "name = \"x\"\n[prompts]\nuser = '('\nconfig = 'a'\n[config]\nenter='c'\nexit='e'\n[commands]\nbackup='s'\n",
+        )
+        .unwrap_err();
         assert!(e.starts_with("x.toml: prompts.user: `(` is not a valid pattern"), "{e}");
         let e = Profile::parse("y.toml", "name = \"y\"\nbogus = 1\n").unwrap_err();
         assert!(e.contains("y.toml") && e.contains("bogus"), "{e}");

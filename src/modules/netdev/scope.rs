@@ -28,9 +28,7 @@ const ACTIONS: &[&str] = &["read", "exec", "config"];
 
 impl Scope {
     pub fn parse(v: &toml::Value) -> Result<Scope, String> {
-        let t = v
-            .as_table()
-            .ok_or("expected a table like { devices = [\"group:switches\"], actions = [\"read\"] }")?;
+        let t = v.as_table().ok_or("expected a table like { devices = [\"group:switches\"], actions = [\"read\"] }")?;
         const KEYS: &[&str] = &["devices", "actions", "commands", "lines"];
         if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(format!("unknown key `{k}` (known: {})", KEYS.join(", ")));
@@ -84,7 +82,9 @@ impl Scope {
         }
         if !self.exec {
             return Err(if self.read {
-                format!("`{command}` is not a read-only command of this device's profile, and the applet's netdev permission grants only `read` (add \"exec\" to its actions)")
+                format!(
+                    "`{command}` is not a read-only command of this device's profile, and the applet's netdev permission grants only `read` (add \"exec\" to its actions)"
+                )
             } else {
                 "the applet's netdev permission does not grant `read` or `exec`".into()
             });

@@ -124,7 +124,13 @@ impl RunState {
         let cred = &self.settings.credentials[i];
         let read = || {
             let owner = format!("[[ssh.credentials]] for {}", cred.hosts);
-            login_from_secrets(&self.ctx, &owner, cred.key_secret.as_deref(), cred.key_passphrase_secret.as_deref(), cred.password_secret.as_deref())
+            login_from_secrets(
+                &self.ctx,
+                &owner,
+                cred.key_secret.as_deref(),
+                cred.key_passphrase_secret.as_deref(),
+                cred.password_secret.as_deref(),
+            )
         };
         let a = read();
         self.auths.lock().insert(i, a.clone());
@@ -253,7 +259,9 @@ pub(crate) fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &Connect
         ConnectError::KeyChanged { pinned, offered, offered_key } => {
             json!({ "reason": "changed", "pinned": pinned, "offered": offered, "offered_key": offered_key })
         }
-        ConnectError::KeyUnknown { offered, offered_key } => json!({ "reason": "not pinned", "offered": offered, "offered_key": offered_key }),
+        ConnectError::KeyUnknown { offered, offered_key } => {
+            json!({ "reason": "not pinned", "offered": offered, "offered_key": offered_key })
+        }
         _ => return,
     };
     let _ = ctx.record_action(module, "hostkey.refused", host, false, detail);
