@@ -16,6 +16,11 @@ scripts/peers/ssh.sh install
 scripts/peers/ssh.sh ansible
 # Debian's Chromium and playwright-core (e2e/) for the web console's browser tests.
 scripts/peers/browser.sh
+# Network-device simulators (fake-switches, FakeNOS) and netmiko for the netdev tests, which start
+# and stop their own simulators.
+scripts/peers/netdev.sh install
+# BMC simulators (OpenIPMI's ipmi_sim, sushy-emulator for Redfish) for the ipmi tests, likewise.
+scripts/peers/bmc.sh install
 # libvirt's library for the virt module (feature `virt`); its tests use the in-process test driver.
 scripts/peers/virt.sh
 # A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.

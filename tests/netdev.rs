@@ -421,3 +421,106 @@ fn a_device_that_stops_answering_mid_command_times_out() {
     let failed = lab.actions(&o).into_iter().find(|a| a.status.as_deref() == Some("error")).unwrap();
     assert_eq!(failed.data["detail"]["command"], "show running-config");
 }
+
+#[test]
+fn permissions_are_checked_before_anything_is_sent() {
+    let sw = Sim::cisco("sw-p");
+    let lab = lab(&[("sw-p", sw.port, "cisco_ios", &["access"]), ("core-1", sw.port, "cisco_ios", &["core"])], "");
+    let cases: &[(&str, &str, &str)] = &[
+        // A read-only applet: no exec commands, no changes, no expect.
+        (
+            READ,
+            r#"netdev.open("sw-p"):command("reload")"#,
+            "`reload` is not a read-only command of this device's profile, and the applet's netdev permission grants only `read`",
+        ),
+        (READ, r#"netdev.open("sw-p"):command("show run | redirect tftp://10.0.0.1/x")"#, "grants only `read`"),
+        (READ, r#"netdev.open("sw-p"):config({ "vlan 9" })"#, "does not grant `config`"),
+        (READ, r#"netdev.open("sw-p"):expect("reload", { "confirm" })"#, "expect needs the `exec` action"),
+        (READ, r#"netdev.open("sw-p"):save()"#, "saving needs the `config` action"),
+        (READ, r#"netdev.run("*", "configure terminal")"#, "permission denied"),
+        (READ, r#"netdev.open("sw-p"):command("show version\nreload")"#, "a command is one line"),
+        // Devices outside the scope.
+        (
+            r#"{ devices = ["group:access"], actions = ["read"] }"#,
+            r#"netdev.open("core-1")"#,
+            "core-1 is outside the applet's netdev devices (group:access)",
+        ),
+        (
+            r#"{ devices = ["group:access"], actions = ["read"] }"#,
+            r#"netdev.run("*", "show version")"#,
+            "core-1 is outside the applet's netdev devices",
+        ),
+        // Lines limited by pattern, commands by pattern.
+        (
+            r#"{ devices = ["*"], actions = ["config"], lines = ["vlan *", "name *", "exit"] }"#,
+            r#"netdev.open("sw-p"):config({ "vlan 9", "interface Gi0/1", "shutdown" })"#,
+            "configuration line `interface Gi0/1` matches none of the applet's netdev lines",
+        ),
+        (
+            r#"{ devices = ["*"], actions = ["config"], lines = ["vlan *"] }"#,
+            r#"netdev.configure("*", { "vlan 9", "name x; reload" })"#,
+            "matches none of the applet's netdev lines",
+        ),
+        (
+            r#"{ devices = ["*"], actions = ["exec"], commands = ["clear counters *"] }"#,
+            r#"netdev.open("sw-p"):command("clear logging")"#,
+            "`clear logging` matches none of the applet's netdev commands (clear counters *)",
+        ),
+    ];
+    for (scope, call, want) in cases {
+        let o = lab.run(scope, &format!("return function() return {call} end"));
+        let e = err_text(&o);
+        assert!(e.contains(want), "{call} under {scope}: {e}");
+        // Refused before anything was sent: no command or change in the audit log, no login.
+        let acts = lab.actions(&o);
+        assert!(acts.iter().all(|a| a.data["action"] != "command" && a.data["action"] != "config"), "{call}: {acts:?}");
+        assert!(acts.iter().all(|a| a.data["action"] != "hostkey.pin"), "{call} connected: {acts:?}");
+    }
+    // The running configuration never changed.
+    let seen = netmiko("cisco_ios", sw.port, &["show running-config"]);
+    assert!(!seen["outputs"]["show running-config"].as_str().unwrap().contains("vlan 9"));
+    // A manifest with a bad netdev scope is refused when the applet is loaded.
+    let o = lab.run(r#"{ devices = ["*"], actions = ["write"] }"#, "return function() end");
+    assert!(err_text(&o).contains("unknown action `write`"), "{}", err_text(&o));
+}
+
+#[test]
+fn vlan_provision_plans_exact_lines_per_vendor_then_applies_them() {
+    let sw = Sim::cisco("sw-v");
+    let nos = Sim::fakenos();
+    let lab = lab(
+        &[
+            ("sw-v", sw.port, "cisco_ios", &["access"]),
+            ("HUAWEI", nos.port, "huawei_vrp", &["access"]),
+            ("H3C", nos.port + 1, "hp_comware", &["access"]),
+        ],
+        "",
+    );
+    let params = [("devices", "group:access"), ("vlan", "120"), ("name", "cameras")];
+    // Dry run: the exact lines per device, nothing sent.
+    let o = run_bundled(&lab, "vlan-provision", &params, true);
+    let rows = ok(&o);
+    assert_eq!(by_host(rows, "sw-v")["lines"], "vlan 120\nname cameras\nexit");
+    assert_eq!(by_host(rows, "HUAWEI")["lines"], "vlan 120\ndescription cameras\nquit");
+    assert_eq!(by_host(rows, "H3C")["lines"], "vlan 120\nname cameras\nquit");
+    assert!(rows.as_array().unwrap().iter().all(|r| r["status"] == "planned"), "{rows}");
+    let acts = lab.actions(&o);
+    assert_eq!(acts.len(), 3, "one planned change per device: {acts:?}");
+    assert!(acts.iter().all(|a| a.data["detail"]["planned"] == true && a.data["dry_run"] == true));
+    let before = netmiko("cisco_ios", sw.port, &["show running-config"]);
+    assert!(!before["outputs"]["show running-config"].as_str().unwrap().contains("vlan 120"));
+    // For real: canary first, every device changed and saved.
+    let o = run_bundled(&lab, "vlan-provision", &params, false);
+    let rows = ok(&o);
+    for h in ["sw-v", "HUAWEI", "H3C"] {
+        let r = by_host(rows, h);
+        assert_eq!(r["status"], "done", "{r}");
+        assert_eq!(r["saved"], true, "{r}");
+    }
+    let after = netmiko("cisco_ios", sw.port, &["show running-config"]);
+    let cfg = after["outputs"]["show running-config"].as_str().unwrap();
+    assert!(cfg.contains("vlan 120") && cfg.contains("name cameras"), "{cfg}");
+    // A bad VLAN name never reaches a device.
+    let o = run_bundled(&lab, "vlan-provision", &[("devices", "group:access"), ("vlan", "121"), ("name", "x; reload")], false);
+    assert!(err_text(&o).contains("use up to 32 letters"), "{}", err_text(&o));
+}

@@ -217,6 +217,7 @@ VENDORS = {
         "erase": "\x1b[42D" + " " * 42 + "\x1b[42D",
         "system_view": "Enter system view, return user view with Ctrl+Z.",
         "screen_length_info": "Info: The configuration takes effect on the current user terminal interface only.",
+        "saved": "Now saving the current configuration to the slot 0.\nSave the configuration successfully.",
         "extra": {"display current-configuration": VRP_CONFIG},
     },
     "hp_comware": {
@@ -224,6 +225,7 @@ VENDORS = {
         "erase": "\x1b[16D" + " " * 16 + "\x1b[16D",
         "system_view": "System View: return to User View with Ctrl+Z.",
         "screen_length_info": None,
+        "saved": "Validating file. Please wait...\nSaved the current configuration to mainboard device successfully.",
         "extra": {"display current-configuration": COMWARE_CONFIG, "display version": COMWARE_VERSION},
     },
 }
@@ -253,6 +255,9 @@ class VrpLikeDeviceBase:
         if line == "exit" and getattr(shell, "stopping", False):  # HookShell.stop() on a dead session
             return True
         typed = [w for w, _ in words]
+        handled = self._save(shell, typed)
+        if handled is not None:
+            return handled
         handled = self._vlan(shell, typed, words, line)
         if handled is not None:
             return handled
@@ -295,6 +300,25 @@ class VrpLikeDeviceBase:
         if cmd in ("screen-length 0 temporary", "screen-length disable"):
             shell.screen_length = 0
         return default(cmd)
+
+    # ---- saving: Huawei asks [Y/N] (answered on the next line), H3C saves with `save force` ----
+    def _save(self, shell, typed):
+        pending = getattr(shell, "confirm_prompt", None)
+        if pending is not None:
+            shell.prompt, shell.confirm_prompt = pending, None
+            if typed and typed[0].lower() in ("y", "yes"):
+                shell.writeline(self.vendor["saved"])
+            return False
+        user_view = shell.prompt == USER.format(base_prompt=shell.base_prompt)
+        if typed == ["save"] and user_view:
+            # The question stays on the cursor's line; no prompt until it is answered.
+            shell.stdout.write("The current configuration will be written to the device. Are you sure to continue? [Y/N]:")
+            shell.confirm_prompt, shell.prompt = shell.prompt, ""
+            return False
+        if typed == ["save", "force"] and user_view:
+            shell.writeline(self.vendor["saved"])
+            return False
+        return None
 
     # ---- VLANs: the one piece of configuration these devices keep (per device, in memory) ----
     def _vlan(self, shell, typed, words, line):
