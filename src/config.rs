@@ -31,6 +31,9 @@ pub struct Config {
     /// The `netdev` host module: device CLI credentials, profiles, limits.
     #[serde(default)]
     pub netdev: NetdevConfig,
+    /// The `ipmi` host module: BMC logins per host group, limits.
+    #[serde(default)]
+    pub ipmi: IpmiConfig,
     /// The `zabbix` host module: named connections (`[zabbix.NAME]`).
     #[serde(default)]
     pub zabbix: std::collections::BTreeMap<String, ZabbixConn>,
@@ -172,6 +175,37 @@ pub struct SshSettings {
     pub max_output: u64,
     pub max_file: u64,
     pub credentials: Vec<SshCredential>,
+}
+
+/// `[ipmi]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpmiConfig {
+    /// BMCs worked on at once by `ipmi.check` (default 32).
+    pub concurrency: usize,
+    /// Time for one BMC operation, login included (default "15s"). IPMI retries lost UDP packets
+    /// within it.
+    pub timeout: String,
+    /// Who logs in to which BMC: the first entry whose `hosts` selector picks a host is used.
+    pub credentials: Vec<IpmiCredential>,
+}
+
+impl Default for IpmiConfig {
+    fn default() -> Self {
+        IpmiConfig { concurrency: 32, timeout: "15s".into(), credentials: Vec::new() }
+    }
+}
+
+/// `[[ipmi.credentials]]`: the BMC login for the hosts a selector picks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpmiCredential {
+    pub hosts: String,
+    pub user: String,
+    /// Secret holding the BMC password.
+    pub password_secret: String,
+    /// CA certificate(s) (PEM) to trust for Redfish over HTTPS, e.g. the BMCs' own CA.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[netdev]`.
@@ -369,6 +403,7 @@ impl Config {
         cfg.ssh_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.check_zabbix().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.netdev_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        cfg.check_ipmi().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         // Profiles are files of their own: a broken one is named with its key.
         crate::modules::netdev::profile::Profiles::load(cfg.netdev.profiles_dir.as_deref())
             .map_err(|m| Error::Config(format!("invalid config: {name}: netdev.profiles_dir: {m}")))?;
@@ -453,6 +488,21 @@ impl Config {
             profiles_dir: c.profiles_dir.clone(),
             credentials: c.credentials.clone(),
         })
+    }
+
+    pub fn check_ipmi(&self) -> Result<Duration, String> {
+        let c = &self.ipmi;
+        if !(1..=1000).contains(&c.concurrency) {
+            return Err("ipmi.concurrency must be between 1 and 1000".into());
+        }
+        for (i, cred) in c.credentials.iter().enumerate() {
+            let at = format!("ipmi.credentials[{i}] (hosts = \"{}\")", cred.hosts);
+            crate::cmdb::Selector::parse(&cred.hosts).map_err(|m| format!("{at}: hosts: {m}"))?;
+            if cred.user.trim().is_empty() {
+                return Err(format!("{at}: user is empty"));
+            }
+        }
+        parse_duration(&c.timeout).map_err(|m| format!("ipmi.timeout: {m}"))
     }
 
     pub fn check_zabbix(&self) -> Result<(), String> {

@@ -6,7 +6,7 @@
 #       Debian openipmi + ipmitool; venv .peers/venv-redfish with sushy-tools 2.2.0 + bcrypt.
 #   scripts/peers/bmc.sh ipmi-sim DIR PORT [hot]
 #       writes DIR/lan.conf, DIR/bmc.emu, DIR/chassis.sh, wipes DIR/state and DIR/chassis-*,
-#       then execs ipmi_sim on UDP 127.0.0.1:PORT. Login: user 2 "admin" / "password", admin
+#       then execs ipmi_sim on UDP 127.0.0.1:PORT. Login: user 2 "admin" / "opslet-bmc-pw" ($BMC_PASSWORD), admin
 #       privilege (the only enabled user), IPMI 2.0 (lanplus) and 1.5 (lan), auth none/md2/md5/
 #       straight. Chassis power starts ON; power on/off/cycle/reset/soft and boot device work
 #       (state in DIR/chassis-0x20/{power,boot}, one line per change in DIR/chassis-0x20/events).
@@ -21,8 +21,8 @@
 #         2: Temperature #0x01 (CPU_Temp) | Upper Critical going high | Asserted (reading 95, threshold 90)
 #   scripts/peers/bmc.sh redfish DIR PORT [tls]
 #       writes DIR/sushy.conf and DIR/htpasswd, wipes DIR/state, then execs sushy-emulator on
-#       127.0.0.1:PORT (http; with `tls`: https with a self-signed certificate for IP:127.0.0.1 in
-#       DIR/tls.crt, key DIR/tls.key; TLS 1.2 only). HTTP Basic auth admin / password (bcrypt
+#       127.0.0.1:PORT (http; with `tls`: https with a certificate for IP:127.0.0.1 in DIR/tls.crt,
+#       key DIR/tls.key, signed by a CA of its own, DIR/ca.crt, which clients trust; TLS 1.2 only). HTTP Basic auth admin / opslet-bmc-pw ($BMC_PASSWORD) (bcrypt
 #       htpasswd); /redfish/v1/ itself needs no auth. Two systems, both PowerState Off:
 #         node-1  27946b59-9e44-4fa7-8e91-f3527a1ef094  NIC 00:5c:52:31:3a:9c
 #         node-2  0f7e8a4c-4a8b-4b7e-9a40-7d0a3f7c2c11  NIC 00:5c:52:31:3a:9d
@@ -130,7 +130,7 @@ set_working_mc 0x20
   endlan
   chassis_control "$dir/chassis.sh 0x20"
   user 1 false "" "" user 10 none md2 md5 straight
-  user 2 true "admin" "password" admin 10 none md2 md5 straight
+  user 2 true "admin" "${BMC_PASSWORD:-opslet-bmc-pw}" admin 10 none md2 md5 straight
 EOF
 	local cpu=0x30 sel2=""   # CPU_Temp raw value = degrees C (M=1)
 	if [[ $hot == hot ]]; then
@@ -202,7 +202,7 @@ redfish() {
 	dir=$(cd "$dir" && pwd)
 	rm -rf "$dir/state"
 	mkdir -p "$dir/state"
-	"$VENV/bin/python" -c 'import bcrypt, sys; print("admin:" + bcrypt.hashpw(b"password", bcrypt.gensalt(rounds=5)).decode())' >"$dir/htpasswd"
+	BMC_PASSWORD=${BMC_PASSWORD:-opslet-bmc-pw} "$VENV/bin/python" -c 'import bcrypt, os; print("admin:" + bcrypt.hashpw(os.environ["BMC_PASSWORD"].encode(), bcrypt.gensalt(rounds=5)).decode())' >"$dir/htpasswd"
 	cat >"$dir/sushy.conf" <<EOF
 SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'
 SUSHY_EMULATOR_LISTEN_PORT = $port
@@ -217,9 +217,17 @@ SUSHY_EMULATOR_FAKE_SYSTEMS = [
 ]
 EOF
 	if [[ $tls == tls ]]; then
-		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-			-keyout "$dir/tls.key" -out "$dir/tls.crt" -subj /CN=127.0.0.1 \
-			-addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1 || die "openssl failed"
+		# A CA of its own (DIR/ca.crt, what clients trust) signs the server's certificate, as a
+		# site's BMC CA would: a self-signed CA certificate cannot also be a server's.
+		{
+			openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+				-keyout "$dir/ca.key" -out "$dir/ca.crt" -subj "/CN=opslet test BMC CA" &&
+				openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+					-keyout "$dir/tls.key" -out "$dir/tls.csr" -subj /CN=127.0.0.1 &&
+				printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext" &&
+				openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+					-days 3650 -extfile "$dir/tls.ext" -out "$dir/tls.crt"
+		} >/dev/null 2>&1 || die "openssl failed"
 		cat >>"$dir/sushy.conf" <<EOF
 SUSHY_EMULATOR_SSL_CERT = '$dir/tls.crt'
 SUSHY_EMULATOR_SSL_KEY = '$dir/tls.key'

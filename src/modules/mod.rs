@@ -7,6 +7,7 @@
 
 pub mod cmdb;
 pub mod es;
+pub mod ipmi;
 pub mod netdev;
 pub mod ssh;
 #[cfg(feature = "virt")]
@@ -100,6 +101,7 @@ impl ModuleRegistry {
             Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
             Arc::new(es::EsModule::new(config.es.clone())),
             Arc::new(netdev::NetdevModule::new(config.netdev_settings()?)),
+            Arc::new(ipmi::IpmiModule::new(config.ipmi.clone())?),
         ];
         #[cfg(feature = "virt")]
         modules.push(Arc::new(virt::VirtModule::new(config.virt.clone())));

@@ -1,6 +1,7 @@
 //! Shared helpers: build packages from inline sources, run them on a throwaway store.
 #![allow(dead_code)]
 
+pub mod bmc;
 pub mod netdev;
 pub mod serve;
 pub mod sshd;

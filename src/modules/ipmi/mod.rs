@@ -1,0 +1,555 @@
+//! The `ipmi` host module: bare-metal power, boot device, sensors and event log through each
+//! host's BMC, over Redfish (HTTPS) or IPMI over LAN (RMCP+, cipher suite 3), behind one Lua API.
+//!
+//! Lua: `ipmi.power(host)`, `ipmi.power_on|power_off|power_cycle|power_reset|power_shutdown(host)`,
+//! `ipmi.boot_device(host, device, {once=})`, `ipmi.sensors(host)`, `ipmi.sel(host)` and
+//! `ipmi.check(selector)` (docs/lua/ipmi.md). The BMC comes from the host's cmdb tags: `bmc` (an
+//! address for IPMI, or an http(s) URL for Redfish), `bmc_protocol` (`ipmi` or `redfish`, when the
+//! address alone does not say) and `bmc_system` (a Redfish system's Id or Name, when the BMC has
+//! several); the login from `[[ipmi.credentials]]` and secrets.
+//!
+//! Permission: `ipmi = ["read"]`, `["read", "power"]`, or `{ hosts = [...], actions = [...] }`.
+//! Power and boot-device changes need `power`; they are audited with the power state before, and
+//! only planned in a dry run. Reads are audited too.
+//!
+//! Layout: `rmcp` is the IPMI-over-LAN client, `redfish` the Redfish client, `bmc` puts them
+//! behind one set of operations; this file is the Lua boundary and the per-run state.
+
+pub mod bmc;
+pub mod redfish;
+pub mod rmcp;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Table, Value};
+use serde::Serialize;
+use serde_json::json;
+
+use super::ssh::batch::{self, Outcome, Plan};
+use super::{Grant, HostModule};
+use crate::cmdb::{Cmdb, Host, Snapshot};
+use crate::config::IpmiConfig;
+use crate::runtime::context::{Progress, RunCtx};
+use bmc::{Bmc, BootDevice, Endpoint, Login, PowerAction};
+
+pub struct IpmiModule {
+    config: Arc<IpmiConfig>,
+    timeout: Duration,
+}
+
+impl IpmiModule {
+    pub fn new(config: IpmiConfig) -> Result<IpmiModule, String> {
+        let timeout = crate::applet::manifest::parse_duration(&config.timeout).map_err(|m| format!("ipmi.timeout: {m}"))?;
+        Ok(IpmiModule { config: Arc::new(config), timeout })
+    }
+}
+
+fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("ipmi.{call}: {m}"))
+}
+
+const ACTIONS: &[&str] = &["read", "power"];
+
+/// The parsed permission.
+#[derive(Debug, Clone)]
+struct Scope {
+    hosts: Vec<String>,
+    read: bool,
+    power: bool,
+}
+
+impl Scope {
+    fn parse(grant: &Grant) -> Result<Scope, String> {
+        let actions = grant.actions();
+        if let toml::Value::Table(t) = &grant.scope
+            && let Some(k) = t.keys().find(|k| !["hosts", "actions"].contains(&k.as_str()))
+        {
+            return Err(format!("unknown key `{k}` (known: hosts, actions)"));
+        }
+        if actions.is_empty() {
+            return Err("give the actions: [\"read\"] or [\"read\", \"power\"]".into());
+        }
+        if let Some(a) = actions.iter().find(|a| !ACTIONS.contains(&a.as_str())) {
+            return Err(format!("unknown action `{a}` (known: {})", ACTIONS.join(", ")));
+        }
+        let hosts = match &grant.scope {
+            toml::Value::Table(_) => grant.list("hosts"),
+            _ => vec!["*".to_string()],
+        };
+        if hosts.is_empty() {
+            return Err("`hosts` must list at least one selector".into());
+        }
+        for h in &hosts {
+            if h != "*" {
+                crate::cmdb::Selector::parse(h).map_err(|m| format!("hosts: `{h}`: {m}"))?;
+            }
+        }
+        let has = |a: &str| actions.iter().any(|x| x == a);
+        Ok(Scope { hosts, read: has("read"), power: has("power") })
+    }
+}
+
+/// One run's view of the module.
+struct RunState {
+    config: Arc<IpmiConfig>,
+    timeout: Duration,
+    ctx: Arc<RunCtx>,
+    scope: Scope,
+    snapshot: Result<Arc<Snapshot>, String>,
+    allowed: BTreeSet<String>,
+    cred_of: HashMap<String, usize>,
+}
+
+impl RunState {
+    fn new(config: Arc<IpmiConfig>, timeout: Duration, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
+        let snapshot = match &ctx.store {
+            None => Err("this run has no data store (no cmdb to find BMCs in)".to_string()),
+            Some(store) => Cmdb::new(store.clone()).and_then(|c| c.snapshot()).map(Arc::new).map_err(|e| e.to_string()),
+        };
+        let pick = |sel: &str| -> Vec<String> {
+            match &snapshot {
+                Ok(snap) => snap.select(sel).map(|hs| hs.into_iter().map(|h| h.name).collect()).unwrap_or_default(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let allowed = scope.hosts.iter().flat_map(|s| pick(s)).collect();
+        let mut cred_of = HashMap::new();
+        for (i, cred) in config.credentials.iter().enumerate() {
+            for name in pick(&cred.hosts) {
+                cred_of.entry(name).or_insert(i);
+            }
+        }
+        RunState { config, timeout, ctx, scope, snapshot, allowed, cred_of }
+    }
+
+    fn host(&self, call: &str, name: &str) -> mlua::Result<Host> {
+        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
+        let host = snap.host(name).cloned().ok_or_else(|| lua_err(call, format!("no host `{name}` in the cmdb")))?;
+        if !self.allowed.contains(&host.name) {
+            return Err(lua_err(
+                call,
+                format!("permission denied: {name} is outside the applet's ipmi hosts ({}); nothing was sent", self.scope.hosts.join(", ")),
+            ));
+        }
+        Ok(host)
+    }
+
+    fn hosts(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
+        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
+        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
+        if let Some(h) = hosts.iter().find(|h| !self.allowed.contains(&h.name)) {
+            return Err(lua_err(
+                call,
+                format!(
+                    "permission denied: {} is outside the applet's ipmi hosts ({}); nothing was sent",
+                    h.name,
+                    self.scope.hosts.join(", ")
+                ),
+            ));
+        }
+        Ok(hosts)
+    }
+
+    fn require(&self, call: &str, power: bool) -> mlua::Result<()> {
+        let (ok, action) = if power { (self.scope.power, "power") } else { (self.scope.read, "read") };
+        if ok {
+            Ok(())
+        } else {
+            Err(lua_err(
+                call,
+                format!(
+                    "permission denied: the applet's manifest does not grant `{action}` (add it: [permissions] ipmi = [\"read\", \"{action}\"])"
+                ),
+            ))
+        }
+    }
+
+    /// The host's BMC from its cmdb tags.
+    fn endpoint(&self, host: &Host) -> Result<Endpoint, String> {
+        let bmc = host.tags.get("bmc").ok_or_else(|| {
+            format!(
+                "{} has no `bmc` tag with its BMC's address (set it: opslet cmdb host set {} --tag bmc=10.0.0.5 or bmc=https://10.0.0.5)",
+                host.name, host.name
+            )
+        })?;
+        let protocol = host.tags.get("bmc_protocol").map(String::as_str);
+        let url = bmc.starts_with("https://") || bmc.starts_with("http://");
+        match (protocol, url) {
+            (Some("redfish"), true) | (None, true) => {
+                Ok(Endpoint::Redfish { url: bmc.clone(), system: host.tags.get("bmc_system").cloned() })
+            }
+            (Some("redfish"), false) => {
+                Ok(Endpoint::Redfish { url: format!("https://{bmc}"), system: host.tags.get("bmc_system").cloned() })
+            }
+            (Some("ipmi") | None, false) => Ok(Endpoint::Ipmi(ipmi_address(bmc))),
+            (Some("ipmi"), true) => Err(format!("{}: bmc_protocol is ipmi but bmc is a URL ({bmc})", host.name)),
+            (Some(other), _) => Err(format!("{}: unknown bmc_protocol `{other}` (ipmi or redfish)", host.name)),
+        }
+    }
+
+    /// Logs in to the host's BMC.
+    async fn open(&self, host: &Host) -> Result<(Endpoint, Bmc), String> {
+        let ep = self.endpoint(host)?;
+        let i = *self
+            .cred_of
+            .get(&host.name)
+            .ok_or_else(|| format!("no [[ipmi.credentials]] entry picks host {} (add one whose hosts selector matches it)", host.name))?;
+        let cred = &self.config.credentials[i];
+        let owner = format!("[[ipmi.credentials]] for {}", cred.hosts);
+        let password = super::ssh::read_secret(&self.ctx, &owner, &cred.password_secret)?;
+        let ca = match &cred.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
+            None => None,
+        };
+        let login = Login { user: &cred.user, password: &password, ca: ca.as_deref(), timeout: self.timeout };
+        let bmc = tokio::time::timeout(self.timeout, Bmc::open(&ep, &login))
+            .await
+            .map_err(|_| format!("no answer from the BMC at {} within {}", ep.address(), humantime::format_duration(self.timeout)))??;
+        Ok((ep, bmc))
+    }
+
+    fn audit(&self, action: &str, host: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
+        self.ctx.record_action("ipmi", action, host, ok, detail).map_err(|e| format!("could not record the action in the audit log: {e}"))
+    }
+}
+
+/// `address[:port]` with IPMI's port 623 when none is given (IPv6 addresses bare or bracketed).
+fn ipmi_address(bmc: &str) -> String {
+    if bmc.parse::<std::net::SocketAddr>().is_ok() {
+        return bmc.to_string();
+    }
+    if let Ok(ip) = bmc.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, 623).to_string();
+    }
+    match bmc.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => bmc.to_string(),
+        _ => format!("{bmc}:623"),
+    }
+}
+
+/// Runs one operation on one host's BMC on the I/O threads, within the module's timeout; audits it.
+async fn with_bmc<T, F>(st: &Arc<RunState>, call: &'static str, host: Host, detail: serde_json::Value, f: F) -> mlua::Result<T>
+where
+    T: Send + Serialize + 'static,
+    F: for<'a> FnOnce(&'a mut Bmc) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>> + Send + 'static,
+{
+    let st2 = Arc::clone(st);
+    let h = host.clone();
+    let t0 = Instant::now();
+    let r = on_io(async move {
+        let (ep, mut bmc) = st2.open(&h).await?;
+        let r = tokio::time::timeout(st2.timeout * 4, f(&mut bmc))
+            .await
+            .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
+        bmc.close().await;
+        r.map(|v| (ep, v))
+    })
+    .await
+    .and_then(|r| r);
+    let mut d = detail;
+    d["duration_ms"] = json!(t0.elapsed().as_millis() as u64);
+    match &r {
+        Ok((ep, _)) => {
+            d["protocol"] = json!(ep.protocol());
+            d["bmc"] = json!(ep.address());
+        }
+        Err(m) => d["error"] = json!(m),
+    }
+    st.audit(call, &host.name, r.is_ok(), d).map_err(|m| lua_err(call, m))?;
+    r.map(|(_, v)| v).map_err(|m| lua_err(call, format!("{}: {m}", host.name)))
+}
+
+async fn on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
+    struct Abort(tokio::task::AbortHandle);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let h = super::ssh::io_runtime().spawn(fut);
+    let _guard = Abort(h.abort_handle());
+    h.await.map_err(|e| format!("internal error: {e}"))
+}
+
+fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
+    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
+    super::json_to_lua(lua, &v)
+}
+
+/// `ipmi.check`: one host's state.
+#[derive(Debug, Clone, Default, Serialize)]
+struct HostCheck {
+    host: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    power: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sensors: Option<Vec<bmc::Reading>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sel: Option<Vec<bmc::LogEntry>>,
+    /// Sensors out of range and SEL entries that are warnings or worse, in words.
+    problems: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    duration: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skipped: bool,
+}
+
+impl Outcome for HostCheck {
+    fn failed(host: &str, why: String) -> Self {
+        HostCheck { host: host.into(), error: Some(why), ..Default::default() }
+    }
+    fn skipped(host: &str, why: String) -> Self {
+        HostCheck { skipped: true, ..Self::failed(host, why) }
+    }
+    fn is_ok(&self) -> bool {
+        self.ok
+    }
+    fn is_skipped(&self) -> bool {
+        self.skipped
+    }
+}
+
+async fn check_host(st: Arc<RunState>, host: Host, sel_limit: usize) -> HostCheck {
+    let t0 = Instant::now();
+    let mut c = HostCheck { host: host.name.clone(), ..Default::default() };
+    let r: Result<(), String> = async {
+        let (ep, mut b) = st.open(&host).await?;
+        c.protocol = Some(ep.protocol().to_string());
+        let work = async {
+            c.power = Some(b.power().await?);
+            let sensors = b.sensors().await?;
+            for s in &sensors {
+                if s.status == "warning" || s.status == "critical" {
+                    let v = s.value.map(|v| format!("{v} {}", s.unit)).unwrap_or_else(|| "no reading".into());
+                    c.problems.push(format!("sensor {} is {} ({v})", s.name, s.status));
+                }
+            }
+            c.sensors = Some(sensors);
+            match b.log(sel_limit).await {
+                Ok(sel) => {
+                    for e in &sel {
+                        if e.severity == "warning" || e.severity == "critical" {
+                            c.problems.push(format!("SEL {} {}: {} ({})", e.id, e.severity, e.message, e.sensor));
+                        }
+                    }
+                    c.sel = Some(sel);
+                }
+                // A BMC without an event log is not a broken host.
+                Err(m) if m.contains("offers no log service") => c.sel = Some(Vec::new()),
+                Err(m) => return Err(m),
+            }
+            Ok::<(), String>(())
+        };
+        let r = tokio::time::timeout(st.timeout * 4, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
+        b.close().await;
+        r
+    }
+    .await;
+    c.duration = t0.elapsed().as_secs_f64();
+    c.ok = r.is_ok();
+    c.error = r.err();
+    let detail = json!({ "protocol": c.protocol, "power": c.power, "problems": c.problems, "error": c.error, "duration_ms": t0.elapsed().as_millis() as u64 });
+    if let Err(m) = st.audit("check", &host.name, c.ok, detail) {
+        c.ok = false;
+        c.error = Some(m);
+    }
+    c
+}
+
+fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, action: PowerAction) -> mlua::Result<()> {
+    let st = Arc::clone(state);
+    t.set(
+        name,
+        lua.create_async_function(move |lua, host: String| {
+            let st = Arc::clone(&st);
+            async move {
+                st.require(name, true)?;
+                let host = st.host(name, &host)?;
+                if st.ctx.dry_run {
+                    let ep = st.endpoint(&host).map_err(|m| lua_err(name, m))?;
+                    st.audit(name, &host.name, true, json!({ "planned": true, "protocol": ep.protocol(), "bmc": ep.address() }))
+                        .map_err(|m| lua_err(name, m))?;
+                    return to_lua(&lua, &json!({ "host": host.name, "action": name, "planned": true }));
+                }
+                let hn = host.name.clone();
+                let (before, asked) = with_bmc(&st, name, host, json!({}), move |b| {
+                    Box::pin(async move {
+                        let before = b.power().await?;
+                        let asked = b.power_action(action).await?;
+                        Ok((before, asked))
+                    })
+                })
+                .await?;
+                to_lua(&lua, &json!({ "host": hn, "action": name, "before": before, "sent": asked }))
+            }
+        })?,
+    )
+}
+
+impl HostModule for IpmiModule {
+    fn name(&self) -> &'static str {
+        "ipmi"
+    }
+
+    fn check_scope(&self, scope: &toml::Value) -> Result<(), String> {
+        Scope::parse(&Grant { module: "ipmi", scope: scope.clone() }).map(|_| ())
+    }
+
+    fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
+        let scope = Scope::parse(&grant).map_err(|m| lua_err("permission", m))?;
+        let state = Arc::new(RunState::new(Arc::clone(&self.config), self.timeout, Arc::clone(ctx), scope));
+        let t = lua.create_table()?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "power",
+            lua.create_async_function(move |_, host: String| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require("power", false)?;
+                    let host = st.host("power", &host)?;
+                    with_bmc(&st, "power", host, json!({}), |b| Box::pin(b.power())).await
+                }
+            })?,
+        )?;
+        for (name, action) in [
+            ("power_on", PowerAction::On),
+            ("power_off", PowerAction::Off),
+            ("power_cycle", PowerAction::Cycle),
+            ("power_reset", PowerAction::Reset),
+            ("power_shutdown", PowerAction::Shutdown),
+        ] {
+            power_fn(lua, &state, &t, name, action)?;
+        }
+
+        let st = Arc::clone(&state);
+        t.set(
+            "boot_device",
+            lua.create_async_function(move |lua, (host, device, opts): (String, String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require("boot_device", true)?;
+                    let dev = BootDevice::parse(&device)
+                        .ok_or_else(|| lua_err("boot_device", format!("`{device}` is not a boot device (pxe, disk, cdrom, bios)")))?;
+                    let mut once = true;
+                    if let Some(o) = opts {
+                        for pair in o.pairs::<String, Value>() {
+                            let (k, v) = pair?;
+                            match (k.as_str(), v) {
+                                ("once", Value::Boolean(b)) => once = b,
+                                ("once", other) => {
+                                    return Err(lua_err(
+                                        "boot_device",
+                                        format!("opts.once: expected true or false, got {}", other.type_name()),
+                                    ));
+                                }
+                                (other, _) => return Err(lua_err("boot_device", format!("unknown option `{other}` (known: once)"))),
+                            }
+                        }
+                    }
+                    let host = st.host("boot_device", &host)?;
+                    let detail = json!({ "device": device, "once": once });
+                    if st.ctx.dry_run {
+                        let mut d = detail.clone();
+                        d["planned"] = json!(true);
+                        st.audit("boot_device", &host.name, true, d).map_err(|m| lua_err("boot_device", m))?;
+                        return to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
+                    }
+                    let hn = host.name.clone();
+                    with_bmc(&st, "boot_device", host, detail, move |b| Box::pin(b.boot_device(dev, once))).await?;
+                    to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "sensors",
+            lua.create_async_function(move |lua, host: String| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require("sensors", false)?;
+                    let host = st.host("sensors", &host)?;
+                    let v = with_bmc(&st, "sensors", host, json!({}), |b| Box::pin(b.sensors())).await?;
+                    to_lua(&lua, &v)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "sel",
+            lua.create_async_function(move |lua, (host, opts): (String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require("sel", false)?;
+                    let limit = match opts {
+                        Some(o) => o.get::<Option<usize>>("limit")?.unwrap_or(200),
+                        None => 200,
+                    };
+                    let host = st.host("sel", &host)?;
+                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), move |b| Box::pin(b.log(limit))).await?;
+                    to_lua(&lua, &v)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "check",
+            lua.create_async_function(move |lua, (selector, opts): (String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require("check", false)?;
+                    let (mut concurrency, mut sel_limit) = (st.config.concurrency, 50usize);
+                    if let Some(o) = opts {
+                        for pair in o.pairs::<String, Value>() {
+                            let (k, v) = pair?;
+                            match k.as_str() {
+                                "concurrency" => {
+                                    concurrency = super::ssh::count_opt("check", "concurrency", v)?.clamp(1, st.config.concurrency)
+                                }
+                                "sel_limit" => sel_limit = super::ssh::count_opt("check", "sel_limit", v)?,
+                                other => return Err(lua_err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
+                            }
+                        }
+                    }
+                    let hosts = st.hosts("check", &selector)?;
+                    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+                    let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
+                    let plan = Plan { concurrency, batch: None, canary: 0, stop_after: None };
+                    let st2 = Arc::clone(&st);
+                    let progress = move |c: batch::Counts| {
+                        st2.ctx.progress(Progress {
+                            call: "ipmi.check".into(),
+                            total: c.total,
+                            ok: c.ok,
+                            failed: c.failed,
+                            skipped: c.skipped,
+                            pending: c.pending(),
+                        })
+                    };
+                    let st3 = Arc::clone(&st);
+                    let results = batch::fan_out(
+                        names,
+                        &plan,
+                        super::ssh::io_runtime().handle(),
+                        move |name| check_host(Arc::clone(&st3), by_name[&name].clone(), sel_limit),
+                        &progress,
+                    )
+                    .await;
+                    to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+        Ok(t)
+    }
+}
