@@ -380,3 +380,34 @@ fn registry_publish_search_run_yank_rollback_export_import() {
         assert_eq!(run(&args).status.code(), Some(code), "{args:?}: {}", stderr(&run(&args)));
     }
 }
+
+#[test]
+fn netdev_lists_profiles_and_shows_and_diffs_stored_backups() {
+    let env = Env::new();
+    {
+        let store = opslet::store::Store::open(&env.data(), Duration::from_secs(5)).unwrap();
+        let c = opslet::cmdb::device_configs::DeviceConfigs::open(&store).unwrap();
+        c.put("sw1", "hostname sw1\n!\nvlan 10\n", Some("run-1"), "alice").unwrap();
+        c.put("sw1", "hostname sw1\n!\nvlan 10\nvlan 20\n", Some("run-2"), "bob").unwrap();
+    }
+    let out = env.opslet(&["netdev", "profiles"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for p in ["cisco_ios", "huawei_vrp", "hp_comware", "juniper_junos", "display current-configuration"] {
+        assert!(text.contains(p), "{text}");
+    }
+    let out = env.opslet(&["netdev", "backups", "sw1", "--format", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().iter().map(|b| b["version"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(v[1]["user"], "bob");
+    let out = env.opslet(&["netdev", "show", "sw1", "--version", "1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hostname sw1\n!\nvlan 10\n");
+    let out = env.opslet(&["netdev", "diff", "sw1"]);
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(diff.contains("--- sw1 v1") && diff.contains("+vlan 20"), "{diff}");
+    let out = env.opslet(&["netdev", "show", "sw9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stored configuration of `sw9`"));
+    let out = env.opslet(&["netdev", "diff", "sw1", "1", "7"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`sw1` has no version 7 (versions 1-2)"));
+}

@@ -22,7 +22,10 @@ struct Lab {
 
 /// Hosts as (name, tags); logins admin/password (secret `bmc-pass`), and a wrong password for
 /// the hosts in group `wrongpw`. `extra` is more config (under [ipmi] first).
-fn lab(hosts: &[(&str, &[(&str, &str)], &[&str])], extra: &str) -> Lab {
+/// A host: name, tags, groups.
+type HostSpec<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
+fn lab(hosts: &[HostSpec], extra: &str) -> Lab {
     let store = Store::temporary().unwrap();
     let cmdb = Cmdb::new(store.clone()).unwrap();
     for (name, tags, groups) in hosts {

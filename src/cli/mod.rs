@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod check;
 mod cmdb;
+mod netdev;
 mod new;
 mod output;
 mod registry;
@@ -93,6 +94,9 @@ pub enum Command {
     /// The inventory: hosts, groups and host selectors.
     #[command(subcommand)]
     Cmdb(cmdb::CmdbCmd),
+    /// Network device profiles and stored configuration backups.
+    #[command(subcommand)]
+    Netdev(netdev::NetdevCmd),
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
@@ -188,6 +192,7 @@ pub fn main() -> i32 {
         Command::Hook(cmd) => auth::hook(&global, cmd),
         Command::Secret(cmd) => auth::secret(&global, cmd),
         Command::Cmdb(cmd) => cmdb::run(&global, cmd),
+        Command::Netdev(cmd) => netdev::run(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

@@ -210,7 +210,7 @@ fn encrypt(k2: &[u8; 16], plain: &[u8]) -> Vec<u8> {
 }
 
 fn decrypt(k2: &[u8; 16], body: &[u8]) -> Option<Vec<u8>> {
-    if body.len() < 32 || body.len() % 16 != 0 {
+    if body.len() < 32 || !body.len().is_multiple_of(16) {
         return None;
     }
     let iv: [u8; 16] = body[..16].try_into().ok()?;
@@ -527,21 +527,14 @@ impl Session {
                 Ok(_) | Err(Error::Completion { .. }) => {}
                 Err(e) => return Err(e),
             }
-            if s.threshold_based {
-                if let Ok(d) = self.request(0x04, 0x27, &[s.number]).await {
-                    if d.len() >= 7 {
-                        let m = d[0];
-                        let v = |bit: u8, raw: u8| if m & (1 << bit) != 0 { s.conv.as_ref().and_then(|c| c.value(raw)) } else { None };
-                        s.thresholds = Thresholds {
-                            lnc: v(0, d[1]),
-                            lc: v(1, d[2]),
-                            lnr: v(2, d[3]),
-                            unc: v(3, d[4]),
-                            uc: v(4, d[5]),
-                            unr: v(5, d[6]),
-                        };
-                    }
-                }
+            if s.threshold_based
+                && let Ok(d) = self.request(0x04, 0x27, &[s.number]).await
+                && d.len() >= 7
+            {
+                let m = d[0];
+                let v = |bit: u8, raw: u8| if m & (1 << bit) != 0 { s.conv.as_ref().and_then(|c| c.value(raw)) } else { None };
+                s.thresholds =
+                    Thresholds { lnc: v(0, d[1]), lc: v(1, d[2]), lnr: v(2, d[3]), unc: v(3, d[4]), uc: v(4, d[5]), unr: v(5, d[6]) };
             }
             out.push(s);
         }
@@ -604,10 +597,11 @@ async fn handshake(sock: &UdpSocket, opts: &Options, pkt: &[u8], want: u8, ok: i
                 Err(_) => break,
                 Ok(r) => r?,
             };
-            if let Some(p) = parse_packet(&buf[..n], None) {
-                if p.ptype == want && ok(&p.payload) {
-                    return Ok(p.payload);
-                }
+            if let Some(p) = parse_packet(&buf[..n], None)
+                && p.ptype == want
+                && ok(&p.payload)
+            {
+                return Ok(p.payload);
             }
         }
     }

@@ -65,7 +65,7 @@ pub struct Screen {
 enum Esc {
     #[default]
     None,
-    Esc,
+    Escape,
     /// ESC ( or ESC ): one more byte names a character set.
     Charset,
     Csi(String),
@@ -90,7 +90,7 @@ impl Screen {
 
     fn put(&mut self, c: char) {
         match std::mem::take(&mut self.esc) {
-            Esc::Esc => {
+            Esc::Escape => {
                 self.esc = match c {
                     '[' => Esc::Csi(String::new()),
                     '(' | ')' => Esc::Charset,
@@ -121,7 +121,7 @@ impl Screen {
             }
         }
         match c {
-            '\x1b' => self.esc = Esc::Esc,
+            '\x1b' => self.esc = Esc::Escape,
             '\r' => self.cr = true,
             '\x08' => self.back(),
             '\n' | '\t' => self.text.push(c),
