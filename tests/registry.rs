@@ -347,13 +347,13 @@ fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
 
     // An applet that needs a module this build lacks is refused at import, as at publish.
     let mut files = BTreeMap::new();
-    files.insert("applet.toml".to_string(), b"name = \"needs-ipmi\"\nversion = \"1.0.0\"\n[permissions]\nipmi = [\"read\"]\n".to_vec());
+    files.insert("applet.toml".to_string(), b"name = \"needs-snmp\"\nversion = \"1.0.0\"\n[permissions]\nsnmp = [\"read\"]\n".to_vec());
     files.insert("main.lua".to_string(), b"return function() end".to_vec());
     let p = AppletPackage::from_files(files).unwrap();
     let meta = opslet::registry::VersionMeta::from_package(&p, "alice", "");
     let bundle = opslet::registry::bundle::encode(&meta, &p);
     let e = reg().import(&bundle, "bob", false).unwrap_err().to_string();
-    assert!(e.contains("permissions.ipmi") && e.contains("not available"), "{e}");
+    assert!(e.contains("permissions.snmp") && e.contains("unknown module `snmp`"), "{e}");
 }
 
 #[test]

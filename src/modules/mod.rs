@@ -115,6 +115,12 @@ impl ModuleRegistry {
         self
     }
 
+    /// Leaves the module called `name` out.
+    pub fn without(mut self, name: &str) -> ModuleRegistry {
+        self.modules.retain(|m| m.name() != name);
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn HostModule>> {
         self.modules.iter().find(|m| m.name() == name)
     }

@@ -161,6 +161,13 @@ impl Runtime {
         self
     }
 
+    /// Leaves a host module out (an embedding host that must not offer it, e.g. power control):
+    /// applets that use it get "not available in this opslet build".
+    pub fn without_module(mut self, name: &str) -> Runtime {
+        self.modules = self.modules.without(name);
+        self
+    }
+
     /// The limits a run of `manifest` gets on this host (its requests, capped by the maxima).
     pub fn limits_for(&self, manifest: &crate::applet::Manifest) -> RunLimits {
         RunLimits::resolve(&self.host_limits, &manifest.limits).0
