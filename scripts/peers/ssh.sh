@@ -52,7 +52,7 @@ ansible() {
 		python3 -m venv "$PEERS/venv-ansible"
 		"$PEERS/venv-ansible/bin/pip" install -q 'ansible-core>=2.16,<2.19'
 	fi
-	"$PEERS/venv-ansible/bin/ansible" --version | head -1 >&2
+	"$PEERS/venv-ansible/bin/ansible" --version | sed -n 1p >&2
 }
 
 case ${1:-} in
