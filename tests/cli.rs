@@ -321,10 +321,10 @@ fn registry_publish_search_run_yank_rollback_export_import() {
     let o = env.opslet(&["publish", s(&v1), "-m", "first cut"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("published greeter@1.0.0"));
-    std::fs::write(v1.join("applet.toml"), "name = \"greeter\"\nversion = \"1.1.0\"\ndescription = \"Say hello to a team\"\ntags = [\"demo\"]\n[permissions]\nipmi = [\"read\"]\n").unwrap();
+    std::fs::write(v1.join("applet.toml"), "name = \"greeter\"\nversion = \"1.1.0\"\ndescription = \"Say hello to a team\"\ntags = [\"demo\"]\n[permissions]\nsnmp = [\"read\"]\n").unwrap();
     std::fs::write(v1.join("main.lua"), "return function() return 'v2' end").unwrap();
     let o = env.opslet(&["publish", s(&v1)]);
-    assert_eq!(o.status.code(), Some(3), "ipmi is not in this build: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "snmp is no module of opslet: {}", stderr(&o));
     std::fs::write(
         v1.join("applet.toml"),
         "name = \"greeter\"\nversion = \"1.1.0\"\ndescription = \"Say hello to a team\"\ntags = [\"demo\"]\n",

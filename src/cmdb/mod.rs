@@ -1,6 +1,7 @@
 //! The cmdb: hosts (address, port, groups, tags, free attributes) and groups that can nest,
 //! stored in sled; selectors choose hosts. Every change is audited with before and after.
 
+pub mod config_items;
 pub mod device_configs;
 pub mod inventory;
 pub mod selector;

@@ -36,6 +36,9 @@ pub mod keys {
     pub const CMDB_GROUPS: &str = "cmdb/groups";
     /// Network devices' configuration backups: `device \0 version (u32 big-endian)` -> backup.
     pub const CMDB_DEVICE_CONFIGS: &str = "cmdb/device-configs";
+    /// Config items: `name \0 version (u32 big-endian)` -> version; `name \0 host` -> what the host runs.
+    pub const CMDB_CONFIG_ITEMS: &str = "cmdb/config-items";
+    pub const CMDB_CONFIG_STATE: &str = "cmdb/config-state";
     /// Secrets by name, encrypted (see `secrets`).
     pub const SECRETS: &str = "secrets";
     /// Store-wide settings, such as the layout version under `FORMAT`.
