@@ -222,7 +222,8 @@ pub struct NetdevConfig {
     pub first_contact: FirstContact,
     /// Bytes of output kept per command (default "4MiB"); more ends the session with an error.
     pub max_output: String,
-    /// A folder of extra device profiles (`*.toml`); one named like a built-in profile replaces it.
+    /// A folder of extra device profiles (`*.toml`); a profile whose `name` is a built-in one's
+    /// replaces it.
     pub profiles_dir: Option<PathBuf>,
     /// Who logs in where: the first entry whose `devices` selector picks a device is used for it.
     pub credentials: Vec<NetdevCredential>,

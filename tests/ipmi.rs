@@ -161,6 +161,7 @@ fn ipmi_over_lan_power_boot_sensors_and_sel_agree_with_ipmitool() {
     let names: Vec<&str> = acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect();
     assert_eq!(names, ["power", "power_off", "power", "power_on", "power", "power_cycle", "power_reset", "boot_device", "sensors", "sel"]);
     let off = &acts[1];
+    assert_eq!(off.data["detail"]["result"]["before"], "on", "the power state before is recorded");
     assert_eq!(off.data["target"], "srv1");
     assert_eq!(off.data["detail"]["protocol"], "ipmi");
     assert_eq!(off.data["detail"]["bmc"], addr);
@@ -188,6 +189,8 @@ fn power_actions_are_refused_without_the_permission_and_only_planned_in_a_dry_ru
     let o =
         lab.run(r#"{ hosts = ["group:rack1"], actions = ["read", "power"] }"#, r#"return function() return ipmi.power_off("srv2") end"#);
     assert!(err_text(&o).contains("srv2 is outside the applet's ipmi hosts (group:rack1)"), "{}", err_text(&o));
+    let o = lab.run(r#"["power"]"#, r#"return function() return ipmi.sensors("srv1") end"#);
+    assert!(err_text(&o).contains("does not grant `read` (add \"read\" to [permissions] ipmi)"), "{}", err_text(&o));
     let o = lab.run(r#"["read", "reboot"]"#, "return function() end");
     assert!(err_text(&o).contains("unknown action `reboot`"), "{}", err_text(&o));
     let o = lab.run(POWER, r#"return function() return ipmi.boot_device("srv1", "usb-stick") end"#);

@@ -200,6 +200,17 @@ fn backups_keep_versions_and_diff_them() {
     // Unchanged: no new version.
     let v = ok(&lab.run(READ, backup)).clone();
     assert_eq!(by_host(&v, "sw3")["version"], 1);
+    // A dry run reads and compares, and stores nothing.
+    ok(&lab.run(ALL, r#"return function() return netdev.open("sw3"):config({ "vlan 299", "exit" }) end"#));
+    let dry = ok(&lab.run_with(READ, backup, true)).clone();
+    assert_eq!(by_host(&dry, "sw3")["planned"], true);
+    assert_eq!(by_host(&dry, "sw3")["changed"], true);
+    assert_eq!(by_host(&dry, "sw3")["version"], 2, "the version it would become");
+    let o = lab.run(READ, r#"return function() return #netdev.versions("sw3") end"#);
+    assert_eq!(ok(&o), 1, "nothing stored by the dry run");
+    ok(&lab.run(ALL, r#"return function() return netdev.open("sw3"):config({ "no vlan 299" }) end"#));
+    let v = ok(&lab.run(READ, backup)).clone();
+    assert_eq!(by_host(&v, "sw3")["version"], 1);
     assert_eq!(by_host(&v, "sw3")["changed"], false);
     // Change the device, back up again, diff.
     ok(&lab.run(ALL, r#"return function() return netdev.open("sw3"):config({ "vlan 300", "name backup-test", "exit" }) end"#));
@@ -435,6 +446,8 @@ fn permissions_are_checked_before_anything_is_sent() {
         ),
         (READ, r#"netdev.open("sw-p"):command("show run | redirect tftp://10.0.0.1/x")"#, "grants only `read`"),
         (READ, r#"netdev.open("sw-p"):config({ "vlan 9" })"#, "does not grant `config`"),
+        (READ, r#"netdev.open("sw-p"):config({}, { save = true })"#, "does not grant `config`"),
+        (READ, r#"netdev.configure("*", {}, { save = true })"#, "does not grant `config`"),
         (READ, r#"netdev.open("sw-p"):expect("reload", { "confirm" })"#, "expect needs the `exec` action"),
         (READ, r#"netdev.open("sw-p"):save()"#, "saving needs the `config` action"),
         (READ, r#"netdev.run("*", "configure terminal")"#, "permission denied"),

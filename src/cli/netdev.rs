@@ -71,7 +71,8 @@ pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
             let v = versions(&device)?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Store(e.to_string()))?),
-                _ => {
+                Format::Yaml => print!("{}", serde_yaml_ng::to_string(&v).map_err(|e| Error::Store(e.to_string()))?),
+                Format::Table => {
                     let mut t = Table::new();
                     t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
                     t.set_header(["version", "taken", "bytes", "sha256", "by", "run"]);

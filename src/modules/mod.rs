@@ -6,6 +6,7 @@
 //! call through [`Grant`].
 
 pub mod cmdb;
+pub mod config;
 pub mod es;
 pub mod ipmi;
 pub mod netdev;
@@ -21,7 +22,7 @@ use mlua::{Lua, Table};
 use crate::runtime::context::RunCtx;
 
 /// Every host module opslet knows by name (some arrive in later versions).
-pub const KNOWN: &[&str] = &["ssh", "zabbix", "es", "netdev", "virt", "ipmi", "cmdb"];
+pub const KNOWN: &[&str] = &["ssh", "zabbix", "es", "netdev", "virt", "ipmi", "cmdb", "config"];
 
 /// One host module.
 pub trait HostModule: Send + Sync {
@@ -98,6 +99,7 @@ impl ModuleRegistry {
         let mut modules: Vec<Arc<dyn HostModule>> = vec![
             Arc::new(cmdb::CmdbModule),
             Arc::new(ssh::SshModule::new(config.ssh_settings()?)),
+            Arc::new(self::config::ConfigModule::new(config.ssh_settings()?)),
             Arc::new(zabbix::ZabbixModule::new(config.zabbix.clone())),
             Arc::new(es::EsModule::new(config.es.clone())),
             Arc::new(netdev::NetdevModule::new(config.netdev_settings()?)),

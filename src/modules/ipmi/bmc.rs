@@ -60,7 +60,7 @@ pub struct Reading {
     pub kind: String,
     pub value: Option<f64>,
     pub unit: String,
-    /// ok, warning, critical, absent (no reading) or unknown.
+    /// ok, warning, critical, or absent (no reading).
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lower_critical: Option<f64>,
@@ -260,6 +260,8 @@ fn ipmi_reading(s: &rmcp::Sensor) -> Reading {
     };
     // The BMC's own comparison (reading byte 3) wins; the values are the fallback.
     r.status = match (s.threshold_based, s.state, s.value) {
+        // A discrete sensor has states, not a value: "ok" when it answered.
+        (false, _, _) if s.raw.is_some() => "ok".into(),
         (_, _, None) => "absent".into(),
         (true, Some(st), _) if st & 0b0011_0110 != 0 => "critical".into(),
         (true, Some(st), _) if st & 0b0000_1001 != 0 => "warning".into(),

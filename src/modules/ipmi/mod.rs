@@ -159,9 +159,7 @@ impl RunState {
         } else {
             Err(lua_err(
                 call,
-                format!(
-                    "permission denied: the applet's manifest does not grant `{action}` (add it: [permissions] ipmi = [\"read\", \"{action}\"])"
-                ),
+                format!("permission denied: the applet's manifest does not grant `{action}` (add \"{action}\" to [permissions] ipmi)"),
             ))
         }
     }
@@ -230,7 +228,14 @@ fn ipmi_address(bmc: &str) -> String {
 }
 
 /// Runs one operation on one host's BMC on the I/O threads, within the module's timeout; audits it.
-async fn with_bmc<T, F>(st: &Arc<RunState>, call: &'static str, host: Host, detail: serde_json::Value, f: F) -> mlua::Result<T>
+async fn with_bmc<T, F>(
+    st: &Arc<RunState>,
+    call: &'static str,
+    host: Host,
+    detail: serde_json::Value,
+    record: bool,
+    f: F,
+) -> mlua::Result<T>
 where
     T: Send + Serialize + 'static,
     F: for<'a> FnOnce(&'a mut Bmc) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>> + Send + 'static,
@@ -251,9 +256,12 @@ where
     let mut d = detail;
     d["duration_ms"] = json!(t0.elapsed().as_millis() as u64);
     match &r {
-        Ok((ep, _)) => {
+        Ok((ep, v)) => {
             d["protocol"] = json!(ep.protocol());
             d["bmc"] = json!(ep.address());
+            if record {
+                d["result"] = serde_json::to_value(v).unwrap_or_default();
+            }
         }
         Err(m) => d["error"] = json!(m),
     }
@@ -380,15 +388,15 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
                     return to_lua(&lua, &json!({ "host": host.name, "action": name, "planned": true }));
                 }
                 let hn = host.name.clone();
-                let (before, asked) = with_bmc(&st, name, host, json!({}), move |b| {
+                let done = with_bmc(&st, name, host, json!({}), true, move |b| {
                     Box::pin(async move {
                         let before = b.power().await?;
-                        let asked = b.power_action(action).await?;
-                        Ok((before, asked))
+                        let sent = b.power_action(action).await?;
+                        Ok(json!({ "before": before, "sent": sent }))
                     })
                 })
                 .await?;
-                to_lua(&lua, &json!({ "host": hn, "action": name, "before": before, "sent": asked }))
+                to_lua(&lua, &json!({ "host": hn, "action": name, "before": done["before"], "sent": done["sent"] }))
             }
         })?,
     )
@@ -416,7 +424,7 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("power", false)?;
                     let host = st.host("power", &host)?;
-                    with_bmc(&st, "power", host, json!({}), |b| Box::pin(b.power())).await
+                    with_bmc(&st, "power", host, json!({}), true, |b| Box::pin(b.power())).await
                 }
             })?,
         )?;
@@ -458,13 +466,16 @@ impl HostModule for IpmiModule {
                     let host = st.host("boot_device", &host)?;
                     let detail = json!({ "device": device, "once": once });
                     if st.ctx.dry_run {
+                        let ep = st.endpoint(&host).map_err(|m| lua_err("boot_device", m))?;
                         let mut d = detail.clone();
                         d["planned"] = json!(true);
+                        d["protocol"] = json!(ep.protocol());
+                        d["bmc"] = json!(ep.address());
                         st.audit("boot_device", &host.name, true, d).map_err(|m| lua_err("boot_device", m))?;
                         return to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
                     }
                     let hn = host.name.clone();
-                    with_bmc(&st, "boot_device", host, detail, move |b| Box::pin(b.boot_device(dev, once))).await?;
+                    with_bmc(&st, "boot_device", host, detail, false, move |b| Box::pin(b.boot_device(dev, once))).await?;
                     to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
                 }
             })?,
@@ -478,7 +489,7 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("sensors", false)?;
                     let host = st.host("sensors", &host)?;
-                    let v = with_bmc(&st, "sensors", host, json!({}), |b| Box::pin(b.sensors())).await?;
+                    let v = with_bmc(&st, "sensors", host, json!({}), false, |b| Box::pin(b.sensors())).await?;
                     to_lua(&lua, &v)
                 }
             })?,
@@ -491,12 +502,18 @@ impl HostModule for IpmiModule {
                 let st = Arc::clone(&st);
                 async move {
                     st.require("sel", false)?;
-                    let limit = match opts {
-                        Some(o) => o.get::<Option<usize>>("limit")?.unwrap_or(200),
-                        None => 200,
-                    };
+                    let mut limit = 200;
+                    if let Some(o) = opts {
+                        for pair in o.pairs::<String, Value>() {
+                            let (k, v) = pair?;
+                            match k.as_str() {
+                                "limit" => limit = super::ssh::count_opt("sel", "limit", v)?,
+                                other => return Err(lua_err("sel", format!("unknown option `{other}` (known: limit)"))),
+                            }
+                        }
+                    }
                     let host = st.host("sel", &host)?;
-                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), move |b| Box::pin(b.log(limit))).await?;
+                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, move |b| Box::pin(b.log(limit))).await?;
                     to_lua(&lua, &v)
                 }
             })?,

@@ -27,7 +27,7 @@ pub enum CliError {
     Closed { seen: String },
     #[error("the device rejected `{command}`: {message}")]
     Rejected { command: String, message: String, output: String },
-    #[error("the output of `{command}` is over {max} bytes ([netdev] max_output); the session was closed")]
+    #[error("the output of `{command}` is over {max} bytes ([netdev] max_output); the session can no longer be used")]
     TooMuch { command: String, max: usize },
     #[error("{0}")]
     Protocol(String),
@@ -443,6 +443,11 @@ impl Cli {
             applied.transcript.push_str(&format!("{before}{line}\n{}", if out.is_empty() { String::new() } else { format!("{out}\n") }));
             if let Some(message) = self.profile.error_in(&out) {
                 let message = message.to_string();
+                for a in self.profile.abort.clone() {
+                    if self.exchange(&a, timeout, &[]).await.is_err() {
+                        break;
+                    }
+                }
                 let _ = self.leave_config(timeout).await;
                 let line = line.clone();
                 return Err(ConfigError::Line(LineRejected { index, line, message, transcript: applied.transcript }));

@@ -223,6 +223,10 @@ impl RunState {
     }
 
     fn check_lines(&self, call: &str, lines: &[String]) -> mlua::Result<()> {
+        // Even no lines enter configuration mode (and commit, and save): `config` is needed.
+        if !self.scope.config {
+            return Err(lua_err(call, "permission denied: the applet's netdev permission does not grant `config`; nothing was sent"));
+        }
         for l in lines {
             if l.contains(['\n', '\r']) {
                 return Err(lua_err(call, format!("`{}`: each configuration line is one line", l.lines().next().unwrap_or(""))));
@@ -751,12 +755,34 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
                 }
                 let store = state.ctx.store.as_ref().ok_or("no data store")?;
                 let configs = DeviceConfigs::open(store).map_err(|e| e.to_string())?;
+                if state.ctx.dry_run {
+                    // Read, compare, store nothing: the version it would become.
+                    let latest = configs.latest(&name).map_err(|e| e.to_string())?;
+                    let sha = {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+                    };
+                    let changed = latest.as_ref().is_none_or(|l| l.sha256 != sha);
+                    let version = latest.as_ref().map_or(1, |l| if changed { l.version + 1 } else { l.version });
+                    let b = crate::cmdb::device_configs::Backup {
+                        device: name.clone(),
+                        version,
+                        taken_at: chrono::Utc::now(),
+                        sha256: sha,
+                        bytes: text.len(),
+                        run: None,
+                        user: String::new(),
+                        text: String::new(),
+                    };
+                    return Ok((b, changed));
+                }
                 configs.put(&name, &text, Some(&state.ctx.run_id), &state.ctx.caller.user).map_err(|e| e.to_string())
             });
             let ms = t0.elapsed().as_millis() as u64;
             match stored {
                 Ok((b, changed)) => {
                     r.ok = true;
+                    r.planned = state.ctx.dry_run;
                     r.version = Some(b.version);
                     r.changed = Some(changed);
                     r.bytes = Some(b.bytes);
@@ -768,7 +794,7 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
                 "backup",
                 &name,
                 r.ok,
-                json!({ "command": command, "version": r.version, "changed": r.changed, "sha256": r.sha256, "error": r.error, "duration_ms": ms }),
+                json!({ "command": command, "version": r.version, "changed": r.changed, "sha256": r.sha256, "planned": state.ctx.dry_run, "error": r.error, "duration_ms": ms }),
             ) {
                 r.ok = false;
                 r.error = Some(m);

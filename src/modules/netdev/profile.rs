@@ -1,6 +1,6 @@
 //! Device profiles: how one vendor's CLI behaves, as data (TOML). The built-in ones live in
-//! `stdlib/netdev/*.toml` and are compiled in; `[netdev] profiles_dir` adds more (or replaces a
-//! built-in one of the same name). Nothing here talks to a device.
+//! `stdlib/netdev/*.toml` and are compiled in; `[netdev] profiles_dir` adds more (a profile
+//! whose `name` is a built-in one's replaces it). Nothing here talks to a device.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,6 +61,9 @@ pub struct Profile {
     pub config_enter: String,
     pub config_exit: String,
     pub commit: Vec<String>,
+    /// Sent in configuration mode when a change fails, before leaving it (Junos: `rollback 0`,
+    /// so leaving does not ask about uncommitted changes).
+    pub abort: Vec<String>,
     pub save: Vec<Step>,
     pub errors: Vec<Regex>,
     pub read: Vec<String>,
@@ -118,6 +121,8 @@ struct RawConfig {
     exit: String,
     #[serde(default)]
     commit: Vec<String>,
+    #[serde(default)]
+    abort: Vec<String>,
     #[serde(default)]
     save: Vec<RawStep>,
 }
@@ -181,6 +186,7 @@ impl Profile {
             config_enter: line("config.enter", &raw.config.enter)?,
             config_exit: line("config.exit", &raw.config.exit)?,
             commit: raw.config.commit,
+            abort: raw.config.abort,
             save: raw
                 .config
                 .save
@@ -236,8 +242,8 @@ impl Profile {
     }
 }
 
-/// The profiles of this opslet: the built-in ones, then the files of `dir` (a file of the same
-/// name as a built-in profile replaces it).
+/// The profiles of this opslet: the built-in ones, then the files of `dir` (a profile whose
+/// `name` is a built-in one's replaces it).
 #[derive(Debug, Clone)]
 pub struct Profiles {
     by_name: BTreeMap<String, Arc<Profile>>,

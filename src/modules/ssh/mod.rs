@@ -288,6 +288,66 @@ pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
     io()
 }
 
+/// SSH to cmdb hosts for other modules (config items): the same logins, host-key pins, jump
+/// hosts, connection reuse and I/O threads as `ssh.*`, limited to the hosts `hosts` selects.
+/// The caller decides what runs and audits it.
+pub(crate) struct Access {
+    state: Arc<RunState>,
+}
+
+impl Access {
+    pub(crate) fn new(settings: Arc<SshSettings>, ctx: Arc<RunCtx>, hosts: Vec<String>) -> Access {
+        let scope = Scope { hosts, ..Default::default() };
+        Access { state: Arc::new(RunState::new(settings, ctx, scope)) }
+    }
+
+    /// The cmdb as the run started.
+    pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, String> {
+        self.state.snapshot.clone()
+    }
+
+    /// Whether the scope given to [`Access::new`] picks `host`.
+    pub(crate) fn allows(&self, host: &str) -> bool {
+        self.state.allowed.contains(host)
+    }
+
+    pub(crate) fn settings(&self) -> &SshSettings {
+        &self.state.settings
+    }
+
+    /// Runs `command` on `host` (connecting on first use), `stdin` sent and closed, all within
+    /// `timeout`; on opslet's I/O threads.
+    pub(crate) async fn exec(
+        &self,
+        host: &Host,
+        command: String,
+        stdin: Option<bytes::Bytes>,
+        timeout: Duration,
+    ) -> Result<client::Exec, String> {
+        let state = Arc::clone(&self.state);
+        let host = host.clone();
+        let max = state.settings.max_output as usize;
+        let work = async move {
+            let s = state.session(&host, 0).await?;
+            let budget = client::Budget::new(state.ctx.guard.limits.memory);
+            s.exec(&command, stdin, max, &budget).await
+        };
+        let h = io().spawn(async move {
+            tokio::time::timeout(timeout, work)
+                .await
+                .unwrap_or_else(|_| Err(format!("timed out after {}", humantime::format_duration(timeout))))
+        });
+        struct Abort(tokio::task::AbortHandle);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _guard = Abort(h.abort_handle());
+        h.await.map_err(|e| format!("internal error: {e}"))?
+    }
+}
+
 /// Options every call takes, from the Lua `opts` table.
 #[derive(Clone)]
 struct CallOpts {

@@ -1,0 +1,813 @@
+//! The `config` host module: publish config items (src/cmdb/config_items.rs) to hosts over SSH,
+//! safely, and find and repair drift.
+//!
+//! Lua: `config.get`, `config.versions`, `config.render`, `config.status` (read);
+//! `config.publish(name, selector, opts)` and `config.check(name, selector, {repair=})`
+//! (docs/lua/config.md). Publishing one host is one SSH command fed the rendered file on stdin
+//! ([`publish_script`]): write a temp file beside the target, validate it, keep the current file,
+//! move the new one into place (a rename: atomic), reload, check health; on any failure after
+//! the move, put the old file back and reload again. Hosts go in batches with a canary and a
+//! failure limit, as for `ssh.run`. What each host runs is recorded in the cmdb; every publish,
+//! rollback and repair is audited with the file's hashes before and after.
+//!
+//! Permission: `config = ["read"]`, `["read", "publish"]`, or `{ items = [...], hosts = [...],
+//! actions = [...] }`. The commands that run are the item's (validate, reload, health), which
+//! only `opslet config set` (audited) can change: `publish` grants running them, nothing else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Table, Value};
+use serde::Serialize;
+use serde_json::json;
+
+use super::ssh::Access;
+use super::ssh::batch::{self, Outcome, Plan};
+use super::ssh::client::shell_quote;
+use super::{Grant, HostModule};
+use crate::cmdb::Host;
+use crate::cmdb::config_items::{ConfigItems, HostState, ItemVersion, SecretFn, SudoSpec};
+use crate::config::SshSettings;
+use crate::runtime::context::{Progress, RunCtx};
+
+pub struct ConfigModule {
+    ssh: Arc<SshSettings>,
+}
+
+impl ConfigModule {
+    pub fn new(ssh: SshSettings) -> ConfigModule {
+        ConfigModule { ssh: Arc::new(ssh) }
+    }
+}
+
+fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("config.{call}: {m}"))
+}
+
+const ACTIONS: &[&str] = &["read", "publish"];
+
+#[derive(Debug, Clone)]
+struct Scope {
+    items: Vec<String>,
+    hosts: Vec<String>,
+    publish: bool,
+}
+
+impl Scope {
+    fn parse(grant: &Grant) -> Result<Scope, String> {
+        if let toml::Value::Table(t) = &grant.scope
+            && let Some(k) = t.keys().find(|k| !["items", "hosts", "actions"].contains(&k.as_str()))
+        {
+            return Err(format!("unknown key `{k}` (known: items, hosts, actions)"));
+        }
+        let actions = grant.actions();
+        if actions.is_empty() {
+            return Err("give the actions: [\"read\"] or [\"read\", \"publish\"]".into());
+        }
+        if let Some(a) = actions.iter().find(|a| !ACTIONS.contains(&a.as_str())) {
+            return Err(format!("unknown action `{a}` (known: {})", ACTIONS.join(", ")));
+        }
+        let (items, hosts) = match &grant.scope {
+            toml::Value::Table(_) => (grant.list("items"), grant.list("hosts")),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let items = if items.is_empty() { vec!["*".to_string()] } else { items };
+        let hosts = if hosts.is_empty() { vec!["*".to_string()] } else { hosts };
+        for h in hosts.iter().filter(|h| *h != "*") {
+            crate::cmdb::Selector::parse(h).map_err(|m| format!("hosts: `{h}`: {m}"))?;
+        }
+        Ok(Scope { items, hosts, publish: actions.iter().any(|a| a == "publish") })
+    }
+
+    fn allows_item(&self, name: &str) -> bool {
+        self.items.iter().any(|p| crate::auth::pattern_matches(p, name))
+    }
+}
+
+struct RunState {
+    ctx: Arc<RunCtx>,
+    scope: Scope,
+    ssh: Access,
+}
+
+impl RunState {
+    fn items(&self, call: &str) -> mlua::Result<ConfigItems> {
+        let store = self.ctx.store.as_ref().ok_or_else(|| lua_err(call, "this run has no data store"))?;
+        ConfigItems::open(store).map_err(|e| lua_err(call, e))
+    }
+
+    /// The item's version (the latest when None), if the permission reaches the item.
+    fn item(&self, call: &str, name: &str, version: Option<u32>) -> mlua::Result<ItemVersion> {
+        if !self.scope.allows_item(name) {
+            return Err(lua_err(
+                call,
+                format!("permission denied: config item `{name}` is outside the applet's config items ({})", self.scope.items.join(", ")),
+            ));
+        }
+        self.items(call)?.resolve(name, version).map_err(|e| lua_err(call, e))
+    }
+
+    fn hosts(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
+        let snap = self.ssh.snapshot().map_err(|m| lua_err(call, m))?;
+        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
+        if let Some(h) = hosts.iter().find(|h| !self.ssh.allows(&h.name)) {
+            return Err(lua_err(
+                call,
+                format!(
+                    "permission denied: {} is outside the applet's config hosts ({}); nothing was sent",
+                    h.name,
+                    self.scope.hosts.join(", ")
+                ),
+            ));
+        }
+        Ok(hosts)
+    }
+
+    fn require_publish(&self, call: &str) -> mlua::Result<()> {
+        if self.scope.publish {
+            Ok(())
+        } else {
+            Err(lua_err(
+                call,
+                "permission denied: the applet's manifest does not grant `publish` (add it: [permissions] config = [\"read\", \"publish\"])",
+            ))
+        }
+    }
+
+    fn secret_fn(&self) -> SecretFn {
+        let ctx = Arc::clone(&self.ctx);
+        Arc::new(move |name: &str| super::ssh::read_secret(&ctx, "a config item template", name))
+    }
+
+    fn audit(&self, action: &str, host: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
+        self.ctx.record_action("config", action, host, ok, detail).map_err(|e| format!("could not record the action in the audit log: {e}"))
+    }
+}
+
+/// The environment a host is published for: the one asked for, else its `env` tag.
+fn env_for(host: &Host, asked: Option<&str>) -> Result<String, String> {
+    let tagged = host.tags.get("env").map(String::as_str);
+    match (asked, tagged) {
+        (Some(a), Some(t)) if a != t => {
+            Err(format!("{} is tagged env={t}, and this publish is for env {a}: refusing to put {a}'s configuration there", host.name))
+        }
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(t)) => Ok(t.to_string()),
+        (None, None) => Err(format!("{} has no `env` tag, and no env was given (opts.env)", host.name)),
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// `cmd` with `{file}` and `{path}` replaced by quoted paths.
+fn fill(cmd: &str, file: &str, path: &str) -> String {
+    cmd.replace("{file}", &shell_quote(file)).replace("{path}", &shell_quote(path))
+}
+
+/// The shell program that publishes one file, fed the file on stdin. Lines on stdout starting
+/// with `opslet:` say what happened; the commands' own output goes to stderr.
+fn publish_script(item: &ItemVersion, new_sha: &str, tag: &str) -> String {
+    let s = &item.spec;
+    let path = s.path.as_str();
+    let (dir, base) = path.rsplit_once('/').map(|(d, b)| (if d.is_empty() { "/" } else { d }, b)).unwrap_or(("/", path));
+    let tmp = format!("{dir}/.{base}.opslet-{tag}.tmp");
+    let bak = format!("{dir}/.{base}.opslet-{tag}.bak");
+    let q = shell_quote;
+    let mut out = String::new();
+    out.push_str(&format!("t={}; tmp={}; bak={}\n", q(path), q(&tmp), q(&bak)));
+    out.push_str("before=$(sha256sum \"$t\" 2>/dev/null | cut -d' ' -f1); echo \"opslet: before $before\"\n");
+    out.push_str(&format!("if [ \"$before\" = {} ]; then cat >/dev/null; echo 'opslet: unchanged'; exit 0; fi\n", q(new_sha)));
+    out.push_str("umask 077\n");
+    out.push_str("cat >\"$tmp\" || { echo 'opslet: failed write'; rm -f \"$tmp\"; exit 20; }\n");
+    let mut own = format!("chmod {} \"$tmp\"", q(&s.mode));
+    match (&s.owner, &s.group) {
+        (Some(o), Some(g)) => own.push_str(&format!(" && chown {}:{} \"$tmp\"", q(o), q(g))),
+        (Some(o), None) => own.push_str(&format!(" && chown {} \"$tmp\"", q(o))),
+        (None, Some(g)) => own.push_str(&format!(" && chgrp {} \"$tmp\"", q(g))),
+        (None, None) => {}
+    }
+    out.push_str(&format!("{own} >&2 || {{ echo 'opslet: failed owner'; rm -f \"$tmp\"; exit 21; }}\n"));
+    let validate_first = s.validate.as_deref().filter(|v| v.contains("{file}"));
+    if let Some(v) = validate_first {
+        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; rm -f \"$tmp\"; exit 22; }}\n", fill(v, &tmp, path)));
+    }
+    out.push_str(
+        "had=0; if [ -e \"$t\" ]; then had=1; cp -p \"$t\" \"$bak\" || { echo 'opslet: failed backup'; rm -f \"$tmp\"; exit 23; }; fi\n",
+    );
+    out.push_str("mv -f \"$tmp\" \"$t\" || { echo 'opslet: failed install'; rm -f \"$tmp\" \"$bak\"; exit 24; }\n");
+    let reload = s.reload.as_deref().map(|r| fill(r, path, path));
+    // After the move: any failure puts the old file back (or removes a first one) and reloads.
+    out.push_str("restore() {\n  if [ $had = 1 ]; then mv -f \"$bak\" \"$t\"; else rm -f \"$t\"; fi\n");
+    match &reload {
+        Some(r) => out.push_str(&format!(
+            "  if ( {r} ) >&2; then echo 'opslet: restored reloaded'; else echo 'opslet: restored reload-failed'; fi\n"
+        )),
+        None => out.push_str("  echo 'opslet: restored'\n"),
+    }
+    out.push_str("}\n");
+    if let Some(v) = s.validate.as_deref().filter(|v| !v.contains("{file}")) {
+        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; restore; exit 22; }}\n", fill(v, path, path)));
+    }
+    if let Some(r) = &reload {
+        out.push_str(&format!("( {r} ) >&2 || {{ echo 'opslet: failed reload'; restore; exit 25; }}\n"));
+    }
+    if let Some(h) = s.health.as_deref() {
+        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed health'; restore; exit 26; }}\n", fill(h, path, path)));
+    }
+    out.push_str("rm -f \"$bak\"\necho \"opslet: after $(sha256sum \"$t\" | cut -d' ' -f1)\"\n");
+    out
+}
+
+/// `body` run with the item's sudo setting.
+fn with_sudo(sudo: &Option<SudoSpec>, body: &str) -> String {
+    let user = match sudo {
+        None | Some(SudoSpec::Root(false)) => return format!("sh -c {}", shell_quote(body)),
+        Some(SudoSpec::Root(true)) => "root".to_string(),
+        Some(SudoSpec::User(u)) => u.clone(),
+    };
+    format!("sudo -n -u {} -- sh -c {}", shell_quote(&user), shell_quote(body))
+}
+
+/// What happened on one host.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostResult {
+    pub host: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// publish, rollback, repair, or (config.check) check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Whether the file on the host changed (false: it already had this content).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// The step that failed: write, owner, validate, backup, install, reload, health.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<String>,
+    /// After a failure past the move: the old file was put back (and reloaded, when the item has
+    /// a reload command: `reloaded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_sha256: Option<String>,
+    /// config.check: in-sync, drifted, missing, or unknown (never published by opslet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repaired: Option<bool>,
+    /// Dry run: the change the publish would make, as a unified diff.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// The commands' own output (stderr) when something failed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub planned: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+impl Outcome for HostResult {
+    fn failed(host: &str, why: String) -> Self {
+        HostResult { host: host.into(), error: Some(why), ..Default::default() }
+    }
+    fn skipped(host: &str, why: String) -> Self {
+        HostResult { skipped: true, ..Self::failed(host, why) }
+    }
+    fn is_ok(&self) -> bool {
+        self.ok
+    }
+    fn is_skipped(&self) -> bool {
+        self.skipped
+    }
+}
+
+struct PublishOpts {
+    env: Option<String>,
+    timeout: Duration,
+    plan: Plan,
+}
+
+fn parse_publish_opts(
+    call: &str,
+    opts: Option<Table>,
+    settings: &SshSettings,
+    extra: &[&str],
+) -> mlua::Result<(PublishOpts, HashMap<String, Value>)> {
+    let mut o = PublishOpts {
+        env: None,
+        timeout: settings.timeout,
+        plan: Plan { concurrency: settings.concurrency, batch: None, canary: 0, stop_after: None },
+    };
+    let mut rest = HashMap::new();
+    let Some(opts) = opts else { return Ok((o, rest)) };
+    let e = |m: mlua::Error| lua_err(call, m.to_string().trim_start_matches(&format!("ssh.{call}: ")));
+    for pair in opts.pairs::<String, Value>() {
+        let (k, v) = pair?;
+        match k.as_str() {
+            "env" => match v {
+                Value::String(s) => o.env = Some(s.to_str()?.to_string()),
+                other => return Err(lua_err(call, format!("opts.env: expected a string, got {}", other.type_name()))),
+            },
+            "timeout" => o.timeout = super::ssh::duration_opt(call, "timeout", v).map_err(e)?,
+            "concurrency" => o.plan.concurrency = super::ssh::count_opt(call, "concurrency", v).map_err(e)?.clamp(1, settings.concurrency),
+            "batch" => o.plan.batch = Some(super::ssh::count_opt(call, "batch", v).map_err(e)?.max(1)),
+            "canary" => {
+                o.plan.canary = match v {
+                    Value::Boolean(b) => usize::from(b),
+                    other => super::ssh::count_opt(call, "canary", other).map_err(e)?,
+                }
+            }
+            "stop_after" => o.plan.stop_after = Some(super::ssh::count_opt(call, "stop_after", v).map_err(e)?.max(1)),
+            other if extra.contains(&other) => {
+                rest.insert(other.to_string(), v);
+            }
+            other => {
+                let mut known = vec!["env", "timeout", "concurrency", "batch", "canary", "stop_after"];
+                known.extend(extra);
+                return Err(lua_err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
+            }
+        }
+    }
+    Ok((o, rest))
+}
+
+/// Publishes `item` to one host (or, in a dry run, shows the diff). `action` is what the audit
+/// log calls it: publish, rollback or repair.
+async fn publish_host(
+    st: Arc<RunState>,
+    item: Arc<ItemVersion>,
+    host: Host,
+    env: Result<String, String>,
+    action: Option<&'static str>,
+    timeout: Duration,
+) -> HostResult {
+    let t0 = Instant::now();
+    let mut r = HostResult { host: host.name.clone(), version: Some(item.version), ..Default::default() };
+    let env = match env {
+        Ok(e) => e,
+        Err(m) => {
+            r.error = Some(m);
+            return r;
+        }
+    };
+    r.env = Some(env.clone());
+    let items = match st.ctx.store.as_ref().map(ConfigItems::open) {
+        Some(Ok(i)) => i,
+        _ => {
+            r.error = Some("no data store".into());
+            return r;
+        }
+    };
+    let previous = items.host_state(&item.name, &host.name).ok().flatten();
+    let action = action.unwrap_or(match &previous {
+        Some(p) if p.version > item.version => "rollback",
+        _ => "publish",
+    });
+    r.action = Some(action.to_string());
+    let content = match item.spec.render(&env, &host, st.secret_fn()) {
+        Ok(c) => c,
+        Err(m) => {
+            r.error = Some(format!("rendering {} v{} for {} ({env}): {m}", item.name, item.version, host.name));
+            let _ =
+                st.audit(action, &host.name, false, json!({ "item": item.name, "version": item.version, "env": env, "error": r.error }));
+            return r;
+        }
+    };
+    let new_sha = sha256(content.as_bytes());
+    if st.ctx.dry_run {
+        // Read what is there now, to show the change.
+        let read = with_sudo(&item.spec.sudo, &format!("cat {} 2>/dev/null; true", shell_quote(&item.spec.path)));
+        match st.ssh.exec(&host, read, None, timeout).await {
+            Ok(e) => {
+                let current = String::from_utf8_lossy(&e.stdout).into_owned();
+                r.before_sha256 = Some(sha256(current.as_bytes()));
+                r.changed = Some(current != content);
+                r.diff = Some(crate::cmdb::device_configs::unified_diff(
+                    &current,
+                    &content,
+                    &format!("{}:{} (now)", host.name, item.spec.path),
+                    &format!("{} v{} ({env})", item.name, item.version),
+                ));
+                r.ok = true;
+                r.planned = true;
+                r.after_sha256 = Some(new_sha.clone());
+            }
+            Err(m) => r.error = Some(format!("reading the current file: {m}")),
+        }
+        let _ = st.audit(
+            action,
+            &host.name,
+            r.ok,
+            json!({ "item": item.name, "version": item.version, "env": env, "planned": true, "before_sha256": r.before_sha256, "after_sha256": new_sha, "error": r.error }),
+        );
+        r.duration = t0.elapsed().as_secs_f64();
+        return r;
+    }
+    let tag: String = st.ctx.run_id.chars().rev().take(12).collect();
+    let script = with_sudo(&item.spec.sudo, &publish_script(&item, &new_sha, &tag));
+    let res = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await;
+    match res {
+        Err(m) => r.error = Some(m),
+        Ok(e) => {
+            let out = String::from_utf8_lossy(&e.stdout);
+            for line in out.lines() {
+                let Some(rest) = line.strip_prefix("opslet: ") else { continue };
+                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+                match k {
+                    "before" if !v.is_empty() => r.before_sha256 = Some(v.to_string()),
+                    "after" => r.after_sha256 = Some(v.to_string()),
+                    "unchanged" => {
+                        r.changed = Some(false);
+                        r.after_sha256 = r.before_sha256.clone();
+                    }
+                    "failed" => r.failed_at = Some(v.to_string()),
+                    "restored" => r.restored = Some(if v.is_empty() { "restored".into() } else { v.to_string() }),
+                    _ => {}
+                }
+            }
+            r.ok = e.exit_code == Some(0) && r.after_sha256.as_deref() == Some(new_sha.as_str());
+            if r.ok && r.changed.is_none() {
+                r.changed = Some(true);
+            }
+            if !r.ok {
+                r.output = String::from_utf8_lossy(&e.stderr).trim_end().chars().take(4000).collect();
+                r.error = Some(match (&r.failed_at, &r.restored) {
+                    (Some(stage), Some(how)) => format!(
+                        "{stage} failed on {}; the previous file was put back ({})",
+                        host.name,
+                        if how == "restored reloaded" {
+                            "and the service reloaded with it"
+                        } else if how == "restored reload-failed" {
+                            "but reloading it failed too"
+                        } else {
+                            "nothing to reload"
+                        }
+                    ),
+                    (Some(stage), None) => format!("{stage} failed on {}; the file in place was not touched", host.name),
+                    _ if e.exit_code == Some(0) => format!("the file on {} does not have the published content afterwards", host.name),
+                    _ => format!("publishing failed on {} (exit {:?})", host.name, e.exit_code),
+                });
+            }
+        }
+    }
+    r.duration = t0.elapsed().as_secs_f64();
+    // What the host runs now.
+    let state = if r.ok {
+        Some(HostState {
+            item: item.name.clone(),
+            host: host.name.clone(),
+            version: item.version,
+            env: env.clone(),
+            sha256: new_sha.clone(),
+            status: "in-sync".into(),
+            at: chrono::Utc::now(),
+            run: Some(st.ctx.run_id.clone()),
+            error: None,
+        })
+    } else if r.failed_at.is_some() {
+        // The old file stays (or is back): keep its record, marked failed.
+        Some(match previous.clone() {
+            Some(p) => {
+                HostState { status: "failed".into(), at: chrono::Utc::now(), run: Some(st.ctx.run_id.clone()), error: r.error.clone(), ..p }
+            }
+            None => HostState {
+                item: item.name.clone(),
+                host: host.name.clone(),
+                version: 0,
+                env: env.clone(),
+                sha256: r.before_sha256.clone().unwrap_or_default(),
+                status: "failed".into(),
+                at: chrono::Utc::now(),
+                run: Some(st.ctx.run_id.clone()),
+                error: r.error.clone(),
+            },
+        })
+    } else {
+        None
+    };
+    if let Some(s) = state
+        && let Err(e) = items.put_state(&s)
+    {
+        r.ok = false;
+        r.error = Some(format!("could not record the host's state: {e}"));
+    }
+    let detail = json!({
+        "item": item.name, "version": item.version, "env": env, "path": item.spec.path,
+        "before_sha256": r.before_sha256, "after_sha256": r.after_sha256, "changed": r.changed,
+        "previous_version": previous.as_ref().map(|p| p.version),
+        "failed_at": r.failed_at, "restored": r.restored, "error": r.error,
+        "duration_ms": t0.elapsed().as_millis() as u64,
+    });
+    if let Err(m) = st.audit(action, &host.name, r.ok, detail) {
+        r.ok = false;
+        r.error = Some(m);
+    }
+    r
+}
+
+/// Compares the file on one host with what opslet published there; repairs drift when asked.
+async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, timeout: Duration) -> HostResult {
+    let t0 = Instant::now();
+    let mut r = HostResult { host: host.name.clone(), action: Some("check".into()), ..Default::default() };
+    let Some(Ok(items)) = st.ctx.store.as_ref().map(ConfigItems::open) else {
+        r.error = Some("no data store".into());
+        return r;
+    };
+    let state = match items.host_state(&name, &host.name) {
+        Ok(s) => s,
+        Err(e) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    };
+    let Some(state) = state.filter(|s| s.version > 0) else {
+        r.ok = true;
+        r.status = Some("unknown".into());
+        r.error = Some(format!("opslet has not published {name} to {} yet", host.name));
+        return r;
+    };
+    r.version = Some(state.version);
+    r.env = Some(state.env.clone());
+    let item = match items.get(&name, state.version) {
+        Ok(Some(i)) => i,
+        _ => {
+            r.error = Some(format!("{name} v{} is not in the cmdb", state.version));
+            return r;
+        }
+    };
+    let cmd = with_sudo(&item.spec.sudo, &format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", shell_quote(&item.spec.path)));
+    let actual = match st.ssh.exec(&host, cmd, None, timeout).await {
+        Ok(e) => String::from_utf8_lossy(&e.stdout).trim().to_string(),
+        Err(m) => {
+            r.error = Some(m);
+            r.duration = t0.elapsed().as_secs_f64();
+            return r;
+        }
+    };
+    r.before_sha256 = Some(actual.clone());
+    r.after_sha256 = Some(state.sha256.clone());
+    let status = if actual.is_empty() {
+        "missing"
+    } else if actual == state.sha256 {
+        "in-sync"
+    } else {
+        "drifted"
+    };
+    r.status = Some(status.into());
+    r.ok = true;
+    if status != "in-sync" {
+        // Recorded, so `opslet config status` shows it until it is repaired.
+        let s = HostState {
+            status: "drifted".into(),
+            at: chrono::Utc::now(),
+            run: Some(st.ctx.run_id.clone()),
+            error: Some(format!("the file is {status}")),
+            ..state.clone()
+        };
+        let _ = items.put_state(&s);
+        let _ = st.audit(
+            "drift",
+            &host.name,
+            true,
+            json!({ "item": name, "version": state.version, "expected_sha256": state.sha256, "actual_sha256": actual, "status": status }),
+        );
+        if repair {
+            let fixed = publish_host(Arc::clone(&st), Arc::new(item), host.clone(), Ok(state.env.clone()), Some("repair"), timeout).await;
+            r.repaired = Some(fixed.ok && !fixed.planned);
+            r.ok = fixed.ok;
+            r.error = fixed.error;
+            r.failed_at = fixed.failed_at;
+            r.restored = fixed.restored;
+            r.output = fixed.output;
+            r.diff = fixed.diff;
+            r.planned = fixed.planned;
+        }
+    }
+    r.duration = t0.elapsed().as_secs_f64();
+    r
+}
+
+fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
+    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
+    super::json_to_lua(lua, &v)
+}
+
+async fn fan<F, Fut>(st: &Arc<RunState>, call: &'static str, hosts: Vec<Host>, plan: &Plan, work: F) -> Vec<HostResult>
+where
+    F: Fn(Host) -> Fut,
+    Fut: std::future::Future<Output = HostResult> + Send + 'static,
+{
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let by_name: HashMap<String, Host> = hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
+    let st2 = Arc::clone(st);
+    let progress = move |c: batch::Counts| {
+        st2.ctx.progress(Progress {
+            call: format!("config.{call}"),
+            total: c.total,
+            ok: c.ok,
+            failed: c.failed,
+            skipped: c.skipped,
+            pending: c.pending(),
+        })
+    };
+    batch::fan_out(names, plan, super::ssh::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await
+}
+
+impl HostModule for ConfigModule {
+    fn name(&self) -> &'static str {
+        "config"
+    }
+
+    fn check_scope(&self, scope: &toml::Value) -> Result<(), String> {
+        Scope::parse(&Grant { module: "config", scope: scope.clone() }).map(|_| ())
+    }
+
+    fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
+        let scope = Scope::parse(&grant).map_err(|m| lua_err("permission", m))?;
+        let ssh = Access::new(Arc::clone(&self.ssh), Arc::clone(ctx), scope.hosts.clone());
+        let state = Arc::new(RunState { ctx: Arc::clone(ctx), scope, ssh });
+        let t = lua.create_table()?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "get",
+            lua.create_function(move |lua, (name, opts): (String, Option<Table>)| {
+                let version = match &opts {
+                    Some(o) => o.get::<Option<u32>>("version")?,
+                    None => None,
+                };
+                let v = st.item("get", &name, version)?;
+                let mut j = serde_json::to_value(&v.spec).map_err(mlua::Error::external)?;
+                j["version"] = json!(v.version);
+                j["author"] = json!(v.author);
+                j["message"] = json!(v.message);
+                j["created_at"] = json!(v.created_at);
+                super::json_to_lua(lua, &j)
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "versions",
+            lua.create_function(move |lua, name: String| {
+                st.item("versions", &name, None)?;
+                let h = st.items("versions")?.history(&name).map_err(|e| lua_err("versions", e))?;
+                let list: Vec<_> = h
+                    .iter()
+                    .map(|v| json!({ "version": v.version, "author": v.author, "message": v.message, "created_at": v.created_at, "diff": v.diff }))
+                    .collect();
+                to_lua(lua, &list)
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "render",
+            lua.create_function(move |_, (name, host, opts): (String, String, Option<Table>)| {
+                let (mut env, mut version) = (None, None);
+                if let Some(o) = opts {
+                    env = o.get::<Option<String>>("env")?;
+                    version = o.get::<Option<u32>>("version")?;
+                }
+                let item = st.item("render", &name, version)?;
+                let snap = st.ssh.snapshot().map_err(|m| lua_err("render", m))?;
+                let h = snap.host(&host).cloned().ok_or_else(|| lua_err("render", format!("no host `{host}` in the cmdb")))?;
+                let env = env_for(&h, env.as_deref()).map_err(|m| lua_err("render", m))?;
+                item.spec
+                    .render(&env, &h, st.secret_fn())
+                    .map_err(|m| lua_err("render", format!("{name} v{} for {host} ({env}): {m}", item.version)))
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "status",
+            lua.create_function(move |lua, name: String| {
+                st.item("status", &name, None)?;
+                let s = st.items("status")?.states(&name).map_err(|e| lua_err("status", e))?;
+                to_lua(lua, &s)
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "publish",
+            lua.create_async_function(move |lua, (name, selector, opts): (String, String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    st.require_publish("publish")?;
+                    let (o, rest) = parse_publish_opts("publish", opts, st.ssh.settings(), &["version"])?;
+                    let version = match rest.get("version") {
+                        None | Some(Value::Nil) => None,
+                        Some(Value::Integer(i)) if *i > 0 => Some(*i as u32),
+                        Some(other) => {
+                            return Err(lua_err(
+                                "publish",
+                                format!("opts.version: expected a version number, got {}", crate::builtins::log::display(other)),
+                            ));
+                        }
+                    };
+                    let item = Arc::new(st.item("publish", &name, version)?);
+                    let hosts = st.hosts("publish", &selector)?;
+                    let timeout = o.timeout;
+                    let env = o.env.clone();
+                    let st2 = Arc::clone(&st);
+                    let results = fan(&st, "publish", hosts, &o.plan, move |h| {
+                        let e = env_for(&h, env.as_deref());
+                        publish_host(Arc::clone(&st2), Arc::clone(&item), h, e, None, timeout)
+                    })
+                    .await;
+                    to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+
+        let st = Arc::clone(&state);
+        t.set(
+            "check",
+            lua.create_async_function(move |lua, (name, selector, opts): (String, String, Option<Table>)| {
+                let st = Arc::clone(&st);
+                async move {
+                    let (o, rest) = parse_publish_opts("check", opts, st.ssh.settings(), &["repair"])?;
+                    let repair = match rest.get("repair") {
+                        None | Some(Value::Nil) => false,
+                        Some(Value::Boolean(b)) => *b,
+                        Some(other) => {
+                            return Err(lua_err("check", format!("opts.repair: expected true or false, got {}", other.type_name())));
+                        }
+                    };
+                    if repair {
+                        st.require_publish("check")?;
+                    }
+                    st.item("check", &name, None)?;
+                    let hosts = st.hosts("check", &selector)?;
+                    let timeout = o.timeout;
+                    let st2 = Arc::clone(&st);
+                    let results =
+                        fan(&st, "check", hosts, &o.plan, move |h| check_host(Arc::clone(&st2), name.clone(), h, repair, timeout)).await;
+                    to_lua(&lua, &results)
+                }
+            })?,
+        )?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdb::config_items::ItemSpec;
+
+    fn item(validate: &str) -> ItemVersion {
+        let spec = ItemSpec::parse(
+            "x.toml",
+            &format!("name = \"app\"\npath = \"/etc/my app/app.conf\"\nvalidate = \"{validate}\"\nreload = \"systemctl reload app\"\ntemplate = \"x\"\n"),
+            None,
+        )
+        .unwrap();
+        ItemVersion {
+            name: "app".into(),
+            version: 1,
+            author: "a".into(),
+            message: "m".into(),
+            created_at: chrono::Utc::now(),
+            spec,
+            diff: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_script_validates_the_candidate_before_the_move_when_it_can() {
+        let s = publish_script(&item("app --check {file}"), "abc", "r1");
+        let validate = s.find("app --check '/etc/my app/.app.conf.opslet-r1.tmp'").expect("validated as the temp file");
+        assert!(validate < s.find("mv -f \"$tmp\" \"$t\"").unwrap(), "{s}");
+        // Without {file}, the installed file is validated, and a failure restores the old one.
+        let s = publish_script(&item("app --check"), "abc", "r1");
+        let mv = s.find("mv -f \"$tmp\" \"$t\"").unwrap();
+        let validate = s.find("( app --check ) >&2 || { echo 'opslet: failed validate'; restore;").unwrap();
+        assert!(mv < validate, "{s}");
+        assert!(s.contains("t='/etc/my app/app.conf'"));
+    }
+
+    #[test]
+    fn env_tags_guard_against_the_wrong_environment() {
+        let mut h = Host { name: "db1".into(), ..Default::default() };
+        assert!(env_for(&h, None).unwrap_err().contains("no `env` tag"));
+        assert_eq!(env_for(&h, Some("dev")).unwrap(), "dev");
+        h.tags.insert("env".into(), "prod".into());
+        assert_eq!(env_for(&h, None).unwrap(), "prod");
+        assert!(env_for(&h, Some("dev")).unwrap_err().contains("tagged env=prod"));
+    }
+}
