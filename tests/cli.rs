@@ -411,3 +411,58 @@ fn netdev_lists_profiles_and_shows_and_diffs_stored_backups() {
     let out = env.opslet(&["netdev", "diff", "sw1", "1", "7"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("`sw1` has no version 7 (versions 1-2)"));
 }
+
+#[test]
+fn config_items_set_show_diff_history_list_and_status() {
+    let env = Env::new();
+    let dir = env.dir.path().join("items");
+    std::fs::create_dir_all(&dir).unwrap();
+    let item = |port: u32| {
+        format!(
+            "name = \"redis\"\npath = \"/etc/redis/redis.conf\"\nmode = \"0640\"\nowner = \"redis\"\nvalidate = \"redis-server --test-config {{file}}\"\n\
+             reload = \"systemctl restart redis\"\ntemplate = \"port {{{{ port }}}}\\nmaxmemory {{{{ maxmemory }}}}\\n\"\n\
+             [values]\nport = {port}\nmaxmemory = \"256mb\"\n[values.env.prod]\nmaxmemory = \"8gb\"\n"
+        )
+    };
+    std::fs::write(dir.join("redis.toml"), item(6379)).unwrap();
+    let f = dir.join("redis.toml");
+    let out = env.opslet(&["config", "set", f.to_str().unwrap(), "-m", "redis for everyone"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("redis v1 stored"));
+    let out = env.opslet(&["config", "set", f.to_str().unwrap(), "-m", "again"]);
+    assert!(stderr(&out).contains("redis is unchanged (still v1)"));
+    std::fs::write(&f, item(6380)).unwrap();
+    let out = env.opslet(&["config", "set", f.to_str().unwrap(), "-m", "move the port"]);
+    assert!(stdout(&out).contains("-port = 6379") && stdout(&out).contains("+port = 6380"), "{}", stdout(&out));
+    let out = env.opslet(&["config", "diff", "redis"]);
+    assert!(stdout(&out).contains("--- redis v1") && stdout(&out).contains("+port = 6380"), "{}", stdout(&out));
+    let out = env.opslet(&["config", "history", "redis", "--format", "json"]);
+    let h: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!(h[1]["message"], "move the port");
+    let out = env.opslet(&["config", "show", "redis", "--version", "1"]);
+    assert!(stdout(&out).contains("# redis v1 by") && stdout(&out).contains("port = 6379"), "{}", stdout(&out));
+    let out = env.opslet(&["config", "list", "--format", "json"]);
+    let l: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(l[0]["name"], "redis");
+    assert_eq!(l[0]["version"], 2);
+    // Rendered for a host and an environment.
+    assert!(env.opslet(&["cmdb", "host", "add", "cache1", "--address", "10.0.0.5", "--tag", "env=prod"]).status.success());
+    let out = env.opslet(&["config", "show", "redis", "--host", "cache1"]);
+    assert_eq!(stdout(&out), "port 6380\nmaxmemory 8gb\n");
+    let out = env.opslet(&["config", "show", "redis", "--host", "cache1", "--env", "dev"]);
+    assert_eq!(stdout(&out), "port 6380\nmaxmemory 256mb\n");
+    // Nothing published yet: status lists no hosts and succeeds.
+    let out = env.opslet(&["config", "status", "redis", "--format", "json"]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), "[]");
+    // Bad input names the file and the field.
+    std::fs::write(&f, item(1).replace("/etc/redis/redis.conf", "redis.conf")).unwrap();
+    let out = env.opslet(&["config", "set", f.to_str().unwrap(), "-m", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("redis.toml: path `redis.conf`: give an absolute file path"), "{}", stderr(&out));
+    let out = env.opslet(&["config", "diff", "redis", "1", "9"]);
+    assert!(stderr(&out).contains("config item `redis` has no version 9 (versions 1-2)"), "{}", stderr(&out));
+    let out = env.opslet(&["config", "show", "nginx"]);
+    assert!(stderr(&out).contains("no config item `nginx`"), "{}", stderr(&out));
+}

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod check;
 mod cmdb;
+mod config_items;
 mod netdev;
 mod new;
 mod output;
@@ -94,6 +95,9 @@ pub enum Command {
     /// The inventory: hosts, groups and host selectors.
     #[command(subcommand)]
     Cmdb(cmdb::CmdbCmd),
+    /// Config items: versioned application configuration per environment, and which host runs what.
+    #[command(subcommand)]
+    Config(config_items::ConfigCmd),
     /// Network device profiles and stored configuration backups.
     #[command(subcommand)]
     Netdev(netdev::NetdevCmd),
@@ -193,6 +197,7 @@ pub fn main() -> i32 {
         Command::Secret(cmd) => auth::secret(&global, cmd),
         Command::Cmdb(cmd) => cmdb::run(&global, cmd),
         Command::Netdev(cmd) => netdev::run(&global, cmd),
+        Command::Config(cmd) => config_items::run(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };

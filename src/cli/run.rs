@@ -289,7 +289,7 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
 }
 
 /// Runs `once` now and after every change below `dir`, until Ctrl-C.
-fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> Result<i32, Error>) -> Result<i32, Error> {
+pub(super) fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(CancelToken) -> Result<i32, Error>) -> Result<i32, Error> {
     let dir = &dir.canonicalize().map_err(|e| {
         Error::Applet(vec![crate::error::Diagnostic::new(dir.display().to_string(), format!("cannot open applet folder: {e}"))])
     })?;

@@ -23,7 +23,8 @@ use crate::store::Store;
 #[serde(deny_unknown_fields)]
 pub struct ItemSpec {
     pub name: String,
-    /// Absolute path of the file on the hosts.
+    /// Absolute path of the file on the hosts. It may use the template's values
+    /// (`/etc/redis/{{ instance }}.conf`).
     pub path: String,
     /// Octal, like "0644".
     #[serde(default = "default_mode")]
@@ -105,11 +106,12 @@ impl ItemSpec {
         if !ident(&self.name) {
             return Err(format!("name `{}`: use letters, digits, `-`, `_` and `.`", self.name));
         }
-        if !self.path.starts_with('/') || self.path.ends_with('/') || self.path.split('/').any(|p| p == "..") {
-            return Err(format!("path `{}`: give an absolute file path without `..`", self.path));
-        }
-        if self.path.contains(['\n', '\r', '\0']) {
-            return Err("path: must be one line".into());
+        if self.path.contains("{{") {
+            template_env(std::sync::Arc::new(|_: &str| Ok(String::new())))
+                .template_from_str(&self.path)
+                .map_err(|e| format!("path: {}", template_error(&e)))?;
+        } else {
+            check_path(&self.path)?;
         }
         if u32::from_str_radix(&self.mode, 8).map_or(true, |m| m > 0o7777) || self.mode.is_empty() {
             return Err(format!("mode `{}`: give octal permissions like \"0644\"", self.mode));
@@ -158,6 +160,20 @@ impl ItemSpec {
 
     /// The file for `host` in `env`. `secret` reads a secret for `{{ secret("name") }}`.
     pub fn render(&self, env: &str, host: &Host, secret: SecretFn) -> Result<String, String> {
+        self.render_text(self.template.as_deref().unwrap_or_default(), env, host, secret)
+    }
+
+    /// Where the file goes on `host` in `env`.
+    pub fn path_for(&self, env: &str, host: &Host) -> Result<String, String> {
+        if !self.path.contains("{{") {
+            return Ok(self.path.clone());
+        }
+        let p = self.render_text(&self.path, env, host, std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string())))?;
+        check_path(&p).map_err(|m| format!("the path renders as {m}"))?;
+        Ok(p)
+    }
+
+    fn render_text(&self, source: &str, env: &str, host: &Host, secret: SecretFn) -> Result<String, String> {
         let mut ctx = self.values_for(env, host);
         ctx.insert("env".into(), Value::String(env.into()));
         ctx.insert("item".into(), Value::String(self.name.clone()));
@@ -166,9 +182,19 @@ impl ItemSpec {
             serde_json::json!({ "name": host.name, "address": host.address, "groups": host.groups, "tags": host.tags }),
         );
         let env_ = template_env(secret);
-        let t = env_.template_from_str(self.template.as_deref().unwrap_or_default()).map_err(|e| template_error(&e))?;
+        let t = env_.template_from_str(source).map_err(|e| template_error(&e))?;
         t.render(Value::Object(ctx)).map_err(|e| template_error(&e))
     }
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || p.ends_with('/') || p.split('/').any(|c| c == "..") {
+        return Err(format!("path `{p}`: give an absolute file path without `..`"));
+    }
+    if p.contains(['\n', '\r', '\0']) {
+        return Err("path: must be one line".into());
+    }
+    Ok(())
 }
 
 /// A minijinja error with its line and what went wrong.

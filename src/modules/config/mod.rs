@@ -170,9 +170,8 @@ fn fill(cmd: &str, file: &str, path: &str) -> String {
 
 /// The shell program that publishes one file, fed the file on stdin. Lines on stdout starting
 /// with `opslet:` say what happened; the commands' own output goes to stderr.
-fn publish_script(item: &ItemVersion, new_sha: &str, tag: &str) -> String {
+fn publish_script(item: &ItemVersion, path: &str, new_sha: &str, tag: &str) -> String {
     let s = &item.spec;
-    let path = s.path.as_str();
     let (dir, base) = path.rsplit_once('/').map(|(d, b)| (if d.is_empty() { "/" } else { d }, b)).unwrap_or(("/", path));
     let tmp = format!("{dir}/.{base}.opslet-{tag}.tmp");
     let bak = format!("{dir}/.{base}.opslet-{tag}.bak");
@@ -250,8 +249,8 @@ pub struct HostResult {
     /// The step that failed: write, owner, validate, backup, install, reload, health.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<String>,
-    /// After a failure past the move: the old file was put back (and reloaded, when the item has
-    /// a reload command: `reloaded`).
+    /// After a failure past the move, the old file was put back: `reloaded` (and the service
+    /// reloaded with it), `reload-failed`, or `restored` (the item has no reload command).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restored: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -376,8 +375,9 @@ async fn publish_host(
         _ => "publish",
     });
     r.action = Some(action.to_string());
-    let content = match item.spec.render(&env, &host, st.secret_fn()) {
-        Ok(c) => c,
+    let rendered = item.spec.path_for(&env, &host).and_then(|p| item.spec.render(&env, &host, st.secret_fn()).map(|c| (p, c)));
+    let (path, content) = match rendered {
+        Ok(pc) => pc,
         Err(m) => {
             r.error = Some(format!("rendering {} v{} for {} ({env}): {m}", item.name, item.version, host.name));
             let _ =
@@ -388,7 +388,7 @@ async fn publish_host(
     let new_sha = sha256(content.as_bytes());
     if st.ctx.dry_run {
         // Read what is there now, to show the change.
-        let read = with_sudo(&item.spec.sudo, &format!("cat {} 2>/dev/null; true", shell_quote(&item.spec.path)));
+        let read = with_sudo(&item.spec.sudo, &format!("cat {} 2>/dev/null; true", shell_quote(&path)));
         match st.ssh.exec(&host, read, None, timeout).await {
             Ok(e) => {
                 let current = String::from_utf8_lossy(&e.stdout).into_owned();
@@ -397,7 +397,7 @@ async fn publish_host(
                 r.diff = Some(crate::cmdb::device_configs::unified_diff(
                     &current,
                     &content,
-                    &format!("{}:{} (now)", host.name, item.spec.path),
+                    &format!("{}:{path} (now)", host.name),
                     &format!("{} v{} ({env})", item.name, item.version),
                 ));
                 r.ok = true;
@@ -416,7 +416,7 @@ async fn publish_host(
         return r;
     }
     let tag: String = st.ctx.run_id.chars().rev().take(12).collect();
-    let script = with_sudo(&item.spec.sudo, &publish_script(&item, &new_sha, &tag));
+    let script = with_sudo(&item.spec.sudo, &publish_script(&item, &path, &new_sha, &tag));
     let res = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await;
     match res {
         Err(m) => r.error = Some(m),
@@ -445,14 +445,12 @@ async fn publish_host(
                 r.output = String::from_utf8_lossy(&e.stderr).trim_end().chars().take(4000).collect();
                 r.error = Some(match (&r.failed_at, &r.restored) {
                     (Some(stage), Some(how)) => format!(
-                        "{stage} failed on {}; the previous file was put back ({})",
+                        "{stage} failed on {}; the previous file was put back{}",
                         host.name,
-                        if how == "restored reloaded" {
-                            "and the service reloaded with it"
-                        } else if how == "restored reload-failed" {
-                            "but reloading it failed too"
-                        } else {
-                            "nothing to reload"
+                        match how.as_str() {
+                            "reloaded" => " and the service reloaded with it",
+                            "reload-failed" => ", but reloading the service with it failed too",
+                            _ => "",
                         }
                     ),
                     (Some(stage), None) => format!("{stage} failed on {}; the file in place was not touched", host.name),
@@ -504,7 +502,7 @@ async fn publish_host(
         r.error = Some(format!("could not record the host's state: {e}"));
     }
     let detail = json!({
-        "item": item.name, "version": item.version, "env": env, "path": item.spec.path,
+        "item": item.name, "version": item.version, "env": env, "path": path,
         "before_sha256": r.before_sha256, "after_sha256": r.after_sha256, "changed": r.changed,
         "previous_version": previous.as_ref().map(|p| p.version),
         "failed_at": r.failed_at, "restored": r.restored, "error": r.error,
@@ -547,7 +545,14 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
             return r;
         }
     };
-    let cmd = with_sudo(&item.spec.sudo, &format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", shell_quote(&item.spec.path)));
+    let path = match item.spec.path_for(&state.env, &host) {
+        Ok(p) => p,
+        Err(m) => {
+            r.error = Some(m);
+            return r;
+        }
+    };
+    let cmd = with_sudo(&item.spec.sudo, &format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", shell_quote(&path)));
     let actual = match st.ssh.exec(&host, cmd, None, timeout).await {
         Ok(e) => String::from_utf8_lossy(&e.stdout).trim().to_string(),
         Err(m) => {
@@ -790,11 +795,11 @@ mod tests {
 
     #[test]
     fn the_script_validates_the_candidate_before_the_move_when_it_can() {
-        let s = publish_script(&item("app --check {file}"), "abc", "r1");
+        let s = publish_script(&item("app --check {file}"), "/etc/my app/app.conf", "abc", "r1");
         let validate = s.find("app --check '/etc/my app/.app.conf.opslet-r1.tmp'").expect("validated as the temp file");
         assert!(validate < s.find("mv -f \"$tmp\" \"$t\"").unwrap(), "{s}");
         // Without {file}, the installed file is validated, and a failure restores the old one.
-        let s = publish_script(&item("app --check"), "abc", "r1");
+        let s = publish_script(&item("app --check"), "/etc/my app/app.conf", "abc", "r1");
         let mv = s.find("mv -f \"$tmp\" \"$t\"").unwrap();
         let validate = s.find("( app --check ) >&2 || { echo 'opslet: failed validate'; restore;").unwrap();
         assert!(mv < validate, "{s}");

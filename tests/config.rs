@@ -1,0 +1,488 @@
+//! Config items published to real OpenSSH hosts (tests/common/sshd.rs): a publish to several
+//! hosts, a validate that fails on one (the old file is put back and the service reloaded with
+//! it), a failing health check, drift found and repaired, a rollback, the permission refused, a
+//! dry run with diffs, the wrong environment refused, 50 hosts at once, and `opslet config watch`.
+//!
+//! The fleet's hosts share this machine's filesystem, so each host's file lives under a folder
+//! of its own: the item's path uses `{{ host.name }}`. The "service" is `cp` of the file to
+//! `app.conf.loaded`, which is what it "runs".
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::sshd::{Fleet, USER};
+use common::*;
+use opslet::cmdb::config_items::{ConfigItems, ItemSpec};
+use opslet::cmdb::{Cmdb, Host};
+use opslet::runtime::{RunOutcome, Runtime};
+use opslet::secrets::Secrets;
+use opslet::store::Store;
+use opslet::store::audit::{AuditRecord, Filter};
+use serde_json::Value;
+
+struct Lab {
+    fleet: Fleet,
+    store: Store,
+    rt: Runtime,
+    /// Where the hosts' files are: ROOT/HOST/app.conf.
+    root: PathBuf,
+    _root_dir: tempfile::TempDir,
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// `n` hosts web1..webN tagged env=dev, in group `web`; `groups` adds groups per host name.
+fn lab(n: usize, groups: &[(&str, &str)]) -> Lab {
+    let fleet = Fleet::start(n, "web");
+    let store = Store::temporary().unwrap();
+    let cmdb = Cmdb::new(store.clone()).unwrap();
+    let root_dir = tempfile::tempdir().unwrap();
+    let root = root_dir.path().to_path_buf();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let uid = uid_of(USER);
+    for h in &fleet.hosts {
+        let mut g: std::collections::BTreeSet<String> = ["web".to_string()].into();
+        g.extend(groups.iter().filter(|(host, _)| *host == h.name).map(|(_, grp)| grp.to_string()));
+        let host = Host {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            port: h.port,
+            groups: g,
+            tags: [("env".to_string(), "dev".to_string())].into(),
+            host_key: Some(h.host_key.clone()),
+            ..Default::default()
+        };
+        cmdb.put(host, "tester").unwrap();
+        let d = root.join(&h.name);
+        std::fs::create_dir(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(uid), None).unwrap();
+    }
+    let secrets = Secrets::open(store.clone()).unwrap();
+    secrets.set("ssh-key", fleet.client_key.as_bytes(), "tester").unwrap();
+    secrets.set("app-token", b"s3cr3t-app-token", "tester").unwrap();
+    let config = "[audit]\nsync = false\n[limits]\ntimeout = \"60s\"\n[ssh]\nconnect_timeout = \"5s\"\n\
+                  [[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
+    let cfg = opslet::config::Config::parse(config, "opslet.toml").unwrap();
+    let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
+    Lab { fleet, store, rt, root, _root_dir: root_dir }
+}
+
+/// The item: `port` and `workers` per environment and group, a token from secrets. `validate`
+/// fails when the file holds `broken`; the health check fails when the loaded file holds `crash`.
+fn item(root: &Path, port: u32, extra: &str) -> ItemSpec {
+    let text = format!(
+        r#"
+name = "app"
+path = "{root}/{{{{ host.name }}}}/app.conf"
+mode = "0640"
+owner = "{USER}"
+validate = "! grep -q broken {{path}}"
+reload = "cp {{path}} {{path}}.loaded"
+health = "! grep -q crash {{path}}.loaded"
+template = """
+# managed by opslet: {{{{ item }}}} for {{{{ host.name }}}} ({{{{ env }}}})
+port = {{{{ port }}}}
+workers = {{{{ workers }}}}
+token = {{{{ secret("app-token") }}}}
+{{{{ extra }}}}
+"""
+[values]
+port = {port}
+workers = 2
+extra = ""
+[values.env.prod]
+workers = 16
+[values.group.bad]
+extra = "broken = yes"
+[values.group.crashy]
+extra = "crash = now"
+{extra}
+"#,
+        root = root.display()
+    );
+    ItemSpec::parse("app.toml", &text, None).unwrap()
+}
+
+impl Lab {
+    fn set(&self, spec: ItemSpec, message: &str) -> u32 {
+        ConfigItems::open(&self.store).unwrap().set(&self.store, spec, "tester", message).unwrap().0.version
+    }
+
+    fn run(&self, scope: &str, main: &str, dry_run: bool) -> RunOutcome {
+        let manifest = format!("name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nconfig = {scope}\n");
+        let mut r = req(package_with(&manifest, main, &[]));
+        r.dry_run = dry_run;
+        run_req(&self.rt, r)
+    }
+
+    fn file(&self, host: &str) -> String {
+        std::fs::read_to_string(self.root.join(host).join("app.conf")).unwrap_or_default()
+    }
+
+    fn loaded(&self, host: &str) -> String {
+        std::fs::read_to_string(self.root.join(host).join("app.conf.loaded")).unwrap_or_default()
+    }
+
+    fn actions(&self, o: &RunOutcome) -> Vec<AuditRecord> {
+        let mut v =
+            self.store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap();
+        v.sort_by_key(|a| a.seq);
+        v
+    }
+}
+
+fn ok(o: &RunOutcome) -> &Value {
+    match &o.result {
+        Ok(v) => v,
+        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
+    }
+}
+
+fn by_host<'a>(v: &'a Value, host: &str) -> &'a Value {
+    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no record for {host} in {v}"))
+}
+
+const PUBLISH: &str = r#"["read", "publish"]"#;
+
+fn sha(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[test]
+fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
+    let lab = lab(3, &[]);
+    let v1 = lab.set(item(&lab.root, 8080, ""), "first");
+    // Publish v1 to three hosts.
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "group:web") end"#, false);
+    let v = ok(&o);
+    for h in ["web1", "web2", "web3"] {
+        let r = by_host(v, h);
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["action"], "publish");
+        assert_eq!(r["changed"], true);
+        let file = lab.file(h);
+        assert!(file.contains("port = 8080") && file.contains(&format!("for {h} (dev)")), "{file}");
+        assert!(file.contains("token = s3cr3t-app-token"), "the secret is in the file on the host");
+        assert_eq!(lab.loaded(h), file, "reloaded with the new file");
+        let mode = std::fs::metadata(lab.root.join(h).join("app.conf")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(r["after_sha256"], sha(&file));
+        // No temp or backup files are left beside it.
+        let left: Vec<_> = std::fs::read_dir(lab.root.join(h)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+    // The result never shows the secret; the audit log has hashes before and after.
+    assert!(!v.to_string().contains("s3cr3t-app-token"));
+    let acts = lab.actions(&o);
+    assert_eq!(acts.len(), 3);
+    for a in &acts {
+        assert_eq!(a.data["action"], "publish");
+        assert_eq!(a.data["detail"]["version"], v1);
+        assert_eq!(a.data["detail"]["before_sha256"], Value::Null, "no file before");
+        assert_eq!(a.data["detail"]["after_sha256"], sha(&lab.file(a.data["target"].as_str().unwrap())));
+    }
+    // Publishing the same version again changes nothing and reloads nothing.
+    std::fs::remove_file(lab.root.join("web1/app.conf.loaded")).unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, false);
+    assert_eq!(ok(&o)[0]["changed"], false);
+    assert_eq!(lab.loaded("web1"), "", "an unchanged file is not reloaded");
+    ok(&lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, false));
+    let old = lab.file("web2");
+
+    // v2 breaks on web2 (in group `bad`): validation runs on the installed file, fails, and the
+    // old file is put back and the service reloaded with it. The other hosts get v2.
+    Cmdb::new(lab.store.clone())
+        .unwrap()
+        .put(
+            Host {
+                groups: ["web".to_string(), "bad".to_string()].into(),
+                ..Cmdb::new(lab.store.clone()).unwrap().host("web2").unwrap().unwrap()
+            },
+            "tester",
+        )
+        .unwrap();
+    let v2 = lab.set(item(&lab.root, 9090, ""), "move to 9090");
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "group:web") end"#, false);
+    let v = ok(&o);
+    let bad = by_host(v, "web2");
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(bad["failed_at"], "validate");
+    assert_eq!(bad["restored"], "reloaded");
+    let err = bad["error"].as_str().unwrap();
+    assert!(err.contains("validate failed on web2; the previous file was put back and the service reloaded with it"), "{err}");
+    assert_eq!(lab.file("web2"), old, "the old file is back");
+    assert_eq!(lab.loaded("web2"), old, "and the service runs it");
+    for h in ["web1", "web3"] {
+        assert_eq!(by_host(v, h)["ok"], true);
+        assert!(lab.file(h).contains("port = 9090"));
+    }
+    let fail = lab.actions(&o).into_iter().find(|a| a.data["target"] == "web2").unwrap();
+    assert_eq!(fail.status.as_deref(), Some("error"));
+    assert_eq!(fail.data["detail"]["before_sha256"], sha(&old));
+    assert_eq!(fail.data["detail"]["restored"], "reloaded");
+
+    // Status: web2 still runs v1 and is marked failed.
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    let st = ok(&o);
+    assert_eq!(by_host_state(st, "web2")["status"], "failed");
+    assert_eq!(by_host_state(st, "web2")["version"], v1);
+    assert_eq!(by_host_state(st, "web1")["version"], v2);
+
+    // A hand edit on web3 is drift; repair puts the recorded version back.
+    let edited = lab.file("web3").replace("workers = 2", "workers = 99");
+    std::fs::write(lab.root.join("web3/app.conf"), &edited).unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.check("app", "web1,web3") end"#, false);
+    let v = ok(&o);
+    assert_eq!(by_host(v, "web1")["status"], "in-sync");
+    assert_eq!(by_host(v, "web3")["status"], "drifted");
+    assert_eq!(lab.file("web3"), edited, "check alone changes nothing");
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    assert_eq!(by_host_state(ok(&o), "web3")["status"], "drifted");
+    let o = lab.run(PUBLISH, r#"return function() return config.check("app", "web3", { repair = true }) end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["repaired"], true, "{r}");
+    assert!(lab.file("web3").contains("workers = 2") && lab.file("web3").contains("port = 9090"));
+    let acts = lab.actions(&o);
+    assert_eq!(acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect::<Vec<_>>(), ["drift", "repair"]);
+    assert_eq!(acts[1].data["detail"]["before_sha256"], sha(&edited));
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    assert_eq!(by_host_state(ok(&o), "web3")["status"], "in-sync");
+
+    // Roll web1 and web3 back to v1.
+    let o = lab.run(PUBLISH, &format!(r#"return function() return config.publish("app", "web1,web3", {{ version = {v1} }}) end"#), false);
+    for r in ok(&o).as_array().unwrap() {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["action"], "rollback");
+    }
+    assert!(lab.file("web1").contains("port = 8080") && lab.loaded("web1").contains("port = 8080"));
+    assert!(lab.actions(&o).iter().all(|a| a.data["action"] == "rollback" && a.data["detail"]["previous_version"] == v2));
+}
+
+fn by_host_state<'a>(v: &'a Value, host: &str) -> &'a Value {
+    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no state for {host} in {v}"))
+}
+
+#[test]
+fn a_failing_health_check_or_candidate_validation_keeps_the_old_file() {
+    let lab = lab(2, &[("web2", "crashy")]);
+    // v1 without the crash value anywhere: publish to both.
+    let mut spec = item(&lab.root, 8080, "");
+    spec.values.group.remove("crashy");
+    lab.set(spec, "v1");
+    ok(&lab.run(PUBLISH, r#"return function() return config.publish("app", "*") end"#, false));
+    let old = lab.file("web2");
+    // v2 makes web2's service crash after the reload: the health check fails, the old file is
+    // put back and reloaded.
+    lab.set(item(&lab.root, 8081, ""), "v2");
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "*") end"#, false);
+    let r = by_host(ok(&o), "web2");
+    assert_eq!(r["failed_at"], "health", "{r}");
+    assert_eq!(r["restored"], "reloaded");
+    assert_eq!(lab.file("web2"), old);
+    assert_eq!(lab.loaded("web2"), old);
+    assert!(lab.file("web1").contains("port = 8081"));
+    // A validate command that checks the candidate ({file}) stops before anything is touched.
+    let mut spec = item(&lab.root, 8082, "");
+    spec.validate = Some("! grep -q crash {file}".into());
+    lab.set(spec, "v3: validate the candidate");
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web2") end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["failed_at"], "validate", "{r}");
+    assert!(r.get("restored").is_none());
+    assert!(r["error"].as_str().unwrap().contains("the file in place was not touched"));
+    assert_eq!(lab.file("web2"), old);
+    let left: Vec<_> = std::fs::read_dir(lab.root.join("web2")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(left.len(), 2, "no temp file left: {left:?}");
+}
+
+#[test]
+fn permission_environment_and_dry_run() {
+    let lab = lab(2, &[]);
+    lab.set(item(&lab.root, 8080, ""), "first");
+    // Without `publish`: refused before anything is sent.
+    for call in [r#"config.publish("app", "*")"#, r#"config.check("app", "*", { repair = true })"#] {
+        let o = lab.run(r#"["read"]"#, &format!("return function() return {call} end"), false);
+        assert!(err_text(&o).contains("does not grant `publish`"), "{call}: {}", err_text(&o));
+        assert!(lab.actions(&o).is_empty());
+    }
+    assert_eq!(lab.file("web1"), "");
+    // Items and hosts outside a table scope.
+    let o = lab.run(
+        r#"{ items = ["nginx*"], actions = ["read", "publish"] }"#,
+        r#"return function() return config.publish("app", "*") end"#,
+        false,
+    );
+    assert!(err_text(&o).contains("config item `app` is outside the applet's config items (nginx*)"), "{}", err_text(&o));
+    let o = lab.run(
+        r#"{ hosts = ["web1"], actions = ["read", "publish"] }"#,
+        r#"return function() return config.publish("app", "*") end"#,
+        false,
+    );
+    assert!(err_text(&o).contains("web2 is outside the applet's config hosts (web1)"), "{}", err_text(&o));
+    // Hosts tagged for another environment are refused one by one.
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "*", { env = "prod" }) end"#, false);
+    for r in ok(&o).as_array().unwrap() {
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains("is tagged env=dev, and this publish is for env prod"), "{r}");
+    }
+    assert_eq!(lab.file("web1"), "");
+    // A dry run shows the change per host and touches nothing.
+    std::fs::write(lab.root.join("web1/app.conf"), "port = 1\n").unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "*") end"#, true);
+    let v = ok(&o);
+    let r = by_host(v, "web1");
+    assert_eq!(r["planned"], true);
+    let diff = r["diff"].as_str().unwrap();
+    assert!(diff.contains("-port = 1") && diff.contains("+port = 8080"), "{diff}");
+    assert!(!diff.contains("s3cr3t-app-token"), "secrets are redacted in diffs: {diff}");
+    assert_eq!(lab.file("web1"), "port = 1\n");
+    assert_eq!(lab.file("web2"), "");
+    assert!(lab.actions(&o).iter().all(|a| a.data["detail"]["planned"] == true));
+    // render and get read the item.
+    let o = lab.run(
+        r#"["read"]"#,
+        r#"return function() return { text = config.render("app", "web1", { env = "dev" }), item = config.get("app") } end"#,
+        false,
+    );
+    let v = ok(&o);
+    assert!(v["text"].as_str().unwrap().contains("port = 8080"));
+    assert_eq!(v["item"]["version"], 1);
+    assert_eq!(v["item"]["path"], format!("{}/{{{{ host.name }}}}/app.conf", lab.root.display()));
+}
+
+#[test]
+fn fifty_hosts_at_once_with_the_bundled_applets() {
+    let lab = lab(50, &[]);
+    lab.set(item(&lab.root, 8080, ""), "first");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("applets");
+    let bundled = |name: &str, params: &[(&str, &str)]| {
+        let mut r = req(std::sync::Arc::new(opslet::applet::AppletPackage::load_dir(&dir.join(name)).unwrap()));
+        r.params_pairs = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        run_req(&lab.rt, r)
+    };
+    let t0 = std::time::Instant::now();
+    let o = bundled("config-publish", &[("item", "app"), ("targets", "group:web"), ("batch", "50")]);
+    let took = t0.elapsed();
+    let rows = ok(&o).as_array().unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r["status"] == "published"), "{rows:?}");
+    for h in &lab.fleet.hosts {
+        assert!(lab.file(&h.name).contains(&format!("for {} (dev)", h.name)));
+    }
+    eprintln!("published to 50 hosts in {took:?}");
+    // Drift on two hosts, found and repaired by config-drift.
+    for h in ["web7", "web31"] {
+        std::fs::write(lab.root.join(h).join("app.conf"), "edited by hand\n").unwrap();
+    }
+    let o = bundled("config-drift", &[("item", "app"), ("targets", "group:web")]);
+    let mut drifted: Vec<&str> =
+        ok(&o).as_array().unwrap().iter().filter(|r| r["status"] == "drifted").map(|r| r["host"].as_str().unwrap()).collect();
+    drifted.sort();
+    assert_eq!(drifted, ["web31", "web7"]);
+    let o = bundled("config-drift", &[("item", "app"), ("targets", "group:web"), ("repair", "true")]);
+    assert_eq!(ok(&o).as_array().unwrap().iter().filter(|r| r["repaired"] == true).count(), 2);
+    assert!(lab.file("web7").contains("port = 8080"));
+}
+
+#[test]
+fn watch_publishes_each_change_of_a_folder_to_dev() {
+    let fleet = Fleet::start(2, "web");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let items_dir = tmp.path().join("items");
+    let root = tmp.path().join("hosts");
+    std::fs::create_dir_all(&items_dir).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    for p in [tmp.path(), root.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    {
+        let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let cmdb = Cmdb::new(store.clone()).unwrap();
+        for h in &fleet.hosts {
+            let host = Host {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                port: h.port,
+                groups: ["web".to_string()].into(),
+                tags: [("env".to_string(), "dev".to_string())].into(),
+                host_key: Some(h.host_key.clone()),
+                ..Default::default()
+            };
+            cmdb.put(host, "tester").unwrap();
+            let d = root.join(&h.name);
+            std::fs::create_dir(&d).unwrap();
+            std::os::unix::fs::chown(&d, Some(uid_of(USER)), None).unwrap();
+        }
+        let secrets = Secrets::open(store.clone()).unwrap();
+        secrets.set("ssh-key", fleet.client_key.as_bytes(), "tester").unwrap();
+    }
+    std::fs::write(
+        data.join("opslet.toml"),
+        "[ssh]\nconnect_timeout = \"5s\"\n[[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
+    )
+    .unwrap();
+    let write_item = |port: u32| {
+        // The template lives in its own file beside the item.
+        std::fs::write(items_dir.join("app.conf.j2"), "port = {{ port }}\n").unwrap();
+        std::fs::write(
+            items_dir.join("app.toml"),
+            format!(
+                "name = \"app\"\npath = \"{}/{{{{ host.name }}}}/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = {port}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_item(8080);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["config", "watch"])
+        .arg(&items_dir)
+        .args(["--env", "dev", "--hosts", "group:web"])
+        .env("OPSLET_DATA_DIR", &data)
+        .env_remove("OPSLET_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("watch.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let wait_for = |want: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let all = fleet.hosts.iter().all(|h| std::fs::read_to_string(root.join(&h.name).join("app.conf")).unwrap_or_default() == want);
+            if all {
+                return;
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "hosts never got {want:?}; watch log:\n{}",
+                std::fs::read_to_string(tmp.path().join("watch.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait_for("port = 8080\n");
+    // An edit to the template file alone is a new version, published at once.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(items_dir.join("app.conf.j2"), "port = {{ port }}\nlog = debug\n").unwrap();
+    wait_for("port = 8080\nlog = debug\n");
+    write_item(9090);
+    wait_for("port = 9090\n");
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "watch ends cleanly on Ctrl-C: {st}");
+    let log = std::fs::read_to_string(tmp.path().join("watch.log")).unwrap();
+    assert!(log.contains("app v3 stored; publishing to group:web (dev)"), "{log}");
+    let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+    let h = ConfigItems::open(&store).unwrap().history("app").unwrap();
+    assert_eq!(h.len(), 3);
+    assert!(h.iter().all(|v| v.message.starts_with("opslet config watch")));
+    let runs = store.audit().list(&Filter { kind: Some("action".into()), ..Default::default() }).unwrap();
+    assert_eq!(runs.iter().filter(|a| a.data["module"] == "config" && a.data["action"] == "publish").count(), 6, "3 versions x 2 hosts");
+}
