@@ -35,13 +35,13 @@ fn type_definitions_match_the_modules() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib/meta/opslet.d.luau")).unwrap();
     let declared = declared(&text);
     let manifest = format!(
-        "{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\nnetdev = {{ devices = [\"*\"], actions = [\"read\"] }}\nipmi = [\"read\"]\n{}",
+        "{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\nnetdev = {{ devices = [\"*\"], actions = [\"read\"] }}\nipmi = [\"read\"]\nconfig = [\"read\"]\n{}",
         if cfg!(feature = "virt") { "virt = [\"read\"]\n" } else { "" }
     );
     let modules = if cfg!(feature = "virt") {
-        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi', 'virt'"
+        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi', 'config', 'virt'"
     } else {
-        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi'"
+        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi', 'config'"
     };
     let main = format!(
         "return function()
