@@ -204,8 +204,17 @@ pub struct IpmiCredential {
     pub user: String,
     /// Secret holding the BMC password.
     pub password_secret: String,
-    /// CA certificate(s) (PEM) to trust for Redfish over HTTPS, e.g. the BMCs' own CA.
+    /// CA certificate(s) (PEM) to trust for Redfish over HTTPS, e.g. the BMCs' own CA. When set,
+    /// only these are trusted (not the system's roots).
     pub ca_file: Option<PathBuf>,
+    /// The BMC addresses this login may be sent to (patterns with `*`, matched against the BMC's
+    /// host name or address, e.g. "10.20.*" or "*.bmc.example.com"). Empty: any. The address
+    /// comes from a cmdb tag, which applets with cmdb write access can change.
+    #[serde(default)]
+    pub bmcs: Vec<String>,
+    /// Allow Redfish over plain HTTP (the password then crosses the network readable). Off by default.
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// `[netdev]`.

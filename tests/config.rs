@@ -249,7 +249,8 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
     assert_eq!(r["repaired"], true, "{r}");
     assert!(lab.file("web3").contains("workers = 2") && lab.file("web3").contains("port = 9090"));
     let acts = lab.actions(&o);
-    assert_eq!(acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect::<Vec<_>>(), ["drift", "repair"]);
+    assert_eq!(acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect::<Vec<_>>(), ["check", "repair"]);
+    assert_eq!(acts[0].data["detail"]["status"], "drifted");
     assert_eq!(acts[1].data["detail"]["before_sha256"], sha(&edited));
     let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
     assert_eq!(by_host_state(ok(&o), "web3")["status"], "in-sync");
@@ -277,6 +278,11 @@ fn a_failing_health_check_or_candidate_validation_keeps_the_old_file() {
     lab.set(spec, "v1");
     ok(&lab.run(PUBLISH, r#"return function() return config.publish("app", "*") end"#, false));
     let old = lab.file("web2");
+    // Mode drift is put right even when the content is the same (and nothing is reloaded).
+    std::fs::set_permissions(lab.root.join("web1/app.conf"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, false);
+    assert_eq!(ok(&o)[0]["changed"], false);
+    assert_eq!(std::fs::metadata(lab.root.join("web1/app.conf")).unwrap().permissions().mode() & 0o777, 0o640);
     // v2 makes web2's service crash after the reload: the health check fails, the old file is
     // put back and reloaded.
     lab.set(item(&lab.root, 8081, ""), "v2");
@@ -299,6 +305,27 @@ fn a_failing_health_check_or_candidate_validation_keeps_the_old_file() {
     assert_eq!(lab.file("web2"), old);
     let left: Vec<_> = std::fs::read_dir(lab.root.join("web2")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(left.len(), 2, "no temp file left: {left:?}");
+    // A symbolic link where the file goes is refused, in a dry run too.
+    std::fs::remove_file(lab.root.join("web1/app.conf")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", lab.root.join("web1/app.conf")).unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, false);
+    assert_eq!(ok(&o)[0]["failed_at"], "symlink", "{}", ok(&o)[0]);
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, true);
+    assert!(ok(&o)[0]["error"].as_str().unwrap().contains("is a symbolic link"), "{}", ok(&o)[0]);
+    assert!(std::fs::symlink_metadata(lab.root.join("web1/app.conf")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn a_first_publish_that_fails_leaves_no_file() {
+    let lab = lab(1, &[("web1", "crashy")]);
+    lab.set(item(&lab.root, 8080, ""), "first");
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1") end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["failed_at"], "health", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("the new file was removed (there was none before)"), "{r}");
+    assert!(!lab.root.join("web1/app.conf").exists());
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    assert_eq!(ok(&o)[0]["status"], "failed");
 }
 
 #[test]
@@ -352,6 +379,8 @@ fn permission_environment_and_dry_run() {
     );
     let v = ok(&o);
     assert!(v["text"].as_str().unwrap().contains("port = 8080"));
+    // Secrets never reach the applet: render shows where they go.
+    assert!(v["text"].as_str().unwrap().contains("token = <secret:app-token>"), "{}", v["text"]);
     assert_eq!(v["item"]["version"], 1);
     assert_eq!(v["item"]["path"], format!("{}/{{{{ host.name }}}}/app.conf", lab.root.display()));
 }
@@ -479,6 +508,33 @@ fn watch_publishes_each_change_of_a_folder_to_dev() {
     assert!(st.success(), "watch ends cleanly on Ctrl-C: {st}");
     let log = std::fs::read_to_string(tmp.path().join("watch.log")).unwrap();
     assert!(log.contains("app v3 stored; publishing to group:web (dev)"), "{log}");
+    // `opslet config status` shows both hosts in sync with the last version (exit 0); after a
+    // hand edit and a check, the drifted one (exit 1).
+    let status = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["config", "status", "app"])
+            .args(extra)
+            .env("OPSLET_DATA_DIR", &data)
+            .env_remove("OPSLET_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = status(&["--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rows.as_array().unwrap().iter().all(|r| r["status"] == "in-sync" && r["version"] == 3), "{rows}");
+    std::fs::write(root.join("web1/app.conf"), "port = 1\n").unwrap();
+    {
+        let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let cfg = opslet::config::Config::load(&data.join("opslet.toml")).unwrap();
+        let rt = Runtime::new(&cfg, Some(store)).unwrap();
+        let manifest = "name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nconfig = [\"read\"]\n";
+        ok(&run_req(&rt, req(package_with(manifest, r#"return function() return config.check("app", "*") end"#, &[]))));
+    }
+    let out = status(&[]);
+    assert_eq!(out.status.code(), Some(1), "a drifted host makes status exit 1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("web1") && text.contains("drifted") && text.contains("in-sync"), "{text}");
     let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
     let h = ConfigItems::open(&store).unwrap().history("app").unwrap();
     assert_eq!(h.len(), 3);

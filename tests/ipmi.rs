@@ -43,8 +43,10 @@ fn lab(hosts: &[HostSpec], extra: &str) -> Lab {
     secrets.set("wrong-pass", b"not-the-bmc-password", "tester").unwrap();
     let config = format!(
         "[audit]\nsync = false\n[limits]\ntimeout = \"90s\"\n[ipmi]\ntimeout = \"3s\"\n{extra}\n\
-         [[ipmi.credentials]]\nhosts = \"group:wrongpw\"\nuser = \"{USER}\"\npassword_secret = \"wrong-pass\"\n\
-         [[ipmi.credentials]]\nhosts = \"*\"\nuser = \"{USER}\"\npassword_secret = \"bmc-pass\"\n"
+         [[ipmi.credentials]]\nhosts = \"group:wrongpw\"\nuser = \"{USER}\"\npassword_secret = \"wrong-pass\"\nallow_http = true\n\
+         [[ipmi.credentials]]\nhosts = \"group:plainhttp\"\nuser = \"{USER}\"\npassword_secret = \"bmc-pass\"\n\
+         [[ipmi.credentials]]\nhosts = \"group:listed\"\nuser = \"{USER}\"\npassword_secret = \"bmc-pass\"\nbmcs = [\"10.99.*\"]\n\
+         [[ipmi.credentials]]\nhosts = \"*\"\nuser = \"{USER}\"\npassword_secret = \"bmc-pass\"\nallow_http = true\n"
     );
     let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
     let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
@@ -328,6 +330,59 @@ fn redfish_power_boot_and_sensors_over_http_and_https() {
 fn curl(url: &str) -> String {
     let out = std::process::Command::new("curl").args(["-s", "-u", &format!("{USER}:{PASSWORD}"), url]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A "BMC" that answers every request with `body` and counts what it got.
+fn evil_bmc(body: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, hits)
+}
+
+#[test]
+fn the_bmc_password_goes_only_where_it_may() {
+    let rf = Bmc::redfish(false);
+    let url = format!("http://127.0.0.1:{}", rf.port);
+    // A BMC whose links lead elsewhere: the login is not sent there.
+    let (evil, _) = evil_bmc(r#"{"Members":[{"@odata.id":"http://127.0.0.1:1/steal"}]}"#);
+    let (evil2, _) = evil_bmc(r#"{"Members":[{"@odata.id":"@evil.example/x"}]}"#);
+    let lab = lab(
+        &[
+            ("plain", &[("bmc", &url), ("bmc_system", "node-1")], &["plainhttp"]),
+            ("unlisted", &[("bmc", "192.0.2.7:623")], &["listed"]),
+            ("evil", &[("bmc", &format!("http://127.0.0.1:{evil}"))], &[]),
+            ("evil2", &[("bmc", &format!("http://127.0.0.1:{evil2}"))], &[]),
+        ],
+        "",
+    );
+    let o = lab.run(READ, r#"return function() return ipmi.power("plain") end"#);
+    assert!(err_text(&o).contains("is plain HTTP, which would send the password readable"), "{}", err_text(&o));
+    let o = lab.run(READ, r#"return function() return ipmi.power("unlisted") end"#);
+    assert!(
+        err_text(&o).contains("its BMC 192.0.2.7 is not one of the BMCs its [[ipmi.credentials]] may log in to (10.99.*)"),
+        "{}",
+        err_text(&o)
+    );
+    for h in ["evil", "evil2"] {
+        let o = lab.run(READ, &format!("return function() return ipmi.power(\"{h}\") end"));
+        let e = err_text(&o);
+        assert!(e.contains("leads off the BMC") || e.contains("is not a path on the BMC"), "{h}: {e}");
+    }
 }
 
 #[test]

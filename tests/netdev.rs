@@ -452,6 +452,13 @@ fn permissions_are_checked_before_anything_is_sent() {
         (READ, r#"netdev.open("sw-p"):save()"#, "saving needs the `config` action"),
         (READ, r#"netdev.run("*", "configure terminal")"#, "permission denied"),
         (READ, r#"netdev.open("sw-p"):command("show version\nreload")"#, "a command is one line"),
+        // Ctrl-U erases the line on the device: "show " would vanish and `reload` remain.
+        (READ, r#"netdev.open("sw-p"):command("show \21reload")"#, "control character"),
+        (
+            r#"{ devices = ["*"], actions = ["config"], lines = ["description **"] }"#,
+            r#"netdev.open("sw-p"):config({ "description \21shutdown" })"#,
+            "control character",
+        ),
         // Devices outside the scope.
         (
             r#"{ devices = ["group:access"], actions = ["read"] }"#,

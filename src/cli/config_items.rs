@@ -27,7 +27,7 @@ pub enum ConfigCmd {
         message: String,
     },
     /// An item's definition (the newest version, or --version N); with --host, the file as it
-    /// would be published there.
+    /// would be published there (secrets shown as <secret:NAME>).
     Show {
         name: String,
         #[arg(long)]
@@ -125,14 +125,12 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
                         (None, Some(t)) => t.clone(),
                         (None, None) => return Err(Error::Usage(format!("{h} has no `env` tag: give --env"))),
                     };
-                    let secrets = crate::secrets::Secrets::open(store.clone())?;
-                    let secret: crate::cmdb::config_items::SecretFn = Arc::new(move |n: &str| {
-                        let v = secrets.get(n).map_err(|e| e.to_string())?.ok_or_else(|| format!("secret `{n}` is not set"))?;
-                        String::from_utf8(v).map_err(|_| format!("secret `{n}` is not text"))
-                    });
+                    // Secrets show as <secret:NAME>: what a host gets is not for terminals.
+                    let secret: crate::cmdb::config_items::SecretFn = Arc::new(|n: &str| Ok(format!("<secret:{n}>")));
+                    let inherited = cmdb.snapshot()?.inherited_groups(&host);
                     let text = v
                         .spec
-                        .render(&env, &host, secret)
+                        .render(&env, &host, &inherited, secret)
                         .map_err(|m| Error::Usage(format!("{name} v{} for {h} ({env}): {m}", v.version)))?;
                     print!("{text}");
                 }

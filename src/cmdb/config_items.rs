@@ -52,7 +52,9 @@ pub struct ItemSpec {
     /// Says whether the service is fine with the new file; run after the reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
-    /// Values: defaults, then `env.NAME`, then `group.NAME` (in the order of the host's groups).
+    /// Values: defaults, then `env.NAME`, then `group.NAME`: first the groups a host is in through
+    /// nesting, then its own groups (each set in name order). `env`, `host` and `item` are
+    /// reserved: the template gets them from opslet.
     #[serde(default)]
     pub values: Values,
 }
@@ -113,7 +115,7 @@ impl ItemSpec {
         } else {
             check_path(&self.path)?;
         }
-        if u32::from_str_radix(&self.mode, 8).map_or(true, |m| m > 0o7777) || self.mode.is_empty() {
+        if self.mode.is_empty() || self.mode.len() > 4 || !self.mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
             return Err(format!("mode `{}`: give octal permissions like \"0644\"", self.mode));
         }
         let user = |key: &str, v: &Option<String>| -> Result<(), String> {
@@ -128,6 +130,15 @@ impl ItemSpec {
         user("group", &self.group)?;
         if let Some(SudoSpec::User(u)) = &self.sudo {
             user("sudo", &Some(u.clone()))?;
+        }
+        let v = &self.values;
+        let tables = std::iter::once(("values", &v.defaults))
+            .chain(v.env.values().map(|m| ("values.env", m)))
+            .chain(v.group.values().map(|m| ("values.group", m)));
+        for (at, m) in tables {
+            if let Some(k) = ["env", "host", "item"].iter().find(|k| m.contains_key(**k)) {
+                return Err(format!("{at}: `{k}` is reserved (the template gets it from opslet); name the value otherwise"));
+            }
         }
         let Some(t) = &self.template else { return Err("give the file's `template` (or `template_file`)".into()) };
         template_env(std::sync::Arc::new(|_: &str| Ok(String::new())))
@@ -145,12 +156,12 @@ impl ItemSpec {
 
     /// The values for a host in `env`: defaults, then the environment's, then each of the
     /// host's groups' that the item names, in the host's group order.
-    pub fn values_for(&self, env: &str, host: &Host) -> Map<String, Value> {
+    pub fn values_for(&self, env: &str, host: &Host, inherited: &[String]) -> Map<String, Value> {
         let mut v = self.values.defaults.clone();
         if let Some(e) = self.values.env.get(env) {
             v.extend(e.clone());
         }
-        for g in &host.groups {
+        for g in inherited.iter().chain(host.groups.iter()) {
             if let Some(gv) = self.values.group.get(g) {
                 v.extend(gv.clone());
             }
@@ -159,22 +170,23 @@ impl ItemSpec {
     }
 
     /// The file for `host` in `env`. `secret` reads a secret for `{{ secret("name") }}`.
-    pub fn render(&self, env: &str, host: &Host, secret: SecretFn) -> Result<String, String> {
-        self.render_text(self.template.as_deref().unwrap_or_default(), env, host, secret)
+    pub fn render(&self, env: &str, host: &Host, inherited: &[String], secret: SecretFn) -> Result<String, String> {
+        self.render_text(self.template.as_deref().unwrap_or_default(), env, host, inherited, secret)
     }
 
     /// Where the file goes on `host` in `env`.
-    pub fn path_for(&self, env: &str, host: &Host) -> Result<String, String> {
+    pub fn path_for(&self, env: &str, host: &Host, inherited: &[String]) -> Result<String, String> {
         if !self.path.contains("{{") {
             return Ok(self.path.clone());
         }
-        let p = self.render_text(&self.path, env, host, std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string())))?;
+        let p =
+            self.render_text(&self.path, env, host, inherited, std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string())))?;
         check_path(&p).map_err(|m| format!("the path renders as {m}"))?;
         Ok(p)
     }
 
-    fn render_text(&self, source: &str, env: &str, host: &Host, secret: SecretFn) -> Result<String, String> {
-        let mut ctx = self.values_for(env, host);
+    fn render_text(&self, source: &str, env: &str, host: &Host, inherited: &[String], secret: SecretFn) -> Result<String, String> {
+        let mut ctx = self.values_for(env, host, inherited);
         ctx.insert("env".into(), Value::String(env.into()));
         ctx.insert("item".into(), Value::String(self.name.clone()));
         ctx.insert(
@@ -392,6 +404,14 @@ impl ConfigItems {
         self.state.insert(skey(&s.item, &s.host), bytes)?;
         Ok(())
     }
+
+    /// Replaces `old` with `new` only if the record is still `old` (a publish that happened
+    /// meanwhile wins); returns whether it was replaced.
+    pub fn replace_state(&self, old: &HostState, new: &HostState) -> Result<bool, Error> {
+        let o = serde_json::to_vec(old).map_err(|e| Error::Store(e.to_string()))?;
+        let n = serde_json::to_vec(new).map_err(|e| Error::Store(e.to_string()))?;
+        Ok(self.state.compare_and_swap(skey(&new.item, &new.host), Some(o), Some(n))?.is_ok())
+    }
 }
 
 #[cfg(test)]
@@ -431,15 +451,20 @@ workers = 32
     fn values_layer_defaults_environment_and_groups() {
         let s = ItemSpec::parse("app.toml", ITEM, None).unwrap();
         let none: SecretFn = std::sync::Arc::new(|_: &str| -> Result<String, String> { Err("no secrets".into()) });
-        assert_eq!(s.render("dev", &host(&[]), none.clone()).unwrap(), "port = 8080\nworkers = 2\nhost = web1 (dev)\n");
-        assert_eq!(s.render("prod", &host(&[]), none.clone()).unwrap(), "port = 8080\nworkers = 8\nhost = web1 (prod)\n");
-        assert_eq!(s.render("prod", &host(&["big"]), none).unwrap(), "port = 8080\nworkers = 32\nhost = web1 (prod)\n");
+        assert_eq!(s.render("dev", &host(&[]), &[], none.clone()).unwrap(), "port = 8080\nworkers = 2\nhost = web1 (dev)\n");
+        assert_eq!(s.render("prod", &host(&[]), &[], none.clone()).unwrap(), "port = 8080\nworkers = 8\nhost = web1 (prod)\n");
+        assert_eq!(s.render("prod", &host(&["big"]), &[], none.clone()).unwrap(), "port = 8080\nworkers = 32\nhost = web1 (prod)\n");
+        // A group the host is in through nesting counts too, before its own groups.
+        assert_eq!(
+            s.render("prod", &host(&[]), &["big".to_string()], none.clone()).unwrap(),
+            "port = 8080\nworkers = 32\nhost = web1 (prod)\n"
+        );
     }
 
     #[test]
     fn undefined_values_and_bad_fields_are_named() {
         let s = ItemSpec::parse("app.toml", &ITEM.replace("{{ workers }}", "{{ wrokers }}"), None).unwrap();
-        let e = s.render("dev", &host(&[]), std::sync::Arc::new(|_: &str| Ok(String::new()))).unwrap_err();
+        let e = s.render("dev", &host(&[]), &[], std::sync::Arc::new(|_: &str| Ok(String::new()))).unwrap_err();
         assert!(e.contains("undefined"), "{e}");
         let e = ItemSpec::parse("app.toml", &ITEM.replace("/etc/app/app.conf", "etc/app.conf"), None).unwrap_err().to_string();
         assert!(e.contains("app.toml: path `etc/app.conf`"), "{e}");
@@ -447,6 +472,10 @@ workers = 32
         assert!(e.contains("mode `rw-r`"), "{e}");
         let e = ItemSpec::parse("app.toml", &ITEM.replace("{{ port }}", "{{ port "), None).unwrap_err().to_string();
         assert!(e.contains("app.toml: template:"), "{e}");
+        let e = ItemSpec::parse("app.toml", &ITEM.replace("0640", "+644"), None).unwrap_err().to_string();
+        assert!(e.contains("mode `+644`"), "{e}");
+        let e = ItemSpec::parse("app.toml", &ITEM.replace("port = 8080", "port = 8080\nhost = \"x\""), None).unwrap_err().to_string();
+        assert!(e.contains("values: `host` is reserved"), "{e}");
         let e = ItemSpec::parse("app.toml", &format!("bogus = 1\n{ITEM}"), None).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

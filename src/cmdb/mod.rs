@@ -326,4 +326,9 @@ impl Snapshot {
     pub fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
     }
+
+    /// The groups a host belongs to through nesting only (parents of its groups, and theirs).
+    pub fn inherited_groups(&self, host: &Host) -> Vec<String> {
+        self.member_of.get(&host.name).map(|all| all.iter().filter(|g| !host.groups.contains(*g)).cloned().collect()).unwrap_or_default()
+    }
 }

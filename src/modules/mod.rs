@@ -236,6 +236,56 @@ pub fn pick_connection(label: &str, module: &str, conns: &[(&str, bool)], asked:
     }
 }
 
+/// An action sent to a host, device or BMC whose outcome is not known yet. Dropped before
+/// [`Pending::finish`] (the run was cancelled or ran out of time mid-call), it records the action
+/// as abandoned, so the audit log shows what was in flight where.
+pub struct Pending {
+    ctx: Arc<RunCtx>,
+    module: &'static str,
+    action: String,
+    target: String,
+    detail: serde_json::Value,
+    done: bool,
+}
+
+impl Pending {
+    pub fn new(ctx: &Arc<RunCtx>, module: &'static str, action: &str, target: &str, detail: serde_json::Value) -> Pending {
+        Pending { ctx: Arc::clone(ctx), module, action: action.into(), target: target.into(), detail, done: false }
+    }
+
+    /// The outcome is being recorded by the caller.
+    pub fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut d = self.detail.take();
+            if !d.is_object() {
+                d = serde_json::json!({});
+            }
+            d["error"] =
+                serde_json::json!("abandoned: the run ended (cancelled or out of time) while this was in flight; it may have taken effect");
+            let _ = self.ctx.record_action(self.module, &self.action, &self.target, false, d);
+        }
+    }
+}
+
+/// An option error from a shared parser (`ssh.NAME: ...`) as the calling module's
+/// (`config.NAME: ...`).
+pub fn rename_error(e: mlua::Error, from: &str, to: &str) -> mlua::Error {
+    let m = match &e {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        other => other.to_string(),
+    };
+    match m.strip_prefix(&format!("{from}: ")) {
+        Some(rest) => mlua::Error::runtime(format!("{to}: {rest}")),
+        None => mlua::Error::runtime(m),
+    }
+}
+
 /// An error with its sources, one after another (`error sending request: connection refused`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut m = e.to_string();

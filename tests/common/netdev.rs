@@ -130,7 +130,20 @@ impl Drop for Sim {
 }
 
 /// Sends `commands` to a device with netmiko; returns its outputs by command and the prompt.
+/// netmiko sometimes reads an empty output from the simulators under load (its prompt
+/// detection races their echo): a reply with an empty output is asked for again, up to 3 times.
 pub fn netmiko(device_type: &str, port: u16, commands: &[&str]) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..3 {
+        last = netmiko_once(device_type, port, commands);
+        if commands.iter().all(|c| last["outputs"][*c].as_str().is_some_and(|o| !o.trim().is_empty())) {
+            break;
+        }
+    }
+    last
+}
+
+fn netmiko_once(device_type: &str, port: u16, commands: &[&str]) -> serde_json::Value {
     let req = serde_json::json!({
         "device_type": device_type, "host": "127.0.0.1", "port": port,
         "username": USER, "password": PASSWORD, "secret": "", "commands": commands,

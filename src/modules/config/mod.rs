@@ -135,14 +135,36 @@ impl RunState {
         }
     }
 
-    fn secret_fn(&self) -> SecretFn {
+    /// Reads secrets for a template; every value read is kept in `used` (to mask it in diffs).
+    fn secret_fn(&self, used: Arc<parking_lot::Mutex<Vec<(String, String)>>>) -> SecretFn {
         let ctx = Arc::clone(&self.ctx);
-        Arc::new(move |name: &str| super::ssh::read_secret(&ctx, "a config item template", name))
+        Arc::new(move |name: &str| {
+            let v = super::ssh::read_secret(&ctx, "a config item template", name)?;
+            used.lock().push((name.to_string(), v.clone()));
+            Ok(v)
+        })
     }
 
     fn audit(&self, action: &str, host: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
         self.ctx.record_action("config", action, host, ok, detail).map_err(|e| format!("could not record the action in the audit log: {e}"))
     }
+}
+
+/// Secrets as `<secret:NAME>`: what `config.render` gives an applet, which never holds them.
+fn placeholder_secrets() -> SecretFn {
+    Arc::new(|name: &str| Ok(format!("<secret:{name}>")))
+}
+
+/// `text` with every secret value in `used` replaced by its placeholder (whole values, so a
+/// multi-line key is masked before a diff splits it into lines).
+fn mask(text: &str, used: &[(String, String)]) -> String {
+    let mut t = text.to_string();
+    let mut used: Vec<&(String, String)> = used.iter().filter(|(_, v)| !v.is_empty()).collect();
+    used.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    for (name, v) in used {
+        t = t.replace(v.as_str(), &format!("<secret:{name}>"));
+    }
+    t
 }
 
 /// The environment a host is published for: the one asked for, else its `env` tag.
@@ -163,9 +185,27 @@ fn sha256(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// `cmd` with `{file}` and `{path}` replaced by quoted paths.
+/// `cmd` with `{file}` and `{path}` replaced by quoted paths, in one pass (a path that itself
+/// holds `{path}` is not substituted again).
 fn fill(cmd: &str, file: &str, path: &str) -> String {
-    cmd.replace("{file}", &shell_quote(file)).replace("{path}", &shell_quote(path))
+    let mut out = String::with_capacity(cmd.len());
+    let mut rest = cmd;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("{file}") {
+            out.push_str(&shell_quote(file));
+            rest = t;
+        } else if let Some(t) = tail.strip_prefix("{path}") {
+            out.push_str(&shell_quote(path));
+            rest = t;
+        } else {
+            out.push('{');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The shell program that publishes one file, fed the file on stdin. Lines on stdout starting
@@ -176,48 +216,71 @@ fn publish_script(item: &ItemVersion, path: &str, new_sha: &str, tag: &str) -> S
     let tmp = format!("{dir}/.{base}.opslet-{tag}.tmp");
     let bak = format!("{dir}/.{base}.opslet-{tag}.bak");
     let q = shell_quote;
+    let own = |f: &str| {
+        let mut c = format!("chmod {} {f}", q(&s.mode));
+        match (&s.owner, &s.group) {
+            (Some(o), Some(g)) => c.push_str(&format!(" && chown {}:{} {f}", q(o), q(g))),
+            (Some(o), None) => c.push_str(&format!(" && chown {} {f}", q(o))),
+            (None, Some(g)) => c.push_str(&format!(" && chgrp {} {f}", q(g))),
+            (None, None) => {}
+        }
+        c
+    };
     let mut out = String::new();
-    out.push_str(&format!("t={}; tmp={}; bak={}\n", q(path), q(&tmp), q(&bak)));
-    out.push_str("before=$(sha256sum \"$t\" 2>/dev/null | cut -d' ' -f1); echo \"opslet: before $before\"\n");
-    out.push_str(&format!("if [ \"$before\" = {} ]; then cat >/dev/null; echo 'opslet: unchanged'; exit 0; fi\n", q(new_sha)));
-    out.push_str("umask 077\n");
-    out.push_str("cat >\"$tmp\" || { echo 'opslet: failed write'; rm -f \"$tmp\"; exit 20; }\n");
-    let mut own = format!("chmod {} \"$tmp\"", q(&s.mode));
-    match (&s.owner, &s.group) {
-        (Some(o), Some(g)) => own.push_str(&format!(" && chown {}:{} \"$tmp\"", q(o), q(g))),
-        (Some(o), None) => own.push_str(&format!(" && chown {} \"$tmp\"", q(o))),
-        (None, Some(g)) => own.push_str(&format!(" && chgrp {} \"$tmp\"", q(g))),
-        (None, None) => {}
-    }
-    out.push_str(&format!("{own} >&2 || {{ echo 'opslet: failed owner'; rm -f \"$tmp\"; exit 21; }}\n"));
-    let validate_first = s.validate.as_deref().filter(|v| v.contains("{file}"));
-    if let Some(v) = validate_first {
-        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; rm -f \"$tmp\"; exit 22; }}\n", fill(v, &tmp, path)));
-    }
-    out.push_str(
-        "had=0; if [ -e \"$t\" ]; then had=1; cp -p \"$t\" \"$bak\" || { echo 'opslet: failed backup'; rm -f \"$tmp\"; exit 23; }; fi\n",
+    let mut line = |l: &str| {
+        out.push_str(l);
+        out.push('\n');
+    };
+    line(&format!("t={}; tmp={}; bak={}; d={}", q(path), q(&tmp), q(&bak), q(dir)));
+    // One publish of this file at a time on the host: a lock on its folder (no extra file).
+    line("exec 9<\"$d\" || { echo 'opslet: failed lock'; cat >/dev/null; exit 19; }");
+    line("if command -v flock >/dev/null 2>&1; then flock -w 60 9 || { echo 'opslet: failed lock'; cat >/dev/null; exit 19; }; fi");
+    // A symlink in its place could send the write anywhere.
+    line(
+        "if [ -L \"$t\" ]; then echo 'opslet: failed symlink'; echo \"$t is a symbolic link; opslet does not write through links\" >&2; cat >/dev/null; exit 18; fi",
     );
-    out.push_str("mv -f \"$tmp\" \"$t\" || { echo 'opslet: failed install'; rm -f \"$tmp\" \"$bak\"; exit 24; }\n");
-    let reload = s.reload.as_deref().map(|r| fill(r, path, path));
-    // After the move: any failure puts the old file back (or removes a first one) and reloads.
-    out.push_str("restore() {\n  if [ $had = 1 ]; then mv -f \"$bak\" \"$t\"; else rm -f \"$t\"; fi\n");
-    match &reload {
-        Some(r) => out.push_str(&format!(
-            "  if ( {r} ) >&2; then echo 'opslet: restored reloaded'; else echo 'opslet: restored reload-failed'; fi\n"
-        )),
-        None => out.push_str("  echo 'opslet: restored'\n"),
+    line("before=$(sha256sum \"$t\" 2>/dev/null | cut -d' ' -f1); echo \"opslet: before $before\"");
+    // The same content: only mode and owner are made right; nothing is reloaded.
+    line(&format!(
+        "if [ \"$before\" = {} ]; then cat >/dev/null; {} >&2 || {{ echo 'opslet: failed owner'; exit 21; }}; echo 'opslet: unchanged'; exit 0; fi",
+        q(new_sha),
+        own("\"$t\"")
+    ));
+    line("umask 077");
+    line("cat >\"$tmp\" || { echo 'opslet: failed write'; rm -f \"$tmp\"; exit 20; }");
+    line(&format!("{} >&2 || {{ echo 'opslet: failed owner'; rm -f \"$tmp\"; exit 21; }}", own("\"$tmp\"")));
+    if let Some(v) = s.validate.as_deref().filter(|v| v.contains("{file}")) {
+        line(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; rm -f \"$tmp\"; exit 22; }}", fill(v, &tmp, path)));
     }
-    out.push_str("}\n");
+    line(
+        "had=0; if [ -e \"$t\" ]; then had=1; cp -p \"$t\" \"$bak\" || { echo 'opslet: failed backup'; rm -f \"$tmp\" \"$bak\"; exit 23; }; fi",
+    );
+    line("mv -f \"$tmp\" \"$t\" || { echo 'opslet: failed install'; rm -f \"$tmp\" \"$bak\"; exit 24; }");
+    let reload = s.reload.as_deref().map(|r| fill(r, path, path));
+    // After the move, any failure puts the old file back (a first publish: removes the new one)
+    // and reloads with it.
+    line("restore() {");
+    line(
+        "  if [ $had = 1 ]; then mv -f \"$bak\" \"$t\" || { echo 'opslet: restored failed'; return; }; else rm -f \"$t\" || { echo 'opslet: restored failed'; return; }; fi",
+    );
+    match &reload {
+        Some(r) => {
+            line(&format!("  if ( {r} ) >&2; then echo 'opslet: restored reloaded'; else echo 'opslet: restored reload-failed'; fi"))
+        }
+        None => line("  echo 'opslet: restored'"),
+    }
+    line("}");
     if let Some(v) = s.validate.as_deref().filter(|v| !v.contains("{file}")) {
-        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; restore; exit 22; }}\n", fill(v, path, path)));
+        line(&format!("( {} ) >&2 || {{ echo 'opslet: failed validate'; restore; exit 22; }}", fill(v, path, path)));
     }
     if let Some(r) = &reload {
-        out.push_str(&format!("( {r} ) >&2 || {{ echo 'opslet: failed reload'; restore; exit 25; }}\n"));
+        line(&format!("( {r} ) >&2 || {{ echo 'opslet: failed reload'; restore; exit 25; }}"));
     }
     if let Some(h) = s.health.as_deref() {
-        out.push_str(&format!("( {} ) >&2 || {{ echo 'opslet: failed health'; restore; exit 26; }}\n", fill(h, path, path)));
+        line(&format!("( {} ) >&2 || {{ echo 'opslet: failed health'; restore; exit 26; }}", fill(h, path, path)));
     }
-    out.push_str("rm -f \"$bak\"\necho \"opslet: after $(sha256sum \"$t\" | cut -d' ' -f1)\"\n");
+    line("rm -f \"$bak\"");
+    line("echo \"opslet: after $(sha256sum \"$t\" | cut -d' ' -f1)\"");
     out
 }
 
@@ -304,6 +367,8 @@ fn parse_publish_opts(
     settings: &SshSettings,
     extra: &[&str],
 ) -> mlua::Result<(PublishOpts, HashMap<String, Value>)> {
+    // config.check publishes only the recorded environment.
+    let takes_env = call != "check";
     let mut o = PublishOpts {
         env: None,
         timeout: settings.timeout,
@@ -311,11 +376,11 @@ fn parse_publish_opts(
     };
     let mut rest = HashMap::new();
     let Some(opts) = opts else { return Ok((o, rest)) };
-    let e = |m: mlua::Error| lua_err(call, m.to_string().trim_start_matches(&format!("ssh.{call}: ")));
+    let e = |m: mlua::Error| super::rename_error(m, &format!("ssh.{call}"), &format!("config.{call}"));
     for pair in opts.pairs::<String, Value>() {
         let (k, v) = pair?;
         match k.as_str() {
-            "env" => match v {
+            "env" if takes_env => match v {
                 Value::String(s) => o.env = Some(s.to_str()?.to_string()),
                 other => return Err(lua_err(call, format!("opts.env: expected a string, got {}", other.type_name()))),
             },
@@ -333,7 +398,8 @@ fn parse_publish_opts(
                 rest.insert(other.to_string(), v);
             }
             other => {
-                let mut known = vec!["env", "timeout", "concurrency", "batch", "canary", "stop_after"];
+                let mut known = if takes_env { vec!["env"] } else { vec![] };
+                known.extend(["timeout", "concurrency", "batch", "canary", "stop_after"]);
                 known.extend(extra);
                 return Err(lua_err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
             }
@@ -354,14 +420,6 @@ async fn publish_host(
 ) -> HostResult {
     let t0 = Instant::now();
     let mut r = HostResult { host: host.name.clone(), version: Some(item.version), ..Default::default() };
-    let env = match env {
-        Ok(e) => e,
-        Err(m) => {
-            r.error = Some(m);
-            return r;
-        }
-    };
-    r.env = Some(env.clone());
     let items = match st.ctx.store.as_ref().map(ConfigItems::open) {
         Some(Ok(i)) => i,
         _ => {
@@ -375,7 +433,21 @@ async fn publish_host(
         _ => "publish",
     });
     r.action = Some(action.to_string());
-    let rendered = item.spec.path_for(&env, &host).and_then(|p| item.spec.render(&env, &host, st.secret_fn()).map(|c| (p, c)));
+    let env = match env {
+        Ok(e) => e,
+        Err(m) => {
+            let _ = st.audit(action, &host.name, false, json!({ "item": item.name, "version": item.version, "error": m }));
+            r.error = Some(m);
+            return r;
+        }
+    };
+    r.env = Some(env.clone());
+    let inherited = st.ssh.snapshot().map(|s| s.inherited_groups(&host)).unwrap_or_default();
+    let used = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let rendered = item
+        .spec
+        .path_for(&env, &host, &inherited)
+        .and_then(|p| item.spec.render(&env, &host, &inherited, st.secret_fn(Arc::clone(&used))).map(|c| (p, c)));
     let (path, content) = match rendered {
         Ok(pc) => pc,
         Err(m) => {
@@ -387,22 +459,35 @@ async fn publish_host(
     };
     let new_sha = sha256(content.as_bytes());
     if st.ctx.dry_run {
-        // Read what is there now, to show the change.
-        let read = with_sudo(&item.spec.sudo, &format!("cat {} 2>/dev/null; true", shell_quote(&path)));
+        // Read what is there now (not through a link), to show the change with secrets masked.
+        let p = shell_quote(&path);
+        let read = with_sudo(
+            &item.spec.sudo,
+            &format!("if [ -L {p} ]; then echo link; elif [ -e {p} ]; then echo file; cat {p}; else echo none; fi"),
+        );
         match st.ssh.exec(&host, read, None, timeout).await {
             Ok(e) => {
-                let current = String::from_utf8_lossy(&e.stdout).into_owned();
-                r.before_sha256 = Some(sha256(current.as_bytes()));
-                r.changed = Some(current != content);
-                r.diff = Some(crate::cmdb::device_configs::unified_diff(
-                    &current,
-                    &content,
-                    &format!("{}:{path} (now)", host.name),
-                    &format!("{} v{} ({env})", item.name, item.version),
-                ));
-                r.ok = true;
-                r.planned = true;
-                r.after_sha256 = Some(new_sha.clone());
+                let out = String::from_utf8_lossy(&e.stdout).into_owned();
+                let (kind, current) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+                match kind {
+                    "link" => r.error = Some(format!("{path} on {} is a symbolic link; a publish would refuse it", host.name)),
+                    _ => {
+                        if kind == "file" {
+                            r.before_sha256 = Some(sha256(current.as_bytes()));
+                        }
+                        let used = used.lock();
+                        r.changed = Some(current != content);
+                        r.diff = Some(crate::cmdb::device_configs::unified_diff(
+                            &mask(current, &used),
+                            &mask(&content, &used),
+                            &format!("{}:{path} (now)", host.name),
+                            &format!("{} v{} ({env})", item.name, item.version),
+                        ));
+                        r.ok = true;
+                        r.planned = true;
+                        r.after_sha256 = Some(new_sha.clone());
+                    }
+                }
             }
             Err(m) => r.error = Some(format!("reading the current file: {m}")),
         }
@@ -415,11 +500,18 @@ async fn publish_host(
         r.duration = t0.elapsed().as_secs_f64();
         return r;
     }
+    let base_detail = json!({ "item": item.name, "version": item.version, "env": env, "path": path, "after_sha256": new_sha });
+    let pending = super::Pending::new(&st.ctx, "config", action, &host.name, base_detail);
     let tag: String = st.ctx.run_id.chars().rev().take(12).collect();
     let script = with_sudo(&item.spec.sudo, &publish_script(&item, &path, &new_sha, &tag));
     let res = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await;
+    // Whether the host's file is known: after a lost connection or a timeout it is not.
+    let mut known = true;
     match res {
-        Err(m) => r.error = Some(m),
+        Err(m) => {
+            known = false;
+            r.error = Some(format!("{m}; what {} runs now is unknown: check it (config.check) before publishing again", host.name));
+        }
         Ok(e) => {
             let out = String::from_utf8_lossy(&e.stdout);
             for line in out.lines() {
@@ -443,61 +535,63 @@ async fn publish_host(
             }
             if !r.ok {
                 r.output = String::from_utf8_lossy(&e.stderr).trim_end().chars().take(4000).collect();
+                let exit = e.exit_code.map_or_else(|| "no exit status".to_string(), |c| format!("exit {c}"));
                 r.error = Some(match (&r.failed_at, &r.restored) {
-                    (Some(stage), Some(how)) => format!(
-                        "{stage} failed on {}; the previous file was put back{}",
-                        host.name,
+                    (Some(stage), Some(how)) => {
+                        let put_back = if r.before_sha256.is_some() {
+                            "the previous file was put back"
+                        } else {
+                            "the new file was removed (there was none before)"
+                        };
                         match how.as_str() {
-                            "reloaded" => " and the service reloaded with it",
-                            "reload-failed" => ", but reloading the service with it failed too",
-                            _ => "",
+                            "failed" => {
+                                known = false;
+                                format!(
+                                    "{stage} failed on {}, and putting the previous file back failed too: the host needs a look",
+                                    host.name
+                                )
+                            }
+                            "reloaded" => format!("{stage} failed on {}; {put_back} and the service reloaded with it", host.name),
+                            "reload-failed" => format!("{stage} failed on {}; {put_back}, but reloading the service failed too", host.name),
+                            _ => format!("{stage} failed on {}; {put_back}", host.name),
                         }
-                    ),
+                    }
                     (Some(stage), None) => format!("{stage} failed on {}; the file in place was not touched", host.name),
-                    _ if e.exit_code == Some(0) => format!("the file on {} does not have the published content afterwards", host.name),
-                    _ => format!("publishing failed on {} (exit {:?})", host.name, e.exit_code),
+                    _ => {
+                        known = false;
+                        format!("publishing on {} ended without the published content in place ({exit})", host.name)
+                    }
                 });
             }
         }
     }
     r.duration = t0.elapsed().as_secs_f64();
     // What the host runs now.
-    let state = if r.ok {
-        Some(HostState {
-            item: item.name.clone(),
-            host: host.name.clone(),
-            version: item.version,
-            env: env.clone(),
-            sha256: new_sha.clone(),
-            status: "in-sync".into(),
-            at: chrono::Utc::now(),
-            run: Some(st.ctx.run_id.clone()),
-            error: None,
-        })
-    } else if r.failed_at.is_some() {
-        // The old file stays (or is back): keep its record, marked failed.
-        Some(match previous.clone() {
-            Some(p) => {
-                HostState { status: "failed".into(), at: chrono::Utc::now(), run: Some(st.ctx.run_id.clone()), error: r.error.clone(), ..p }
-            }
-            None => HostState {
-                item: item.name.clone(),
-                host: host.name.clone(),
-                version: 0,
-                env: env.clone(),
-                sha256: r.before_sha256.clone().unwrap_or_default(),
-                status: "failed".into(),
-                at: chrono::Utc::now(),
-                run: Some(st.ctx.run_id.clone()),
-                error: r.error.clone(),
-            },
-        })
-    } else {
-        None
+    let now = chrono::Utc::now();
+    let run = Some(st.ctx.run_id.clone());
+    let fresh = |status: &str, version: u32, sha: String| HostState {
+        item: item.name.clone(),
+        host: host.name.clone(),
+        version,
+        env: env.clone(),
+        sha256: sha,
+        status: status.into(),
+        at: now,
+        run: run.clone(),
+        error: r.error.clone(),
     };
-    if let Some(s) = state
-        && let Err(e) = items.put_state(&s)
-    {
+    let state = if r.ok {
+        fresh("in-sync", item.version, new_sha.clone())
+    } else {
+        // The old file stays (or is back), or what is there is unknown: keep the record of the
+        // version last published, marked.
+        let status = if known { "failed" } else { "unknown" };
+        match previous.clone() {
+            Some(p) => HostState { status: status.into(), at: now, run: run.clone(), error: r.error.clone(), ..p },
+            None => fresh(status, 0, r.before_sha256.clone().unwrap_or_default()),
+        }
+    };
+    if let Err(e) = items.put_state(&state) {
         r.ok = false;
         r.error = Some(format!("could not record the host's state: {e}"));
     }
@@ -508,6 +602,7 @@ async fn publish_host(
         "failed_at": r.failed_at, "restored": r.restored, "error": r.error,
         "duration_ms": t0.elapsed().as_millis() as u64,
     });
+    pending.finish();
     if let Err(m) = st.audit(action, &host.name, r.ok, detail) {
         r.ok = false;
         r.error = Some(m);
@@ -545,19 +640,22 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
             return r;
         }
     };
-    let path = match item.spec.path_for(&state.env, &host) {
+    let inherited = st.ssh.snapshot().map(|s| s.inherited_groups(&host)).unwrap_or_default();
+    let path = match item.spec.path_for(&state.env, &host, &inherited) {
         Ok(p) => p,
         Err(m) => {
             r.error = Some(m);
             return r;
         }
     };
-    let cmd = with_sudo(&item.spec.sudo, &format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", shell_quote(&path)));
+    let p = shell_quote(&path);
+    let cmd = with_sudo(&item.spec.sudo, &format!("if [ -L {p} ]; then echo link; else sha256sum {p} 2>/dev/null | cut -d' ' -f1; fi"));
     let actual = match st.ssh.exec(&host, cmd, None, timeout).await {
         Ok(e) => String::from_utf8_lossy(&e.stdout).trim().to_string(),
         Err(m) => {
             r.error = Some(m);
             r.duration = t0.elapsed().as_secs_f64();
+            let _ = st.audit("check", &host.name, false, json!({ "item": name, "version": state.version, "error": r.error }));
             return r;
         }
     };
@@ -572,33 +670,48 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
     };
     r.status = Some(status.into());
     r.ok = true;
-    if status != "in-sync" {
-        // Recorded, so `opslet config status` shows it until it is repaired.
-        let s = HostState {
-            status: "drifted".into(),
-            at: chrono::Utc::now(),
-            run: Some(st.ctx.run_id.clone()),
-            error: Some(format!("the file is {status}")),
-            ..state.clone()
+    let _ = st.audit(
+        "check",
+        &host.name,
+        true,
+        json!({ "item": name, "version": state.version, "expected_sha256": state.sha256, "actual_sha256": actual, "status": status, "planned": st.ctx.dry_run }),
+    );
+    // Record what was found (a publish that happened meanwhile wins); a dry run records nothing.
+    if !st.ctx.dry_run {
+        let found = match status {
+            "in-sync" if state.status == "drifted" => {
+                Some(HostState { status: "in-sync".into(), error: None, at: chrono::Utc::now(), ..state.clone() })
+            }
+            "missing" | "drifted" => Some(HostState {
+                status: "drifted".into(),
+                at: chrono::Utc::now(),
+                run: Some(st.ctx.run_id.clone()),
+                error: Some(format!("the file is {status}")),
+                ..state.clone()
+            }),
+            _ => None,
         };
-        let _ = items.put_state(&s);
-        let _ = st.audit(
-            "drift",
-            &host.name,
-            true,
-            json!({ "item": name, "version": state.version, "expected_sha256": state.sha256, "actual_sha256": actual, "status": status }),
-        );
-        if repair {
-            let fixed = publish_host(Arc::clone(&st), Arc::new(item), host.clone(), Ok(state.env.clone()), Some("repair"), timeout).await;
-            r.repaired = Some(fixed.ok && !fixed.planned);
-            r.ok = fixed.ok;
-            r.error = fixed.error;
-            r.failed_at = fixed.failed_at;
-            r.restored = fixed.restored;
-            r.output = fixed.output;
-            r.diff = fixed.diff;
-            r.planned = fixed.planned;
+        if let Some(f) = found
+            && !items.replace_state(&state, &f).unwrap_or(false)
+        {
+            r.error = Some(format!("{name} was published to {} while it was being checked; check again", host.name));
+            r.duration = t0.elapsed().as_secs_f64();
+            return r;
         }
+    }
+    if status != "in-sync" && repair {
+        // The recorded version, in the recorded environment: refused if the host is now tagged
+        // for another one.
+        let env = env_for(&host, Some(&state.env));
+        let fixed = publish_host(Arc::clone(&st), Arc::new(item), host.clone(), env, Some("repair"), timeout).await;
+        r.repaired = Some(fixed.ok && !fixed.planned);
+        r.ok = fixed.ok;
+        r.error = fixed.error;
+        r.failed_at = fixed.failed_at;
+        r.restored = fixed.restored;
+        r.output = fixed.output;
+        r.diff = fixed.diff;
+        r.planned = fixed.planned;
     }
     r.duration = t0.elapsed().as_secs_f64();
     r
@@ -689,9 +802,16 @@ impl HostModule for ConfigModule {
                 let item = st.item("render", &name, version)?;
                 let snap = st.ssh.snapshot().map_err(|m| lua_err("render", m))?;
                 let h = snap.host(&host).cloned().ok_or_else(|| lua_err("render", format!("no host `{host}` in the cmdb")))?;
+                if !st.ssh.allows(&h.name) {
+                    return Err(lua_err(
+                        "render",
+                        format!("permission denied: {host} is outside the applet's config hosts ({})", st.scope.hosts.join(", ")),
+                    ));
+                }
                 let env = env_for(&h, env.as_deref()).map_err(|m| lua_err("render", m))?;
+                // Secrets stay out of the applet: they render as <secret:NAME>.
                 item.spec
-                    .render(&env, &h, st.secret_fn())
+                    .render(&env, &h, &snap.inherited_groups(&h), placeholder_secrets())
                     .map_err(|m| lua_err("render", format!("{name} v{} for {host} ({env}): {m}", item.version)))
             })?,
         )?;
@@ -701,7 +821,8 @@ impl HostModule for ConfigModule {
             "status",
             lua.create_function(move |lua, name: String| {
                 st.item("status", &name, None)?;
-                let s = st.items("status")?.states(&name).map_err(|e| lua_err("status", e))?;
+                let mut s = st.items("status")?.states(&name).map_err(|e| lua_err("status", e))?;
+                s.retain(|x| st.ssh.allows(&x.host));
                 to_lua(lua, &s)
             })?,
         )?;
@@ -716,7 +837,7 @@ impl HostModule for ConfigModule {
                     let (o, rest) = parse_publish_opts("publish", opts, st.ssh.settings(), &["version"])?;
                     let version = match rest.get("version") {
                         None | Some(Value::Nil) => None,
-                        Some(Value::Integer(i)) if *i > 0 => Some(*i as u32),
+                        Some(Value::Integer(i)) if *i > 0 && *i <= i64::from(u32::MAX) => Some(*i as u32),
                         Some(other) => {
                             return Err(lua_err(
                                 "publish",

@@ -130,6 +130,8 @@ pub struct Login<'a> {
     pub password: &'a str,
     pub ca: Option<&'a [u8]>,
     pub timeout: Duration,
+    /// The session's privilege: 2 (User) for reads, 3 (Operator) for power and boot changes.
+    pub privilege: u8,
 }
 
 /// An open connection to one BMC.
@@ -159,7 +161,8 @@ impl Bmc {
                     .next()
                     .ok_or_else(|| format!("BMC address {addr} resolves to nothing"))?;
                 // Retries on UDP loss: four attempts share the timeout.
-                let opts = rmcp::Options { timeout: (login.timeout / 4).max(Duration::from_millis(200)), retries: 3, privilege: 4 };
+                let opts =
+                    rmcp::Options { timeout: (login.timeout / 4).max(Duration::from_millis(200)), retries: 3, privilege: login.privilege };
                 let s = rmcp::Session::open(sa, login.user, login.password, opts).await.map_err(ipmi_err)?;
                 Ok(Bmc::Ipmi(Box::new(s)))
             }

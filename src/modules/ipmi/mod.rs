@@ -188,7 +188,8 @@ impl RunState {
     }
 
     /// Logs in to the host's BMC.
-    async fn open(&self, host: &Host) -> Result<(Endpoint, Bmc), String> {
+    /// `change`: the session will change power or boot settings (Operator privilege, else User).
+    async fn open(&self, host: &Host, change: bool) -> Result<(Endpoint, Bmc), String> {
         let ep = self.endpoint(host)?;
         let i = *self
             .cred_of
@@ -196,12 +197,39 @@ impl RunState {
             .ok_or_else(|| format!("no [[ipmi.credentials]] entry picks host {} (add one whose hosts selector matches it)", host.name))?;
         let cred = &self.config.credentials[i];
         let owner = format!("[[ipmi.credentials]] for {}", cred.hosts);
+        // Where the password may go: not over plain HTTP unless allowed, only to listed BMCs.
+        let bmc_host = match &ep {
+            Endpoint::Redfish { url, .. } => {
+                let u = reqwest::Url::parse(url).map_err(|e| format!("{}: bmc {url}: {e}", host.name))?;
+                if u.scheme() == "http" && !cred.allow_http {
+                    return Err(format!(
+                        "{}: the BMC URL {url} is plain HTTP, which would send the password readable; use https, or set allow_http = true in its [[ipmi.credentials]]",
+                        host.name
+                    ));
+                }
+                u.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string()
+            }
+            Endpoint::Ipmi(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_string(),
+        };
+        if !cred.bmcs.is_empty() && !cred.bmcs.iter().any(|p| crate::auth::pattern_matches(p, &bmc_host)) {
+            return Err(format!(
+                "{}: its BMC {bmc_host} is not one of the BMCs its [[ipmi.credentials]] may log in to ({}); nothing was sent",
+                host.name,
+                cred.bmcs.join(", ")
+            ));
+        }
         let password = super::ssh::read_secret(&self.ctx, &owner, &cred.password_secret)?;
         let ca = match &cred.ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
             None => None,
         };
-        let login = Login { user: &cred.user, password: &password, ca: ca.as_deref(), timeout: self.timeout };
+        let login = Login {
+            user: &cred.user,
+            password: &password,
+            ca: ca.as_deref(),
+            timeout: self.timeout,
+            privilege: if change { 3 } else { 2 },
+        };
         let bmc = tokio::time::timeout(self.timeout, Bmc::open(&ep, &login))
             .await
             .map_err(|_| format!("no answer from the BMC at {} within {}", ep.address(), humantime::format_duration(self.timeout)))??;
@@ -234,6 +262,7 @@ async fn with_bmc<T, F>(
     host: Host,
     detail: serde_json::Value,
     record: bool,
+    change: bool,
     f: F,
 ) -> mlua::Result<T>
 where
@@ -243,8 +272,9 @@ where
     let st2 = Arc::clone(st);
     let h = host.clone();
     let t0 = Instant::now();
+    let pending = super::Pending::new(&st.ctx, "ipmi", call, &host.name, detail.clone());
     let r = on_io(async move {
-        let (ep, mut bmc) = st2.open(&h).await?;
+        let (ep, mut bmc) = st2.open(&h, change).await?;
         let r = tokio::time::timeout(st2.timeout * 4, f(&mut bmc))
             .await
             .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
@@ -265,6 +295,7 @@ where
         }
         Err(m) => d["error"] = json!(m),
     }
+    pending.finish();
     st.audit(call, &host.name, r.is_ok(), d).map_err(|m| lua_err(call, m))?;
     r.map(|(_, v)| v).map_err(|m| lua_err(call, format!("{}: {m}", host.name)))
 }
@@ -327,7 +358,7 @@ async fn check_host(st: Arc<RunState>, host: Host, sel_limit: usize) -> HostChec
     let t0 = Instant::now();
     let mut c = HostCheck { host: host.name.clone(), ..Default::default() };
     let r: Result<(), String> = async {
-        let (ep, mut b) = st.open(&host).await?;
+        let (ep, mut b) = st.open(&host, false).await?;
         c.protocol = Some(ep.protocol().to_string());
         let work = async {
             c.power = Some(b.power().await?);
@@ -388,7 +419,7 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
                     return to_lua(&lua, &json!({ "host": host.name, "action": name, "planned": true }));
                 }
                 let hn = host.name.clone();
-                let done = with_bmc(&st, name, host, json!({}), true, move |b| {
+                let done = with_bmc(&st, name, host, json!({}), true, true, move |b| {
                     Box::pin(async move {
                         let before = b.power().await?;
                         let sent = b.power_action(action).await?;
@@ -424,7 +455,7 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("power", false)?;
                     let host = st.host("power", &host)?;
-                    with_bmc(&st, "power", host, json!({}), true, |b| Box::pin(b.power())).await
+                    with_bmc(&st, "power", host, json!({}), true, false, |b| Box::pin(b.power())).await
                 }
             })?,
         )?;
@@ -475,7 +506,7 @@ impl HostModule for IpmiModule {
                         return to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
                     }
                     let hn = host.name.clone();
-                    with_bmc(&st, "boot_device", host, detail, false, move |b| Box::pin(b.boot_device(dev, once))).await?;
+                    with_bmc(&st, "boot_device", host, detail, false, true, move |b| Box::pin(b.boot_device(dev, once))).await?;
                     to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
                 }
             })?,
@@ -489,7 +520,7 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("sensors", false)?;
                     let host = st.host("sensors", &host)?;
-                    let v = with_bmc(&st, "sensors", host, json!({}), false, |b| Box::pin(b.sensors())).await?;
+                    let v = with_bmc(&st, "sensors", host, json!({}), false, false, |b| Box::pin(b.sensors())).await?;
                     to_lua(&lua, &v)
                 }
             })?,
@@ -513,7 +544,7 @@ impl HostModule for IpmiModule {
                         }
                     }
                     let host = st.host("sel", &host)?;
-                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, move |b| Box::pin(b.log(limit))).await?;
+                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, false, move |b| Box::pin(b.log(limit))).await?;
                     to_lua(&lua, &v)
                 }
             })?,

@@ -10,7 +10,7 @@ use super::bmc::{BootDevice, LogEntry, PowerAction, Reading};
 
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    base: reqwest::Url,
     user: String,
     password: String,
     /// `/redfish/v1/Systems/<id>`.
@@ -33,20 +33,20 @@ impl Client {
         timeout: Duration,
     ) -> Result<Client, String> {
         crate::install_tls_provider();
-        let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).redirect(reqwest::redirect::Policy::limited(3));
+        let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+        // With a site CA, only that CA: a BMC address changed in the cmdb cannot point the login
+        // at a server with any public certificate.
         if let Some(pem) = ca {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))? {
-                b = b.add_root_certificate(cert);
-            }
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
+            b = b.tls_certs_only(certs);
         }
-        let http = b.build().map_err(|e| format!("building the HTTP client: {e}"))?;
-        let mut c = Client {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-            user: user.into(),
-            password: password.into(),
-            system: String::new(),
-        };
+        // Redirects would carry the login elsewhere; a BMC has no reason to send any.
+        let http = b.redirect(reqwest::redirect::Policy::none()).build().map_err(|e| format!("building the HTTP client: {e}"))?;
+        let base_url = reqwest::Url::parse(base).map_err(|e| format!("BMC URL {base}: {e}"))?;
+        if base_url.host_str().is_none() || !base_url.username().is_empty() || base_url.password().is_some() {
+            return Err(format!("BMC URL {base}: give scheme://host[:port] (no user or password in it)"));
+        }
+        let mut c = Client { http, base: base_url, user: user.into(), password: password.into(), system: String::new() };
         let systems = c.get("/redfish/v1/Systems").await?;
         let members: Vec<String> = systems.get("Members").and_then(Value::as_array).into_iter().flatten().filter_map(path_of).collect();
         c.system = match (system, members.as_slice()) {
@@ -74,17 +74,40 @@ impl Client {
         Ok(c)
     }
 
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") { path.to_string() } else { format!("{}{path}", self.base) }
+    /// A link the BMC gave (`@odata.id`, an action target) as a URL on the BMC itself: only
+    /// absolute paths, or full URLs of the same scheme, host and port, so the login is never sent
+    /// anywhere else.
+    fn url(&self, link: &str) -> Result<reqwest::Url, String> {
+        let u = if link.starts_with('/') && !link.starts_with("//") {
+            self.base.join(link).map_err(|e| format!("the BMC's link {link:?}: {e}"))?
+        } else {
+            reqwest::Url::parse(link).map_err(|_| format!("the BMC's link {link:?} is not a path on the BMC"))?
+        };
+        let same = u.scheme() == self.base.scheme()
+            && u.host_str() == self.base.host_str()
+            && u.port_or_known_default() == self.base.port_or_known_default();
+        if !same || !u.username().is_empty() || u.password().is_some() {
+            return Err(format!("the BMC's link {link:?} leads off the BMC ({}); not followed", self.base));
+        }
+        Ok(u)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Option<Value>, String> {
-        let resp = req.basic_auth(&self.user, Some(&self.password)).header("Accept", "application/json").send().await.map_err(|e| {
+        let mut resp = req.basic_auth(&self.user, Some(&self.password)).header("Accept", "application/json").send().await.map_err(|e| {
             let m = crate::modules::error_chain(&e);
             if e.is_timeout() { format!("{what}: no answer from the BMC in time ({m})") } else { format!("{what}: {m}") }
         })?;
         let status = resp.status();
-        let body = resp.text().await.map_err(|e| format!("{what}: reading the answer: {e}"))?;
+        // Redfish answers are small; a BMC streaming more is cut off.
+        const MAX_BODY: usize = 8 << 20;
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{what}: reading the answer: {e}"))? {
+            if raw.len() + chunk.len() > MAX_BODY {
+                return Err(format!("{what}: the answer is over {} MiB", MAX_BODY >> 20));
+            }
+            raw.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&raw).into_owned();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(format!("{what}: the BMC refused the login as {} (HTTP {})", self.user, status.as_u16()));
         }
@@ -105,7 +128,8 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
-        self.send(self.http.get(self.url(path)), &format!("GET {path}")).await?.ok_or_else(|| format!("GET {path}: empty answer"))
+        let url = self.url(path)?;
+        self.send(self.http.get(url), &format!("GET {path}")).await?.ok_or_else(|| format!("GET {path}: empty answer"))
     }
 
     /// "on", "off", or the BMC's word for a transition ("poweringon").
@@ -137,7 +161,7 @@ impl Client {
                 format!("the BMC allows none of {} for {} (it allows: {})", wanted.join(", "), action.as_str(), allowed.join(", "))
             })?
         };
-        self.send(self.http.post(self.url(&target)).json(&json!({ "ResetType": kind })), &format!("POST {target} {kind}")).await?;
+        self.send(self.http.post(self.url(&target)?).json(&json!({ "ResetType": kind })), &format!("POST {target} {kind}")).await?;
         Ok(kind.to_string())
     }
 
@@ -149,7 +173,7 @@ impl Client {
             BootDevice::Bios => "BiosSetup",
         };
         let body = json!({ "Boot": { "BootSourceOverrideTarget": target, "BootSourceOverrideEnabled": if once { "Once" } else { "Continuous" } } });
-        self.send(self.http.patch(self.url(&self.system)).json(&body), &format!("PATCH {} Boot", self.system)).await?;
+        self.send(self.http.patch(self.url(&self.system)?).json(&body), &format!("PATCH {} Boot", self.system)).await?;
         Ok(())
     }
 

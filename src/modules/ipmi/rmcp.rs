@@ -471,7 +471,8 @@ impl Session {
     /// All SDR repository records (raw, header included), read in 16-byte chunks.
     pub async fn sdr_records(&mut self) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        let mut res = self.request(0x0a, 0x22, &[]).await?;
+        let reserve = |d: Vec<u8>| if d.len() >= 2 { Ok(d) } else { Err(Error::Protocol("short Reserve SDR Repository response".into())) };
+        let mut res = reserve(self.request(0x0a, 0x22, &[]).await?)?;
         let mut id: u16 = 0;
         let mut restarts = 0;
         let mut seen = std::collections::HashSet::new();
@@ -487,7 +488,8 @@ impl Session {
                 let n = (len - rec.len()).min(16) as u8;
                 let req = [res[0], res[1], id as u8, (id >> 8) as u8, rec.len() as u8, n];
                 match self.request(0x0a, 0x23, &req).await {
-                    Ok(d) if d.len() >= 2 => {
+                    // Each chunk must bring record bytes, or a BMC could keep this asking forever.
+                    Ok(d) if d.len() > 2 => {
                         next = u16::from_le_bytes([d[0], d[1]]);
                         rec.extend_from_slice(&d[2..]);
                         if rec.len() >= 5 {
@@ -497,7 +499,7 @@ impl Session {
                     // reservation cancelled (repository changed): reserve again and restart record
                     Err(Error::Completion { cc: 0xc5, .. }) if restarts < 5 => {
                         restarts += 1;
-                        res = self.request(0x0a, 0x22, &[]).await?;
+                        res = reserve(self.request(0x0a, 0x22, &[]).await?)?;
                         rec.clear();
                         len = 5;
                     }

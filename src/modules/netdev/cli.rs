@@ -102,11 +102,15 @@ impl Screen {
             Esc::Csi(mut params) => {
                 if ('@'..='~').contains(&c) {
                     if c == 'D' {
-                        let n = params.parse::<usize>().unwrap_or(1);
+                        // Never more than the line holds (a device could ask for usize::MAX).
+                        let n = params.parse::<usize>().unwrap_or(1).min(self.text.len() - self.line_start());
                         (0..n).for_each(|_| self.back());
                     }
                 } else {
-                    params.push(c);
+                    // Parameters past 16 bytes are not kept (the sequence still ends at its final byte).
+                    if params.len() < 16 {
+                        params.push(c);
+                    }
                     self.esc = Esc::Csi(params);
                 }
                 return;
@@ -248,7 +252,7 @@ impl Cli {
             && cli.profile.privileged.is_some()
             && let Some((enable, password_prompt)) = cli.profile.enable.clone()
         {
-            let start = cli.screen.len();
+            let start = cli.screen.line_start();
             cli.send(&enable).await?;
             let (out, stop) = cli.read(timeout, &format!("`{enable}`"), &[password_prompt], Some(start), &enable).await?;
             let (out, stop) = if stop == Stop::Expect(0) {
@@ -294,7 +298,8 @@ impl Cli {
         e
     }
 
-    /// Reads until a prompt (that starts after `start`, when given) or one of `expect` shows;
+    /// Reads until a prompt on a line after the one starting at `start` (when given) or one of
+    /// `expect` shows;
     /// returns the output after the echo of `sent`, and why reading stopped.
     async fn read(
         &mut self,
@@ -307,9 +312,12 @@ impl Cli {
         if let Some(why) = &self.broken {
             return Err(CliError::Broken(why.clone()));
         }
-        let from = start.unwrap_or(0);
+        let from = start.unwrap_or(0).min(self.screen.len());
         let deadline = Instant::now() + timeout;
         loop {
+            // Reads start at the beginning of the line the command was typed on (the prompt's):
+            // a device redrawing that line (CR, backspaces) never reaches before it.
+            let from = from.min(self.screen.len());
             // The echo of what was sent is the rest of the line it was typed on.
             let body = match self.screen.text()[from..].find('\n') {
                 Some(i) => from + i + 1,
@@ -318,7 +326,7 @@ impl Cli {
             if let Some(more) = &self.profile.more
                 && let Some(m) = more.find(self.screen.line())
             {
-                let at = self.screen.line_start() + m.start();
+                let at = (self.screen.line_start() + m.start()).max(from);
                 self.screen.truncate(at);
                 let answer = self.profile.more_answer.clone();
                 self.ch
@@ -357,7 +365,7 @@ impl Cli {
                 }
                 return Ok((out, Stop::Prompt(mode)));
             }
-            if self.screen.len() - from > self.max_output {
+            if self.screen.len().saturating_sub(from) > self.max_output {
                 return Err(self.fail(CliError::TooMuch { command: waiting.to_string(), max: self.max_output }));
             }
             let msg = match tokio::time::timeout_at(deadline, self.ch.wait()).await {
@@ -390,7 +398,7 @@ impl Cli {
 
     /// Sends `line` and waits for the next prompt, `timeout` at most.
     async fn exchange(&mut self, line: &str, timeout: Duration, expect: &[Regex]) -> Result<(String, Stop), CliError> {
-        let start = self.screen.len();
+        let start = self.screen.line_start();
         self.send(line).await?;
         let r = self.read(timeout, &format!("`{line}`"), expect, Some(start), line).await?;
         if let Stop::Prompt(_) = r.1 {
@@ -536,6 +544,15 @@ mod tests {
         u.feed(b"0my \xc3");
         u.feed(b"\xa9");
         assert_eq!(u.text(), "xy \u{e9}");
+        // A cursor-left longer than the line, or an endless escape sequence, costs nothing.
+        let mut huge = Screen::default();
+        huge.feed(b"keep\nabc\x1b[18446744073709551615Dx");
+        assert_eq!(huge.text(), "keep\nx");
+        let mut long = Screen::default();
+        long.feed(b"a\x1b[");
+        long.feed(&[b'1'; 100_000]);
+        long.feed(b"mb");
+        assert!(long.text().len() < 100, "{}", long.text().len());
         // Backspace never eats into the previous line.
         let mut b = Screen::default();
         b.feed(b"ab\n\x08\x08c");

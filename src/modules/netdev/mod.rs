@@ -197,13 +197,18 @@ impl RunState {
             super::ssh::pin_host_key(&self.ctx, "netdev", host, k);
         }
         let max = self.settings.max_output as usize;
-        match Cli::open(&session, profile, enable.as_deref(), self.settings.connect_timeout, max).await {
+        let pname = profile.name.clone();
+        let r = match Cli::open(&session, profile, enable.as_deref(), self.settings.connect_timeout, max).await {
             Ok(cli) => Ok(Conn { session, cli }),
             Err(e) => {
                 session.close().await;
                 Err(format!("starting the CLI: {e}"))
             }
-        }
+        };
+        // The login, enable and paging set-up, as one record.
+        let detail = json!({ "profile": pname, "user": cred.user, "prompt": r.as_ref().ok().map(|c| c.cli.prompt.clone()), "error": r.as_ref().err() });
+        let _ = self.audit("login", &host.name, r.is_ok(), detail);
+        r
     }
 
     fn audit(&self, action: &str, device: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
@@ -217,6 +222,7 @@ impl RunState {
         if command.contains(['\n', '\r']) {
             return Err(lua_err(call, "a command is one line; send several with :commands{...}"));
         }
+        check_printable(call, "command", command)?;
         self.scope
             .allows_command(command, profile.is_read(command))
             .map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))
@@ -231,6 +237,7 @@ impl RunState {
             if l.contains(['\n', '\r']) {
                 return Err(lua_err(call, format!("`{}`: each configuration line is one line", l.lines().next().unwrap_or(""))));
             }
+            check_printable(call, "configuration line", l)?;
             self.scope.allows_line(l).map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))?;
         }
         Ok(())
@@ -245,6 +252,18 @@ impl RunState {
             skipped: c.skipped,
             pending: c.pending(),
         });
+    }
+}
+
+/// Refuses control characters: a device's line editor acts on them (Ctrl-U erases what came
+/// before, so `show \x15reload` would look like a read and run `reload`).
+fn check_printable(call: &str, what: &str, text: &str) -> mlua::Result<()> {
+    match text.chars().find(|c| c.is_control()) {
+        Some(c) => Err(lua_err(
+            call,
+            format!("permission denied: the {what} holds the control character {:?}; devices act on those, so they are never sent", c),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -334,7 +353,7 @@ fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], settings: &Netd
         save: false,
     };
     let Some(opts) = opts else { return Ok(o) };
-    let e = |m: mlua::Error| lua_err(call, m.to_string().trim_start_matches("ssh.").trim_start_matches(&format!("{call}: ")));
+    let e = |m: mlua::Error| super::rename_error(m, &format!("ssh.{call}"), &format!("netdev.{call}"));
     for pair in opts.pairs::<Value, Value>() {
         let (k, v) = pair?;
         let key = match &k {
@@ -466,8 +485,10 @@ impl UserData for Device {
                 return to_lua(&lua, &json!({ "planned": true, "lines": lines, "applied": 0, "saved": false }));
             }
             let t0 = Instant::now();
+            let pending = super::Pending::new(&this.state.ctx, "netdev", "config", &name, json!({ "lines": lines, "save": o.save }));
             let (ls, save, timeout) = (lines.clone(), o.save, o.timeout);
             let r = this.with_cli(move |cli| Box::pin(async move { cli.config(&ls, save, timeout).await })).await;
+            pending.finish();
             let r = match r {
                 Ok(r) => r,
                 Err(m) => Err(ConfigError::Cli(CliError::Protocol(m))),
@@ -501,7 +522,10 @@ impl UserData for Device {
             if !this.state.scope.exec {
                 return Err(lua_err("expect", "permission denied: expect needs the `exec` action in the applet's netdev permission"));
             }
-            if !command.is_empty() {
+            // An empty line (just Enter) answers a prompt; anything else is a command.
+            if command.is_empty() {
+                check_printable("expect", "command", &command)?;
+            } else {
                 this.state.check_command("expect", &this.profile, &command)?;
             }
             let pats = string_list("expect", "patterns", patterns)?;
@@ -517,7 +541,9 @@ impl UserData for Device {
             }
             let t0 = Instant::now();
             let timeout = o.timeout;
+            let pending = super::Pending::new(&this.state.ctx, "netdev", "expect", &name, json!({ "command": shown }));
             let r = this.with_cli(move |cli| Box::pin(async move { cli.expect(&command, &res, timeout).await })).await;
+            pending.finish();
             let ms = t0.elapsed().as_millis() as u64;
             let r = r.and_then(|r| r.map_err(|e| e.to_string()));
             let _ = this.state.audit(
@@ -589,7 +615,9 @@ async fn one_command(this: &Device, command: String, timeout: Duration) -> mlua:
         return Ok(String::new());
     }
     let t0 = Instant::now();
+    let pending = super::Pending::new(&this.state.ctx, "netdev", "command", &name, json!({ "command": shown }));
     let r = this.with_cli(move |cli| Box::pin(async move { cli.command(&command, timeout).await })).await;
+    pending.finish();
     let ms = t0.elapsed().as_millis() as u64;
     let r = r.and_then(|r| r.map_err(|e| e.to_string()));
     this.state
@@ -672,9 +700,11 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
         }
         return r;
     }
+    let pending = super::Pending::new(&state.ctx, "netdev", work.call(), &name, json!({ "lines": lines }));
     let mut conn = match state.connect(&host, Arc::clone(&profile)).await {
         Ok(c) => c,
         Err(m) => {
+            pending.finish();
             let _ = state.audit(work.call(), &name, false, json!({ "error": m, "duration_ms": t0.elapsed().as_millis() as u64 }));
             r.error = Some(m);
             r.duration = t0.elapsed().as_secs_f64();
@@ -801,6 +831,7 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
             }
         }
     }
+    pending.finish();
     conn.cli.close().await;
     conn.session.close().await;
     r.duration = t0.elapsed().as_secs_f64();
