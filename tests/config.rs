@@ -542,3 +542,31 @@ fn watch_publishes_each_change_of_a_folder_to_dev() {
     let runs = store.audit().list(&Filter { kind: Some("action".into()), ..Default::default() }).unwrap();
     assert_eq!(runs.iter().filter(|a| a.data["module"] == "config" && a.data["action"] == "publish").count(), 6, "3 versions x 2 hosts");
 }
+
+#[test]
+fn a_publish_whose_outcome_is_lost_is_unknown_until_a_check_finds_it() {
+    let lab = lab(1, &[]);
+    // A reload slower than the call's timeout: the connection gives up while the host goes on.
+    let mut spec = item(&lab.root, 8080, "");
+    spec.reload = Some("sleep 2; cp {path} {path}.loaded".into());
+    let v1 = lab.set(spec, "slow reload");
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "web1", { timeout = 1 }) end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap().contains("what web1 runs now is unknown"), "{r}");
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    assert_eq!(ok(&o)[0]["status"], "unknown");
+    // The host finished on its own; a check finds the new file and records it.
+    let t0 = std::time::Instant::now();
+    while !lab.file("web1").contains("port = 8080") {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the file never landed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let o = lab.run(PUBLISH, r#"return function() return config.check("app", "web1") end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["status"], "in-sync", "{r}");
+    assert_eq!(r["version"], v1);
+    let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
+    assert_eq!(ok(&o)[0]["status"], "in-sync");
+    assert_eq!(ok(&o)[0]["version"], v1);
+}

@@ -52,7 +52,8 @@ pub enum ConfigCmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Which version each host runs: in-sync, drifted or failed (as of the last publish or check).
+    /// Which version each host runs: in-sync, drifted, failed or unknown (as of the last publish or
+    /// check); exits 1 when a host is not in sync.
     Status {
         name: String,
         #[arg(long, value_enum, default_value = "table")]
@@ -225,6 +226,9 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
 /// Publishes changed items of `dir` to `hosts` in `env`, now and on every change.
 fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hosts: &str, once: bool) -> Result<i32, Error> {
     crate::cmdb::Selector::parse(hosts).map_err(|m| Error::Usage(format!("--hosts `{hosts}`: {m}")))?;
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!("{} is not a folder of config items", dir.display())));
+    }
     let config = global.config()?;
     let runtime = Runtime::new(&config, Some(store.clone()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

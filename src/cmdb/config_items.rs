@@ -258,12 +258,18 @@ pub struct HostState {
     pub env: String,
     /// sha256 of the file as published.
     pub sha256: String,
-    /// in-sync, drifted or failed.
+    /// in-sync, drifted, failed, or unknown (a publish whose outcome was lost: see `pending_*`).
     pub status: String,
     pub at: DateTime<Utc>,
     pub run: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When `unknown`: the version and hash the lost publish was putting in place (a check that
+    /// finds them on the host records that version as in sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_sha256: Option<String>,
 }
 
 #[derive(Clone)]

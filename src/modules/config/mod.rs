@@ -579,6 +579,8 @@ async fn publish_host(
         at: now,
         run: run.clone(),
         error: r.error.clone(),
+        pending_version: None,
+        pending_sha256: None,
     };
     let state = if r.ok {
         fresh("in-sync", item.version, new_sha.clone())
@@ -586,10 +588,18 @@ async fn publish_host(
         // The old file stays (or is back), or what is there is unknown: keep the record of the
         // version last published, marked.
         let status = if known { "failed" } else { "unknown" };
-        match previous.clone() {
+        let mut s = match previous.clone() {
             Some(p) => HostState { status: status.into(), at: now, run: run.clone(), error: r.error.clone(), ..p },
             None => fresh(status, 0, r.before_sha256.clone().unwrap_or_default()),
+        };
+        if !known {
+            s.pending_version = Some(item.version);
+            s.pending_sha256 = Some(new_sha.clone());
+        } else {
+            s.pending_version = None;
+            s.pending_sha256 = None;
         }
+        s
     };
     if let Err(e) = items.put_state(&state) {
         r.ok = false;
@@ -625,7 +635,7 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
             return r;
         }
     };
-    let Some(state) = state.filter(|s| s.version > 0) else {
+    let Some(state) = state.filter(|s| s.version > 0 || s.pending_version.is_some()) else {
         r.ok = true;
         r.status = Some("unknown".into());
         r.error = Some(format!("opslet has not published {name} to {} yet", host.name));
@@ -633,10 +643,12 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
     };
     r.version = Some(state.version);
     r.env = Some(state.env.clone());
-    let item = match items.get(&name, state.version) {
+    // The version recorded (or, for a first publish whose outcome was lost, the one attempted).
+    let v = if state.version > 0 { state.version } else { state.pending_version.unwrap_or(0) };
+    let item = match items.get(&name, v) {
         Ok(Some(i)) => i,
         _ => {
-            r.error = Some(format!("{name} v{} is not in the cmdb", state.version));
+            r.error = Some(format!("{name} v{v} is not in the cmdb"));
             return r;
         }
     };
@@ -659,6 +671,28 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
             return r;
         }
     };
+    // A publish whose outcome was lost may have landed after all: then the host runs that version.
+    let landed = state.pending_sha256.as_deref() == Some(actual.as_str()) && !actual.is_empty();
+    let state = if landed {
+        let s = HostState {
+            version: state.pending_version.unwrap_or(state.version),
+            sha256: actual.clone(),
+            status: "in-sync".into(),
+            error: None,
+            pending_version: None,
+            pending_sha256: None,
+            at: chrono::Utc::now(),
+            ..state.clone()
+        };
+        if !st.ctx.dry_run && !items.replace_state(&state, &s).unwrap_or(false) {
+            r.error = Some(format!("{name} was published to {} while it was being checked; check again", host.name));
+            return r;
+        }
+        s
+    } else {
+        state
+    };
+    r.version = Some(state.version);
     r.before_sha256 = Some(actual.clone());
     r.after_sha256 = Some(state.sha256.clone());
     let status = if actual.is_empty() {
@@ -679,9 +713,14 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
     // Record what was found (a publish that happened meanwhile wins); a dry run records nothing.
     if !st.ctx.dry_run {
         let found = match status {
-            "in-sync" if state.status == "drifted" => {
-                Some(HostState { status: "in-sync".into(), error: None, at: chrono::Utc::now(), ..state.clone() })
-            }
+            "in-sync" if state.status == "drifted" || state.status == "unknown" => Some(HostState {
+                status: "in-sync".into(),
+                error: None,
+                pending_version: None,
+                pending_sha256: None,
+                at: chrono::Utc::now(),
+                ..state.clone()
+            }),
             "missing" | "drifted" => Some(HostState {
                 status: "drifted".into(),
                 at: chrono::Utc::now(),
