@@ -11,6 +11,7 @@ pub mod es;
 pub mod ipmi;
 pub mod netdev;
 pub mod ssh;
+pub mod targets;
 #[cfg(feature = "virt")]
 pub mod virt;
 pub mod zabbix;

@@ -19,7 +19,7 @@ pub mod bmc;
 pub mod redfish;
 pub mod rmcp;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::ssh::batch::{self, Outcome, Plan};
+use super::targets::{Targets, on_io};
 use super::{Grant, HostModule};
-use crate::cmdb::{Cmdb, Host, Snapshot};
+use crate::cmdb::Host;
 use crate::config::IpmiConfig;
 use crate::runtime::context::{Progress, RunCtx};
 use bmc::{Bmc, BootDevice, Endpoint, Login, PowerAction};
@@ -97,59 +98,16 @@ struct RunState {
     timeout: Duration,
     ctx: Arc<RunCtx>,
     scope: Scope,
-    snapshot: Result<Arc<Snapshot>, String>,
-    allowed: BTreeSet<String>,
+    /// The cmdb as the run started and the hosts the permission picks.
+    reach: Targets,
     cred_of: HashMap<String, usize>,
 }
 
 impl RunState {
     fn new(config: Arc<IpmiConfig>, timeout: Duration, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
-        let snapshot = match &ctx.store {
-            None => Err("this run has no data store (no cmdb to find BMCs in)".to_string()),
-            Some(store) => Cmdb::new(store.clone()).and_then(|c| c.snapshot()).map(Arc::new).map_err(|e| e.to_string()),
-        };
-        let pick = |sel: &str| -> Vec<String> {
-            match &snapshot {
-                Ok(snap) => snap.select(sel).map(|hs| hs.into_iter().map(|h| h.name).collect()).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            }
-        };
-        let allowed = scope.hosts.iter().flat_map(|s| pick(s)).collect();
-        let mut cred_of = HashMap::new();
-        for (i, cred) in config.credentials.iter().enumerate() {
-            for name in pick(&cred.hosts) {
-                cred_of.entry(name).or_insert(i);
-            }
-        }
-        RunState { config, timeout, ctx, scope, snapshot, allowed, cred_of }
-    }
-
-    fn host(&self, call: &str, name: &str) -> mlua::Result<Host> {
-        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
-        let host = snap.host(name).cloned().ok_or_else(|| lua_err(call, format!("no host `{name}` in the cmdb")))?;
-        if !self.allowed.contains(&host.name) {
-            return Err(lua_err(
-                call,
-                format!("permission denied: {name} is outside the applet's ipmi hosts ({}); nothing was sent", self.scope.hosts.join(", ")),
-            ));
-        }
-        Ok(host)
-    }
-
-    fn hosts(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
-        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
-        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
-        if let Some(h) = hosts.iter().find(|h| !self.allowed.contains(&h.name)) {
-            return Err(lua_err(
-                call,
-                format!(
-                    "permission denied: {} is outside the applet's ipmi hosts ({}); nothing was sent",
-                    h.name,
-                    self.scope.hosts.join(", ")
-                ),
-            ));
-        }
-        Ok(hosts)
+        let reach = Targets::new(&ctx, "ipmi", "hosts", scope.hosts.clone());
+        let cred_of = reach.first_match(config.credentials.iter().map(|c| c.hosts.as_str()));
+        RunState { config, timeout, ctx, scope, reach, cred_of }
     }
 
     fn require(&self, call: &str, power: bool) -> mlua::Result<()> {
@@ -300,18 +258,6 @@ where
     r.map(|(_, v)| v).map_err(|m| lua_err(call, format!("{}: {m}", host.name)))
 }
 
-async fn on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let h = super::ssh::io_runtime().spawn(fut);
-    let _guard = Abort(h.abort_handle());
-    h.await.map_err(|e| format!("internal error: {e}"))
-}
-
 fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
     let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
     super::json_to_lua(lua, &v)
@@ -411,7 +357,7 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
             let st = Arc::clone(&st);
             async move {
                 st.require(name, true)?;
-                let host = st.host(name, &host)?;
+                let host = st.reach.one(name, &host)?;
                 if st.ctx.dry_run {
                     let ep = st.endpoint(&host).map_err(|m| lua_err(name, m))?;
                     st.audit(name, &host.name, true, json!({ "planned": true, "protocol": ep.protocol(), "bmc": ep.address() }))
@@ -454,7 +400,7 @@ impl HostModule for IpmiModule {
                 let st = Arc::clone(&st);
                 async move {
                     st.require("power", false)?;
-                    let host = st.host("power", &host)?;
+                    let host = st.reach.one("power", &host)?;
                     with_bmc(&st, "power", host, json!({}), true, false, |b| Box::pin(b.power())).await
                 }
             })?,
@@ -494,7 +440,7 @@ impl HostModule for IpmiModule {
                             }
                         }
                     }
-                    let host = st.host("boot_device", &host)?;
+                    let host = st.reach.one("boot_device", &host)?;
                     let detail = json!({ "device": device, "once": once });
                     if st.ctx.dry_run {
                         let ep = st.endpoint(&host).map_err(|m| lua_err("boot_device", m))?;
@@ -519,7 +465,7 @@ impl HostModule for IpmiModule {
                 let st = Arc::clone(&st);
                 async move {
                     st.require("sensors", false)?;
-                    let host = st.host("sensors", &host)?;
+                    let host = st.reach.one("sensors", &host)?;
                     let v = with_bmc(&st, "sensors", host, json!({}), false, false, |b| Box::pin(b.sensors())).await?;
                     to_lua(&lua, &v)
                 }
@@ -543,7 +489,7 @@ impl HostModule for IpmiModule {
                             }
                         }
                     }
-                    let host = st.host("sel", &host)?;
+                    let host = st.reach.one("sel", &host)?;
                     let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, false, move |b| Box::pin(b.log(limit))).await?;
                     to_lua(&lua, &v)
                 }
@@ -570,7 +516,7 @@ impl HostModule for IpmiModule {
                             }
                         }
                     }
-                    let hosts = st.hosts("check", &selector)?;
+                    let hosts = st.reach.select("check", &selector)?;
                     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
                     let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
                     let plan = Plan { concurrency, batch: None, canary: 0, stop_after: None };

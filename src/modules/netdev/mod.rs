@@ -17,7 +17,7 @@ pub mod cli;
 pub mod profile;
 pub mod scope;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,10 @@ use serde_json::json;
 
 use super::ssh::batch::{self, Outcome, Plan};
 use super::ssh::client::{Session, Target};
+use super::targets::{Targets, on_io};
 use super::{Grant, HostModule};
+use crate::cmdb::Host;
 use crate::cmdb::device_configs::{DeviceConfigs, unified_diff};
-use crate::cmdb::{Cmdb, Host, Snapshot};
 use crate::config::{FirstContact, NetdevSettings};
 use crate::runtime::context::{Progress, RunCtx};
 use cli::{Cli, CliError, ConfigError};
@@ -61,10 +62,8 @@ struct RunState {
     profiles: Arc<Profiles>,
     ctx: Arc<RunCtx>,
     scope: Scope,
-    /// The cmdb as the run started (as for ssh: an applet that also writes the cmdb cannot
-    /// move devices into its scope mid-run).
-    snapshot: Result<Arc<Snapshot>, String>,
-    allowed: BTreeSet<String>,
+    /// The cmdb as the run started and the devices the permission picks.
+    reach: Targets,
     /// Per device, the index of its `[[netdev.credentials]]` entry.
     cred_of: HashMap<String, usize>,
 }
@@ -77,60 +76,9 @@ struct Conn {
 
 impl RunState {
     fn new(settings: Arc<NetdevSettings>, profiles: Arc<Profiles>, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
-        let snapshot = match &ctx.store {
-            None => Err("this run has no data store (no cmdb to pick devices from)".to_string()),
-            Some(store) => Cmdb::new(store.clone()).and_then(|c| c.snapshot()).map(Arc::new).map_err(|e| e.to_string()),
-        };
-        let pick = |sel: &str| -> Vec<String> {
-            match &snapshot {
-                Ok(snap) => snap.select(sel).map(|hs| hs.into_iter().map(|h| h.name).collect()).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            }
-        };
-        let allowed = scope.devices.iter().flat_map(|s| pick(s)).collect();
-        let mut cred_of = HashMap::new();
-        for (i, cred) in settings.credentials.iter().enumerate() {
-            for name in pick(&cred.devices) {
-                cred_of.entry(name).or_insert(i);
-            }
-        }
-        RunState { settings, profiles, ctx, scope, snapshot, allowed, cred_of }
-    }
-
-    /// The devices `selector` picks, all inside the permission's `devices`.
-    fn devices(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
-        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
-        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
-        let outside: Vec<&str> = hosts.iter().filter(|h| !self.allowed.contains(&h.name)).map(|h| h.name.as_str()).collect();
-        if !outside.is_empty() {
-            let shown =
-                if outside.len() > 5 { format!("{} and {} more", outside[..5].join(", "), outside.len() - 5) } else { outside.join(", ") };
-            return Err(lua_err(
-                call,
-                format!(
-                    "permission denied: {shown} {} outside the applet's netdev devices ({}); nothing was sent",
-                    if outside.len() == 1 { "is" } else { "are" },
-                    self.scope.devices.join(", ")
-                ),
-            ));
-        }
-        Ok(hosts)
-    }
-
-    /// One device by cmdb name.
-    fn device(&self, call: &str, name: &str) -> mlua::Result<Host> {
-        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
-        let host = snap.host(name).cloned().ok_or_else(|| lua_err(call, format!("no device `{name}` in the cmdb")))?;
-        if !self.allowed.contains(&host.name) {
-            return Err(lua_err(
-                call,
-                format!(
-                    "permission denied: {name} is outside the applet's netdev devices ({}); nothing was sent",
-                    self.scope.devices.join(", ")
-                ),
-            ));
-        }
-        Ok(host)
+        let reach = Targets::new(&ctx, "netdev", "devices", scope.devices.clone());
+        let cred_of = reach.first_match(settings.credentials.iter().map(|c| c.devices.as_str()));
+        RunState { settings, profiles, ctx, scope, reach, cred_of }
     }
 
     /// The device's profile: its `platform` tag, else an imported `ansible_network_os`.
@@ -265,20 +213,6 @@ fn check_printable(call: &str, what: &str, text: &str) -> mlua::Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-/// Runs `fut` on the I/O threads that own the SSH connections; dropping the returned future (a
-/// cancelled or timed-out run) aborts it.
-async fn on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let h = super::ssh::io_runtime().spawn(fut);
-    let _guard = Abort(h.abort_handle());
-    h.await.map_err(|e| format!("internal error: {e}"))
 }
 
 /// The outcome on one device, for the many-device calls.
@@ -879,7 +813,7 @@ impl HostModule for NetdevModule {
         t.set(
             "open",
             lua.create_function(move |_, device: String| {
-                let host = st.device("open", &device)?;
+                let host = st.reach.one("open", &device)?;
                 let profile = st.profile_of(&host).map_err(|m| lua_err("open", m))?;
                 Ok(Device { state: Arc::clone(&st), host, profile, conn: Arc::default() })
             })?,
@@ -896,7 +830,7 @@ impl HostModule for NetdevModule {
                     if commands.is_empty() {
                         return Err(lua_err("run", "commands: give at least one command"));
                     }
-                    let hosts = st.devices("run", &selector)?;
+                    let hosts = st.reach.select("run", &selector)?;
                     // Every command is checked against every device's profile before anything is sent.
                     for h in &hosts {
                         if let Ok(p) = st.profile_of(h) {
@@ -942,7 +876,7 @@ impl HostModule for NetdevModule {
                     for l in all.iter().chain(by_profile.values()) {
                         st.check_lines("configure", l)?;
                     }
-                    let hosts = st.devices("configure", &selector)?;
+                    let hosts = st.reach.select("configure", &selector)?;
                     let work = Work::Configure { by_profile: Arc::new(by_profile), all, save: o.save };
                     let results = fan(st, hosts, work, o).await;
                     to_lua(&lua, &results)
@@ -963,7 +897,7 @@ impl HostModule for NetdevModule {
                             "permission denied: backup needs the `read` action in the applet's netdev permission",
                         ));
                     }
-                    let hosts = st.devices("backup", &selector)?;
+                    let hosts = st.reach.select("backup", &selector)?;
                     let results = fan(st, hosts, Work::Backup, o).await;
                     to_lua(&lua, &results)
                 }
@@ -974,7 +908,7 @@ impl HostModule for NetdevModule {
         t.set(
             "versions",
             lua.create_function(move |lua, device: String| {
-                let host = st.device("versions", &device)?;
+                let host = st.reach.one("versions", &device)?;
                 let configs = stored(&st, "versions")?;
                 let v = configs.versions(&host.name).map_err(|e| lua_err("versions", e))?;
                 to_lua(lua, &v)
@@ -985,7 +919,7 @@ impl HostModule for NetdevModule {
         t.set(
             "saved",
             lua.create_function(move |_, (device, version): (String, Option<u32>)| {
-                let host = st.device("saved", &device)?;
+                let host = st.reach.one("saved", &device)?;
                 let configs = stored(&st, "saved")?;
                 let b = match version {
                     Some(v) => configs.get(&host.name, v),
@@ -1000,7 +934,7 @@ impl HostModule for NetdevModule {
         t.set(
             "diff",
             lua.create_function(move |_, (device, a, b): (String, Option<u32>, Option<u32>)| {
-                let host = st.device("diff", &device)?;
+                let host = st.reach.one("diff", &device)?;
                 let configs = stored(&st, "diff")?;
                 let versions = configs.versions(&host.name).map_err(|e| lua_err("diff", e))?;
                 let latest = versions

@@ -13,7 +13,7 @@ pub mod batch;
 pub mod client;
 pub mod scope;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use mlua::{Lua, Table, Value};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::targets::Targets;
 use super::{Grant, HostModule};
 use crate::cmdb::{Cmdb, Host, Snapshot};
 use crate::config::{FirstContact, SshSettings};
@@ -61,11 +62,8 @@ struct RunState {
     settings: Arc<SshSettings>,
     ctx: Arc<RunCtx>,
     scope: Scope,
-    /// The cmdb as the run started: targets, scope, logins and addresses all come from it, so an
-    /// applet that may also write the cmdb cannot move hosts into its scope mid-run.
-    snapshot: Result<Arc<Snapshot>, String>,
-    /// Names the permission's `hosts` pick.
-    allowed: BTreeSet<String>,
+    /// The cmdb as the run started and the hosts the permission's `hosts` pick.
+    reach: Targets,
     /// Per host name, the index of its `[[ssh.credentials]]` entry.
     cred_of: HashMap<String, usize>,
     /// Logins by credentials entry, read from secrets on first use.
@@ -76,44 +74,9 @@ struct RunState {
 
 impl RunState {
     fn new(settings: Arc<SshSettings>, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
-        let snapshot = match &ctx.store {
-            None => Err("this run has no data store (no cmdb to pick hosts from)".to_string()),
-            Some(store) => Cmdb::new(store.clone()).and_then(|c| c.snapshot()).map(Arc::new).map_err(|e| e.to_string()),
-        };
-        let pick = |sel: &str| -> Vec<String> {
-            match &snapshot {
-                Ok(snap) => snap.select(sel).map(|hs| hs.into_iter().map(|h| h.name).collect()).unwrap_or_default(),
-                Err(_) => Vec::new(),
-            }
-        };
-        let allowed = scope.hosts.iter().flat_map(|s| pick(s)).collect();
-        let mut cred_of = HashMap::new();
-        for (i, cred) in settings.credentials.iter().enumerate() {
-            for name in pick(&cred.hosts) {
-                cred_of.entry(name).or_insert(i);
-            }
-        }
-        RunState { settings, ctx, scope, snapshot, allowed, cred_of, auths: Mutex::default(), sessions: Mutex::default() }
-    }
-
-    /// The hosts `selector` picks, all inside the permission's `hosts`.
-    fn targets(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
-        let snap = self.snapshot.as_ref().map_err(|m| lua_err(call, m))?;
-        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
-        let outside: Vec<&str> = hosts.iter().filter(|h| !self.allowed.contains(&h.name)).map(|h| h.name.as_str()).collect();
-        if !outside.is_empty() {
-            let shown =
-                if outside.len() > 5 { format!("{} and {} more", outside[..5].join(", "), outside.len() - 5) } else { outside.join(", ") };
-            return Err(lua_err(
-                call,
-                format!(
-                    "permission denied: {shown} {} outside the applet's ssh hosts ({}); nothing was run",
-                    if outside.len() == 1 { "is" } else { "are" },
-                    self.scope.hosts.join(", ")
-                ),
-            ));
-        }
-        Ok(hosts)
+        let reach = Targets::new(&ctx, "ssh", "hosts", scope.hosts.clone());
+        let cred_of = reach.first_match(settings.credentials.iter().map(|c| c.hosts.as_str()));
+        RunState { settings, ctx, scope, reach, cred_of, auths: Mutex::default(), sessions: Mutex::default() }
     }
 
     /// The login of credentials entry `i`, read from secrets once per run.
@@ -191,7 +154,7 @@ impl RunState {
                 return Err(format!("{} is a jump host that needs a jump host itself; opslet goes through one jump host only", host.name));
             }
             Some(j) => {
-                let snap = self.snapshot.as_ref().map_err(Clone::clone)?;
+                let snap = self.reach.snapshot.as_ref().map_err(Clone::clone)?;
                 let jh = snap.host(&j).cloned().ok_or_else(|| format!("jump host `{j}` (for {}) is not in the cmdb", host.name))?;
                 let s = Box::pin(self.session(&jh, hops + 1)).await.map_err(|m| format!("jump host {j}: {m}"))?;
                 Some(s)
@@ -303,12 +266,12 @@ impl Access {
 
     /// The cmdb as the run started.
     pub(crate) fn snapshot(&self) -> Result<Arc<Snapshot>, String> {
-        self.state.snapshot.clone()
+        self.state.reach.snapshot.clone()
     }
 
     /// Whether the scope given to [`Access::new`] picks `host`.
     pub(crate) fn allows(&self, host: &str) -> bool {
-        self.state.allowed.contains(host)
+        self.state.reach.allows(host)
     }
 
     pub(crate) fn settings(&self) -> &SshSettings {
@@ -332,19 +295,12 @@ impl Access {
             let budget = client::Budget::new(state.ctx.guard.limits.memory);
             s.exec(&command, stdin, max, &budget).await
         };
-        let h = io().spawn(async move {
+        super::targets::on_io(async move {
             tokio::time::timeout(timeout, work)
                 .await
                 .unwrap_or_else(|_| Err(format!("timed out after {}", humantime::format_duration(timeout))))
-        });
-        struct Abort(tokio::task::AbortHandle);
-        impl Drop for Abort {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
-        let _guard = Abort(h.abort_handle());
-        h.await.map_err(|e| format!("internal error: {e}"))?
+        })
+        .await?
     }
 }
 
@@ -679,7 +635,7 @@ impl HostModule for SshModule {
                             ),
                         ));
                     }
-                    let hosts = st.targets("run", &selector)?;
+                    let hosts = st.reach.select("run", &selector)?;
                     let full = wrap(&command, &o);
                     let shown = wrap(&command, &redacted(&o, &st.ctx));
                     let work = Work::Exec { command: full, stdin: None, audit: shown.clone() };
@@ -714,7 +670,7 @@ impl HostModule for SshModule {
                     // What the audit log and a dry run show: secrets taken out before quoting.
                     let shown_args: Vec<String> = args.iter().map(|a| shell_quote(&st.ctx.redactor.apply(a))).collect();
                     let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-                    let hosts = st.targets("script", &selector)?;
+                    let hosts = st.reach.select("script", &selector)?;
                     let runner = format!(
                         "t=$(mktemp) && cat >\"$t\" && chmod 700 \"$t\" && \"$t\"{}{}; rc=$?; rm -f \"$t\"; exit $rc",
                         if args.is_empty() { "" } else { " " },
@@ -761,7 +717,7 @@ impl HostModule for SshModule {
                             format!("the content is {} bytes, over the {}-byte limit ([ssh] max_file)", data.len(), st.settings.max_file),
                         ));
                     }
-                    let hosts = st.targets("put", &selector)?;
+                    let hosts = st.reach.select("put", &selector)?;
                     let shown = format!("put {path} ({} bytes)", data.len());
                     let text = String::from_utf8_lossy(&data);
                     let sha256 = (st.ctx.redactor.apply(&text) == text).then(|| {
@@ -783,7 +739,7 @@ impl HostModule for SshModule {
                 async move {
                     let o = parse_opts("get", opts, &[], &st.settings, &st.scope)?;
                     check_path("get", &st.scope, &path)?;
-                    let hosts = st.targets("get", &selector)?;
+                    let hosts = st.reach.select("get", &selector)?;
                     let shown = format!("get {path}");
                     let results = fan(st, "get", hosts, Work::Get { path }, o, Some(shown)).await;
                     results_to_lua(&lua, &results)
