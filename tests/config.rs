@@ -339,6 +339,11 @@ fn permission_environment_and_dry_run() {
         assert!(lab.actions(&o).is_empty());
     }
     assert_eq!(lab.file("web1"), "");
+    // Option errors name the call and the option.
+    let o = lab.run(PUBLISH, r#"return function() return config.publish("app", "*", { timeout = "soon" }) end"#, false);
+    assert!(err_text(&o).contains("config.publish: opts.timeout:"), "{}", err_text(&o));
+    let o = lab.run(PUBLISH, r#"return function() return config.check("app", "*", { env = "dev" }) end"#, false);
+    assert!(err_text(&o).contains("config.check: unknown option `env`"), "{}", err_text(&o));
     // Items and hosts outside a table scope.
     let o = lab.run(
         r#"{ items = ["nginx*"], actions = ["read", "publish"] }"#,

@@ -376,24 +376,16 @@ fn parse_publish_opts(
     };
     let mut rest = HashMap::new();
     let Some(opts) = opts else { return Ok((o, rest)) };
-    let e = |m: mlua::Error| super::rename_error(m, &format!("ssh.{call}"), &format!("config.{call}"));
     for pair in opts.pairs::<String, Value>() {
         let (k, v) = pair?;
+        if batch::plan_option(&format!("config.{call}"), &k, v.clone(), &mut o.plan, &mut o.timeout, settings.concurrency)? {
+            continue;
+        }
         match k.as_str() {
             "env" if takes_env => match v {
                 Value::String(s) => o.env = Some(s.to_str()?.to_string()),
                 other => return Err(lua_err(call, format!("opts.env: expected a string, got {}", other.type_name()))),
             },
-            "timeout" => o.timeout = super::ssh::duration_opt(call, "timeout", v).map_err(e)?,
-            "concurrency" => o.plan.concurrency = super::ssh::count_opt(call, "concurrency", v).map_err(e)?.clamp(1, settings.concurrency),
-            "batch" => o.plan.batch = Some(super::ssh::count_opt(call, "batch", v).map_err(e)?.max(1)),
-            "canary" => {
-                o.plan.canary = match v {
-                    Value::Boolean(b) => usize::from(b),
-                    other => super::ssh::count_opt(call, "canary", other).map_err(e)?,
-                }
-            }
-            "stop_after" => o.plan.stop_after = Some(super::ssh::count_opt(call, "stop_after", v).map_err(e)?.max(1)),
             other if extra.contains(&other) => {
                 rest.insert(other.to_string(), v);
             }

@@ -287,7 +287,6 @@ fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], settings: &Netd
         save: false,
     };
     let Some(opts) = opts else { return Ok(o) };
-    let e = |m: mlua::Error| super::rename_error(m, &format!("ssh.{call}"), &format!("netdev.{call}"));
     for pair in opts.pairs::<Value, Value>() {
         let (k, v) = pair?;
         let key = match &k {
@@ -297,17 +296,10 @@ fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], settings: &Netd
         if !allowed.contains(&key.as_str()) {
             return Err(lua_err(call, format!("unknown option `{key}` (known: {})", allowed.join(", "))));
         }
+        if batch::plan_option(&format!("netdev.{call}"), &key, v.clone(), &mut o.plan, &mut o.timeout, settings.concurrency)? {
+            continue;
+        }
         match key.as_str() {
-            "timeout" => o.timeout = super::ssh::duration_opt(call, "timeout", v).map_err(e)?,
-            "concurrency" => o.plan.concurrency = super::ssh::count_opt(call, "concurrency", v).map_err(e)?.clamp(1, settings.concurrency),
-            "batch" => o.plan.batch = Some(super::ssh::count_opt(call, "batch", v).map_err(e)?.max(1)),
-            "canary" => {
-                o.plan.canary = match v {
-                    Value::Boolean(b) => usize::from(b),
-                    other => super::ssh::count_opt(call, "canary", other).map_err(e)?,
-                }
-            }
-            "stop_after" => o.plan.stop_after = Some(super::ssh::count_opt(call, "stop_after", v).map_err(e)?.max(1)),
             "save" => {
                 o.save = match v {
                     Value::Boolean(b) => b,

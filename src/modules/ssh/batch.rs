@@ -58,6 +58,38 @@ impl HostResult {
     }
 }
 
+/// Sets one of the fan-out options every many-host call takes (`timeout`, `concurrency`,
+/// `batch`, `canary`, `stop_after`) from its Lua value; returns false for any other key.
+/// `call` is the Lua call (`ssh.run`, `netdev.configure`) for messages; `max` caps concurrency.
+pub fn plan_option(
+    call: &str,
+    key: &str,
+    v: mlua::Value,
+    plan: &mut Plan,
+    timeout: &mut std::time::Duration,
+    max: usize,
+) -> mlua::Result<bool> {
+    let (module, name) = call.split_once('.').unwrap_or(("", call));
+    let plain =
+        |r: mlua::Result<usize>| r.map_err(|e| crate::modules::rename_error(e, &format!("ssh.{name}"), &format!("{module}.{name}")));
+    match key {
+        "timeout" => {
+            *timeout = super::duration_opt(name, "timeout", v).map_err(|e| crate::modules::rename_error(e, &format!("ssh.{name}"), call))?
+        }
+        "concurrency" => plan.concurrency = plain(super::count_opt(name, "concurrency", v))?.clamp(1, max),
+        "batch" => plan.batch = Some(plain(super::count_opt(name, "batch", v))?.max(1)),
+        "canary" => {
+            plan.canary = match v {
+                mlua::Value::Boolean(b) => usize::from(b),
+                other => plain(super::count_opt(name, "canary", other))?,
+            }
+        }
+        "stop_after" => plan.stop_after = Some(plain(super::count_opt(name, "stop_after", v))?.max(1)),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
 /// A per-host outcome [`fan_out`] can count and fill in for hosts it does not run.
 pub trait Outcome: Send + 'static {
     fn failed(host: &str, why: String) -> Self;

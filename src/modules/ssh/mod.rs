@@ -355,17 +355,11 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
             Value::String(s) => s.to_string_lossy(),
             other => return Err(lua_err(call, format!("opts: keys must be names, got {}", other.type_name()))),
         };
+        if COMMON_OPTS.contains(&key.as_str()) {
+            batch::plan_option(&format!("ssh.{call}"), &key, v, &mut o.plan, &mut o.timeout, settings.concurrency)?;
+            continue;
+        }
         match key.as_str() {
-            "timeout" => o.timeout = duration_opt(call, "timeout", v)?,
-            "concurrency" => o.plan.concurrency = count_opt(call, "concurrency", v)?.clamp(1, settings.concurrency),
-            "batch" => o.plan.batch = Some(count_opt(call, "batch", v)?.max(1)),
-            "canary" => {
-                o.plan.canary = match v {
-                    Value::Boolean(b) => usize::from(b),
-                    other => count_opt(call, "canary", other)?,
-                }
-            }
-            "stop_after" => o.plan.stop_after = Some(count_opt(call, "stop_after", v)?.max(1)),
             "sudo" if extra.contains(&"sudo") => {
                 let user = match v {
                     Value::Boolean(false) | Value::Nil => None,
