@@ -255,6 +255,14 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
     let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
     assert_eq!(by_host_state(ok(&o), "web3")["status"], "in-sync");
 
+    // A hand change of mode is drift too, named; repair puts the item's mode back.
+    std::fs::set_permissions(lab.root.join("web1/app.conf"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = lab.run(PUBLISH, r#"return function() return config.check("app", "web1", { repair = true }) end"#, false);
+    let r = &ok(&o)[0];
+    assert_eq!(r["status"], "drifted", "{r}");
+    assert_eq!(r["drift"], "mode is 0666, the item says 0640");
+    assert_eq!(r["repaired"], true);
+    assert_eq!(std::fs::metadata(lab.root.join("web1/app.conf")).unwrap().permissions().mode() & 0o777, 0o640);
     // Roll web1 and web3 back to v1.
     let o = lab.run(PUBLISH, &format!(r#"return function() return config.publish("app", "web1,web3", {{ version = {v1} }}) end"#), false);
     for r in ok(&o).as_array().unwrap() {
@@ -574,4 +582,26 @@ fn a_publish_whose_outcome_is_lost_is_unknown_until_a_check_finds_it() {
     let o = lab.run(PUBLISH, r#"return function() return config.status("app") end"#, false);
     assert_eq!(ok(&o)[0]["status"], "in-sync");
     assert_eq!(ok(&o)[0]["version"], v1);
+}
+
+#[test]
+fn a_run_that_ends_mid_publish_audits_the_host_as_abandoned() {
+    let lab = lab(1, &[]);
+    let mut spec = item(&lab.root, 8080, "");
+    spec.reload = Some("sleep 5; cp {path} {path}.loaded".into());
+    lab.set(spec, "slow reload");
+    // The run's own wall-time limit ends it while the host is still reloading.
+    let manifest = "name = \"t\"\nversion = \"1.0.0\"\n[limits]\ntimeout = \"2s\"\n[permissions]\nconfig = [\"read\", \"publish\"]\n";
+    let o = run_req(&lab.rt, req(package_with(manifest, r#"return function() return config.publish("app", "web1") end"#, &[])));
+    assert!(o.result.is_err(), "the run ran out of time");
+    // The host's task is aborted just after the run ends; its record follows.
+    let t0 = std::time::Instant::now();
+    while !lab.actions(&o).iter().any(|a| a.data["action"] == "publish") && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let acts = lab.actions(&o);
+    let a = acts.iter().find(|a| a.data["action"] == "publish").expect("the publish is in the audit log");
+    assert_eq!(a.status.as_deref(), Some("error"));
+    assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned:"), "{:?}", a.data);
+    assert_eq!(a.data["detail"]["item"], "app");
 }

@@ -544,3 +544,30 @@ fn vlan_provision_plans_exact_lines_per_vendor_then_applies_them() {
     let o = run_bundled(&lab, "vlan-provision", &[("devices", "group:access"), ("vlan", "121"), ("name", "x; reload")], false);
     assert!(err_text(&o).contains("use up to 32 letters"), "{}", err_text(&o));
 }
+
+#[test]
+fn a_run_that_ends_mid_command_audits_it_as_abandoned() {
+    let sw = Sim::cisco("sw-slow");
+    let lab = lab(&[("sw-slow", sw.port, "cisco_ios", &[])], "");
+    sw.pause();
+    let manifest = format!("name = \"t\"\nversion = \"1.0.0\"\n[limits]\ntimeout = \"2s\"\n[permissions]\nnetdev = {ALL}\n");
+    let o = run_req(
+        &lab.rt,
+        req(package_with(
+            &manifest,
+            r#"return function() return netdev.open("sw-slow"):command("show version", { timeout = 60 }) end"#,
+            &[],
+        )),
+    );
+    sw.resume();
+    assert!(o.result.is_err(), "the run ran out of time");
+    let t0 = std::time::Instant::now();
+    while !lab.actions(&o).iter().any(|a| a.data["action"] == "command") && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let acts = lab.actions(&o);
+    let a = acts.iter().find(|a| a.data["action"] == "command").expect("the command is in the audit log");
+    assert_eq!(a.status.as_deref(), Some("error"));
+    assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned:"), "{:?}", a.data);
+    assert_eq!(a.data["detail"]["command"], "show version");
+}

@@ -323,6 +323,9 @@ pub struct HostResult {
     /// config.check: in-sync, drifted, missing, or unknown (never published by opslet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// config.check: what differs (content, mode, owner, group, a link in its place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<bool>,
     /// Dry run: the change the publish would make, as a unified diff.
@@ -653,9 +656,17 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
         }
     };
     let p = shell_quote(&path);
-    let cmd = with_sudo(&item.spec.sudo, &format!("if [ -L {p} ]; then echo link; else sha256sum {p} 2>/dev/null | cut -d' ' -f1; fi"));
-    let actual = match st.ssh.exec(&host, cmd, None, timeout).await {
-        Ok(e) => String::from_utf8_lossy(&e.stdout).trim().to_string(),
+    // The content's hash, then mode, owner and group (`stat`), of the file itself (not a link).
+    let cmd = with_sudo(
+        &item.spec.sudo,
+        &format!("if [ -L {p} ]; then echo link; elif [ -e {p} ]; then sha256sum {p} | cut -d' ' -f1; stat -c '%a %U %G' {p}; fi"),
+    );
+    let (actual, meta) = match st.ssh.exec(&host, cmd, None, timeout).await {
+        Ok(e) => {
+            let out = String::from_utf8_lossy(&e.stdout).into_owned();
+            let mut lines = out.lines();
+            (lines.next().unwrap_or("").trim().to_string(), lines.next().unwrap_or("").trim().to_string())
+        }
         Err(m) => {
             r.error = Some(m);
             r.duration = t0.elapsed().as_secs_f64();
@@ -687,12 +698,19 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
     r.version = Some(state.version);
     r.before_sha256 = Some(actual.clone());
     r.after_sha256 = Some(state.sha256.clone());
-    let status = if actual.is_empty() {
-        "missing"
-    } else if actual == state.sha256 {
-        "in-sync"
+    r.drift = if actual.is_empty() {
+        Some("the file is missing".into())
+    } else if actual == "link" {
+        Some("a symbolic link is in the file's place".into())
+    } else if actual != state.sha256 {
+        Some("the content differs".into())
     } else {
-        "drifted"
+        meta_drift(&item.spec, &meta)
+    };
+    let status = match (&r.drift, actual.is_empty()) {
+        (None, _) => "in-sync",
+        (Some(_), true) => "missing",
+        (Some(_), false) => "drifted",
     };
     r.status = Some(status.into());
     r.ok = true;
@@ -700,7 +718,7 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
         "check",
         &host.name,
         true,
-        json!({ "item": name, "version": state.version, "expected_sha256": state.sha256, "actual_sha256": actual, "status": status, "planned": st.ctx.dry_run }),
+        json!({ "item": name, "version": state.version, "expected_sha256": state.sha256, "actual_sha256": actual, "status": status, "drift": r.drift, "planned": st.ctx.dry_run }),
     );
     // Record what was found (a publish that happened meanwhile wins); a dry run records nothing.
     if !st.ctx.dry_run {
@@ -717,7 +735,7 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
                 status: "drifted".into(),
                 at: chrono::Utc::now(),
                 run: Some(st.ctx.run_id.clone()),
-                error: Some(format!("the file is {status}")),
+                error: r.drift.clone(),
                 ..state.clone()
             }),
             _ => None,
@@ -746,6 +764,28 @@ async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, t
     }
     r.duration = t0.elapsed().as_secs_f64();
     r
+}
+
+/// How `stat -c '%a %U %G'` output differs from the item's mode, owner and group (None: it
+/// does not, or there is nothing to compare).
+fn meta_drift(spec: &crate::cmdb::config_items::ItemSpec, meta: &str) -> Option<String> {
+    let mut it = meta.split_whitespace();
+    let (mode, owner, group) = (it.next()?, it.next()?, it.next()?);
+    let mut out = Vec::new();
+    if u32::from_str_radix(mode, 8).ok() != u32::from_str_radix(&spec.mode, 8).ok() {
+        out.push(format!("mode is {mode:0>4}, the item says {}", spec.mode));
+    }
+    if let Some(o) = &spec.owner
+        && o != owner
+    {
+        out.push(format!("owner is {owner}, the item says {o}"));
+    }
+    if let Some(g) = &spec.group
+        && g != group
+    {
+        out.push(format!("group is {group}, the item says {g}"));
+    }
+    (!out.is_empty()).then(|| out.join("; "))
 }
 
 fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
