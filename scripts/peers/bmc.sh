@@ -47,23 +47,8 @@ VENV=${OPSLET_PEERS_DIR:-$ROOT/.peers}/venv-redfish
 RF_SPEC=(sushy-tools==2.2.0 bcrypt==5.0.0)
 log() { printf '[peers/bmc] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
-as_root() { if [[ $(id -u) == 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "needs root: $*"; return 1; fi; }
+. "$HERE/apt.sh"
 port_arg() { [[ $1 =~ ^[0-9]+$ && $1 -ge 1 && $1 -le 65535 ]] || die "bad port: $1"; }
-
-apt_install() {
-	local missing=() p i
-	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-	[[ ${#missing[@]} -eq 0 ]] && return 0
-	log "installing ${missing[*]}"
-	if ! apt-cache policy "${missing[0]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-		for i in 1 2 3 4 5; do as_root apt-get update -qq && break; sleep 10; done
-	fi
-	for i in 1 2 3; do
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null && return 0
-		log "apt-get install failed (try $i)"; sleep 10
-	done
-	return 1
-}
 
 install() {
 	apt_install openipmi ipmitool openssl

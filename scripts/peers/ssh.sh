@@ -17,22 +17,7 @@ SSH_PASS=${OPSLET_TEST_SSH_PASSWORD:-opslet-test-pw}
 PEERS=${OPSLET_PEERS_DIR:-$PWD/.peers}
 log() { printf '[peers/ssh] %s\n' "$*" >&2; }
 
-as_root() { if [[ $(id -u) == 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "needs root: $*"; return 1; fi; }
-
-apt_install() {
-	local missing=() p i
-	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-	[[ ${#missing[@]} -eq 0 ]] && return 0
-	log "installing ${missing[*]}"
-	if ! apt-cache policy "${missing[0]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-		for i in 1 2 3 4 5; do as_root apt-get update -qq && break; sleep 10; done
-	fi
-	for i in 1 2 3; do
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null && return 0
-		log "apt-get install failed (try $i)"; sleep 10
-	done
-	return 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 install() {
 	apt_install openssh-server openssh-client sudo

@@ -29,7 +29,7 @@ use super::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::config_items::{ConfigItems, HostState, ItemVersion, SecretFn, SudoSpec};
 use crate::config::SshSettings;
-use crate::runtime::context::{Progress, RunCtx};
+use crate::runtime::context::RunCtx;
 
 pub struct ConfigModule {
     ssh: Arc<SshSettings>,
@@ -798,20 +798,7 @@ where
     F: Fn(Host) -> Fut,
     Fut: std::future::Future<Output = HostResult> + Send + 'static,
 {
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let by_name: HashMap<String, Host> = hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
-    let st2 = Arc::clone(st);
-    let progress = move |c: batch::Counts| {
-        st2.ctx.progress(Progress {
-            call: format!("config.{call}"),
-            total: c.total,
-            ok: c.ok,
-            failed: c.failed,
-            skipped: c.skipped,
-            pending: c.pending(),
-        })
-    };
-    batch::fan_out(names, plan, super::ssh::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await
+    super::targets::fan_out_hosts(&st.ctx, format!("config.{call}"), hosts, plan, work).await
 }
 
 impl HostModule for ConfigModule {

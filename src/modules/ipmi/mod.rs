@@ -27,12 +27,12 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use super::ssh::batch::{self, Outcome, Plan};
+use super::ssh::batch::{Outcome, Plan};
 use super::targets::{Targets, on_io};
 use super::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::config::IpmiConfig;
-use crate::runtime::context::{Progress, RunCtx};
+use crate::runtime::context::RunCtx;
 use bmc::{Bmc, BootDevice, Endpoint, Login, PowerAction};
 
 pub struct IpmiModule {
@@ -484,7 +484,10 @@ impl HostModule for IpmiModule {
                         for pair in o.pairs::<String, Value>() {
                             let (k, v) = pair?;
                             match k.as_str() {
-                                "limit" => limit = super::ssh::count_opt("sel", "limit", v)?,
+                                "limit" => {
+                                    limit = super::ssh::count_opt("sel", "limit", v)
+                                        .map_err(|e| super::rename_error(e, "ssh.sel", "ipmi.sel"))?
+                                }
                                 other => return Err(lua_err("sel", format!("unknown option `{other}` (known: limit)"))),
                             }
                         }
@@ -509,36 +512,24 @@ impl HostModule for IpmiModule {
                             let (k, v) = pair?;
                             match k.as_str() {
                                 "concurrency" => {
-                                    concurrency = super::ssh::count_opt("check", "concurrency", v)?.clamp(1, st.config.concurrency)
+                                    concurrency = super::ssh::count_opt("check", "concurrency", v)
+                                        .map_err(|e| super::rename_error(e, "ssh.check", "ipmi.check"))?
+                                        .clamp(1, st.config.concurrency)
                                 }
-                                "sel_limit" => sel_limit = super::ssh::count_opt("check", "sel_limit", v)?,
+                                "sel_limit" => {
+                                    sel_limit = super::ssh::count_opt("check", "sel_limit", v)
+                                        .map_err(|e| super::rename_error(e, "ssh.check", "ipmi.check"))?
+                                }
                                 other => return Err(lua_err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
                             }
                         }
                     }
                     let hosts = st.reach.select("check", &selector)?;
-                    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-                    let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
                     let plan = Plan { concurrency, batch: None, canary: 0, stop_after: None };
                     let st2 = Arc::clone(&st);
-                    let progress = move |c: batch::Counts| {
-                        st2.ctx.progress(Progress {
-                            call: "ipmi.check".into(),
-                            total: c.total,
-                            ok: c.ok,
-                            failed: c.failed,
-                            skipped: c.skipped,
-                            pending: c.pending(),
-                        })
-                    };
-                    let st3 = Arc::clone(&st);
-                    let results = batch::fan_out(
-                        names,
-                        &plan,
-                        super::ssh::io_runtime().handle(),
-                        move |name| check_host(Arc::clone(&st3), by_name[&name].clone(), sel_limit),
-                        &progress,
-                    )
+                    let results = super::targets::fan_out_hosts(&st.ctx, "ipmi.check".into(), hosts, &plan, move |h| {
+                        check_host(Arc::clone(&st2), h, sel_limit)
+                    })
                     .await;
                     to_lua(&lua, &results)
                 }

@@ -32,7 +32,7 @@ use super::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::device_configs::{DeviceConfigs, unified_diff};
 use crate::config::{FirstContact, NetdevSettings};
-use crate::runtime::context::{Progress, RunCtx};
+use crate::runtime::context::RunCtx;
 use cli::{Cli, CliError, ConfigError};
 use profile::{Profile, Profiles};
 use scope::Scope;
@@ -189,17 +189,6 @@ impl RunState {
             self.scope.allows_line(l).map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))?;
         }
         Ok(())
-    }
-
-    fn progress(&self, call: &str, c: batch::Counts) {
-        self.ctx.progress(Progress {
-            call: format!("netdev.{call}"),
-            total: c.total,
-            ok: c.ok,
-            failed: c.failed,
-            skipped: c.skipped,
-            pending: c.pending(),
-        });
     }
 }
 
@@ -765,24 +754,13 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
 }
 
 async fn fan(state: Arc<RunState>, hosts: Vec<Host>, work: Work, o: Opts) -> Vec<DeviceResult> {
-    let call = work.call();
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
-    let st = Arc::clone(&state);
-    let progress = move |c: batch::Counts| st.progress(call, c);
+    let call = format!("netdev.{}", work.call());
     let st = Arc::clone(&state);
     let timeout = o.timeout;
-    batch::fan_out(
-        names,
-        &o.plan,
-        super::ssh::io_runtime().handle(),
-        move |name| {
-            let host = by_name[&name].clone();
-            let profile = st.profile_of(&host);
-            on_device(Arc::clone(&st), host, profile, work.clone(), timeout)
-        },
-        &progress,
-    )
+    super::targets::fan_out_hosts(&state.ctx, call, hosts, &o.plan, move |host| {
+        let profile = st.profile_of(&host);
+        on_device(Arc::clone(&st), host, profile, work.clone(), timeout)
+    })
     .await
 }
 

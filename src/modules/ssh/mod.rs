@@ -25,7 +25,7 @@ use super::targets::Targets;
 use super::{Grant, HostModule};
 use crate::cmdb::{Cmdb, Host, Snapshot};
 use crate::config::{FirstContact, SshSettings};
-use crate::runtime::context::{Progress, RunCtx};
+use crate::runtime::context::RunCtx;
 use batch::{HostResult, Plan};
 use client::{Auth, ConnectError, Session, Target, shell_quote};
 use scope::Scope;
@@ -174,17 +174,6 @@ impl RunState {
                 Err(e.to_string())
             }
         }
-    }
-
-    fn progress(&self, call: &str, c: batch::Counts) {
-        self.ctx.progress(Progress {
-            call: format!("ssh.{call}"),
-            total: c.total,
-            ok: c.ok,
-            failed: c.failed,
-            skipped: c.skipped,
-            pending: c.pending(),
-        });
     }
 }
 
@@ -579,23 +568,12 @@ async fn fan(
             })
             .collect();
     }
-    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
-    let by_name: Arc<HashMap<String, Host>> = Arc::new(hosts.into_iter().map(|h| (h.name.clone(), h)).collect());
     let timeout = o.timeout;
     let budget = Arc::new(client::Budget::new(state.ctx.guard.limits.memory));
     let st = Arc::clone(&state);
-    let progress = move |c: batch::Counts| st.progress(call, c);
-    let st = Arc::clone(&state);
-    batch::fan_out(
-        names,
-        &o.plan,
-        io().handle(),
-        move |name| {
-            let host = by_name[&name].clone();
-            one_host(Arc::clone(&st), host, work.clone(), timeout, Arc::clone(&budget))
-        },
-        &progress,
-    )
+    super::targets::fan_out_hosts(&state.ctx, format!("ssh.{call}"), hosts, &o.plan, move |host| {
+        one_host(Arc::clone(&st), host, work.clone(), timeout, Arc::clone(&budget))
+    })
     .await
 }
 

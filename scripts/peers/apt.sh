@@ -1,0 +1,21 @@
+# Sourced by the peer scripts: root for apt (directly, or through sudo), and installing Debian
+# packages that are missing, waiting for the dpkg lock (other jobs may be running apt) and
+# retrying. The sourcing script defines log().
+
+as_root() { if [[ $(id -u) == 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "needs root: $*"; return 1; fi; }
+
+# apt_install PKG...: installs those of PKG that are not installed yet.
+apt_install() {
+	local missing=() p i
+	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	[[ ${#missing[@]} -eq 0 ]] && return 0
+	log "installing ${missing[*]}"
+	if ! apt-cache policy "${missing[0]}" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+		for i in 1 2 3 4 5; do as_root apt-get update -qq && break; sleep 10; done
+	fi
+	for i in 1 2 3; do
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null && return 0
+		log "apt-get install failed (try $i)"; sleep 10
+	done
+	return 1
+}
