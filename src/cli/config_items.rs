@@ -231,20 +231,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
     }
     let config = global.config()?;
     let runtime = Runtime::new(&config, Some(store.clone()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
-    let cancel = CancelToken::default();
-    {
-        let cancel = cancel.clone();
-        rt.spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
-    }
+    let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -144,6 +144,23 @@ impl Global {
     }
 }
 
+/// The async runtime a CLI run uses, and a token Ctrl-C cancels (each press, again).
+fn runtime_with_ctrl_c() -> Result<(tokio::runtime::Runtime, crate::runtime::CancelToken), Error> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
+    let cancel = crate::runtime::CancelToken::default();
+    let c = cancel.clone();
+    rt.spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            c.cancel();
+        }
+    });
+    Ok((rt, cancel))
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
     // Like other Unix tools, stop quietly when the reader of our output goes away (`| head`).

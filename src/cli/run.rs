@@ -126,20 +126,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let config = global.config()?;
     let store = global.open_store()?;
     let runtime = Runtime::new(&config, Some(store))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
-    let cancel = CancelToken::default();
-    {
-        let cancel = cancel.clone();
-        rt.spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        });
-    }
+    let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let package = Arc::new(match &source {
             Source::Folder(path) => AppletPackage::load_dir(path)?,

@@ -325,6 +325,20 @@ fn stub(lua: &Lua, module: &'static str, why: &str) -> mlua::Result<Table> {
     Ok(t)
 }
 
+/// The list of strings under `key` of a table scope (None when absent); anything else there is
+/// an error naming the key.
+pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result<Option<Vec<String>>, String> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` must be a list of strings")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(format!("`{key}` must be a list of strings")),
+    }
+}
+
 /// Shape check done while parsing a manifest: `true`, a list of action names, or a table.
 pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String> {
     let ident = !module.is_empty() && module.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');

@@ -140,3 +140,26 @@ where
     };
     super::ssh::batch::fan_out(names, plan, super::ssh::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await
 }
+
+/// What a run read for each `[[MODULE.credentials]]` entry (logins from secrets, CA files),
+/// read once per run however many hosts use the entry; failures are kept too.
+pub struct PerEntry<T: Clone> {
+    read: parking_lot::Mutex<HashMap<usize, Result<T, String>>>,
+}
+
+impl<T: Clone> Default for PerEntry<T> {
+    fn default() -> Self {
+        PerEntry { read: parking_lot::Mutex::default() }
+    }
+}
+
+impl<T: Clone> PerEntry<T> {
+    pub fn get(&self, entry: usize, read: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        if let Some(v) = self.read.lock().get(&entry) {
+            return v.clone();
+        }
+        let v = read();
+        self.read.lock().insert(entry, v.clone());
+        v
+    }
+}

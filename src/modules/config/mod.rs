@@ -89,12 +89,13 @@ struct RunState {
     ctx: Arc<RunCtx>,
     scope: Scope,
     ssh: Access,
+    /// The items and host states, opened once per run.
+    items: Result<ConfigItems, String>,
 }
 
 impl RunState {
     fn items(&self, call: &str) -> mlua::Result<ConfigItems> {
-        let store = self.ctx.store.as_ref().ok_or_else(|| lua_err(call, "this run has no data store"))?;
-        ConfigItems::open(store).map_err(|e| lua_err(call, e))
+        self.items.clone().map_err(|m| lua_err(call, m))
     }
 
     /// The item's version (the latest when None), if the permission reaches the item.
@@ -415,10 +416,10 @@ async fn publish_host(
 ) -> HostResult {
     let t0 = Instant::now();
     let mut r = HostResult { host: host.name.clone(), version: Some(item.version), ..Default::default() };
-    let items = match st.ctx.store.as_ref().map(ConfigItems::open) {
-        Some(Ok(i)) => i,
-        _ => {
-            r.error = Some("no data store".into());
+    let items = match st.items.clone() {
+        Ok(i) => i,
+        Err(m) => {
+            r.error = Some(m);
             return r;
         }
     };
@@ -619,9 +620,12 @@ async fn publish_host(
 async fn check_host(st: Arc<RunState>, name: String, host: Host, repair: bool, timeout: Duration) -> HostResult {
     let t0 = Instant::now();
     let mut r = HostResult { host: host.name.clone(), action: Some("check".into()), ..Default::default() };
-    let Some(Ok(items)) = st.ctx.store.as_ref().map(ConfigItems::open) else {
-        r.error = Some("no data store".into());
-        return r;
+    let items = match st.items.clone() {
+        Ok(i) => i,
+        Err(m) => {
+            r.error = Some(m);
+            return r;
+        }
     };
     let state = match items.host_state(&name, &host.name) {
         Ok(s) => s,
@@ -813,7 +817,11 @@ impl HostModule for ConfigModule {
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant).map_err(|m| lua_err("permission", m))?;
         let ssh = Access::new(Arc::clone(&self.ssh), Arc::clone(ctx), scope.hosts.clone());
-        let state = Arc::new(RunState { ctx: Arc::clone(ctx), scope, ssh });
+        let items = match &ctx.store {
+            Some(store) => ConfigItems::open(store).map_err(|e| e.to_string()),
+            None => Err("this run has no data store".to_string()),
+        };
+        let state = Arc::new(RunState { ctx: Arc::clone(ctx), scope, ssh, items });
         let t = lua.create_table()?;
 
         let st = Arc::clone(&state);

@@ -101,13 +101,15 @@ struct RunState {
     /// The cmdb as the run started and the hosts the permission picks.
     reach: Targets,
     cred_of: HashMap<String, usize>,
+    /// Per credentials entry: the BMC password and CA file, read once per run.
+    logins: super::targets::PerEntry<(String, Option<Vec<u8>>)>,
 }
 
 impl RunState {
     fn new(config: Arc<IpmiConfig>, timeout: Duration, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
         let reach = Targets::new(&ctx, "ipmi", "hosts", scope.hosts.clone());
         let cred_of = reach.first_match(config.credentials.iter().map(|c| c.hosts.as_str()));
-        RunState { config, timeout, ctx, scope, reach, cred_of }
+        RunState { config, timeout, ctx, scope, reach, cred_of, logins: Default::default() }
     }
 
     fn require(&self, call: &str, power: bool) -> mlua::Result<()> {
@@ -176,11 +178,14 @@ impl RunState {
                 cred.bmcs.join(", ")
             ));
         }
-        let password = super::ssh::read_secret(&self.ctx, &owner, &cred.password_secret)?;
-        let ca = match &cred.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
-            None => None,
-        };
+        let (password, ca) = self.logins.get(i, || {
+            let password = super::ssh::read_secret(&self.ctx, &owner, &cred.password_secret)?;
+            let ca = match &cred.ca_file {
+                Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
+                None => None,
+            };
+            Ok((password, ca))
+        })?;
         let login = Login {
             user: &cred.user,
             password: &password,

@@ -66,6 +66,8 @@ struct RunState {
     reach: Targets,
     /// Per device, the index of its `[[netdev.credentials]]` entry.
     cred_of: HashMap<String, usize>,
+    /// Per credentials entry: the login and the enable secret, read once per run.
+    logins: super::targets::PerEntry<(super::ssh::client::Auth, Option<String>)>,
 }
 
 /// An open device: the SSH connection and the CLI on it.
@@ -78,7 +80,7 @@ impl RunState {
     fn new(settings: Arc<NetdevSettings>, profiles: Arc<Profiles>, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
         let reach = Targets::new(&ctx, "netdev", "devices", scope.devices.clone());
         let cred_of = reach.first_match(settings.credentials.iter().map(|c| c.devices.as_str()));
-        RunState { settings, profiles, ctx, scope, reach, cred_of }
+        RunState { settings, profiles, ctx, scope, reach, cred_of, logins: Default::default() }
     }
 
     /// The device's profile: its `platform` tag, else an imported `ansible_network_os`.
@@ -108,14 +110,17 @@ impl RunState {
         })?;
         let cred = &self.settings.credentials[i];
         let owner = format!("[[netdev.credentials]] for {}", cred.devices);
-        let auth = super::ssh::login_from_secrets(
-            &self.ctx,
-            &owner,
-            cred.key_secret.as_deref(),
-            cred.key_passphrase_secret.as_deref(),
-            cred.password_secret.as_deref(),
-        )?;
-        let enable = cred.enable_secret.as_deref().map(|s| super::ssh::read_secret(&self.ctx, &owner, s)).transpose()?;
+        let (auth, enable) = self.logins.get(i, || {
+            let auth = super::ssh::login_from_secrets(
+                &self.ctx,
+                &owner,
+                cred.key_secret.as_deref(),
+                cred.key_passphrase_secret.as_deref(),
+                cred.password_secret.as_deref(),
+            )?;
+            let enable = cred.enable_secret.as_deref().map(|s| super::ssh::read_secret(&self.ctx, &owner, s)).transpose()?;
+            Ok((auth, enable))
+        })?;
         let pinned = match &host.host_key {
             Some(k) => Some(
                 russh::keys::PublicKey::from_openssh(k.trim())

@@ -33,17 +33,7 @@ impl Scope {
         if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(format!("unknown key `{k}` (known: {})", KEYS.join(", ")));
         }
-        let list = |key: &str| -> Result<Option<Vec<String>>, String> {
-            match t.get(key) {
-                None => Ok(None),
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` must be a list of strings")))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some),
-                Some(_) => Err(format!("`{key}` must be a list of strings")),
-            }
-        };
+        let list = |key: &str| crate::modules::string_list(t, key);
         let devices = list("devices")?.unwrap_or_default();
         if devices.is_empty() {
             return Err("`devices` is required: the selectors this applet may reach, like devices = [\"group:switches\"]".into());

@@ -67,7 +67,7 @@ struct RunState {
     /// Per host name, the index of its `[[ssh.credentials]]` entry.
     cred_of: HashMap<String, usize>,
     /// Logins by credentials entry, read from secrets on first use.
-    auths: Mutex<HashMap<usize, Result<Auth, String>>>,
+    auths: super::targets::PerEntry<Auth>,
     /// Open sessions by host name (one connect per host, even under concurrent calls).
     sessions: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Session>>>>>,
 }
@@ -76,16 +76,13 @@ impl RunState {
     fn new(settings: Arc<SshSettings>, ctx: Arc<RunCtx>, scope: Scope) -> RunState {
         let reach = Targets::new(&ctx, "ssh", "hosts", scope.hosts.clone());
         let cred_of = reach.first_match(settings.credentials.iter().map(|c| c.hosts.as_str()));
-        RunState { settings, ctx, scope, reach, cred_of, auths: Mutex::default(), sessions: Mutex::default() }
+        RunState { settings, ctx, scope, reach, cred_of, auths: Default::default(), sessions: Mutex::default() }
     }
 
     /// The login of credentials entry `i`, read from secrets once per run.
     fn auth(&self, i: usize) -> Result<Auth, String> {
-        if let Some(a) = self.auths.lock().get(&i) {
-            return a.clone();
-        }
         let cred = &self.settings.credentials[i];
-        let read = || {
+        self.auths.get(i, || {
             let owner = format!("[[ssh.credentials]] for {}", cred.hosts);
             login_from_secrets(
                 &self.ctx,
@@ -94,10 +91,7 @@ impl RunState {
                 cred.key_passphrase_secret.as_deref(),
                 cred.password_secret.as_deref(),
             )
-        };
-        let a = read();
-        self.auths.lock().insert(i, a.clone());
-        a
+        })
     }
 
     /// Builds the login for `host` from the first matching `[[ssh.credentials]]`.

@@ -35,17 +35,7 @@ pub struct Scope {
 impl Scope {
     pub fn parse(v: &toml::Value) -> Result<Scope, String> {
         let t = v.as_table().ok_or("expected a table like { hosts = [\"group:web\"], commands = [\"uptime\"] }")?;
-        let list = |key: &str| -> Result<Option<Vec<String>>, String> {
-            match t.get(key) {
-                None => Ok(None),
-                Some(toml::Value::Array(a)) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` must be a list of strings")))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some),
-                Some(_) => Err(format!("`{key}` must be a list of strings")),
-            }
-        };
+        let list = |key: &str| crate::modules::string_list(t, key);
         const KEYS: &[&str] = &["hosts", "commands", "env", "files", "sudo"];
         for k in t.keys() {
             if !KEYS.contains(&k.as_str()) {
