@@ -26,12 +26,12 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::ssh::batch::{self, Outcome, Plan};
-use super::ssh::client::{Session, Target};
+use super::ssh::client::Session;
 use super::targets::{Targets, on_io};
 use super::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::device_configs::{DeviceConfigs, unified_diff};
-use crate::config::{FirstContact, NetdevSettings};
+use crate::config::NetdevSettings;
 use crate::runtime::context::RunCtx;
 use cli::{Cli, CliError, ConfigError};
 use profile::{Profile, Profiles};
@@ -121,34 +121,9 @@ impl RunState {
             let enable = cred.enable_secret.as_deref().map(|s| super::ssh::read_secret(&self.ctx, &owner, s)).transpose()?;
             Ok((auth, enable))
         })?;
-        let pinned = match &host.host_key {
-            Some(k) => Some(
-                russh::keys::PublicKey::from_openssh(k.trim())
-                    .map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
-            ),
-            None => None,
-        };
-        let target = Target {
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: host.port,
-            user: cred.user.clone(),
-            auth,
-            pinned,
-            accept_new: self.settings.first_contact == FirstContact::AcceptAndPin,
-        };
-        let session = match Session::connect(&target, None, self.settings.connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => {
-                super::ssh::record_refusal(&self.ctx, "netdev", &host.name, &e);
-                return Err(e.to_string());
-            }
-        };
-        if host.host_key.is_none()
-            && let Some(k) = &session.host_key
-        {
-            super::ssh::pin_host_key(&self.ctx, "netdev", host, k);
-        }
+        let first = self.settings.first_contact;
+        let timeout = self.settings.connect_timeout;
+        let session = super::ssh::connect_pinned(&self.ctx, "netdev", host, &cred.user, auth, first, None, timeout).await?;
         let max = self.settings.max_output as usize;
         let pname = profile.name.clone();
         let r = match Cli::open(&session, profile, enable.as_deref(), self.settings.connect_timeout, max).await {

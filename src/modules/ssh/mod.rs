@@ -94,8 +94,9 @@ impl RunState {
         })
     }
 
-    /// Builds the login for `host` from the first matching `[[ssh.credentials]]`.
-    fn target(&self, host: &Host) -> Result<(Target, Option<String>), String> {
+    /// The login for `host` from the first matching `[[ssh.credentials]]`: user, key or
+    /// password, and the jump host.
+    fn login(&self, host: &Host) -> Result<(String, Auth, Option<String>), String> {
         let i = *self.cred_of.get(&host.name).ok_or_else(|| {
             format!(
                 "no [[ssh.credentials]] entry picks host {} (add one whose hosts selector matches it, e.g. hosts = \"group:...\")",
@@ -103,23 +104,7 @@ impl RunState {
             )
         })?;
         let cred = &self.settings.credentials[i];
-        let pinned = match &host.host_key {
-            Some(k) => Some(
-                russh::keys::PublicKey::from_openssh(k.trim())
-                    .map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
-            ),
-            None => None,
-        };
-        let target = Target {
-            name: host.name.clone(),
-            address: host.address.clone(),
-            port: host.port,
-            user: cred.user.clone(),
-            auth: self.auth(i)?,
-            pinned,
-            accept_new: self.settings.first_contact == FirstContact::AcceptAndPin,
-        };
-        Ok((target, cred.jump.clone()))
+        Ok((cred.user.clone(), self.auth(i)?, cred.jump.clone()))
     }
 
     /// The open session to `host`, connecting (and pinning on first contact) when needed.
@@ -138,7 +123,7 @@ impl RunState {
     }
 
     async fn connect(self: &Arc<Self>, host: &Host, hops: u8) -> Result<Session, String> {
-        let (target, jump) = self.target(host)?;
+        let (user, auth, jump) = self.login(host)?;
         let via = match jump {
             None => None,
             Some(j) if j == host.name => {
@@ -154,19 +139,53 @@ impl RunState {
                 Some(s)
             }
         };
-        match Session::connect(&target, via, self.settings.connect_timeout).await {
-            Ok(s) => {
-                if host.host_key.is_none()
-                    && let Some(k) = &s.host_key
-                {
-                    pin_host_key(&self.ctx, "ssh", host, k);
-                }
-                Ok(s)
+        let first = self.settings.first_contact;
+        connect_pinned(&self.ctx, "ssh", host, &user, auth, first, via, self.settings.connect_timeout).await
+    }
+}
+
+/// Connects to a cmdb host and logs in: its key is checked against the cmdb's pin (a refused
+/// key is audited), and a first-contact key is pinned when `first_contact` allows trusting it.
+/// Shared with the netdev module.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn connect_pinned(
+    ctx: &RunCtx,
+    module: &str,
+    host: &Host,
+    user: &str,
+    auth: Auth,
+    first_contact: FirstContact,
+    via: Option<Arc<Session>>,
+    timeout: Duration,
+) -> Result<Session, String> {
+    let pinned = match &host.host_key {
+        Some(k) => Some(
+            russh::keys::PublicKey::from_openssh(k.trim())
+                .map_err(|e| format!("the pinned host key of {} is unreadable: {e}", host.name))?,
+        ),
+        None => None,
+    };
+    let target = Target {
+        name: host.name.clone(),
+        address: host.address.clone(),
+        port: host.port,
+        user: user.to_string(),
+        auth,
+        pinned,
+        accept_new: first_contact == FirstContact::AcceptAndPin,
+    };
+    match Session::connect(&target, via, timeout).await {
+        Ok(s) => {
+            if host.host_key.is_none()
+                && let Some(k) = &s.host_key
+            {
+                pin_host_key(ctx, module, host, k);
             }
-            Err(e) => {
-                record_refusal(&self.ctx, "ssh", &host.name, &e);
-                Err(e.to_string())
-            }
+            Ok(s)
+        }
+        Err(e) => {
+            record_refusal(ctx, module, &host.name, &e);
+            Err(e.to_string())
         }
     }
 }
@@ -200,7 +219,7 @@ pub(crate) fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<Strin
 }
 
 /// Records a refused host key (changed, or not pinned) as an action of the run.
-pub(crate) fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &ConnectError) {
+fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &ConnectError) {
     let detail = match e {
         ConnectError::KeyChanged { pinned, offered, offered_key } => {
             json!({ "reason": "changed", "pinned": pinned, "offered": offered, "offered_key": offered_key })
@@ -215,7 +234,7 @@ pub(crate) fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &Connect
 
 /// Pins a first-contact key in the cmdb (audited there and as an action of this run), only if
 /// the host still has the address that was reached and no pin of its own by now.
-pub(crate) fn pin_host_key(ctx: &RunCtx, module: &str, host: &Host, key: &russh::keys::PublicKey) {
+fn pin_host_key(ctx: &RunCtx, module: &str, host: &Host, key: &russh::keys::PublicKey) {
     let line = client::openssh_line(key);
     let cmdb = ctx.store.clone().map(Cmdb::new);
     let pinned = cmdb.and_then(Result::ok).and_then(|c| {
