@@ -246,12 +246,14 @@ pub struct Pending {
     action: String,
     target: String,
     detail: serde_json::Value,
+    t0: std::time::Instant,
     done: bool,
 }
 
 impl Pending {
     pub fn new(ctx: &Arc<RunCtx>, module: &'static str, action: &str, target: &str, detail: serde_json::Value) -> Pending {
-        Pending { ctx: Arc::clone(ctx), module, action: action.into(), target: target.into(), detail, done: false }
+        let t0 = std::time::Instant::now();
+        Pending { ctx: Arc::clone(ctx), module, action: action.into(), target: target.into(), detail, t0, done: false }
     }
 
     /// The outcome is being recorded by the caller.
@@ -267,6 +269,7 @@ impl Drop for Pending {
             if !d.is_object() {
                 d = serde_json::json!({});
             }
+            d["duration_ms"] = serde_json::json!(self.t0.elapsed().as_millis() as u64);
             d["error"] =
                 serde_json::json!("abandoned: the run ended (cancelled or out of time) while this was in flight; it may have taken effect");
             let _ = self.ctx.record_action(self.module, &self.action, &self.target, false, d);

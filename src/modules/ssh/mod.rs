@@ -485,31 +485,9 @@ impl Work {
     }
 }
 
-/// Records a host's work as abandoned when its task is dropped before it finished (the run was
-/// cancelled or ran out of time): the audit log then shows what was in flight where.
-struct InFlight<'a> {
-    state: &'a RunState,
-    host: &'a str,
-    work: &'a Work,
-    t0: Instant,
-    finished: bool,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let mut detail = self.work.describe();
-        detail["duration_ms"] = json!(self.t0.elapsed().as_millis() as u64);
-        detail["error"] = json!("abandoned: the run ended (cancelled or out of time) while this was in flight; the host may have run it");
-        let _ = self.state.ctx.record_action("ssh", self.work.action(), self.host, false, detail);
-    }
-}
-
 async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duration, budget: Arc<client::Budget>) -> HostResult {
     let t0 = Instant::now();
-    let mut in_flight = InFlight { state: &state, host: &host.name, work: &work, t0, finished: false };
+    let pending = super::Pending::new(&state.ctx, "ssh", work.action(), &host.name, work.describe());
     let max_output = state.settings.max_output as usize;
     let max_file = state.settings.max_file;
     let attempt = async {
@@ -553,7 +531,7 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
     if let Some(e) = &r.error {
         detail["error"] = json!(e);
     }
-    in_flight.finished = true;
+    pending.finish();
     if let Err(e) = state.ctx.record_action("ssh", work.action(), &host.name, r.ok, detail) {
         r.ok = false;
         r.error = Some(format!("could not record the action in the audit log: {e}"));
