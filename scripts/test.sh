@@ -30,6 +30,11 @@ scripts/peers/es.sh start
 stop_peers() { scripts/peers/es.sh stop >/dev/null 2>&1 || true; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true; }
 trap stop_peers EXIT
 
+# The tests must leave the checkout as they found it: every file they write goes to a temporary
+# folder. What git sees now (changes and untracked files not ignored) is compared at the end.
+tree_state() { git status --porcelain --untracked-files=all 2>/dev/null || true; }
+tree_before=$(tree_state)
+
 cargo build --locked --all-targets --features virt
 
 log=$(mktemp)
@@ -45,4 +50,10 @@ awk '/^test result:/ {
 	}
 }
 END { printf "%d passed, %d failed\n", p, f }' "$log"
+tree_after=$(tree_state)
+if [ "$tree_before" != "$tree_after" ]; then
+	echo "error: the test run changed the working tree (tests must write only into temporary folders):" >&2
+	diff <(printf '%s\n' "$tree_before") <(printf '%s\n' "$tree_after") >&2 || true
+	[ "$status" -ne 0 ] || status=1
+fi
 exit "$status"

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::applet::manifest::{parse_duration, parse_size};
+use crate::util::{parse_duration, parse_size};
 use crate::error::{Diagnostic, Error};
 
 /// The whole configuration file.

@@ -5,7 +5,6 @@
 
 pub mod applet;
 pub mod auth;
-pub mod builtins;
 pub mod cli;
 pub mod cmdb;
 pub mod config;
@@ -15,7 +14,9 @@ pub mod modules;
 pub mod registry;
 pub mod runtime;
 pub mod secrets;
+pub mod service;
 pub mod store;
+pub mod util;
 
 pub use error::{Error, Result};
 

@@ -2,7 +2,8 @@
 //! token can be wrong is refused; the role matrix and grants decide what a caller may do.
 
 use chrono::{Duration, Utc};
-use opslet::auth::{Action, Auth, AuthError, Grant, Principal, Role, pattern_matches};
+use opslet::auth::{Action, Auth, AuthError, Grant, Principal, Role};
+use opslet::util::pattern_matches;
 use opslet::store::Store;
 use opslet::store::audit::Filter;
 

@@ -137,7 +137,8 @@ fn auth_matrix_over_every_route() {
         for path in reads {
             let (code, body) = call(&s, "GET", path, None, None).await;
             assert_eq!(code, 401, "{path} without a token");
-            assert!(body["error"].as_str().unwrap().contains("no bearer token"), "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("no bearer token"), "{body}");
+            assert_eq!(body["error"]["code"], json!("unauthenticated"), "{body}");
             for user in ["vic", "ola", "pat", "aud", "ada"] {
                 assert_eq!(call(&s, "GET", path, Some(user), None).await.0, 200, "{path} as {user}");
             }
@@ -185,7 +186,8 @@ fn runs_validate_params_and_report_results() {
 
         let (code, body) = call(&s, "POST", run, Some("ola"), Some(r#"{"threshold": "high", "extra": 1}"#)).await;
         assert_eq!(code, 422, "{body}");
-        let mut fields: Vec<&str> = body["fields"].as_array().unwrap().iter().map(|f| f["param"].as_str().unwrap()).collect();
+        assert_eq!(body["error"]["code"], json!("invalid_params"), "{body}");
+        let mut fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["param"].as_str().unwrap()).collect();
         fields.sort();
         assert_eq!(fields, ["extra", "threshold"], "each bad field named once: {body}");
         assert_eq!(call(&s, "POST", run, Some("ola"), Some(r#"{}"#)).await.0, 422, "missing required param");
@@ -198,7 +200,8 @@ fn runs_validate_params_and_report_results() {
 
         let (code, body) = call(&s, "POST", "/api/v1/applets/slow-one/run", Some("ola"), None).await;
         assert_eq!(code, 504, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("cancelled"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("cancelled"), "{body}");
+        assert_eq!(body["error"]["code"], json!("timeout"), "{body}");
     });
 }
 
@@ -404,7 +407,7 @@ fn registry_writes_audit_reads_and_metrics_are_guarded_by_role() {
 
 #[test]
 fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
-    use opslet::http::hooks::sign;
+    use opslet::service::hooks::sign;
     let s = server(&[]);
     rt().block_on(async {
         let client = reqwest::Client::new();
@@ -463,7 +466,8 @@ fn per_applet_limit_answers_429() {
         assert_eq!(code, 202, "{first}");
         let (code, body) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
         assert_eq!(code, 429, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("limit per applet"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("limit per applet"), "{body}");
+        assert_eq!(body["error"]["code"], json!("quota_exceeded"), "{body}");
         // Another applet is not held back by slow-one.
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(r#"{"threshold": 1}"#)).await.0, 200);
         let id = first["job_id"].as_str().unwrap();
@@ -483,9 +487,9 @@ fn graceful_shutdown_cancels_running_jobs_and_keeps_queued_ones() {
     s.stop();
     // Read the jobs straight from the store the stopped server left behind.
     let store = opslet::store::Store::open(&s.data(), std::time::Duration::from_secs(5)).unwrap();
-    let jobs = opslet::http::jobs::Jobs::new(store).unwrap();
-    assert_eq!(jobs.get(&running).unwrap().unwrap().status, "cancelled");
-    assert_eq!(jobs.get(&queued).unwrap().unwrap().status, "queued", "a queued job waits for the next start");
+    let jobs = opslet::service::Jobs::new(store).unwrap();
+    assert_eq!(jobs.get(&running).unwrap().unwrap().status.name(), "cancelled");
+    assert_eq!(jobs.get(&queued).unwrap().unwrap().status.name(), "queued", "a queued job waits for the next start");
 }
 
 /// Every route, every role: 401 without a token, 403 when the role (or grant) does not allow
@@ -638,7 +642,7 @@ fn anonymous_refusals_cannot_flood_the_audit_log_and_one_caller_cannot_take_ever
         assert_eq!(call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await.0, 202);
         let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 1}"#)).await;
         assert_eq!(code, 429, "{body}");
-        assert!(body["error"].as_str().unwrap().contains("limit per caller"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("limit per caller"), "{body}");
         assert_eq!(
             call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ada"), Some(r#"{"threshold": 1}"#)).await.0,
             200,
@@ -694,7 +698,7 @@ fn admins_manage_accounts_grants_and_hooks_over_http_while_the_server_runs() {
         let resp = reqwest::Client::new()
             .post(format!("{}/hooks/api-hook", s.base))
             .header("X-Opslet-Timestamp", now.to_string())
-            .header("X-Opslet-Signature", opslet::http::hooks::sign(secret, now, body.as_bytes()))
+            .header("X-Opslet-Signature", opslet::service::hooks::sign(secret, now, body.as_bytes()))
             .body(body)
             .send()
             .await
@@ -812,7 +816,7 @@ fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
         for body in [login("ola", "nope-nope-nope"), login("nobody", "whatever-long"), login("oz", "oz-long-password")] {
             let (code, set, v) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&body)).await;
             assert_eq!((code, set.as_str()), (401, ""), "{body}: {v}");
-            assert!(v["error"].as_str().unwrap().contains("wrong user name or password"));
+            assert!(v["error"]["message"].as_str().unwrap().contains("wrong user name or password"), "{v}");
         }
         // A good sign-in: HttpOnly, SameSite=Strict cookie; the CSRF token in the body.
         let (code, set, v) = cookie_call(&s, "POST", "/api/v1/session", None, None, Some(&login("ola", "ola-long-password"))).await;
@@ -900,7 +904,7 @@ fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
         assert_eq!(call(&s, "DELETE", &format!("/api/v1/tokens/{id}"), Some("ada"), None).await.0, 200);
         let (code, _, v) = cookie_call(&s, "GET", "/api/v1/jobs", Some(&sid4), None, None).await;
         assert_eq!(code, 401, "{v}");
-        assert!(v["error"].as_str().unwrap().contains("revoked"), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("revoked"), "{v}");
 
         // API answers are never cached.
         let resp = reqwest::Client::new().get(format!("{}/api/v1/applets", s.base)).bearer_auth(&s.tokens["vic"]).send().await.unwrap();

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Diagnostic;
+use crate::util::{parse_duration, parse_size, validate_name};
 
 pub const MANIFEST_FILE: &str = "applet.toml";
 
@@ -168,7 +169,7 @@ impl Manifest {
         for (module, scope) in raw.permissions {
             let span = scope.span();
             permission_lines.insert(module.clone(), crate::error::line_col(source, span.start).0);
-            if let Err(msg) = crate::modules::check_permission(&module, scope.get_ref()) {
+            if let Err(msg) = check_permission(&module, scope.get_ref()) {
                 errs.push(at(span, format!("permissions.{module}: {msg}")));
             }
             permissions.insert(module, scope.into_inner());
@@ -209,20 +210,6 @@ impl Manifest {
     }
 }
 
-/// Applet names: 1-64 chars of `[a-z0-9-]`, starting with a letter or digit.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("`{name}` must be 1 to 64 characters long"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err(format!("`{name}` may contain only lowercase letters, digits and `-`"));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(format!("`{name}` must not start or end with `-`"));
-    }
-    Ok(())
-}
-
 fn validate_param_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -257,10 +244,17 @@ fn validate_param_spec(spec: &ParamSpec) -> Result<(), String> {
     Ok(())
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"5m\": {e}"))
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| format!("`{s}` is not a size like \"64MiB\": {e}"))
+/// Shape check done while parsing a manifest: `true`, a list of action names, or a table.
+pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String> {
+    let ident = !module.is_empty() && module.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !ident {
+        return Err(format!("`{module}` is not a module name"));
+    }
+    match scope {
+        toml::Value::Boolean(true) => Ok(()),
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(()),
+        toml::Value::Array(_) => Err("a list of actions must contain only strings, like [\"read\"]".into()),
+        toml::Value::Table(_) => Ok(()),
+        _ => Err("expected true, a list of actions like [\"read\"], or a table like { hosts = [\"group:web\"] }".into()),
+    }
 }

@@ -1,6 +1,7 @@
 //! Applets: a folder with `applet.toml` + `main.lua`, loaded into an immutable in-memory package.
 //! Nothing reads the applet's folder after loading; `require` inside a run serves files from here.
 
+pub mod compile;
 pub mod manifest;
 pub mod params;
 
@@ -95,9 +96,10 @@ impl AppletPackage {
         self.manifest.id()
     }
 
-    /// Checks `[permissions]` against the host modules of `registry`.
-    pub fn check_modules(&self, registry: &crate::modules::ModuleRegistry) -> Result<(), Error> {
-        let errs: Vec<Diagnostic> = registry
+    /// Checks `[permissions]` against the host modules `modules` knows (the module set of the
+    /// build, passed in from above: the applet layer knows no module).
+    pub fn check_modules(&self, modules: &dyn PermissionCheck) -> Result<(), Error> {
+        let errs: Vec<Diagnostic> = modules
             .check_permissions(&self.manifest)
             .into_iter()
             .map(|(module, msg)| Diagnostic {
@@ -113,6 +115,12 @@ impl AppletPackage {
     pub fn source(&self, path: &str) -> Option<&[u8]> {
         self.files.get(path).map(Vec::as_slice)
     }
+}
+
+/// What can judge a manifest's `[permissions]`: the host modules of a build
+/// (`kit::ModuleRegistry`). Each error is (module, message).
+pub trait PermissionCheck {
+    fn check_permissions(&self, manifest: &Manifest) -> Vec<(String, String)>;
 }
 
 fn read_tree(dir: &Path, prefix: &str, files: &mut BTreeMap<String, Vec<u8>>, total: &mut u64) -> Result<(), Error> {
@@ -183,7 +191,7 @@ fn content_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
 fn compile_sources(files: &BTreeMap<String, Vec<u8>>, errs: &mut Vec<Diagnostic>) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for (path, src) in files.iter().filter(|(p, _)| p.ends_with(".lua")) {
-        match crate::runtime::compile(path, src) {
+        match compile::compile(path, src) {
             Ok(bc) => {
                 out.insert(path.clone(), bc);
             }

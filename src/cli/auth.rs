@@ -228,7 +228,7 @@ pub enum HookCmd {
 }
 
 pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
-    let hooks = crate::http::hooks::Hooks::new(global.open_store()?)?;
+    let hooks = crate::service::Hooks::new(global.open_store()?)?;
     match cmd {
         HookCmd::Add { name, applet, maps } => {
             let h = hooks.add(&name, &applet, &maps, &os_user())?;

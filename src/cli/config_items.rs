@@ -14,7 +14,8 @@ use crate::cmdb::config_items::{ConfigItems, ItemSpec, spec_toml};
 use crate::cmdb::device_configs::unified_diff;
 use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
-use crate::runtime::{CancelToken, RunRequest, Runtime};
+use crate::runtime::{CancelToken, Runtime};
+use crate::service::{Source, Submission};
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
@@ -230,7 +231,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
         return Err(Error::Usage(format!("{} is not a folder of config items", dir.display())));
     }
     let config = global.config()?;
-    let runtime = Runtime::new(&config, Some(store.clone()))?;
+    let service = crate::service::RunService::new(Runtime::new(&config, Some(store.clone()))?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {
@@ -257,7 +258,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                 continue;
             }
             eprintln!("{} v{} stored; publishing to {hosts} ({env})", v.name, v.version);
-            let outcome = rt.block_on(runtime.run(publish_request(&v.name, hosts, env, cancel.clone())?));
+            let outcome = service.run_here(&rt, service.prepare(publish_submission(&v.name, hosts, env)?)?, cancel.clone(), Some(watch_sink()));
             match &outcome.result {
                 Ok(rows) => {
                     for r in rows.as_array().into_iter().flatten() {
@@ -286,7 +287,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
 }
 
 /// A run of the built-in `config-watch` applet: publish one item, audited like any run.
-fn publish_request(item: &str, hosts: &str, env: &str, cancel: CancelToken) -> Result<RunRequest, Error> {
+fn publish_submission(item: &str, hosts: &str, env: &str) -> Result<Submission, Error> {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let manifest = format!(
         "name = \"config-watch\"\nversion = \"1.0.0\"\ndescription = \"opslet config watch: publish a changed item\"\n\
@@ -299,13 +300,14 @@ fn publish_request(item: &str, hosts: &str, env: &str, cancel: CancelToken) -> R
     files.insert("applet.toml".to_string(), manifest.into_bytes());
     files.insert("main.lua".to_string(), main.into_bytes());
     let pkg = AppletPackage::from_files(files)?;
-    let mut req = RunRequest::new(Arc::new(pkg), Caller { via: "config-watch".into(), ..Caller::cli() });
-    req.cancel = cancel;
-    let sink: LogSink = Arc::new(|l: &LogLine| {
+    Ok(Submission::new(Source::Package(Arc::new(pkg)), Caller { via: "config-watch".into(), ..Caller::cli() }))
+}
+
+/// The applet's log lines, indented under the item being published.
+fn watch_sink() -> LogSink {
+    Arc::new(|l: &LogLine| {
         if l.progress.is_none() {
             eprintln!("  [{}] {}", l.level.name(), l.message);
         }
-    });
-    req.log_sink = Some(sink);
-    Ok(req)
+    })
 }

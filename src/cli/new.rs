@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::applet::manifest::validate_name;
+use crate::util::validate_name;
 use crate::error::{Diagnostic, Error};
 
 #[derive(Args, Debug)]

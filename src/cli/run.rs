@@ -1,7 +1,7 @@
 //! `opslet run PATH`: run an applet folder once, or on every change with `--watch`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +10,10 @@ use notify::{RecursiveMode, Watcher};
 
 use super::Global;
 use super::output::{Format, render};
-use crate::applet::AppletPackage;
 use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink};
-use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
+use crate::runtime::{CancelToken, RunOutcome, Runtime};
+use crate::service::{Check, RawParams, RunService, Source, Submission};
 
 /// The progress bar of a call over many hosts (ok / failed / pending counts), drawn on stderr
 /// when it is a terminal; log lines print above it.
@@ -122,128 +122,46 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             _ => return Err(Error::Usage(format!("--param `{p}`: expected NAME=VALUE"))),
         }
     }
-    let source = Source::of(&args.target)?;
+    let source = source_of(&args.target)?;
     let config = global.config()?;
     let store = global.open_store()?;
-    let runtime = Runtime::new(&config, Some(store))?;
+    let service = RunService::new(Runtime::new(&config, Some(store.clone()))?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
-        let package = Arc::new(match &source {
-            Source::Folder(path) => AppletPackage::load_dir(path)?,
-            Source::Registry(r) => {
-                let reg = crate::registry::Registry::new(runtime.store().expect("the CLI runs with a store").clone())?;
-                let meta = reg.resolve(r, args.allow_yanked)?;
-                reg.package(&meta)?
-            }
-        });
-        let mut req = RunRequest::new(package, Caller { via: via.into(), ..Caller::cli() });
-        req.params_json = params_json.clone();
-        req.params_pairs = pairs.clone();
-        req.dry_run = args.dry_run;
-        req.cancel = cancel;
-        if !args.quiet {
+        let mut sub = Submission::new(source.clone(), Caller { via: via.into(), ..Caller::cli() });
+        sub.params = RawParams { json: params_json.clone(), pairs: pairs.clone() };
+        (sub.dry_run, sub.allow_yanked) = (args.dry_run, args.allow_yanked);
+        // Every attempt is a run: bad params are recorded as one (`invalid_params`).
+        sub.check = Check::InRun;
+        let prepared = service.prepare(sub)?;
+        let sink: Option<LogSink> = (!args.quiet).then(|| {
             let bars = Progress::default();
-            let sink: LogSink = Arc::new(move |l: &LogLine| match &l.progress {
+            Arc::new(move |l: &LogLine| match &l.progress {
                 Some(p) => bars.update(p),
                 None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
-            });
-            req.log_sink = Some(sink);
-        }
-        let watchdog = Watchdog::start(&runtime, &req);
-        let outcome = rt.block_on(runtime.run(req));
-        watchdog.stop();
+            }) as LogSink
+        });
+        let outcome = service.run_here(&rt, prepared, cancel, sink);
         Ok(report(&outcome, &args))
     };
     let code = match (&source, args.watch) {
         (Source::Folder(path), true) => watch(path, &cancel, |c| once(c, "watch")),
-        (Source::Registry(_), true) => Err(Error::Usage("--watch works with applet folders, not registry applets".into())),
+        (_, true) => Err(Error::Usage("--watch works with applet folders, not registry applets".into())),
         _ => once(cancel, "cli"),
     };
     // The process exits without running destructors: put the run's end on disk now.
-    if let Some(store) = runtime.store() {
-        store.flush()?;
-    }
+    store.flush()?;
     code
 }
 
-/// Where the applet comes from.
-enum Source {
-    Folder(PathBuf),
-    Registry(crate::registry::Reference),
-}
-
-impl Source {
-    /// A path (an existing folder, or anything with `/` or a leading `.`) or a registry reference.
-    fn of(target: &str) -> Result<Source, Error> {
-        let path = Path::new(target);
-        if path.is_dir() || target.contains('/') || target.starts_with('.') {
-            Ok(Source::Folder(path.to_path_buf()))
-        } else {
-            crate::registry::Reference::parse(target).map(Source::Registry)
-        }
-    }
-}
-
-/// How long past its wall-time limit a run may take to stop before the process is ended.
-const GRACE: Duration = Duration::from_secs(5);
-
-/// The last line of defence for the CLI: if a run is still going `GRACE` after its wall-time
-/// limit (a host call that never reached the limit checks), record its end in the audit log and
-/// end the process with the limit's exit code.
-struct Watchdog {
-    done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Watchdog {
-    fn start(runtime: &Runtime, req: &RunRequest) -> Watchdog {
-        let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let limits = runtime.limits_for(&req.package.manifest);
-        let deadline = std::time::Instant::now() + limits.timeout + GRACE;
-        let (store, run_id, applet, caller) = (runtime.store().cloned(), req.run_id.clone(), req.package.id(), req.caller.clone());
-        let d = Arc::clone(&done);
-        let thread = std::thread::spawn(move || {
-            let (lock, cvar) = &*d;
-            let mut finished = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while !*finished {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                finished = cvar.wait_timeout(finished, left).unwrap_or_else(|e| e.into_inner()).0;
-            }
-            if *finished {
-                return;
-            }
-            let message = format!("{} did not stop within {}s of its wall-time limit; opslet ended the process", applet, GRACE.as_secs());
-            if let Some(store) = store {
-                let ev = crate::store::audit::AuditEvent {
-                    kind: "run.end".into(),
-                    run_id: Some(run_id.clone()),
-                    actor: Some(caller.user),
-                    via: Some(caller.via),
-                    applet: Some(applet.clone()),
-                    status: Some("limit_exceeded".into()),
-                    data: serde_json::json!({ "error": message, "error_kind": "limit_exceeded", "limit": "wall-time", "killed": true }),
-                };
-                if let Ok(Some(_)) = store.audit().end_if_open(&run_id, ev) {
-                    let _ = store.flush();
-                } else {
-                    return; // the run ended on its own after all
-                }
-            }
-            eprintln!("error: {message} (run {run_id})");
-            std::process::exit(Error::LimitExceeded { limit: crate::error::Limit::WallTime, message: String::new() }.exit_code());
-        });
-        Watchdog { done, thread }
-    }
-
-    /// Stops the watchdog and waits for it, so it no longer holds the store.
-    fn stop(self) {
-        let (lock, cvar) = &*self.done;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cvar.notify_all();
-        let _ = self.thread.join();
+/// Where the applet comes from: a path (an existing folder, or anything with `/` or a leading
+/// `.`) or a registry reference.
+fn source_of(target: &str) -> Result<Source, Error> {
+    let path = Path::new(target);
+    if path.is_dir() || target.contains('/') || target.starts_with('.') {
+        Ok(Source::Folder(path.to_path_buf()))
+    } else {
+        crate::registry::Reference::parse(target).map(Source::Registry)
     }
 }
 

@@ -2,7 +2,6 @@
 //! variable, else `[serve]` in opslet.toml, else the default.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use clap::Args;
 
@@ -10,8 +9,8 @@ use super::Global;
 use crate::auth::Auth;
 use crate::config::ServeSettings;
 use crate::error::Error;
-use crate::http::jobs::Jobs;
-use crate::http::{AppState, RunPool, ServeConfig};
+use crate::http::{AppState, ServeConfig};
+use crate::service::{DispatchSettings, Quotas, RunService};
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 
@@ -76,29 +75,26 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
 
     let store = global.open_store()?;
     let runtime = Runtime::new(&config, Some(store.clone()))?;
-    let pool = Arc::new(RunPool::start(threads, queue));
-    let jobs = Jobs::new(store.clone())?;
-    let purged = jobs.purge(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7)))?;
-    let state = AppState {
-        registry: Registry::new(store.clone())?,
-        auth: Auth::new(store.clone())?,
-        runtime,
-        pool,
-        jobs,
-        metrics: Default::default(),
-        hooks: crate::http::hooks::Hooks::new(store.clone())?,
-        dev: args.dev.as_deref().map(crate::http::dev::DevApplets::watch).transpose()?,
-        applet_limit,
-        user_limit,
-        per_applet: Default::default(),
-        sync_timeout,
-        sessions: Default::default(),
+    let settings = DispatchSettings {
+        run_threads: threads,
+        queue,
+        quotas: Quotas { per_applet: applet_limit, per_caller: user_limit },
+        dev: args.dev.clone(),
     };
-    let (restarted, queued) = crate::http::recover_jobs(&state)?;
+    let service = RunService::dispatching(runtime, settings)?;
+    let purged = service.jobs()?.purge(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7)))?;
+    let (restarted, queued) = service.recover()?;
     if queued > 0 || purged > 0 {
         tracing::info!(restarted, queued, purged, "jobs recovered after start");
     }
-    let cfg = ServeConfig { listen, run_threads: threads, queue, body_limit, sync_timeout, shutdown_grace };
+    let state = AppState {
+        registry: Registry::new(store.clone())?,
+        auth: Auth::new(store.clone())?,
+        service,
+        sync_timeout,
+        sessions: Default::default(),
+    };
+    let cfg = ServeConfig { listen, body_limit, shutdown_grace };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

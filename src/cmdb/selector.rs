@@ -27,7 +27,7 @@ impl Selector {
     /// Whether `host` is selected; `in_group` answers group membership (with nesting).
     pub fn matches(&self, host: &Host, in_group: &dyn Fn(&Host, &str) -> bool) -> bool {
         match self {
-            Selector::Name(pattern) => crate::auth::pattern_matches(pattern, &host.name),
+            Selector::Name(pattern) => crate::util::pattern_matches(pattern, &host.name),
             Selector::Group(g) => in_group(host, g),
             Selector::Tag(k, v) => host.tags.get(k).is_some_and(|have| v.as_ref().is_none_or(|want| have == want)),
             Selector::Not(inner) => !inner.matches(host, in_group),

@@ -82,7 +82,7 @@ impl HostModule for CmdbModule {
                                 h.tags.remove(&k);
                             }
                             other => {
-                                h.tags.insert(k, crate::builtins::log::display(&other));
+                                h.tags.insert(k, crate::runtime::builtins::log::display(&other));
                             }
                         }
                     }

@@ -132,22 +132,6 @@ impl ModuleRegistry {
         self.modules.iter().map(|m| m.name()).collect()
     }
 
-    /// Checks that every permission names a module of this build with a scope it accepts.
-    pub fn check_permissions(&self, manifest: &crate::applet::Manifest) -> Vec<(String, String)> {
-        let mut errs = Vec::new();
-        for (name, scope) in &manifest.permissions {
-            match self.get(name) {
-                Some(m) => {
-                    if let Err(msg) = m.check_scope(scope) {
-                        errs.push((name.clone(), msg));
-                    }
-                }
-                None => errs.push((name.clone(), self.unavailable(name))),
-            }
-        }
-        errs
-    }
-
     fn unavailable(&self, name: &str) -> String {
         let have = self.names();
         let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
@@ -211,6 +195,24 @@ impl ModuleRegistry {
         mt.set_readonly(true);
         globals.set_metatable(Some(mt))?;
         Ok(())
+    }
+}
+
+impl crate::applet::PermissionCheck for ModuleRegistry {
+    /// Every permission must name a module of this build with a scope it accepts.
+    fn check_permissions(&self, manifest: &crate::applet::Manifest) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        for (name, scope) in &manifest.permissions {
+            match self.get(name) {
+                Some(m) => {
+                    if let Err(msg) = m.check_scope(scope) {
+                        errs.push((name.clone(), msg));
+                    }
+                }
+                None => errs.push((name.clone(), self.unavailable(name))),
+            }
+        }
+        errs
     }
 }
 
@@ -290,18 +292,6 @@ pub fn rename_error(e: mlua::Error, from: &str, to: &str) -> mlua::Error {
     }
 }
 
-/// An error with its sources, one after another (`error sending request: connection refused`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        m.push_str(": ");
-        m.push_str(&s.to_string());
-        src = s.source();
-    }
-    m
-}
-
 /// A JSON value as Lua, arrays marked as such (so they come back out as JSON arrays).
 pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
     let mt = lua.create_table()?;
@@ -317,7 +307,7 @@ fn stub(lua: &Lua, module: &'static str, why: &str) -> mlua::Result<Table> {
     mt.raw_set(
         "__index",
         lua.create_function(move |_, (_t, key): (Table, mlua::Value)| -> mlua::Result<()> {
-            let key = crate::builtins::log::display(&key);
+            let key = crate::runtime::builtins::log::display(&key);
             Err(mlua::Error::runtime(format!("{module}.{key}: {why}")))
         })?,
     )?;
@@ -342,17 +332,3 @@ pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result
     }
 }
 
-/// Shape check done while parsing a manifest: `true`, a list of action names, or a table.
-pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String> {
-    let ident = !module.is_empty() && module.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !ident {
-        return Err(format!("`{module}` is not a module name"));
-    }
-    match scope {
-        toml::Value::Boolean(true) => Ok(()),
-        toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(()),
-        toml::Value::Array(_) => Err("a list of actions must contain only strings, like [\"read\"]".into()),
-        toml::Value::Table(_) => Ok(()),
-        _ => Err("expected true, a list of actions like [\"read\"], or a table like { hosts = [\"group:web\"] }".into()),
-    }
-}

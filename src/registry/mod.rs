@@ -20,7 +20,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::applet::AppletPackage;
-use crate::applet::manifest::validate_name;
+use crate::util::validate_name;
 use crate::error::{Diagnostic, Error};
 use crate::store::Store;
 pub use model::{AppletMeta, PermissionChanges, VersionMeta};
@@ -70,6 +70,16 @@ impl Reference {
     pub fn name(&self) -> &str {
         match self {
             Reference::Current(n) | Reference::Version(n, _) | Reference::Hash(n, _) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reference::Current(n) => f.write_str(n),
+            Reference::Version(n, v) => write!(f, "{n}@{v}"),
+            Reference::Hash(n, h) => write!(f, "{n}@sha256:{h}"),
         }
     }
 }

@@ -124,7 +124,7 @@ pub struct RunCtx {
 impl RunCtx {
     /// Appends a log line, enforcing the output limit. Secrets are redacted first.
     pub fn log(&self, level: Level, message: &str) -> mlua::Result<()> {
-        const MAX_LINE: usize = crate::builtins::log::MAX_LINE;
+        const MAX_LINE: usize = crate::runtime::builtins::log::MAX_LINE;
         let mut message = self.redactor.apply(message).into_owned();
         if message.len() > MAX_LINE {
             let mut cut = MAX_LINE;

@@ -1,6 +1,7 @@
 //! Running an applet: params, limits, the sandboxed state, the result, and the audit records
 //! around it. `Runtime::run` is the one entry point every trigger (CLI, HTTP, watch) goes through.
 
+pub mod builtins;
 pub mod context;
 pub mod convert;
 pub mod lazy_async;
@@ -14,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use mlua::Value as LuaValue;
-use mlua::chunk::{ChunkMode, Compiler};
+use mlua::chunk::ChunkMode;
 use serde_json::{Map, Value, json};
 
 use crate::applet::{AppletPackage, params};
 use crate::config::{Config, HostLimits};
-use crate::error::{Diagnostic, Error, Limit};
+use crate::error::{Error, Limit};
 use crate::modules::ModuleRegistry;
 use crate::store::Store;
 use crate::store::audit::AuditEvent;
@@ -29,27 +30,7 @@ pub use limits::CancelToken;
 use limits::{Guard, RunLimits};
 use redact::Redactor;
 
-/// Compiles Luau source to bytecode; a syntax error becomes `path:line: message`.
-pub fn compile(path: &str, src: &[u8]) -> Result<Vec<u8>, Diagnostic> {
-    Compiler::new().set_optimization_level(1).set_debug_level(1).compile(src).map_err(|e| {
-        let msg = match &e {
-            mlua::Error::SyntaxError { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
-        syntax_diagnostic(path, &msg)
-    })
-}
-
-/// Luau reports `LINE: message` (or `:LINE: message`); pull the line out.
-fn syntax_diagnostic(path: &str, msg: &str) -> Diagnostic {
-    let trimmed = msg.trim().trim_start_matches(':');
-    match trimmed.split_once(':') {
-        Some((line, rest)) if line.trim().parse::<usize>().is_ok() => {
-            Diagnostic { file: path.to_string(), line: line.trim().parse().ok(), column: None, message: rest.trim().to_string() }
-        }
-        _ => Diagnostic::new(path, msg.trim()),
-    }
-}
+pub use crate::applet::compile::compile;
 
 /// What to run, for whom.
 pub struct RunRequest {
@@ -61,6 +42,10 @@ pub struct RunRequest {
     pub params_json: Option<Map<String, Value>>,
     /// `--param k=v` strings, applied on top of `params_json`.
     pub params_pairs: Vec<(String, String)>,
+    /// The params already checked against the manifest and the cmdb (by the run service, before
+    /// it accepted the run): the run uses them as they are instead of checking `params_json`
+    /// and `params_pairs` again.
+    pub validated: Option<Map<String, Value>>,
     pub caller: Caller,
     pub dry_run: bool,
     pub log_sink: Option<LogSink>,
@@ -76,6 +61,7 @@ impl RunRequest {
             package,
             params_json: None,
             params_pairs: Vec::new(),
+            validated: None,
             caller,
             dry_run: false,
             log_sink: None,
@@ -194,7 +180,10 @@ impl Runtime {
         let manifest = &package.manifest;
         let applet_id = manifest.id();
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
-        let params = params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs).and_then(|p| self.check_selectors(manifest, p));
+        let params = match &req.validated {
+            Some(p) => Ok(p.clone()),
+            None => params::resolve(manifest, req.params_json.as_ref(), &req.params_pairs).and_then(|p| self.check_selectors(manifest, p)),
+        };
 
         // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
@@ -327,6 +316,29 @@ impl Runtime {
             }
         }
         out
+    }
+
+    /// Records the end of a run that overran its wall-time limit and could not be stopped (the
+    /// CLI's watchdog, about to end the process), if the run has not ended by itself meanwhile.
+    /// Returns whether it recorded the end.
+    pub fn end_overdue(&self, run_id: &str, applet: &str, caller: &Caller, message: &str) -> bool {
+        let Some(store) = &self.store else { return true };
+        let ev = AuditEvent {
+            kind: "run.end".into(),
+            run_id: Some(run_id.to_string()),
+            actor: Some(caller.user.clone()),
+            via: Some(caller.via.clone()),
+            applet: Some(applet.to_string()),
+            status: Some(RunStatus::LimitExceeded.name().into()),
+            data: json!({ "error": message, "error_kind": "limit_exceeded", "limit": "wall-time", "killed": true }),
+        };
+        match store.audit().end_if_open(run_id, ev) {
+            Ok(Some(_)) => {
+                let _ = store.flush();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Host-selector params must pick at least one host of the cmdb (when the run has a store).

@@ -9,7 +9,7 @@ use mlua::{Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 
 use super::context::{Level, RunCtx};
 use crate::applet::AppletPackage;
-use crate::builtins;
+use crate::runtime::builtins;
 use crate::error::Limit;
 use crate::modules::{LazyTable, ModuleRegistry};
 

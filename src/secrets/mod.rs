@@ -80,7 +80,7 @@ impl Secrets {
     }
 
     pub fn set(&self, name: &str, value: &[u8], actor: &str) -> Result<(), Error> {
-        crate::applet::manifest::validate_name(name).map_err(|m| Error::Usage(format!("secret name {m}")))?;
+        crate::util::validate_name(name).map_err(|m| Error::Usage(format!("secret name {m}")))?;
         if value.is_empty() || value.len() > MAX_VALUE {
             return Err(Error::Usage(format!("secret `{name}`: the value must be 1 to {MAX_VALUE} bytes")));
         }

@@ -59,6 +59,8 @@ struct Inner {
     dir: PathBuf,
     sync: parking_lot::Mutex<SyncState>,
     synced: parking_lot::Condvar,
+    /// The folder of a temporary store, removed with it (declared last: dropped after the db).
+    _tmp: Option<tempfile::TempDir>,
 }
 
 /// Group commit: callers of `flush` take a ticket; one of them flushes for everyone whose
@@ -100,16 +102,25 @@ impl Store {
         check_format(&db, &path)?;
         let audit = audit::AuditLog::open(&db)?;
         Ok(Store {
-            inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf(), sync: Default::default(), synced: Default::default() }),
+            inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf(), sync: Default::default(), synced: Default::default(), _tmp: None }),
         })
     }
 
-    /// A throwaway store in a temporary folder (tests, benchmarks).
+    /// A throwaway store in a folder of its own under the system's temporary directory (tests,
+    /// benchmarks, embedders); the folder, and any file written beside the store (such as the
+    /// secret key), is removed when the last handle is dropped.
     pub fn temporary() -> Result<Store, Error> {
-        let db = sled::Config::new().temporary(true).open()?;
-        check_format(&db, Path::new("(temporary)"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("opslet-store-")
+            .tempdir()
+            .map_err(|e| Error::Store(format!("creating a temporary data dir: {e}")))?;
+        let db = sled::Config::new().path(tmp.path().join("db")).temporary(true).open()?;
+        check_format(&db, tmp.path())?;
         let audit = audit::AuditLog::open(&db)?;
-        Ok(Store { inner: Arc::new(Inner { db, audit, dir: PathBuf::new(), sync: Default::default(), synced: Default::default() }) })
+        let dir = tmp.path().to_path_buf();
+        Ok(Store {
+            inner: Arc::new(Inner { db, audit, dir, sync: Default::default(), synced: Default::default(), _tmp: Some(tmp) }),
+        })
     }
 
     pub fn audit(&self) -> &audit::AuditLog {

@@ -39,11 +39,15 @@ function toast(text, bad) {
   toast.timer = setTimeout(() => (t.className = ""), 4000);
 }
 
+// Every error answer is {"error": {"code", "message", "fields"?}}; a body that is not JSON
+// arrives here as {error: text}.
 class ApiError extends Error {
   constructor(status, body) {
-    super((body && body.error) || `HTTP ${status}`);
+    const err = body && body.error;
+    super((err && (err.message || (typeof err === "string" && err))) || `HTTP ${status}`);
     this.status = status;
-    this.body = body || {};
+    this.code = (err && err.code) || "";
+    this.fields = (err && err.fields) || [];
   }
 }
 
@@ -480,7 +484,7 @@ function runForm(v) {
       location.hash = `#/job/${r.job_id}`;
     } catch (e) {
       const byField = {};
-      for (const fe of e.body?.fields || []) (byField[fe.param] ||= []).push(fe.message);
+      for (const fe of e.fields || []) (byField[fe.param] ||= []).push(fe.message);
       let first = null;
       for (const f of fields) {
         if (byField[f.name]) {
@@ -834,7 +838,7 @@ function viewPublish() {
             out.replaceChildren(r.published ? "Published " : "Already published: ", h("a", { href: `#/applet/${encodeURIComponent(v.name)}` }, `${v.name}@${v.version}`));
           } catch (e) {
             out.className = "error";
-            out.textContent = [e.message, ...(e.body?.problems || [])].join("\n");
+            out.textContent = e.message;
           }
         },
       },

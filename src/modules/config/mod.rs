@@ -81,7 +81,7 @@ impl Scope {
     }
 
     fn allows_item(&self, name: &str) -> bool {
-        self.items.iter().any(|p| crate::auth::pattern_matches(p, name))
+        self.items.iter().any(|p| crate::util::pattern_matches(p, name))
     }
 }
 
@@ -907,7 +907,7 @@ impl HostModule for ConfigModule {
                         Some(other) => {
                             return Err(lua_err(
                                 "publish",
-                                format!("opts.version: expected a version number, got {}", crate::builtins::log::display(other)),
+                                format!("opts.version: expected a version number, got {}", crate::runtime::builtins::log::display(other)),
                             ));
                         }
                     };

@@ -60,7 +60,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| format!("{method} {url}: {}", super::error_chain(&e)))?;
+        let resp = req.send().await.map_err(|e| format!("{method} {url}: {}", crate::util::error_chain(&e)))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.chars().take(300).collect()));
@@ -130,7 +130,7 @@ impl State {
             _ => Auth::None,
         };
         crate::install_tls_provider();
-        let timeout = crate::applet::manifest::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
+        let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
         let mut b = reqwest::Client::builder().timeout(timeout);
         if let Some(p) = &conf.ca_file {
             let pem = std::fs::read(p).map_err(|e| err(call, format!("[es.{name}] ca_file {}: {e}", p.display())))?;

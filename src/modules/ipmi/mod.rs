@@ -42,7 +42,7 @@ pub struct IpmiModule {
 
 impl IpmiModule {
     pub fn new(config: IpmiConfig) -> Result<IpmiModule, String> {
-        let timeout = crate::applet::manifest::parse_duration(&config.timeout).map_err(|m| format!("ipmi.timeout: {m}"))?;
+        let timeout = crate::util::parse_duration(&config.timeout).map_err(|m| format!("ipmi.timeout: {m}"))?;
         Ok(IpmiModule { config: Arc::new(config), timeout })
     }
 }
@@ -171,7 +171,7 @@ impl RunState {
             }
             Endpoint::Ipmi(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_string(),
         };
-        if !cred.bmcs.is_empty() && !cred.bmcs.iter().any(|p| crate::auth::pattern_matches(p, &bmc_host)) {
+        if !cred.bmcs.is_empty() && !cred.bmcs.iter().any(|p| crate::util::pattern_matches(p, &bmc_host)) {
             return Err(format!(
                 "{}: its BMC {bmc_host} is not one of the BMCs its [[ipmi.credentials]] may log in to ({}); nothing was sent",
                 host.name,

@@ -94,7 +94,7 @@ impl Client {
 
     async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Option<Value>, String> {
         let mut resp = req.basic_auth(&self.user, Some(&self.password)).header("Accept", "application/json").send().await.map_err(|e| {
-            let m = crate::modules::error_chain(&e);
+            let m = crate::util::error_chain(&e);
             if e.is_timeout() { format!("{what}: no answer from the BMC in time ({m})") } else { format!("{what}: {m}") }
         })?;
         let status = resp.status();

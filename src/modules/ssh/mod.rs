@@ -324,7 +324,7 @@ pub(crate) fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Dura
         Value::Integer(i) => Duration::from_secs(i.max(0) as u64),
         Value::Number(n) => Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX),
         Value::String(s) => {
-            crate::applet::manifest::parse_duration(&s.to_string_lossy()).map_err(|m| lua_err(call, format!("opts.{key}: {m}")))?
+            crate::util::parse_duration(&s.to_string_lossy()).map_err(|m| lua_err(call, format!("opts.{key}: {m}")))?
         }
         other => return Err(lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()))),
     };
@@ -338,7 +338,7 @@ pub(crate) fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> 
     match v {
         Value::Integer(i) if i >= 0 => Ok(i as usize),
         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
-        other => Err(lua_err(call, format!("opts.{key}: expected a whole number >= 0, got {}", crate::builtins::log::display(&other)))),
+        other => Err(lua_err(call, format!("opts.{key}: expected a whole number >= 0, got {}", crate::runtime::builtins::log::display(&other)))),
     }
 }
 
@@ -396,7 +396,7 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
                             ),
                         ));
                     }
-                    o.env.push((name, crate::builtins::log::display(&value)));
+                    o.env.push((name, crate::runtime::builtins::log::display(&value)));
                 }
                 o.env.sort();
             }

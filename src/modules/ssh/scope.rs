@@ -94,7 +94,7 @@ impl Scope {
             return false;
         }
         match &self.files {
-            Some(list) => list.iter().any(|p| crate::auth::pattern_matches(p, path)),
+            Some(list) => list.iter().any(|p| crate::util::pattern_matches(p, path)),
             None => !self.restricted(),
         }
     }

@@ -91,7 +91,7 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ZabbixError::Transport(format!("{method} at {}: {}", self.url, crate::modules::error_chain(&e))))?;
+            .map_err(|e| ZabbixError::Transport(format!("{method} at {}: {}", self.url, crate::util::error_chain(&e))))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| ZabbixError::Transport(format!("{method}: reading the answer: {e}")))?;
         let v: Value = serde_json::from_str(&text).map_err(|_| {

@@ -88,7 +88,7 @@ impl State {
             (_, _, Some(t)) => Login::Token(secret(t)?),
             _ => return Err(err(call, format!("[zabbix.{name}] has no credentials"))),
         };
-        let timeout = crate::applet::manifest::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
+        let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
         let ca = match &conf.ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|e| err(call, format!("[zabbix.{name}] ca_file {}: {e}", p.display())))?),
             None => None,
@@ -116,7 +116,7 @@ fn when(call: &str, key: &str, v: &Value) -> mlua::Result<i64> {
             if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
                 return Ok(t.timestamp());
             }
-            let d = crate::applet::manifest::parse_duration(s)
+            let d = crate::util::parse_duration(s)
                 .map_err(|_| err(call, format!("{key}: `{s}` is neither an RFC 3339 time nor a duration ago like \"1h\"")))?;
             Ok(chrono::Utc::now().timestamp() - d.as_secs() as i64)
         }
@@ -443,7 +443,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let duration = match o.get("duration") {
                     Some(Value::Number(n)) => n.as_u64().ok_or_else(|| err("maintenance", "duration: seconds"))?,
                     Some(Value::String(d)) => {
-                        crate::applet::manifest::parse_duration(d).map_err(|m| err("maintenance", format!("duration: {m}")))?.as_secs()
+                        crate::util::parse_duration(d).map_err(|m| err("maintenance", format!("duration: {m}")))?.as_secs()
                     }
                     _ => return Err(err("maintenance", "duration: seconds or a duration like \"2h\"")),
                 };
@@ -545,7 +545,7 @@ pub fn client_for(config: &crate::config::Config, store: &crate::store::Store, n
         (_, _, Some(t)) => Login::Token(secret(t)?),
         _ => return Err(Error::Config(format!("[zabbix.{name}] has no credentials"))),
     };
-    let timeout = crate::applet::manifest::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
+    let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
     let ca = conf.ca_file.as_ref().map(std::fs::read).transpose().map_err(|e| Error::Config(format!("[zabbix.{name}] ca_file: {e}")))?;
     Client::new(name, &conf.url, login, timeout, ca.as_deref()).map_err(Error::Config)
 }

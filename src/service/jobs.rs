@@ -1,4 +1,5 @@
-//! Jobs: runs accepted over HTTP, persisted from the moment they are accepted.
+//! Jobs: runs accepted by the run service (from HTTP, webhooks, the console), persisted from
+//! the moment they are accepted.
 //!
 //! A job is stored as `queued` (and flushed) before the request is answered, moves to `running`
 //! when a run thread takes it, and to its final status with result and logs. On start, jobs left
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::runtime::CancelToken;
+use crate::runtime::{CancelToken, RunStatus};
 use crate::runtime::context::LogLine;
 use crate::store::Store;
 
@@ -27,7 +28,7 @@ pub struct Job {
     #[serde(default)]
     pub applet: String,
     pub user: String,
-    pub status: String,
+    pub status: JobStatus,
     pub dry_run: bool,
     pub params: Map<String, Value>,
     pub submitted_at: DateTime<Utc>,
@@ -63,7 +64,7 @@ impl Job {
             reference: reference.to_string(),
             applet: req.package.id(),
             user: req.caller.user.clone(),
-            status: "queued".into(),
+            status: JobStatus::Queued,
             dry_run: req.dry_run,
             params,
             submitted_at: Utc::now(),
@@ -80,7 +81,71 @@ impl Job {
     }
 
     pub fn finished(&self) -> bool {
-        !matches!(self.status.as_str(), "queued" | "running")
+        self.status.finished()
+    }
+}
+
+/// Where a job stands: waiting, running, or how it ended (a run's [`RunStatus`], or an end the
+/// service gave it without a run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Ok,
+    Error,
+    LimitExceeded,
+    InvalidParams,
+    InvalidApplet,
+    Cancelled,
+    /// The server stopped while it ran, or before a run that could not be re-run started.
+    Interrupted,
+    /// Never run: the queue was full, or the caller may no longer run it.
+    Rejected,
+}
+
+impl JobStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Interrupted => "interrupted",
+            JobStatus::Rejected => "rejected",
+            JobStatus::Ok => RunStatus::Ok.name(),
+            JobStatus::Error => RunStatus::Error.name(),
+            JobStatus::LimitExceeded => RunStatus::LimitExceeded.name(),
+            JobStatus::InvalidParams => RunStatus::InvalidParams.name(),
+            JobStatus::InvalidApplet => RunStatus::InvalidApplet.name(),
+            JobStatus::Cancelled => RunStatus::Cancelled.name(),
+        }
+    }
+
+    pub fn finished(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+
+    /// Parses a status name as the API takes it in filters (`?status=ok`).
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+}
+
+impl From<RunStatus> for JobStatus {
+    fn from(s: RunStatus) -> JobStatus {
+        match s {
+            RunStatus::Ok => JobStatus::Ok,
+            RunStatus::Error => JobStatus::Error,
+            RunStatus::LimitExceeded => JobStatus::LimitExceeded,
+            RunStatus::InvalidParams => JobStatus::InvalidParams,
+            RunStatus::InvalidApplet => JobStatus::InvalidApplet,
+            RunStatus::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -88,7 +153,7 @@ impl Job {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum JobEvent {
-    Status { status: String },
+    Status { status: JobStatus },
     Log { line: LogLine },
     End { job: Box<Job> },
 }
@@ -157,11 +222,11 @@ impl Jobs {
 
     pub fn started(&self, id: &str, applet: &str) -> Result<(), Error> {
         self.update(id, |j| {
-            j.status = "running".into();
+            j.status = JobStatus::Running;
             j.applet = applet.into();
             j.started_at = Some(Utc::now());
         })?;
-        self.emit(id, JobEvent::Status { status: "running".into() });
+        self.emit(id, JobEvent::Status { status: JobStatus::Running });
         Ok(())
     }
 
@@ -173,9 +238,16 @@ impl Jobs {
     }
 
     /// Stores the outcome and closes the job's live state.
-    pub fn finish(&self, id: &str, status: &str, result: Option<Value>, error: Option<String>, logs: Vec<LogLine>) -> Result<(), Error> {
+    pub fn finish(
+        &self,
+        id: &str,
+        status: JobStatus,
+        result: Option<Value>,
+        error: Option<String>,
+        logs: Vec<LogLine>,
+    ) -> Result<(), Error> {
         let job = self.update(id, |j| {
-            j.status = status.into();
+            j.status = status;
             j.finished_at = Some(Utc::now());
             j.result = result;
             j.error = error;
@@ -222,7 +294,7 @@ impl Jobs {
     }
 
     /// Jobs, newest first, filtered.
-    pub fn list(&self, user: Option<&str>, status: Option<&str>, applet: Option<&str>, limit: usize) -> Result<Vec<Job>, Error> {
+    pub fn list(&self, user: Option<&str>, status: Option<JobStatus>, applet: Option<&str>, limit: usize) -> Result<Vec<Job>, Error> {
         let mut out = Vec::new();
         // Job ids are UUIDv7: reverse key order is newest first.
         for item in self.tree.iter().rev() {
@@ -245,15 +317,15 @@ impl Jobs {
         for item in self.tree.iter() {
             let (_, v) = item?;
             let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
-            match job.status.as_str() {
-                "running" => {
+            match job.status {
+                JobStatus::Running => {
                     self.update(&job.id, |j| {
-                        j.status = "interrupted".into();
+                        j.status = JobStatus::Interrupted;
                         j.finished_at = Some(Utc::now());
                         j.error = Some("the server stopped while this job ran".into());
                     })?;
                 }
-                "queued" => queued.push(job),
+                JobStatus::Queued => queued.push(job),
                 _ => {}
             }
         }

@@ -1,0 +1,217 @@
+//! Administration over HTTP (admins only): accounts, tokens, grants and hooks; the audit log
+//! (auditors); the cmdb's hosts.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::authn::{Authed, require};
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Action;
+use crate::auth::Principal;
+use crate::error::Error;
+
+#[derive(Deserialize)]
+pub(super) struct AuditQuery {
+    applet: Option<String>,
+    caller: Option<String>,
+    status: Option<String>,
+    kind: Option<String>,
+    run: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn audit_list(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadAudit, "/api/v1/audit")?;
+    let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let filter = crate::store::audit::Filter {
+        applet: q.applet,
+        actor: q.caller,
+        status: q.status,
+        kind: q.kind,
+        run_id: q.run,
+        since: q.since,
+        until: q.until,
+        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+    };
+    Ok(Json(json!(store.audit().list(&filter)?)))
+}
+
+pub(super) async fn audit_verify(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadAudit, "/api/v1/audit/verify")?;
+    let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let r = store.audit().verify()?;
+    Ok(Json(json!({ "records": r.records, "head": r.head, "intact": r.first_bad.is_none(), "first_bad": r.first_bad })))
+}
+
+// ---- administration (admin only): accounts, tokens, grants, hooks -----------------------------
+
+fn admin(s: &AppState, p: &Principal, path: &str) -> Result<(), ApiError> {
+    require(s, p, Action::Admin, path)
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not what this route takes: {e}")))
+}
+
+pub(super) async fn list_users(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/users")?;
+    Ok(Json(json!(s.auth.users()?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewUser {
+    name: String,
+    role: crate::auth::Role,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+pub(super) async fn add_user(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/users")?;
+    let u: NewUser = body_json(&body)?;
+    let user = s.auth.add_user(&u.name, u.role, &u.groups, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!(user))).into_response())
+}
+
+pub(super) async fn remove_user(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/users/{name}")?;
+    let revoked = s.auth.remove_user(&name, &p.user)?;
+    s.sessions.remove_user(&name);
+    s.auth.flush()?;
+    Ok(Json(json!({ "removed": name, "tokens_revoked": revoked })))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct NewToken {
+    /// Lifetime like "30d".
+    expires: Option<String>,
+    #[serde(default)]
+    label: String,
+}
+
+/// Creates a token; the answer is the only time its secret is shown.
+pub(super) async fn create_token(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/users/{name}/tokens")?;
+    let t: NewToken = if body.is_empty() { NewToken::default() } else { body_json(&body)? };
+    let expires_at = match t.expires {
+        None => None,
+        Some(d) => {
+            let d = humantime::parse_duration(&d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expires `{d}`: {e}")))?;
+            Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?)
+        }
+    };
+    let (secret, rec) = s.auth.create_token(&name, expires_at, &t.label, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": secret, "id": rec.id, "user": rec.user, "expires_at": rec.expires_at })))
+        .into_response())
+}
+
+pub(super) async fn list_tokens(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/tokens")?;
+    let tokens = s.auth.tokens(None)?;
+    Ok(Json(json!(tokens.iter().map(|t| json!({ "id": t.id, "user": t.user, "label": t.label, "created_at": t.created_at, "expires_at": t.expires_at, "revoked": t.revoked })).collect::<Vec<_>>())))
+}
+
+pub(super) async fn revoke_token(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/tokens/{id}")?;
+    let t = s.auth.revoke_token(&id, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "revoked": t.id, "user": t.user })))
+}
+
+pub(super) async fn list_grants(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    Ok(Json(json!(s.auth.grants()?)))
+}
+
+pub(super) async fn add_grant(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    let g: crate::auth::Grant = body_json(&body)?;
+    let g = s.auth.add_grant(&g.subject, &g.pattern, &p.user)?;
+    s.auth.flush()?;
+    Ok((StatusCode::CREATED, Json(json!(g))).into_response())
+}
+
+pub(super) async fn remove_grant(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/grants")?;
+    let g: crate::auth::Grant = body_json(&body)?;
+    s.auth.remove_grant(&g.subject, &g.pattern, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "removed": g })))
+}
+
+pub(super) async fn list_hooks(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/hooks")?;
+    let hooks = s.service.hooks()?.list()?;
+    Ok(Json(json!(
+        hooks.iter().map(|h| json!({ "name": h.name, "applet": h.applet, "map": h.map, "created_at": h.created_at })).collect::<Vec<_>>()
+    )))
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewHook {
+    name: String,
+    applet: String,
+    /// `param=$.path` entries.
+    #[serde(default)]
+    map: Vec<String>,
+}
+
+/// Creates a hook; the answer is the only time its secret is shown.
+pub(super) async fn add_hook(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    admin(&s, &p, "/api/v1/hooks")?;
+    let h: NewHook = body_json(&body)?;
+    let hook = s.service.hooks()?.add(&h.name, &h.applet, &h.map, &p.user)?;
+    s.registry.flush()?;
+    Ok((StatusCode::CREATED, Json(json!({ "name": hook.name, "applet": hook.applet, "map": hook.map, "secret": hook.secret })))
+        .into_response())
+}
+
+pub(super) async fn remove_hook(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/hooks/{name}")?;
+    s.service.hooks()?.remove(&name, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!({ "removed": name })))
+}
+
+/// Runs the server until Ctrl-C / SIGTERM. Prints `listening on ADDR` on stderr once bound.
+
+#[derive(Deserialize)]
+pub(super) struct HostsQuery {
+    selector: Option<String>,
+}
+
+/// cmdb hosts, all or those a selector picks (an empty list when it picks none).
+pub(super) async fn cmdb_hosts(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<HostsQuery>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/cmdb/hosts")?;
+    let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let cmdb = crate::cmdb::Cmdb::new(store.clone())?;
+    let hosts = match q.selector.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => cmdb.hosts()?,
+        Some(sel) => match cmdb.select(sel) {
+            Ok(h) => h,
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    // Free attributes stay out: imported inventories can carry anything in them.
+    let shown: Vec<Value> = hosts
+        .into_iter()
+        .map(|h| json!({ "name": h.name, "address": h.address, "port": h.port, "groups": h.groups, "tags": h.tags, "pinned": h.host_key.is_some() }))
+        .collect();
+    Ok(Json(json!(shown)))
+}
+

@@ -1,0 +1,116 @@
+//! The one error answer of the HTTP API: a status and the body
+//! `{"error": {"code": "...", "message": "...", "fields": [...]}}` (`fields` only for invalid
+//! params: one `{param, message}` per bad field). Every handler's error becomes this here.
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | `unauthenticated` | 401 | no or a bad token or session; a webhook delivery whose signature does not match |
+//! | `forbidden` | 403 | the caller's role or grants do not allow it; a missing CSRF token |
+//! | `not_found` | 404 | no such applet, version, job, user, token or hook |
+//! | `bad_request` | 400 | a malformed body, query or reference |
+//! | `invalid_params` | 422 | params that do not match the applet's manifest (with `fields`) |
+//! | `invalid_applet` | 422 | an applet whose files do not load (a dev folder, a bundle) |
+//! | `conflict` | 409 | a job that already ended; a replayed webhook delivery (`replayed`) |
+//! | `quota_exceeded` | 429 | one applet or caller has its share of run slots |
+//! | `queue_full` | 503 | the run queue is full (with `Retry-After: 1`) |
+//! | `timeout` | 504 | a synchronous run did not end in time and was cancelled |
+//! | `internal_error` | 500 | the store or a bug |
+//!
+//! A run that started and failed is not an error of the request: its answer is 200 with the
+//! run's `status` and an `error` object of the same shape (see docs/serve.md).
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::{Error, ParamError};
+use crate::service::{DeliveryError, ServiceError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Option<Vec<ParamError>>,
+}
+
+/// The code a status answers with when nothing more specific is known.
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::GATEWAY_TIMEOUT => "timeout",
+        _ => "internal_error",
+    }
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, code: code_of(status), message: message.into(), fields: None }
+    }
+
+    /// The body's `error` object (also used for a failed run inside a 200 answer).
+    pub fn object(code: &str, message: &str, fields: Option<&[ParamError]>) -> Value {
+        let mut e = json!({ "code": code, "message": message });
+        if let Some(f) = fields {
+            e["fields"] = json!(f);
+        }
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": ApiError::object(self.code, &self.message, self.fields.as_deref()) });
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let status = match &e {
+            Error::Params(_) | Error::Applet(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Usage(_) | Error::Config(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let code = match &e {
+            Error::Usage(_) | Error::Config(_) => "bad_request",
+            other => other.kind(),
+        };
+        let fields = match &e {
+            Error::Params(f) => Some(f.clone()),
+            _ => None,
+        };
+        ApiError { status, code, message: e.to_string(), fields }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let e = match e {
+            ServiceError::Core(inner) => return inner.into(),
+            other => other,
+        };
+        let status = match &e {
+            ServiceError::Core(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Delivery(DeliveryError::Replayed) => StatusCode::CONFLICT,
+            ServiceError::Delivery(_) => StatusCode::UNAUTHORIZED,
+            ServiceError::Payload(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, code: e.code(), message: e.to_string(), fields: None }
+    }
+}

@@ -1,0 +1,121 @@
+//! The applet market over HTTP: list, search, show, versions, and (publishers) publish,
+//! promote, roll back and yank.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::authn::{Authed, require};
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Action;
+use crate::registry::Reference;
+
+pub(super) async fn list_applets(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/applets")?;
+    let all = s.registry.list()?;
+    Ok(Json(json!(all.into_iter().map(|(a, v)| json!({ "name": a.name, "current": v })).collect::<Vec<_>>())))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    tag: Option<String>,
+    permission: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn search(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<SearchQuery>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/search")?;
+    let hits = s.registry.search(&q.q, q.tag.as_deref(), q.permission.as_deref(), q.limit.unwrap_or(50).min(500))?;
+    Ok(Json(json!(hits)))
+}
+
+pub(super) async fn show_applet(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/applets/{name}")?;
+    let r = Reference::parse(&name)?;
+    let v = s.registry.resolve(&r, true)?;
+    let a = s.registry.applet(r.name())?;
+    Ok(Json(json!({ "version": v, "current": a.current, "history": a.history })))
+}
+
+pub(super) async fn versions(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::ReadRegistry, "/api/v1/applets/{name}/versions")?;
+    s.registry.applet(&name)?;
+    Ok(Json(json!(s.registry.versions(&name)?)))
+}
+
+
+#[derive(Deserialize)]
+pub(super) struct PublishQuery {
+    #[serde(default)]
+    allow_downgrade: bool,
+    message: Option<String>,
+}
+
+/// Publishes an uploaded bundle (as written by `opslet export`) under the caller's name.
+pub(super) async fn publish_bundle(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Query(q): Query<PublishQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/registry/publish")?;
+    let (claimed, pkg) = crate::registry::bundle::decode(&body)?;
+    pkg.check_modules(&*s.service.runtime().modules())?;
+    let message = q.message.unwrap_or(claimed.message);
+    let out = s.registry.publish(&pkg, &p.user, &message, q.allow_downgrade)?;
+    s.registry.flush()?;
+    Ok(match out {
+        crate::registry::Published::New(v) => (StatusCode::CREATED, Json(json!({ "published": v }))).into_response(),
+        crate::registry::Published::Unchanged(v) => (StatusCode::OK, Json(json!({ "unchanged": v }))).into_response(),
+    })
+}
+
+#[derive(Deserialize)]
+pub(super) struct VersionQuery {
+    version: Option<String>,
+    #[serde(default)]
+    undo: bool,
+}
+
+fn version_of(q: &VersionQuery) -> Result<semver::Version, ApiError> {
+    let v = q.version.as_deref().ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "give ?version=X.Y.Z"))?;
+    semver::Version::parse(v).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`{v}` is not a version: {e}")))
+}
+
+pub(super) async fn promote(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/promote")?;
+    let a = s.registry.promote(&name, &version_of(&q)?, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!(a)))
+}
+
+pub(super) async fn rollback(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/rollback")?;
+    let (from, to) = s.registry.rollback(&name, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!({ "from": from, "to": to })))
+}
+
+pub(super) async fn yank(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require(&s, &p, Action::Publish, "/api/v1/applets/{name}/yank")?;
+    let v = s.registry.yank(&name, &version_of(&q)?, q.undo, &p.user)?;
+    s.registry.flush()?;
+    Ok(Json(json!(v)))
+}
+

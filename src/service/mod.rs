@@ -1,0 +1,538 @@
+//! The run service: the one place where any trigger — the CLI, an HTTP request, a webhook
+//! delivery, the web console, a job re-run after a restart, `opslet config watch` — turns "this
+//! applet, these params, this caller" into a validated run, a job record, events and an outcome.
+//!
+//! ```text
+//!   trigger ──> Submission ──prepare──> Prepared ──submit──> job (queued) ──pool──> Runtime::run
+//!                 (source,     resolve,               quotas,              run thread   │
+//!                  params,     package,               job record,                       ▼
+//!                  caller)     validate               events            job (ended), metrics
+//!                                          └──run_here──> Runtime::run on the caller's thread (CLI)
+//! ```
+//!
+//! The edges (`http`, `cli`) parse their input into a [`Submission`], call the service and render
+//! what comes back; neither builds a `RunRequest` of its own.
+
+pub mod dev;
+pub mod hooks;
+pub mod jobs;
+mod metrics;
+mod pool;
+mod watchdog;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::applet::AppletPackage;
+use crate::auth::{Action, Auth, Principal};
+use crate::error::{Error, ParamError};
+use crate::registry::{Reference, Registry};
+use crate::runtime::context::{Caller, LogLine, LogSink};
+use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
+
+pub use hooks::{DeliveryError, Hook, Hooks};
+pub use jobs::{Job, JobEvent, JobStatus, Jobs};
+pub use metrics::Metrics;
+pub use pool::RunPool;
+
+/// Why the service did not accept or run a submission. Each variant is one answer at the edges
+/// (an HTTP status, an exit code); `Core` carries the errors of the layers below.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Not found, invalid applet, invalid params, store and config errors.
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// One applet or one caller already has its share of the run slots.
+    #[error("{0}")]
+    Quota(String),
+    /// The run queue is full.
+    #[error("too many runs waiting; retry later")]
+    QueueFull,
+    /// A webhook delivery that is not signed, wrongly signed, stale or replayed (or names no
+    /// hook: refused the same way, so hook names cannot be probed).
+    #[error("delivery refused: {0}")]
+    Delivery(#[source] DeliveryError),
+    /// A webhook payload that is not JSON.
+    #[error("the payload is not valid JSON: {0}")]
+    Payload(#[source] serde_json::Error),
+    /// The run thread ended without an outcome (a bug in host code).
+    #[error("the run thread stopped")]
+    Lost,
+}
+
+impl ServiceError {
+    /// Short machine-readable code, the same in every HTTP error body and JSON output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Core(e) => e.kind(),
+            ServiceError::Quota(_) => "quota_exceeded",
+            ServiceError::QueueFull => "queue_full",
+            ServiceError::Delivery(DeliveryError::Replayed) => "replayed",
+            ServiceError::Delivery(_) => "delivery_refused",
+            ServiceError::Payload(_) => "bad_payload",
+            ServiceError::Lost => "internal_error",
+        }
+    }
+}
+
+/// Where the applet of a submission comes from.
+#[derive(Clone)]
+pub enum Source {
+    /// The registry (or, under `serve --dev`, a dev folder of that name first).
+    Registry(Reference),
+    /// An applet folder on this machine (the CLI).
+    Folder(PathBuf),
+    /// A package built by the caller (`opslet config watch`'s generated applet).
+    Package(Arc<AppletPackage>),
+}
+
+/// Params as a trigger received them.
+#[derive(Clone, Default)]
+pub struct RawParams {
+    /// Typed values (an HTTP body, `--params-json`, a webhook payload's mapping).
+    pub json: Option<Map<String, Value>>,
+    /// `--param k=v` strings, applied on top of `json`.
+    pub pairs: Vec<(String, String)>,
+}
+
+/// When params are checked.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum Check {
+    /// Before anything is stored: a bad value refuses the submission (HTTP, hooks).
+    #[default]
+    Before,
+    /// By the run itself, which is then recorded in the audit log as `invalid_params` (the CLI,
+    /// where every attempt is a run).
+    InRun,
+}
+
+/// "Run this, with these params, for this caller."
+#[derive(Clone)]
+pub struct Submission {
+    pub source: Source,
+    pub params: RawParams,
+    pub caller: Caller,
+    pub dry_run: bool,
+    /// Run a yanked version (named explicitly or current).
+    pub allow_yanked: bool,
+    pub check: Check,
+}
+
+impl Submission {
+    pub fn new(source: Source, caller: Caller) -> Submission {
+        Submission { source, params: RawParams::default(), caller, dry_run: false, allow_yanked: false, check: Check::Before }
+    }
+}
+
+/// A submission turned into a run request: the package resolved, params checked.
+pub struct Prepared {
+    pub request: RunRequest,
+    /// What was asked for (`name`, `name@1.2.0`, a folder), for the job record.
+    pub reference: String,
+    /// The params as the job shows them (secrets redacted).
+    pub shown: Map<String, Value>,
+    /// Served from a `serve --dev` folder (not re-run after a restart).
+    pub dev: bool,
+    allow_yanked: bool,
+}
+
+impl Prepared {
+    pub fn run_id(&self) -> &str {
+        &self.request.run_id
+    }
+}
+
+/// A submission that was accepted as a job.
+pub struct Accepted {
+    pub job_id: String,
+    /// The outcome, when the run ends.
+    pub done: tokio::sync::oneshot::Receiver<RunOutcome>,
+}
+
+/// How many runs one applet and one caller may have queued or running at once (0: no limit
+/// beyond the queue).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    pub per_applet: usize,
+    pub per_caller: usize,
+}
+
+/// The run service. Cheap to clone.
+#[derive(Clone)]
+pub struct RunService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    registry: Option<Registry>,
+    dispatch: Option<Dispatch>,
+}
+
+/// What a server needs beyond running in place: jobs, run threads, quotas, hooks, metrics.
+struct Dispatch {
+    jobs: Jobs,
+    pool: RunPool,
+    hooks: Hooks,
+    auth: Auth,
+    dev: Option<dev::DevApplets>,
+    quotas: Quotas,
+    in_use: InUse,
+    metrics: Arc<Metrics>,
+}
+
+/// The settings of a dispatching (server) service.
+pub struct DispatchSettings {
+    pub run_threads: usize,
+    pub queue: usize,
+    pub quotas: Quotas,
+    /// `serve --dev DIR`.
+    pub dev: Option<PathBuf>,
+}
+
+impl RunService {
+    /// A service that runs in place (the CLI): no jobs, no run threads.
+    pub fn new(runtime: Runtime) -> Result<RunService, Error> {
+        let registry = runtime.store().map(|s| Registry::new(s.clone())).transpose()?;
+        Ok(RunService { inner: Arc::new(Inner { runtime, registry, dispatch: None }) })
+    }
+
+    /// A service that also dispatches jobs to run threads (`opslet serve`).
+    pub fn dispatching(runtime: Runtime, settings: DispatchSettings) -> Result<RunService, Error> {
+        let store = runtime.store().cloned().ok_or_else(|| Error::Internal("a dispatching run service needs a store".into()))?;
+        let dispatch = Dispatch {
+            jobs: Jobs::new(store.clone())?,
+            pool: RunPool::start(settings.run_threads, settings.queue),
+            hooks: Hooks::new(store.clone())?,
+            auth: Auth::new(store.clone())?,
+            dev: settings.dev.as_deref().map(dev::DevApplets::watch).transpose()?,
+            quotas: settings.quotas,
+            in_use: Default::default(),
+            metrics: Default::default(),
+        };
+        Ok(RunService { inner: Arc::new(Inner { runtime, registry: Some(Registry::new(store)?), dispatch: Some(dispatch) }) })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+
+    fn dispatch(&self) -> Result<&Dispatch, Error> {
+        self.inner.dispatch.as_ref().ok_or_else(|| Error::Internal("this run service does not dispatch jobs".into()))
+    }
+
+    fn registry(&self) -> Result<&Registry, Error> {
+        self.inner.registry.as_ref().ok_or_else(|| Error::Internal("the run service has no store for its registry".into()))
+    }
+
+    /// The job store (a dispatching service only).
+    pub fn jobs(&self) -> Result<&Jobs, Error> {
+        Ok(&self.dispatch()?.jobs)
+    }
+
+    /// Webhook definitions (a dispatching service only).
+    pub fn hooks(&self) -> Result<&Hooks, Error> {
+        Ok(&self.dispatch()?.hooks)
+    }
+
+    /// Run counters for `/metrics` (a dispatching service only).
+    pub fn metrics(&self) -> Result<&Metrics, Error> {
+        Ok(&self.dispatch()?.metrics)
+    }
+
+    /// The package a source names, and whether it came from a dev folder.
+    fn package(&self, source: &Source, allow_yanked: bool) -> Result<(Arc<AppletPackage>, bool), Error> {
+        match source {
+            Source::Package(p) => Ok((Arc::clone(p), false)),
+            Source::Folder(path) => Ok((Arc::new(AppletPackage::load_dir(path)?), false)),
+            Source::Registry(r) => {
+                let dev = match (self.inner.dispatch.as_ref().and_then(|d| d.dev.as_ref()), r) {
+                    (Some(dev), Reference::Current(name)) => dev.get(name),
+                    _ => None,
+                };
+                match dev {
+                    Some(Ok(p)) => Ok((p, true)),
+                    Some(Err(e)) => Err(Error::Applet(vec![crate::error::Diagnostic::new(r.name(), e)])),
+                    None => {
+                        let reg = self.registry()?;
+                        let meta = reg.resolve(r, allow_yanked)?;
+                        Ok((Arc::new(reg.package(&meta)?), false))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves the applet and checks the params (unless the run is to check them): the one
+    /// way a trigger gets a run request.
+    pub fn prepare(&self, sub: Submission) -> Result<Prepared, Error> {
+        let (package, dev) = self.package(&sub.source, sub.allow_yanked)?;
+        let reference = match &sub.source {
+            Source::Registry(r) => r.to_string(),
+            Source::Folder(p) => p.display().to_string(),
+            Source::Package(p) => p.id(),
+        };
+        let mut request = RunRequest::new(Arc::clone(&package), sub.caller);
+        request.dry_run = sub.dry_run;
+        let shown = match sub.check {
+            Check::InRun => {
+                request.params_json = sub.params.json;
+                request.params_pairs = sub.params.pairs;
+                Map::new()
+            }
+            Check::Before => {
+                let given = sub.params.json.unwrap_or_default();
+                let validated = crate::applet::params::resolve(&package.manifest, Some(&given), &sub.params.pairs)
+                    // Host selectors must pick hosts: said now, per field, not when the job runs.
+                    .and_then(|p| self.inner.runtime.check_selectors(&package.manifest, p))
+                    .map_err(|errs| Error::Params(redact_errors(&package, &given, &sub.params.pairs, errs)))?;
+                let shown = crate::applet::params::redacted(&package.manifest, &validated);
+                // The raw params are what a restart re-runs with; the run uses the checked ones.
+                request.params_json = Some(given);
+                request.params_pairs = sub.params.pairs;
+                request.validated = Some(validated);
+                shown
+            }
+        };
+        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked })
+    }
+
+    /// Runs a prepared request on the calling thread (the CLI), with a watchdog that ends the
+    /// process if the run overruns its wall-time limit by [`watchdog::GRACE`]. The store is
+    /// flushed before this returns, so the run's end is on disk when the process exits.
+    pub fn run_here(&self, rt: &tokio::runtime::Runtime, prepared: Prepared, cancel: CancelToken, sink: Option<LogSink>) -> RunOutcome {
+        let mut req = prepared.request;
+        req.cancel = cancel;
+        req.log_sink = sink;
+        let dog = watchdog::Watchdog::start(&self.inner.runtime, &req);
+        let outcome = rt.block_on(self.inner.runtime.run(req));
+        dog.stop();
+        outcome
+    }
+
+    /// Stores a prepared run as a `queued` job (durably, before anyone is answered) and queues it
+    /// for a run thread. A run that cannot be queued leaves the job `rejected` with the reason.
+    pub fn submit(&self, prepared: Prepared, is_async: bool) -> Result<Accepted, ServiceError> {
+        let d = self.dispatch()?;
+        let Prepared { mut request, reference, shown, dev, allow_yanked } = prepared;
+        let mut job = Job::queued(&request, &reference, shown);
+        (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
+        let raw = request.params_json.clone().unwrap_or_default();
+        d.jobs.accept(&job, &raw, request.cancel.clone())?;
+        request.params_json = Some(raw);
+        match self.start(d, request) {
+            Ok(done) => Ok(Accepted { job_id: job.id, done }),
+            Err(e) => {
+                let _ = d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(e.to_string()), Vec::new());
+                Err(e)
+            }
+        }
+    }
+
+    /// Asks a job in flight to stop. Returns false when it is not in flight.
+    pub fn cancel(&self, job_id: &str) -> bool {
+        self.inner.dispatch.as_ref().is_some_and(|d| d.jobs.cancel(job_id))
+    }
+
+    /// Queues a job's run on a run thread, within the quotas.
+    fn start(&self, d: &Dispatch, mut req: RunRequest) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (service, id, applet) = (self.clone(), req.run_id.clone(), req.package.id());
+        let sink_jobs = d.jobs.clone();
+        let sink_id = id.clone();
+        req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
+        let name = req.package.manifest.name.clone();
+        let slots = Slots::take(d, &name, &req.caller.user)?;
+        let metrics = Arc::clone(&d.metrics);
+        let work: pool::Work = Box::new(move |rt| {
+            let Ok(d) = service.dispatch() else { return };
+            metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            metrics.running.fetch_add(1, Ordering::Relaxed);
+            let _ = d.jobs.started(&id, &applet);
+            let outcome = rt.block_on(service.inner.runtime.run(req));
+            metrics.running.fetch_sub(1, Ordering::Relaxed);
+            metrics.record(&name, outcome.status, outcome.duration);
+            let (result, error) = match &outcome.result {
+                Ok(v) => (Some(v.clone()), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let _ = d.jobs.finish(&id, outcome.status.into(), result, error, outcome.logs.clone());
+            drop(slots);
+            tracing::info!(job = %id, applet = %applet, status = outcome.status.name(), duration_ms = outcome.duration.as_millis() as u64, "job ended");
+            let _ = tx.send(outcome);
+        });
+        d.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        d.pool.submit(work).map_err(|_| {
+            // The work (and the slots it holds) was dropped with the refusal.
+            d.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            ServiceError::QueueFull
+        })?;
+        Ok(rx)
+    }
+
+    /// A webhook delivery: the signature checked, the payload mapped onto params, run as an
+    /// async job as `hook:NAME`.
+    pub fn deliver(&self, name: &str, timestamp: Option<&str>, signature: Option<&str>, body: &[u8]) -> Result<Accepted, ServiceError> {
+        let d = self.dispatch()?;
+        let hook = d.hooks.get(name)?.ok_or(ServiceError::Delivery(DeliveryError::NoSuchHook))?;
+        d.hooks.verify(&hook, timestamp, signature, body).map_err(ServiceError::Delivery)?;
+        let payload: Value = serde_json::from_slice(body).map_err(ServiceError::Payload)?;
+        let mut sub = Submission::new(Source::Registry(Reference::parse(&hook.applet)?), Caller {
+            user: format!("hook:{name}"),
+            via: "hook".into(),
+        });
+        sub.params.json = Some(Hooks::params(&hook, &payload));
+        // A delivery's params are checked by its run (a payload cannot be answered with fields),
+        // but shown redacted like any job's.
+        sub.check = Check::InRun;
+        let mut prepared = self.prepare(sub)?;
+        let given = prepared.request.params_json.clone().unwrap_or_default();
+        prepared.shown = given
+            .iter()
+            .map(|(k, v)| {
+                let secret = prepared.request.package.manifest.params.get(k).is_some_and(|spec| spec.secret);
+                (k.clone(), if secret { Value::String("<redacted>".into()) } else { v.clone() })
+            })
+            .collect();
+        self.submit(prepared, true)
+    }
+
+    /// After a start: jobs a stopped server left running become `interrupted`, and the queued
+    /// ones are run again, exactly the version that was accepted, if their caller may still run
+    /// it. Returns (restarted, queued).
+    pub fn recover(&self) -> Result<(usize, usize), Error> {
+        let d = self.dispatch()?;
+        let queued = d.jobs.recover()?;
+        let mut restarted = 0;
+        let grants = d.auth.grants()?;
+        for job in &queued {
+            if job.dev || !job.is_async {
+                let why = if job.dev {
+                    "a dev applet's job is not re-run after a restart"
+                } else {
+                    "the server stopped before this synchronous run started"
+                };
+                d.jobs.finish(&job.id, JobStatus::Interrupted, None, Some(why.into()), Vec::new())?;
+                continue;
+            }
+            // The caller must still exist and still be allowed to run it (hooks run as `hook:NAME`).
+            let name = job.reference.split('@').next().unwrap_or_default();
+            let allowed = match job.user.strip_prefix("hook:") {
+                Some(hook) => d.hooks.get(hook)?.is_some(),
+                None => d.auth.user(&job.user)?.is_some_and(|u| {
+                    Principal { user: u.name, role: u.role, groups: u.groups, token_id: String::new() }.allows(&Action::Run(name), &grants)
+                }),
+            };
+            if !allowed {
+                let why = format!("{} may no longer run {name}", job.user);
+                d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(why), Vec::new())?;
+                continue;
+            }
+            let reference = if job.hash.is_empty() {
+                Reference::parse(&job.reference)?
+            } else {
+                Reference::Hash(name.to_string(), job.hash.clone())
+            };
+            let via = if job.user.starts_with("hook:") { "hook" } else { "http" };
+            let mut sub = Submission::new(Source::Registry(reference), Caller { user: job.user.clone(), via: via.into() });
+            sub.params.json = Some(d.jobs.raw_params(&job.id)?);
+            (sub.dry_run, sub.allow_yanked, sub.check) = (job.dry_run, job.allow_yanked, Check::InRun);
+            let mut req = match self.prepare(sub) {
+                Ok(p) => p.request,
+                Err(e) => {
+                    d.jobs.finish(&job.id, JobStatus::Error, None, Some(format!("could not be restarted: {e}")), Vec::new())?;
+                    continue;
+                }
+            };
+            req.run_id = job.id.clone();
+            d.jobs.relive(&job.id, req.cancel.clone());
+            if self.start(d, req).is_err() {
+                d.jobs.finish(&job.id, JobStatus::Rejected, None, Some("the run queue was full after a restart".into()), Vec::new())?;
+            } else {
+                restarted += 1;
+            }
+        }
+        Ok((restarted, queued.len()))
+    }
+
+    /// Shutdown: queued jobs stay queued for the next start; running ones get `grace` to finish,
+    /// then are cancelled (and recorded as such).
+    pub async fn drain(&self, grace: Duration) {
+        let Ok(d) = self.dispatch() else { return };
+        d.pool.drain();
+        let running = || d.metrics.running.load(Ordering::Relaxed) > 0;
+        let deadline = tokio::time::Instant::now() + grace;
+        while running() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if running() {
+            let n = d.jobs.cancel_all();
+            tracing::warn!(jobs = n, "shutdown: cancelling runs that did not finish in time");
+            let until = tokio::time::Instant::now() + Duration::from_secs(5);
+            while running() && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// The quota slots a queued or running job holds; given back when dropped (when the run ends,
+/// or with the work the queue refused).
+struct Slots {
+    in_use: InUse,
+    keys: [String; 2],
+}
+
+/// Runs queued or running, per `applet:NAME` and `user:NAME`.
+type InUse = Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>;
+
+impl Slots {
+    fn take(d: &Dispatch, applet: &str, caller: &str) -> Result<Slots, ServiceError> {
+        let keys = [format!("applet:{applet}"), format!("user:{caller}")];
+        let mut in_use = d.in_use.lock();
+        let limits = [(d.quotas.per_applet, applet, "applet"), (d.quotas.per_caller, caller, "caller")];
+        for (key, (limit, who, per)) in keys.iter().zip(limits) {
+            if limit > 0 && in_use.get(key).copied().unwrap_or(0) >= limit {
+                return Err(ServiceError::Quota(format!(
+                    "{who} already has {limit} runs queued or running (the limit per {per}); retry later"
+                )));
+            }
+        }
+        for key in &keys {
+            *in_use.entry(key.clone()).or_default() += 1;
+        }
+        drop(in_use);
+        Ok(Slots { in_use: Arc::clone(&d.in_use), keys })
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let mut in_use = self.in_use.lock();
+        for key in &self.keys {
+            if let Some(n) = in_use.get_mut(key) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Param errors with the values of secret params (as given) removed.
+fn redact_errors(package: &AppletPackage, given: &Map<String, Value>, pairs: &[(String, String)], errs: Vec<ParamError>) -> Vec<ParamError> {
+    let is_secret = |k: &str| package.manifest.params.get(k).is_some_and(|s| s.secret);
+    let mut secrets: Vec<String> = given
+        .iter()
+        .filter(|(k, _)| is_secret(k))
+        .map(|(_, v)| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    secrets.extend(pairs.iter().filter(|(k, _)| is_secret(k)).map(|(_, v)| v.clone()));
+    let r = crate::runtime::redact::Redactor::new(secrets);
+    errs.into_iter().map(|e| ParamError { param: e.param, message: r.apply(&e.message).into_owned() }).collect()
+}
