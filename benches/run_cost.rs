@@ -86,9 +86,9 @@ fn main() {
 
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let config = Config::parse("[audit]\nsync = false\n", "bench").unwrap();
-    let no_store = Runtime::new(&config, None).unwrap();
+    let no_store = opslet::modules::runtime(&config, None).unwrap();
     let store_dir = tempfile::tempdir().unwrap();
-    let with_store = Runtime::new(&config, Some(Store::open(store_dir.path(), Duration::from_secs(1)).unwrap())).unwrap();
+    let with_store = opslet::modules::runtime(&config, Some(Store::open(store_dir.path(), Duration::from_secs(1)).unwrap())).unwrap();
     let caller = Caller { user: "bench".into(), via: "bench".into() };
     let through = |rt: &Runtime| {
         let o = tokio.block_on(rt.run(RunRequest::new(Arc::clone(&pkg), caller.clone())));

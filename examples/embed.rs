@@ -7,7 +7,7 @@ use std::sync::Arc;
 use opslet::applet::AppletPackage;
 use opslet::config::Config;
 use opslet::runtime::context::Caller;
-use opslet::runtime::{RunRequest, Runtime};
+use opslet::runtime::RunRequest;
 use opslet::store::Store;
 use opslet::store::audit::Filter;
 
@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "applets/log-excerpt".into());
     let package = Arc::new(AppletPackage::load_dir(dir.as_ref())?);
     let store = Store::temporary()?;
-    let runtime = Runtime::new(&Config::default(), Some(store.clone()))?;
+    let runtime = opslet::modules::runtime(&Config::default(), Some(store.clone()))?;
 
     let mut req = RunRequest::new(package, Caller { user: "example".into(), via: "embed".into() });
     req.params_pairs = vec![

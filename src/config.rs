@@ -43,6 +43,9 @@ pub struct Config {
     /// The `virt` host module (built with the `virt` feature): libvirt connections.
     #[serde(default)]
     pub virt: std::collections::BTreeMap<String, VirtConn>,
+    /// Where this configuration was read from (for messages).
+    #[serde(skip)]
+    pub source: String,
 }
 
 /// `[virt.NAME]`: one libvirt connection.
@@ -401,22 +404,20 @@ impl Config {
     }
 
     pub fn parse(text: &str, name: &str) -> Result<Config, Error> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let d = match e.span() {
                 Some(span) => Diagnostic::at(name, text, span.start, e.message().trim()),
                 None => Diagnostic::new(name, e.message().trim()),
             };
             Error::Config(format!("invalid config: {d}"))
         })?;
+        cfg.source = name.to_string();
         cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.ssh_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.check_zabbix().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.netdev_settings().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.check_ipmi().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
-        // Profiles are files of their own: a broken one is named with its key.
-        crate::modules::netdev::profile::Profiles::load(cfg.netdev.profiles_dir.as_deref())
-            .map_err(|m| Error::Config(format!("invalid config: {name}: netdev.profiles_dir: {m}")))?;
         Ok(cfg)
     }
 

@@ -10,6 +10,7 @@ pub mod cmdb;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod kit;
 pub mod modules;
 pub mod registry;
 pub mod runtime;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use common::*;
 use opslet::applet::AppletPackage;
-use opslet::modules::ModuleRegistry;
+
 use serde_json::{Value, json};
 
 fn applet(name: &str) -> Arc<AppletPackage> {
     let pkg = AppletPackage::load_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("applets").join(name)).unwrap();
-    pkg.check_modules(&ModuleRegistry::builtin()).unwrap();
+    pkg.check_modules(&opslet::modules::builtin()).unwrap();
     Arc::new(pkg)
 }
 
@@ -33,7 +33,7 @@ fn every_bundled_applet_is_valid() {
         let pkg = AppletPackage::load_dir(&dir).unwrap();
         // The virt applets need a build with the `virt` feature (scripts/test.sh has it).
         if cfg!(feature = "virt") || !pkg.manifest.permissions.contains_key("virt") {
-            pkg.check_modules(&ModuleRegistry::builtin()).unwrap();
+            pkg.check_modules(&opslet::modules::builtin()).unwrap();
         }
         assert_eq!(pkg.manifest.name, n, "folder name matches the manifest name");
         assert!(!pkg.manifest.description.is_empty());

@@ -107,7 +107,7 @@ mod lua {
     use opslet::applet::AppletPackage;
     use opslet::config::Config;
     use opslet::runtime::context::Caller;
-    use opslet::runtime::{RunRequest, Runtime};
+    use opslet::runtime::RunRequest;
     use serde_json::{Value, json};
 
     fn run(store: &opslet::store::Store, perms: &str, main: &str, dry_run: bool) -> Result<Value, String> {
@@ -118,7 +118,7 @@ mod lua {
         );
         files.insert("main.lua".to_string(), main.as_bytes().to_vec());
         let pkg = Arc::new(AppletPackage::from_files(files).unwrap());
-        let rt = Runtime::new(&Config::parse("[audit]\nsync = false\n", "t").unwrap(), Some(store.clone())).unwrap();
+        let rt = opslet::modules::runtime(&Config::parse("[audit]\nsync = false\n", "t").unwrap(), Some(store.clone())).unwrap();
         let mut req = RunRequest::new(pkg, Caller { user: "carol".into(), via: "test".into() });
         req.dry_run = dry_run;
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -68,7 +68,7 @@ fn lab(n: usize, groups: &[(&str, &str)]) -> Lab {
     let config = "[audit]\nsync = false\n[limits]\ntimeout = \"60s\"\n[ssh]\nconnect_timeout = \"5s\"\n\
                   [[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
     let cfg = opslet::config::Config::parse(config, "opslet.toml").unwrap();
-    let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
+    let rt = opslet::modules::runtime(&cfg, Some(store.clone())).unwrap();
     Lab { fleet, store, rt, root, _root_dir: root_dir }
 }
 
@@ -540,7 +540,7 @@ fn watch_publishes_each_change_of_a_folder_to_dev() {
     {
         let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
         let cfg = opslet::config::Config::load(&data.join("opslet.toml")).unwrap();
-        let rt = Runtime::new(&cfg, Some(store)).unwrap();
+        let rt = opslet::modules::runtime(&cfg, Some(store)).unwrap();
         let manifest = "name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nconfig = [\"read\"]\n";
         ok(&run_req(&rt, req(package_with(manifest, r#"return function() return config.check("app", "*") end"#, &[]))));
     }

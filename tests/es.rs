@@ -71,7 +71,7 @@ fn expected_errors(service: &str) -> usize {
 
 fn rt(conn: &str) -> Runtime {
     let cfg = opslet::config::Config::parse(&format!("[audit]\nsync = false\n{conn}"), "opslet.toml").unwrap();
-    Runtime::new(&cfg, Some(opslet::store::Store::temporary().unwrap())).unwrap()
+    opslet::modules::runtime(&cfg, Some(opslet::store::Store::temporary().unwrap())).unwrap()
 }
 
 fn logs() -> Runtime {

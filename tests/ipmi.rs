@@ -49,7 +49,7 @@ fn lab(hosts: &[HostSpec], extra: &str) -> Lab {
          [[ipmi.credentials]]\nhosts = \"*\"\nuser = \"{USER}\"\npassword_secret = \"bmc-pass\"\nallow_http = true\n"
     );
     let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
-    let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
+    let rt = opslet::modules::runtime(&cfg, Some(store.clone())).unwrap();
     Lab { store, rt }
 }
 

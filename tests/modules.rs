@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use mlua::{Lua, Table};
 use opslet::error::Error;
-use opslet::modules::{Grant, HostModule};
+use opslet::kit::{Grant, HostModule};
 use opslet::runtime::RunStatus;
 use opslet::runtime::context::RunCtx;
 use opslet::store::audit::Filter;

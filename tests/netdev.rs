@@ -45,7 +45,7 @@ fn lab(devices: &[(&str, u16, &str, &[&str])], extra_config: &str) -> Lab {
          [[netdev.credentials]]\ndevices = \"*\"\nuser = \"{USER}\"\npassword_secret = \"sw-pass\"\n{extra_config}"
     );
     let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
-    let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
+    let rt = opslet::modules::runtime(&cfg, Some(store.clone())).unwrap();
     Lab { store, rt }
 }
 
@@ -334,7 +334,7 @@ fn paging_prompts_are_answered_when_paging_stays_on() {
             dir.path().display()
         );
         let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
-        Lab { rt: Runtime::new(&cfg, Some(store.clone())).unwrap(), store }
+        Lab { rt: opslet::modules::runtime(&cfg, Some(store.clone())).unwrap(), store }
     };
     let o = lab.run(
         READ,

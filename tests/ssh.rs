@@ -55,7 +55,7 @@ fn lab(n: usize, pin: bool, with_down: bool, ssh_config: &str) -> Lab {
     secrets.set("stranger-key", fleet.stranger_key.as_bytes(), "tester").unwrap();
     let config = format!("[audit]\nsync = false\n[limits]\ntimeout = \"30s\"\n[ssh]\nconnect_timeout = \"3s\"\n{ssh_config}");
     let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
-    let rt = Runtime::new(&cfg, Some(store.clone())).unwrap();
+    let rt = opslet::modules::runtime(&cfg, Some(store.clone())).unwrap();
     Lab { fleet, store, rt }
 }
 
@@ -263,7 +263,7 @@ fn manifests_with_a_bad_ssh_scope_are_rejected() {
         ("{ hosts = [\"*\"], sudo = \"yes\" }", "`sudo` must be true or false"),
     ] {
         let pkg = opslet::applet::AppletPackage::from_files(files(scope)).unwrap();
-        let e = pkg.check_modules(&opslet::modules::ModuleRegistry::builtin()).unwrap_err().to_string();
+        let e = pkg.check_modules(&opslet::modules::builtin()).unwrap_err().to_string();
         assert!(e.contains(want), "{scope}: {e}");
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 fn rt() -> Runtime {
     let cfg = opslet::config::Config::parse("[audit]\nsync = false\n[virt.lab]\nuri = \"test:///default\"\n", "opslet.toml").unwrap();
-    Runtime::new(&cfg, Some(opslet::store::Store::temporary().unwrap())).unwrap()
+    opslet::modules::runtime(&cfg, Some(opslet::store::Store::temporary().unwrap())).unwrap()
 }
 
 fn applet(rt: &Runtime, scope: &str, main: &str, dry_run: bool) -> RunOutcome {

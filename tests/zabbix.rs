@@ -19,7 +19,7 @@ fn runtime_with(conn: &str, password: &str) -> Runtime {
     let store = Store::temporary().unwrap();
     Secrets::open(store.clone()).unwrap().set("zbx-pass", password.as_bytes(), "tester").unwrap();
     let cfg = opslet::config::Config::parse(&format!("[audit]\nsync = false\n{conn}"), "opslet.toml").unwrap();
-    Runtime::new(&cfg, Some(store)).unwrap()
+    opslet::modules::runtime(&cfg, Some(store)).unwrap()
 }
 
 fn rt() -> Runtime {

@@ -7,7 +7,7 @@ use clap::Args;
 use super::Global;
 use crate::applet::AppletPackage;
 use crate::error::Error;
-use crate::modules::ModuleRegistry;
+
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -17,7 +17,7 @@ pub struct CheckArgs {
 
 pub fn run(_global: &Global, args: CheckArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
-    pkg.check_modules(&ModuleRegistry::builtin())?;
+    pkg.check_modules(&crate::modules::builtin())?;
     println!("ok: {} ({} files, sha256:{})", pkg.id(), pkg.files.len(), &pkg.hash[..16]);
     Ok(0)
 }

@@ -14,7 +14,7 @@ use crate::cmdb::config_items::{ConfigItems, ItemSpec, spec_toml};
 use crate::cmdb::device_configs::unified_diff;
 use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
-use crate::runtime::{CancelToken, Runtime};
+use crate::runtime::CancelToken;
 use crate::service::{Source, Submission};
 
 #[derive(Subcommand, Debug)]
@@ -231,7 +231,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
         return Err(Error::Usage(format!("{} is not a folder of config items", dir.display())));
     }
     let config = global.config()?;
-    let service = crate::service::RunService::new(Runtime::new(&config, Some(store.clone()))?)?;
+    let service = crate::service::RunService::new(crate::modules::runtime(&config, Some(store.clone()))?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {

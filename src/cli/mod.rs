@@ -126,14 +126,17 @@ impl Global {
     }
 
     /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
+    /// opslet.toml, checked whole: its own tables and every module's settings.
     pub fn config(&self) -> Result<Config, Error> {
-        match &self.config_path {
-            Some(p) => Config::load(p),
+        let config = match &self.config_path {
+            Some(p) => Config::load(p)?,
             None => {
                 let p = self.data_dir.join("opslet.toml");
-                if p.exists() { Config::load(&p) } else { Ok(Config::default()) }
+                if p.exists() { Config::load(&p)? } else { Config::default() }
             }
-        }
+        };
+        crate::modules::checked(&config)?;
+        Ok(config)
     }
 
     /// Opens the store and closes runs left open by processes that died.

@@ -10,7 +10,7 @@ use super::Global;
 use super::output::{Format, terminal_safe};
 use crate::applet::AppletPackage;
 use crate::error::Error;
-use crate::modules::ModuleRegistry;
+
 use crate::registry::{PermissionChanges, Published, Reference, Registry, VersionMeta};
 use crate::runtime::context::os_user;
 
@@ -132,7 +132,7 @@ fn print_json<T: serde::Serialize>(v: &T, format: Format) {
 
 pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
-    pkg.check_modules(&ModuleRegistry::builtin())?;
+    pkg.check_modules(&crate::modules::builtin())?;
     let reg = registry(global)?;
     let published = reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)?;
     reg.flush()?;
@@ -362,7 +362,7 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
     }
     let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
     let reg = registry(global)?;
-    let imported = reg.import(&bytes, &os_user(), args.allow_downgrade)?;
+    let imported = reg.import(&bytes, &os_user(), args.allow_downgrade, &crate::modules::builtin())?;
     reg.flush()?;
     match imported {
         Published::New(v) => println!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),

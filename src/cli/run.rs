@@ -12,7 +12,7 @@ use super::Global;
 use super::output::{Format, render};
 use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink};
-use crate::runtime::{CancelToken, RunOutcome, Runtime};
+use crate::runtime::{CancelToken, RunOutcome};
 use crate::service::{Check, RawParams, RunService, Source, Submission};
 
 /// The progress bar of a call over many hosts (ok / failed / pending counts), drawn on stderr
@@ -125,7 +125,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let source = source_of(&args.target)?;
     let config = global.config()?;
     let store = global.open_store()?;
-    let service = RunService::new(Runtime::new(&config, Some(store.clone()))?)?;
+    let service = RunService::new(crate::modules::runtime(&config, Some(store.clone()))?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let mut sub = Submission::new(source.clone(), Caller { via: via.into(), ..Caller::cli() });

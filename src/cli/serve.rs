@@ -12,7 +12,6 @@ use crate::error::Error;
 use crate::http::{AppState, ServeConfig};
 use crate::service::{DispatchSettings, Quotas, RunService};
 use crate::registry::Registry;
-use crate::runtime::Runtime;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -74,7 +73,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let keep = duration("job retention", args.job_retention.as_deref().or(file.job_retention.as_deref()).unwrap_or("7d"))?;
 
     let store = global.open_store()?;
-    let runtime = Runtime::new(&config, Some(store.clone()))?;
+    let runtime = crate::modules::runtime(&config, Some(store.clone()))?;
     let settings = DispatchSettings {
         run_threads: threads,
         queue,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table, Value};
 
-use super::{Grant, HostModule};
+use crate::kit::{Grant, HostModule};
 use crate::cmdb::{Cmdb, Host};
 use crate::runtime::context::RunCtx;
 
@@ -18,7 +18,7 @@ fn cmdb_of(ctx: &RunCtx, call: &str) -> mlua::Result<Cmdb> {
 
 fn to_lua(lua: &Lua, h: &Host) -> mlua::Result<Value> {
     let v = serde_json::to_value(h).map_err(|e| mlua::Error::runtime(e.to_string()))?;
-    super::json_to_lua(lua, &v)
+    crate::kit::json_to_lua(lua, &v)
 }
 
 impl HostModule for CmdbModule {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 
-use super::{Grant, HostModule};
+use crate::kit::{Grant, HostModule};
 use crate::config::VirtConn;
 use crate::runtime::context::RunCtx;
 
@@ -205,7 +205,7 @@ impl HostModule for VirtModule {
                     }
                 }
                 out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-                super::json_to_lua(lua, &json!(out))
+                crate::kit::json_to_lua(lua, &json!(out))
             })?,
         )?;
 
@@ -217,7 +217,7 @@ impl HostModule for VirtModule {
                 let d = s.domain("info", &conn, &name)?;
                 let mut v = describe(&d).map_err(|e| err("info", e))?;
                 v["xml"] = json!(d.xml_desc(0).map_err(|e| err("info", e))?);
-                super::json_to_lua(lua, &v)
+                crate::kit::json_to_lua(lua, &v)
             })?,
         )?;
 

@@ -497,10 +497,17 @@ impl Registry {
 
     /// Publishes a bundle made by `export` (its hash is verified first). Everything that
     /// describes the applet is rebuilt from the verified files; only who published it, when and
-    /// why are taken from the bundle.
-    pub fn import(&self, bytes: &[u8], actor: &str, allow_downgrade: bool) -> Result<Published, Error> {
+    /// why are taken from the bundle. Its permissions are checked against `modules`, the host
+    /// modules of this build.
+    pub fn import(
+        &self,
+        bytes: &[u8],
+        actor: &str,
+        allow_downgrade: bool,
+        modules: &dyn crate::applet::PermissionCheck,
+    ) -> Result<Published, Error> {
         let (claimed, pkg) = bundle::decode(bytes)?;
-        pkg.check_modules(&crate::modules::ModuleRegistry::builtin())?;
+        pkg.check_modules(modules)?;
         let mut meta = VersionMeta::from_package(&pkg, &claimed.publisher, &claimed.message);
         meta.published_at = claimed.published_at;
         meta.imported_by = Some(actor.to_string());

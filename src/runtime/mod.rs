@@ -6,6 +6,7 @@ pub mod context;
 pub mod convert;
 pub mod lazy_async;
 pub mod limits;
+pub mod modules;
 pub mod redact;
 pub mod sandbox;
 
@@ -21,13 +22,13 @@ use serde_json::{Map, Value, json};
 use crate::applet::{AppletPackage, params};
 use crate::config::{Config, HostLimits};
 use crate::error::{Error, Limit};
-use crate::modules::ModuleRegistry;
 use crate::store::Store;
 use crate::store::audit::AuditEvent;
 use context::{Caller, LogLine, LogSink, RunCtx};
 use convert::ConvertError;
 pub use limits::CancelToken;
 use limits::{Guard, RunLimits};
+use modules::{HostModule, ModuleSet};
 use redact::Redactor;
 
 pub use crate::applet::compile::compile;
@@ -119,20 +120,22 @@ pub struct Runtime {
     host_limits: HostLimits,
     kv_limits: (u64, u64),
     audit_sync: bool,
-    modules: ModuleRegistry,
+    modules: ModuleSet,
     store: Option<Store>,
     /// Values of the store's secrets, redacted from every run's output.
     secrets: Arc<Vec<String>>,
 }
 
 impl Runtime {
-    pub fn new(config: &Config, store: Option<Store>) -> Result<Runtime, Error> {
+    /// A runtime with the host modules of `modules` (the built-in set: `modules::from_config`,
+    /// or `modules::runtime` for both at once).
+    pub fn new(config: &Config, store: Option<Store>, modules: ModuleSet) -> Result<Runtime, Error> {
         prepare_process();
         Ok(Runtime {
             host_limits: config.host_limits().map_err(Error::Config)?,
             kv_limits: config.kv_limits().map_err(Error::Config)?,
             audit_sync: config.audit.sync,
-            modules: ModuleRegistry::from_config(config).map_err(|m| Error::Config(format!("invalid config: {m}")))?,
+            modules,
             secrets: Arc::new(match &store {
                 Some(s) => crate::secrets::Secrets::values_of(s)?,
                 None => Vec::new(),
@@ -142,7 +145,7 @@ impl Runtime {
     }
 
     /// Adds or replaces a host module.
-    pub fn with_module(mut self, module: Arc<dyn crate::modules::HostModule>) -> Runtime {
+    pub fn with_module(mut self, module: Arc<dyn HostModule>) -> Runtime {
         self.modules = self.modules.with(module);
         self
     }
@@ -159,7 +162,7 @@ impl Runtime {
         RunLimits::resolve(&self.host_limits, &manifest.limits).0
     }
 
-    pub fn modules(&self) -> &ModuleRegistry {
+    pub fn modules(&self) -> &ModuleSet {
         &self.modules
     }
 

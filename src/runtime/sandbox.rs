@@ -11,7 +11,7 @@ use super::context::{Level, RunCtx};
 use crate::applet::AppletPackage;
 use crate::runtime::builtins;
 use crate::error::Limit;
-use crate::modules::{LazyTable, ModuleRegistry};
+use super::modules::{LazyTable, ModuleSet};
 
 /// Luau libraries an applet gets. No `debug`; `os` in Luau only has clocks and dates.
 pub fn libs() -> StdLib {
@@ -94,7 +94,7 @@ pub struct State {
 pub const MAIN_RETURNED: &str = "opslet:main-returned:";
 
 /// Creates the sandboxed state for `package`.
-pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleRegistry) -> mlua::Result<State> {
+pub fn new_state(ctx: &Arc<RunCtx>, package: &Arc<AppletPackage>, modules: &ModuleSet) -> mlua::Result<State> {
     let lua = Lua::new_with(libs(), LuaOptions::new())?;
     let guard = Arc::clone(&ctx.guard);
     guard.install(&lua)?;

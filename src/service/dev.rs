@@ -31,7 +31,7 @@ fn load(folder: &Path) -> Option<(String, Loaded)> {
         return None;
     }
     let loaded = AppletPackage::load_dir(folder)
-        .and_then(|p| p.check_modules(&crate::modules::ModuleRegistry::builtin()).map(|()| p))
+        .and_then(|p| p.check_modules(&crate::modules::builtin()).map(|()| p))
         .map(|p| {
             if p.manifest.name != name {
                 tracing::warn!(folder = %folder.display(), applet = %p.manifest.name, "dev applet's folder and manifest names differ; serving it by its manifest name");

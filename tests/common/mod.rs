@@ -36,7 +36,7 @@ pub fn package(main: &str) -> Arc<AppletPackage> {
 /// A runtime with the given opslet.toml text and a temporary store.
 pub fn runtime(config: &str) -> Runtime {
     let cfg = Config::parse(config, "opslet.toml").expect("test config is valid");
-    Runtime::new(&cfg, Some(Store::temporary().expect("temporary store"))).expect("runtime")
+    opslet::modules::runtime(&cfg, Some(Store::temporary().expect("temporary store"))).expect("runtime")
 }
 
 /// Small limits so limit tests finish fast.

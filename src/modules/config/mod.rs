@@ -23,9 +23,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::ssh::Access;
-use super::ssh::batch::{self, Outcome, Plan};
+use crate::kit::fanout::{self as batch, Outcome, Plan};
 use super::ssh::client::shell_quote;
-use super::{Grant, HostModule};
+use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::config_items::{ConfigItems, HostState, ItemVersion, SecretFn, SudoSpec};
 use crate::config::SshSettings;
@@ -140,7 +140,7 @@ impl RunState {
     fn secret_fn(&self, used: Arc<parking_lot::Mutex<Vec<(String, String)>>>) -> SecretFn {
         let ctx = Arc::clone(&self.ctx);
         Arc::new(move |name: &str| {
-            let v = super::ssh::read_secret(&ctx, "a config item template", name)?;
+            let v = crate::kit::read_secret(&ctx, "a config item template", name)?;
             used.lock().push((name.to_string(), v.clone()));
             Ok(v)
         })
@@ -497,7 +497,7 @@ async fn publish_host(
         return r;
     }
     let base_detail = json!({ "item": item.name, "version": item.version, "env": env, "path": path, "after_sha256": new_sha });
-    let pending = super::Pending::new(&st.ctx, "config", action, &host.name, base_detail);
+    let pending = crate::kit::Pending::new(&st.ctx, "config", action, &host.name, base_detail);
     let tag: String = st.ctx.run_id.chars().rev().take(12).collect();
     let script = with_sudo(&item.spec.sudo, &publish_script(&item, &path, &new_sha, &tag));
     let res = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await;
@@ -794,7 +794,7 @@ fn meta_drift(spec: &crate::cmdb::config_items::ItemSpec, meta: &str) -> Option<
 
 fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
     let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    super::json_to_lua(lua, &v)
+    crate::kit::json_to_lua(lua, &v)
 }
 
 async fn fan<F, Fut>(st: &Arc<RunState>, call: &'static str, hosts: Vec<Host>, plan: &Plan, work: F) -> Vec<HostResult>
@@ -802,7 +802,7 @@ where
     F: Fn(Host) -> Fut,
     Fut: std::future::Future<Output = HostResult> + Send + 'static,
 {
-    super::targets::fan_out_hosts(&st.ctx, format!("config.{call}"), hosts, plan, work).await
+    crate::kit::targets::fan_out_hosts(&st.ctx, format!("config.{call}"), hosts, plan, work).await
 }
 
 impl HostModule for ConfigModule {
@@ -838,7 +838,7 @@ impl HostModule for ConfigModule {
                 j["author"] = json!(v.author);
                 j["message"] = json!(v.message);
                 j["created_at"] = json!(v.created_at);
-                super::json_to_lua(lua, &j)
+                crate::kit::json_to_lua(lua, &j)
             })?,
         )?;
 

@@ -13,7 +13,7 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::{Grant, HostModule};
+use crate::kit::{Grant, HostModule};
 use crate::config::EsConn;
 use crate::runtime::context::RunCtx;
 
@@ -111,7 +111,7 @@ impl State {
     fn client(&self, call: &str, conn: Option<&str>) -> mlua::Result<Arc<Client>> {
         self.grant.require(call, "read")?;
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        let name = super::pick_connection("es", "es", &conns, conn).map_err(|m| err(call, m))?;
+        let name = crate::kit::pick_connection("es", "es", &conns, conn).map_err(|m| err(call, m))?;
         if let Some(c) = self.clients.lock().get(&name) {
             return Ok(Arc::clone(c));
         }
@@ -195,7 +195,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| err("search", m))?;
                 let out =
                     json!({ "total": v["hits"]["total"]["value"].as_u64().or(v["hits"]["total"].as_u64()).unwrap_or(0), "hits": hits(&v) });
-                super::json_to_lua(&lua, &out)
+                crate::kit::json_to_lua(&lua, &out)
             }
         })?,
     )?;
@@ -227,7 +227,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 }
                 let body = json!({ "size": 0, "query": to_json(&lua, query)?, "aggs": aggs });
                 let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| err("aggs", m))?;
-                super::json_to_lua(&lua, &v["aggregations"])
+                crate::kit::json_to_lua(&lua, &v["aggregations"])
             }
         })?,
     )?;
@@ -267,7 +267,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                         after = batch.last().map(|h| h["sort"].clone());
                         for h in batch {
                             seen += 1;
-                            let go: LuaValue = each.call_async(super::json_to_lua(&lua, &h)?).await?;
+                            let go: LuaValue = each.call_async(crate::kit::json_to_lua(&lua, &h)?).await?;
                             if go == LuaValue::Boolean(false) {
                                 return Ok(seen);
                             }

@@ -27,9 +27,11 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use super::ssh::batch::{Outcome, Plan};
-use super::targets::{Targets, on_io};
-use super::{Grant, HostModule};
+use crate::kit::fanout::{Outcome, Plan};
+use crate::kit::io::on_io;
+use crate::kit::targets::Targets;
+use crate::kit::options::count_opt;
+use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::config::IpmiConfig;
 use crate::runtime::context::RunCtx;
@@ -102,7 +104,7 @@ struct RunState {
     reach: Targets,
     cred_of: HashMap<String, usize>,
     /// Per credentials entry: the BMC password and CA file, read once per run.
-    logins: super::targets::PerEntry<(String, Option<Vec<u8>>)>,
+    logins: crate::kit::targets::PerEntry<(String, Option<Vec<u8>>)>,
 }
 
 impl RunState {
@@ -179,7 +181,7 @@ impl RunState {
             ));
         }
         let (password, ca) = self.logins.get(i, || {
-            let password = super::ssh::read_secret(&self.ctx, &owner, &cred.password_secret)?;
+            let password = crate::kit::read_secret(&self.ctx, &owner, &cred.password_secret)?;
             let ca = match &cred.ca_file {
                 Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
                 None => None,
@@ -235,7 +237,7 @@ where
     let st2 = Arc::clone(st);
     let h = host.clone();
     let t0 = Instant::now();
-    let pending = super::Pending::new(&st.ctx, "ipmi", call, &host.name, detail.clone());
+    let pending = crate::kit::Pending::new(&st.ctx, "ipmi", call, &host.name, detail.clone());
     let r = on_io(async move {
         let (ep, mut bmc) = st2.open(&h, change).await?;
         let r = tokio::time::timeout(st2.timeout * 4, f(&mut bmc))
@@ -265,7 +267,7 @@ where
 
 fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
     let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    super::json_to_lua(lua, &v)
+    crate::kit::json_to_lua(lua, &v)
 }
 
 /// `ipmi.check`: one host's state.
@@ -490,8 +492,7 @@ impl HostModule for IpmiModule {
                             let (k, v) = pair?;
                             match k.as_str() {
                                 "limit" => {
-                                    limit = super::ssh::count_opt("sel", "limit", v)
-                                        .map_err(|e| super::rename_error(e, "ssh.sel", "ipmi.sel"))?
+                                    limit = count_opt("ipmi.sel", "limit", v)?
                                 }
                                 other => return Err(lua_err("sel", format!("unknown option `{other}` (known: limit)"))),
                             }
@@ -517,13 +518,11 @@ impl HostModule for IpmiModule {
                             let (k, v) = pair?;
                             match k.as_str() {
                                 "concurrency" => {
-                                    concurrency = super::ssh::count_opt("check", "concurrency", v)
-                                        .map_err(|e| super::rename_error(e, "ssh.check", "ipmi.check"))?
+                                    concurrency = count_opt("ipmi.check", "concurrency", v)?
                                         .clamp(1, st.config.concurrency)
                                 }
                                 "sel_limit" => {
-                                    sel_limit = super::ssh::count_opt("check", "sel_limit", v)
-                                        .map_err(|e| super::rename_error(e, "ssh.check", "ipmi.check"))?
+                                    sel_limit = count_opt("ipmi.check", "sel_limit", v)?
                                 }
                                 other => return Err(lua_err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
                             }
@@ -532,7 +531,7 @@ impl HostModule for IpmiModule {
                     let hosts = st.reach.select("check", &selector)?;
                     let plan = Plan { concurrency, batch: None, canary: 0, stop_after: None };
                     let st2 = Arc::clone(&st);
-                    let results = super::targets::fan_out_hosts(&st.ctx, "ipmi.check".into(), hosts, &plan, move |h| {
+                    let results = crate::kit::targets::fan_out_hosts(&st.ctx, "ipmi.check".into(), hosts, &plan, move |h| {
                         check_host(Arc::clone(&st2), h, sel_limit)
                     })
                     .await;

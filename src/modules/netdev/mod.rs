@@ -25,10 +25,11 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use super::ssh::batch::{self, Outcome, Plan};
+use crate::kit::fanout::{self as batch, Outcome, Plan};
 use super::ssh::client::Session;
-use super::targets::{Targets, on_io};
-use super::{Grant, HostModule};
+use crate::kit::io::on_io;
+use crate::kit::targets::Targets;
+use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::device_configs::{DeviceConfigs, unified_diff};
 use crate::config::NetdevSettings;
@@ -42,13 +43,15 @@ pub const PLATFORM_TAG: &str = "platform";
 
 pub struct NetdevModule {
     settings: Arc<NetdevSettings>,
-    profiles: Result<Arc<Profiles>, String>,
+    profiles: Arc<Profiles>,
 }
 
 impl NetdevModule {
-    pub fn new(settings: NetdevSettings) -> NetdevModule {
-        let profiles = Profiles::load(settings.profiles_dir.as_deref()).map(Arc::new);
-        NetdevModule { settings: Arc::new(settings), profiles }
+    /// The module with its settings; the device profiles of `profiles_dir` are read now, and a
+    /// broken one is an error naming its file and key.
+    pub fn new(settings: NetdevSettings) -> Result<NetdevModule, String> {
+        let profiles = Profiles::load(settings.profiles_dir.as_deref()).map(Arc::new).map_err(|m| format!("netdev.profiles_dir: {m}"))?;
+        Ok(NetdevModule { settings: Arc::new(settings), profiles })
     }
 }
 
@@ -67,7 +70,7 @@ struct RunState {
     /// Per device, the index of its `[[netdev.credentials]]` entry.
     cred_of: HashMap<String, usize>,
     /// Per credentials entry: the login and the enable secret, read once per run.
-    logins: super::targets::PerEntry<(super::ssh::client::Auth, Option<String>)>,
+    logins: crate::kit::targets::PerEntry<(super::ssh::client::Auth, Option<String>)>,
 }
 
 /// An open device: the SSH connection and the CLI on it.
@@ -118,7 +121,7 @@ impl RunState {
                 cred.key_passphrase_secret.as_deref(),
                 cred.password_secret.as_deref(),
             )?;
-            let enable = cred.enable_secret.as_deref().map(|s| super::ssh::read_secret(&self.ctx, &owner, s)).transpose()?;
+            let enable = cred.enable_secret.as_deref().map(|s| crate::kit::read_secret(&self.ctx, &owner, s)).transpose()?;
             Ok((auth, enable))
         })?;
         let first = self.settings.first_contact;
@@ -299,7 +302,7 @@ fn string_list(call: &str, what: &str, v: Value) -> mlua::Result<Vec<String>> {
 
 fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
     let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    super::json_to_lua(lua, &v)
+    crate::kit::json_to_lua(lua, &v)
 }
 
 /// A device session as Lua sees it (`netdev.open`). The connection is made on first use, so a
@@ -380,7 +383,7 @@ impl UserData for Device {
                 return to_lua(&lua, &json!({ "planned": true, "lines": lines, "applied": 0, "saved": false }));
             }
             let t0 = Instant::now();
-            let pending = super::Pending::new(&this.state.ctx, "netdev", "config", &name, json!({ "lines": lines, "save": o.save }));
+            let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "config", &name, json!({ "lines": lines, "save": o.save }));
             let (ls, save, timeout) = (lines.clone(), o.save, o.timeout);
             let r = this.with_cli(move |cli| Box::pin(async move { cli.config(&ls, save, timeout).await })).await;
             pending.finish();
@@ -436,7 +439,7 @@ impl UserData for Device {
             }
             let t0 = Instant::now();
             let timeout = o.timeout;
-            let pending = super::Pending::new(&this.state.ctx, "netdev", "expect", &name, json!({ "command": shown }));
+            let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "expect", &name, json!({ "command": shown }));
             let r = this.with_cli(move |cli| Box::pin(async move { cli.expect(&command, &res, timeout).await })).await;
             pending.finish();
             let ms = t0.elapsed().as_millis() as u64;
@@ -510,7 +513,7 @@ async fn one_command(this: &Device, command: String, timeout: Duration) -> mlua:
         return Ok(String::new());
     }
     let t0 = Instant::now();
-    let pending = super::Pending::new(&this.state.ctx, "netdev", "command", &name, json!({ "command": shown }));
+    let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "command", &name, json!({ "command": shown }));
     let r = this.with_cli(move |cli| Box::pin(async move { cli.command(&command, timeout).await })).await;
     pending.finish();
     let ms = t0.elapsed().as_millis() as u64;
@@ -595,7 +598,7 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
         }
         return r;
     }
-    let pending = super::Pending::new(&state.ctx, "netdev", work.call(), &name, json!({ "lines": lines }));
+    let pending = crate::kit::Pending::new(&state.ctx, "netdev", work.call(), &name, json!({ "lines": lines }));
     let mut conn = match state.connect(&host, Arc::clone(&profile)).await {
         Ok(c) => c,
         Err(m) => {
@@ -737,7 +740,7 @@ async fn fan(state: Arc<RunState>, hosts: Vec<Host>, work: Work, o: Opts) -> Vec
     let call = format!("netdev.{}", work.call());
     let st = Arc::clone(&state);
     let timeout = o.timeout;
-    super::targets::fan_out_hosts(&state.ctx, call, hosts, &o.plan, move |host| {
+    crate::kit::targets::fan_out_hosts(&state.ctx, call, hosts, &o.plan, move |host| {
         let profile = st.profile_of(&host);
         on_device(Arc::clone(&st), host, profile, work.clone(), timeout)
     })
@@ -755,7 +758,7 @@ impl HostModule for NetdevModule {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant.scope).map_err(|m| lua_err("permission", m))?;
-        let profiles = self.profiles.clone().map_err(|m| lua_err("profiles", m))?;
+        let profiles = Arc::clone(&self.profiles);
         let state = Arc::new(RunState::new(Arc::clone(&self.settings), profiles, Arc::clone(ctx), scope));
         let t = lua.create_table()?;
 

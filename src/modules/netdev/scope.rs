@@ -33,7 +33,7 @@ impl Scope {
         if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
             return Err(format!("unknown key `{k}` (known: {})", KEYS.join(", ")));
         }
-        let list = |key: &str| crate::modules::string_list(t, key);
+        let list = |key: &str| crate::kit::string_list(t, key);
         let devices = list("devices")?.unwrap_or_default();
         if devices.is_empty() {
             return Err("`devices` is required: the selectors this applet may reach, like devices = [\"group:switches\"]".into());

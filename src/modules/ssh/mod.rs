@@ -6,27 +6,29 @@
 //! and secrets, host keys from the cmdb's pins. Connections run on opslet's own I/O threads (not
 //! the run's thread, so handshakes do not count as the applet's CPU) and are reused within a run.
 //!
-//! Layout: `client` is a plain russh client, `batch` the fan-out, `scope` the permission; this
-//! file is the Lua boundary and the per-run state tying them to the cmdb, secrets and audit.
+//! Layout: `client` is a plain russh client, `result` what a call returns per host, `scope` the
+//! permission; this file is the Lua boundary and the per-run state tying them to the cmdb,
+//! secrets and audit. The fan-out is the kit's (`kit::fanout`).
 
-pub mod batch;
 pub mod client;
+pub mod result;
 pub mod scope;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::targets::Targets;
-use super::{Grant, HostModule};
 use crate::cmdb::{Cmdb, Host, Snapshot};
+use crate::kit::fanout::{self as batch, Plan};
+use crate::kit::targets::Targets;
+use crate::kit::{Grant, HostModule, lua_err as call_err, read_secret};
 use crate::config::{FirstContact, SshSettings};
 use crate::runtime::context::RunCtx;
-use batch::{HostResult, Plan};
+use result::HostResult;
 use client::{Auth, ConnectError, Session, Target, shell_quote};
 use scope::Scope;
 
@@ -40,21 +42,8 @@ impl SshModule {
     }
 }
 
-/// The threads that drive every SSH connection of this process.
-fn io() -> &'static tokio::runtime::Runtime {
-    static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    IO.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("opslet-ssh")
-            .enable_all()
-            .build()
-            .expect("the ssh I/O runtime starts")
-    })
-}
-
 fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("ssh.{call}: {m}"))
+    call_err(&format!("ssh.{call}"), m)
 }
 
 /// One run's view of the module: its permission, its connections, its logins.
@@ -67,7 +56,7 @@ struct RunState {
     /// Per host name, the index of its `[[ssh.credentials]]` entry.
     cred_of: HashMap<String, usize>,
     /// Logins by credentials entry, read from secrets on first use.
-    auths: super::targets::PerEntry<Auth>,
+    auths: crate::kit::targets::PerEntry<Auth>,
     /// Open sessions by host name (one connect per host, even under concurrent calls).
     sessions: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Session>>>>>,
 }
@@ -210,14 +199,6 @@ pub(crate) fn login_from_secrets(
     }
 }
 
-/// A secret's text; `owner` is the config entry that names it.
-pub(crate) fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
-    let store = ctx.store.clone().ok_or("no data store for secrets")?;
-    let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
-    let v = secrets.get(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("secret `{name}` (named in {owner}) is not set"))?;
-    String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
-}
-
 /// Records a refused host key (changed, or not pinned) as an action of the run.
 fn record_refusal(ctx: &RunCtx, module: &str, host: &str, e: &ConnectError) {
     let detail = match e {
@@ -246,11 +227,6 @@ fn pin_host_key(ctx: &RunCtx, module: &str, host: &Host, key: &russh::keys::Publ
     });
     let ok = matches!(pinned, Some(Ok(_)));
     let _ = ctx.record_action(module, "hostkey.pin", &host.name, ok, json!({ "key": line, "fingerprint": client::fingerprint(key) }));
-}
-
-/// The threads that drive every SSH connection of this process (ssh and netdev).
-pub(crate) fn io_runtime() -> &'static tokio::runtime::Runtime {
-    io()
 }
 
 /// SSH to cmdb hosts for other modules (config items): the same logins, host-key pins, jump
@@ -297,7 +273,7 @@ impl Access {
             let budget = client::Budget::new(state.ctx.guard.limits.memory);
             s.exec(&command, stdin, max, &budget).await
         };
-        super::targets::on_io(async move {
+        crate::kit::io::on_io(async move {
             tokio::time::timeout(timeout, work)
                 .await
                 .unwrap_or_else(|_| Err(format!("timed out after {}", humantime::format_duration(timeout))))
@@ -317,30 +293,6 @@ struct CallOpts {
 }
 
 const COMMON_OPTS: &[&str] = &["timeout", "concurrency", "batch", "canary", "stop_after"];
-
-pub(crate) fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
-    const MAX: Duration = Duration::from_secs(24 * 3600);
-    let d = match v {
-        Value::Integer(i) => Duration::from_secs(i.max(0) as u64),
-        Value::Number(n) => Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX),
-        Value::String(s) => {
-            crate::util::parse_duration(&s.to_string_lossy()).map_err(|m| lua_err(call, format!("opts.{key}: {m}")))?
-        }
-        other => return Err(lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()))),
-    };
-    if d.is_zero() || d > MAX {
-        return Err(lua_err(call, format!("opts.{key}: must be more than 0 and at most 24h")));
-    }
-    Ok(d)
-}
-
-pub(crate) fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
-    match v {
-        Value::Integer(i) if i >= 0 => Ok(i as usize),
-        Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
-        other => Err(lua_err(call, format!("opts.{key}: expected a whole number >= 0, got {}", crate::runtime::builtins::log::display(&other)))),
-    }
-}
 
 fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSettings, scope: &Scope) -> mlua::Result<CallOpts> {
     let mut o = CallOpts {
@@ -441,7 +393,7 @@ fn wrap(command: &str, o: &CallOpts) -> String {
 
 fn results_to_lua(lua: &Lua, results: &[HostResult]) -> mlua::Result<Value> {
     let v = serde_json::to_value(results).map_err(mlua::Error::external)?;
-    super::json_to_lua(lua, &v)
+    crate::kit::json_to_lua(lua, &v)
 }
 
 /// What one call does on each host.
@@ -487,7 +439,7 @@ impl Work {
 
 async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duration, budget: Arc<client::Budget>) -> HostResult {
     let t0 = Instant::now();
-    let pending = super::Pending::new(&state.ctx, "ssh", work.action(), &host.name, work.describe());
+    let pending = crate::kit::Pending::new(&state.ctx, "ssh", work.action(), &host.name, work.describe());
     let max_output = state.settings.max_output as usize;
     let max_file = state.settings.max_file;
     let attempt = async {
@@ -562,7 +514,7 @@ async fn fan(
     let timeout = o.timeout;
     let budget = Arc::new(client::Budget::new(state.ctx.guard.limits.memory));
     let st = Arc::clone(&state);
-    super::targets::fan_out_hosts(&state.ctx, format!("ssh.{call}"), hosts, &o.plan, move |host| {
+    crate::kit::targets::fan_out_hosts(&state.ctx, format!("ssh.{call}"), hosts, &o.plan, move |host| {
         one_host(Arc::clone(&st), host, work.clone(), timeout, Arc::clone(&budget))
     })
     .await

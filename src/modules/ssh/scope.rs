@@ -35,7 +35,7 @@ pub struct Scope {
 impl Scope {
     pub fn parse(v: &toml::Value) -> Result<Scope, String> {
         let t = v.as_table().ok_or("expected a table like { hosts = [\"group:web\"], commands = [\"uptime\"] }")?;
-        let list = |key: &str| crate::modules::string_list(t, key);
+        let list = |key: &str| crate::kit::string_list(t, key);
         const KEYS: &[&str] = &["hosts", "commands", "env", "files", "sudo"];
         for k in t.keys() {
             if !KEYS.contains(&k.as_str()) {

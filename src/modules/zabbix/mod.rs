@@ -16,7 +16,7 @@ use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use super::{Grant, HostModule};
+use crate::kit::{Grant, HostModule};
 use crate::config::ZabbixConn;
 use crate::runtime::context::RunCtx;
 use client::{Client, Login, ZabbixError};
@@ -66,7 +66,7 @@ impl State {
 
     fn conn_name(&self, call: &str, conn: Option<&str>) -> mlua::Result<String> {
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        super::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| err(call, m))
+        crate::kit::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| err(call, m))
     }
 
     fn client(&self, call: &str, name: &str) -> mlua::Result<Arc<Client>> {
@@ -149,7 +149,7 @@ fn opts_json(lua: &Lua, t: Option<Table>) -> mlua::Result<Value> {
 }
 
 fn out(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
-    super::json_to_lua(lua, v)
+    crate::kit::json_to_lua(lua, v)
 }
 
 /// Host ids for host names (an error naming the ones Zabbix does not know).

@@ -102,33 +102,19 @@ impl Targets {
     }
 }
 
-/// Runs `fut` on the I/O threads that own the SSH connections; dropping the returned future (a
-/// cancelled or timed-out run) aborts it.
-pub async fn on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
-    struct Abort(tokio::task::AbortHandle);
-    impl Drop for Abort {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let h = super::ssh::io_runtime().spawn(fut);
-    let _guard = Abort(h.abort_handle());
-    h.await.map_err(|e| format!("internal error: {e}"))
-}
-
 /// Runs `work` on each host per `plan` (canary, batches, concurrency, stop-after) on the I/O
 /// threads, showing progress as `call` (`ssh.run`, `config.publish`); results in the order of
 /// `hosts`.
-pub async fn fan_out_hosts<R, F, Fut>(ctx: &Arc<RunCtx>, call: String, hosts: Vec<Host>, plan: &super::ssh::batch::Plan, work: F) -> Vec<R>
+pub async fn fan_out_hosts<R, F, Fut>(ctx: &Arc<RunCtx>, call: String, hosts: Vec<Host>, plan: &super::fanout::Plan, work: F) -> Vec<R>
 where
-    R: super::ssh::batch::Outcome,
+    R: super::fanout::Outcome,
     F: Fn(Host) -> Fut,
     Fut: std::future::Future<Output = R> + Send + 'static,
 {
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let by_name: HashMap<String, Host> = hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
     let ctx = Arc::clone(ctx);
-    let progress = move |c: super::ssh::batch::Counts| {
+    let progress = move |c: super::fanout::Counts| {
         ctx.progress(crate::runtime::context::Progress {
             call: call.clone(),
             total: c.total,
@@ -138,7 +124,7 @@ where
             pending: c.pending(),
         })
     };
-    super::ssh::batch::fan_out(names, plan, super::ssh::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await
+    super::fanout::fan_out(names, plan, super::io::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await
 }
 
 /// What a run read for each `[[MODULE.credentials]]` entry (logins from secrets, CA files),

@@ -1,4 +1,4 @@
-//! Fan-out over many hosts: a canary batch first, then batches of a given size, at most
+//! Fan-out over many hosts, shared by every module that reaches many: a canary batch first, then batches of a given size, at most
 //! `concurrency` hosts at once, stopping after N failures. Plain async code, no Lua.
 
 use std::future::Future;
@@ -22,42 +22,6 @@ pub struct Plan {
     pub stop_after: Option<usize>,
 }
 
-/// The outcome on one host.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct HostResult {
-    pub host: String,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<u32>,
-    pub stdout: String,
-    pub stderr: String,
-    /// Seconds.
-    pub duration: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Dry run: what would run, nothing connected.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub planned: bool,
-    /// Not started: an earlier batch failed (canary or stop_after).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
-    /// Output was cut at [ssh] max_output.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub truncated: bool,
-    /// `ssh.get`: the file's content.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    /// The command as run on the host (dry run and errors show it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
-}
-
-impl HostResult {
-    pub fn failed(host: &str, error: impl Into<String>) -> HostResult {
-        HostResult { host: host.into(), error: Some(error.into()), ..Default::default() }
-    }
-}
-
 /// Sets one of the fan-out options every many-host call takes (`timeout`, `concurrency`,
 /// `batch`, `canary`, `stop_after`) from its Lua value; returns false for any other key.
 /// `call` is the Lua call (`ssh.run`, `netdev.configure`) for messages; `max` caps concurrency.
@@ -69,22 +33,18 @@ pub fn plan_option(
     timeout: &mut std::time::Duration,
     max: usize,
 ) -> mlua::Result<bool> {
-    let (module, name) = call.split_once('.').unwrap_or(("", call));
-    let plain =
-        |r: mlua::Result<usize>| r.map_err(|e| crate::modules::rename_error(e, &format!("ssh.{name}"), &format!("{module}.{name}")));
+    use super::options::{count_opt, duration_opt};
     match key {
-        "timeout" => {
-            *timeout = super::duration_opt(name, "timeout", v).map_err(|e| crate::modules::rename_error(e, &format!("ssh.{name}"), call))?
-        }
-        "concurrency" => plan.concurrency = plain(super::count_opt(name, "concurrency", v))?.clamp(1, max),
-        "batch" => plan.batch = Some(plain(super::count_opt(name, "batch", v))?.max(1)),
+        "timeout" => *timeout = duration_opt(call, "timeout", v)?,
+        "concurrency" => plan.concurrency = count_opt(call, "concurrency", v)?.clamp(1, max),
+        "batch" => plan.batch = Some(count_opt(call, "batch", v)?.max(1)),
         "canary" => {
             plan.canary = match v {
                 mlua::Value::Boolean(b) => usize::from(b),
-                other => plain(super::count_opt(name, "canary", other))?,
+                other => count_opt(call, "canary", other)?,
             }
         }
-        "stop_after" => plan.stop_after = Some(plain(super::count_opt(name, "stop_after", v))?.max(1)),
+        "stop_after" => plan.stop_after = Some(count_opt(call, "stop_after", v)?.max(1)),
         _ => return Ok(false),
     }
     Ok(true)
@@ -96,21 +56,6 @@ pub trait Outcome: Send + 'static {
     fn skipped(host: &str, why: String) -> Self;
     fn is_ok(&self) -> bool;
     fn is_skipped(&self) -> bool;
-}
-
-impl Outcome for HostResult {
-    fn failed(host: &str, why: String) -> Self {
-        HostResult::failed(host, why)
-    }
-    fn skipped(host: &str, why: String) -> Self {
-        HostResult { skipped: true, ..HostResult::failed(host, why) }
-    }
-    fn is_ok(&self) -> bool {
-        self.ok
-    }
-    fn is_skipped(&self) -> bool {
-        self.skipped
-    }
 }
 
 /// Counts after each finished host, for progress bars.
@@ -237,6 +182,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host's outcome, as small as the fan-out needs.
+    #[derive(Debug, Clone, Default)]
+    struct HostResult {
+        host: String,
+        ok: bool,
+        skipped: bool,
+        error: Option<String>,
+    }
+
+    impl Outcome for HostResult {
+        fn failed(host: &str, why: String) -> Self {
+            HostResult { host: host.into(), error: Some(why), ..Default::default() }
+        }
+        fn skipped(host: &str, why: String) -> Self {
+            HostResult { skipped: true, ..Self::failed(host, why) }
+        }
+        fn is_ok(&self) -> bool {
+            self.ok
+        }
+        fn is_skipped(&self) -> bool {
+            self.skipped
+        }
+    }
 
     fn plan(batch: Option<usize>, canary: usize, stop_after: Option<usize>) -> Plan {
         Plan { concurrency: 4, batch, canary, stop_after }

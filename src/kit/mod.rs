@@ -1,0 +1,114 @@
+//! The host-module kit: what every module shares, so no module imports another. The plug-in
+//! interface (`HostModule`, `Grant`) comes from the runtime and is re-exported here; the kit
+//! adds the targets of a run and the fan-out over them, the I/O threads, option parsing, secret
+//! access, Lua conversion, error helpers and the audit of actions in flight ([`Pending`]).
+
+pub mod fanout;
+pub mod io;
+pub mod options;
+pub mod targets;
+
+use std::sync::Arc;
+
+use mlua::Lua;
+
+pub use crate::runtime::modules::{Grant, HostModule};
+use crate::runtime::context::RunCtx;
+
+/// Which named connection a call uses: the one asked for, else the one marked default, the only
+/// one, or the one named "default". `label` names the kind in messages ("Zabbix", "es"),
+/// `module` the config table and Lua global; `conns` are (name, marked default).
+pub fn pick_connection(label: &str, module: &str, conns: &[(&str, bool)], asked: Option<&str>) -> Result<String, String> {
+    let names = || conns.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+    if let Some(c) = asked {
+        return if conns.iter().any(|(n, _)| *n == c) {
+            Ok(c.to_string())
+        } else {
+            Err(format!("no {label} connection `{c}` (configured: {})", names()))
+        };
+    }
+    if let Some((n, _)) = conns.iter().find(|(_, d)| *d) {
+        return Ok(n.to_string());
+    }
+    match conns {
+        [] => Err(format!("no {label} connection is configured (add [{module}.NAME] to opslet.toml)")),
+        [(only, _)] => Ok(only.to_string()),
+        _ if conns.iter().any(|(n, _)| *n == "default") => Ok("default".into()),
+        _ => Err(format!("several {label} connections ({}): mark one `default = true` or use {module}.connection(NAME)", names())),
+    }
+}
+
+/// An action sent to a host, device or BMC whose outcome is not known yet. Dropped before
+/// [`Pending::finish`] (the run was cancelled or ran out of time mid-call), it records the action
+/// as abandoned, so the audit log shows what was in flight where.
+pub struct Pending {
+    ctx: Arc<RunCtx>,
+    module: &'static str,
+    action: String,
+    target: String,
+    detail: serde_json::Value,
+    t0: std::time::Instant,
+    done: bool,
+}
+
+impl Pending {
+    pub fn new(ctx: &Arc<RunCtx>, module: &'static str, action: &str, target: &str, detail: serde_json::Value) -> Pending {
+        let t0 = std::time::Instant::now();
+        Pending { ctx: Arc::clone(ctx), module, action: action.into(), target: target.into(), detail, t0, done: false }
+    }
+
+    /// The outcome is being recorded by the caller.
+    pub fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut d = self.detail.take();
+            if !d.is_object() {
+                d = serde_json::json!({});
+            }
+            d["duration_ms"] = serde_json::json!(self.t0.elapsed().as_millis() as u64);
+            d["error"] =
+                serde_json::json!("abandoned: the run ended (cancelled or out of time) while this was in flight; it may have taken effect");
+            let _ = self.ctx.record_action(self.module, &self.action, &self.target, false, d);
+        }
+    }
+}
+
+/// A JSON value as Lua, arrays marked as such (so they come back out as JSON arrays).
+pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value> {
+    let mt = lua.create_table()?;
+    mt.raw_set("__opslet_array", true)?;
+    crate::runtime::convert::to_lua(lua, v, &mt)
+}
+
+/// The list of strings under `key` of a table scope (None when absent); anything else there is
+/// an error naming the key.
+pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result<Option<Vec<String>>, String> {
+    match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("`{key}` must be a list of strings")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err(format!("`{key}` must be a list of strings")),
+    }
+}
+
+
+/// A secret's text; `owner` is the config entry that names it.
+pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
+    let store = ctx.store.clone().ok_or("no data store for secrets")?;
+    let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
+    let v = secrets.get(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("secret `{name}` (named in {owner}) is not set"))?;
+    String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
+}
+
+/// A Lua error from the call `module.call`: `ssh.run: ...` (`call` is `ssh.run`).
+pub fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("{call}: {m}"))
+}

@@ -1,0 +1,141 @@
+//! The layers of `src/` import only downward, and no host module imports another.
+//!
+//! Each top-level folder of `src/` has a layer (ARCHITECTURE.md draws them); a file may name
+//! (`crate::X`, `super::X`) only folders of its own layer or below. Test code (`#[cfg(test)]`
+//! modules) is held to the same rule. The test reads the sources as text: a `use` that goes up,
+//! or a path written out in an expression, fails it with the file and line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bottom to top. Folders on one line are peers and may import each other only where the
+/// exceptions below say.
+const LAYERS: &[&[&str]] = &[
+    &["util", "error"],
+    &["store"],
+    &["cmdb", "auth", "secrets"],
+    &["applet"],
+    &["registry", "config"],
+    &["runtime"],
+    &["kit"],
+    &["modules"],
+    &["service"],
+    &["http", "cli"],
+    &["lib", "main"],
+];
+
+/// Imports between peers of one layer that are allowed.
+const PEERS: &[(&str, &str)] = &[("cli", "http")];
+
+/// Host modules that still import another module: the SSH transport (client, host-key pinning,
+/// logins, `Access`) lives in `ssh` and is lent to `netdev` and `config`. Each entry is
+/// (importing module, imported module); the list only shrinks.
+const MODULE_DEBT: &[(&str, &str)] = &[("netdev", "ssh"), ("config", "ssh")];
+
+fn layer_of(top: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&top))
+}
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The module path of a source file below `src/`: `src/kit/fanout.rs` -> ["kit", "fanout"].
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    if parts.last().is_some_and(|l| l == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The `crate::a::b` and `super::a` paths named on a line, resolved to module paths.
+fn named_paths(me: &[String], line: &str) -> Vec<Vec<String>> {
+    let code = line.split("//").next().unwrap_or_default();
+    let mut out = Vec::new();
+    let word = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect::<String>();
+    for (i, _) in code.match_indices("crate::") {
+        if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        out.push(word(&code[i + 7..]).split("::").filter(|s| !s.is_empty()).map(str::to_string).collect());
+    }
+    for (i, _) in code.match_indices("super::") {
+        if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        // `super` is the parent of the file's module (for a mod.rs, of its folder's module).
+        let mut base: Vec<String> = me.to_vec();
+        base.pop();
+        let mut rest = word(&code[i + 7..]);
+        while let Some(r) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = r.to_string();
+        }
+        base.extend(rest.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+        out.push(base);
+    }
+    out
+}
+
+#[test]
+fn layers_import_only_downward_and_modules_import_no_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    files.sort();
+    let mut wrong = Vec::new();
+    let mut debt_seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for file in &files {
+        let me = module_path(&src, file);
+        let top = me.first().map(String::as_str).unwrap_or("lib");
+        let Some(mine) = layer_of(top) else {
+            wrong.push(format!("{}: the folder `{top}` has no layer in tests/layers.rs", file.display()));
+            continue;
+        };
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for path in named_paths(&me, line) {
+                let Some(other) = path.first() else { continue };
+                let Some(theirs) = layer_of(other) else { continue };
+                let at = format!("{}:{}", file.strip_prefix(&src).unwrap().display(), n + 1);
+                if theirs > mine || (theirs == mine && other != top && !PEERS.contains(&(top, other.as_str()))) {
+                    wrong.push(format!("{at}: `{top}` imports `{}` from a layer above or beside it", path.join("::")));
+                }
+                // Host modules: `modules::A` naming `modules::B`.
+                if top == "modules" && other == "modules" && me.len() > 1 && path.len() > 1 && path[1] != me[1] {
+                    let pair = (me[1].as_str(), path[1].as_str());
+                    match MODULE_DEBT.iter().find(|d| **d == pair) {
+                        Some(d) => *debt_seen.entry(*d).or_default() += 1,
+                        None => wrong.push(format!("{at}: the module `{}` imports the module `{}` (share it through kit/)", pair.0, pair.1)),
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    // A debt that is paid must leave the list, so it cannot come back unnoticed.
+    for d in MODULE_DEBT {
+        assert!(debt_seen.contains_key(d), "{d:?} no longer imports across modules: remove it from MODULE_DEBT");
+    }
+}
+
+#[test]
+fn the_checker_finds_an_upward_import() {
+    let me = vec!["store".to_string(), "audit".to_string()];
+    let found = named_paths(&me, "use crate::runtime::RunCtx; // not this: crate::http");
+    assert_eq!(found, vec![vec!["runtime".to_string(), "RunCtx".to_string()]]);
+    let theirs = layer_of(&found[0][0]).unwrap();
+    assert!(theirs > layer_of("store").unwrap(), "runtime sits above store");
+    let sup = named_paths(&["modules".into(), "netdev".into(), "cli".into()], "use super::super::ssh::client::Session;");
+    assert_eq!(sup, vec![vec!["modules".to_string(), "ssh".to_string(), "client".to_string(), "Session".to_string()]]);
+    assert!(named_paths(&me, "let x = my_crate::runtime::f();").is_empty());
+}
