@@ -5,7 +5,6 @@
 //! modules) is held to the same rule. The test reads the sources as text: a `use` that goes up,
 //! or a path written out in an expression, fails it with the file and line.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bottom to top. Folders on one line are peers and may import each other only where the
@@ -26,11 +25,6 @@ const LAYERS: &[&[&str]] = &[
 
 /// Imports between peers of one layer that are allowed.
 const PEERS: &[(&str, &str)] = &[("cli", "http")];
-
-/// Host modules that still import another module: the SSH transport (client, host-key pinning,
-/// logins, `Access`) lives in `ssh` and is lent to `netdev` and `config`. Each entry is
-/// (importing module, imported module); the list only shrinks.
-const MODULE_DEBT: &[(&str, &str)] = &[("netdev", "ssh"), ("config", "ssh")];
 
 fn layer_of(top: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&top))
@@ -93,7 +87,6 @@ fn layers_import_only_downward_and_modules_import_no_module() {
     sources(&src, &mut files);
     files.sort();
     let mut wrong = Vec::new();
-    let mut debt_seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for file in &files {
         let me = module_path(&src, file);
         let top = me.first().map(String::as_str).unwrap_or("lib");
@@ -112,20 +105,12 @@ fn layers_import_only_downward_and_modules_import_no_module() {
                 }
                 // Host modules: `modules::A` naming `modules::B`.
                 if top == "modules" && other == "modules" && me.len() > 1 && path.len() > 1 && path[1] != me[1] {
-                    let pair = (me[1].as_str(), path[1].as_str());
-                    match MODULE_DEBT.iter().find(|d| **d == pair) {
-                        Some(d) => *debt_seen.entry(*d).or_default() += 1,
-                        None => wrong.push(format!("{at}: the module `{}` imports the module `{}` (share it through kit/)", pair.0, pair.1)),
-                    }
+                    wrong.push(format!("{at}: the module `{}` imports the module `{}` (share it through kit/)", me[1], path[1]));
                 }
             }
         }
     }
     assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
-    // A debt that is paid must leave the list, so it cannot come back unnoticed.
-    for d in MODULE_DEBT {
-        assert!(debt_seen.contains_key(d), "{d:?} no longer imports across modules: remove it from MODULE_DEBT");
-    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 pub mod fanout;
 pub mod io;
 pub mod options;
+pub mod ssh;
 pub mod targets;
 
 use std::sync::Arc;

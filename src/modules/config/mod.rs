@@ -22,9 +22,9 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use super::ssh::Access;
+use crate::kit::ssh::Access;
 use crate::kit::fanout::{self as batch, Outcome, Plan};
-use super::ssh::client::shell_quote;
+use crate::kit::ssh::client::shell_quote;
 use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::config_items::{ConfigItems, HostState, ItemVersion, SecretFn, SudoSpec};

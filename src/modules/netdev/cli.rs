@@ -14,7 +14,7 @@ use russh::ChannelMsg;
 use tokio::time::Instant;
 
 use super::profile::{Mode, Profile};
-use crate::modules::ssh::client::Session;
+use crate::kit::ssh::client::Session;
 
 /// How wide the terminal is: wide enough that devices do not wrap long lines.
 const COLUMNS: u32 = 511;

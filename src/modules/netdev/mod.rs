@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::kit::fanout::{self as batch, Outcome, Plan};
-use super::ssh::client::Session;
+use crate::kit::ssh::client::Session;
 use crate::kit::io::on_io;
 use crate::kit::targets::Targets;
 use crate::kit::{Grant, HostModule};
@@ -70,7 +70,7 @@ struct RunState {
     /// Per device, the index of its `[[netdev.credentials]]` entry.
     cred_of: HashMap<String, usize>,
     /// Per credentials entry: the login and the enable secret, read once per run.
-    logins: crate::kit::targets::PerEntry<(super::ssh::client::Auth, Option<String>)>,
+    logins: crate::kit::targets::PerEntry<(crate::kit::ssh::client::Auth, Option<String>)>,
 }
 
 /// An open device: the SSH connection and the CLI on it.
@@ -114,7 +114,7 @@ impl RunState {
         let cred = &self.settings.credentials[i];
         let owner = format!("[[netdev.credentials]] for {}", cred.devices);
         let (auth, enable) = self.logins.get(i, || {
-            let auth = super::ssh::login_from_secrets(
+            let auth = crate::kit::ssh::login_from_secrets(
                 &self.ctx,
                 &owner,
                 cred.key_secret.as_deref(),
@@ -126,7 +126,7 @@ impl RunState {
         })?;
         let first = self.settings.first_contact;
         let timeout = self.settings.connect_timeout;
-        let session = super::ssh::connect_pinned(&self.ctx, "netdev", host, &cred.user, auth, first, None, timeout).await?;
+        let session = crate::kit::ssh::connect_pinned(&self.ctx, "netdev", host, &cred.user, auth, first, None, timeout).await?;
         let max = self.settings.max_output as usize;
         let pname = profile.name.clone();
         let r = match Cli::open(&session, profile, enable.as_deref(), self.settings.connect_timeout, max).await {
