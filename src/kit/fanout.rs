@@ -50,6 +50,29 @@ pub fn plan_option(
     Ok(true)
 }
 
+/// Implements [`Outcome`] for a result record with `host: String`, `ok: bool`,
+/// `skipped: bool` and `error: Option<String>` fields and a `Default`.
+#[macro_export]
+macro_rules! impl_outcome {
+    ($t:ty) => {
+        impl $crate::kit::fanout::Outcome for $t {
+            fn failed(host: &str, why: String) -> Self {
+                Self { host: host.into(), error: Some(why), ..Default::default() }
+            }
+            fn skipped(host: &str, why: String) -> Self {
+                Self { skipped: true, ..<Self as $crate::kit::fanout::Outcome>::failed(host, why) }
+            }
+            fn is_ok(&self) -> bool {
+                self.ok
+            }
+            fn is_skipped(&self) -> bool {
+                self.skipped
+            }
+        }
+    };
+}
+pub use impl_outcome;
+
 /// A per-host outcome [`fan_out`] can count and fill in for hosts it does not run.
 pub trait Outcome: Send + 'static {
     fn failed(host: &str, why: String) -> Self;
@@ -192,20 +215,7 @@ mod tests {
         error: Option<String>,
     }
 
-    impl Outcome for HostResult {
-        fn failed(host: &str, why: String) -> Self {
-            HostResult { host: host.into(), error: Some(why), ..Default::default() }
-        }
-        fn skipped(host: &str, why: String) -> Self {
-            HostResult { skipped: true, ..Self::failed(host, why) }
-        }
-        fn is_ok(&self) -> bool {
-            self.ok
-        }
-        fn is_skipped(&self) -> bool {
-            self.skipped
-        }
-    }
+    crate::kit::fanout::impl_outcome!(HostResult);
 
     fn plan(batch: Option<usize>, canary: usize, stop_after: Option<usize>) -> Plan {
         Plan { concurrency: 4, batch, canary, stop_after }

@@ -4,6 +4,7 @@
 //! access, Lua conversion, error helpers and the audit of actions in flight ([`Pending`]).
 
 pub mod fanout;
+pub mod http;
 pub mod io;
 pub mod options;
 pub mod ssh;
@@ -86,6 +87,12 @@ pub fn json_to_lua(lua: &Lua, v: &serde_json::Value) -> mlua::Result<mlua::Value
     crate::runtime::convert::to_lua(lua, v, &mt)
 }
 
+/// Any serializable value (a module's result records) as Lua, through its JSON form.
+pub fn to_lua<T: serde::Serialize + ?Sized>(lua: &Lua, v: &T) -> mlua::Result<mlua::Value> {
+    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
+    json_to_lua(lua, &v)
+}
+
 /// The list of strings under `key` of a table scope (None when absent); anything else there is
 /// an error naming the key.
 pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result<Option<Vec<String>>, String> {
@@ -101,12 +108,26 @@ pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result
 }
 
 
-/// A secret's text; `owner` is the config entry that names it.
+/// A secret's text for this run; `owner` is the config entry that names it.
 pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
-    let store = ctx.store.clone().ok_or("no data store for secrets")?;
-    let secrets = crate::secrets::Secrets::open(store).map_err(|e| e.to_string())?;
-    let v = secrets.get(name).map_err(|e| e.to_string())?.ok_or_else(|| format!("secret `{name}` (named in {owner}) is not set"))?;
-    String::from_utf8(v).map_err(|_| format!("secret `{name}` is not text"))
+    let store = ctx.store.clone().ok_or("this run has no data store (no secrets)")?;
+    crate::secrets::Secrets::open(store).and_then(|s| s.text(name, owner)).map_err(|e| e.to_string())
+}
+
+/// A host module's name, for the errors of its calls: `SSH.err("run", m)` raises `ssh.run: m`.
+#[derive(Debug, Clone, Copy)]
+pub struct Calls(pub &'static str);
+
+impl Calls {
+    /// A Lua error from `module.call`.
+    pub fn err(self, call: &str, m: impl std::fmt::Display) -> mlua::Error {
+        mlua::Error::runtime(format!("{}.{call}: {m}", self.0))
+    }
+
+    /// `module.call`, as the kit's shared parsers name the call in their errors.
+    pub fn call(self, call: &str) -> String {
+        format!("{}.{call}", self.0)
+    }
 }
 
 /// A Lua error from the call `module.call`: `ssh.run: ...` (`call` is `ssh.run`).

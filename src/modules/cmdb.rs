@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mlua::{Lua, Table, Value};
 
 use crate::kit::{Grant, HostModule};
-use crate::cmdb::{Cmdb, Host};
+use crate::cmdb::Cmdb;
 use crate::runtime::context::RunCtx;
 
 pub struct CmdbModule;
@@ -16,10 +16,6 @@ fn cmdb_of(ctx: &RunCtx, call: &str) -> mlua::Result<Cmdb> {
     Cmdb::new(store).map_err(|e| mlua::Error::runtime(format!("cmdb.{call}: {e}")))
 }
 
-fn to_lua(lua: &Lua, h: &Host) -> mlua::Result<Value> {
-    let v = serde_json::to_value(h).map_err(|e| mlua::Error::runtime(e.to_string()))?;
-    crate::kit::json_to_lua(lua, &v)
-}
 
 impl HostModule for CmdbModule {
     fn name(&self) -> &'static str {
@@ -41,7 +37,7 @@ impl HostModule for CmdbModule {
                 let hosts = cmdb_of(&c, "hosts")?.select(&selector).map_err(|e| mlua::Error::runtime(format!("cmdb.hosts: {e}")))?;
                 let out = lua.create_table()?;
                 for (i, h) in hosts.iter().enumerate() {
-                    out.raw_set(i + 1, to_lua(lua, h)?)?;
+                    out.raw_set(i + 1, crate::kit::to_lua(lua, h)?)?;
                 }
                 Ok(out)
             })?,
@@ -52,7 +48,7 @@ impl HostModule for CmdbModule {
             lua.create_function(move |lua, name: String| {
                 g.require("host", "read")?;
                 match cmdb_of(&c, "host")?.host(&name).map_err(|e| mlua::Error::runtime(format!("cmdb.host: {e}")))? {
-                    Some(h) => to_lua(lua, &h),
+                    Some(h) => crate::kit::to_lua(lua, &h),
                     None => Ok(Value::Nil),
                 }
             })?,

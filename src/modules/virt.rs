@@ -28,9 +28,8 @@ impl VirtModule {
     }
 }
 
-fn err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("virt.{call}: {m}"))
-}
+/// This module's calls, for their errors (`virt.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("virt");
 
 fn state_name(s: &virt::domain::DomainStateEnum) -> &'static str {
     match s {
@@ -62,7 +61,7 @@ fn describe(d: &Domain) -> Result<Value, virt::error::Error> {
 /// A domain name libvirt and the XML both accept.
 fn valid_name(call: &str, name: &str) -> mlua::Result<()> {
     let ok = !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(()) } else { Err(err(call, format!("`{name}` is not a VM name (letters, digits, `-`, `_`, `.`)"))) }
+    if ok { Ok(()) } else { Err(LUA.err(call, format!("`{name}` is not a VM name (letters, digits, `-`, `_`, `.`)"))) }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -131,20 +130,20 @@ struct State {
 impl State {
     fn conn(&self, call: &str, name: &str) -> mlua::Result<Arc<Connect>> {
         let conf = self.conns.get(name).ok_or_else(|| {
-            err(call, format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")))
+            LUA.err(call, format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")))
         })?;
         let mut open = self.open.lock();
         if let Some(c) = open.get(name) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(Connect::open(Some(&conf.uri)).map_err(|e| err(call, format!("connecting to {} ({}): {e}", name, conf.uri)))?);
+        let c = Arc::new(Connect::open(Some(&conf.uri)).map_err(|e| LUA.err(call, format!("connecting to {} ({}): {e}", name, conf.uri)))?);
         open.insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
     fn domain(&self, call: &str, conn: &str, name: &str) -> mlua::Result<Domain> {
         valid_name(call, name)?;
-        self.conn(call, conn)?.lookup_domain_by_name(name).map_err(|_| err(call, format!("no VM `{name}` on {conn}")))
+        self.conn(call, conn)?.lookup_domain_by_name(name).map_err(|_| LUA.err(call, format!("no VM `{name}` on {conn}")))
     }
 
     /// Runs a change (or plans it in a dry run), audited either way.
@@ -169,7 +168,7 @@ impl State {
             d["error"] = json!(e.to_string());
         }
         self.ctx.record_action("virt", call, target, r.is_ok(), d).map_err(mlua::Error::external)?;
-        r.map(|_| true).map_err(|e| err(call, format!("{target} on {conn}: {e}")))
+        r.map(|_| true).map_err(|e| LUA.err(call, format!("{target} on {conn}: {e}")))
     }
 }
 
@@ -198,8 +197,8 @@ impl HostModule for VirtModule {
                 };
                 let c = s.conn("list", &conn)?;
                 let mut out = Vec::new();
-                for d in c.list_all_domains(0).map_err(|e| err("list", e))? {
-                    let v = describe(&d).map_err(|e| err("list", e))?;
+                for d in c.list_all_domains(0).map_err(|e| LUA.err("list", e))? {
+                    let v = describe(&d).map_err(|e| LUA.err("list", e))?;
                     if want.as_deref().is_none_or(|w| v["state"] == w) {
                         out.push(v);
                     }
@@ -215,8 +214,8 @@ impl HostModule for VirtModule {
             lua.create_function(move |lua, (conn, name): (String, String)| {
                 s.grant.require("info", "read")?;
                 let d = s.domain("info", &conn, &name)?;
-                let mut v = describe(&d).map_err(|e| err("info", e))?;
-                v["xml"] = json!(d.xml_desc(0).map_err(|e| err("info", e))?);
+                let mut v = describe(&d).map_err(|e| LUA.err("info", e))?;
+                v["xml"] = json!(d.xml_desc(0).map_err(|e| LUA.err("info", e))?);
                 crate::kit::json_to_lua(lua, &v)
             })?,
         )?;
@@ -244,13 +243,13 @@ impl HostModule for VirtModule {
                 let spec: Value = lua.from_value(spec)?;
                 let kind = if s.conns.get(&conn).is_some_and(|c| c.uri.starts_with("test:")) { "test" } else { "kvm" };
                 let dirs = s.conns.get(&conn).map(|c| c.disk_dirs.clone()).unwrap_or_default();
-                let xml = domain_xml(&spec, kind, &dirs).map_err(|m| err("create", m))?;
+                let xml = domain_xml(&spec, kind, &dirs).map_err(|m| LUA.err("create", m))?;
                 let name = spec["name"].as_str().unwrap_or("").to_string();
                 valid_name("create", &name)?;
                 s.grant.require("create", "write")?;
                 let c = s.conn("create", &conn)?;
                 if c.lookup_domain_by_name(&name).is_ok() {
-                    return Err(err("create", format!("a VM `{name}` already exists on {conn}")));
+                    return Err(LUA.err("create", format!("a VM `{name}` already exists on {conn}")));
                 }
                 s.change("create", &conn, &name, json!({ "spec": spec, "xml": xml }), || {
                     let d = c.define_domain_xml(&xml)?;

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::kit::ssh::Access;
-use crate::kit::fanout::{self as batch, Outcome, Plan};
+use crate::kit::fanout::{self as batch, Plan};
 use crate::kit::ssh::client::shell_quote;
 use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
@@ -41,9 +41,8 @@ impl ConfigModule {
     }
 }
 
-fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("config.{call}: {m}"))
-}
+/// This module's calls, for their errors (`config.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("config");
 
 const ACTIONS: &[&str] = &["read", "publish"];
 
@@ -95,25 +94,25 @@ struct RunState {
 
 impl RunState {
     fn items(&self, call: &str) -> mlua::Result<ConfigItems> {
-        self.items.clone().map_err(|m| lua_err(call, m))
+        self.items.clone().map_err(|m| LUA.err(call, m))
     }
 
     /// The item's version (the latest when None), if the permission reaches the item.
     fn item(&self, call: &str, name: &str, version: Option<u32>) -> mlua::Result<ItemVersion> {
         if !self.scope.allows_item(name) {
-            return Err(lua_err(
+            return Err(LUA.err(
                 call,
                 format!("permission denied: config item `{name}` is outside the applet's config items ({})", self.scope.items.join(", ")),
             ));
         }
-        self.items(call)?.resolve(name, version).map_err(|e| lua_err(call, e))
+        self.items(call)?.resolve(name, version).map_err(|e| LUA.err(call, e))
     }
 
     fn hosts(&self, call: &str, selector: &str) -> mlua::Result<Vec<Host>> {
-        let snap = self.ssh.snapshot().map_err(|m| lua_err(call, m))?;
-        let hosts = snap.select(selector).map_err(|e| lua_err(call, e))?;
+        let snap = self.ssh.snapshot().map_err(|m| LUA.err(call, m))?;
+        let hosts = snap.select(selector).map_err(|e| LUA.err(call, e))?;
         if let Some(h) = hosts.iter().find(|h| !self.ssh.allows(&h.name)) {
-            return Err(lua_err(
+            return Err(LUA.err(
                 call,
                 format!(
                     "permission denied: {} is outside the applet's config hosts ({}); nothing was sent",
@@ -129,7 +128,7 @@ impl RunState {
         if self.scope.publish {
             Ok(())
         } else {
-            Err(lua_err(
+            Err(LUA.err(
                 call,
                 "permission denied: the applet's manifest does not grant `publish` (add it: [permissions] config = [\"read\", \"publish\"])",
             ))
@@ -344,20 +343,7 @@ pub struct HostResult {
     pub skipped: bool,
 }
 
-impl Outcome for HostResult {
-    fn failed(host: &str, why: String) -> Self {
-        HostResult { host: host.into(), error: Some(why), ..Default::default() }
-    }
-    fn skipped(host: &str, why: String) -> Self {
-        HostResult { skipped: true, ..Self::failed(host, why) }
-    }
-    fn is_ok(&self) -> bool {
-        self.ok
-    }
-    fn is_skipped(&self) -> bool {
-        self.skipped
-    }
-}
+crate::kit::fanout::impl_outcome!(HostResult);
 
 struct PublishOpts {
     env: Option<String>,
@@ -388,7 +374,7 @@ fn parse_publish_opts(
         match k.as_str() {
             "env" if takes_env => match v {
                 Value::String(s) => o.env = Some(s.to_str()?.to_string()),
-                other => return Err(lua_err(call, format!("opts.env: expected a string, got {}", other.type_name()))),
+                other => return Err(LUA.err(call, format!("opts.env: expected a string, got {}", other.type_name()))),
             },
             other if extra.contains(&other) => {
                 rest.insert(other.to_string(), v);
@@ -397,7 +383,7 @@ fn parse_publish_opts(
                 let mut known = if takes_env { vec!["env"] } else { vec![] };
                 known.extend(["timeout", "concurrency", "batch", "canary", "stop_after"]);
                 known.extend(extra);
-                return Err(lua_err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
+                return Err(LUA.err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
             }
         }
     }
@@ -792,10 +778,6 @@ fn meta_drift(spec: &crate::cmdb::config_items::ItemSpec, meta: &str) -> Option<
     (!out.is_empty()).then(|| out.join("; "))
 }
 
-fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
-    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    crate::kit::json_to_lua(lua, &v)
-}
 
 async fn fan<F, Fut>(st: &Arc<RunState>, call: &'static str, hosts: Vec<Host>, plan: &Plan, work: F) -> Vec<HostResult>
 where
@@ -815,7 +797,7 @@ impl HostModule for ConfigModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let scope = Scope::parse(&grant).map_err(|m| lua_err("permission", m))?;
+        let scope = Scope::parse(&grant).map_err(|m| LUA.err("permission", m))?;
         let ssh = Access::new(Arc::clone(&self.ssh), Arc::clone(ctx), scope.hosts.clone());
         let items = match &ctx.store {
             Some(store) => ConfigItems::open(store).map_err(|e| e.to_string()),
@@ -847,12 +829,12 @@ impl HostModule for ConfigModule {
             "versions",
             lua.create_function(move |lua, name: String| {
                 st.item("versions", &name, None)?;
-                let h = st.items("versions")?.history(&name).map_err(|e| lua_err("versions", e))?;
+                let h = st.items("versions")?.history(&name).map_err(|e| LUA.err("versions", e))?;
                 let list: Vec<_> = h
                     .iter()
                     .map(|v| json!({ "version": v.version, "author": v.author, "message": v.message, "created_at": v.created_at, "diff": v.diff }))
                     .collect();
-                to_lua(lua, &list)
+                crate::kit::to_lua(lua, &list)
             })?,
         )?;
 
@@ -866,19 +848,19 @@ impl HostModule for ConfigModule {
                     version = o.get::<Option<u32>>("version")?;
                 }
                 let item = st.item("render", &name, version)?;
-                let snap = st.ssh.snapshot().map_err(|m| lua_err("render", m))?;
-                let h = snap.host(&host).cloned().ok_or_else(|| lua_err("render", format!("no host `{host}` in the cmdb")))?;
+                let snap = st.ssh.snapshot().map_err(|m| LUA.err("render", m))?;
+                let h = snap.host(&host).cloned().ok_or_else(|| LUA.err("render", format!("no host `{host}` in the cmdb")))?;
                 if !st.ssh.allows(&h.name) {
-                    return Err(lua_err(
+                    return Err(LUA.err(
                         "render",
                         format!("permission denied: {host} is outside the applet's config hosts ({})", st.scope.hosts.join(", ")),
                     ));
                 }
-                let env = env_for(&h, env.as_deref()).map_err(|m| lua_err("render", m))?;
+                let env = env_for(&h, env.as_deref()).map_err(|m| LUA.err("render", m))?;
                 // Secrets stay out of the applet: they render as <secret:NAME>.
                 item.spec
                     .render(&env, &h, &snap.inherited_groups(&h), placeholder_secrets())
-                    .map_err(|m| lua_err("render", format!("{name} v{} for {host} ({env}): {m}", item.version)))
+                    .map_err(|m| LUA.err("render", format!("{name} v{} for {host} ({env}): {m}", item.version)))
             })?,
         )?;
 
@@ -887,9 +869,9 @@ impl HostModule for ConfigModule {
             "status",
             lua.create_function(move |lua, name: String| {
                 st.item("status", &name, None)?;
-                let mut s = st.items("status")?.states(&name).map_err(|e| lua_err("status", e))?;
+                let mut s = st.items("status")?.states(&name).map_err(|e| LUA.err("status", e))?;
                 s.retain(|x| st.ssh.allows(&x.host));
-                to_lua(lua, &s)
+                crate::kit::to_lua(lua, &s)
             })?,
         )?;
 
@@ -905,7 +887,7 @@ impl HostModule for ConfigModule {
                         None | Some(Value::Nil) => None,
                         Some(Value::Integer(i)) if *i > 0 && *i <= i64::from(u32::MAX) => Some(*i as u32),
                         Some(other) => {
-                            return Err(lua_err(
+                            return Err(LUA.err(
                                 "publish",
                                 format!("opts.version: expected a version number, got {}", crate::runtime::builtins::log::display(other)),
                             ));
@@ -921,7 +903,7 @@ impl HostModule for ConfigModule {
                         publish_host(Arc::clone(&st2), Arc::clone(&item), h, e, None, timeout)
                     })
                     .await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -937,7 +919,7 @@ impl HostModule for ConfigModule {
                         None | Some(Value::Nil) => false,
                         Some(Value::Boolean(b)) => *b,
                         Some(other) => {
-                            return Err(lua_err("check", format!("opts.repair: expected true or false, got {}", other.type_name())));
+                            return Err(LUA.err("check", format!("opts.repair: expected true or false, got {}", other.type_name())));
                         }
                     };
                     if repair {
@@ -949,7 +931,7 @@ impl HostModule for ConfigModule {
                     let st2 = Arc::clone(&st);
                     let results =
                         fan(&st, "check", hosts, &o.plan, move |h| check_host(Arc::clone(&st2), name.clone(), h, repair, timeout)).await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;

@@ -13,6 +13,7 @@ use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::kit::http::{self, Trust};
 use crate::kit::{Grant, HostModule};
 use crate::config::EsConn;
 use crate::runtime::context::RunCtx;
@@ -28,9 +29,8 @@ impl EsModule {
     }
 }
 
-fn err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("es.{call}: {m}"))
-}
+/// This module's calls, for their errors (`es.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("es");
 
 enum Auth {
     None,
@@ -96,7 +96,7 @@ fn check_index(call: &str, index: &str) -> mlua::Result<()> {
         && !index.starts_with(['-', '_', '+'])
         // No `.`/`..` segments (they would leave the base URL's path) and no hidden indices.
         && index.split(',').all(|part| !part.is_empty() && !part.starts_with('.'));
-    if ok { Ok(()) } else { Err(err(call, format!("`{index}` is not an index name or pattern"))) }
+    if ok { Ok(()) } else { Err(LUA.err(call, format!("`{index}` is not an index name or pattern"))) }
 }
 
 #[derive(Clone)]
@@ -111,34 +111,22 @@ impl State {
     fn client(&self, call: &str, conn: Option<&str>) -> mlua::Result<Arc<Client>> {
         self.grant.require(call, "read")?;
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        let name = crate::kit::pick_connection("es", "es", &conns, conn).map_err(|m| err(call, m))?;
+        let name = crate::kit::pick_connection("es", "es", &conns, conn).map_err(|m| LUA.err(call, m))?;
         if let Some(c) = self.clients.lock().get(&name) {
             return Ok(Arc::clone(c));
         }
         let conf = &self.conns[&name];
-        let secret = |s: &str| -> mlua::Result<String> {
-            let store = self.ctx.store.clone().ok_or_else(|| err(call, "this run has no data store (no secrets)"))?;
-            let v = crate::secrets::Secrets::open(store)
-                .and_then(|sec| sec.get(s))
-                .map_err(|e| err(call, e))?
-                .ok_or_else(|| err(call, format!("secret `{s}` (named in [es.{name}]) is not set")))?;
-            String::from_utf8(v).map_err(|_| err(call, format!("secret `{s}` is not text")))
-        };
+        let owner = format!("[es.{name}]");
+        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s).map_err(|m| LUA.err(call, m));
         let auth = match (&conf.user, &conf.password_secret, &conf.api_key_secret) {
             (Some(u), Some(p), None) => Auth::Basic(u.clone(), secret(p)?),
             (None, None, Some(k)) => Auth::ApiKey(secret(k)?),
             _ => Auth::None,
         };
-        crate::install_tls_provider();
         let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-        let mut b = reqwest::Client::builder().timeout(timeout);
-        if let Some(p) = &conf.ca_file {
-            let pem = std::fs::read(p).map_err(|e| err(call, format!("[es.{name}] ca_file {}: {e}", p.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(call, format!("[es.{name}] ca_file: {e}")))? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        let http = b.build().map_err(|e| err(call, e))?;
+        let trust = Trust::from_ca_file(conf.ca_file.as_deref(), false).map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
+        let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true })
+            .map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
         let c = Arc::new(Client { name: name.clone(), base: conf.url.clone(), auth, http, opensearch: Default::default() });
         self.clients.lock().insert(name, Arc::clone(&c));
         Ok(c)
@@ -171,12 +159,12 @@ fn search_body(lua: &Lua, call: &str, query: Value, opts: Option<Table>) -> mlua
             match k.as_str() {
                 "size" | "from" | "sort" => body[k.as_str()] = v,
                 "source" => body["_source"] = v,
-                other => return Err(err(call, format!("unknown option `{other}` (known: size, from, sort, source)"))),
+                other => return Err(LUA.err(call, format!("unknown option `{other}` (known: size, from, sort, source)"))),
             }
         }
     }
     if body["size"].as_u64().is_some_and(|s| s > 10_000) {
-        return Err(err(call, "size: at most 10000 (use es.scan for more)"));
+        return Err(LUA.err(call, "size: at most 10000 (use es.scan for more)"));
     }
     Ok(body)
 }
@@ -192,7 +180,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 check_index("search", &index)?;
                 let client = s.client("search", c.as_deref())?;
                 let body = search_body(&lua, "search", to_json(&lua, query)?, opts)?;
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| err("search", m))?;
+                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("search", m))?;
                 let out =
                     json!({ "total": v["hits"]["total"]["value"].as_u64().or(v["hits"]["total"].as_u64()).unwrap_or(0), "hits": hits(&v) });
                 crate::kit::json_to_lua(&lua, &out)
@@ -208,7 +196,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 check_index("count", &index)?;
                 let client = s.client("count", c.as_deref())?;
                 let body = json!({ "query": to_json(&lua, query)? });
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_count"), Some(&body)).await.map_err(|m| err("count", m))?;
+                let v = client.send(reqwest::Method::POST, &format!("{index}/_count"), Some(&body)).await.map_err(|m| LUA.err("count", m))?;
                 Ok(v["count"].as_u64().unwrap_or(0))
             }
         })?,
@@ -223,10 +211,10 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let client = s.client("aggs", c.as_deref())?;
                 let aggs: Value = lua.from_value(aggs)?;
                 if !aggs.is_object() {
-                    return Err(err("aggs", "aggs: a table of named aggregations, like { by_level = { terms = { field = \"level\" } } }"));
+                    return Err(LUA.err("aggs", "aggs: a table of named aggregations, like { by_level = { terms = { field = \"level\" } } }"));
                 }
                 let body = json!({ "size": 0, "query": to_json(&lua, query)?, "aggs": aggs });
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| err("aggs", m))?;
+                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("aggs", m))?;
                 crate::kit::json_to_lua(&lua, &v["aggregations"])
             }
         })?,
@@ -244,10 +232,10 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     Some(o) => o.get::<Option<u64>>("size")?.unwrap_or(500).clamp(1, 10_000),
                     None => 500,
                 };
-                let os = client.is_opensearch().await.map_err(|m| err("scan", m))?;
+                let os = client.is_opensearch().await.map_err(|m| LUA.err("scan", m))?;
                 let open = if os { format!("{index}/_search/point_in_time?keep_alive=2m") } else { format!("{index}/_pit?keep_alive=2m") };
-                let pit = client.send(reqwest::Method::POST, &open, None).await.map_err(|m| err("scan", format!("opening a point in time: {m}")))?;
-                let mut pit_id = pit["pit_id"].as_str().or(pit["id"].as_str()).map(str::to_string).ok_or_else(|| err("scan", "no point in time id in the answer"))?;
+                let pit = client.send(reqwest::Method::POST, &open, None).await.map_err(|m| LUA.err("scan", format!("opening a point in time: {m}")))?;
+                let mut pit_id = pit["pit_id"].as_str().or(pit["id"].as_str()).map(str::to_string).ok_or_else(|| LUA.err("scan", "no point in time id in the answer"))?;
                 let mut after: Option<Value> = None;
                 let mut seen: u64 = 0;
                 let result: mlua::Result<u64> = async {
@@ -256,7 +244,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                         if let Some(a) = &after {
                             body["search_after"] = a.clone();
                         }
-                        let v = client.send(reqwest::Method::POST, "_search", Some(&body)).await.map_err(|m| err("scan", m))?;
+                        let v = client.send(reqwest::Method::POST, "_search", Some(&body)).await.map_err(|m| LUA.err("scan", m))?;
                         if let Some(p) = v["pit_id"].as_str() {
                             pit_id = p.to_string();
                         }

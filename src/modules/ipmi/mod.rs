@@ -27,7 +27,7 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::kit::fanout::{Outcome, Plan};
+use crate::kit::fanout::Plan;
 use crate::kit::io::on_io;
 use crate::kit::targets::Targets;
 use crate::kit::options::count_opt;
@@ -49,9 +49,8 @@ impl IpmiModule {
     }
 }
 
-fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("ipmi.{call}: {m}"))
-}
+/// This module's calls, for their errors (`ipmi.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("ipmi");
 
 const ACTIONS: &[&str] = &["read", "power"];
 
@@ -119,7 +118,7 @@ impl RunState {
         if ok {
             Ok(())
         } else {
-            Err(lua_err(
+            Err(LUA.err(
                 call,
                 format!("permission denied: the applet's manifest does not grant `{action}` (add \"{action}\" to [permissions] ipmi)"),
             ))
@@ -261,14 +260,10 @@ where
         Err(m) => d["error"] = json!(m),
     }
     pending.finish();
-    st.audit(call, &host.name, r.is_ok(), d).map_err(|m| lua_err(call, m))?;
-    r.map(|(_, v)| v).map_err(|m| lua_err(call, format!("{}: {m}", host.name)))
+    st.audit(call, &host.name, r.is_ok(), d).map_err(|m| LUA.err(call, m))?;
+    r.map(|(_, v)| v).map_err(|m| LUA.err(call, format!("{}: {m}", host.name)))
 }
 
-fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
-    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    crate::kit::json_to_lua(lua, &v)
-}
 
 /// `ipmi.check`: one host's state.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -292,20 +287,7 @@ struct HostCheck {
     skipped: bool,
 }
 
-impl Outcome for HostCheck {
-    fn failed(host: &str, why: String) -> Self {
-        HostCheck { host: host.into(), error: Some(why), ..Default::default() }
-    }
-    fn skipped(host: &str, why: String) -> Self {
-        HostCheck { skipped: true, ..Self::failed(host, why) }
-    }
-    fn is_ok(&self) -> bool {
-        self.ok
-    }
-    fn is_skipped(&self) -> bool {
-        self.skipped
-    }
-}
+crate::kit::fanout::impl_outcome!(HostCheck);
 
 async fn check_host(st: Arc<RunState>, host: Host, sel_limit: usize) -> HostCheck {
     let t0 = Instant::now();
@@ -366,10 +348,10 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
                 st.require(name, true)?;
                 let host = st.reach.one(name, &host)?;
                 if st.ctx.dry_run {
-                    let ep = st.endpoint(&host).map_err(|m| lua_err(name, m))?;
+                    let ep = st.endpoint(&host).map_err(|m| LUA.err(name, m))?;
                     st.audit(name, &host.name, true, json!({ "planned": true, "protocol": ep.protocol(), "bmc": ep.address() }))
-                        .map_err(|m| lua_err(name, m))?;
-                    return to_lua(&lua, &json!({ "host": host.name, "action": name, "planned": true }));
+                        .map_err(|m| LUA.err(name, m))?;
+                    return crate::kit::to_lua(&lua, &json!({ "host": host.name, "action": name, "planned": true }));
                 }
                 let hn = host.name.clone();
                 let done = with_bmc(&st, name, host, json!({}), true, true, move |b| {
@@ -380,7 +362,7 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
                     })
                 })
                 .await?;
-                to_lua(&lua, &json!({ "host": hn, "action": name, "before": done["before"], "sent": done["sent"] }))
+                crate::kit::to_lua(&lua, &json!({ "host": hn, "action": name, "before": done["before"], "sent": done["sent"] }))
             }
         })?,
     )
@@ -396,7 +378,7 @@ impl HostModule for IpmiModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let scope = Scope::parse(&grant).map_err(|m| lua_err("permission", m))?;
+        let scope = Scope::parse(&grant).map_err(|m| LUA.err("permission", m))?;
         let state = Arc::new(RunState::new(Arc::clone(&self.config), self.timeout, Arc::clone(ctx), scope));
         let t = lua.create_table()?;
 
@@ -430,7 +412,7 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("boot_device", true)?;
                     let dev = BootDevice::parse(&device)
-                        .ok_or_else(|| lua_err("boot_device", format!("`{device}` is not a boot device (pxe, disk, cdrom, bios)")))?;
+                        .ok_or_else(|| LUA.err("boot_device", format!("`{device}` is not a boot device (pxe, disk, cdrom, bios)")))?;
                     let mut once = true;
                     if let Some(o) = opts {
                         for pair in o.pairs::<String, Value>() {
@@ -438,29 +420,29 @@ impl HostModule for IpmiModule {
                             match (k.as_str(), v) {
                                 ("once", Value::Boolean(b)) => once = b,
                                 ("once", other) => {
-                                    return Err(lua_err(
+                                    return Err(LUA.err(
                                         "boot_device",
                                         format!("opts.once: expected true or false, got {}", other.type_name()),
                                     ));
                                 }
-                                (other, _) => return Err(lua_err("boot_device", format!("unknown option `{other}` (known: once)"))),
+                                (other, _) => return Err(LUA.err("boot_device", format!("unknown option `{other}` (known: once)"))),
                             }
                         }
                     }
                     let host = st.reach.one("boot_device", &host)?;
                     let detail = json!({ "device": device, "once": once });
                     if st.ctx.dry_run {
-                        let ep = st.endpoint(&host).map_err(|m| lua_err("boot_device", m))?;
+                        let ep = st.endpoint(&host).map_err(|m| LUA.err("boot_device", m))?;
                         let mut d = detail.clone();
                         d["planned"] = json!(true);
                         d["protocol"] = json!(ep.protocol());
                         d["bmc"] = json!(ep.address());
-                        st.audit("boot_device", &host.name, true, d).map_err(|m| lua_err("boot_device", m))?;
-                        return to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
+                        st.audit("boot_device", &host.name, true, d).map_err(|m| LUA.err("boot_device", m))?;
+                        return crate::kit::to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
                     }
                     let hn = host.name.clone();
                     with_bmc(&st, "boot_device", host, detail, false, true, move |b| Box::pin(b.boot_device(dev, once))).await?;
-                    to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
+                    crate::kit::to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
                 }
             })?,
         )?;
@@ -474,7 +456,7 @@ impl HostModule for IpmiModule {
                     st.require("sensors", false)?;
                     let host = st.reach.one("sensors", &host)?;
                     let v = with_bmc(&st, "sensors", host, json!({}), false, false, |b| Box::pin(b.sensors())).await?;
-                    to_lua(&lua, &v)
+                    crate::kit::to_lua(&lua, &v)
                 }
             })?,
         )?;
@@ -494,13 +476,13 @@ impl HostModule for IpmiModule {
                                 "limit" => {
                                     limit = count_opt("ipmi.sel", "limit", v)?
                                 }
-                                other => return Err(lua_err("sel", format!("unknown option `{other}` (known: limit)"))),
+                                other => return Err(LUA.err("sel", format!("unknown option `{other}` (known: limit)"))),
                             }
                         }
                     }
                     let host = st.reach.one("sel", &host)?;
                     let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, false, move |b| Box::pin(b.log(limit))).await?;
-                    to_lua(&lua, &v)
+                    crate::kit::to_lua(&lua, &v)
                 }
             })?,
         )?;
@@ -524,7 +506,7 @@ impl HostModule for IpmiModule {
                                 "sel_limit" => {
                                     sel_limit = count_opt("ipmi.check", "sel_limit", v)?
                                 }
-                                other => return Err(lua_err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
+                                other => return Err(LUA.err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
                             }
                         }
                     }
@@ -535,7 +517,7 @@ impl HostModule for IpmiModule {
                         check_host(Arc::clone(&st2), h, sel_limit)
                     })
                     .await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;

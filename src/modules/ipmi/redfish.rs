@@ -32,16 +32,12 @@ impl Client {
         ca: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Client, String> {
-        crate::install_tls_provider();
-        let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout);
+        use crate::kit::http::{Options, Trust, client};
         // With a site CA, only that CA: a BMC address changed in the cmdb cannot point the login
-        // at a server with any public certificate.
-        if let Some(pem) = ca {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
-            b = b.tls_certs_only(certs);
-        }
-        // Redirects would carry the login elsewhere; a BMC has no reason to send any.
-        let http = b.redirect(reqwest::redirect::Policy::none()).build().map_err(|e| format!("building the HTTP client: {e}"))?;
+        // at a server with any public certificate. Redirects would carry the login elsewhere; a
+        // BMC has no reason to send any.
+        let trust = ca.map_or(Trust::System, |pem| Trust::Only(pem.to_vec()));
+        let http = client(Options { timeout, connect_timeout: timeout, trust, redirects: false })?;
         let base_url = reqwest::Url::parse(base).map_err(|e| format!("BMC URL {base}: {e}"))?;
         if base_url.host_str().is_none() || !base_url.username().is_empty() || base_url.password().is_some() {
             return Err(format!("BMC URL {base}: give scheme://host[:port] (no user or password in it)"));

@@ -25,7 +25,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::kit::fanout::{self as batch, Outcome, Plan};
+use crate::kit::fanout::{self as batch, Plan};
 use crate::kit::ssh::client::Session;
 use crate::kit::io::on_io;
 use crate::kit::targets::Targets;
@@ -55,9 +55,8 @@ impl NetdevModule {
     }
 }
 
-fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("netdev.{call}: {m}"))
-}
+/// This module's calls, for their errors (`netdev.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("netdev");
 
 /// One run's view of the module.
 struct RunState {
@@ -151,25 +150,25 @@ impl RunState {
     /// Checks that `command` may be sent to a device of `profile`.
     fn check_command(&self, call: &str, profile: &Profile, command: &str) -> mlua::Result<()> {
         if command.contains(['\n', '\r']) {
-            return Err(lua_err(call, "a command is one line; send several with :commands{...}"));
+            return Err(LUA.err(call, "a command is one line; send several with :commands{...}"));
         }
         check_printable(call, "command", command)?;
         self.scope
             .allows_command(command, profile.is_read(command))
-            .map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))
+            .map_err(|m| LUA.err(call, format!("permission denied: {m}; nothing was sent")))
     }
 
     fn check_lines(&self, call: &str, lines: &[String]) -> mlua::Result<()> {
         // Even no lines enter configuration mode (and commit, and save): `config` is needed.
         if !self.scope.config {
-            return Err(lua_err(call, "permission denied: the applet's netdev permission does not grant `config`; nothing was sent"));
+            return Err(LUA.err(call, "permission denied: the applet's netdev permission does not grant `config`; nothing was sent"));
         }
         for l in lines {
             if l.contains(['\n', '\r']) {
-                return Err(lua_err(call, format!("`{}`: each configuration line is one line", l.lines().next().unwrap_or(""))));
+                return Err(LUA.err(call, format!("`{}`: each configuration line is one line", l.lines().next().unwrap_or(""))));
             }
             check_printable(call, "configuration line", l)?;
-            self.scope.allows_line(l).map_err(|m| lua_err(call, format!("permission denied: {m}; nothing was sent")))?;
+            self.scope.allows_line(l).map_err(|m| LUA.err(call, format!("permission denied: {m}; nothing was sent")))?;
         }
         Ok(())
     }
@@ -179,7 +178,7 @@ impl RunState {
 /// before, so `show \x15reload` would look like a read and run `reload`).
 fn check_printable(call: &str, what: &str, text: &str) -> mlua::Result<()> {
     match text.chars().find(|c| c.is_control()) {
-        Some(c) => Err(lua_err(
+        Some(c) => Err(LUA.err(
             call,
             format!("permission denied: the {what} holds the control character {:?}; devices act on those, so they are never sent", c),
         )),
@@ -230,20 +229,7 @@ pub struct DeviceResult {
     pub skipped: bool,
 }
 
-impl Outcome for DeviceResult {
-    fn failed(host: &str, why: String) -> Self {
-        DeviceResult { host: host.to_string(), error: Some(why), ..Default::default() }
-    }
-    fn skipped(host: &str, why: String) -> Self {
-        DeviceResult { skipped: true, ..Self::failed(host, why) }
-    }
-    fn is_ok(&self) -> bool {
-        self.ok
-    }
-    fn is_skipped(&self) -> bool {
-        self.skipped
-    }
-}
+crate::kit::fanout::impl_outcome!(DeviceResult);
 
 /// Options of the calls, from the Lua `opts` table.
 struct Opts {
@@ -263,10 +249,10 @@ fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], settings: &Netd
         let (k, v) = pair?;
         let key = match &k {
             Value::String(s) => s.to_string_lossy(),
-            other => return Err(lua_err(call, format!("opts: keys must be names, got {}", other.type_name()))),
+            other => return Err(LUA.err(call, format!("opts: keys must be names, got {}", other.type_name()))),
         };
         if !allowed.contains(&key.as_str()) {
-            return Err(lua_err(call, format!("unknown option `{key}` (known: {})", allowed.join(", "))));
+            return Err(LUA.err(call, format!("unknown option `{key}` (known: {})", allowed.join(", "))));
         }
         if batch::plan_option(&format!("netdev.{call}"), &key, v.clone(), &mut o.plan, &mut o.timeout, settings.concurrency)? {
             continue;
@@ -275,7 +261,7 @@ fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], settings: &Netd
             "save" => {
                 o.save = match v {
                     Value::Boolean(b) => b,
-                    other => return Err(lua_err(call, format!("opts.save: expected true or false, got {}", other.type_name()))),
+                    other => return Err(LUA.err(call, format!("opts.save: expected true or false, got {}", other.type_name()))),
                 }
             }
             _ => unreachable!("checked against `allowed`"),
@@ -293,17 +279,13 @@ fn string_list(call: &str, what: &str, v: Value) -> mlua::Result<Vec<String>> {
             .enumerate()
             .map(|(i, v)| match v? {
                 Value::String(s) => Ok(s.to_str()?.to_string()),
-                other => Err(lua_err(call, format!("{what}[{}]: expected a string, got {}", i + 1, other.type_name()))),
+                other => Err(LUA.err(call, format!("{what}[{}]: expected a string, got {}", i + 1, other.type_name()))),
             })
             .collect(),
-        other => Err(lua_err(call, format!("{what}: expected a string or a list of strings, got {}", other.type_name()))),
+        other => Err(LUA.err(call, format!("{what}: expected a string or a list of strings, got {}", other.type_name()))),
     }
 }
 
-fn to_lua<T: Serialize>(lua: &Lua, v: &T) -> mlua::Result<Value> {
-    let v = serde_json::to_value(v).map_err(mlua::Error::external)?;
-    crate::kit::json_to_lua(lua, &v)
-}
 
 /// A device session as Lua sees it (`netdev.open`). The connection is made on first use, so a
 /// dry run that only plans changes never connects.
@@ -341,7 +323,7 @@ impl Device {
 }
 
 fn cli_err(call: &str, device: &str, e: impl std::fmt::Display) -> mlua::Error {
-    lua_err(call, format!("{device}: {e}"))
+    LUA.err(call, format!("{device}: {e}"))
 }
 
 impl UserData for Device {
@@ -379,8 +361,8 @@ impl UserData for Device {
             if this.state.ctx.dry_run {
                 this.state
                     .audit("config", &name, true, json!({ "lines": lines, "save": o.save, "planned": true }))
-                    .map_err(|m| lua_err("config", m))?;
-                return to_lua(&lua, &json!({ "planned": true, "lines": lines, "applied": 0, "saved": false }));
+                    .map_err(|m| LUA.err("config", m))?;
+                return crate::kit::to_lua(&lua, &json!({ "planned": true, "lines": lines, "applied": 0, "saved": false }));
             }
             let t0 = Instant::now();
             let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "config", &name, json!({ "lines": lines, "save": o.save }));
@@ -396,8 +378,8 @@ impl UserData for Device {
                 Ok(a) => {
                     this.state
                         .audit("config", &name, true, json!({ "lines": lines, "applied": a.lines, "saved": a.saved, "duration_ms": ms }))
-                        .map_err(|m| lua_err("config", m))?;
-                    to_lua(&lua, &json!({ "applied": a.lines, "saved": a.saved, "transcript": a.transcript, "lines": lines }))
+                        .map_err(|m| LUA.err("config", m))?;
+                    crate::kit::to_lua(&lua, &json!({ "applied": a.lines, "saved": a.saved, "transcript": a.transcript, "lines": lines }))
                 }
                 Err(e) => {
                     let applied = match &e {
@@ -418,7 +400,7 @@ impl UserData for Device {
         methods.add_async_method("expect", |lua, this, (command, patterns, opts): (String, Value, Option<Table>)| async move {
             let o = parse_opts("expect", opts, &["timeout"], &this.state.settings)?;
             if !this.state.scope.exec {
-                return Err(lua_err("expect", "permission denied: expect needs the `exec` action in the applet's netdev permission"));
+                return Err(LUA.err("expect", "permission denied: expect needs the `exec` action in the applet's netdev permission"));
             }
             // An empty line (just Enter) answers a prompt; anything else is a command.
             if command.is_empty() {
@@ -429,13 +411,13 @@ impl UserData for Device {
             let pats = string_list("expect", "patterns", patterns)?;
             let res = pats
                 .iter()
-                .map(|p| regex::Regex::new(p).map_err(|e| lua_err("expect", format!("pattern `{p}`: {e}"))))
+                .map(|p| regex::Regex::new(p).map_err(|e| LUA.err("expect", format!("pattern `{p}`: {e}"))))
                 .collect::<mlua::Result<Vec<_>>>()?;
             let name = this.host.name.clone();
             let shown = this.state.ctx.redactor.apply(&command).into_owned();
             if this.state.ctx.dry_run {
-                this.state.audit("expect", &name, true, json!({ "command": shown, "planned": true })).map_err(|m| lua_err("expect", m))?;
-                return to_lua(&lua, &json!({ "planned": true, "output": "" }));
+                this.state.audit("expect", &name, true, json!({ "command": shown, "planned": true })).map_err(|m| LUA.err("expect", m))?;
+                return crate::kit::to_lua(&lua, &json!({ "planned": true, "output": "" }));
             }
             let t0 = Instant::now();
             let timeout = o.timeout;
@@ -451,16 +433,16 @@ impl UserData for Device {
                 json!({ "command": shown, "matched": r.as_ref().ok().and_then(|(_, m)| *m).map(|i| &pats[i]), "error": r.as_ref().err(), "duration_ms": ms }),
             );
             let (output, matched) = r.map_err(|m| cli_err("expect", &name, m))?;
-            to_lua(&lua, &json!({ "output": output, "matched": matched.map(|i| i + 1), "pattern": matched.map(|i| &pats[i]) }))
+            crate::kit::to_lua(&lua, &json!({ "output": output, "matched": matched.map(|i| i + 1), "pattern": matched.map(|i| &pats[i]) }))
         });
 
         methods.add_async_method("save", |_, this, ()| async move {
             if !this.state.scope.config {
-                return Err(lua_err("save", "permission denied: saving needs the `config` action in the applet's netdev permission"));
+                return Err(LUA.err("save", "permission denied: saving needs the `config` action in the applet's netdev permission"));
             }
             let name = this.host.name.clone();
             if this.state.ctx.dry_run {
-                this.state.audit("save", &name, true, json!({ "planned": true })).map_err(|m| lua_err("save", m))?;
+                this.state.audit("save", &name, true, json!({ "planned": true })).map_err(|m| LUA.err("save", m))?;
                 return Ok(());
             }
             let timeout = this.state.settings.timeout;
@@ -509,7 +491,7 @@ async fn one_command(this: &Device, command: String, timeout: Duration) -> mlua:
     let name = this.host.name.clone();
     let shown = this.state.ctx.redactor.apply(&command).into_owned();
     if this.state.ctx.dry_run && !this.profile.is_read(&command) {
-        this.state.audit("command", &name, true, json!({ "command": shown, "planned": true })).map_err(|m| lua_err("command", m))?;
+        this.state.audit("command", &name, true, json!({ "command": shown, "planned": true })).map_err(|m| LUA.err("command", m))?;
         return Ok(String::new());
     }
     let t0 = Instant::now();
@@ -520,7 +502,7 @@ async fn one_command(this: &Device, command: String, timeout: Duration) -> mlua:
     let r = r.and_then(|r| r.map_err(|e| e.to_string()));
     this.state
         .audit("command", &name, r.is_ok(), json!({ "command": shown, "error": r.as_ref().err(), "duration_ms": ms }))
-        .map_err(|m| lua_err("command", m))?;
+        .map_err(|m| LUA.err("command", m))?;
     r.map_err(|m| cli_err("command", &name, m))
 }
 
@@ -757,7 +739,7 @@ impl HostModule for NetdevModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let scope = Scope::parse(&grant.scope).map_err(|m| lua_err("permission", m))?;
+        let scope = Scope::parse(&grant.scope).map_err(|m| LUA.err("permission", m))?;
         let profiles = Arc::clone(&self.profiles);
         let state = Arc::new(RunState::new(Arc::clone(&self.settings), profiles, Arc::clone(ctx), scope));
         let t = lua.create_table()?;
@@ -767,7 +749,7 @@ impl HostModule for NetdevModule {
             "open",
             lua.create_function(move |_, device: String| {
                 let host = st.reach.one("open", &device)?;
-                let profile = st.profile_of(&host).map_err(|m| lua_err("open", m))?;
+                let profile = st.profile_of(&host).map_err(|m| LUA.err("open", m))?;
                 Ok(Device { state: Arc::clone(&st), host, profile, conn: Arc::default() })
             })?,
         )?;
@@ -781,7 +763,7 @@ impl HostModule for NetdevModule {
                     let o = parse_opts("run", opts, &["timeout", "concurrency", "batch", "canary", "stop_after"], &st.settings)?;
                     let commands = string_list("run", "commands", commands)?;
                     if commands.is_empty() {
-                        return Err(lua_err("run", "commands: give at least one command"));
+                        return Err(LUA.err("run", "commands: give at least one command"));
                     }
                     let hosts = st.reach.select("run", &selector)?;
                     // Every command is checked against every device's profile before anything is sent.
@@ -789,13 +771,13 @@ impl HostModule for NetdevModule {
                         if let Ok(p) = st.profile_of(h) {
                             for c in &commands {
                                 st.check_command("run", &p, c).map_err(|e| {
-                                    lua_err("run", format!("{}: {}", h.name, e.to_string().trim_start_matches("netdev.run: ")))
+                                    LUA.err("run", format!("{}: {}", h.name, e.to_string().trim_start_matches("netdev.run: ")))
                                 })?;
                             }
                         }
                     }
                     let results = fan(st, hosts, Work::Run(commands), o).await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -816,7 +798,7 @@ impl HostModule for NetdevModule {
                         for pair in lines.pairs::<String, Value>() {
                             let (k, v) = pair?;
                             if st.profiles.get(&k).is_none() {
-                                return Err(lua_err(
+                                return Err(LUA.err(
                                     "configure",
                                     format!("lines.{k}: no device profile `{k}` (known: {})", st.profiles.names().join(", ")),
                                 ));
@@ -832,7 +814,7 @@ impl HostModule for NetdevModule {
                     let hosts = st.reach.select("configure", &selector)?;
                     let work = Work::Configure { by_profile: Arc::new(by_profile), all, save: o.save };
                     let results = fan(st, hosts, work, o).await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -845,14 +827,14 @@ impl HostModule for NetdevModule {
                 async move {
                     let o = parse_opts("backup", opts, &["timeout", "concurrency", "batch", "stop_after"], &st.settings)?;
                     if !st.scope.read {
-                        return Err(lua_err(
+                        return Err(LUA.err(
                             "backup",
                             "permission denied: backup needs the `read` action in the applet's netdev permission",
                         ));
                     }
                     let hosts = st.reach.select("backup", &selector)?;
                     let results = fan(st, hosts, Work::Backup, o).await;
-                    to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -863,8 +845,8 @@ impl HostModule for NetdevModule {
             lua.create_function(move |lua, device: String| {
                 let host = st.reach.one("versions", &device)?;
                 let configs = stored(&st, "versions")?;
-                let v = configs.versions(&host.name).map_err(|e| lua_err("versions", e))?;
-                to_lua(lua, &v)
+                let v = configs.versions(&host.name).map_err(|e| LUA.err("versions", e))?;
+                crate::kit::to_lua(lua, &v)
             })?,
         )?;
 
@@ -878,7 +860,7 @@ impl HostModule for NetdevModule {
                     Some(v) => configs.get(&host.name, v),
                     None => configs.latest(&host.name),
                 }
-                .map_err(|e| lua_err("saved", e))?;
+                .map_err(|e| LUA.err("saved", e))?;
                 Ok(b.map(|b| b.text))
             })?,
         )?;
@@ -889,19 +871,19 @@ impl HostModule for NetdevModule {
             lua.create_function(move |_, (device, a, b): (String, Option<u32>, Option<u32>)| {
                 let host = st.reach.one("diff", &device)?;
                 let configs = stored(&st, "diff")?;
-                let versions = configs.versions(&host.name).map_err(|e| lua_err("diff", e))?;
+                let versions = configs.versions(&host.name).map_err(|e| LUA.err("diff", e))?;
                 let latest = versions
                     .last()
                     .map(|b| b.version)
-                    .ok_or_else(|| lua_err("diff", format!("{device} has no stored configuration (run netdev.backup first)")))?;
+                    .ok_or_else(|| LUA.err("diff", format!("{device} has no stored configuration (run netdev.backup first)")))?;
                 let b = b.unwrap_or(latest);
                 let a = a.unwrap_or(b.saturating_sub(1).max(1));
                 let text = |v: u32| -> mlua::Result<String> {
                     configs
                         .get(&host.name, v)
-                        .map_err(|e| lua_err("diff", e))?
+                        .map_err(|e| LUA.err("diff", e))?
                         .map(|b| b.text)
-                        .ok_or_else(|| lua_err("diff", format!("{device} has no version {v} (versions 1-{latest})")))
+                        .ok_or_else(|| LUA.err("diff", format!("{device} has no version {v} (versions 1-{latest})")))
                 };
                 Ok(unified_diff(&text(a)?, &text(b)?, &format!("{device} v{a}"), &format!("{device} v{b}")))
             })?,
@@ -915,8 +897,8 @@ impl HostModule for NetdevModule {
 
 fn stored(st: &RunState, call: &str) -> mlua::Result<DeviceConfigs> {
     if !st.scope.read {
-        return Err(lua_err(call, "permission denied: stored configurations need the `read` action in the applet's netdev permission"));
+        return Err(LUA.err(call, "permission denied: stored configurations need the `read` action in the applet's netdev permission"));
     }
-    let store = st.ctx.store.as_ref().ok_or_else(|| lua_err(call, "this run has no data store"))?;
-    DeviceConfigs::open(store).map_err(|e| lua_err(call, e))
+    let store = st.ctx.store.as_ref().ok_or_else(|| LUA.err(call, "this run has no data store"))?;
+    DeviceConfigs::open(store).map_err(|e| LUA.err(call, e))
 }

@@ -25,7 +25,7 @@ use crate::config::SshSettings;
 use crate::kit::fanout::{self as batch, Plan};
 use crate::kit::ssh::Connections;
 use crate::kit::ssh::client::{self, shell_quote};
-use crate::kit::{Grant, HostModule, lua_err as call_err};
+use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 use result::HostResult;
 use scope::Scope;
@@ -40,9 +40,8 @@ impl SshModule {
     }
 }
 
-fn lua_err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    call_err(&format!("ssh.{call}"), m)
-}
+/// This module's calls, for their errors (`ssh.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("ssh");
 
 /// One run's view of the module: its permission and the run's SSH connections.
 struct RunState {
@@ -88,7 +87,7 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
         let (k, v) = pair?;
         let key = match &k {
             Value::String(s) => s.to_string_lossy(),
-            other => return Err(lua_err(call, format!("opts: keys must be names, got {}", other.type_name()))),
+            other => return Err(LUA.err(call, format!("opts: keys must be names, got {}", other.type_name()))),
         };
         if COMMON_OPTS.contains(&key.as_str()) {
             batch::plan_option(&format!("ssh.{call}"), &key, v, &mut o.plan, &mut o.timeout, settings.concurrency)?;
@@ -100,29 +99,29 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
                     Value::Boolean(false) | Value::Nil => None,
                     Value::Boolean(true) => Some("root".to_string()),
                     Value::String(s) => Some(s.to_string_lossy()),
-                    other => return Err(lua_err(call, format!("opts.sudo: expected true or a user name, got {}", other.type_name()))),
+                    other => return Err(LUA.err(call, format!("opts.sudo: expected true or a user name, got {}", other.type_name()))),
                 };
                 if let Some(u) = &user {
                     if !scope.sudo {
-                        return Err(lua_err(call, "permission denied: opts.sudo needs `sudo = true` in the applet's ssh permission"));
+                        return Err(LUA.err(call, "permission denied: opts.sudo needs `sudo = true` in the applet's ssh permission"));
                     }
                     if u.is_empty() || !u.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                        return Err(lua_err(call, format!("opts.sudo: `{u}` is not a user name")));
+                        return Err(LUA.err(call, format!("opts.sudo: `{u}` is not a user name")));
                     }
                 }
                 o.sudo = user;
             }
             "env" if extra.contains(&"env") => {
-                let Value::Table(t) = v else { return Err(lua_err(call, "opts.env: expected a table of NAME = value")) };
+                let Value::Table(t) = v else { return Err(LUA.err(call, "opts.env: expected a table of NAME = value")) };
                 for pair in t.pairs::<String, Value>() {
                     let (name, value) = pair?;
                     let ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
                     if !ok {
-                        return Err(lua_err(call, format!("opts.env: `{name}` is not a variable name")));
+                        return Err(LUA.err(call, format!("opts.env: `{name}` is not a variable name")));
                     }
                     if !scope.allows_env(&name) {
-                        return Err(lua_err(
+                        return Err(LUA.err(
                             call,
                             format!(
                                 "permission denied: opts.env may not set `{name}`: the applet's ssh permission lists commands, so env names must be listed in its `env` (loader and shell start-up variables never can be)"
@@ -136,14 +135,14 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
             "mode" if extra.contains(&"mode") => {
                 o.mode = Some(match v {
                     Value::String(s) => u32::from_str_radix(&s.to_string_lossy(), 8)
-                        .map_err(|_| lua_err(call, "opts.mode: expected an octal string like \"0644\""))?,
+                        .map_err(|_| LUA.err(call, "opts.mode: expected an octal string like \"0644\""))?,
                     Value::Integer(i) if (0..=0o7777).contains(&i) => i as u32,
-                    _ => return Err(lua_err(call, "opts.mode: expected an octal string like \"0644\"")),
+                    _ => return Err(LUA.err(call, "opts.mode: expected an octal string like \"0644\"")),
                 });
             }
             other => {
                 let known: Vec<&str> = COMMON_OPTS.iter().chain(extra).copied().collect();
-                return Err(lua_err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
+                return Err(LUA.err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
             }
         }
     }
@@ -172,10 +171,6 @@ fn wrap(command: &str, o: &CallOpts) -> String {
     }
 }
 
-fn results_to_lua(lua: &Lua, results: &[HostResult]) -> mlua::Result<Value> {
-    let v = serde_json::to_value(results).map_err(mlua::Error::external)?;
-    crate::kit::json_to_lua(lua, &v)
-}
 
 /// What one call does on each host.
 #[derive(Clone)]
@@ -311,7 +306,7 @@ impl HostModule for SshModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let scope = Scope::parse(&grant.scope).map_err(|m| lua_err("permission", m))?;
+        let scope = Scope::parse(&grant.scope).map_err(|m| LUA.err("permission", m))?;
         let state = Arc::new(RunState::new(Arc::clone(&self.settings), Arc::clone(ctx), scope));
         let t = lua.create_table()?;
 
@@ -323,7 +318,7 @@ impl HostModule for SshModule {
                 async move {
                     let o = parse_opts("run", opts, &["sudo", "env"], &st.settings, &st.scope)?;
                     if !st.scope.allows_command(&command) {
-                        return Err(lua_err(
+                        return Err(LUA.err(
                             "run",
                             format!(
                                 "permission denied: `{command}` matches none of the applet's ssh commands ({}); nothing was run",
@@ -336,7 +331,7 @@ impl HostModule for SshModule {
                     let shown = wrap(&command, &redacted(&o, &st.ctx));
                     let work = Work::Exec { command: full, stdin: None, audit: shown.clone() };
                     let results = fan(st, "run", hosts, work, o, Some(shown)).await;
-                    results_to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -352,7 +347,7 @@ impl HostModule for SshModule {
                     let (body, label) = match from_package {
                         Some(b) => (b, script.clone()),
                         None if st.scope.commands.is_some() => {
-                            return Err(lua_err(
+                            return Err(LUA.err(
                                 "script",
                                 format!("permission denied: `{}` is not a file of this applet, and its ssh permission lists commands, so only the applet's own script files may run", short(&script)),
                             ));
@@ -360,7 +355,7 @@ impl HostModule for SshModule {
                         None => (script.clone().into_bytes(), "(inline script)".to_string()),
                     };
                     if body.len() as u64 > st.settings.max_file {
-                        return Err(lua_err("script", format!("the script is {} bytes, over the {}-byte limit ([ssh] max_file)", body.len(), st.settings.max_file)));
+                        return Err(LUA.err("script", format!("the script is {} bytes, over the {}-byte limit ([ssh] max_file)", body.len(), st.settings.max_file)));
                     }
                     let args = args.unwrap_or_default();
                     // What the audit log and a dry run show: secrets taken out before quoting.
@@ -377,7 +372,7 @@ impl HostModule for SshModule {
                     let audit = format!("{shown_env}script {label}{}{}", if args.is_empty() { "" } else { " " }, shown_args.join(" "));
                     let work = Work::Exec { command: full, stdin: Some(bytes::Bytes::from(body)), audit: audit.clone() };
                     let results = fan(st, "script", hosts, work, o, Some(audit)).await;
-                    results_to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -399,16 +394,16 @@ impl HostModule for SshModule {
                             .package
                             .as_ref()
                             .and_then(|p| p.files.get(f.trim_start_matches("./")).cloned())
-                            .ok_or_else(|| lua_err("put", format!("source.file: `{f}` is not a file of this applet")))?,
+                            .ok_or_else(|| LUA.err("put", format!("source.file: `{f}` is not a file of this applet")))?,
                         _ => {
-                            return Err(lua_err(
+                            return Err(LUA.err(
                                 "put",
                                 "source: give exactly one of { content = \"...\" } or { file = \"path/in/applet\" }",
                             ));
                         }
                     };
                     if data.len() as u64 > st.settings.max_file {
-                        return Err(lua_err(
+                        return Err(LUA.err(
                             "put",
                             format!("the content is {} bytes, over the {}-byte limit ([ssh] max_file)", data.len(), st.settings.max_file),
                         ));
@@ -422,7 +417,7 @@ impl HostModule for SshModule {
                     });
                     let work = Work::Put { path, data: Arc::new(data), mode: o.mode, sha256 };
                     let results = fan(st, "put", hosts, work, o, Some(shown)).await;
-                    results_to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -438,7 +433,7 @@ impl HostModule for SshModule {
                     let hosts = st.reach.select("get", &selector)?;
                     let shown = format!("get {path}");
                     let results = fan(st, "get", hosts, Work::Get { path }, o, Some(shown)).await;
-                    results_to_lua(&lua, &results)
+                    crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
@@ -448,10 +443,10 @@ impl HostModule for SshModule {
 
 fn check_path(call: &str, scope: &Scope, path: &str) -> mlua::Result<()> {
     if !path.starts_with('/') {
-        return Err(lua_err(call, format!("`{path}`: give an absolute path")));
+        return Err(LUA.err(call, format!("`{path}`: give an absolute path")));
     }
     if !scope.allows_file(path) {
-        return Err(lua_err(
+        return Err(LUA.err(
             call,
             format!(
                 "permission denied: `{path}` matches none of the applet's ssh files ({})",

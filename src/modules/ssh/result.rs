@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-use crate::kit::fanout::Outcome;
 
 /// The outcome on one host.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -40,18 +39,5 @@ impl HostResult {
     }
 }
 
-impl Outcome for HostResult {
-    fn failed(host: &str, why: String) -> Self {
-        HostResult::failed(host, why)
-    }
-    fn skipped(host: &str, why: String) -> Self {
-        HostResult { skipped: true, ..HostResult::failed(host, why) }
-    }
-    fn is_ok(&self) -> bool {
-        self.ok
-    }
-    fn is_skipped(&self) -> bool {
-        self.skipped
-    }
-}
+crate::kit::fanout::impl_outcome!(HostResult);
 

@@ -60,14 +60,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(name: &str, url: &str, login: Login, timeout: Duration, ca_pem: Option<&[u8]>) -> Result<Client, String> {
-        crate::install_tls_provider();
-        let mut b = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout.min(Duration::from_secs(10)));
-        if let Some(pem) = ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("zabbix.{name}.ca_file: {e}"))? {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        let http = b.build().map_err(|e| format!("zabbix.{name}: {e}"))?;
+        use crate::kit::http::{Options, Trust, client};
+        let trust = ca_pem.map_or(Trust::System, |pem| Trust::Also(pem.to_vec()));
+        let connect_timeout = timeout.min(Duration::from_secs(10));
+        let http = client(Options { timeout, connect_timeout, trust, redirects: true }).map_err(|m| format!("zabbix.{name}: {m}"))?;
         Ok(Client {
             name: name.into(),
             url: url.into(),

@@ -33,9 +33,8 @@ impl ZabbixModule {
     }
 }
 
-fn err(call: &str, m: impl std::fmt::Display) -> mlua::Error {
-    mlua::Error::runtime(format!("zabbix.{call}: {m}"))
-}
+/// This module's calls, for their errors (`zabbix.CALL: ...`).
+const LUA: crate::kit::Calls = crate::kit::Calls("zabbix");
 
 const SEVERITIES: &[&str] = &["not classified", "information", "warning", "average", "high", "disaster"];
 
@@ -56,7 +55,7 @@ impl State {
         if self.allows(action) {
             return Ok(());
         }
-        Err(err(
+        Err(LUA.err(
             call,
             format!(
                 "permission denied: the applet's manifest does not grant `{action}` (add it: [permissions] zabbix = [..., \"{action}\"]); nothing was sent"
@@ -66,41 +65,23 @@ impl State {
 
     fn conn_name(&self, call: &str, conn: Option<&str>) -> mlua::Result<String> {
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        crate::kit::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| err(call, m))
+        crate::kit::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| LUA.err(call, m))
     }
 
     fn client(&self, call: &str, name: &str) -> mlua::Result<Arc<Client>> {
         if let Some(c) = self.clients.lock().get(name) {
             return Ok(Arc::clone(c));
         }
-        let conf = &self.conns[name];
-        let store = self.ctx.store.clone().ok_or_else(|| err(call, "this run has no data store (no secrets for the Zabbix login)"))?;
-        let secrets = crate::secrets::Secrets::open(store).map_err(|e| err(call, e))?;
-        let secret = |s: &str| -> mlua::Result<String> {
-            let v = secrets
-                .get(s)
-                .map_err(|e| err(call, e))?
-                .ok_or_else(|| err(call, format!("secret `{s}` (named in [zabbix.{name}]) is not set")))?;
-            String::from_utf8(v).map_err(|_| err(call, format!("secret `{s}` is not text")))
-        };
-        let login = match (&conf.user, &conf.password_secret, &conf.token_secret) {
-            (Some(u), Some(p), _) => Login::Password { user: u.clone(), password: secret(p)? },
-            (_, _, Some(t)) => Login::Token(secret(t)?),
-            _ => return Err(err(call, format!("[zabbix.{name}] has no credentials"))),
-        };
-        let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-        let ca = match &conf.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| err(call, format!("[zabbix.{name}] ca_file {}: {e}", p.display())))?),
-            None => None,
-        };
-        let c = Arc::new(Client::new(name, &conf.url, login, timeout, ca.as_deref()).map_err(|m| err(call, m))?);
+        let owner = format!("[zabbix.{name}]");
+        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s);
+        let c = Arc::new(connect(name, &self.conns[name], &secret).map_err(|m| LUA.err(call, m))?);
         self.clients.lock().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
     async fn call(&self, call: &str, conn: &str, method: &str, params: Value) -> mlua::Result<Value> {
         let c = self.client(call, conn)?;
-        c.call(method, params).await.map_err(|e: ZabbixError| err(call, format!("{method} on {conn}: {e}")))
+        c.call(method, params).await.map_err(|e: ZabbixError| LUA.err(call, format!("{method} on {conn}: {e}")))
     }
 
     fn audit(&self, action: &str, target: &str, ok: bool, detail: Value) -> mlua::Result<()> {
@@ -111,28 +92,28 @@ impl State {
 /// Epoch seconds from a number, an RFC 3339 time, or a duration ago ("1h", "30m").
 fn when(call: &str, key: &str, v: &Value) -> mlua::Result<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).ok_or_else(|| err(call, format!("{key}: not a time"))),
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).ok_or_else(|| LUA.err(call, format!("{key}: not a time"))),
         Value::String(s) => {
             if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
                 return Ok(t.timestamp());
             }
             let d = crate::util::parse_duration(s)
-                .map_err(|_| err(call, format!("{key}: `{s}` is neither an RFC 3339 time nor a duration ago like \"1h\"")))?;
+                .map_err(|_| LUA.err(call, format!("{key}: `{s}` is neither an RFC 3339 time nor a duration ago like \"1h\"")))?;
             Ok(chrono::Utc::now().timestamp() - d.as_secs() as i64)
         }
-        _ => Err(err(call, format!("{key}: expected epoch seconds, an RFC 3339 time or a duration like \"1h\""))),
+        _ => Err(LUA.err(call, format!("{key}: expected epoch seconds, an RFC 3339 time or a duration like \"1h\""))),
     }
 }
 
 fn severity(call: &str, v: &Value) -> mlua::Result<u64> {
     match v {
-        Value::Number(n) => n.as_u64().filter(|s| *s <= 5).ok_or_else(|| err(call, "severity_min: 0 to 5")),
+        Value::Number(n) => n.as_u64().filter(|s| *s <= 5).ok_or_else(|| LUA.err(call, "severity_min: 0 to 5")),
         Value::String(s) => SEVERITIES
             .iter()
             .position(|x| x.eq_ignore_ascii_case(s))
             .map(|p| p as u64)
-            .ok_or_else(|| err(call, format!("severity_min: `{s}` is not one of: {}", SEVERITIES.join(", ")))),
-        _ => Err(err(call, "severity_min: a number 0-5 or a name like \"high\"")),
+            .ok_or_else(|| LUA.err(call, format!("severity_min: `{s}` is not one of: {}", SEVERITIES.join(", ")))),
+        _ => Err(LUA.err(call, "severity_min: a number 0-5 or a name like \"high\"")),
     }
 }
 
@@ -156,7 +137,7 @@ fn out(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
 async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::Result<Vec<String>> {
     // An empty filter means "every host" to Zabbix: never send one.
     if names.is_empty() || names.iter().any(|n| n.is_empty()) {
-        return Err(err(call, "give at least one host name (and no empty ones)"));
+        return Err(LUA.err(call, "give at least one host name (and no empty ones)"));
     }
     let r = st.call(call, conn, "host.get", json!({ "output": ["hostid", "host"], "filter": { "host": names } })).await?;
     let found: Vec<(String, String)> = r
@@ -167,7 +148,7 @@ async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::
         .collect();
     let missing: Vec<&String> = names.iter().filter(|n| !found.iter().any(|(h, _)| h == *n)).collect();
     if !missing.is_empty() {
-        return Err(err(
+        return Err(LUA.err(
             call,
             format!("no host {} in Zabbix ({conn})", missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")),
         ));
@@ -259,7 +240,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     let names: Vec<String> = match h {
                         Value::String(s) => vec![s.clone()],
                         Value::Array(a) if a.iter().all(Value::is_string) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                        _ => return Err(err("problems", "host: a host name or a list of host names")),
+                        _ => return Err(LUA.err("problems", "host: a host name or a list of host names")),
                     };
                     params["hostids"] = json!(hostids(&s, "problems", &conn, &names).await?);
                 }
@@ -343,7 +324,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     .get(0)
                     .and_then(|i| i["value_type"].as_str())
                     .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| err("history", format!("no item {itemid} in Zabbix ({conn})")))?;
+                    .ok_or_else(|| LUA.err("history", format!("no item {itemid} in Zabbix ({conn})")))?;
                 let mut params = json!({ "itemids": [itemid], "history": vt, "output": "extend", "sortfield": "clock", "sortorder": "ASC", "limit": 100000 });
                 if let Some(f) = from {
                     params["time_from"] = json!(when("history", "from", &lua.from_value::<Value>(f)?)?);
@@ -380,12 +361,12 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     LuaValue::String(s) => s.to_string_lossy(),
                     LuaValue::Integer(i) => i.to_string(),
                     LuaValue::Number(n) => (n as i64).to_string(),
-                    _ => return Err(err("ack", "eventid: expected the problem's eventid")),
+                    _ => return Err(LUA.err("ack", "eventid: expected the problem's eventid")),
                 };
                 let o = opts_json(&lua, opts)?;
                 for k in o.as_object().into_iter().flatten().map(|(k, _)| k) {
                     if !["message", "close", "severity"].contains(&k.as_str()) {
-                        return Err(err("ack", format!("unknown option `{k}` (known: message, close, severity)")));
+                        return Err(LUA.err("ack", format!("unknown option `{k}` (known: message, close, severity)")));
                     }
                 }
                 // Action bits: 1 close, 2 acknowledge, 4 message, 8 severity.
@@ -438,17 +419,17 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
                         a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
                     }
-                    _ => return Err(err("maintenance", "hosts: a host name or a list of host names")),
+                    _ => return Err(LUA.err("maintenance", "hosts: a host name or a list of host names")),
                 };
                 let duration = match o.get("duration") {
-                    Some(Value::Number(n)) => n.as_u64().ok_or_else(|| err("maintenance", "duration: seconds"))?,
+                    Some(Value::Number(n)) => n.as_u64().ok_or_else(|| LUA.err("maintenance", "duration: seconds"))?,
                     Some(Value::String(d)) => {
-                        crate::util::parse_duration(d).map_err(|m| err("maintenance", format!("duration: {m}")))?.as_secs()
+                        crate::util::parse_duration(d).map_err(|m| LUA.err("maintenance", format!("duration: {m}")))?.as_secs()
                     }
-                    _ => return Err(err("maintenance", "duration: seconds or a duration like \"2h\"")),
+                    _ => return Err(LUA.err("maintenance", "duration: seconds or a duration like \"2h\"")),
                 };
                 if !(300..=30 * 86400).contains(&duration) {
-                    return Err(err("maintenance", "duration: between 5 minutes and 30 days"));
+                    return Err(LUA.err("maintenance", "duration: between 5 minutes and 30 days"));
                 }
                 let name = o
                     .get("name")
@@ -465,7 +446,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     return Ok(LuaValue::Nil);
                 }
                 // 6.2 replaced `hostids` with `hosts: [{hostid}]`.
-                let ver = s.client("maintenance", &conn)?.version().await.map_err(|e| err("maintenance", e))?;
+                let ver = s.client("maintenance", &conn)?.version().await.map_err(|e| LUA.err("maintenance", e))?;
                 let mut params = json!({
                     "name": name, "active_since": now, "active_till": now + duration as i64,
                     "timeperiods": [{ "timeperiod_type": 0, "start_date": now, "period": duration }],
@@ -524,6 +505,19 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
     Ok(t)
 }
 
+/// A client for connection `name` with its login: the one way both a run and the CLI connect.
+/// `secret` reads a secret's text by name.
+fn connect(name: &str, conf: &ZabbixConn, secret: &dyn Fn(&str) -> Result<String, String>) -> Result<Client, String> {
+    let login = match (&conf.user, &conf.password_secret, &conf.token_secret) {
+        (Some(u), Some(p), _) => Login::Password { user: u.clone(), password: secret(p)? },
+        (_, _, Some(t)) => Login::Token(secret(t)?),
+        _ => return Err(format!("[zabbix.{name}] has no credentials")),
+    };
+    let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
+    let ca = conf.ca_file.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("[zabbix.{name}] ca_file {}: {e}", p.display()))).transpose()?;
+    Client::new(name, &conf.url, login, timeout, ca.as_deref())
+}
+
 /// A client for connection `name` of `config`, with its login read from `store`'s secrets
 /// (for the CLI's `cmdb import --from-zabbix`).
 pub fn client_for(config: &crate::config::Config, store: &crate::store::Store, name: &str) -> Result<Client, crate::error::Error> {
@@ -536,18 +530,8 @@ pub fn client_for(config: &crate::config::Config, store: &crate::store::Store, n
         ))
     })?;
     let secrets = crate::secrets::Secrets::open(store.clone())?;
-    let secret = |s: &str| -> Result<String, Error> {
-        let v = secrets.get(s)?.ok_or_else(|| Error::Config(format!("secret `{s}` (named in [zabbix.{name}]) is not set")))?;
-        String::from_utf8(v).map_err(|_| Error::Config(format!("secret `{s}` is not text")))
-    };
-    let login = match (&conf.user, &conf.password_secret, &conf.token_secret) {
-        (Some(u), Some(p), _) => Login::Password { user: u.clone(), password: secret(p)? },
-        (_, _, Some(t)) => Login::Token(secret(t)?),
-        _ => return Err(Error::Config(format!("[zabbix.{name}] has no credentials"))),
-    };
-    let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-    let ca = conf.ca_file.as_ref().map(std::fs::read).transpose().map_err(|e| Error::Config(format!("[zabbix.{name}] ca_file: {e}")))?;
-    Client::new(name, &conf.url, login, timeout, ca.as_deref()).map_err(Error::Config)
+    let owner = format!("[zabbix.{name}]");
+    connect(name, conf, &|s| secrets.text(s, &owner).map_err(|e| e.to_string())).map_err(Error::Config)
 }
 
 /// Zabbix hosts as cmdb hosts: the technical name, the main interface's address, groups and tags

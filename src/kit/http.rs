@@ -1,0 +1,59 @@
+//! The one HTTP client builder of the modules that speak HTTP (zabbix, es, Redfish): TLS through
+//! rustls, a timeout, and which certificates to trust.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Which server certificates a client accepts.
+pub enum Trust {
+    /// The system's roots.
+    System,
+    /// The system's roots and the PEM certificates of a CA file (`ca_file`).
+    Also(Vec<u8>),
+    /// Only the PEM certificates of a CA file: a BMC address changed in the cmdb cannot point a
+    /// login at a server with any public certificate.
+    Only(Vec<u8>),
+}
+
+impl Trust {
+    /// `ca_file` read (None: the system's roots); `only` keeps to that CA alone. Errors name
+    /// the file.
+    pub fn from_ca_file(ca_file: Option<&Path>, only: bool) -> Result<Trust, String> {
+        let Some(p) = ca_file else { return Ok(Trust::System) };
+        let pem = std::fs::read(p).map_err(|e| format!("ca_file {}: {e}", p.display()))?;
+        Ok(if only { Trust::Only(pem) } else { Trust::Also(pem) })
+    }
+}
+
+/// What a client needs.
+pub struct Options {
+    /// Whole request, answer included.
+    pub timeout: Duration,
+    /// Connecting, TLS included.
+    pub connect_timeout: Duration,
+    pub trust: Trust,
+    /// Follow redirects (off where a redirect could carry a login elsewhere).
+    pub redirects: bool,
+}
+
+/// An HTTP client with these options.
+pub fn client(o: Options) -> Result<reqwest::Client, String> {
+    crate::install_tls_provider();
+    let mut b = reqwest::Client::builder().timeout(o.timeout).connect_timeout(o.connect_timeout);
+    match o.trust {
+        Trust::System => {}
+        Trust::Also(pem) => {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        Trust::Only(pem) => {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
+            b = b.tls_certs_only(certs);
+        }
+    }
+    if !o.redirects {
+        b = b.redirect(reqwest::redirect::Policy::none());
+    }
+    b.build().map_err(|e| format!("building the HTTP client: {e}"))
+}
