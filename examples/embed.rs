@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use opslet::applet::AppletPackage;
 use opslet::config::Config;
-use opslet::runtime::context::Caller;
 use opslet::runtime::RunRequest;
+use opslet::runtime::context::Caller;
 use opslet::store::Store;
 use opslet::store::audit::Filter;
 

@@ -3,9 +3,9 @@
 
 use chrono::{Duration, Utc};
 use opslet::auth::{Action, Auth, AuthError, Grant, Principal, Role};
-use opslet::util::pattern_matches;
 use opslet::store::Store;
 use opslet::store::audit::Filter;
+use opslet::util::pattern_matches;
 
 fn auth() -> (Store, Auth) {
     let store = Store::temporary().unwrap();

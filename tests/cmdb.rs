@@ -106,8 +106,8 @@ mod lua {
 
     use opslet::applet::AppletPackage;
     use opslet::config::Config;
-    use opslet::runtime::context::Caller;
     use opslet::runtime::RunRequest;
+    use opslet::runtime::context::Caller;
     use serde_json::{Value, json};
 
     fn run(store: &opslet::store::Store, perms: &str, main: &str, dry_run: bool) -> Result<Value, String> {

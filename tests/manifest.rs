@@ -214,3 +214,26 @@ fn memory_request_has_a_floor() {
     let e = opslet::config::Config::parse("[limits]\nmax_memory = \"1MiB\"\n", "opslet.toml").unwrap_err();
     assert!(e.to_string().contains("at least 2MiB"), "{e}");
 }
+
+#[test]
+fn each_module_reads_its_own_table_and_a_mistake_is_named_where_it_is() {
+    use opslet::config::Config;
+    let err = |text: &str| opslet::modules::from_config(&Config::parse(text, "opslet.toml").unwrap()).err().map(|e| e.to_string());
+    // A type mistake inside a module's table: the file, line and column.
+    let e = err("[audit]\nsync = false\n[ssh]\nconcurrency = \"many\"\n").unwrap();
+    assert!(e.contains("opslet.toml:4:15") && e.contains("invalid type"), "{e}");
+    let e = err("[zabbix.main]\nurl = \"https://z.example/api_jsonrpc.php\"\ntoken_secret = \"t\"\ntimeot = \"5s\"\n").unwrap();
+    assert!(e.contains("opslet.toml:4:1") && e.contains("unknown field `timeot`"), "{e}");
+    // A rule the module checks: the file and the key.
+    let e = err("[[ssh.credentials]]\nhosts = \"*\"\nuser = \"ops\"\n").unwrap();
+    assert!(e.contains("invalid config: opslet.toml: ssh.credentials[0]") && e.contains("give password_secret or key_secret"), "{e}");
+    let e = err("[netdev]\nconcurrency = 0\n").unwrap();
+    assert!(e.contains("netdev.concurrency must be between 1 and 1000"), "{e}");
+    // A table no module reads, and a misspelt core table.
+    let e = err("[sssh]\nconcurrency = 4\n").unwrap();
+    assert!(e.contains("unknown table `[sssh]`") && e.contains("known: limits, kv, audit, serve, cmdb, ssh"), "{e}");
+    assert!(err("[limit]\ntimeout = \"5s\"\n").unwrap().contains("unknown table `[limit]`"));
+    // The virt table is known even in a build without the module.
+    assert_eq!(err("[virt.lab]\nuri = \"test:///default\"\n"), None);
+    assert_eq!(err("[audit]\nsync = false\n"), None);
+}

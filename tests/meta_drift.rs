@@ -1,5 +1,6 @@
-//! The hand-written type definitions (stdlib/meta/opslet.d.luau) list exactly the functions the
-//! always-available modules have; the stdlib helpers' docs list every exported function.
+//! The hand-written type definitions (stdlib/meta/core.d.luau and each module's types.d.luau, as
+//! `opslet meta` assembles them) list exactly the functions the modules have; the stdlib helpers'
+//! docs list every exported function.
 
 mod common;
 
@@ -32,17 +33,16 @@ fn declared(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 
 #[test]
 fn type_definitions_match_the_modules() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/stdlib/meta/opslet.d.luau")).unwrap();
+    let text = opslet::modules::type_definitions();
     let declared = declared(&text);
-    let manifest = format!(
-        "{MANIFEST}[permissions]\ncmdb = [\"read\"]\nssh = {{ hosts = [\"*\"] }}\nzabbix = [\"read\"]\nes = [\"read\"]\nnetdev = {{ devices = [\"*\"], actions = [\"read\"] }}\nipmi = [\"read\"]\nconfig = [\"read\"]\n{}",
-        if cfg!(feature = "virt") { "virt = [\"read\"]\n" } else { "" }
-    );
-    let modules = if cfg!(feature = "virt") {
-        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi', 'config', 'virt'"
-    } else {
-        "'json', 'log', 'time', 'kv', 'cmdb', 'ssh', 'zabbix', 'es', 'netdev', 'ipmi', 'config'"
-    };
+    let built: Vec<&opslet::modules::Builtin> = opslet::modules::BUILTIN.iter().filter(|b| b.build.is_some()).collect();
+    let manifest = format!("{MANIFEST}[permissions]\n{}\n", built.iter().map(|b| b.read_permission).collect::<Vec<_>>().join("\n"));
+    let modules = ["json", "log", "time", "kv"]
+        .into_iter()
+        .chain(built.iter().map(|b| b.name))
+        .map(|m| format!("'{m}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let main = format!(
         "return function()
             local out = {{}}
@@ -57,11 +57,11 @@ fn type_definitions_match_the_modules() {
     let o = run(&runtime(TIGHT), package_with(&manifest, &main, &[]));
     let actual: BTreeMap<String, BTreeSet<String>> = serde_json::from_value(o.result.unwrap()).unwrap();
     for (module, keys) in &actual {
-        let documented = declared.get(module).unwrap_or_else(|| panic!("stdlib/meta/opslet.d.luau has no `declare {module}`"));
+        let documented = declared.get(module).unwrap_or_else(|| panic!("the type definitions have no `declare {module}`"));
         let missing: Vec<_> = keys.difference(documented).collect();
         let stale: Vec<_> = documented.difference(keys).collect();
-        assert!(missing.is_empty(), "{module}: functions missing from opslet.d.luau: {missing:?}");
-        assert!(stale.is_empty(), "{module}: opslet.d.luau lists functions that do not exist: {stale:?}");
+        assert!(missing.is_empty(), "{module}: functions missing from the type definitions: {missing:?}");
+        assert!(stale.is_empty(), "{module}: the type definitions list functions that do not exist: {stale:?}");
     }
 }
 

@@ -222,12 +222,16 @@ fn bundles_round_trip_and_reject_tampering() {
     let (_, bytes) = src.export(&Reference::parse("disk").unwrap()).unwrap();
 
     let dst = reg();
-    let Published::New(meta) = dst.import(&bytes, "bob", false, &opslet::modules::builtin()).unwrap() else { panic!("first import publishes") };
+    let Published::New(meta) = dst.import(&bytes, "bob", false, &opslet::modules::builtin()).unwrap() else {
+        panic!("first import publishes")
+    };
     assert_eq!((meta.hash.as_str(), meta.publisher.as_str(), meta.imported_by.as_deref()), (p.hash.as_str(), "alice", Some("bob")));
     assert!(matches!(dst.import(&bytes, "bob", false, &opslet::modules::builtin()).unwrap(), Published::Unchanged(_)));
 
     let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let import_err = |doc: &serde_json::Value| reg().import(&serde_json::to_vec(doc).unwrap(), "x", false, &opslet::modules::builtin()).unwrap_err().to_string();
+    let import_err = |doc: &serde_json::Value| {
+        reg().import(&serde_json::to_vec(doc).unwrap(), "x", false, &opslet::modules::builtin()).unwrap_err().to_string()
+    };
 
     let mut tampered = doc.clone();
     tampered["files"]["main.lua"] = json!(base64_of(b"return function() return 'evil' end"));
@@ -340,7 +344,9 @@ fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
     doc["meta"]["permissions"] = json!({});
     doc["meta"]["tags"] = json!(["trusted"]);
     let dst = reg();
-    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, &opslet::modules::builtin()).unwrap() else { panic!() };
+    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, &opslet::modules::builtin()).unwrap() else {
+        panic!()
+    };
     assert_eq!(meta.description, "harmless");
     assert!(meta.tags.is_empty());
     assert_eq!((meta.publisher.as_str(), meta.message.as_str(), meta.imported_by.as_deref()), ("alice", "why", Some("bob")));

@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::util::{pattern_matches, same_secret as same, validate_name};
 use crate::error::Error;
 use crate::store::Store;
+use crate::util::{pattern_matches, same_secret as same, validate_name};
 
 /// What a user may do. Each role includes the viewer's rights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -143,7 +143,6 @@ fn random_hex(bytes: usize) -> Result<String, Error> {
     getrandom::fill(&mut buf).map_err(|e| Error::Internal(format!("no randomness for a token: {e}")))?;
     Ok(hex::encode(buf))
 }
-
 
 impl Principal {
     /// Whether this caller may do `action`; `grants` decide which applets an operator runs.

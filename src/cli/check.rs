@@ -8,7 +8,6 @@ use super::Global;
 use crate::applet::AppletPackage;
 use crate::error::Error;
 
-
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// The applet folder.

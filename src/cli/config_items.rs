@@ -13,8 +13,8 @@ use crate::applet::AppletPackage;
 use crate::cmdb::config_items::{ConfigItems, ItemSpec, spec_toml};
 use crate::cmdb::device_configs::unified_diff;
 use crate::error::Error;
-use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
 use crate::runtime::CancelToken;
+use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
 use crate::service::{Source, Submission};
 
 #[derive(Subcommand, Debug)]
@@ -258,7 +258,8 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                 continue;
             }
             eprintln!("{} v{} stored; publishing to {hosts} ({env})", v.name, v.version);
-            let outcome = service.run_here(&rt, service.prepare(publish_submission(&v.name, hosts, env)?)?, cancel.clone(), Some(watch_sink()));
+            let outcome =
+                service.run_here(&rt, service.prepare(publish_submission(&v.name, hosts, env)?)?, cancel.clone(), Some(watch_sink()));
             match &outcome.result {
                 Ok(rows) => {
                     for r in rows.as_array().into_iter().flatten() {

@@ -135,7 +135,7 @@ impl Global {
                 if p.exists() { Config::load(&p)? } else { Config::default() }
             }
         };
-        crate::modules::checked(&config)?;
+        crate::modules::from_config(&config)?;
         Ok(config)
     }
 
@@ -244,15 +244,12 @@ fn report(e: &Error) -> i32 {
     e.exit_code()
 }
 
-/// Lua type definitions bundled into the binary: `opslet meta --out DIR` writes them.
-pub const META_FILES: &[(&str, &str)] = &[("opslet.d.luau", include_str!("../../stdlib/meta/opslet.d.luau"))];
-
+/// `opslet meta --out DIR`: the Lua type definitions bundled into the binary (the builtins' and
+/// each module's, assembled by `modules::type_definitions`) as `DIR/opslet.d.luau`.
 fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::Internal(format!("creating {}: {e}", out.display())))?;
-    for (name, text) in META_FILES {
-        let p = out.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
-        eprintln!("wrote {}", p.display());
-    }
+    let p = out.join("opslet.d.luau");
+    std::fs::write(&p, crate::modules::type_definitions()).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
+    eprintln!("wrote {}", p.display());
     Ok(0)
 }

@@ -38,7 +38,8 @@ pub enum NetdevCmd {
 pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
     if let NetdevCmd::Profiles = cmd {
         let cfg = global.config()?;
-        let profiles = Profiles::load(cfg.netdev.profiles_dir.as_deref()).map_err(Error::Config)?;
+        let settings = crate::modules::netdev::settings::NetdevSettings::from_config(&cfg)?;
+        let profiles = Profiles::load(settings.profiles_dir.as_deref()).map_err(Error::Config)?;
         let mut t = Table::new();
         t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
         t.set_header(["profile", "description", "also known as", "backup command"]);

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::util::validate_name;
 use crate::error::{Diagnostic, Error};
+use crate::util::validate_name;
 
 #[derive(Args, Debug)]
 pub struct NewArgs {

@@ -10,8 +10,8 @@ use crate::auth::Auth;
 use crate::config::ServeSettings;
 use crate::error::Error;
 use crate::http::{AppState, ServeConfig};
-use crate::service::{DispatchSettings, Quotas, RunService};
 use crate::registry::Registry;
+use crate::service::{DispatchSettings, Quotas, RunService};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

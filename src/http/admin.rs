@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::authn::{Authed, require};
 use super::error::ApiError;
-use super::AppState;
 use crate::auth::Action;
 use crate::auth::Principal;
 use crate::error::Error;
@@ -214,4 +214,3 @@ pub(super) async fn cmdb_hosts(State(s): State<AppState>, Authed(p): Authed, Que
         .collect();
     Ok(Json(json!(shown)))
 }
-

@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::authn::{Authed, require};
 use super::error::ApiError;
-use super::AppState;
 use crate::auth::Action;
 use crate::registry::Reference;
 
@@ -48,7 +48,6 @@ pub(super) async fn versions(State(s): State<AppState>, Authed(p): Authed, Path(
     s.registry.applet(&name)?;
     Ok(Json(json!(s.registry.versions(&name)?)))
 }
-
 
 #[derive(Deserialize)]
 pub(super) struct PublishQuery {
@@ -118,4 +117,3 @@ pub(super) async fn yank(
     s.registry.flush()?;
     Ok(Json(json!(v)))
 }
-

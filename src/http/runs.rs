@@ -240,4 +240,3 @@ pub(super) async fn readyz(State(s): State<AppState>, _: Authed) -> Result<&'sta
 pub(super) async fn metrics(State(s): State<AppState>, Authed(_p): Authed) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.service.metrics()?.render()).into_response())
 }
-

@@ -104,4 +104,3 @@ pub(super) async fn session_end(State(s): State<AppState>, Authed(_p): Authed, h
     }
     Ok(resp)
 }
-

@@ -30,4 +30,3 @@ pub async fn on_io<T: Send + 'static>(fut: impl std::future::Future<Output = T> 
     let _guard = Abort(h.abort_handle());
     h.await.map_err(|e| format!("internal error: {e}"))
 }
-

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use mlua::Lua;
 
-pub use crate::runtime::modules::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
+pub use crate::runtime::modules::{Grant, HostModule};
 
 /// Which named connection a call uses: the one asked for, else the one marked default, the only
 /// one, or the one named "default". `label` names the kind in messages ("Zabbix", "es"),
@@ -106,7 +106,6 @@ pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result
         Some(_) => Err(format!("`{key}` must be a list of strings")),
     }
 }
-
 
 /// A secret's text for this run; `owner` is the config entry that names it.
 pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {

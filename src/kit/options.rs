@@ -14,7 +14,9 @@ pub fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
         Value::String(s) => {
             crate::util::parse_duration(&s.to_string_lossy()).map_err(|m| super::lua_err(call, format!("opts.{key}: {m}")))?
         }
-        other => return Err(super::lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()))),
+        other => {
+            return Err(super::lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name())));
+        }
     };
     if d.is_zero() || d > MAX {
         return Err(super::lua_err(call, format!("opts.{key}: must be more than 0 and at most 24h")));
@@ -27,7 +29,9 @@ pub fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
     match v {
         Value::Integer(i) if i >= 0 => Ok(i as usize),
         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => Ok(n as usize),
-        other => Err(super::lua_err(call, format!("opts.{key}: expected a whole number >= 0, got {}", crate::runtime::builtins::log::display(&other)))),
+        other => Err(super::lua_err(
+            call,
+            format!("opts.{key}: expected a whole number >= 0, got {}", crate::runtime::builtins::log::display(&other)),
+        )),
     }
 }
-

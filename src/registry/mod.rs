@@ -20,9 +20,9 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::applet::AppletPackage;
-use crate::util::validate_name;
 use crate::error::{Diagnostic, Error};
 use crate::store::Store;
+use crate::util::validate_name;
 pub use model::{AppletMeta, PermissionChanges, VersionMeta};
 pub use search::SearchHit;
 

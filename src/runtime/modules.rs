@@ -12,9 +12,6 @@ use mlua::{Lua, Table};
 
 use crate::runtime::context::RunCtx;
 
-/// Every host module opslet knows by name (some arrive in later versions).
-pub const KNOWN: &[&str] = &["ssh", "zabbix", "es", "netdev", "virt", "ipmi", "cmdb", "config"];
-
 /// One host module.
 pub trait HostModule: Send + Sync {
     /// The Lua global and the `[permissions]` key.
@@ -75,11 +72,20 @@ impl Grant {
 #[derive(Clone, Default)]
 pub struct ModuleSet {
     modules: Vec<Arc<dyn HostModule>>,
+    /// Every module name opslet knows, built into this set or not: an applet naming one that is
+    /// missing is told it is not available in this build (not that it does not exist).
+    known: Vec<&'static str>,
 }
 
 impl ModuleSet {
     pub fn new(modules: Vec<Arc<dyn HostModule>>) -> ModuleSet {
-        ModuleSet { modules }
+        ModuleSet { modules, known: Vec::new() }
+    }
+
+    /// Sets the names opslet knows (`modules::BUILTIN`), including those this build leaves out.
+    pub fn knowing(mut self, known: Vec<&'static str>) -> ModuleSet {
+        self.known = known;
+        self
     }
 
     /// Adds a module (embedding hosts and tests use this to plug in their own).
@@ -106,7 +112,7 @@ impl ModuleSet {
     fn unavailable(&self, name: &str) -> String {
         let have = self.names();
         let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
-        if KNOWN.contains(&name) {
+        if self.known.contains(&name) {
             format!("the `{name}` module is not available in this opslet build (available: {have})")
         } else {
             format!("unknown module `{name}` (available: {have})")
@@ -132,7 +138,7 @@ impl ModuleSet {
                 None => missing.push((m.name(), format!("permission denied: this applet does not declare the `{0}` permission (add `{0} = ...` under [permissions] in applet.toml)", m.name()))),
             }
         }
-        for name in KNOWN.iter().filter(|n| self.get(n).is_none()) {
+        for name in self.known.iter().filter(|n| self.get(n).is_none()) {
             missing.push((name, self.unavailable(name)));
         }
         let mt = lua.create_table()?;
@@ -205,4 +211,3 @@ fn stub(lua: &Lua, module: &'static str, why: &str) -> mlua::Result<Table> {
     t.set_readonly(true);
     Ok(t)
 }
-

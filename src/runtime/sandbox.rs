@@ -8,10 +8,10 @@ use mlua::chunk::ChunkMode;
 use mlua::{Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 
 use super::context::{Level, RunCtx};
-use crate::applet::AppletPackage;
-use crate::runtime::builtins;
-use crate::error::Limit;
 use super::modules::{LazyTable, ModuleSet};
+use crate::applet::AppletPackage;
+use crate::error::Limit;
+use crate::runtime::builtins;
 
 /// Luau libraries an applet gets. No `debug`; `os` in Luau only has clocks and dates.
 pub fn libs() -> StdLib {

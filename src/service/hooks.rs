@@ -10,9 +10,9 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::util::validate_name;
 use crate::error::Error;
 use crate::store::Store;
+use crate::util::validate_name;
 
 /// How far a delivery's timestamp may be from now.
 pub const WINDOW_SECS: i64 = 300;

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::Error;
-use crate::runtime::{CancelToken, RunStatus};
 use crate::runtime::context::LogLine;
+use crate::runtime::{CancelToken, RunStatus};
 use crate::store::Store;
 
 /// A job as stored and as returned by the API (`params` only with secrets redacted).

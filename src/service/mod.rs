@@ -381,10 +381,8 @@ impl RunService {
         let hook = d.hooks.get(name)?.ok_or(ServiceError::Delivery(DeliveryError::NoSuchHook))?;
         d.hooks.verify(&hook, timestamp, signature, body).map_err(ServiceError::Delivery)?;
         let payload: Value = serde_json::from_slice(body).map_err(ServiceError::Payload)?;
-        let mut sub = Submission::new(Source::Registry(Reference::parse(&hook.applet)?), Caller {
-            user: format!("hook:{name}"),
-            via: "hook".into(),
-        });
+        let mut sub =
+            Submission::new(Source::Registry(Reference::parse(&hook.applet)?), Caller { user: format!("hook:{name}"), via: "hook".into() });
         sub.params.json = Some(Hooks::params(&hook, &payload));
         // A delivery's params are checked by its run (a payload cannot be answered with fields),
         // but shown redacted like any job's.
@@ -432,11 +430,8 @@ impl RunService {
                 d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(why), Vec::new())?;
                 continue;
             }
-            let reference = if job.hash.is_empty() {
-                Reference::parse(&job.reference)?
-            } else {
-                Reference::Hash(name.to_string(), job.hash.clone())
-            };
+            let reference =
+                if job.hash.is_empty() { Reference::parse(&job.reference)? } else { Reference::Hash(name.to_string(), job.hash.clone()) };
             let via = if job.user.starts_with("hook:") { "hook" } else { "http" };
             let mut sub = Submission::new(Source::Registry(reference), Caller { user: job.user.clone(), via: via.into() });
             sub.params.json = Some(d.jobs.raw_params(&job.id)?);
@@ -522,7 +517,12 @@ impl Drop for Slots {
 }
 
 /// Param errors with the values of secret params (as given) removed.
-fn redact_errors(package: &AppletPackage, given: &Map<String, Value>, pairs: &[(String, String)], errs: Vec<ParamError>) -> Vec<ParamError> {
+fn redact_errors(
+    package: &AppletPackage,
+    given: &Map<String, Value>,
+    pairs: &[(String, String)],
+    errs: Vec<ParamError>,
+) -> Vec<ParamError> {
     let is_secret = |k: &str| package.manifest.params.get(k).is_some_and(|s| s.secret);
     let mut secrets: Vec<String> = given
         .iter()

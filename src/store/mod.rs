@@ -102,7 +102,14 @@ impl Store {
         check_format(&db, &path)?;
         let audit = audit::AuditLog::open(&db)?;
         Ok(Store {
-            inner: Arc::new(Inner { db, audit, dir: data_dir.to_path_buf(), sync: Default::default(), synced: Default::default(), _tmp: None }),
+            inner: Arc::new(Inner {
+                db,
+                audit,
+                dir: data_dir.to_path_buf(),
+                sync: Default::default(),
+                synced: Default::default(),
+                _tmp: None,
+            }),
         })
     }
 
@@ -118,9 +125,7 @@ impl Store {
         check_format(&db, tmp.path())?;
         let audit = audit::AuditLog::open(&db)?;
         let dir = tmp.path().to_path_buf();
-        Ok(Store {
-            inner: Arc::new(Inner { db, audit, dir, sync: Default::default(), synced: Default::default(), _tmp: Some(tmp) }),
-        })
+        Ok(Store { inner: Arc::new(Inner { db, audit, dir, sync: Default::default(), synced: Default::default(), _tmp: Some(tmp) }) })
     }
 
     pub fn audit(&self) -> &audit::AuditLog {

@@ -5,6 +5,7 @@
 //! runs its own commands.
 
 pub mod client;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +15,11 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::cmdb::{Cmdb, Host, Snapshot};
-use crate::config::{FirstContact, SshSettings};
 use crate::kit::read_secret;
 use crate::kit::targets::Targets;
 use crate::runtime::context::RunCtx;
 use client::{Auth, ConnectError, Session, Target};
+pub use settings::{FirstContact, SshSettings};
 
 /// One run's SSH connections to cmdb hosts: logins from `[[ssh.credentials]]` and secrets
 /// (read once per entry), host keys checked against the cmdb's pins, jump hosts, one session
@@ -233,13 +234,7 @@ impl Access {
 
     /// Runs `command` on `host` (connecting on first use), `stdin` sent and closed, all within
     /// `timeout`; on opslet's I/O threads.
-    pub async fn exec(
-        &self,
-        host: &Host,
-        command: String,
-        stdin: Option<bytes::Bytes>,
-        timeout: Duration,
-    ) -> Result<client::Exec, String> {
+    pub async fn exec(&self, host: &Host, command: String, stdin: Option<bytes::Bytes>, timeout: Duration) -> Result<client::Exec, String> {
         let state = Arc::clone(&self.state);
         let host = host.clone();
         let max = state.settings.max_output as usize;
@@ -256,4 +251,3 @@ impl Access {
         .await?
     }
 }
-

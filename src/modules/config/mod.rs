@@ -22,13 +22,15 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::kit::ssh::Access;
-use crate::kit::fanout::{self as batch, Plan};
-use crate::kit::ssh::client::shell_quote;
-use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::config_items::{ConfigItems, HostState, ItemVersion, SecretFn, SudoSpec};
-use crate::config::SshSettings;
+use crate::config::Config;
+use crate::error::Error;
+use crate::kit::fanout::{self as batch, Plan};
+use crate::kit::ssh::Access;
+use crate::kit::ssh::SshSettings;
+use crate::kit::ssh::client::shell_quote;
+use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 
 pub struct ConfigModule {
@@ -778,13 +780,18 @@ fn meta_drift(spec: &crate::cmdb::config_items::ItemSpec, meta: &str) -> Option<
     (!out.is_empty()).then(|| out.join("; "))
 }
 
-
 async fn fan<F, Fut>(st: &Arc<RunState>, call: &'static str, hosts: Vec<Host>, plan: &Plan, work: F) -> Vec<HostResult>
 where
     F: Fn(Host) -> Fut,
     Fut: std::future::Future<Output = HostResult> + Send + 'static,
 {
     crate::kit::targets::fan_out_hosts(&st.ctx, format!("config.{call}"), hosts, plan, work).await
+}
+
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    // Config items are published over the hosts' SSH logins: `[ssh]`.
+    Ok(Arc::new(ConfigModule::new(SshSettings::from_config(config)?)))
 }
 
 impl HostModule for ConfigModule {

@@ -15,8 +15,12 @@ use serde_json::{Value, json};
 
 use crate::kit::http::{self, Trust};
 use crate::kit::{Grant, HostModule};
-use crate::config::EsConn;
+pub mod settings;
+
+use crate::config::Config;
+use crate::error::Error;
 use crate::runtime::context::RunCtx;
+use settings::EsConn;
 
 pub struct EsModule {
     conns: Arc<BTreeMap<String, EsConn>>,
@@ -180,7 +184,8 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 check_index("search", &index)?;
                 let client = s.client("search", c.as_deref())?;
                 let body = search_body(&lua, "search", to_json(&lua, query)?, opts)?;
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("search", m))?;
+                let v =
+                    client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("search", m))?;
                 let out =
                     json!({ "total": v["hits"]["total"]["value"].as_u64().or(v["hits"]["total"].as_u64()).unwrap_or(0), "hits": hits(&v) });
                 crate::kit::json_to_lua(&lua, &out)
@@ -196,7 +201,8 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 check_index("count", &index)?;
                 let client = s.client("count", c.as_deref())?;
                 let body = json!({ "query": to_json(&lua, query)? });
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_count"), Some(&body)).await.map_err(|m| LUA.err("count", m))?;
+                let v =
+                    client.send(reqwest::Method::POST, &format!("{index}/_count"), Some(&body)).await.map_err(|m| LUA.err("count", m))?;
                 Ok(v["count"].as_u64().unwrap_or(0))
             }
         })?,
@@ -211,10 +217,13 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let client = s.client("aggs", c.as_deref())?;
                 let aggs: Value = lua.from_value(aggs)?;
                 if !aggs.is_object() {
-                    return Err(LUA.err("aggs", "aggs: a table of named aggregations, like { by_level = { terms = { field = \"level\" } } }"));
+                    return Err(
+                        LUA.err("aggs", "aggs: a table of named aggregations, like { by_level = { terms = { field = \"level\" } } }")
+                    );
                 }
                 let body = json!({ "size": 0, "query": to_json(&lua, query)?, "aggs": aggs });
-                let v = client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("aggs", m))?;
+                let v =
+                    client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("aggs", m))?;
                 crate::kit::json_to_lua(&lua, &v["aggregations"])
             }
         })?,
@@ -276,6 +285,11 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
         })?,
     )?;
     Ok(t)
+}
+
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    Ok(Arc::new(EsModule::new(settings::from_config(config)?)))
 }
 
 impl HostModule for EsModule {

@@ -18,6 +18,7 @@
 pub mod bmc;
 pub mod redfish;
 pub mod rmcp;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,15 +28,17 @@ use mlua::{Lua, Table, Value};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cmdb::Host;
+use crate::config::Config;
+use crate::error::Error;
 use crate::kit::fanout::Plan;
 use crate::kit::io::on_io;
-use crate::kit::targets::Targets;
 use crate::kit::options::count_opt;
+use crate::kit::targets::Targets;
 use crate::kit::{Grant, HostModule};
-use crate::cmdb::Host;
-use crate::config::IpmiConfig;
 use crate::runtime::context::RunCtx;
 use bmc::{Bmc, BootDevice, Endpoint, Login, PowerAction};
+use settings::IpmiConfig;
 
 pub struct IpmiModule {
     config: Arc<IpmiConfig>,
@@ -264,7 +267,6 @@ where
     r.map(|(_, v)| v).map_err(|m| LUA.err(call, format!("{}: {m}", host.name)))
 }
 
-
 /// `ipmi.check`: one host's state.
 #[derive(Debug, Clone, Default, Serialize)]
 struct HostCheck {
@@ -368,6 +370,12 @@ fn power_fn(lua: &Lua, state: &Arc<RunState>, t: &Table, name: &'static str, act
     )
 }
 
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    let (settings, _) = IpmiConfig::from_config(config)?;
+    Ok(Arc::new(IpmiModule::new(settings).map_err(|m| config.invalid(m))?))
+}
+
 impl HostModule for IpmiModule {
     fn name(&self) -> &'static str {
         "ipmi"
@@ -420,10 +428,9 @@ impl HostModule for IpmiModule {
                             match (k.as_str(), v) {
                                 ("once", Value::Boolean(b)) => once = b,
                                 ("once", other) => {
-                                    return Err(LUA.err(
-                                        "boot_device",
-                                        format!("opts.once: expected true or false, got {}", other.type_name()),
-                                    ));
+                                    return Err(
+                                        LUA.err("boot_device", format!("opts.once: expected true or false, got {}", other.type_name()))
+                                    );
                                 }
                                 (other, _) => return Err(LUA.err("boot_device", format!("unknown option `{other}` (known: once)"))),
                             }
@@ -473,9 +480,7 @@ impl HostModule for IpmiModule {
                         for pair in o.pairs::<String, Value>() {
                             let (k, v) = pair?;
                             match k.as_str() {
-                                "limit" => {
-                                    limit = count_opt("ipmi.sel", "limit", v)?
-                                }
+                                "limit" => limit = count_opt("ipmi.sel", "limit", v)?,
                                 other => return Err(LUA.err("sel", format!("unknown option `{other}` (known: limit)"))),
                             }
                         }
@@ -499,13 +504,8 @@ impl HostModule for IpmiModule {
                         for pair in o.pairs::<String, Value>() {
                             let (k, v) = pair?;
                             match k.as_str() {
-                                "concurrency" => {
-                                    concurrency = count_opt("ipmi.check", "concurrency", v)?
-                                        .clamp(1, st.config.concurrency)
-                                }
-                                "sel_limit" => {
-                                    sel_limit = count_opt("ipmi.check", "sel_limit", v)?
-                                }
+                                "concurrency" => concurrency = count_opt("ipmi.check", "concurrency", v)?.clamp(1, st.config.concurrency),
+                                "sel_limit" => sel_limit = count_opt("ipmi.check", "sel_limit", v)?,
                                 other => return Err(LUA.err("check", format!("unknown option `{other}` (known: concurrency, sel_limit)"))),
                             }
                         }

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod profile;
 pub mod scope;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,18 +26,20 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::kit::fanout::{self as batch, Plan};
-use crate::kit::ssh::client::Session;
-use crate::kit::io::on_io;
-use crate::kit::targets::Targets;
-use crate::kit::{Grant, HostModule};
 use crate::cmdb::Host;
 use crate::cmdb::device_configs::{DeviceConfigs, unified_diff};
-use crate::config::NetdevSettings;
+use crate::config::Config;
+use crate::error::Error;
+use crate::kit::fanout::{self as batch, Plan};
+use crate::kit::io::on_io;
+use crate::kit::ssh::client::Session;
+use crate::kit::targets::Targets;
+use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 use cli::{Cli, CliError, ConfigError};
 use profile::{Profile, Profiles};
 use scope::Scope;
+use settings::NetdevSettings;
 
 /// The cmdb tag naming a device's profile.
 pub const PLATFORM_TAG: &str = "platform";
@@ -285,7 +288,6 @@ fn string_list(call: &str, what: &str, v: Value) -> mlua::Result<Vec<String>> {
         other => Err(LUA.err(call, format!("{what}: expected a string or a list of strings, got {}", other.type_name()))),
     }
 }
-
 
 /// A device session as Lua sees it (`netdev.open`). The connection is made on first use, so a
 /// dry run that only plans changes never connects.
@@ -729,6 +731,11 @@ async fn fan(state: Arc<RunState>, hosts: Vec<Host>, work: Work, o: Opts) -> Vec
     .await
 }
 
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    Ok(Arc::new(NetdevModule::new(NetdevSettings::from_config(config)?).map_err(|m| config.invalid(m))?))
+}
+
 impl HostModule for NetdevModule {
     fn name(&self) -> &'static str {
         "netdev"
@@ -827,10 +834,9 @@ impl HostModule for NetdevModule {
                 async move {
                     let o = parse_opts("backup", opts, &["timeout", "concurrency", "batch", "stop_after"], &st.settings)?;
                     if !st.scope.read {
-                        return Err(LUA.err(
-                            "backup",
-                            "permission denied: backup needs the `read` action in the applet's netdev permission",
-                        ));
+                        return Err(
+                            LUA.err("backup", "permission denied: backup needs the `read` action in the applet's netdev permission")
+                        );
                     }
                     let hosts = st.reach.select("backup", &selector)?;
                     let results = fan(st, hosts, Work::Backup, o).await;

@@ -21,9 +21,11 @@ use mlua::{Lua, Table, Value};
 use serde_json::json;
 
 use crate::cmdb::Host;
-use crate::config::SshSettings;
+use crate::config::Config;
+use crate::error::Error;
 use crate::kit::fanout::{self as batch, Plan};
 use crate::kit::ssh::Connections;
+use crate::kit::ssh::SshSettings;
 use crate::kit::ssh::client::{self, shell_quote};
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
@@ -171,7 +173,6 @@ fn wrap(command: &str, o: &CallOpts) -> String {
     }
 }
 
-
 /// What one call does on each host.
 #[derive(Clone)]
 enum Work {
@@ -296,6 +297,11 @@ async fn fan(
     .await
 }
 
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    Ok(Arc::new(SshModule::new(SshSettings::from_config(config)?)))
+}
+
 impl HostModule for SshModule {
     fn name(&self) -> &'static str {
         "ssh"
@@ -396,10 +402,9 @@ impl HostModule for SshModule {
                             .and_then(|p| p.files.get(f.trim_start_matches("./")).cloned())
                             .ok_or_else(|| LUA.err("put", format!("source.file: `{f}` is not a file of this applet")))?,
                         _ => {
-                            return Err(LUA.err(
-                                "put",
-                                "source: give exactly one of { content = \"...\" } or { file = \"path/in/applet\" }",
-                            ));
+                            return Err(
+                                LUA.err("put", "source: give exactly one of { content = \"...\" } or { file = \"path/in/applet\" }")
+                            );
                         }
                     };
                     if data.len() as u64 > st.settings.max_file {

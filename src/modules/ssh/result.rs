@@ -2,7 +2,6 @@
 
 use serde::Serialize;
 
-
 /// The outcome on one host.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct HostResult {
@@ -40,4 +39,3 @@ impl HostResult {
 }
 
 crate::kit::fanout::impl_outcome!(HostResult);
-

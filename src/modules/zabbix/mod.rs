@@ -7,6 +7,7 @@
 //! Writes are audited as actions of the run and only planned in a dry run.
 
 pub mod client;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::config::Config;
+use crate::error::Error;
 use crate::kit::{Grant, HostModule};
-use crate::config::ZabbixConn;
 use crate::runtime::context::RunCtx;
 use client::{Client, Login, ZabbixError};
+use settings::ZabbixConn;
 
 pub struct ZabbixModule {
     conns: Arc<std::collections::BTreeMap<String, ZabbixConn>>,
@@ -148,10 +151,8 @@ async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::
         .collect();
     let missing: Vec<&String> = names.iter().filter(|n| !found.iter().any(|(h, _)| h == *n)).collect();
     if !missing.is_empty() {
-        return Err(LUA.err(
-            call,
-            format!("no host {} in Zabbix ({conn})", missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")),
-        ));
+        return Err(LUA
+            .err(call, format!("no host {} in Zabbix ({conn})", missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "))));
     }
     Ok(found.into_iter().map(|(_, id)| id).collect())
 }
@@ -514,7 +515,8 @@ fn connect(name: &str, conf: &ZabbixConn, secret: &dyn Fn(&str) -> Result<String
         _ => return Err(format!("[zabbix.{name}] has no credentials")),
     };
     let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-    let ca = conf.ca_file.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("[zabbix.{name}] ca_file {}: {e}", p.display()))).transpose()?;
+    let ca =
+        conf.ca_file.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("[zabbix.{name}] ca_file {}: {e}", p.display()))).transpose()?;
     Client::new(name, &conf.url, login, timeout, ca.as_deref())
 }
 
@@ -522,8 +524,9 @@ fn connect(name: &str, conf: &ZabbixConn, secret: &dyn Fn(&str) -> Result<String
 /// (for the CLI's `cmdb import --from-zabbix`).
 pub fn client_for(config: &crate::config::Config, store: &crate::store::Store, name: &str) -> Result<Client, crate::error::Error> {
     use crate::error::Error;
-    let conf = config.zabbix.get(name).ok_or_else(|| {
-        let have: Vec<&String> = config.zabbix.keys().collect();
+    let conns = settings::from_config(config)?;
+    let conf = conns.get(name).ok_or_else(|| {
+        let have: Vec<&String> = conns.keys().collect();
         Error::Usage(format!(
             "no [zabbix.{name}] in the config (configured: {})",
             if have.is_empty() { "none".into() } else { have.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
@@ -591,6 +594,11 @@ pub async fn cmdb_hosts(client: &Client, group: Option<&str>) -> Result<(Vec<cra
         hosts.push(host);
     }
     Ok((hosts, skipped))
+}
+
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    Ok(Arc::new(ZabbixModule::new(settings::from_config(config)?)))
 }
 
 impl HostModule for ZabbixModule {

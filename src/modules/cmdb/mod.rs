@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table, Value};
 
-use crate::kit::{Grant, HostModule};
 use crate::cmdb::Cmdb;
+use crate::config::Config;
+use crate::error::Error;
+use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 
 pub struct CmdbModule;
@@ -16,6 +18,11 @@ fn cmdb_of(ctx: &RunCtx, call: &str) -> mlua::Result<Cmdb> {
     Cmdb::new(store).map_err(|e| mlua::Error::runtime(format!("cmdb.{call}: {e}")))
 }
 
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    let _ = config;
+    Ok(Arc::new(CmdbModule))
+}
 
 impl HostModule for CmdbModule {
     fn name(&self) -> &'static str {

@@ -15,8 +15,12 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 
 use crate::kit::{Grant, HostModule};
-use crate::config::VirtConn;
+pub mod settings;
+
+use crate::config::Config;
+use crate::error::Error;
 use crate::runtime::context::RunCtx;
+use settings::VirtConn;
 
 pub struct VirtModule {
     conns: Arc<BTreeMap<String, VirtConn>>,
@@ -130,7 +134,10 @@ struct State {
 impl State {
     fn conn(&self, call: &str, name: &str) -> mlua::Result<Arc<Connect>> {
         let conf = self.conns.get(name).ok_or_else(|| {
-            LUA.err(call, format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")))
+            LUA.err(
+                call,
+                format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")),
+            )
         })?;
         let mut open = self.open.lock();
         if let Some(c) = open.get(name) {
@@ -170,6 +177,11 @@ impl State {
         self.ctx.record_action("virt", call, target, r.is_ok(), d).map_err(mlua::Error::external)?;
         r.map(|_| true).map_err(|e| LUA.err(call, format!("{target} on {conn}: {e}")))
     }
+}
+
+/// The module set up from opslet.toml.
+pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
+    Ok(Arc::new(VirtModule::new(settings::from_config(config)?)))
 }
 
 impl HostModule for VirtModule {
