@@ -1,4 +1,6 @@
-//! The error type at opslet's edges (CLI today, HTTP later), with the exit code each kind maps to.
+//! `Error`, the error of every layer below the edges, with the exit code and the short code
+//! (`kind`) each variant maps to; the edges map it in one place each (`cli`: exit codes,
+//! `http::error`: status and body).
 
 use std::fmt;
 
@@ -101,9 +103,13 @@ pub enum Error {
     /// Configuration file problems.
     #[error("{0}")]
     Config(String),
-    /// Storage (sled) problems.
+    /// Stored data that is missing, damaged or refused (a record that does not parse, a layout
+    /// of another version).
     #[error("{0}")]
     Store(String),
+    /// The data store itself failed (sled: I/O, corruption).
+    #[error("data store: {0}")]
+    Db(#[from] sled::Error),
     /// A command-line value that is malformed (not a param value: the shape of the flag).
     #[error("{0}")]
     Usage(String),
@@ -128,7 +134,7 @@ impl Error {
             Error::Applet(_) | Error::Params(_) | Error::Config(_) | Error::NotFound(_) => 3,
             Error::LimitExceeded { .. } => 4,
             Error::Cancelled => 6,
-            Error::Store(_) | Error::Internal(_) => 5,
+            Error::Store(_) | Error::Db(_) | Error::Internal(_) => 5,
         }
     }
 
@@ -143,15 +149,9 @@ impl Error {
             Error::Config(_) => "config_error",
             Error::Usage(_) => "usage_error",
             Error::NotFound(_) => "not_found",
-            Error::Store(_) => "store_error",
+            Error::Store(_) | Error::Db(_) => "store_error",
             Error::Internal(_) => "internal_error",
         }
-    }
-}
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Store(format!("data store: {e}"))
     }
 }
 

@@ -124,3 +124,102 @@ fn the_checker_finds_an_upward_import() {
     assert_eq!(sup, vec![vec!["modules".to_string(), "ssh".to_string(), "client".to_string(), "Session".to_string()]]);
     assert!(named_paths(&me, "let x = my_crate::runtime::f();").is_empty());
 }
+
+/// Module paths named by each file, resolved to the longest prefix that is a file of `src/`.
+fn file_graph(src: &Path) -> (Vec<Vec<String>>, Vec<Vec<usize>>) {
+    let mut files = Vec::new();
+    sources(src, &mut files);
+    files.sort();
+    let mods: Vec<Vec<String>> = files.iter().map(|f| module_path(src, f)).collect();
+    let index = |path: &[String]| (1..=path.len()).rev().find_map(|n| mods.iter().position(|m| m.as_slice() == &path[..n]));
+    let mut edges = vec![Vec::new(); files.len()];
+    for (i, file) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            for path in named_paths(&mods[i], line) {
+                if let Some(j) = index(&path).filter(|&j| j != i) {
+                    edges[i].push(j);
+                }
+            }
+        }
+    }
+    (mods, edges)
+}
+
+/// Strongly connected groups of files (Tarjan), the ones with more than one file.
+fn cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    struct T<'a> {
+        edges: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        stack: Vec<usize>,
+        on: Vec<bool>,
+        next: usize,
+        out: Vec<Vec<usize>>,
+    }
+    fn visit(t: &mut T, v: usize) {
+        t.index[v] = Some(t.next);
+        t.low[v] = t.next;
+        t.next += 1;
+        t.stack.push(v);
+        t.on[v] = true;
+        for &w in &t.edges[v] {
+            match t.index[w] {
+                None => {
+                    visit(t, w);
+                    t.low[v] = t.low[v].min(t.low[w]);
+                }
+                Some(iw) if t.on[w] => t.low[v] = t.low[v].min(iw),
+                _ => {}
+            }
+        }
+        if Some(t.low[v]) == t.index[v] {
+            let mut group = Vec::new();
+            while let Some(w) = t.stack.pop() {
+                t.on[w] = false;
+                group.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            if group.len() > 1 {
+                t.out.push(group);
+            }
+        }
+    }
+    let n = edges.len();
+    let mut t = T { edges, index: vec![None; n], low: vec![0; n], stack: Vec::new(), on: vec![false; n], next: 0, out: Vec::new() };
+    for v in 0..n {
+        if t.index[v].is_none() {
+            visit(&mut t, v);
+        }
+    }
+    t.out
+}
+
+#[test]
+fn no_import_cycle_is_longer_than_a_file_and_its_own_submodules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (mods, edges) = file_graph(&src);
+    let mut wrong = Vec::new();
+    for group in cycles(&edges) {
+        // Allowed: a module file and files below it (a parent and its children use each other).
+        let shortest = group.iter().map(|&i| &mods[i]).min_by_key(|m| m.len()).unwrap();
+        let nested = group.iter().all(|&i| mods[i].starts_with(shortest));
+        if !nested {
+            wrong.push(group.iter().map(|&i| mods[i].join("::")).collect::<Vec<_>>().join(" <-> "));
+        }
+    }
+    assert!(wrong.is_empty(), "import cycles between files:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_cycle_finder_finds_a_cycle_of_siblings() {
+    // 0 -> 1 -> 2 -> 0 and 3 alone.
+    let edges = vec![vec![1], vec![2], vec![0], vec![0]];
+    let found = cycles(&edges);
+    assert_eq!(found.len(), 1);
+    let mut g = found[0].clone();
+    g.sort();
+    assert_eq!(g, [0, 1, 2]);
+}

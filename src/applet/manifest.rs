@@ -6,6 +6,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+pub use super::spec::{ParamSpec, ParamType};
 use crate::error::Diagnostic;
 use crate::util::{parse_duration, parse_size, validate_name};
 
@@ -38,61 +39,6 @@ struct RawLimits {
     timeout: Option<Spanned<String>>,
     cpu: Option<Spanned<String>>,
     memory: Option<Spanned<String>>,
-}
-
-/// The type of one applet parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ParamType {
-    String,
-    Integer,
-    Number,
-    Boolean,
-    Enum,
-    List,
-    HostSelector,
-}
-
-impl ParamType {
-    pub fn name(self) -> &'static str {
-        match self {
-            ParamType::String => "string",
-            ParamType::Integer => "integer",
-            ParamType::Number => "number",
-            ParamType::Boolean => "boolean",
-            ParamType::Enum => "enum",
-            ParamType::List => "list",
-            ParamType::HostSelector => "host-selector",
-        }
-    }
-}
-
-/// `[params.NAME]` in the manifest.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ParamSpec {
-    #[serde(rename = "type")]
-    pub ty: ParamType,
-    #[serde(default)]
-    pub required: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
-    /// Allowed values of an `enum` param.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub values: Option<Vec<String>>,
-    /// Item type of a `list` param (default `string`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub items: Option<ParamType>,
-    /// Inclusive bounds for `integer` and `number` params.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
-    /// A secret param's value is redacted from audit records and logs.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub secret: bool,
 }
 
 /// `[limits]` requested by the applet (capped later by the host's maxima).
@@ -239,7 +185,7 @@ fn validate_param_spec(spec: &ParamSpec) -> Result<(), String> {
         return Err("a required param cannot have a default".into());
     }
     if let Some(default) = &spec.default {
-        super::params::check_value(spec, default).map_err(|m| format!("default: {m}"))?;
+        super::spec::check_value(spec, default).map_err(|m| format!("default: {m}"))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod manifest;
 pub mod params;
+pub mod spec;
 
 use std::collections::BTreeMap;
 use std::path::Path;

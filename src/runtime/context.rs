@@ -121,10 +121,13 @@ pub struct RunCtx {
     pub(crate) kv_limits: (u64, u64),
 }
 
+/// Longest log line kept; the rest is cut (and never built: `log` assembles a line only up to
+/// a little past here).
+pub const MAX_LINE: usize = 64 * 1024;
+
 impl RunCtx {
     /// Appends a log line, enforcing the output limit. Secrets are redacted first.
     pub fn log(&self, level: Level, message: &str) -> mlua::Result<()> {
-        const MAX_LINE: usize = crate::runtime::builtins::log::MAX_LINE;
         let mut message = self.redactor.apply(message).into_owned();
         if message.len() > MAX_LINE {
             let mut cut = MAX_LINE;

@@ -13,12 +13,14 @@
 //! only planned in a dry run. Reads are audited too.
 //!
 //! Layout: `rmcp` is the IPMI-over-LAN client, `redfish` the Redfish client, `bmc` puts them
-//! behind one set of operations; this file is the Lua boundary and the per-run state.
+//! behind one set of operations, `types` holds the plain types they share; this file is the Lua
+//! boundary and the per-run state.
 
 pub mod bmc;
 pub mod redfish;
 pub mod rmcp;
 pub mod settings;
+pub mod types;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::bmc::{BootDevice, LogEntry, PowerAction, Reading};
+use super::types::{BootDevice, LogEntry, PowerAction, Reading};
 
 pub struct Client {
     http: reqwest::Client,

@@ -5,13 +5,21 @@
 //! Connections are `[zabbix.NAME]` in opslet.toml; logins come from secrets. Module functions use
 //! the default connection; `zabbix.connection(NAME)` gives the same functions for another one.
 //! Writes are audited as actions of the run and only planned in a dry run.
+//!
+//! Layout: `client` is the JSON-RPC client, `problems`, `maintenance`, `time` and `redact` the
+//! larger pieces of the calls, `cmdb_import` the CLI's `cmdb import --from-zabbix`; this file is
+//! the Lua boundary and the per-run state.
 
 pub mod client;
+mod cmdb_import;
+mod maintenance;
+mod problems;
+mod redact;
 pub mod settings;
+mod time;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
@@ -21,8 +29,14 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
-use client::{Client, Login, ZabbixError};
+use client::{Client, ZabbixError};
+use cmdb_import::connect;
+use problems::severity;
+use redact::hide_credentials;
 use settings::ZabbixConn;
+use time::{iso, when};
+
+pub use cmdb_import::{client_for, cmdb_hosts};
 
 pub struct ZabbixModule {
     conns: Arc<std::collections::BTreeMap<String, ZabbixConn>>,
@@ -38,8 +52,6 @@ impl ZabbixModule {
 
 /// This module's calls, for their errors (`zabbix.CALL: ...`).
 const LUA: crate::kit::Calls = crate::kit::Calls("zabbix");
-
-const SEVERITIES: &[&str] = &["not classified", "information", "warning", "average", "high", "disaster"];
 
 #[derive(Clone)]
 struct State {
@@ -92,39 +104,6 @@ impl State {
     }
 }
 
-/// Epoch seconds from a number, an RFC 3339 time, or a duration ago ("1h", "30m").
-fn when(call: &str, key: &str, v: &Value) -> mlua::Result<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)).ok_or_else(|| LUA.err(call, format!("{key}: not a time"))),
-        Value::String(s) => {
-            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-                return Ok(t.timestamp());
-            }
-            let d = crate::util::parse_duration(s)
-                .map_err(|_| LUA.err(call, format!("{key}: `{s}` is neither an RFC 3339 time nor a duration ago like \"1h\"")))?;
-            Ok(chrono::Utc::now().timestamp() - d.as_secs() as i64)
-        }
-        _ => Err(LUA.err(call, format!("{key}: expected epoch seconds, an RFC 3339 time or a duration like \"1h\""))),
-    }
-}
-
-fn severity(call: &str, v: &Value) -> mlua::Result<u64> {
-    match v {
-        Value::Number(n) => n.as_u64().filter(|s| *s <= 5).ok_or_else(|| LUA.err(call, "severity_min: 0 to 5")),
-        Value::String(s) => SEVERITIES
-            .iter()
-            .position(|x| x.eq_ignore_ascii_case(s))
-            .map(|p| p as u64)
-            .ok_or_else(|| LUA.err(call, format!("severity_min: `{s}` is not one of: {}", SEVERITIES.join(", ")))),
-        _ => Err(LUA.err(call, "severity_min: a number 0-5 or a name like \"high\"")),
-    }
-}
-
-fn iso(clock: &Value) -> Value {
-    let secs = clock.as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| clock.as_i64()).unwrap_or(0);
-    chrono::DateTime::from_timestamp(secs, 0).map(|t| json!(t.to_rfc3339())).unwrap_or(Value::Null)
-}
-
 fn opts_json(lua: &Lua, t: Option<Table>) -> mlua::Result<Value> {
     match t {
         None => Ok(json!({})),
@@ -155,23 +134,6 @@ async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::
             .err(call, format!("no host {} in Zabbix ({conn})", missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "))));
     }
     Ok(found.into_iter().map(|(_, id)| id).collect())
-}
-
-/// `params` with the values of credential-like keys (passwd, password, token, auth, secret)
-/// replaced, at any depth: raw calls like `user.update` carry them, the audit log must not.
-fn hide_credentials(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let secret = ["passwd", "password", "token", "auth", "secret"].iter().any(|w| k.to_ascii_lowercase().contains(w));
-                    (k.clone(), if secret { json!("<redacted>") } else { hide_credentials(v) })
-                })
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(hide_credentials).collect()),
-        other => other.clone(),
-    }
 }
 
 /// The module's functions, bound to connection `conn` (None: the default one).
@@ -232,56 +194,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 s.require("problems", "read")?;
                 let conn = s.conn_name("problems", c.as_deref())?;
                 let f = opts_json(&lua, filter)?;
-                let mut params = json!({ "output": "extend", "selectTags": "extend", "selectAcknowledges": ["clock", "message", "action"], "sortfield": ["eventid"], "sortorder": "DESC", "recent": false });
-                if let Some(min) = f.get("severity_min") {
-                    let min = severity("problems", min)?;
-                    params["severities"] = json!((min..=5).collect::<Vec<_>>());
-                }
-                if let Some(h) = f.get("host") {
-                    let names: Vec<String> = match h {
-                        Value::String(s) => vec![s.clone()],
-                        Value::Array(a) if a.iter().all(Value::is_string) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                        _ => return Err(LUA.err("problems", "host: a host name or a list of host names")),
-                    };
-                    params["hostids"] = json!(hostids(&s, "problems", &conn, &names).await?);
-                }
-                if let Some(tags) = f.get("tags").and_then(Value::as_object) {
-                    params["tags"] = json!(tags.iter().map(|(k, v)| json!({ "tag": k, "value": v, "operator": 1 })).collect::<Vec<_>>());
-                }
-                if let Some(since) = f.get("since") {
-                    params["time_from"] = json!(when("problems", "since", since)?);
-                }
-                if let Some(l) = f.get("limit").and_then(Value::as_u64) {
-                    params["limit"] = json!(l);
-                }
-                let problems = s.call("problems", &conn, "problem.get", params).await?;
-                let list = problems.as_array().cloned().unwrap_or_default();
-                // Which host each problem is on: problem.get does not say, event.get does.
-                let ids: Vec<Value> = list.iter().map(|p| p["eventid"].clone()).collect();
-                let mut host_of = HashMap::new();
-                if !ids.is_empty() {
-                    let ev = s.call("problems", &conn, "event.get", json!({ "eventids": ids, "output": ["eventid"], "selectHosts": ["host"] })).await?;
-                    for e in ev.as_array().into_iter().flatten() {
-                        let h: Vec<Value> = e["hosts"].as_array().into_iter().flatten().map(|h| h["host"].clone()).collect();
-                        host_of.insert(e["eventid"].as_str().unwrap_or("").to_string(), h);
-                    }
-                }
-                let shaped: Vec<Value> = list
-                    .iter()
-                    .map(|p| {
-                        let sev = p["severity"].as_str().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
-                        let id = p["eventid"].as_str().unwrap_or("").to_string();
-                        let hosts = host_of.remove(&id).unwrap_or_default();
-                        json!({
-                            "eventid": id, "name": p["name"], "severity": sev, "severity_name": SEVERITIES.get(sev).copied().unwrap_or("?"),
-                            "host": hosts.first().cloned().unwrap_or(Value::Null), "hosts": hosts,
-                            "clock": iso(&p["clock"]), "acknowledged": p["acknowledged"] == "1",
-                            "tags": p["tags"].as_array().into_iter().flatten().map(|t| (t["tag"].as_str().unwrap_or("").to_string(), t["value"].clone())).collect::<serde_json::Map<_, _>>(),
-                            "acknowledges": p["acknowledges"],
-                        })
-                    })
-                    .collect();
-                out(&lua, &json!(shaped))
+                out(&lua, &problems::problems(&s, &conn, &f).await?)
             }
         })?,
     )?;
@@ -415,60 +328,10 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 s.require("maintenance", "maintenance")?;
                 let conn = s.conn_name("maintenance", c.as_deref())?;
                 let o: Value = lua.from_value(LuaValue::Table(spec))?;
-                let hosts: Vec<String> = match o.get("hosts") {
-                    Some(Value::String(h)) => vec![h.clone()],
-                    Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-                        a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
-                    }
-                    _ => return Err(LUA.err("maintenance", "hosts: a host name or a list of host names")),
-                };
-                let duration = match o.get("duration") {
-                    Some(Value::Number(n)) => n.as_u64().ok_or_else(|| LUA.err("maintenance", "duration: seconds"))?,
-                    Some(Value::String(d)) => {
-                        crate::util::parse_duration(d).map_err(|m| LUA.err("maintenance", format!("duration: {m}")))?.as_secs()
-                    }
-                    _ => return Err(LUA.err("maintenance", "duration: seconds or a duration like \"2h\"")),
-                };
-                if !(300..=30 * 86400).contains(&duration) {
-                    return Err(LUA.err("maintenance", "duration: between 5 minutes and 30 days"));
+                match maintenance::create(&s, &conn, &o).await? {
+                    Some(id) => out(&lua, &id),
+                    None => Ok(LuaValue::Nil),
                 }
-                let name = o
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("opslet {} {}", s.ctx.applet, s.ctx.run_id));
-                let ids = hostids(&s, "maintenance", &conn, &hosts).await?;
-                let now = chrono::Utc::now().timestamp();
-                let detail = json!({ "connection": conn, "name": name, "hosts": hosts, "duration_s": duration });
-                if s.ctx.dry_run {
-                    let mut d = detail;
-                    d["planned"] = json!(true);
-                    s.audit("maintenance", &hosts.join(","), true, d)?;
-                    return Ok(LuaValue::Nil);
-                }
-                // 6.2 replaced `hostids` with `hosts: [{hostid}]`.
-                let ver = s.client("maintenance", &conn)?.version().await.map_err(|e| LUA.err("maintenance", e))?;
-                let mut params = json!({
-                    "name": name, "active_since": now, "active_till": now + duration as i64,
-                    "timeperiods": [{ "timeperiod_type": 0, "start_date": now, "period": duration }],
-                });
-                if ver >= (6, 2) {
-                    params["hosts"] = json!(ids.iter().map(|i| json!({ "hostid": i })).collect::<Vec<_>>());
-                } else {
-                    params["hostids"] = json!(ids);
-                }
-                let r = s.call("maintenance", &conn, "maintenance.create", params).await;
-                let id = r.as_ref().ok().and_then(|v| v["maintenanceids"].get(0).cloned());
-                s.audit("maintenance", &hosts.join(","), r.is_ok(), {
-                    let mut d = detail;
-                    d["maintenanceid"] = json!(id);
-                    if let Err(e) = &r {
-                        d["error"] = json!(e.to_string());
-                    }
-                    d
-                })?;
-                r?;
-                out(&lua, &id.unwrap_or(Value::Null))
             }
         })?,
     )?;
@@ -504,96 +367,6 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
         })?,
     )?;
     Ok(t)
-}
-
-/// A client for connection `name` with its login: the one way both a run and the CLI connect.
-/// `secret` reads a secret's text by name.
-fn connect(name: &str, conf: &ZabbixConn, secret: &dyn Fn(&str) -> Result<String, String>) -> Result<Client, String> {
-    let login = match (&conf.user, &conf.password_secret, &conf.token_secret) {
-        (Some(u), Some(p), _) => Login::Password { user: u.clone(), password: secret(p)? },
-        (_, _, Some(t)) => Login::Token(secret(t)?),
-        _ => return Err(format!("[zabbix.{name}] has no credentials")),
-    };
-    let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-    let ca =
-        conf.ca_file.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("[zabbix.{name}] ca_file {}: {e}", p.display()))).transpose()?;
-    Client::new(name, &conf.url, login, timeout, ca.as_deref())
-}
-
-/// A client for connection `name` of `config`, with its login read from `store`'s secrets
-/// (for the CLI's `cmdb import --from-zabbix`).
-pub fn client_for(config: &crate::config::Config, store: &crate::store::Store, name: &str) -> Result<Client, crate::error::Error> {
-    use crate::error::Error;
-    let conns = settings::from_config(config)?;
-    let conf = conns.get(name).ok_or_else(|| {
-        let have: Vec<&String> = conns.keys().collect();
-        Error::Usage(format!(
-            "no [zabbix.{name}] in the config (configured: {})",
-            if have.is_empty() { "none".into() } else { have.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") }
-        ))
-    })?;
-    let secrets = crate::secrets::Secrets::open(store.clone())?;
-    let owner = format!("[zabbix.{name}]");
-    connect(name, conf, &|s| secrets.text(s, &owner).map_err(|e| e.to_string())).map_err(Error::Config)
-}
-
-/// Zabbix hosts as cmdb hosts: the technical name, the main interface's address, groups and tags
-/// made into cmdb names (lowercase, `-` for anything else), the Zabbix host id as an attribute.
-/// Returns the hosts and what had to be left out.
-pub async fn cmdb_hosts(client: &Client, group: Option<&str>) -> Result<(Vec<crate::cmdb::Host>, Vec<String>), String> {
-    let mut params = json!({ "output": ["hostid", "host", "status"], "selectGroups": ["name"], "selectInterfaces": ["ip", "dns", "useip", "main"], "selectTags": "extend" });
-    if let Some(g) = group {
-        let groups =
-            client.call("hostgroup.get", json!({ "output": ["groupid"], "filter": { "name": [g] } })).await.map_err(|e| e.to_string())?;
-        let ids: Vec<Value> = groups.as_array().into_iter().flatten().map(|g| g["groupid"].clone()).collect();
-        if ids.is_empty() {
-            return Err(format!("Zabbix has no host group `{g}`"));
-        }
-        params["groupids"] = json!(ids);
-    }
-    let r = client.call("host.get", params).await.map_err(|e| e.to_string())?;
-    let slug = |s: &str| -> String {
-        let mut out: String =
-            s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c.to_ascii_lowercase() } else { '-' }).collect();
-        out.truncate(128);
-        out
-    };
-    let mut hosts = Vec::new();
-    let mut skipped = Vec::new();
-    for h in r.as_array().into_iter().flatten() {
-        let name = h["host"].as_str().unwrap_or("").to_string();
-        if crate::cmdb::valid("host", &name).is_err() {
-            skipped.push(format!("host `{name}` (not a cmdb host name)"));
-            continue;
-        }
-        let iface = h["interfaces"].as_array().into_iter().flatten().find(|i| i["main"] == "1").or_else(|| h["interfaces"].get(0));
-        let address = iface
-            .map(|i| if i["useip"] == "0" { i["dns"].as_str().unwrap_or("") } else { i["ip"].as_str().unwrap_or("") })
-            .filter(|a| !a.is_empty())
-            .unwrap_or(&name)
-            .to_string();
-        let mut host = crate::cmdb::Host { name: name.clone(), address, port: 22, ..Default::default() };
-        host.groups = h["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|g| g["name"].as_str())
-            .map(slug)
-            .filter(|g| crate::cmdb::valid("group", g).is_ok())
-            .collect();
-        for t in h["tags"].as_array().into_iter().flatten() {
-            let (k, v) = (t["tag"].as_str().unwrap_or(""), t["value"].as_str().unwrap_or(""));
-            if crate::cmdb::valid("tag", k).is_ok() && !k.starts_with("ansible_") && !v.chars().any(char::is_control) {
-                host.tags.insert(k.to_string(), v.to_string());
-            } else {
-                skipped.push(format!("tag `{k}` on {name}"));
-            }
-        }
-        host.attrs.insert("zabbix_hostid".into(), h["hostid"].clone());
-        host.attrs.insert("zabbix_enabled".into(), json!(h["status"] == "0"));
-        hosts.push(host);
-    }
-    Ok((hosts, skipped))
 }
 
 /// The module set up from opslet.toml.

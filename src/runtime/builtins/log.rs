@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, MultiValue, Table, Value};
 
-use crate::runtime::context::{Level, RunCtx};
+use crate::runtime::context::{Level, MAX_LINE, RunCtx};
 use crate::runtime::convert;
 
 pub fn module(lua: &Lua, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
@@ -20,9 +20,6 @@ pub fn logger(lua: &Lua, ctx: &Arc<RunCtx>, level: Level) -> mlua::Result<mlua::
     let ctx = Arc::clone(ctx);
     lua.create_function(move |_, args: MultiValue| ctx.log(level, &format_args(&args)))
 }
-
-/// Longest log line kept; the rest is cut (and never built: a line is assembled only up to here).
-pub const MAX_LINE: usize = 64 * 1024;
 
 /// Joins values with spaces the way `print` does; tables are shown as compact JSON. Stops a
 /// little past `MAX_LINE` bytes without converting the rest: the logger redacts secrets first
