@@ -19,7 +19,7 @@ use opslet::cmdb::{Cmdb, Host};
 use opslet::runtime::{RunOutcome, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
-use opslet::store::audit::{AuditRecord, Filter};
+use opslet::store::audit::Filter;
 use serde_json::Value;
 
 struct Lab {
@@ -127,24 +127,6 @@ impl Lab {
     fn loaded(&self, host: &str) -> String {
         std::fs::read_to_string(self.root.join(host).join("app.conf.loaded")).unwrap_or_default()
     }
-
-    fn actions(&self, o: &RunOutcome) -> Vec<AuditRecord> {
-        let mut v =
-            self.store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap();
-        v.sort_by_key(|a| a.seq);
-        v
-    }
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    match &o.result {
-        Ok(v) => v,
-        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
-    }
-}
-
-fn by_host<'a>(v: &'a Value, host: &str) -> &'a Value {
-    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no record for {host} in {v}"))
 }
 
 const PUBLISH: &str = r#"["read", "publish"]"#;
@@ -179,7 +161,7 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
     }
     // The result never shows the secret; the audit log has hashes before and after.
     assert!(!v.to_string().contains("s3cr3t-app-token"));
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 3);
     for a in &acts {
         assert_eq!(a.data["action"], "publish");
@@ -222,7 +204,7 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
         assert_eq!(by_host(v, h)["ok"], true);
         assert!(lab.file(h).contains("port = 9090"));
     }
-    let fail = lab.actions(&o).into_iter().find(|a| a.data["target"] == "web2").unwrap();
+    let fail = actions(&lab.store, &o).into_iter().find(|a| a.data["target"] == "web2").unwrap();
     assert_eq!(fail.status.as_deref(), Some("error"));
     assert_eq!(fail.data["detail"]["before_sha256"], sha(&old));
     assert_eq!(fail.data["detail"]["restored"], "reloaded");
@@ -248,7 +230,7 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
     let r = &ok(&o)[0];
     assert_eq!(r["repaired"], true, "{r}");
     assert!(lab.file("web3").contains("workers = 2") && lab.file("web3").contains("port = 9090"));
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect::<Vec<_>>(), ["check", "repair"]);
     assert_eq!(acts[0].data["detail"]["status"], "drifted");
     assert_eq!(acts[1].data["detail"]["before_sha256"], sha(&edited));
@@ -270,7 +252,7 @@ fn publish_fail_validate_on_one_host_detect_drift_repair_and_roll_back() {
         assert_eq!(r["action"], "rollback");
     }
     assert!(lab.file("web1").contains("port = 8080") && lab.loaded("web1").contains("port = 8080"));
-    assert!(lab.actions(&o).iter().all(|a| a.data["action"] == "rollback" && a.data["detail"]["previous_version"] == v2));
+    assert!(actions(&lab.store, &o).iter().all(|a| a.data["action"] == "rollback" && a.data["detail"]["previous_version"] == v2));
 }
 
 fn by_host_state<'a>(v: &'a Value, host: &str) -> &'a Value {
@@ -344,7 +326,7 @@ fn permission_environment_and_dry_run() {
     for call in [r#"config.publish("app", "*")"#, r#"config.check("app", "*", { repair = true })"#] {
         let o = lab.run(r#"["read"]"#, &format!("return function() return {call} end"), false);
         assert!(err_text(&o).contains("does not grant `publish`"), "{call}: {}", err_text(&o));
-        assert!(lab.actions(&o).is_empty());
+        assert!(actions(&lab.store, &o).is_empty());
     }
     assert_eq!(lab.file("web1"), "");
     // Option errors name the call and the option.
@@ -383,7 +365,7 @@ fn permission_environment_and_dry_run() {
     assert!(!diff.contains("s3cr3t-app-token"), "secrets are redacted in diffs: {diff}");
     assert_eq!(lab.file("web1"), "port = 1\n");
     assert_eq!(lab.file("web2"), "");
-    assert!(lab.actions(&o).iter().all(|a| a.data["detail"]["planned"] == true));
+    assert!(actions(&lab.store, &o).iter().all(|a| a.data["detail"]["planned"] == true));
     // render and get read the item.
     let o = lab.run(
         r#"["read"]"#,
@@ -596,10 +578,10 @@ fn a_run_that_ends_mid_publish_audits_the_host_as_abandoned() {
     assert!(o.result.is_err(), "the run ran out of time");
     // The host's task is aborted just after the run ends; its record follows.
     let t0 = std::time::Instant::now();
-    while !lab.actions(&o).iter().any(|a| a.data["action"] == "publish") && t0.elapsed() < std::time::Duration::from_secs(5) {
+    while !actions(&lab.store, &o).iter().any(|a| a.data["action"] == "publish") && t0.elapsed() < std::time::Duration::from_secs(5) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     let a = acts.iter().find(|a| a.data["action"] == "publish").expect("the publish is in the audit log");
     assert_eq!(a.status.as_deref(), Some("error"));
     assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned:"), "{:?}", a.data);

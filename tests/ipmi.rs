@@ -12,7 +12,6 @@ use opslet::cmdb::{Cmdb, Host};
 use opslet::runtime::{RunOutcome, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
-use opslet::store::audit::{AuditRecord, Filter};
 use serde_json::Value;
 
 struct Lab {
@@ -63,20 +62,6 @@ impl Lab {
         let mut r = req(package_with(&manifest, main, &[]));
         r.dry_run = dry_run;
         run_req(&self.rt, r)
-    }
-
-    fn actions(&self, o: &RunOutcome) -> Vec<AuditRecord> {
-        let mut v =
-            self.store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap();
-        v.sort_by_key(|a| a.seq);
-        v
-    }
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    match &o.result {
-        Ok(v) => v,
-        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
     }
 }
 
@@ -159,7 +144,7 @@ fn ipmi_over_lan_power_boot_sensors_and_sel_agree_with_ipmitool() {
     assert!(bmc.ipmitool(&["sel", "list"]).contains("Upper Non-critical going high"));
 
     // Every BMC operation is audited; power changes with the state before.
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     let names: Vec<&str> = acts.iter().map(|a| a.data["action"].as_str().unwrap()).collect();
     assert_eq!(names, ["power", "power_off", "power", "power_on", "power", "power_cycle", "power_reset", "boot_device", "sensors", "sel"]);
     let off = &acts[1];
@@ -185,7 +170,7 @@ fn power_actions_are_refused_without_the_permission_and_only_planned_in_a_dry_ru
         let o = lab.run(READ, &format!("return function() return {call} end"));
         let e = err_text(&o);
         assert!(e.contains("permission denied: the applet's manifest does not grant `power`"), "{call}: {e}");
-        assert!(lab.actions(&o).is_empty(), "{call}: refused before any BMC was asked");
+        assert!(actions(&lab.store, &o).is_empty(), "{call}: refused before any BMC was asked");
     }
     // Hosts outside a table scope are refused; unknown actions and boot devices are named.
     let o =
@@ -202,7 +187,7 @@ fn power_actions_are_refused_without_the_permission_and_only_planned_in_a_dry_ru
     let v = ok(&o);
     assert_eq!(v[0]["planned"], true);
     assert_eq!(v[1]["planned"], true);
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 2);
     assert!(acts.iter().all(|a| a.data["detail"]["planned"] == true));
     assert_eq!(bmc.chassis_events(), "", "nothing reached the chassis");
@@ -227,7 +212,7 @@ fn a_wrong_password_a_dead_bmc_and_one_that_stops_answering() {
     let e = err_text(&o);
     assert!(e.contains("ipmi.power: srv-wrong: the BMC refused the login (wrong user or password)"), "{e}");
     assert!(!e.contains("not-the-bmc-password"));
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 1);
     assert_eq!(acts[0].status.as_deref(), Some("error"));
     let o = lab.run(READ, r#"return function() return ipmi.power("srv-dead") end"#);

@@ -12,7 +12,6 @@ use opslet::cmdb::{Cmdb, Host};
 use opslet::runtime::{RunOutcome, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
-use opslet::store::audit::{AuditRecord, Filter};
 use serde_json::Value;
 
 struct Lab {
@@ -63,21 +62,6 @@ impl Lab {
         r.dry_run = dry_run;
         run_req(&self.rt, r)
     }
-
-    fn actions(&self, o: &RunOutcome) -> Vec<AuditRecord> {
-        self.store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap()
-    }
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    match &o.result {
-        Ok(v) => v,
-        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
-    }
-}
-
-fn by_host<'a>(v: &'a Value, host: &str) -> &'a Value {
-    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no record for {host} in {v}"))
 }
 
 fn h3c_after_check(h3c: &Value) -> bool {
@@ -142,7 +126,7 @@ fn cisco_commands_match_netmiko_and_config_changes_stick() {
     assert!(seen["outputs"]["show running-config"].as_str().unwrap().contains("name opslet-users"));
 
     // Every command and the change are in the audit log.
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     let cmds: Vec<&str> =
         acts.iter().filter(|a| a.data["action"] == "command").map(|a| a.data["detail"]["command"].as_str().unwrap()).collect();
     assert_eq!(cmds, ["show version", "show vlan brief", "show running-config", "show running-config"]);
@@ -177,7 +161,7 @@ fn a_rejected_config_line_stops_the_change_and_leaves_config_mode() {
     assert_eq!(v["prompt"], "sw2#");
     let cfg = v["config"].as_str().unwrap();
     assert!(cfg.contains("vlan 77") && !cfg.contains("vlan 78"), "{cfg}");
-    let conf = lab.actions(&o).into_iter().find(|a| a.data["action"] == "config").unwrap();
+    let conf = actions(&lab.store, &o).into_iter().find(|a| a.data["action"] == "config").unwrap();
     assert_eq!(conf.status.as_deref(), Some("error"));
     assert_eq!(conf.data["detail"]["applied"], 2);
 
@@ -391,7 +375,7 @@ fn many_devices_at_once_with_a_wrong_password_and_a_dead_device() {
     let d = by_host(v, "sw-dead");
     assert!(d["error"].as_str().unwrap().contains("refused"), "{d}");
     // Every device's failure is in the audit log, the password nowhere.
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert!(acts.iter().any(|a| a.data["target"] == "sw-wrongpw" && a.status.as_deref() == Some("error")));
     assert!(!serde_json::to_string(&acts.iter().map(|a| &a.data).collect::<Vec<_>>()).unwrap().contains("not-the-password"));
 }
@@ -429,7 +413,7 @@ fn a_device_that_stops_answering_mid_command_times_out() {
     let err = v["err"].as_str().unwrap();
     assert!(err.contains("netdev.command: sw-hang: no answer within 3s waiting for `show running-config`"), "{err}");
     assert!(v["again"].as_str().unwrap().contains("unusable after an earlier failure"), "{}", v["again"]);
-    let failed = lab.actions(&o).into_iter().find(|a| a.status.as_deref() == Some("error")).unwrap();
+    let failed = actions(&lab.store, &o).into_iter().find(|a| a.status.as_deref() == Some("error")).unwrap();
     assert_eq!(failed.data["detail"]["command"], "show running-config");
 }
 
@@ -492,7 +476,7 @@ fn permissions_are_checked_before_anything_is_sent() {
         let e = err_text(&o);
         assert!(e.contains(want), "{call} under {scope}: {e}");
         // Refused before anything was sent: no command or change in the audit log, no login.
-        let acts = lab.actions(&o);
+        let acts = actions(&lab.store, &o);
         assert!(acts.iter().all(|a| a.data["action"] != "command" && a.data["action"] != "config"), "{call}: {acts:?}");
         assert!(acts.iter().all(|a| a.data["action"] != "hostkey.pin"), "{call} connected: {acts:?}");
     }
@@ -524,7 +508,7 @@ fn vlan_provision_plans_exact_lines_per_vendor_then_applies_them() {
     assert_eq!(by_host(rows, "HUAWEI")["lines"], "vlan 120\ndescription cameras\nquit");
     assert_eq!(by_host(rows, "H3C")["lines"], "vlan 120\nname cameras\nquit");
     assert!(rows.as_array().unwrap().iter().all(|r| r["status"] == "planned"), "{rows}");
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 3, "one planned change per device: {acts:?}");
     assert!(acts.iter().all(|a| a.data["detail"]["planned"] == true && a.data["dry_run"] == true));
     let before = netmiko("cisco_ios", sw.port, &["show running-config"]);
@@ -562,10 +546,10 @@ fn a_run_that_ends_mid_command_audits_it_as_abandoned() {
     sw.resume();
     assert!(o.result.is_err(), "the run ran out of time");
     let t0 = std::time::Instant::now();
-    while !lab.actions(&o).iter().any(|a| a.data["action"] == "command") && t0.elapsed() < std::time::Duration::from_secs(5) {
+    while !actions(&lab.store, &o).iter().any(|a| a.data["action"] == "command") && t0.elapsed() < std::time::Duration::from_secs(5) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     let a = acts.iter().find(|a| a.data["action"] == "command").expect("the command is in the audit log");
     assert_eq!(a.status.as_deref(), Some("error"));
     assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned:"), "{:?}", a.data);

@@ -260,6 +260,18 @@ fn async_jobs_stream_events_and_can_be_cancelled() {
         assert_eq!(mine, json!([]));
         let (_, all) = call(&s, "GET", "/api/v1/jobs?applet=disk-report", Some("ada"), None).await;
         assert_eq!(all.as_array().unwrap().len(), 1);
+        let (_, ended_ok) = call(&s, "GET", "/api/v1/jobs?applet=disk-report&status=ok", Some("ada"), None).await;
+        assert_eq!(ended_ok.as_array().unwrap().len(), 1);
+        // A status that does not exist is named, not answered with an empty list.
+        let (code, body) = call(&s, "GET", "/api/v1/jobs?status=finished", Some("ada"), None).await;
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(body["error"]["code"], json!("bad_request"));
+        assert!(body["error"]["message"].as_str().unwrap().contains("status `finished` is not one of queued, running, ok"), "{body}");
+        // Every error answer has the one body: a code and a message.
+        let (code, body) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("oz"), None).await;
+        assert_eq!((code, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
+        let (code, body) = call(&s, "GET", "/api/v1/jobs/no-such-job", Some("ada"), None).await;
+        assert_eq!((code, body["error"]["code"].clone()), (404, json!("not_found")), "{body}");
 
         // Events of a finished job: its logs, then the end.
         let events = sse(&s, "ola", &id).await;
@@ -443,18 +455,21 @@ fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
         let resp = deliver(now, Some(sig.clone()), body).await.unwrap();
         assert_eq!(resp.status().as_u16(), 202);
         let id = resp.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
-        assert_eq!(deliver(now, Some(sig), body).await.unwrap().status().as_u16(), 409, "replayed");
+        let replay = deliver(now, Some(sig), body).await.unwrap();
+        assert_eq!(replay.status().as_u16(), 409, "replayed");
+        assert_eq!(replay.json::<Value>().await.unwrap()["error"]["code"], json!("replayed"));
 
         let job = poll_job(&s, "ada", &id).await;
         assert_eq!(job["status"], json!("ok"), "{job}");
         assert_eq!(job["result"], json!({ "threshold": 93, "caller": "hook:disk-alert", "via": "hook" }));
         assert_eq!(job["user"], json!("hook:disk-alert"));
 
-        assert_eq!(
-            client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap().status().as_u16(),
-            401,
-            "unknown hooks look like bad signatures"
-        );
+        let unknown = client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap();
+        assert_eq!(unknown.status().as_u16(), 401, "unknown hooks look like bad signatures");
+        let wrong = deliver(now, Some(sign("not-the-secret", now, body.as_bytes())), body).await.unwrap();
+        assert_eq!(wrong.status().as_u16(), 401);
+        // The same answer, word for word: a hook's name cannot be probed.
+        assert_eq!(unknown.json::<Value>().await.unwrap(), wrong.json::<Value>().await.unwrap());
     });
 }
 
@@ -915,5 +930,25 @@ fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
         let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_string();
         assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(resp.text().await.unwrap().contains("/ui/app.js"));
+    });
+}
+
+#[test]
+fn a_run_that_fails_is_answered_200_with_its_error_in_the_one_shape() {
+    let s = server_with("", &[], |dir, data| {
+        let d = dir.join("disk-fails");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("applet.toml"), "name = \"disk-fails\"\nversion = \"1.0.0\"\n").unwrap();
+        std::fs::write(d.join("main.lua"), "return function() error('disk full on /var') end").unwrap();
+        opslet(data, &["publish", d.to_str().unwrap()]);
+    });
+    rt().block_on(async {
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-fails/run", Some("ola"), None).await;
+        // The request was fine; the run failed: 200, and the run's status and error say how.
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], json!("error"));
+        assert_eq!(body["error"]["code"], json!("applet_error"));
+        assert!(body["error"]["message"].as_str().unwrap().contains("main.lua:1: disk full on /var"), "{body}");
+        assert!(body.get("result").is_none(), "{body}");
     });
 }

@@ -12,7 +12,7 @@ use opslet::cmdb::{Cmdb, Host};
 use opslet::runtime::{RunOutcome, RunStatus, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
-use opslet::store::audit::{AuditRecord, Filter};
+use opslet::store::audit::Filter;
 use serde_json::Value;
 
 struct Lab {
@@ -75,24 +75,6 @@ impl Lab {
         r.dry_run = dry_run;
         run_req(&self.rt, r)
     }
-
-    fn actions(&self, o: &RunOutcome) -> Vec<AuditRecord> {
-        let mut recs =
-            self.store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap();
-        recs.reverse();
-        recs
-    }
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    match &o.result {
-        Ok(v) => v,
-        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
-    }
-}
-
-fn by_host<'a>(v: &'a Value, host: &str) -> &'a Value {
-    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no record for {host} in {v}"))
 }
 
 const ALL: &str = "{ hosts = [\"*\"] }";
@@ -122,7 +104,7 @@ fn runs_on_every_host_with_exit_codes_output_and_an_unreachable_host() {
     assert!(ok(&o).as_array().unwrap().iter().all(|r| r["ok"] == true && r["exit_code"] == 0));
 
     // Every command on every host is in the audit log: host, command, exit code, duration.
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 3);
     for a in &acts {
         assert_eq!(a.data["module"], "ssh");
@@ -172,7 +154,7 @@ fn host_keys_are_pinned_checked_and_changes_refused() {
     let o = lab1.run(ALL, r#"return function() return ssh.run("web1", "true") end"#);
     let e = ok(&o)[0]["error"].as_str().unwrap().to_string();
     assert!(e.contains("not pinned") && e.contains("SHA256:"), "{e}");
-    let acts = lab1.actions(&o);
+    let acts = actions(&lab1.store, &o);
     assert!(acts.iter().any(|a| a.data["action"] == "hostkey.refused" && a.data["detail"]["reason"] == "not pinned"));
     drop(lab1);
 
@@ -183,7 +165,7 @@ fn host_keys_are_pinned_checked_and_changes_refused() {
     let cmdb = Cmdb::new(lab.store.clone()).unwrap();
     let pinned = cmdb.host("web1").unwrap().unwrap().host_key.expect("pinned on first contact");
     assert_eq!(pinned, lab.fleet.hosts[0].host_key);
-    assert!(lab.actions(&o).iter().any(|a| a.data["action"] == "hostkey.pin"));
+    assert!(actions(&lab.store, &o).iter().any(|a| a.data["action"] == "hostkey.pin"));
 
     // A changed key (the pin no longer matches) is refused even under accept-and-pin.
     let mut h = cmdb.host("web1").unwrap().unwrap();
@@ -195,7 +177,7 @@ fn host_keys_are_pinned_checked_and_changes_refused() {
     let e = ok(&o)[0]["error"].as_str().unwrap().to_string();
     assert!(e.contains("host key changed"), "{e}");
     assert_eq!(lab.fleet.logins(), logins, "no login after a changed key");
-    let refused = lab.actions(&o).into_iter().find(|a| a.data["action"] == "hostkey.refused").expect("the refusal is audited");
+    let refused = actions(&lab.store, &o).into_iter().find(|a| a.data["action"] == "hostkey.refused").expect("the refusal is audited");
     assert_eq!(refused.data["detail"]["reason"], "changed");
     assert_eq!(refused.status.as_deref(), Some("error"));
 }
@@ -239,7 +221,7 @@ fn permissions_refuse_before_any_connection() {
         let o = lab.run(scope, &format!("return function() return {call} end"));
         let e = err_text(&o);
         assert!(e.contains(want), "{call}: {e}");
-        assert!(lab.actions(&o).is_empty(), "{call}: nothing may be audited as done");
+        assert!(actions(&lab.store, &o).is_empty(), "{call}: nothing may be audited as done");
     }
     assert_eq!(lab.fleet.logins(), logins, "no connection was made");
 
@@ -312,7 +294,7 @@ fn dry_run_plans_without_connecting() {
     }
     assert_eq!(v["put"][0]["command"], "put /tmp/x (5 bytes)");
     assert_eq!(lab.fleet.logins(), logins);
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 4);
     assert!(acts.iter().all(|a| a.data["dry_run"] == true && a.data["detail"]["planned"] == true));
 }
@@ -347,7 +329,7 @@ fn scripts_files_sudo_and_env() {
     assert_eq!(v["root"][0]["ok"], false);
     assert!(v["root"][0]["stderr"].as_str().unwrap().contains("sudo"), "{}", v["root"]);
     assert_eq!(v["env"][0]["stdout"], "x y|$(id)\n");
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert!(
         acts.iter().any(|a| a.data["action"] == "script" && a.data["detail"]["command"] == "script scripts/facts.sh 'one arg' 'it'\\''s'")
     );
@@ -380,7 +362,7 @@ fn canary_and_stop_after_on_real_hosts() {
     assert_eq!(v[0]["host"], "down1");
     assert_eq!(v[0]["ok"], false);
     assert!(v.as_array().unwrap()[1..].iter().all(|r| r["skipped"] == true), "{v}");
-    assert_eq!(lab.actions(&o).len(), 1);
+    assert_eq!(actions(&lab.store, &o).len(), 1);
 
     // One host at a time, stop after the first failure.
     let o = lab.run(
@@ -478,7 +460,7 @@ fn host_facts_reports_each_host_and_the_unreachable_one() {
     }
     assert!(by_host(v, "down1")["error"].as_str().unwrap().contains("refused"));
     // Only the packaged script ran: the applet may not run any command of its own.
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert!(acts.iter().all(|a| a.data["detail"]["command"] == "script facts.sh"), "{acts:?}");
 }
 
@@ -532,10 +514,10 @@ fn a_run_out_of_wall_time_ends_during_ssh_calls() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(6), "{:?}", t0.elapsed());
     // Both commands were in flight: the audit log says so (the tasks are aborted just after).
     let t0 = std::time::Instant::now();
-    while lab.actions(&o).len() < 2 && t0.elapsed() < std::time::Duration::from_secs(5) {
+    while actions(&lab.store, &o).len() < 2 && t0.elapsed() < std::time::Duration::from_secs(5) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let acts = lab.actions(&o);
+    let acts = actions(&lab.store, &o);
     assert_eq!(acts.len(), 2, "{acts:?}");
     for a in acts {
         assert_eq!(a.status.as_deref(), Some("error"));

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use opslet::runtime::{RunOutcome, Runtime};
 use opslet::store::audit::Filter;
-use serde_json::Value;
 
 fn rt() -> Runtime {
     let cfg = opslet::config::Config::parse("[audit]\nsync = false\n[virt.lab]\nuri = \"test:///default\"\n", "opslet.toml").unwrap();
@@ -20,10 +19,6 @@ fn applet(rt: &Runtime, scope: &str, main: &str, dry_run: bool) -> RunOutcome {
     let mut r = req(package_with(&m, main, &[]));
     r.dry_run = dry_run;
     run_req(rt, r)
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    o.result.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

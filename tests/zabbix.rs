@@ -12,7 +12,6 @@ use common::*;
 use opslet::runtime::{RunOutcome, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
-use opslet::store::audit::Filter;
 use serde_json::{Value, json};
 
 fn runtime_with(conn: &str, password: &str) -> Runtime {
@@ -31,14 +30,6 @@ fn applet(rt: &Runtime, actions: &str, main: &str, dry_run: bool) -> RunOutcome 
     let mut r = req(package_with(&m, main, &[]));
     r.dry_run = dry_run;
     run_req(rt, r)
-}
-
-fn ok(o: &RunOutcome) -> &Value {
-    o.result.as_ref().unwrap_or_else(|e| panic!("run failed: {e}"))
-}
-
-fn actions(rt: &Runtime, o: &RunOutcome) -> Vec<opslet::store::audit::AuditRecord> {
-    rt.store().unwrap().audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap()
 }
 
 #[test]
@@ -67,7 +58,7 @@ fn reads_problems_items_and_history_from_a_real_server() {
     assert_eq!(v["items"][0]["key"], "app.load");
     assert_eq!(v["hist"][0]["value"], 9.0);
     assert_eq!(v["hosts"][0]["groups"][0], "Linux servers");
-    assert!(actions(&rt, &o).is_empty(), "reads are not actions");
+    assert!(actions(rt.store().unwrap(), &o).is_empty(), "reads are not actions");
 }
 
 #[test]
@@ -78,13 +69,13 @@ fn acknowledges_and_closes_a_problem_for_real_and_audits_it() {
     let main = format!(r#"return function() return zabbix.ack("{eventid}", {{ message = "restarting api", close = true }}) end"#);
     let o = applet(&rt, "[\"read\", \"ack\"]", &main, true);
     assert_eq!(ok(&o), &json!(false));
-    assert_eq!(actions(&rt, &o)[0].data["detail"]["planned"], true);
+    assert_eq!(actions(rt.store().unwrap(), &o)[0].data["detail"]["planned"], true);
     let still = block(admin().call("problem.get", json!({ "eventids": [eventid], "output": ["acknowledged"] }))).unwrap();
     assert_eq!(still[0]["acknowledged"], "0");
 
     let o = applet(&rt, "[\"read\", \"ack\"]", &main, false);
     assert_eq!(ok(&o), &json!(true));
-    let acts = actions(&rt, &o);
+    let acts = actions(rt.store().unwrap(), &o);
     assert_eq!(acts[0].data["action"], "ack");
     assert_eq!(acts[0].data["detail"]["action"], 7, "close + acknowledge + message");
     // Zabbix's task manager closes it: r_eventid appears.
@@ -114,7 +105,7 @@ fn maintenance_is_created_for_real() {
     let m = block(admin().call("maintenance.get", json!({ "maintenanceids": [id], "selectHosts": ["host"] }))).unwrap();
     assert_eq!(m[0]["name"], format!("{host} patching"));
     assert_eq!(m[0]["hosts"][0]["host"], host.as_str());
-    assert_eq!(actions(&rt, &o)[0].data["action"], "maintenance");
+    assert_eq!(actions(rt.store().unwrap(), &o)[0].data["action"], "maintenance");
 }
 
 #[test]
@@ -135,7 +126,7 @@ fn permissions_refuse_before_anything_is_sent() {
         let o = applet(&rt, actions_, &format!("return function() return {call} end"), false);
         let e = err_text(&o);
         assert!(e.contains(want), "{call}: {e}");
-        assert!(actions(&rt, &o).is_empty());
+        assert!(actions(rt.store().unwrap(), &o).is_empty());
     }
     let bad = opslet::applet::AppletPackage::from_files(
         [
@@ -162,7 +153,7 @@ fn api_errors_wrong_credentials_and_a_dead_server_are_clear() {
     let e = err_text(&o);
     assert!(e.contains("Zabbix API error -32602: Invalid params. Incorrect characters used for host name"), "{e}");
     // The failed write is audited as such.
-    let acts = actions(&rt, &o);
+    let acts = actions(rt.store().unwrap(), &o);
     assert_eq!((acts[0].data["action"].as_str(), acts[0].status.as_deref()), (Some("host.create"), Some("error")));
     // Credentials in raw calls are kept out of the audit log, even when the call fails.
     let o = applet(
@@ -172,7 +163,7 @@ fn api_errors_wrong_credentials_and_a_dead_server_are_clear() {
         false,
     );
     assert!(o.result.is_err());
-    let acts = actions(&rt, &o);
+    let acts = actions(rt.store().unwrap(), &o);
     assert_eq!(acts[0].data["detail"]["params"]["passwd"], "<redacted>");
     assert!(!serde_json::to_string(&acts).unwrap().contains("Hidden-Pass-42"));
     let o = applet(&rt, "[\"call:host.nosuch\"]", r#"return function() return zabbix.call("host.nosuch") end"#, false);

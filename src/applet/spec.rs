@@ -187,4 +187,3 @@ fn describe(v: &Value) -> String {
         Value::Object(_) => "an object".into(),
     }
 }
-

@@ -65,7 +65,7 @@ pub(super) async fn publish_bundle(
 ) -> Result<Response, ApiError> {
     require(&s, &p, Action::Publish, "/api/v1/registry/publish")?;
     let (claimed, pkg) = crate::registry::bundle::decode(&body)?;
-    pkg.check_modules(&*s.service.runtime().modules())?;
+    pkg.check_modules(s.service.runtime().modules())?;
     let message = q.message.unwrap_or(claimed.message);
     let out = s.registry.publish(&pkg, &p.user, &message, q.allow_downgrade)?;
     s.registry.flush()?;

@@ -15,7 +15,10 @@ pub fn duration_opt(call: &str, key: &str, v: Value) -> mlua::Result<Duration> {
             crate::util::parse_duration(&s.to_string_lossy()).map_err(|m| super::lua_err(call, format!("opts.{key}: {m}")))?
         }
         other => {
-            return Err(super::lua_err(call, format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name())));
+            return Err(super::lua_err(
+                call,
+                format!("opts.{key}: expected seconds or a duration like \"30s\", got {}", other.type_name()),
+            ));
         }
     };
     if d.is_zero() || d > MAX {

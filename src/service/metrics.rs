@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use crate::runtime::RunStatus;
 
+/// Runs and seconds, by (applet, status).
+type Runs = BTreeMap<(String, &'static str), (u64, f64)>;
+
 /// What the service counts as runs are queued, start and end.
 #[derive(Default)]
 pub struct Metrics {
     /// (applet, status) -> (runs, total seconds).
-    runs: parking_lot::Mutex<BTreeMap<(String, &'static str), (u64, f64)>>,
+    runs: parking_lot::Mutex<Runs>,
     pub(super) queued: AtomicI64,
     pub(super) running: AtomicI64,
 }

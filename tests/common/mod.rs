@@ -15,6 +15,8 @@ use opslet::config::Config;
 use opslet::runtime::context::Caller;
 use opslet::runtime::{RunOutcome, RunRequest, Runtime};
 use opslet::store::Store;
+use opslet::store::audit::{AuditRecord, Filter};
+use serde_json::Value;
 
 pub const MANIFEST: &str = "name = \"t\"\nversion = \"1.0.0\"\n";
 
@@ -79,4 +81,24 @@ pub fn err_text(o: &RunOutcome) -> String {
         Ok(v) => panic!("expected an error, got result {v}"),
         Err(e) => e.to_string(),
     }
+}
+
+/// The run's result, or a panic with its error and logs.
+pub fn ok(o: &RunOutcome) -> &Value {
+    match &o.result {
+        Ok(v) => v,
+        Err(e) => panic!("run failed: {e}\nlogs: {:?}", o.logs),
+    }
+}
+
+/// The record of `host` in a list of per-host records.
+pub fn by_host<'a>(v: &'a Value, host: &str) -> &'a Value {
+    v.as_array().unwrap().iter().find(|r| r["host"] == host).unwrap_or_else(|| panic!("no record for {host} in {v}"))
+}
+
+/// The `action` audit records of a run, in the order they were recorded.
+pub fn actions(store: &Store, o: &RunOutcome) -> Vec<AuditRecord> {
+    let mut v = store.audit().list(&Filter { run_id: Some(o.run_id.clone()), kind: Some("action".into()), ..Default::default() }).unwrap();
+    v.sort_by_key(|a| a.seq);
+    v
 }
