@@ -57,3 +57,21 @@ pub fn client(o: Options) -> Result<reqwest::Client, String> {
     }
     b.build().map_err(|e| format!("building the HTTP client: {e}"))
 }
+
+/// Checks what every named HTTP connection of a module (`[zabbix.NAME]`, `[es.NAME]`) has: an
+/// http(s) URL and a timeout, each named `MODULE.NAME.KEY` in errors.
+pub fn check_connection(at: &str, url: &str, timeout: &str) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{at}.url: `{url}` is not an http(s) URL"));
+    }
+    crate::util::parse_duration(timeout).map_err(|m| format!("{at}.timeout: {m}"))?;
+    Ok(())
+}
+
+/// At most one of a module's named connections may say `default = true`.
+pub fn one_default(module: &str, defaults: impl Iterator<Item = bool>) -> Result<(), String> {
+    if defaults.filter(|d| *d).count() > 1 {
+        return Err(format!("{module}: more than one connection says default = true"));
+    }
+    Ok(())
+}

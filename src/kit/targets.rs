@@ -149,3 +149,18 @@ impl<T: Clone> PerEntry<T> {
         v
     }
 }
+
+/// Checks entry `i` of `[[MODULE.credentials]]`: its selector (under `key`: `hosts`, `devices`)
+/// parses and it names a user; `has_login` is whether it names a password or key secret (None
+/// where the type itself requires one).
+pub fn check_credential(module: &str, i: usize, key: &str, selector: &str, user: &str, has_login: Option<bool>) -> Result<(), String> {
+    let at = format!("{module}.credentials[{i}] ({key} = \"{selector}\")");
+    crate::cmdb::Selector::parse(selector).map_err(|m| format!("{at}: {key}: {m}"))?;
+    if user.trim().is_empty() {
+        return Err(format!("{at}: user is empty"));
+    }
+    if has_login == Some(false) {
+        return Err(format!("{at}: give password_secret or key_secret (the name of a secret set with `opslet secret set`)"));
+    }
+    Ok(())
+}

@@ -97,14 +97,8 @@ impl SshSettings {
             return Err("ssh.concurrency must be between 1 and 10000".into());
         }
         for (i, cred) in c.credentials.iter().enumerate() {
-            let at = format!("ssh.credentials[{i}] (hosts = \"{}\")", cred.hosts);
-            crate::cmdb::Selector::parse(&cred.hosts).map_err(|m| format!("{at}: hosts: {m}"))?;
-            if cred.user.trim().is_empty() {
-                return Err(format!("{at}: user is empty"));
-            }
-            if cred.password_secret.is_none() && cred.key_secret.is_none() {
-                return Err(format!("{at}: give password_secret or key_secret (the name of a secret set with `opslet secret set`)"));
-            }
+            let has_login = cred.password_secret.is_some() || cred.key_secret.is_some();
+            crate::kit::targets::check_credential("ssh", i, "hosts", &cred.hosts, &cred.user, Some(has_login))?;
         }
         Ok(SshSettings {
             concurrency: c.concurrency,

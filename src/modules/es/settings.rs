@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::util::parse_duration;
 
 /// `[es.NAME]`: one Elasticsearch or OpenSearch cluster.
 #[derive(Debug, Clone, Deserialize)]
@@ -44,17 +43,12 @@ pub fn from_config(config: &Config) -> Result<BTreeMap<String, EsConn>, Error> {
 fn check(conns: &BTreeMap<String, EsConn>) -> Result<(), String> {
     for (name, c) in conns {
         let at = format!("es.{name}");
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-            return Err(format!("{at}.url: `{}` is not an http(s) URL", c.url));
-        }
+        crate::kit::http::check_connection(&at, &c.url, &c.timeout)?;
         match (&c.user, &c.password_secret, &c.api_key_secret) {
             (None, None, None) | (Some(_), Some(_), None) | (None, None, Some(_)) => {}
             _ => return Err(format!("{at}: give user + password_secret, or api_key_secret, or neither")),
         }
-        parse_duration(&c.timeout).map_err(|m| format!("{at}.timeout: {m}"))?;
     }
-    if conns.values().filter(|c| c.default).count() > 1 {
-        return Err("es: more than one connection says default = true".into());
-    }
+    crate::kit::http::one_default("es", conns.values().map(|c| c.default))?;
     Ok(())
 }

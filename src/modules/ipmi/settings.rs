@@ -63,11 +63,7 @@ impl IpmiConfig {
             return Err("ipmi.concurrency must be between 1 and 1000".into());
         }
         for (i, cred) in c.credentials.iter().enumerate() {
-            let at = format!("ipmi.credentials[{i}] (hosts = \"{}\")", cred.hosts);
-            crate::cmdb::Selector::parse(&cred.hosts).map_err(|m| format!("{at}: hosts: {m}"))?;
-            if cred.user.trim().is_empty() {
-                return Err(format!("{at}: user is empty"));
-            }
+            crate::kit::targets::check_credential("ipmi", i, "hosts", &cred.hosts, &cred.user, None)?;
         }
         parse_duration(&c.timeout).map_err(|m| format!("ipmi.timeout: {m}"))
     }

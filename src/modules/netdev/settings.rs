@@ -86,14 +86,8 @@ impl NetdevSettings {
             return Err("netdev.concurrency must be between 1 and 1000".into());
         }
         for (i, cred) in c.credentials.iter().enumerate() {
-            let at = format!("netdev.credentials[{i}] (devices = \"{}\")", cred.devices);
-            crate::cmdb::Selector::parse(&cred.devices).map_err(|m| format!("{at}: devices: {m}"))?;
-            if cred.user.trim().is_empty() {
-                return Err(format!("{at}: user is empty"));
-            }
-            if cred.password_secret.is_none() && cred.key_secret.is_none() {
-                return Err(format!("{at}: give password_secret or key_secret (the name of a secret set with `opslet secret set`)"));
-            }
+            let has_login = cred.password_secret.is_some() || cred.key_secret.is_some();
+            crate::kit::targets::check_credential("netdev", i, "devices", &cred.devices, &cred.user, Some(has_login))?;
         }
         Ok(NetdevSettings {
             concurrency: c.concurrency,

@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::util::parse_duration;
 
 /// `[zabbix.NAME]`: one Zabbix server. Logs in with `user` + `password_secret`, or with an API
 /// token from `token_secret` (Zabbix 5.4+).
@@ -45,17 +44,12 @@ pub fn from_config(config: &Config) -> Result<BTreeMap<String, ZabbixConn>, Erro
 fn check(conns: &BTreeMap<String, ZabbixConn>) -> Result<(), String> {
     for (name, c) in conns {
         let at = format!("zabbix.{name}");
-        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
-            return Err(format!("{at}.url: `{}` is not an http(s) URL", c.url));
-        }
+        crate::kit::http::check_connection(&at, &c.url, &c.timeout)?;
         match (&c.user, &c.password_secret, &c.token_secret) {
             (Some(_), Some(_), None) | (None, None, Some(_)) => {}
             _ => return Err(format!("{at}: give user + password_secret, or token_secret (names of secrets, not values)")),
         }
-        parse_duration(&c.timeout).map_err(|m| format!("{at}.timeout: {m}"))?;
     }
-    if conns.values().filter(|c| c.default).count() > 1 {
-        return Err("zabbix: more than one connection says default = true".into());
-    }
+    crate::kit::http::one_default("zabbix", conns.values().map(|c| c.default))?;
     Ok(())
 }
