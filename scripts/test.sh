@@ -30,12 +30,16 @@ scripts/peers/es.sh start
 stop_peers() { scripts/peers/es.sh stop >/dev/null 2>&1 || true; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true; }
 trap stop_peers EXIT
 
-# The tests must leave the checkout as they found it: every file they write goes to a temporary
-# folder. What git sees now (changes and untracked files not ignored) is compared at the end.
-tree_state() { git status --porcelain --untracked-files=all 2>/dev/null || true; }
-tree_before=$(tree_state)
-
 cargo build --locked --all-targets --features virt
+
+# The tests must leave the checkout as they found it: every file they write goes to a temporary
+# folder. What git sees now (changes, untracked files, and ignored files and folders, such as a
+# stray secret.key; ignored folders like target/ count as one entry) is compared at the end.
+tree_state() {
+	git status --porcelain --untracked-files=all 2>/dev/null || true
+	git ls-files --others --ignored --exclude-standard --directory 2>/dev/null || true
+}
+tree_before=$(tree_state)
 
 log=$(mktemp)
 trap 'rm -f "$log"; stop_peers' EXIT

@@ -29,7 +29,7 @@ pub struct Config {
     pub serve: ServeSettings,
     /// Every other table: the host modules' settings (`[ssh]`, `[zabbix.NAME]`, ...), each read
     /// by its module through [`Config::section`]; a table no module reads is refused when the
-    /// modules are set up (`modules::checked`).
+    /// modules are set up (`modules::from_config`).
     #[serde(flatten)]
     pub tables: BTreeMap<String, toml::Value>,
     /// Where this configuration was read from (for messages).
@@ -203,8 +203,13 @@ impl Config {
     /// The table `key` (`[ssh]`, or every `[zabbix.NAME]` as a map) as its module's settings
     /// type; absent, its default. A mistake is reported with the file, line and column.
     pub fn section<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, Error> {
-        if !self.tables.contains_key(key) {
-            return Ok(T::default());
+        let Some(table) = self.tables.get(key) else { return Ok(T::default()) };
+        if self.text.is_empty() {
+            // Built in code, not read from a file: no places to name.
+            return table
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Config(format!("invalid config: [{key}]: {}", e.message().trim())));
         }
         let located = |e: toml::de::Error| {
             let d = match e.span() {

@@ -21,12 +21,4 @@ pub mod util;
 
 pub use error::{Error, Result};
 
-/// Installs the process's TLS crypto provider (ring) for HTTP clients; idempotent. opslet's
-/// modules call it before building a client; embedders that build their own `reqwest` clients
-/// in the same process call it first.
-pub fn install_tls_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+pub use util::install_tls_provider;

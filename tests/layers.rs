@@ -51,16 +51,36 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The `crate::a::b` and `super::a` paths named on a line, resolved to module paths.
+/// The `crate::a::b` and `super::a` paths named on a line, resolved to module paths; a group
+/// (`use super::{a, b::c}`) gives one path per item.
 fn named_paths(me: &[String], line: &str) -> Vec<Vec<String>> {
     let code = line.split("//").next().unwrap_or_default();
     let mut out = Vec::new();
     let word = |s: &str| s.chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect::<String>();
+    let segs = |s: &str| s.split("::").filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+    // `rest` follows a resolved prefix `base`: one path, or one per item of a `{...}` group.
+    let expand = |base: Vec<String>, rest: &str, out: &mut Vec<Vec<String>>| {
+        let head = word(rest);
+        let mut base = base;
+        base.extend(segs(&head));
+        let after = &rest[head.len()..];
+        match after.strip_prefix('{') {
+            Some(group) => {
+                let inner = &group[..group.find('}').unwrap_or(group.len())];
+                for item in inner.split(',') {
+                    let mut p = base.clone();
+                    p.extend(segs(&word(item.trim())));
+                    out.push(p);
+                }
+            }
+            None => out.push(base),
+        }
+    };
     for (i, _) in code.match_indices("crate::") {
         if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
             continue;
         }
-        out.push(word(&code[i + 7..]).split("::").filter(|s| !s.is_empty()).map(str::to_string).collect());
+        expand(Vec::new(), &code[i + 7..], &mut out);
     }
     for (i, _) in code.match_indices("super::") {
         if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
@@ -69,13 +89,12 @@ fn named_paths(me: &[String], line: &str) -> Vec<Vec<String>> {
         // `super` is the parent of the file's module (for a mod.rs, of its folder's module).
         let mut base: Vec<String> = me.to_vec();
         base.pop();
-        let mut rest = word(&code[i + 7..]);
+        let mut rest = &code[i + 7..];
         while let Some(r) = rest.strip_prefix("super::") {
             base.pop();
-            rest = r.to_string();
+            rest = r;
         }
-        base.extend(rest.split("::").filter(|s| !s.is_empty()).map(str::to_string));
-        out.push(base);
+        expand(base, rest, &mut out);
     }
     out
 }
@@ -98,8 +117,14 @@ fn layers_import_only_downward_and_modules_import_no_module() {
         for (n, line) in text.lines().enumerate() {
             for path in named_paths(&me, line) {
                 let Some(other) = path.first() else { continue };
-                let Some(theirs) = layer_of(other) else { continue };
                 let at = format!("{}:{}", file.strip_prefix(&src).unwrap().display(), n + 1);
+                // The crate root is the top layer: code below names an item where it is defined.
+                let Some(theirs) = layer_of(other) else {
+                    if top != "lib" && !other.is_empty() {
+                        wrong.push(format!("{at}: `crate::{other}` is not a folder of src/ (name the item where it is defined)"));
+                    }
+                    continue;
+                };
                 if theirs > mine || (theirs == mine && other != top && !PEERS.contains(&(top, other.as_str()))) {
                     wrong.push(format!("{at}: `{top}` imports `{}` from a layer above or beside it", path.join("::")));
                 }
@@ -123,6 +148,14 @@ fn the_checker_finds_an_upward_import() {
     let sup = named_paths(&["modules".into(), "netdev".into(), "cli".into()], "use super::super::ssh::client::Session;");
     assert_eq!(sup, vec![vec!["modules".to_string(), "ssh".to_string(), "client".to_string(), "Session".to_string()]]);
     assert!(named_paths(&me, "let x = my_crate::runtime::f();").is_empty());
+    let group = named_paths(&["modules".into(), "netdev".into(), "fanout".into()], "use super::{RunState, backup::keep};");
+    assert_eq!(
+        group,
+        vec![
+            vec!["modules".to_string(), "netdev".to_string(), "RunState".to_string()],
+            vec!["modules".to_string(), "netdev".to_string(), "backup".to_string(), "keep".to_string()],
+        ]
+    );
 }
 
 /// Module paths named by each file, resolved to the longest prefix that is a file of `src/`.

@@ -231,9 +231,23 @@ fn each_module_reads_its_own_table_and_a_mistake_is_named_where_it_is() {
     assert!(e.contains("netdev.concurrency must be between 1 and 1000"), "{e}");
     // A table no module reads, and a misspelt core table.
     let e = err("[sssh]\nconcurrency = 4\n").unwrap();
-    assert!(e.contains("unknown table `[sssh]`") && e.contains("known: limits, kv, audit, serve, cmdb, ssh"), "{e}");
+    assert!(
+        e.contains("unknown table `[sssh]`") && e.contains("known: limits, kv, audit, serve, ssh, zabbix, es, netdev, ipmi, virt)"),
+        "{e}"
+    );
+    // Modules without a table of their own have none to give.
+    assert!(err("[cmdb]\nx = 1\n").unwrap().contains("unknown table `[cmdb]`"));
+    assert!(err("[config]\nx = 1\n").unwrap().contains("unknown table `[config]`"));
     assert!(err("[limit]\ntimeout = \"5s\"\n").unwrap().contains("unknown table `[limit]`"));
     // The virt table is known even in a build without the module.
     assert_eq!(err("[virt.lab]\nuri = \"test:///default\"\n"), None);
     assert_eq!(err("[audit]\nsync = false\n"), None);
+    // A configuration built in code (no file) is read from its tables.
+    let mut cfg = Config::default();
+    cfg.tables.insert("ssh".into(), toml::from_str::<toml::Value>("concurrency = 7").unwrap());
+    let ssh = opslet::kit::ssh::SshSettings::from_config(&cfg).unwrap();
+    assert_eq!(ssh.concurrency, 7);
+    cfg.tables.insert("ssh".into(), toml::from_str::<toml::Value>("concurrency = \"x\"").unwrap());
+    let e = opslet::kit::ssh::SshSettings::from_config(&cfg).unwrap_err().to_string();
+    assert!(e.contains("invalid config: [ssh]") && e.contains("invalid type"), "{e}");
 }

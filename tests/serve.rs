@@ -466,10 +466,21 @@ fn webhooks_need_fresh_signed_deliveries_and_map_the_payload() {
 
         let unknown = client.post(format!("{}/hooks/nope", s.base)).body("{}").send().await.unwrap();
         assert_eq!(unknown.status().as_u16(), 401, "unknown hooks look like bad signatures");
+        // The same answers, word for word, for a hook that exists and one that does not: a
+        // hook's name cannot be probed, signed or not.
+        let unsigned = deliver(now, None, body).await.unwrap();
+        assert_eq!(unknown.json::<Value>().await.unwrap(), unsigned.json::<Value>().await.unwrap());
         let wrong = deliver(now, Some(sign("not-the-secret", now, body.as_bytes())), body).await.unwrap();
-        assert_eq!(wrong.status().as_u16(), 401);
-        // The same answer, word for word: a hook's name cannot be probed.
-        assert_eq!(unknown.json::<Value>().await.unwrap(), wrong.json::<Value>().await.unwrap());
+        let signed_unknown = client
+            .post(format!("{}/hooks/nope", s.base))
+            .header("X-Opslet-Timestamp", now.to_string())
+            .header("X-Opslet-Signature", sign("not-the-secret", now, body.as_bytes()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((wrong.status().as_u16(), signed_unknown.status().as_u16()), (401, 401));
+        assert_eq!(wrong.json::<Value>().await.unwrap(), signed_unknown.json::<Value>().await.unwrap());
     });
 }
 
@@ -950,5 +961,38 @@ fn a_run_that_fails_is_answered_200_with_its_error_in_the_one_shape() {
         assert_eq!(body["error"]["code"], json!("applet_error"));
         assert!(body["error"]["message"].as_str().unwrap().contains("main.lua:1: disk full on /var"), "{body}");
         assert!(body.get("result").is_none(), "{body}");
+    });
+}
+
+#[test]
+fn every_error_answer_has_the_one_body() {
+    let s = server(&[]);
+    rt().block_on(async {
+        let shape = |code: u16, body: &Value, want: &str| {
+            assert_eq!(body["error"]["code"], json!(want), "{code}: {body}");
+            assert!(!body["error"]["message"].as_str().unwrap_or_default().is_empty(), "{code}: {body}");
+        };
+        // Made by the handlers.
+        let (code, body) = call(&s, "GET", "/api/v1/applets/no-such", Some("ada"), None).await;
+        assert_eq!(code, 404);
+        shape(code, &body, "not_found");
+        // Made by axum's extractors, the body limit and the router, given the same body.
+        let (code, body) = call(&s, "GET", "/api/v1/search?q=x&limit=many", Some("ada"), None).await;
+        assert_eq!(code, 400);
+        shape(code, &body, "bad_request");
+        let (code, body) = call(&s, "GET", "/api/v1/nothing-here", Some("ada"), None).await;
+        assert_eq!(code, 404);
+        shape(code, &body, "not_found");
+        assert!(body["error"]["message"].as_str().unwrap().contains("GET /api/v1/nothing-here"), "{body}");
+        let (code, body) = call(&s, "DELETE", "/api/v1/applets", Some("ada"), None).await;
+        assert_eq!(code, 405);
+        shape(code, &body, "method_not_allowed");
+        let big = format!(r#"{{"threshold": 1, "pad": "{}"}}"#, "x".repeat(2 * 1024 * 1024));
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(&big)).await;
+        assert_eq!(code, 413);
+        shape(code, &body, "too_large");
+        let (code, body) = call(&s, "POST", "/api/v1/session", None, Some(r#"{"user": 5}"#)).await;
+        assert!(code == 400 || code == 422, "{code} {body}");
+        shape(code, &body, "bad_request");
     });
 }

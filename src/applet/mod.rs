@@ -119,7 +119,7 @@ impl AppletPackage {
 }
 
 /// What can judge a manifest's `[permissions]`: the host modules of a build
-/// (`kit::ModuleRegistry`). Each error is (module, message).
+/// (`runtime::modules::ModuleSet`). Each error is (module, message).
 pub trait PermissionCheck {
     fn check_permissions(&self, manifest: &Manifest) -> Vec<(String, String)>;
 }

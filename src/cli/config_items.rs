@@ -15,7 +15,7 @@ use crate::cmdb::device_configs::unified_diff;
 use crate::error::Error;
 use crate::runtime::CancelToken;
 use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
-use crate::service::{Source, Submission};
+use crate::service::{Overrun, Source, Submission};
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
@@ -231,7 +231,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
         return Err(Error::Usage(format!("{} is not a folder of config items", dir.display())));
     }
     let config = global.config()?;
-    let service = crate::service::RunService::new(crate::modules::runtime(&config, Some(store.clone()))?)?;
+    let service = crate::service::RunService::new(global.runtime(&config, store.clone())?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {
@@ -258,8 +258,13 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                 continue;
             }
             eprintln!("{} v{} stored; publishing to {hosts} ({env})", v.name, v.version);
-            let outcome =
-                service.run_here(&rt, service.prepare(publish_submission(&v.name, hosts, env)?)?, cancel.clone(), Some(watch_sink()));
+            let outcome = service.run_here(
+                &rt,
+                service.prepare(publish_submission(&v.name, hosts, env)?)?,
+                cancel.clone(),
+                Some(watch_sink()),
+                Overrun::Wait,
+            );
             match &outcome.result {
                 Ok(rows) => {
                     for r in rows.as_array().into_iter().flatten() {

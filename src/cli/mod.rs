@@ -116,13 +116,19 @@ pub enum Command {
 pub struct Global {
     pub data_dir: PathBuf,
     config_path: Option<PathBuf>,
+    /// The host modules set up from opslet.toml by `config()`, kept for `runtime()`.
+    modules: std::sync::OnceLock<crate::modules::ModuleSet>,
 }
 
 impl Global {
     fn new(cli: &Cli) -> Global {
         // An empty OPSLET_DATA_DIR / OPSLET_CONFIG means "not set".
         let non_empty = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
-        Global { data_dir: non_empty(&cli.data_dir).unwrap_or_else(config::default_data_dir), config_path: non_empty(&cli.config) }
+        Global {
+            data_dir: non_empty(&cli.data_dir).unwrap_or_else(config::default_data_dir),
+            config_path: non_empty(&cli.config),
+            modules: Default::default(),
+        }
     }
 
     /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
@@ -135,8 +141,18 @@ impl Global {
                 if p.exists() { Config::load(&p)? } else { Config::default() }
             }
         };
-        crate::modules::from_config(&config)?;
+        let modules = crate::modules::from_config(&config)?;
+        let _ = self.modules.set(modules);
         Ok(config)
+    }
+
+    /// A runtime with the host modules `config` set up (read once per process).
+    pub fn runtime(&self, config: &Config, store: Store) -> Result<crate::runtime::Runtime, Error> {
+        let modules = match self.modules.get() {
+            Some(m) => m.clone(),
+            None => crate::modules::from_config(config)?,
+        };
+        crate::runtime::Runtime::new(config, Some(store), modules)
     }
 
     /// Opens the store and closes runs left open by processes that died.

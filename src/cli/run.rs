@@ -13,7 +13,7 @@ use super::output::{Format, render};
 use crate::error::Error;
 use crate::runtime::context::{Caller, LogLine, LogSink};
 use crate::runtime::{CancelToken, RunOutcome};
-use crate::service::{Check, RawParams, RunService, Source, Submission};
+use crate::service::{Check, Overrun, RawParams, RunService, Source, Submission};
 
 /// The progress bar of a call over many hosts (ok / failed / pending counts), drawn on stderr
 /// when it is a terminal; log lines print above it.
@@ -125,7 +125,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let source = source_of(&args.target)?;
     let config = global.config()?;
     let store = global.open_store()?;
-    let service = RunService::new(crate::modules::runtime(&config, Some(store.clone()))?)?;
+    let service = RunService::new(global.runtime(&config, store.clone())?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c()?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let mut sub = Submission::new(source.clone(), Caller { via: via.into(), ..Caller::cli() });
@@ -141,7 +141,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
                 None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
             }) as LogSink
         });
-        let outcome = service.run_here(&rt, prepared, cancel, sink);
+        let outcome = service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess);
         Ok(report(&outcome, &args))
     };
     let code = match (&source, args.watch) {

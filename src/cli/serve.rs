@@ -73,7 +73,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let keep = duration("job retention", args.job_retention.as_deref().or(file.job_retention.as_deref()).unwrap_or("7d"))?;
 
     let store = global.open_store()?;
-    let runtime = crate::modules::runtime(&config, Some(store.clone()))?;
+    let runtime = global.runtime(&config, store.clone())?;
     let settings = DispatchSettings {
         run_threads: threads,
         queue,

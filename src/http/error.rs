@@ -4,17 +4,21 @@
 //!
 //! | code | status | when |
 //! |---|---|---|
-//! | `unauthenticated` | 401 | no or a bad token or session; a webhook delivery whose signature does not match |
+//! | `unauthenticated` | 401 | no or a bad token or session |
+//! | `delivery_refused` | 401 | a webhook delivery that is unsigned, wrongly signed or stale, or names no hook |
 //! | `forbidden` | 403 | the caller's role or grants do not allow it; a missing CSRF token |
-//! | `not_found` | 404 | no such applet, version, job, user, token or hook |
-//! | `bad_request` | 400 | a malformed body, query or reference |
+//! | `not_found` | 404 | no such applet, version, job, user, token, hook or route |
+//! | `bad_request` | 400, 415, 422 | a malformed body, query or reference; a body that is not JSON |
+//! | `too_large` | 413 | a body over the server's limit |
+//! | `method_not_allowed` | 405 | a method the route does not take |
 //! | `invalid_params` | 422 | params that do not match the applet's manifest (with `fields`) |
 //! | `invalid_applet` | 422 | an applet whose files do not load (a dev folder, a bundle) |
 //! | `conflict` | 409 | a job that already ended; a replayed webhook delivery (`replayed`) |
 //! | `quota_exceeded` | 429 | one applet or caller has its share of run slots |
+//! | `too_many_requests` | 429 | repeated sign-in attempts for one user |
 //! | `queue_full` | 503 | the run queue is full (with `Retry-After: 1`) |
 //! | `timeout` | 504 | a synchronous run did not end in time and was cancelled |
-//! | `internal_error` | 500 | the store or a bug |
+//! | `store_error`, `internal_error` | 500 | the store, or a bug |
 //!
 //! A run that started and failed is not an error of the request: its answer is 200 with the
 //! run's `status` and an `error` object of the same shape (see docs/serve.md).
@@ -38,7 +42,9 @@ pub struct ApiError {
 /// The code a status answers with when nothing more specific is known.
 fn code_of(status: StatusCode) -> &'static str {
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::UNPROCESSABLE_ENTITY => "bad_request",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::UNAUTHORIZED => "unauthenticated",
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND => "not_found",
@@ -103,6 +109,7 @@ impl From<ServiceError> for ApiError {
             other => other,
         };
         let status = match &e {
+            // Handled above; listed so a new variant cannot be left without a status.
             ServiceError::Core(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ServiceError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             ServiceError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,4 +120,31 @@ impl From<ServiceError> for ApiError {
         };
         ApiError { status, code: e.code(), message: e.to_string(), fields: None }
     }
+}
+
+/// Gives any error answer not made by [`ApiError`] (an extractor's rejection of a query, path or
+/// JSON body, the body size limit, a method a route does not take) the one error body, with its
+/// text as the message and its other headers kept.
+pub async fn one_body(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_lowercase() } else { text };
+    let mut out = ApiError::new(status, message).into_response();
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k, v.clone());
+        }
+    }
+    out
+}
+
+/// Requests no route answers.
+pub async fn no_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {method} {}", uri.path()))
 }

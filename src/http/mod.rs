@@ -99,9 +99,11 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/jobs/{id}/events", get(runs::job_events))
         .route("/api/v1/session", get(signin::session_show).post(signin::session_start).delete(signin::session_end))
         .route("/api/v1/cmdb/hosts", get(admin::cmdb_hosts))
+        .fallback(error::no_route)
         .layer(axum::middleware::map_response(no_store))
         .merge(ui::router())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(error::one_body))
         .with_state(state)
 }
 

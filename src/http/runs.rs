@@ -14,6 +14,7 @@ use super::authn::{Authed, deny, require};
 use super::error::ApiError;
 use crate::auth::{Action, Principal};
 use crate::registry::Reference;
+use crate::runtime::RunStatus;
 use crate::runtime::context::Caller;
 use crate::service::{Accepted, DeliveryError, Job, JobEvent, JobStatus, ServiceError, Source, Submission};
 
@@ -67,7 +68,7 @@ pub(super) async fn run_applet(
 ) -> Result<Response, ApiError> {
     let r = Reference::parse(&reference)?;
     require(&s, &p, Action::Run(r.name()), "/api/v1/applets/{reference}/run")?;
-    let mut sub = Submission::new(Source::Registry(r), Caller { user: p.user.clone(), via: "http".into() });
+    let mut sub = Submission::new(Source::Served(r), Caller { user: p.user.clone(), via: "http".into() });
     sub.params.json = Some(params_of(&headers, &body)?);
     (sub.dry_run, sub.allow_yanked) = (q.dry_run, q.allow_yanked);
     // Bad params are refused before anything is stored.
@@ -106,7 +107,10 @@ pub(super) async fn run_applet(
             body["error"] = ApiError::object(e.kind(), &e.to_string(), fields);
         }
     }
-    Ok(Json(body).into_response())
+    // An applet that cannot run here (a module this build lacks) never started: 422, with the
+    // run's record, like an applet that does not load.
+    let status = if outcome.status == RunStatus::InvalidApplet { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    Ok((status, Json(body)).into_response())
 }
 
 /// A webhook delivery: checked signature, payload mapped onto params, run as a job (202).
@@ -153,10 +157,8 @@ pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Quer
     let status = match q.status.as_deref().filter(|st| !st.is_empty()) {
         None => None,
         Some(st) => Some(JobStatus::parse(st).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("status `{st}` is not one of queued, running, ok, error, limit_exceeded, invalid_params, invalid_applet, cancelled, interrupted, rejected"),
-            )
+            let all: Vec<&str> = JobStatus::ALL.iter().map(|s| s.name()).collect();
+            ApiError::new(StatusCode::BAD_REQUEST, format!("status `{st}` is not one of {}", all.join(", ")))
         })?),
     };
     let jobs = s.service.jobs()?.list(user.as_deref(), status, q.applet.as_deref(), q.limit.unwrap_or(100).min(1000))?;

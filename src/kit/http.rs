@@ -15,14 +15,9 @@ pub enum Trust {
     Only(Vec<u8>),
 }
 
-impl Trust {
-    /// `ca_file` read (None: the system's roots); `only` keeps to that CA alone. Errors name
-    /// the file.
-    pub fn from_ca_file(ca_file: Option<&Path>, only: bool) -> Result<Trust, String> {
-        let Some(p) = ca_file else { return Ok(Trust::System) };
-        let pem = std::fs::read(p).map_err(|e| format!("ca_file {}: {e}", p.display()))?;
-        Ok(if only { Trust::Only(pem) } else { Trust::Also(pem) })
-    }
+/// The PEM text of a `ca_file` setting (None when unset); an error names the file.
+pub fn read_ca(ca_file: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
+    ca_file.map(|p| std::fs::read(p).map_err(|e| format!("ca_file {}: {e}", p.display()))).transpose()
 }
 
 /// What a client needs.
@@ -38,7 +33,7 @@ pub struct Options {
 
 /// An HTTP client with these options.
 pub fn client(o: Options) -> Result<reqwest::Client, String> {
-    crate::install_tls_provider();
+    crate::util::install_tls_provider();
     let mut b = reqwest::Client::builder().timeout(o.timeout).connect_timeout(o.connect_timeout);
     match o.trust {
         Trust::System => {}

@@ -25,8 +25,10 @@ pub type Build = fn(&Config) -> Result<Arc<dyn HostModule>, Error>;
 
 /// One built-in host module.
 pub struct Builtin {
-    /// The Lua global, the `[permissions]` key and (for most) the opslet.toml table.
+    /// The Lua global and the `[permissions]` key.
     pub name: &'static str,
+    /// Its own table of opslet.toml (`[ssh]`, `[zabbix.NAME]`), if it has one.
+    pub table: Option<&'static str>,
     /// None when this build leaves the module out (a cargo feature).
     pub build: Option<Build>,
     /// Its Lua type definitions.
@@ -38,35 +40,58 @@ pub struct Builtin {
 
 /// Every host module opslet knows, in the order `opslet meta` writes their types.
 pub const BUILTIN: &[Builtin] = &[
-    Builtin { name: "cmdb", build: Some(cmdb::module), types: include_str!("cmdb/types.d.luau"), read_permission: r#"cmdb = ["read"]"# },
+    Builtin {
+        name: "cmdb",
+        table: None,
+        build: Some(cmdb::module),
+        types: include_str!("cmdb/types.d.luau"),
+        read_permission: r#"cmdb = ["read"]"#,
+    },
     Builtin {
         name: "ssh",
+        table: Some("ssh"),
         build: Some(ssh::module),
         types: include_str!("ssh/types.d.luau"),
         read_permission: r#"ssh = { hosts = ["*"] }"#,
     },
     Builtin {
         name: "config",
+        table: None,
         build: Some(config::module),
         types: include_str!("config/types.d.luau"),
         read_permission: r#"config = ["read"]"#,
     },
     Builtin {
         name: "zabbix",
+        table: Some("zabbix"),
         build: Some(zabbix::module),
         types: include_str!("zabbix/types.d.luau"),
         read_permission: r#"zabbix = ["read"]"#,
     },
-    Builtin { name: "es", build: Some(es::module), types: include_str!("es/types.d.luau"), read_permission: r#"es = ["read"]"# },
+    Builtin {
+        name: "es",
+        table: Some("es"),
+        build: Some(es::module),
+        types: include_str!("es/types.d.luau"),
+        read_permission: r#"es = ["read"]"#,
+    },
     Builtin {
         name: "netdev",
+        table: Some("netdev"),
         build: Some(netdev::module),
         types: include_str!("netdev/types.d.luau"),
         read_permission: r#"netdev = { devices = ["*"], actions = ["read"] }"#,
     },
-    Builtin { name: "ipmi", build: Some(ipmi::module), types: include_str!("ipmi/types.d.luau"), read_permission: r#"ipmi = ["read"]"# },
+    Builtin {
+        name: "ipmi",
+        table: Some("ipmi"),
+        build: Some(ipmi::module),
+        types: include_str!("ipmi/types.d.luau"),
+        read_permission: r#"ipmi = ["read"]"#,
+    },
     Builtin {
         name: "virt",
+        table: Some("virt"),
         #[cfg(feature = "virt")]
         build: Some(virt::module),
         #[cfg(not(feature = "virt"))]
@@ -89,8 +114,8 @@ pub fn builtin() -> ModuleSet {
 /// neither opslet nor a module reads is an error naming it.
 pub fn from_config(config: &Config) -> Result<ModuleSet, Error> {
     for table in config.tables.keys() {
-        if !BUILTIN.iter().any(|b| b.name == table) {
-            let known: Vec<&str> = CORE_TABLES.iter().copied().chain(BUILTIN.iter().map(|b| b.name)).collect();
+        if !BUILTIN.iter().any(|b| b.table == Some(table.as_str())) {
+            let known: Vec<&str> = CORE_TABLES.iter().copied().chain(BUILTIN.iter().filter_map(|b| b.table)).collect();
             return Err(config.invalid(format!("unknown table `[{table}]` (known: {})", known.join(", "))));
         }
     }

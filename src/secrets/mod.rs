@@ -133,8 +133,6 @@ impl Secrets {
         Ok(out)
     }
 
-    /// Every secret value of a store, for redaction, without creating a key when there are no
-    /// secrets yet.
     /// A secret's value as text, for a login or a template: an error names the secret and
     /// `owner`, the config entry or item that names it, when it is not set or not text.
     pub fn text(&self, name: &str, owner: &str) -> Result<String, Error> {
@@ -142,6 +140,8 @@ impl Secrets {
         String::from_utf8(v).map_err(|_| Error::Config(format!("secret `{name}` is not text")))
     }
 
+    /// Every secret value of a store, for redaction, without creating a key when there are no
+    /// secrets yet.
     pub fn values_of(store: &Store) -> Result<Vec<String>, Error> {
         if store.db().open_tree(crate::store::keys::SECRETS)?.is_empty() {
             return Ok(Vec::new());

@@ -105,6 +105,20 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// Every status, in the order a job can pass through them.
+    pub const ALL: [JobStatus; 10] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Ok,
+        JobStatus::Error,
+        JobStatus::LimitExceeded,
+        JobStatus::InvalidParams,
+        JobStatus::InvalidApplet,
+        JobStatus::Cancelled,
+        JobStatus::Interrupted,
+        JobStatus::Rejected,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
@@ -126,7 +140,7 @@ impl JobStatus {
 
     /// Parses a status name as the API takes it in filters (`?status=ok`).
     pub fn parse(s: &str) -> Option<JobStatus> {
-        serde_json::from_value(Value::String(s.to_string())).ok()
+        JobStatus::ALL.into_iter().find(|j| j.name() == s)
     }
 }
 

@@ -27,11 +27,6 @@ impl Metrics {
         e.1 += took.as_secs_f64();
     }
 
-    /// Runs executing now.
-    pub fn running(&self) -> i64 {
-        self.running.load(Ordering::Relaxed)
-    }
-
     /// The counters as Prometheus text.
     pub fn render(&self) -> String {
         let mut out = String::new();

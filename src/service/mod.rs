@@ -65,7 +65,8 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// Short machine-readable code, the same in every HTTP error body and JSON output.
+    /// Short machine-readable code (the HTTP edge says `bad_request` for usage and config
+    /// errors, see `http::error`).
     pub fn code(&self) -> &'static str {
         match self {
             ServiceError::Core(e) => e.kind(),
@@ -82,8 +83,11 @@ impl ServiceError {
 /// Where the applet of a submission comes from.
 #[derive(Clone)]
 pub enum Source {
-    /// The registry (or, under `serve --dev`, a dev folder of that name first).
+    /// A published version in the registry.
     Registry(Reference),
+    /// What the server serves under a name: under `serve --dev`, a dev folder of that name
+    /// first, else the registry (runs asked for over HTTP).
+    Served(Reference),
     /// An applet folder on this machine (the CLI).
     Folder(PathBuf),
     /// A package built by the caller (`opslet config watch`'s generated applet).
@@ -102,11 +106,13 @@ pub struct RawParams {
 /// When params are checked.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub enum Check {
-    /// Before anything is stored: a bad value refuses the submission (HTTP, hooks).
+    /// Before anything is stored: a bad value refuses the submission with every bad field named
+    /// (HTTP runs); the run then uses the checked params as they are.
     #[default]
     Before,
     /// By the run itself, which is then recorded in the audit log as `invalid_params` (the CLI,
-    /// where every attempt is a run).
+    /// where every attempt is a run; webhook deliveries and jobs re-run after a restart, which
+    /// have no one to answer with fields).
     InRun,
 }
 
@@ -128,6 +134,15 @@ impl Submission {
     }
 }
 
+/// What happens to a run in place that does not stop at its wall-time limit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Overrun {
+    /// Its end is recorded and the process ends with the limit's exit code.
+    EndProcess,
+    /// Nothing beyond the runtime's own limit checks.
+    Wait,
+}
+
 /// A submission turned into a run request: the package resolved, params checked.
 pub struct Prepared {
     pub request: RunRequest,
@@ -138,12 +153,6 @@ pub struct Prepared {
     /// Served from a `serve --dev` folder (not re-run after a restart).
     pub dev: bool,
     allow_yanked: bool,
-}
-
-impl Prepared {
-    pub fn run_id(&self) -> &str {
-        &self.request.run_id
-    }
 }
 
 /// A submission that was accepted as a job.
@@ -249,7 +258,8 @@ impl RunService {
         match source {
             Source::Package(p) => Ok((Arc::clone(p), false)),
             Source::Folder(path) => Ok((Arc::new(AppletPackage::load_dir(path)?), false)),
-            Source::Registry(r) => {
+            Source::Registry(r) => self.published(r, allow_yanked),
+            Source::Served(r) => {
                 let dev = match (self.inner.dispatch.as_ref().and_then(|d| d.dev.as_ref()), r) {
                     (Some(dev), Reference::Current(name)) => dev.get(name),
                     _ => None,
@@ -257,14 +267,16 @@ impl RunService {
                 match dev {
                     Some(Ok(p)) => Ok((p, true)),
                     Some(Err(e)) => Err(Error::Applet(vec![crate::error::Diagnostic::new(r.name(), e)])),
-                    None => {
-                        let reg = self.registry()?;
-                        let meta = reg.resolve(r, allow_yanked)?;
-                        Ok((Arc::new(reg.package(&meta)?), false))
-                    }
+                    None => self.published(r, allow_yanked),
                 }
             }
         }
+    }
+
+    fn published(&self, r: &Reference, allow_yanked: bool) -> Result<(Arc<AppletPackage>, bool), Error> {
+        let reg = self.registry()?;
+        let meta = reg.resolve(r, allow_yanked)?;
+        Ok((Arc::new(reg.package(&meta)?), false))
     }
 
     /// Resolves the applet and checks the params (unless the run is to check them): the one
@@ -272,7 +284,7 @@ impl RunService {
     pub fn prepare(&self, sub: Submission) -> Result<Prepared, Error> {
         let (package, dev) = self.package(&sub.source, sub.allow_yanked)?;
         let reference = match &sub.source {
-            Source::Registry(r) => r.to_string(),
+            Source::Registry(r) | Source::Served(r) => r.to_string(),
             Source::Folder(p) => p.display().to_string(),
             Source::Package(p) => p.id(),
         };
@@ -280,9 +292,11 @@ impl RunService {
         request.dry_run = sub.dry_run;
         let shown = match sub.check {
             Check::InRun => {
+                let shown =
+                    sub.params.json.as_ref().map(|given| crate::applet::params::redacted(&package.manifest, given)).unwrap_or_default();
                 request.params_json = sub.params.json;
                 request.params_pairs = sub.params.pairs;
-                Map::new()
+                shown
             }
             Check::Before => {
                 let given = sub.params.json.unwrap_or_default();
@@ -301,16 +315,26 @@ impl RunService {
         Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked })
     }
 
-    /// Runs a prepared request on the calling thread (the CLI), with a watchdog that ends the
-    /// process if the run overruns its wall-time limit by [`watchdog::GRACE`]. The store is
-    /// flushed before this returns, so the run's end is on disk when the process exits.
-    pub fn run_here(&self, rt: &tokio::runtime::Runtime, prepared: Prepared, cancel: CancelToken, sink: Option<LogSink>) -> RunOutcome {
+    /// Runs a prepared request on the calling thread (the CLI). With [`Overrun::EndProcess`], a
+    /// watchdog ends the process if the run overruns its wall-time limit by [`watchdog::GRACE`]
+    /// (`opslet run`); with [`Overrun::Wait`] nothing does (`opslet config watch`, which must
+    /// outlive one bad publish). The caller flushes the store before the process exits.
+    pub fn run_here(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        prepared: Prepared,
+        cancel: CancelToken,
+        sink: Option<LogSink>,
+        overrun: Overrun,
+    ) -> RunOutcome {
         let mut req = prepared.request;
         req.cancel = cancel;
         req.log_sink = sink;
-        let dog = watchdog::Watchdog::start(&self.inner.runtime, &req);
+        let dog = (overrun == Overrun::EndProcess).then(|| watchdog::Watchdog::start(&self.inner.runtime, &req));
         let outcome = rt.block_on(self.inner.runtime.run(req));
-        dog.stop();
+        if let Some(dog) = dog {
+            dog.stop();
+        }
         outcome
     }
 
@@ -318,12 +342,12 @@ impl RunService {
     /// for a run thread. A run that cannot be queued leaves the job `rejected` with the reason.
     pub fn submit(&self, prepared: Prepared, is_async: bool) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
-        let Prepared { mut request, reference, shown, dev, allow_yanked } = prepared;
+        let Prepared { request, reference, shown, dev, allow_yanked } = prepared;
         let mut job = Job::queued(&request, &reference, shown);
         (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
-        let raw = request.params_json.clone().unwrap_or_default();
-        d.jobs.accept(&job, &raw, request.cancel.clone())?;
-        request.params_json = Some(raw);
+        // The params as given are what a restart re-runs with (`k=v` pairs never reach a job).
+        let empty = Map::new();
+        d.jobs.accept(&job, request.params_json.as_ref().unwrap_or(&empty), request.cancel.clone())?;
         match self.start(d, request) {
             Ok(done) => Ok(Accepted { job_id: job.id, done }),
             Err(e) => {
@@ -378,25 +402,20 @@ impl RunService {
     /// async job as `hook:NAME`.
     pub fn deliver(&self, name: &str, timestamp: Option<&str>, signature: Option<&str>, body: &[u8]) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
+        // Unsigned is said before the hook is looked up, and an unknown hook is answered like a
+        // wrong signature: the answers do not tell which hook names exist.
+        if timestamp.is_none() || signature.is_none() {
+            return Err(ServiceError::Delivery(DeliveryError::Unsigned));
+        }
         let hook = d.hooks.get(name)?.ok_or(ServiceError::Delivery(DeliveryError::NoSuchHook))?;
         d.hooks.verify(&hook, timestamp, signature, body).map_err(ServiceError::Delivery)?;
         let payload: Value = serde_json::from_slice(body).map_err(ServiceError::Payload)?;
         let mut sub =
             Submission::new(Source::Registry(Reference::parse(&hook.applet)?), Caller { user: format!("hook:{name}"), via: "hook".into() });
         sub.params.json = Some(Hooks::params(&hook, &payload));
-        // A delivery's params are checked by its run (a payload cannot be answered with fields),
-        // but shown redacted like any job's.
+        // A delivery's params are checked by its run: a payload cannot be answered with fields.
         sub.check = Check::InRun;
-        let mut prepared = self.prepare(sub)?;
-        let given = prepared.request.params_json.clone().unwrap_or_default();
-        prepared.shown = given
-            .iter()
-            .map(|(k, v)| {
-                let secret = prepared.request.package.manifest.params.get(k).is_some_and(|spec| spec.secret);
-                (k.clone(), if secret { Value::String("<redacted>".into()) } else { v.clone() })
-            })
-            .collect();
-        self.submit(prepared, true)
+        self.submit(self.prepare(sub)?, true)
     }
 
     /// After a start: jobs a stopped server left running become `interrupted`, and the queued

@@ -74,3 +74,13 @@ pub fn truncate(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// Installs the process's TLS crypto provider (ring) for HTTP clients; idempotent. opslet's
+/// modules call it before building a client; embedders that build their own `reqwest` clients
+/// in the same process call it first.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

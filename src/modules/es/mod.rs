@@ -128,7 +128,8 @@ impl State {
             _ => Auth::None,
         };
         let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-        let trust = Trust::from_ca_file(conf.ca_file.as_deref(), false).map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
+        let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
+        let trust = ca.map_or(Trust::System, Trust::Also);
         let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true })
             .map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
         let c = Arc::new(Client { name: name.clone(), base: conf.url.clone(), auth, http, opensearch: Default::default() });

@@ -187,7 +187,7 @@ impl RunState {
         let (password, ca) = self.logins.get(i, || {
             let password = crate::kit::read_secret(&self.ctx, &owner, &cred.password_secret)?;
             let ca = match &cred.ca_file {
-                Some(p) => Some(std::fs::read(p).map_err(|e| format!("{owner}: ca_file {}: {e}", p.display()))?),
+                Some(p) => crate::kit::http::read_ca(Some(p)).map_err(|m| format!("{owner}: {m}"))?,
                 None => None,
             };
             Ok((password, ca))

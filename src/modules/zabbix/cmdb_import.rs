@@ -17,8 +17,7 @@ pub(super) fn connect(name: &str, conf: &ZabbixConn, secret: &dyn Fn(&str) -> Re
         _ => return Err(format!("[zabbix.{name}] has no credentials")),
     };
     let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-    let ca =
-        conf.ca_file.as_ref().map(|p| std::fs::read(p).map_err(|e| format!("[zabbix.{name}] ca_file {}: {e}", p.display()))).transpose()?;
+    let ca = crate::kit::http::read_ca(conf.ca_file.as_deref()).map_err(|m| format!("[zabbix.{name}] {m}"))?;
     Client::new(name, &conf.url, login, timeout, ca.as_deref())
 }
 
