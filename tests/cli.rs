@@ -466,3 +466,46 @@ fn config_items_set_show_diff_history_list_and_status() {
     let out = env.opslet(&["config", "show", "nginx"]);
     assert!(stderr(&out).contains("no config item `nginx`"), "{}", stderr(&out));
 }
+
+#[test]
+fn an_undefined_template_value_is_named_by_config_set_and_config_show() {
+    let env = Env::new();
+    let items = env.dir.path().join("items");
+    std::fs::create_dir_all(&items).unwrap();
+    std::fs::write(
+        items.join("app.toml"),
+        "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate = \"\"\"\nport = {{ port }}\nname = {{ nope }}\n\"\"\"\n[values]\nport = 80\n",
+    )
+    .unwrap();
+    // Before any host is involved: a value no layer defines.
+    let o = env.opslet(&["config", "set", "items/app.toml", "-m", "first"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: `nope` (used at items/app.toml, template line 2) is defined by no layer of [values]"),
+        "{}",
+        stderr(&o)
+    );
+    // For a host: the value, the item's template and line, and the layers searched.
+    let o = env.opslet(&["cmdb", "host", "add", "web1", "--address", "192.0.2.1", "--group", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.opslet(&["config", "show", "app", "--host", "web1", "--env", "dev"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "app v1 for web1 (dev): undefined value `nope` at items/app.toml, template line 2 (for web1 in dev, searched [values], \
+             [values.env.dev] (not in the item), [values.group.web] (not in the item))"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    // Defined for dev only: no warning, and the render works there.
+    std::fs::write(
+        items.join("app.toml"),
+        "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate = \"\"\"\nport = {{ port }}\nname = {{ nope }}\n\"\"\"\n[values]\nport = 80\n[values.env.dev]\nnope = \"x\"\n",
+    )
+    .unwrap();
+    let o = env.opslet(&["config", "set", "items/app.toml", "-m", "define it for dev"]);
+    assert!(o.status.success() && !stderr(&o).contains("warning"), "{}", stderr(&o));
+    let o = env.opslet(&["config", "show", "app", "--host", "web1", "--env", "dev"]);
+    assert_eq!(stdout(&o), "port = 80\nname = x\n", "{}", stderr(&o));
+}

@@ -20,7 +20,7 @@ use opslet::runtime::{RunOutcome, Runtime};
 use opslet::secrets::Secrets;
 use opslet::store::Store;
 use opslet::store::audit::Filter;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Lab {
     fleet: Fleet,
@@ -414,9 +414,18 @@ fn fifty_hosts_at_once_with_the_bundled_applets() {
     assert!(lab.file("web7").contains("port = 8080"));
 }
 
-#[test]
-fn watch_publishes_each_change_of_a_folder_to_dev() {
-    let fleet = Fleet::start(2, "web");
+/// Hosts web1..webN (env=dev, group web) in the cmdb of a data dir with an opslet.toml, for
+/// tests that drive the `opslet` binary; `items_dir` for item files, `root` for the hosts' files.
+struct CliLab {
+    fleet: Fleet,
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    items_dir: PathBuf,
+    root: PathBuf,
+}
+
+fn cli_lab(n: usize) -> CliLab {
+    let fleet = Fleet::start(n, "web");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let items_dir = tmp.path().join("items");
@@ -452,6 +461,12 @@ fn watch_publishes_each_change_of_a_folder_to_dev() {
         "[ssh]\nconnect_timeout = \"5s\"\n[[ssh.credentials]]\nhosts = \"*\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
     )
     .unwrap();
+    CliLab { fleet, tmp, data, items_dir, root }
+}
+
+#[test]
+fn watch_publishes_each_change_of_a_folder_to_dev() {
+    let CliLab { fleet, tmp, data, items_dir, root } = cli_lab(2);
     let write_item = |port: u32| {
         // The template lives in its own file beside the item.
         std::fs::write(items_dir.join("app.conf.j2"), "port = {{ port }}\n").unwrap();
@@ -586,4 +601,55 @@ fn a_run_that_ends_mid_publish_audits_the_host_as_abandoned() {
     assert_eq!(a.status.as_deref(), Some("error"));
     assert!(a.data["detail"]["error"].as_str().unwrap().starts_with("abandoned:"), "{:?}", a.data);
     assert_eq!(a.data["detail"]["item"], "app");
+}
+
+#[test]
+fn an_undefined_value_is_named_by_watch_status_and_a_dry_run_publish() {
+    let CliLab { fleet: _fleet, tmp: _tmp, data, items_dir, root } = cli_lab(1);
+    std::fs::write(
+        items_dir.join("app.toml"),
+        format!(
+            "name = \"app\"\npath = \"{}/{{{{ host.name }}}}/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let opslet = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(args)
+            .env("OPSLET_DATA_DIR", &data)
+            .env_remove("OPSLET_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let watch_once = || opslet(&["config", "watch", items_dir.to_str().unwrap(), "--env", "dev", "--hosts", "group:web", "--once"]);
+    std::fs::write(items_dir.join("app.conf.j2"), "port = {{ port }}\n").unwrap();
+    let o = watch_once();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(root.join("web1/app.conf")).unwrap(), "port = 80\n");
+    // v2 uses a value no layer has: watch says which, where, and what was searched.
+    std::fs::write(items_dir.join("app.conf.j2"), "port = {{ port }}\nname = {{ nope }}\n").unwrap();
+    let o = watch_once();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let named = "undefined value `nope` at app.conf.j2 line 2 (for web1 in dev, searched [values], [values.env.dev] (not in the item), \
+                 [values.group.web] (not in the item))";
+    assert!(!o.status.success() && err.contains(&format!("web1: FAILED: rendering app v2 for web1 (dev): {named}")), "{err}");
+    assert_eq!(std::fs::read_to_string(root.join("web1/app.conf")).unwrap(), "port = 80\n", "nothing was sent");
+    // `config status`: the host is on v1, and why v2 does not render there.
+    let o = opslet(&["config", "status", "app", "--format", "json"]);
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rows[0]["version"], 1, "{rows}");
+    assert_eq!(rows[0]["newest_error"], json!(format!("v2 does not render: {named}")), "{rows}");
+    let o = opslet(&["config", "status", "app"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("undefined value `nope`"), "{}", String::from_utf8_lossy(&o.stdout));
+    // A dry-run publish says the same.
+    let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+    let cfg = opslet::config::Config::load(&data.join("opslet.toml")).unwrap();
+    let rt = opslet::modules::runtime(&cfg, Some(store)).unwrap();
+    let manifest = "name = \"t\"\nversion = \"1.0.0\"\n[permissions]\nconfig = [\"read\", \"publish\"]\n";
+    let mut r = req(package_with(manifest, r#"return function() return config.publish("app", "*", { env = "dev" }) end"#, &[]));
+    r.dry_run = true;
+    let o = run_req(&rt, r);
+    let row = &ok(&o)[0];
+    assert!(row["error"].as_str().unwrap().contains(named), "{row}");
 }

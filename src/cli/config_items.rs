@@ -104,6 +104,13 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
     match cmd {
         ConfigCmd::Set { file, message } => {
             let spec = read_item(&file)?;
+            // A value no layer defines fails every host: said now, before any host is involved.
+            for u in spec.unknown_values() {
+                eprintln!(
+                    "warning: `{}` (used at {}) is defined by no layer of [values], [values.env.*] or [values.group.*]: every render fails until one does",
+                    u.name, u.at
+                );
+            }
             let (v, new) = items.set(&store, spec, &os_user(), &message)?;
             if new {
                 eprintln!("{} v{} stored", v.name, v.version);
@@ -196,14 +203,38 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
         ConfigCmd::Status { name, format } => {
             let latest = items.resolve(&name, None)?;
             let states = items.states(&name)?;
-            print_as(format, &states, || {
+            // A host behind the newest version: why the newest does not render there, if it does
+            // not (an undefined value names itself, its place and the layers searched).
+            let cmdb = crate::cmdb::Cmdb::new(store.clone())?;
+            let snap = cmdb.snapshot()?;
+            let mut rows = Vec::new();
+            for st in &states {
+                let mut row = serde_json::to_value(st).map_err(|e| Error::Internal(e.to_string()))?;
+                if st.version != latest.version
+                    && let Some(host) = cmdb.host(&st.host)?
+                {
+                    let placeholders: crate::cmdb::config_items::SecretFn = Arc::new(|n: &str| Ok(format!("<secret:{n}>")));
+                    let inherited = snap.inherited_groups(&host);
+                    let rendered = latest
+                        .spec
+                        .path_for(&st.env, &host, &inherited)
+                        .and_then(|_| latest.spec.render(&st.env, &host, &inherited, placeholders));
+                    if let Err(m) = rendered {
+                        row["newest_error"] = serde_json::json!(format!("v{} does not render: {m}", latest.version));
+                    }
+                }
+                rows.push(row);
+            }
+            print_as(format, &rows, || {
                 let mut t = table(&["host", "status", "version", "env", "sha256", "since", "error"]);
-                for s in &states {
+                for (s, row) in states.iter().zip(&rows) {
                     let version = if s.version == latest.version {
                         format!("v{}", s.version)
                     } else {
                         format!("v{} (newest v{})", s.version, latest.version)
                     };
+                    let error =
+                        [s.error.clone(), row["newest_error"].as_str().map(str::to_string)].into_iter().flatten().collect::<Vec<_>>();
                     t.add_row([
                         s.host.clone(),
                         s.status.clone(),
@@ -211,7 +242,7 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
                         s.env.clone(),
                         s.sha256.chars().take(12).collect(),
                         s.at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        s.error.clone().unwrap_or_default(),
+                        error.join("; "),
                     ]);
                 }
                 t

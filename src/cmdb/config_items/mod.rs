@@ -18,6 +18,11 @@ use super::Host;
 use crate::error::Error;
 use crate::store::Store;
 
+mod render;
+
+use render::{Rendered, template_env, template_error};
+pub use render::{SecretFn, Unknown};
+
 /// What `opslet config set` reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +62,34 @@ pub struct ItemSpec {
     /// reserved: the template gets them from opslet.
     #[serde(default)]
     pub values: Values,
+    /// Where the item was read from, for messages (the item file, the template file); kept with
+    /// each version, and no part of what makes two versions differ.
+    #[serde(default, skip_serializing_if = "Origin::is_empty")]
+    pub origin: Origin,
+}
+
+/// Where an item was read from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Origin {
+    /// The item file as `opslet config set` was given it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Its `template_file`, as the item names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_file: Option<String>,
+}
+
+impl Origin {
+    fn is_empty(&self) -> bool {
+        self.file.is_none() && self.template_file.is_none()
+    }
+}
+
+/// The same item read from another place is the same item.
+impl PartialEq for Origin {
+    fn eq(&self, _: &Origin) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +121,8 @@ impl ItemSpec {
     /// Parses an item file; `dir` is where `template_file` is read from. Errors name the file.
     pub fn parse(file: &str, text: &str, dir: Option<&Path>) -> Result<ItemSpec, Error> {
         let mut spec: ItemSpec = toml::from_str(text).map_err(|e| Error::Usage(format!("{file}: {}", e.to_string().trim())))?;
+        // Where it was read from is opslet's to say, not the file's.
+        spec.origin = Origin::default();
         if let Some(tf) = spec.template_file.take() {
             if spec.template.is_some() {
                 return Err(Error::Usage(format!("{file}: give `template` or `template_file`, not both")));
@@ -98,7 +133,9 @@ impl ItemSpec {
             let p = dir.unwrap_or(Path::new(".")).join(&tf);
             spec.template =
                 Some(std::fs::read_to_string(&p).map_err(|e| Error::Usage(format!("{file}: template_file {}: {e}", p.display())))?);
+            spec.origin.template_file = Some(tf);
         }
+        spec.origin.file = Some(file.to_string());
         spec.check().map_err(|m| Error::Usage(format!("{file}: {m}")))?;
         Ok(spec)
     }
@@ -169,9 +206,25 @@ impl ItemSpec {
         v
     }
 
-    /// The file for `host` in `env`. `secret` reads a secret for `{{ secret("name") }}`.
+    /// The file for `host` in `env`. `secret` reads a secret for `{{ secret("name") }}`. An
+    /// undefined value is an error naming it, where it is used and the layers searched.
     pub fn render(&self, env: &str, host: &Host, inherited: &[String], secret: SecretFn) -> Result<String, String> {
-        self.render_text(self.template.as_deref().unwrap_or_default(), env, host, inherited, secret)
+        let text = self.template.as_deref().unwrap_or_default();
+        Rendered { spec: self, what: self.template_name(), text }.render(env, host, inherited, secret)
+    }
+
+    /// How messages name the template: its `template_file`, else the item file's `template`.
+    pub fn template_name(&self) -> String {
+        match (&self.origin.template_file, &self.origin.file) {
+            (Some(tf), _) => tf.clone(),
+            (None, Some(f)) => format!("{f}, template"),
+            (None, None) => format!("item {}, template", self.name),
+        }
+    }
+
+    /// The values the template uses that no layer defines (for `opslet config set` to warn).
+    pub fn unknown_values(&self) -> Vec<Unknown> {
+        render::unknown_values(self)
     }
 
     /// Where the file goes on `host` in `env`.
@@ -179,23 +232,14 @@ impl ItemSpec {
         if !self.path.contains("{{") {
             return Ok(self.path.clone());
         }
-        let p =
-            self.render_text(&self.path, env, host, inherited, std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string())))?;
+        let what = match &self.origin.file {
+            Some(f) => format!("{f}, path"),
+            None => format!("item {}, path", self.name),
+        };
+        let no_secrets: SecretFn = std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string()));
+        let p = Rendered { spec: self, what, text: &self.path }.render(env, host, inherited, no_secrets)?;
         check_path(&p).map_err(|m| format!("the path renders as {m}"))?;
         Ok(p)
-    }
-
-    fn render_text(&self, source: &str, env: &str, host: &Host, inherited: &[String], secret: SecretFn) -> Result<String, String> {
-        let mut ctx = self.values_for(env, host, inherited);
-        ctx.insert("env".into(), Value::String(env.into()));
-        ctx.insert("item".into(), Value::String(self.name.clone()));
-        ctx.insert(
-            "host".into(),
-            serde_json::json!({ "name": host.name, "address": host.address, "groups": host.groups, "tags": host.tags }),
-        );
-        let env_ = template_env(secret);
-        let t = env_.template_from_str(source).map_err(|e| template_error(&e))?;
-        t.render(Value::Object(ctx)).map_err(|e| template_error(&e))
     }
 }
 
@@ -207,32 +251,6 @@ fn check_path(p: &str) -> Result<(), String> {
         return Err("path: must be one line".into());
     }
     Ok(())
-}
-
-/// A minijinja error with its line and what went wrong.
-fn template_error(e: &minijinja::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        m.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    m
-}
-
-/// Reads a secret for `{{ secret("name") }}` in templates.
-pub type SecretFn = std::sync::Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
-
-fn template_env<'a>(secret: SecretFn) -> minijinja::Environment<'a> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    // A template is a config file, not a program: bounded work.
-    env.set_fuel(Some(200_000));
-    env.add_function("secret", move |name: String| -> Result<String, minijinja::Error> {
-        secret(&name).map_err(|m| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, m))
-    });
-    env
 }
 
 /// One immutable version of an item.
@@ -303,7 +321,9 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Result<T, Error> {
 
 /// The spec as TOML, for diffs and `show`.
 pub fn spec_toml(spec: &ItemSpec) -> String {
-    toml::to_string_pretty(spec).unwrap_or_default()
+    let mut spec = spec.clone();
+    spec.origin = Origin::default();
+    toml::to_string_pretty(&spec).unwrap_or_default()
 }
 
 impl ConfigItems {
@@ -504,5 +524,67 @@ workers = 32
         assert_eq!(items.resolve("app", Some(1)).unwrap().author, "alice");
         assert!(items.resolve("app", Some(9)).unwrap_err().to_string().contains("versions 1-2"));
         assert!(items.set(&store, v2.spec.clone(), "bob", " ").is_ok(), "unchanged needs no message");
+    }
+
+    #[test]
+    fn an_undefined_value_is_named_with_where_it_is_used_and_the_layers_searched() {
+        let none: SecretFn = std::sync::Arc::new(|_: &str| -> Result<String, String> { Err("no secrets".into()) });
+        // A top-level value of an inline template.
+        let s = ItemSpec::parse("items/app.toml", &ITEM.replace("{{ workers }}", "{{ wrokers }}"), None).unwrap();
+        let e = s.render("prod", &host(&["big"]), &["all".to_string()], none.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            "undefined value `wrokers` at items/app.toml, template line 2 (for web1 in prod, searched [values], \
+             [values.env.prod], [values.group.all] (not in the item), [values.group.big])"
+        );
+        // A nested value of a template file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.conf.j2"), "# app\nport = {{ port }}\nprimary = {{ db.primary.port }}\n").unwrap();
+        let item = "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 1\n[values.db.primary]\nhost = \"db1\"\n";
+        let s = ItemSpec::parse("items/app.toml", item, Some(dir.path())).unwrap();
+        let e = s.render("dev", &host(&[]), &[], none.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            "undefined value `db.primary.port` at app.conf.j2 line 3 (for web1 in dev, searched [values], [values.env.dev] (not in the item))"
+        );
+        // An attribute of a loop variable.
+        let looped = ITEM
+            .replace("workers = {{ workers }}", "{% for u in users %}\nuser = {{ u.nme }}\n{% endfor %}")
+            .replace("workers = 2", "workers = 2\nusers = [{ name = \"ann\" }]");
+        let s = ItemSpec::parse("items/app.toml", &looped, None).unwrap();
+        let e = s.render("dev", &host(&[]), &[], none.clone()).unwrap_err();
+        assert_eq!(e, "undefined value `u.nme` at items/app.toml, template line 3 (`u` is a variable of the template)");
+        // A templated path.
+        let s = ItemSpec::parse("items/app.toml", &ITEM.replace("/etc/app/app.conf", "/etc/{{ instance }}/app.conf"), None).unwrap();
+        let e = s.path_for("dev", &host(&[]), &[]).unwrap_err();
+        assert!(e.starts_with("undefined value `instance` at items/app.toml, path line 1 (for web1 in dev"), "{e}");
+    }
+
+    #[test]
+    fn values_no_layer_defines_are_found_before_any_host() {
+        let s = ItemSpec::parse("items/app.toml", &ITEM.replace("{{ workers }}", "{{ wrokers }}"), None).unwrap();
+        assert_eq!(s.unknown_values(), vec![Unknown { name: "wrokers".into(), at: "items/app.toml, template line 2".into() }]);
+        // Defined in some layer (an environment's, a group's), a nested value, opslet's own names,
+        // loop variables and functions are not reported; a nested value no layer has is.
+        let t = "{{ workers }} {{ env }} {{ host.name }} {{ item }} {{ secret('k') }}\n{% for u in users %}{{ u.nme }}{% endfor %}\n{{ db.primary.host }} {{ db.primary.port }}";
+        let item = format!(
+            "name = \"app\"\npath = \"/etc/{{{{ dir }}}}/app.conf\"\ntemplate = \"\"\"\n{t}\"\"\"\n[values]\nusers = []\n[values.db.primary]\nhost = \"db1\"\n\
+             [values.env.prod]\nworkers = 8\n[values.group.web]\ndir = \"web\"\n"
+        );
+        let s = ItemSpec::parse("items/app.toml", &item, None).unwrap();
+        assert_eq!(s.unknown_values(), vec![Unknown { name: "db.primary.port".into(), at: "items/app.toml, template line 3".into() }]);
+    }
+
+    #[test]
+    fn where_an_item_was_read_from_does_not_make_a_new_version() {
+        let store = Store::temporary().unwrap();
+        let items = ConfigItems::open(&store).unwrap();
+        let (v1, _) = items.set(&store, ItemSpec::parse("items/app.toml", ITEM, None).unwrap(), "alice", "first").unwrap();
+        let (same, new) = items.set(&store, ItemSpec::parse("./elsewhere/app.toml", ITEM, None).unwrap(), "alice", "again").unwrap();
+        assert!(!new && same.version == v1.version);
+        assert!(!spec_toml(&v1.spec).contains("origin"), "{}", spec_toml(&v1.spec));
+        // An item file cannot claim an origin of its own.
+        let s = ItemSpec::parse("items/app.toml", &format!("{ITEM}\n[origin]\ntemplate_file = \"fake.j2\"\n"), None).unwrap();
+        assert_eq!(s.template_name(), "items/app.toml, template");
     }
 }
