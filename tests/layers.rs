@@ -256,3 +256,25 @@ fn the_cycle_finder_finds_a_cycle_of_siblings() {
     g.sort();
     assert_eq!(g, [0, 1, 2]);
 }
+
+#[test]
+fn only_the_edges_know_their_frameworks() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let top = module_path(&src, file).first().cloned().unwrap_or_default();
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (framework, edge) in [("axum", "http"), ("clap", "cli")] {
+                let named = code.contains(&format!("{framework}::")) || code.trim_start().starts_with(&format!("use {framework}"));
+                if named && top != edge {
+                    wrong.push(format!("{}:{}: `{framework}` outside src/{edge}/", file.strip_prefix(&src).unwrap().display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

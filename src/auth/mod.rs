@@ -12,7 +12,7 @@ use crate::store::Store;
 use crate::util::{pattern_matches, same_secret as same, validate_name};
 
 /// What a user may do. Each role includes the viewer's rights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// List, show and search applets; read their own jobs.
@@ -28,6 +28,19 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [Role::Viewer, Role::Operator, Role::Publisher, Role::Auditor, Role::Admin];
+
+    /// What the role may do, in a few words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Role::Viewer => "list, show and search applets; read their own jobs",
+            Role::Operator => "run the applets their grants allow",
+            Role::Publisher => "publish, promote, roll back and yank",
+            Role::Auditor => "read the audit log",
+            Role::Admin => "everything, including accounts, tokens, grants and hooks",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

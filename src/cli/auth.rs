@@ -14,7 +14,7 @@ pub enum UserCmd {
     /// Create an account.
     Add {
         name: String,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = super::choice(&Role::ALL, Role::name, Role::describe))]
         role: Role,
         /// Groups the user belongs to (for grants to `group:NAME`); repeatable.
         #[arg(long = "group")]

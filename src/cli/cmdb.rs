@@ -26,7 +26,7 @@ pub enum CmdbCmd {
         #[arg(required_unless_present = "from_zabbix")]
         file: Option<PathBuf>,
         /// The file's format (default: from its extension).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = super::choice(&InvFormat::ALL, InvFormat::name, InvFormat::describe))]
         format: Option<InvFormat>,
         /// Take the hosts from a Zabbix connection of the config ([zabbix.NAME]) instead of a file.
         #[arg(long, value_name = "CONN", conflicts_with_all = ["file", "format"])]
@@ -41,7 +41,7 @@ pub enum CmdbCmd {
     /// Write hosts (all, or those a selector picks) as CSV, JSON or an Ansible inventory.
     Export {
         selector: Option<String>,
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = super::choice(&InvFormat::ALL, InvFormat::name, InvFormat::describe))]
         format: Option<InvFormat>,
         /// Write to this file instead of stdout (the format then defaults to its extension).
         #[arg(short, long)]

@@ -269,3 +269,15 @@ fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
     eprintln!("wrote {}", p.display());
     Ok(0)
 }
+
+/// A clap parser for an enum of a layer below, which lists its values (`ALL`, `name`,
+/// `describe`): the domain types know nothing of clap.
+pub(crate) fn choice<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+    help: fn(T) -> &'static str,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(all.iter().map(|v| PossibleValue::new(name(*v)).help(help(*v))))
+        .map(move |s| *all.iter().find(|v| name(**v) == s).expect("clap accepts only the listed values"))
+}

@@ -24,7 +24,7 @@ use super::Host;
 pub use ansible::{dynamic, expand_range};
 
 /// The formats of `opslet cmdb import` and `export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Csv,
     Json,
@@ -35,6 +35,26 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 4] = [Format::Csv, Format::Json, Format::Ini, Format::Yaml];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Ini => "ini",
+            Format::Yaml => "yaml",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::Csv => "CSV, one host a line",
+            Format::Json => "JSON, a list of hosts",
+            Format::Ini => "Ansible INI inventory",
+            Format::Yaml => "Ansible YAML inventory",
+        }
+    }
+
     /// From a file name's extension.
     pub fn from_path(path: &str) -> Option<Format> {
         let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
