@@ -224,6 +224,10 @@ fn a_full_queue_answers_503_with_retry_after() {
         let third = send().await.unwrap();
         assert_eq!(third.status().as_u16(), 503);
         assert_eq!(third.headers()["retry-after"], "1");
+        assert_eq!(third.json::<Value>().await.unwrap()["error"]["code"], json!("queue_full"));
+        // The refused request stored no job: only the running and the queued one are.
+        let (_, jobs) = call(&s, "GET", "/api/v1/jobs?applet=slow-one", Some("ada"), None).await;
+        assert_eq!(jobs.as_array().unwrap().len(), 2, "{jobs}");
         first.abort();
         second.abort();
     });
@@ -494,6 +498,9 @@ fn per_applet_limit_answers_429() {
         assert_eq!(code, 429, "{body}");
         assert!(body["error"]["message"].as_str().unwrap().contains("limit per applet"), "{body}");
         assert_eq!(body["error"]["code"], json!("quota_exceeded"), "{body}");
+        // A refused request stores no job.
+        let (_, jobs) = call(&s, "GET", "/api/v1/jobs?applet=slow-one", Some("ada"), None).await;
+        assert_eq!(jobs.as_array().unwrap().len(), 1, "only the accepted run is a job: {jobs}");
         // Another applet is not held back by slow-one.
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(r#"{"threshold": 1}"#)).await.0, 200);
         let id = first["job_id"].as_str().unwrap();

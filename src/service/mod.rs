@@ -190,6 +190,8 @@ struct Dispatch {
     auth: Auth,
     dev: Option<dev::DevApplets>,
     quotas: Quotas,
+    /// Runs that may wait for a run thread.
+    queue: usize,
     in_use: InUse,
     metrics: Arc<Metrics>,
 }
@@ -220,6 +222,7 @@ impl RunService {
             auth: Auth::new(store.clone())?,
             dev: settings.dev.as_deref().map(dev::DevApplets::watch).transpose()?,
             quotas: settings.quotas,
+            queue: settings.queue,
             in_use: Default::default(),
             metrics: Default::default(),
         };
@@ -343,12 +346,17 @@ impl RunService {
     pub fn submit(&self, prepared: Prepared, is_async: bool) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
         let Prepared { request, reference, shown, dev, allow_yanked } = prepared;
+        // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
+        let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
+        if d.metrics.queued.load(Ordering::Relaxed) >= d.queue as i64 {
+            return Err(ServiceError::QueueFull);
+        }
         let mut job = Job::queued(&request, &reference, shown);
         (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
         // The params as given are what a restart re-runs with (`k=v` pairs never reach a job).
         let empty = Map::new();
         d.jobs.accept(&job, request.params_json.as_ref().unwrap_or(&empty), request.cancel.clone())?;
-        match self.start(d, request) {
+        match self.start(d, request, slots) {
             Ok(done) => Ok(Accepted { job_id: job.id, done }),
             Err(e) => {
                 let _ = d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(e.to_string()), Vec::new());
@@ -362,15 +370,15 @@ impl RunService {
         self.inner.dispatch.as_ref().is_some_and(|d| d.jobs.cancel(job_id))
     }
 
-    /// Queues a job's run on a run thread, within the quotas.
-    fn start(&self, d: &Dispatch, mut req: RunRequest) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
+    /// Queues a job's run on a run thread; `slots` are its share of the quotas, given back when
+    /// the run ends (or with the work, if the queue refuses it).
+    fn start(&self, d: &Dispatch, mut req: RunRequest, slots: Slots) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (service, id, applet) = (self.clone(), req.run_id.clone(), req.package.id());
         let sink_jobs = d.jobs.clone();
         let sink_id = id.clone();
         req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
         let name = req.package.manifest.name.clone();
-        let slots = Slots::take(d, &name, &req.caller.user)?;
         let metrics = Arc::clone(&d.metrics);
         let work: pool::Work = Box::new(move |rt| {
             let Ok(d) = service.dispatch() else { return };
@@ -464,10 +472,12 @@ impl RunService {
             };
             req.run_id = job.id.clone();
             d.jobs.relive(&job.id, req.cancel.clone());
-            if self.start(d, req).is_err() {
-                d.jobs.finish(&job.id, JobStatus::Rejected, None, Some("the run queue was full after a restart".into()), Vec::new())?;
-            } else {
-                restarted += 1;
+            let started = Slots::take(d, &req.package.manifest.name, &req.caller.user).and_then(|slots| self.start(d, req, slots));
+            match started {
+                Ok(_) => restarted += 1,
+                Err(e) => {
+                    d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(format!("not restarted: {e}")), Vec::new())?;
+                }
             }
         }
         Ok((restarted, queued.len()))
