@@ -333,3 +333,30 @@ fn concurrent_flushes_share_the_work_and_all_return() {
     let reopened = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
     assert_eq!(reopened.audit().verify().unwrap().records, 160);
 }
+
+#[test]
+fn a_large_param_is_kept_in_the_audit_log_as_its_digest() {
+    let rt = runtime(TIGHT);
+    let manifest = format!("{MANIFEST}[params.text]\ntype = \"string\"\n[params.mode]\ntype = \"string\"\n");
+    let pkg = package_with(&manifest, "return function(p) return #p.text end", &[]);
+    let big = "x".repeat(1024 * 1024);
+    let mut r = req(pkg);
+    r.params_pairs = vec![("text".into(), big.clone()), ("mode".into(), "summary".into())];
+    let o = run_req(&rt, r);
+    assert_eq!(o.result.as_ref().unwrap(), &json!(1024 * 1024), "the run gets the whole value");
+    let recs = rt.store().unwrap().audit().list(&Filter { run_id: Some(o.run_id.clone()), ..Filter::default() }).unwrap();
+    let start = &recs[0];
+    // Small values whole; the large one as the SHA-256 of its JSON, which proves what ran.
+    use sha2::Digest;
+    let json = serde_json::to_vec(&json!(big)).unwrap();
+    assert_eq!(start.data["params"]["mode"], json!("summary"));
+    assert_eq!(start.data["params"]["text"], json!({ "sha256": hex::encode(sha2::Sha256::digest(&json)), "bytes": json.len() }));
+    assert!(serde_json::to_vec(&start.data).unwrap().len() < 8 * 1024, "the record stays small");
+    // A value at the limit is kept whole.
+    let at_limit = "y".repeat(opslet::applet::params::AUDIT_VALUE_BYTES - 2);
+    let mut r = req(package_with(&manifest, "return function(p) return #p.text end", &[]));
+    r.params_pairs = vec![("text".into(), at_limit.clone()), ("mode".into(), "m".into())];
+    let o = run_req(&rt, r);
+    let recs = rt.store().unwrap().audit().list(&Filter { run_id: Some(o.run_id.clone()), ..Filter::default() }).unwrap();
+    assert_eq!(recs[0].data["params"]["text"], json!(at_limit));
+}

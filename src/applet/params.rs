@@ -81,3 +81,23 @@ pub fn redacted(manifest: &Manifest, params: &Map<String, Value>) -> Map<String,
         })
         .collect()
 }
+
+/// Largest param value, as compact JSON, that an audit record keeps whole.
+pub const AUDIT_VALUE_BYTES: usize = 4096;
+
+/// Params as the audit log keeps them: a value over [`AUDIT_VALUE_BYTES`] (as compact JSON) is
+/// replaced by `{"sha256": HEX, "bytes": N}` of that JSON, so a record stays small and still
+/// proves what ran.
+pub fn for_audit(params: Map<String, Value>) -> Map<String, Value> {
+    use sha2::Digest;
+    params
+        .into_iter()
+        .map(|(k, v)| {
+            let json = serde_json::to_vec(&v).unwrap_or_default();
+            if json.len() <= AUDIT_VALUE_BYTES {
+                return (k, v);
+            }
+            (k, serde_json::json!({ "sha256": hex::encode(sha2::Sha256::digest(&json)), "bytes": json.len() }))
+        })
+        .collect()
+}

@@ -201,7 +201,7 @@ impl Runtime {
         }
         let redactor = Redactor::new(secrets);
         let audit_params = match &params {
-            Ok(p) => Value::Object(params::redacted(manifest, p)),
+            Ok(p) => Value::Object(params::for_audit(params::redacted(manifest, p))),
             Err(_) => Value::Null,
         };
 
