@@ -46,8 +46,10 @@ pub struct Config {
 pub struct ServeSettings {
     /// Address and port, like "127.0.0.1:8620".
     pub listen: Option<String>,
-    /// Runs executing at once.
+    /// Runs computing at once (executing Lua).
     pub run_threads: Option<usize>,
+    /// Runs in flight at once, waiting on hosts or computing.
+    pub max_runs: Option<usize>,
     /// Runs waiting for a run thread before 503.
     pub queue: Option<usize>,
     /// Largest request body in bytes.

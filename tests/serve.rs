@@ -216,9 +216,10 @@ fn a_full_queue_answers_503_with_retry_after() {
                 .header("Authorization", format!("Bearer {}", s.tokens["ola"]))
                 .send()
         };
-        // One running, one queued; the third finds the queue full.
+        // One computing (slow-one sleeps 0.5 s, which holds no CPU slot, then spins), one waiting
+        // for the slot; the third finds the queue full.
         let first = tokio::spawn(send());
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         let second = tokio::spawn(send());
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let third = send().await.unwrap();
@@ -330,6 +331,8 @@ fn restart_marks_running_jobs_interrupted_and_runs_queued_ones() {
     let mut s = server(&["--run-threads", "1", "--queue", "4"]);
     let (running, queued) = rt().block_on(async {
         let (_, a) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        // slow-one sleeps 0.5 s (holding no CPU slot), then computes: the next run waits for it.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         let (_, b) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 5}"#)).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         (a["job_id"].as_str().unwrap().to_string(), b["job_id"].as_str().unwrap().to_string())
@@ -513,6 +516,8 @@ fn graceful_shutdown_cancels_running_jobs_and_keeps_queued_ones() {
     let mut s = server(&["--run-threads", "1", "--shutdown-grace", "500ms"]);
     let (running, queued) = rt().block_on(async {
         let (_, a) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        // slow-one sleeps 0.5 s (holding no CPU slot), then computes: the next run waits for it.
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
         let (_, b) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 8}"#)).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         (a["job_id"].as_str().unwrap().to_string(), b["job_id"].as_str().unwrap().to_string())
@@ -1001,5 +1006,48 @@ fn every_error_answer_has_the_one_body() {
         let (code, body) = call(&s, "POST", "/api/v1/session", None, Some(r#"{"user": 5}"#)).await;
         assert!(code == 400 || code == 422, "{code} {body}");
         shape(code, &body, "bad_request");
+    });
+}
+
+#[test]
+fn runs_that_wait_hold_no_core_and_a_trivial_run_is_not_held_up_by_them() {
+    // Two CPU slots, the default quotas lifted: 200 runs asleep at once, then a trivial run.
+    let s = server_with("", &["--run-threads", "2", "--applet-limit", "0", "--user-limit", "0"], |dir, data| {
+        let d = dir.join("sleeper");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("applet.toml"), "name = \"sleeper\"\nversion = \"1.0.0\"\n").unwrap();
+        std::fs::write(d.join("main.lua"), "return function() time.sleep(6) return 'rested' end").unwrap();
+        opslet(data, &["publish", d.to_str().unwrap()]);
+        opslet(data, &["grant", "add", "oz", "sleeper"]);
+    });
+    rt().block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..200 {
+            let (code, body) = call(&s, "POST", "/api/v1/applets/sleeper/run?async=true", Some("oz"), None).await;
+            assert_eq!(code, 202, "{body}");
+            ids.push(body["job_id"].as_str().unwrap().to_string());
+        }
+        // Every sleeper has started: none waits for a core.
+        let t0 = std::time::Instant::now();
+        loop {
+            let (_, running) = call(&s, "GET", "/api/v1/jobs?applet=sleeper&status=running&limit=1000", Some("ada"), None).await;
+            if running.as_array().unwrap().len() == 200 {
+                break;
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "only {} of 200 sleepers started", running.as_array().unwrap().len());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Another operator's trivial run is answered while they all still sleep.
+        let t0 = std::time::Instant::now();
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report/run", Some("ola"), Some(r#"{"threshold": 5}"#)).await;
+        let took = t0.elapsed();
+        assert_eq!((code, body["status"].clone()), (200, json!("ok")), "{body}");
+        assert!(took < std::time::Duration::from_secs(2), "a trivial run took {took:?} among 200 sleeping ones");
+        let (_, sleeping) = call(&s, "GET", "/api/v1/jobs?applet=sleeper&status=running&limit=1000", Some("ada"), None).await;
+        assert_eq!(sleeping.as_array().unwrap().len(), 200, "the sleepers were still asleep");
+        // And every sleeper ends well.
+        for id in ids.iter().take(5) {
+            assert_eq!(poll_job(&s, "oz", id).await["result"], json!("rested"));
+        }
     });
 }

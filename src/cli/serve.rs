@@ -18,10 +18,14 @@ pub struct ServeArgs {
     /// Address and port to listen on, port 0 picks a free one [default: 127.0.0.1:8620].
     #[arg(long, env = "OPSLET_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Runs executing at once [default: the number of CPUs].
+    /// Runs computing at once (executing Lua; a run waiting on a host, a BMC or a sleep does not
+    /// count) [default: the number of CPUs].
     #[arg(long, env = "OPSLET_RUN_THREADS")]
     pub run_threads: Option<usize>,
-    /// Runs allowed to wait for a run thread; more get 503 with Retry-After [default: 64].
+    /// Runs in flight at once, waiting or computing, each on a thread of its own [default: 4096].
+    #[arg(long, env = "OPSLET_MAX_RUNS")]
+    pub max_runs: Option<usize>,
+    /// Runs allowed to wait for their first CPU slot; more get 503 with Retry-After [default: 64].
     #[arg(long, env = "OPSLET_QUEUE")]
     pub queue: Option<usize>,
     /// Largest request body, in bytes [default: 1048576].
@@ -65,6 +69,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     };
     let threads = args.run_threads.or(file.run_threads).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let queue = args.queue.or(file.queue).unwrap_or(64);
+    let max_runs = args.max_runs.or(file.max_runs).unwrap_or(4096);
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1024 * 1024);
     let applet_limit = args.applet_limit.or(file.applet_limit).unwrap_or(16);
     let user_limit = args.user_limit.or(file.user_limit).unwrap_or(32);
@@ -76,6 +81,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let runtime = global.runtime(&config, store.clone())?;
     let settings = DispatchSettings {
         run_threads: threads,
+        max_runs,
         queue,
         quotas: Quotas { per_applet: applet_limit, per_caller: user_limit },
         dev: args.dev.clone(),

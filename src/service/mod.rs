@@ -190,15 +190,17 @@ struct Dispatch {
     auth: Auth,
     dev: Option<dev::DevApplets>,
     quotas: Quotas,
-    /// Runs that may wait for a run thread.
-    queue: usize,
     in_use: InUse,
     metrics: Arc<Metrics>,
 }
 
 /// The settings of a dispatching (server) service.
 pub struct DispatchSettings {
+    /// Runs computing at once (their Lua code executing): the CPU slots.
     pub run_threads: usize,
+    /// Runs in flight at once, waiting on hosts or computing.
+    pub max_runs: usize,
+    /// Runs that may wait for their first CPU slot.
     pub queue: usize,
     pub quotas: Quotas,
     /// `serve --dev DIR`.
@@ -217,12 +219,11 @@ impl RunService {
         let store = runtime.store().cloned().ok_or_else(|| Error::Internal("a dispatching run service needs a store".into()))?;
         let dispatch = Dispatch {
             jobs: Jobs::new(store.clone())?,
-            pool: RunPool::start(settings.run_threads, settings.queue),
+            pool: RunPool::start(settings.run_threads, settings.max_runs, settings.queue),
             hooks: Hooks::new(store.clone())?,
             auth: Auth::new(store.clone())?,
             dev: settings.dev.as_deref().map(dev::DevApplets::watch).transpose()?,
             quotas: settings.quotas,
-            queue: settings.queue,
             in_use: Default::default(),
             metrics: Default::default(),
         };
@@ -348,7 +349,7 @@ impl RunService {
         let Prepared { request, reference, shown, dev, allow_yanked } = prepared;
         // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
         let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
-        if d.metrics.queued.load(Ordering::Relaxed) >= d.queue as i64 {
+        if !d.pool.has_room() {
             return Err(ServiceError::QueueFull);
         }
         let mut job = Job::queued(&request, &reference, shown);
@@ -380,12 +381,18 @@ impl RunService {
         req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
         let name = req.package.manifest.name.clone();
         let metrics = Arc::clone(&d.metrics);
-        let work: pool::Work = Box::new(move |rt| {
+        let work: pool::Work = Box::new(move |thread| {
             let Ok(d) = service.dispatch() else { return };
-            metrics.queued.fetch_sub(1, Ordering::Relaxed);
-            metrics.running.fetch_add(1, Ordering::Relaxed);
-            let _ = d.jobs.started(&id, &applet);
-            let outcome = rt.block_on(service.inner.runtime.run(req));
+            // Until the run has its first CPU slot, its job is queued.
+            let started = || {
+                metrics.queued.fetch_sub(1, Ordering::Relaxed);
+                metrics.running.fetch_add(1, Ordering::Relaxed);
+                let _ = d.jobs.started(&id, &applet);
+            };
+            let Some(outcome) = thread.block_on(service.inner.runtime.run(req), started) else {
+                // Shutting down before it started: the job stays queued for the next start.
+                return;
+            };
             metrics.running.fetch_sub(1, Ordering::Relaxed);
             metrics.record(&name, outcome.status, outcome.duration);
             let (result, error) = match &outcome.result {
