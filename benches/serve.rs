@@ -3,6 +3,10 @@
 //! run. Run with `cargo bench --bench serve`. Targets (issue #4): over 2,000 runs/s and p50
 //! under 2 ms on this 2-core machine, with the audit kept durable (the default: every job and
 //! run start is flushed to disk, fsyncs shared between concurrent requests).
+//!
+//! Capacity (issue #15): 1,000 runs asleep in `time.sleep` at once on the default settings, and
+//! the p50 of a trivial sync run among them against the same run's p50 on the idle server
+//! (target: within 2x), with the server's memory.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -68,11 +72,17 @@ fn main() {
         .unwrap();
     std::fs::write(applet.join("main.lua"), "return function(p) return p.n + 1 end").unwrap();
     opslet(&data, &["publish", applet.to_str().unwrap()]);
+    let sleeper = dir.path().join("sleeper");
+    std::fs::create_dir_all(&sleeper).unwrap();
+    std::fs::write(sleeper.join("applet.toml"), "name = \"sleeper\"\nversion = \"1.0.0\"\n").unwrap();
+    let nap = if smoke { 3 } else { 30 };
+    std::fs::write(sleeper.join("main.lua"), format!("return function() time.sleep({nap}) return true end")).unwrap();
+    opslet(&data, &["publish", sleeper.to_str().unwrap()]);
     opslet(&data, &["user", "add", "bench", "--role", "admin"]);
     let token = opslet(&data, &["token", "create", "bench"]);
 
     let mut server = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "1024", "--applet-limit", "0"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "1024", "--applet-limit", "0", "--user-limit", "0"])
         .env("OPSLET_DATA_DIR", &data)
         .env("OPSLET_LOG", "warn")
         .stderr(Stdio::piped())
@@ -107,6 +117,33 @@ fn main() {
         ));
         rows.push((clients, bare, ours));
     }
+    // Capacity: a trivial run's p50 on the idle server, then among `sleepers` runs asleep.
+    let sleepers = if smoke { 100 } else { 1000 };
+    let trivial = || drive(format!("http://{addr}/api/v1/applets/trivial/run"), Some(token.clone()), Some(r#"{"n": 1}"#), 1, dur / 2);
+    let idle = rt.block_on(trivial());
+    let (loaded, rss) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let auth = format!("Bearer {token}");
+        for _ in 0..sleepers {
+            let r = client.post(format!("http://{addr}/api/v1/applets/sleeper/run?async=true")).header("Authorization", &auth).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        }
+        let t0 = Instant::now();
+        loop {
+            let url = format!("http://{addr}/api/v1/jobs?applet=sleeper&status=running&limit=1000");
+            let running: Vec<serde_json::Value> = client.get(url).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+            if running.len() >= sleepers {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(nap / 2), "only {} of {sleepers} sleepers started", running.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+            .unwrap_or(0);
+        (trivial().await, rss)
+    });
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(server.id() as i32, libc::SIGTERM);
@@ -133,5 +170,17 @@ fn main() {
             let met = rps(ours) > 2000.0 && ours.p50 < Duration::from_millis(2);
             println!("  target: over 2,000 runs/s and p50 under 2 ms: {}", if met { "met" } else { "MISSED" });
         }
+    }
+    println!("capacity: a trivial sync run, p50 of 1 client for {:?}", dur / 2);
+    println!("  idle server (baseline)           p50 {:>9}   1.00x", ms(idle.p50));
+    println!(
+        "  among {sleepers} runs asleep         p50 {:>9}   {:.2}x   (server RSS {} MiB with them in flight)",
+        ms(loaded.p50),
+        loaded.p50.as_secs_f64() / idle.p50.as_secs_f64(),
+        rss / 1024
+    );
+    if !smoke {
+        let met = loaded.p50.as_secs_f64() <= 2.0 * idle.p50.as_secs_f64();
+        println!("  target: 1,000 runs in flight, a trivial run within 2x its idle p50: {}", if met { "met" } else { "MISSED" });
     }
 }
