@@ -125,13 +125,19 @@ fn main() {
         let client = reqwest::Client::new();
         let auth = format!("Bearer {token}");
         for _ in 0..sleepers {
-            let r = client.post(format!("http://{addr}/api/v1/applets/sleeper/run?async=true")).header("Authorization", &auth).send().await.unwrap();
+            let r = client
+                .post(format!("http://{addr}/api/v1/applets/sleeper/run?async=true"))
+                .header("Authorization", &auth)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
         }
         let t0 = Instant::now();
         loop {
             let url = format!("http://{addr}/api/v1/jobs?applet=sleeper&status=running&limit=1000");
-            let running: Vec<serde_json::Value> = client.get(url).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+            let running: Vec<serde_json::Value> =
+                client.get(url).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
             if running.len() >= sleepers {
                 break;
             }

@@ -38,3 +38,17 @@ pub fn count_opt(call: &str, key: &str, v: Value) -> mlua::Result<usize> {
         )),
     }
 }
+
+/// The entries of an `opts` table, each key a name; another key is an error naming `call`
+/// (`ssh.run: opts: keys must be names, got number`).
+pub fn entries(call: &str, opts: &mlua::Table) -> mlua::Result<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for pair in opts.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        match &k {
+            Value::String(s) => out.push((s.to_string_lossy(), v)),
+            other => return Err(super::lua_err(call, format!("opts: keys must be names, got {}", other.type_name()))),
+        }
+    }
+    Ok(out)
+}

@@ -23,12 +23,7 @@ pub(super) fn parse_opts(call: &str, opts: Option<Table>, allowed: &[&str], sett
         save: false,
     };
     let Some(opts) = opts else { return Ok(o) };
-    for pair in opts.pairs::<Value, Value>() {
-        let (k, v) = pair?;
-        let key = match &k {
-            Value::String(s) => s.to_string_lossy(),
-            other => return Err(LUA.err(call, format!("opts: keys must be names, got {}", other.type_name()))),
-        };
+    for (key, v) in crate::kit::options::entries(&LUA.call(call), &opts)? {
         if !allowed.contains(&key.as_str()) {
             return Err(LUA.err(call, format!("unknown option `{key}` (known: {})", allowed.join(", "))));
         }

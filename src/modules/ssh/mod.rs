@@ -85,12 +85,7 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
         mode: None,
     };
     let Some(opts) = opts else { return Ok(o) };
-    for pair in opts.pairs::<Value, Value>() {
-        let (k, v) = pair?;
-        let key = match &k {
-            Value::String(s) => s.to_string_lossy(),
-            other => return Err(LUA.err(call, format!("opts: keys must be names, got {}", other.type_name()))),
-        };
+    for (key, v) in crate::kit::options::entries(&LUA.call(call), &opts)? {
         if COMMON_OPTS.contains(&key.as_str()) {
             batch::plan_option(&format!("ssh.{call}"), &key, v, &mut o.plan, &mut o.timeout, settings.concurrency)?;
             continue;
