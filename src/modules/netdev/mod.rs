@@ -53,15 +53,27 @@ pub const PLATFORM_TAG: &str = "platform";
 
 pub struct NetdevModule {
     settings: Arc<NetdevSettings>,
-    profiles: Arc<Profiles>,
+    /// The device profiles, read on first use (compiling their patterns is the costly part of
+    /// setting opslet up, and most runs never touch a device).
+    profiles: std::sync::OnceLock<Arc<Profiles>>,
 }
 
 impl NetdevModule {
-    /// The module with its settings; the device profiles of `profiles_dir` are read now, and a
-    /// broken one is an error naming its file and key.
+    /// The module with its settings. The device profiles of a `profiles_dir` are read now, so a
+    /// broken one is an error naming its file and key before anything runs; the built-in ones
+    /// (compiled in, checked by the tests) are read on first use.
     pub fn new(settings: NetdevSettings) -> Result<NetdevModule, String> {
-        let profiles = Profiles::load(settings.profiles_dir.as_deref()).map(Arc::new).map_err(|m| format!("netdev.profiles_dir: {m}"))?;
+        let profiles = std::sync::OnceLock::new();
+        if settings.profiles_dir.is_some() {
+            let loaded = Profiles::load(settings.profiles_dir.as_deref()).map_err(|m| format!("netdev.profiles_dir: {m}"))?;
+            let _ = profiles.set(Arc::new(loaded));
+        }
         Ok(NetdevModule { settings: Arc::new(settings), profiles })
+    }
+
+    fn profiles(&self) -> Arc<Profiles> {
+        let p = self.profiles.get_or_init(|| Arc::new(Profiles::load(None).expect("the built-in device profiles parse (tested)")));
+        Arc::clone(p)
     }
 }
 
@@ -212,7 +224,7 @@ impl HostModule for NetdevModule {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant.scope).map_err(|m| LUA.err("permission", m))?;
-        let profiles = Arc::clone(&self.profiles);
+        let profiles = self.profiles();
         let state = Arc::new(RunState::new(Arc::clone(&self.settings), profiles, Arc::clone(ctx), scope));
         let t = lua.create_table()?;
 
