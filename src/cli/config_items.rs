@@ -135,7 +135,7 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
                         (None, None) => return Err(Error::Usage(format!("{h} has no `env` tag: give --env"))),
                     };
                     // Secrets show as <secret:NAME>: what a host gets is not for terminals.
-                    let secret: crate::cmdb::config_items::SecretFn = Arc::new(|n: &str| Ok(format!("<secret:{n}>")));
+                    let secret = crate::cmdb::config_items::placeholder_secrets();
                     let inherited = cmdb.snapshot()?.inherited_groups(&host);
                     let text = v
                         .spec
@@ -205,20 +205,19 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
             let states = items.states(&name)?;
             // A host behind the newest version: why the newest does not render there, if it does
             // not (an undefined value names itself, its place and the layers searched).
-            let cmdb = crate::cmdb::Cmdb::new(store.clone())?;
-            let snap = cmdb.snapshot()?;
+            let snap = crate::cmdb::Cmdb::new(store.clone())?.snapshot()?;
             let mut rows = Vec::new();
             for st in &states {
                 let mut row = serde_json::to_value(st).map_err(|e| Error::Internal(e.to_string()))?;
                 if st.version != latest.version
-                    && let Some(host) = cmdb.host(&st.host)?
+                    && let Some(host) = snap.host(&st.host)
                 {
-                    let placeholders: crate::cmdb::config_items::SecretFn = Arc::new(|n: &str| Ok(format!("<secret:{n}>")));
-                    let inherited = snap.inherited_groups(&host);
+                    let inherited = snap.inherited_groups(host);
+                    let placeholders = crate::cmdb::config_items::placeholder_secrets();
                     let rendered = latest
                         .spec
-                        .path_for(&st.env, &host, &inherited)
-                        .and_then(|_| latest.spec.render(&st.env, &host, &inherited, placeholders));
+                        .path_for(&st.env, host, &inherited)
+                        .and_then(|_| latest.spec.render(&st.env, host, &inherited, placeholders));
                     if let Err(m) = rendered {
                         row["newest_error"] = serde_json::json!(format!("v{} does not render: {m}", latest.version));
                     }

@@ -143,6 +143,11 @@ pub(super) struct JobsQuery {
     limit: Option<usize>,
 }
 
+/// The job `id`, or `not_found`.
+fn job_of(s: &AppState, id: &str) -> Result<Job, ApiError> {
+    s.service.jobs()?.get(id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))
+}
+
 fn may_see(s: &AppState, p: &Principal, job: &Job) -> Result<(), ApiError> {
     if job.user == p.user {
         return Ok(());
@@ -166,13 +171,13 @@ pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Quer
 }
 
 pub(super) async fn get_job(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let job = s.service.jobs()?.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    let job = job_of(&s, &id)?;
     may_see(&s, &p, &job)?;
     Ok(Json(json!(job)))
 }
 
 pub(super) async fn cancel_job(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let job = s.service.jobs()?.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    let job = job_of(&s, &id)?;
     if job.user != p.user {
         require(&s, &p, Action::Admin, "/api/v1/jobs/{id}/cancel")?;
     }
@@ -188,7 +193,7 @@ pub(super) async fn job_events(
     Authed(p): Authed,
     Path(id): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
-    let job = s.service.jobs()?.get(&id)?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job `{id}`")))?;
+    let job = job_of(&s, &id)?;
     may_see(&s, &p, &job)?;
     let to_sse = |ev: &JobEvent| {
         let name = match ev {

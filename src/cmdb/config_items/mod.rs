@@ -21,7 +21,7 @@ use crate::store::Store;
 mod render;
 
 use render::{Rendered, template_env, template_error};
-pub use render::{SecretFn, Unknown};
+pub use render::{SecretFn, Unknown, placeholder_secrets};
 
 /// What `opslet config set` reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +222,14 @@ impl ItemSpec {
         }
     }
 
+    /// How messages name the item's `path`.
+    pub fn path_name(&self) -> String {
+        match &self.origin.file {
+            Some(f) => format!("{f}, path"),
+            None => format!("item {}, path", self.name),
+        }
+    }
+
     /// The values the template uses that no layer defines (for `opslet config set` to warn).
     pub fn unknown_values(&self) -> Vec<Unknown> {
         render::unknown_values(self)
@@ -232,10 +240,7 @@ impl ItemSpec {
         if !self.path.contains("{{") {
             return Ok(self.path.clone());
         }
-        let what = match &self.origin.file {
-            Some(f) => format!("{f}, path"),
-            None => format!("item {}, path", self.name),
-        };
+        let what = self.path_name();
         let no_secrets: SecretFn = std::sync::Arc::new(|_: &str| Err("no secrets in paths".to_string()));
         let p = Rendered { spec: self, what, text: &self.path }.render(env, host, inherited, no_secrets)?;
         check_path(&p).map_err(|m| format!("the path renders as {m}"))?;

@@ -11,6 +11,12 @@ use crate::cmdb::Host;
 /// Reads a secret for `{{ secret("name") }}` in templates.
 pub type SecretFn = std::sync::Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
+/// Secrets as `<secret:NAME>`, for a file that is only shown, never sent to a host: what
+/// `config.render` gives an applet (which never holds secrets) and `opslet config show` prints.
+pub fn placeholder_secrets() -> SecretFn {
+    std::sync::Arc::new(|name: &str| Ok(format!("<secret:{name}>")))
+}
+
 /// Names the template and the item gives every template it renders, `ctx` aside.
 const RESERVED: &[&str] = &["env", "host", "item"];
 
@@ -126,11 +132,7 @@ pub struct Unknown {
 pub(super) fn unknown_values(spec: &ItemSpec) -> Vec<Unknown> {
     let jinja = template_env(std::sync::Arc::new(|_: &str| Ok(String::new())));
     let mut out = Vec::new();
-    let path_name = match &spec.origin.file {
-        Some(f) => format!("{f}, path"),
-        None => format!("item {}, path", spec.name),
-    };
-    for (what, text) in [(spec.template_name(), spec.template.as_deref().unwrap_or_default()), (path_name, spec.path.as_str())] {
+    for (what, text) in [(spec.template_name(), spec.template.as_deref().unwrap_or_default()), (spec.path_name(), spec.path.as_str())] {
         let Ok(t) = jinja.template_from_str(text) else { continue };
         let mut used: Vec<String> = t.undeclared_variables(true).into_iter().collect();
         used.sort();

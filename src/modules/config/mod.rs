@@ -27,7 +27,7 @@ use mlua::{Lua, Table, Value};
 use serde_json::json;
 
 use crate::cmdb::Host;
-use crate::cmdb::config_items::{ConfigItems, ItemVersion, SecretFn};
+use crate::cmdb::config_items::{ConfigItems, ItemVersion, SecretFn, placeholder_secrets};
 use crate::config::Config;
 use crate::error::Error;
 use crate::kit::fanout::{self as batch, Plan};
@@ -117,11 +117,6 @@ impl RunState {
     fn audit(&self, action: &str, host: &str, ok: bool, detail: serde_json::Value) -> Result<(), String> {
         self.ctx.record_action("config", action, host, ok, detail).map_err(|e| format!("could not record the action in the audit log: {e}"))
     }
-}
-
-/// Secrets as `<secret:NAME>`: what `config.render` gives an applet, which never holds them.
-fn placeholder_secrets() -> SecretFn {
-    Arc::new(|name: &str| Ok(format!("<secret:{name}>")))
 }
 
 struct PublishOpts {
