@@ -1,7 +1,7 @@
 //! Registry figures: publish throughput and search latency over 10,000 published applets.
 //! Run with `cargo bench --bench registry`. Target (issue #3): search p50 under 5 ms.
 //!
-//! Baselines measured in the same run: a bare sled insert of the same package bytes (for
+//! Baselines measured in the same run: a bare store insert of the same package bytes (for
 //! publish) and a plain substring scan over the applet names (for search).
 
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ fn main() {
     let reg = Registry::new(store.clone()).unwrap();
     let packages: Vec<AppletPackage> = (0..n).map(package).collect();
 
-    let raw = store.db().open_tree("bench-baseline").unwrap();
+    let raw = store.tree("bench-baseline");
     let t = Instant::now();
     for p in &packages {
         let bytes: usize = p.files.values().map(Vec::len).sum();
@@ -94,7 +94,7 @@ fn main() {
     }
     let publish_each = t.elapsed() / n as u32;
     println!("publish ({n} applets)");
-    println!("  bare sled insert of the package bytes    {:>12}   1.00x (baseline)", ms(raw_each));
+    println!("  bare store insert of the package bytes   {:>12}   1.00x (baseline)", ms(raw_each));
     println!(
         "  opslet publish (checks, 3 trees, audit)  {:>12}   {:.1}x   ({:.0} publishes/s)",
         ms(publish_each),

@@ -139,7 +139,7 @@ fn main() {
     println!("  bare mlua Luau state, source          {:>10}   1.00x (baseline)", us(t_bare));
     println!("  bare mlua Luau state, bytecode        {:>10}   {:.2}x", us(t_bare_bc), t_bare_bc.as_secs_f64() / t_bare.as_secs_f64());
     println!("  opslet runtime, no store              {:>10}   {:.2}x", us(t_rt), t_rt.as_secs_f64() / t_bare.as_secs_f64());
-    println!("  opslet runtime + audit log (sled)     {:>10}   {:.2}x", us(t_audit), t_audit.as_secs_f64() / t_bare.as_secs_f64());
+    println!("  opslet runtime + audit log (SQLite)   {:>10}   {:.2}x", us(t_audit), t_audit.as_secs_f64() / t_bare.as_secs_f64());
     let ratio = t_audit.as_secs_f64() / t_bare.as_secs_f64();
     if !smoke {
         println!(

@@ -107,9 +107,9 @@ pub enum Error {
     /// of another version).
     #[error("{0}")]
     Store(String),
-    /// The data store itself failed (sled: I/O, corruption).
+    /// The data store itself failed (SQLite: I/O, a damaged file).
     #[error("data store: {0}")]
-    Db(#[from] sled::Error),
+    Db(#[from] rusqlite::Error),
     /// A command-line value that is malformed (not a param value: the shape of the flag).
     #[error("{0}")]
     Usage(String),

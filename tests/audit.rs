@@ -208,7 +208,7 @@ fn a_store_of_another_layout_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path(), std::time::Duration::from_secs(1)).unwrap();
-        store.db().open_tree("meta").unwrap().insert("format", &99u32.to_be_bytes()).unwrap();
+        store.tree("meta").insert("format", 99u32.to_be_bytes()).unwrap();
         store.flush().unwrap();
     }
     let err = Store::open(dir.path(), std::time::Duration::from_secs(1)).err().expect("must refuse").to_string();
@@ -276,7 +276,7 @@ fn a_head_left_behind_by_a_crash_is_moved_forward_over_good_records() {
     }
     // The process died before writing the head again: only the records reached the tree.
     a.raw_tree().insert("h", stale.clone()).unwrap();
-    let reopened = AuditLog::open(store.db()).unwrap();
+    let reopened = AuditLog::open(store.tree("audit")).unwrap();
     assert_eq!(reopened.head().unwrap().count, 7);
     assert!(reopened.verify().unwrap().first_bad.is_none());
 
@@ -285,8 +285,10 @@ fn a_head_left_behind_by_a_crash_is_moved_forward_over_good_records() {
     rec.actor = Some("mallory".into());
     put(a, 5, &rec);
     a.raw_tree().insert("h", stale).unwrap();
-    let reopened = AuditLog::open(store.db()).unwrap();
-    assert_eq!(reopened.head().unwrap().count, 5);
+    let reopened = AuditLog::open(store.tree("audit")).unwrap();
+    // The head still follows the newest record, so the next append cannot overwrite the
+    // evidence (records 5 and 6); the walk stops at the edit, and verify names it.
+    assert_eq!(reopened.head().unwrap().count, 7);
     let (seq, _) = reopened.verify().unwrap().first_bad.expect("the edit is found");
     assert_eq!(seq, 5);
 }

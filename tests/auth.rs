@@ -26,8 +26,8 @@ fn tokens_authenticate_and_only_their_hash_is_stored() {
     assert_eq!((p.user.as_str(), p.role, p.groups.clone()), ("alice", Role::Operator, vec!["oncall".to_string()]));
 
     let secret = token.rsplit('_').next().unwrap();
-    for tree in store.db().tree_names() {
-        for item in store.db().open_tree(&tree).unwrap().iter() {
+    for tree in store.tree_names().unwrap() {
+        for item in store.tree(&tree).iter() {
             let (k, v) = item.unwrap();
             assert!(
                 !String::from_utf8_lossy(&v).contains(secret) && !String::from_utf8_lossy(&k).contains(secret),

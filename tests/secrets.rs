@@ -15,8 +15,8 @@ fn values_are_encrypted_at_rest_and_bound_to_their_names() {
     s.set("db-password", b"hunter2-very-secret", "alice").unwrap();
     assert_eq!(s.get("db-password").unwrap().unwrap(), b"hunter2-very-secret");
     assert_eq!(s.list().unwrap()[0].name, "db-password");
-    for tree in store.db().tree_names() {
-        for (k, v) in store.db().open_tree(&tree).unwrap().iter().flatten() {
+    for tree in store.tree_names().unwrap() {
+        for (k, v) in store.tree(&tree).iter().flatten() {
             assert!(
                 !String::from_utf8_lossy(&v).contains("hunter2") && !String::from_utf8_lossy(&k).contains("hunter2"),
                 "plaintext in {tree:?}"
@@ -28,7 +28,7 @@ fn values_are_encrypted_at_rest_and_bound_to_their_names() {
     assert_eq!(mode, 0o600);
 
     // A ciphertext moved to another name does not decrypt.
-    let tree = store.db().open_tree("secrets").unwrap();
+    let tree = store.tree("secrets");
     tree.insert("other", tree.get("db-password").unwrap().unwrap()).unwrap();
     let e = s.get("other").unwrap_err().to_string();
     assert!(e.contains("cannot be decrypted"), "{e}");

@@ -327,6 +327,29 @@ async fn sse_raw(base: &str, token: &str, id: &str) -> String {
 }
 
 #[test]
+fn finished_jobs_are_purged_after_their_retention_while_the_server_runs() {
+    let s = server(&["--job-retention", "2s"]);
+    rt().block_on(async {
+        let (_, a) = call(&s, "POST", "/api/v1/applets/disk-report/run?async=true", Some("ola"), Some(r#"{"threshold": 5}"#)).await;
+        let id = a["job_id"].as_str().unwrap().to_string();
+        let job = poll_job(&s, "ola", &id).await;
+        assert_eq!(job["status"], json!("ok"), "{job}");
+        // Still there within its retention; gone a little after it.
+        assert_eq!(call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("ola"), None).await.0, 200);
+        let start = std::time::Instant::now();
+        loop {
+            let (code, body) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("ola"), None).await;
+            if code == 404 {
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "job still there: {body}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(start.elapsed() >= std::time::Duration::from_secs(1), "purged before its retention");
+    });
+}
+
+#[test]
 fn restart_marks_running_jobs_interrupted_and_runs_queued_ones() {
     let mut s = server(&["--run-threads", "1", "--queue", "4"]);
     let (running, queued) = rt().block_on(async {

@@ -133,10 +133,10 @@ pub const MIN_PASSWORD: usize = 10;
 #[derive(Clone)]
 pub struct Auth {
     store: Store,
-    users: sled::Tree,
-    tokens: sled::Tree,
-    grants: sled::Tree,
-    passwords: sled::Tree,
+    users: crate::store::Tree,
+    tokens: crate::store::Tree,
+    grants: crate::store::Tree,
+    passwords: crate::store::Tree,
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -177,12 +177,11 @@ impl Principal {
 
 impl Auth {
     pub fn new(store: Store) -> Result<Auth, Error> {
-        let db = store.db();
         Ok(Auth {
-            users: db.open_tree(crate::store::keys::AUTH_USERS)?,
-            tokens: db.open_tree(crate::store::keys::AUTH_TOKENS)?,
-            grants: db.open_tree(crate::store::keys::AUTH_GRANTS)?,
-            passwords: db.open_tree(crate::store::keys::AUTH_PASSWORDS)?,
+            users: store.tree(crate::store::keys::AUTH_USERS),
+            tokens: store.tree(crate::store::keys::AUTH_TOKENS),
+            grants: store.tree(crate::store::keys::AUTH_GRANTS),
+            passwords: store.tree(crate::store::keys::AUTH_PASSWORDS),
             store,
         })
     }
@@ -202,7 +201,7 @@ impl Auth {
         }
         let user = User { name: name.into(), role, groups: groups.to_vec(), created_at: Utc::now() };
         let inserted = self.users.compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(json(&user)))?;
-        if inserted.is_err() {
+        if !inserted {
             return Err(Error::Usage(format!("user `{name}` already exists")));
         }
         self.audit("auth.user.add", actor, serde_json::json!({ "user": name, "role": role, "groups": groups }))?;

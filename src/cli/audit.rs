@@ -93,6 +93,9 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             match report.first_bad {
                 None => {
                     println!("audit log intact: {} records, head {}", report.records, report.head.hash);
+                    if !report.lost.is_empty() {
+                        println!("{}", lost_line(&report.lost));
+                    }
                     Ok(0)
                 }
                 Some((seq, why)) => {
@@ -107,6 +110,13 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// The records a store repair removed, as one line (`audit verify`, `store check`).
+pub(super) fn lost_line(lost: &[u64]) -> String {
+    let shown: Vec<String> = lost.iter().take(20).map(u64::to_string).collect();
+    let more = if lost.len() > 20 { format!(" and {} more", lost.len() - 20) } else { String::new() };
+    format!("{} records lost in a store repair (see its `store.repair` record): {}{more}", lost.len(), shown.join(", "))
 }
 
 fn parse_time(flag: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, Error> {

@@ -12,6 +12,7 @@ mod output;
 mod registry;
 mod run;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,8 @@ use crate::store::Store;
 
 /// Exit code when `opslet audit verify` finds a broken chain.
 pub const EXIT_AUDIT_BROKEN: i32 = 7;
+/// Exit code when `opslet store check` finds damaged records.
+pub const EXIT_STORE_DAMAGED: i32 = 8;
 
 #[derive(Parser, Debug)]
 #[command(name = "opslet", version, about = "Sandboxed, audited Lua applets for operations teams")]
@@ -104,6 +107,9 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// Check the data store for damaged records, and repair it.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
     /// Write the Lua type definitions (for luau-lsp) into a folder.
     Meta {
         /// Target folder.
@@ -193,7 +199,7 @@ pub fn main() -> i32 {
         // SAFETY: set before any other thread exists.
         unsafe { std::env::set_var("OPSLET_LOG_FORMAT", "json") };
     }
-    init_tracing(if serving { "info,sled=warn" } else { "warn" });
+    init_tracing(if serving { "info" } else { "warn" });
     // A bug in host code must not print host source paths at users: one line, and the details
     // only with RUST_BACKTRACE set.
     std::panic::set_hook(Box::new(|info| {
@@ -235,6 +241,7 @@ pub fn main() -> i32 {
         Command::Netdev(cmd) => netdev::run(&global, cmd),
         Command::Config(cmd) => config_items::run(&global, cmd),
         Command::Audit(cmd) => audit::run(&global, cmd),
+        Command::Store(cmd) => store::run(&global, cmd),
         Command::Meta { out } => write_meta(&out),
     };
     match result {

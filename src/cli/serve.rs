@@ -87,7 +87,9 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         dev: args.dev.clone(),
     };
     let service = RunService::dispatching(runtime, settings)?;
-    let purged = service.jobs()?.purge(chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7)))?;
+    let retention = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
+    let jobs = service.jobs()?.clone();
+    let purged = jobs.purge(retention)?;
     let (restarted, queued) = service.recover()?;
     if queued > 0 || purged > 0 {
         tracing::info!(restarted, queued, purged, "jobs recovered after start");
@@ -105,6 +107,21 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting the server runtime: {e}")))?;
+    // Finished jobs are purged while the server runs too, a quarter of the retention apart
+    // (between 1 s and 10 minutes), so the job store stays as large as the retention makes it.
+    let every = (keep / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(600));
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let jobs = jobs.clone();
+            match tokio::task::spawn_blocking(move || jobs.purge(retention)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(purged = n, "finished jobs past their retention removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "purging finished jobs"),
+                Err(_) => {}
+            }
+        }
+    });
     let result = rt.block_on(crate::http::serve(state, &cfg));
     store.flush()?;
     result.map(|()| 0)

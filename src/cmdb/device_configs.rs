@@ -25,7 +25,7 @@ pub struct Backup {
 
 #[derive(Clone)]
 pub struct DeviceConfigs {
-    tree: sled::Tree,
+    tree: crate::store::Tree,
 }
 
 fn key(device: &str, version: u32) -> Vec<u8> {
@@ -43,7 +43,7 @@ fn prefix(device: &str) -> Vec<u8> {
 
 impl DeviceConfigs {
     pub fn open(store: &Store) -> Result<DeviceConfigs, Error> {
-        Ok(DeviceConfigs { tree: store.db().open_tree(crate::store::keys::CMDB_DEVICE_CONFIGS)? })
+        Ok(DeviceConfigs { tree: store.tree(crate::store::keys::CMDB_DEVICE_CONFIGS) })
     }
 
     fn decode(v: &[u8]) -> Result<Backup, Error> {
@@ -99,7 +99,7 @@ impl DeviceConfigs {
             };
             let v = serde_json::to_vec(&b).map_err(|e| Error::Store(e.to_string()))?;
             // Two backups of one device at once: the loser tries again with the next number.
-            if self.tree.compare_and_swap(key(device, version), None::<&[u8]>, Some(v))?.is_ok() {
+            if self.tree.compare_and_swap(key(device, version), None::<&[u8]>, Some(v))? {
                 self.tree.flush()?;
                 return Ok((Backup { text: String::new(), ..b }, true));
             }

@@ -54,9 +54,9 @@ pub struct ImportSummary {
 #[derive(Clone)]
 pub struct Cmdb {
     store: Store,
-    hosts: sled::Tree,
+    hosts: crate::store::Tree,
     /// Group -> its parent groups.
-    groups: sled::Tree,
+    groups: crate::store::Tree,
 }
 
 pub fn valid(kind: &str, name: &str) -> Result<(), Error> {
@@ -73,8 +73,8 @@ pub fn valid(kind: &str, name: &str) -> Result<(), Error> {
 impl Cmdb {
     pub fn new(store: Store) -> Result<Cmdb, Error> {
         Ok(Cmdb {
-            hosts: store.db().open_tree(crate::store::keys::CMDB_HOSTS)?,
-            groups: store.db().open_tree(crate::store::keys::CMDB_GROUPS)?,
+            hosts: store.tree(crate::store::keys::CMDB_HOSTS),
+            groups: store.tree(crate::store::keys::CMDB_GROUPS),
             store,
         })
     }

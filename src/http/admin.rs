@@ -47,7 +47,7 @@ pub(super) async fn audit_verify(State(s): State<AppState>, Authed(p): Authed) -
     require(&s, &p, Action::ReadAudit, "/api/v1/audit/verify")?;
     let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
     let r = store.audit().verify()?;
-    Ok(Json(json!({ "records": r.records, "head": r.head, "intact": r.first_bad.is_none(), "first_bad": r.first_bad })))
+    Ok(Json(json!({ "records": r.records, "head": r.head, "intact": r.first_bad.is_none(), "first_bad": r.first_bad, "lost": r.lost })))
 }
 
 // ---- administration (admin only): accounts, tokens, grants, hooks -----------------------------

@@ -1,8 +1,8 @@
 //! The applet registry ("market"): immutable published versions, a current pointer per applet,
-//! yanking, search and featured collections, stored in the data dir's sled store.
+//! yanking, search and featured collections, stored in the data dir's store.
 //!
 //! Trees (names in `store::keys`): packages by content hash, versions by `name@version`, applets
-//! by name, featured collections by name. Publishing writes all of them in one sled transaction,
+//! by name, featured collections by name. Publishing writes all of them in one transaction,
 //! so a crash leaves either the whole version or none of it.
 
 pub mod bundle;
@@ -16,8 +16,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::Utc;
 use parking_lot::RwLock;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::applet::AppletPackage;
 use crate::error::{Diagnostic, Error};
@@ -88,10 +86,10 @@ impl std::fmt::Display for Reference {
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
-    packages: sled::Tree,
-    versions: sled::Tree,
-    applets: sled::Tree,
-    features: sled::Tree,
+    packages: crate::store::Tree,
+    versions: crate::store::Tree,
+    applets: crate::store::Tree,
+    features: crate::store::Tree,
     index: Arc<RwLock<Option<Arc<search::Index>>>>,
 }
 
@@ -112,21 +110,13 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, Erro
     serde_json::from_slice(b).map_err(|e| Error::Store(format!("registry {what} is unreadable: {e}")))
 }
 
-fn tx_err(e: TransactionError<Error>) -> Error {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => Error::from(e),
-    }
-}
-
 impl Registry {
     pub fn new(store: Store) -> Result<Registry, Error> {
-        let db = store.db();
         Ok(Registry {
-            packages: db.open_tree(crate::store::keys::REG_PACKAGES)?,
-            versions: db.open_tree(crate::store::keys::REG_VERSIONS)?,
-            applets: db.open_tree(crate::store::keys::REG_APPLETS)?,
-            features: db.open_tree(crate::store::keys::REG_FEATURES)?,
+            packages: store.tree(crate::store::keys::REG_PACKAGES),
+            versions: store.tree(crate::store::keys::REG_VERSIONS),
+            applets: store.tree(crate::store::keys::REG_APPLETS),
+            features: store.tree(crate::store::keys::REG_FEATURES),
             index: Arc::new(RwLock::new(None)),
             store,
         })
@@ -187,24 +177,22 @@ impl Registry {
         let vkey = version_key(&name, &meta.version);
         let vbody = json(&meta);
         let now = Utc::now();
-        let inserted = (&self.packages, &self.versions, &self.applets)
-            .transaction(|(packages, versions, applets)| {
-                if let Some(prev) = versions.get(&vkey)? {
+        let inserted = self
+            .store
+            .transaction(|tx| {
+                if let Some(prev) = tx.get(&self.versions, &vkey)? {
                     // Someone published this version between our check and now.
-                    let prev: VersionMeta = parse("version", &prev).map_err(ConflictableTransactionError::Abort)?;
+                    let prev: VersionMeta = parse("version", &prev)?;
                     if prev.hash != meta.hash {
-                        return Err(ConflictableTransactionError::Abort(Error::Applet(vec![Diagnostic::new(
-                            meta.id(),
-                            "was just published with different content",
-                        )])));
+                        return Err(Error::Applet(vec![Diagnostic::new(meta.id(), "was just published with different content")]));
                     }
                     return Ok(Some(prev));
                 }
-                packages.insert(meta.hash.as_bytes(), stored.as_slice())?;
-                versions.insert(vkey.as_slice(), vbody.as_slice())?;
-                let applet = match applets.get(name.as_bytes())? {
+                tx.insert(&self.packages, meta.hash.as_bytes(), stored.as_slice())?;
+                tx.insert(&self.versions, vkey.as_slice(), vbody.as_slice())?;
+                let applet = match tx.get(&self.applets, name.as_bytes())? {
                     Some(b) => {
-                        let mut a: AppletMeta = parse("applet", &b).map_err(ConflictableTransactionError::Abort)?;
+                        let mut a: AppletMeta = parse("applet", &b)?;
                         let prev = std::mem::replace(&mut a.current, meta.version.clone());
                         a.history.push(prev);
                         a.updated_at = now;
@@ -218,10 +206,9 @@ impl Registry {
                         updated_at: now,
                     },
                 };
-                applets.insert(name.as_bytes(), json(&applet))?;
+                tx.insert(&self.applets, name.as_bytes(), json(&applet))?;
                 Ok(None)
-            })
-            .map_err(tx_err)?;
+            })?;
         if let Some(prev) = inserted {
             return Ok(Published::Unchanged(prev));
         }
@@ -323,19 +310,16 @@ impl Registry {
     }
 
     fn set_current(&self, name: &str, f: impl Fn(&mut AppletMeta) -> Result<(), Error>) -> Result<AppletMeta, Error> {
-        let out = self
-            .applets
-            .transaction(|applets| {
-                let b = applets
-                    .get(name.as_bytes())?
-                    .ok_or_else(|| ConflictableTransactionError::Abort(Error::NotFound(format!("no applet `{name}` in the registry"))))?;
-                let mut a: AppletMeta = parse("applet", &b).map_err(ConflictableTransactionError::Abort)?;
-                f(&mut a).map_err(ConflictableTransactionError::Abort)?;
-                a.updated_at = Utc::now();
-                applets.insert(name.as_bytes(), json(&a))?;
-                Ok(a)
-            })
-            .map_err(tx_err)?;
+        let out = self.store.transaction(|tx| {
+            let b = tx
+                .get(&self.applets, name.as_bytes())?
+                .ok_or_else(|| Error::NotFound(format!("no applet `{name}` in the registry")))?;
+            let mut a: AppletMeta = parse("applet", &b)?;
+            f(&mut a)?;
+            a.updated_at = Utc::now();
+            tx.insert(&self.applets, name.as_bytes(), json(&a))?;
+            Ok(a)
+        })?;
         self.changed();
         Ok(out)
     }
@@ -384,18 +368,13 @@ impl Registry {
     /// Marks a version yanked (or, with `undo`, not yanked).
     pub fn yank(&self, name: &str, version: &semver::Version, undo: bool, actor: &str) -> Result<VersionMeta, Error> {
         let key = version_key(name, &version.to_string());
-        let out = self
-            .versions
-            .transaction(|versions| {
-                let b = versions
-                    .get(&key)?
-                    .ok_or_else(|| ConflictableTransactionError::Abort(Error::NotFound(format!("{name} has no version {version}"))))?;
-                let mut v: VersionMeta = parse("version", &b).map_err(ConflictableTransactionError::Abort)?;
-                v.yanked = !undo;
-                versions.insert(key.as_slice(), json(&v))?;
-                Ok(v)
-            })
-            .map_err(tx_err)?;
+        let out = self.store.transaction(|tx| {
+            let b = tx.get(&self.versions, &key)?.ok_or_else(|| Error::NotFound(format!("{name} has no version {version}")))?;
+            let mut v: VersionMeta = parse("version", &b)?;
+            v.yanked = !undo;
+            tx.insert(&self.versions, key.as_slice(), json(&v))?;
+            Ok(v)
+        })?;
         self.changed();
         self.audit(if undo { "registry.unyank" } else { "registry.yank" }, actor, &out.id(), serde_json::json!({}))?;
         Ok(out)
@@ -453,31 +432,26 @@ impl Registry {
                 return Ok(names);
             }
         }
-        let out = self
-            .features
-            .transaction(|features| {
-                let mut names: Vec<String> = match features.get(collection.as_bytes())? {
-                    Some(b) => parse("collection", &b).map_err(ConflictableTransactionError::Abort)?,
-                    None => Vec::new(),
-                };
-                if remove {
-                    if !names.iter().any(|n| n == name) {
-                        return Err(ConflictableTransactionError::Abort(Error::NotFound(format!(
-                            "`{name}` is not in collection `{collection}`"
-                        ))));
-                    }
-                    names.retain(|n| n != name);
-                } else if !names.iter().any(|n| n == name) {
-                    names.push(name.to_string());
+        let out = self.store.transaction(|tx| {
+            let mut names: Vec<String> = match tx.get(&self.features, collection.as_bytes())? {
+                Some(b) => parse("collection", &b)?,
+                None => Vec::new(),
+            };
+            if remove {
+                if !names.iter().any(|n| n == name) {
+                    return Err(Error::NotFound(format!("`{name}` is not in collection `{collection}`")));
                 }
-                if names.is_empty() {
-                    features.remove(collection.as_bytes())?;
-                } else {
-                    features.insert(collection.as_bytes(), json(&names))?;
-                }
-                Ok(names)
-            })
-            .map_err(tx_err)?;
+                names.retain(|n| n != name);
+            } else if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+            if names.is_empty() {
+                tx.remove(&self.features, collection.as_bytes())?;
+            } else {
+                tx.insert(&self.features, collection.as_bytes(), json(&names))?;
+            }
+            Ok(names)
+        })?;
         self.changed();
         self.audit(
             if remove { "registry.feature.rm" } else { "registry.feature.add" },

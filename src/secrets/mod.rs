@@ -38,7 +38,7 @@ pub struct SecretInfo {
 #[derive(Clone)]
 pub struct Secrets {
     store: Store,
-    tree: sled::Tree,
+    tree: crate::store::Tree,
     cipher: XChaCha20Poly1305,
 }
 
@@ -76,7 +76,7 @@ impl Secrets {
     /// Opens the secret store (creating the key on first use).
     pub fn open(store: Store) -> Result<Secrets, Error> {
         let key = load_key(store.dir())?;
-        Ok(Secrets { tree: store.db().open_tree(crate::store::keys::SECRETS)?, cipher: XChaCha20Poly1305::new(&Key::from(key)), store })
+        Ok(Secrets { tree: store.tree(crate::store::keys::SECRETS), cipher: XChaCha20Poly1305::new(&Key::from(key)), store })
     }
 
     pub fn set(&self, name: &str, value: &[u8], actor: &str) -> Result<(), Error> {
@@ -143,7 +143,7 @@ impl Secrets {
     /// Every secret value of a store, for redaction, without creating a key when there are no
     /// secrets yet.
     pub fn values_of(store: &Store) -> Result<Vec<String>, Error> {
-        if store.db().open_tree(crate::store::keys::SECRETS)?.is_empty() {
+        if store.tree(crate::store::keys::SECRETS).is_empty()? {
             return Ok(Vec::new());
         }
         Secrets::open(store.clone())?.values()

@@ -49,8 +49,8 @@ pub enum DeliveryError {
 #[derive(Clone)]
 pub struct Hooks {
     store: Store,
-    hooks: sled::Tree,
-    seen: sled::Tree,
+    hooks: crate::store::Tree,
+    seen: crate::store::Tree,
 }
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -103,8 +103,8 @@ fn check_path(path: &str) -> Result<(), String> {
 impl Hooks {
     pub fn new(store: Store) -> Result<Hooks, Error> {
         Ok(Hooks {
-            hooks: store.db().open_tree(crate::store::keys::HOOKS)?,
-            seen: store.db().open_tree(crate::store::keys::HOOKS_SEEN)?,
+            hooks: store.tree(crate::store::keys::HOOKS),
+            seen: store.tree(crate::store::keys::HOOKS_SEEN),
             store,
         })
     }
@@ -123,7 +123,7 @@ impl Hooks {
         getrandom::fill(&mut secret).map_err(|e| Error::Internal(format!("no randomness for a hook secret: {e}")))?;
         let hook = Hook { name: name.into(), applet: applet.into(), map, secret: hex::encode(secret), created_at: Utc::now() };
         let body = serde_json::to_vec(&hook).expect("hooks serialize");
-        if self.hooks.compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(body))?.is_err() {
+        if !self.hooks.compare_and_swap(name.as_bytes(), None as Option<&[u8]>, Some(body))? {
             return Err(Error::Usage(format!("hook `{name}` already exists")));
         }
         self.store.audit().record_change("hook.add", actor, "hook", Some(applet), serde_json::json!({ "hook": name, "map": hook.map }))?;
@@ -171,7 +171,7 @@ impl Hooks {
             .seen
             .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&ts.to_be_bytes()))
             .map_err(|_| DeliveryError::Replayed)?;
-        if fresh.is_err() {
+        if !fresh {
             return Err(DeliveryError::Replayed);
         }
         self.forget_old(now);
@@ -180,7 +180,7 @@ impl Hooks {
 
     fn forget_old(&self, now: i64) {
         for (k, v) in self.seen.iter().flatten() {
-            let ts = v.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+            let ts = v.as_slice().try_into().map(i64::from_be_bytes).unwrap_or(0);
             if now - ts > 2 * WINDOW_SECS {
                 let _ = self.seen.remove(k);
             }

@@ -183,9 +183,11 @@ struct Live {
 #[derive(Clone)]
 pub struct Jobs {
     store: Store,
-    tree: sled::Tree,
+    tree: crate::store::Tree,
     /// Params as given, kept to re-run queued jobs after a restart; never returned.
-    raw: sled::Tree,
+    raw: crate::store::Tree,
+    /// Ids of the jobs not ended yet.
+    open: crate::store::Tree,
     live: Arc<Mutex<HashMap<String, Live>>>,
 }
 
@@ -196,8 +198,9 @@ fn json<T: Serialize>(v: &T) -> Vec<u8> {
 impl Jobs {
     pub fn new(store: Store) -> Result<Jobs, Error> {
         Ok(Jobs {
-            tree: store.db().open_tree(crate::store::keys::JOBS)?,
-            raw: store.db().open_tree(crate::store::keys::JOB_PARAMS)?,
+            tree: store.tree(crate::store::keys::JOBS),
+            raw: store.tree(crate::store::keys::JOB_PARAMS),
+            open: store.tree(crate::store::keys::JOBS_OPEN),
             store,
             live: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -210,6 +213,7 @@ impl Jobs {
             self.raw.insert(job.id.as_bytes(), json(raw_params))?;
         }
         self.tree.insert(job.id.as_bytes(), json(job))?;
+        self.open.insert(job.id.as_bytes(), b"")?;
         self.store.flush()?;
         let (events, _) = tokio::sync::broadcast::channel(256);
         self.live.lock().insert(job.id.clone(), Live { cancel, events, logs: Vec::new() });
@@ -268,6 +272,7 @@ impl Jobs {
             j.logs = logs;
         })?;
         self.raw.remove(id.as_bytes())?;
+        self.open.remove(id.as_bytes())?;
         if let Some(job) = job {
             self.emit(id, JobEvent::End { job: Box::new(job) });
         }
@@ -326,11 +331,24 @@ impl Jobs {
     }
 
     /// After a restart: `running` jobs become `interrupted`; returns the `queued` ones to run.
+    /// Reads only the jobs that had not ended, however long the history.
     pub fn recover(&self) -> Result<Vec<Job>, Error> {
+        self.index_open_jobs()?;
         let mut queued = Vec::new();
-        for item in self.tree.iter() {
-            let (_, v) = item?;
-            let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
+        for id in self.open.iter().keys() {
+            let id = String::from_utf8_lossy(&id?).into_owned();
+            let job = match self.get(&id) {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    self.open.remove(id.as_bytes())?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "a job left open by the last server cannot be read; it is not run again");
+                    self.open.remove(id.as_bytes())?;
+                    continue;
+                }
+            };
             match job.status {
                 JobStatus::Running => {
                     self.update(&job.id, |j| {
@@ -338,12 +356,31 @@ impl Jobs {
                         j.finished_at = Some(Utc::now());
                         j.error = Some("the server stopped while this job ran".into());
                     })?;
+                    self.open.remove(id.as_bytes())?;
                 }
                 JobStatus::Queued => queued.push(job),
-                _ => {}
+                _ => {
+                    self.open.remove(id.as_bytes())?;
+                }
             }
         }
         Ok(queued)
+    }
+
+    /// Builds the open-jobs index once for a data dir written before it existed.
+    fn index_open_jobs(&self) -> Result<(), Error> {
+        let meta = self.store.tree(crate::store::keys::META);
+        if meta.contains_key(crate::store::keys::JOBS_OPEN_INDEXED)? {
+            return Ok(());
+        }
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if serde_json::from_slice::<Job>(&v).is_ok_and(|j| !j.finished()) {
+                self.open.insert(&k, b"")?;
+            }
+        }
+        meta.insert(crate::store::keys::JOBS_OPEN_INDEXED, b"1")?;
+        Ok(())
     }
 
     /// Re-registers live state for a job that is run again after a restart.
@@ -352,15 +389,21 @@ impl Jobs {
         self.live.lock().insert(id.to_string(), Live { cancel, events, logs: Vec::new() });
     }
 
-    /// Deletes finished jobs older than `keep`.
+    /// Deletes jobs that finished longer than `keep` ago, with their results and logs. Job ids
+    /// are UUIDv7, so the walk goes oldest first and stops at the first job submitted after the
+    /// cut-off: it reads what it deletes (and the few old jobs still running), not the history.
     pub fn purge(&self, keep: chrono::Duration) -> Result<usize, Error> {
         let cutoff = Utc::now() - keep;
         let mut n = 0;
         for item in self.tree.iter() {
             let (k, v) = item?;
             let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
+            if job.submitted_at >= cutoff {
+                break;
+            }
             if job.finished() && job.finished_at.is_some_and(|t| t < cutoff) {
-                self.tree.remove(k)?;
+                self.tree.remove(&k)?;
+                self.raw.remove(&k)?;
                 n += 1;
             }
         }

@@ -1,4 +1,4 @@
-//! The audit log: append-only, hash-chained records in sled.
+//! The audit log: append-only, hash-chained records in the store's `audit` tree.
 //!
 //! Record `n` stores `prev` = hash of record `n-1` and `hash` = SHA-256 over `prev` and the
 //! record's canonical JSON (all fields but `hash`). The head (last seq and hash) is kept apart, so
@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::keys;
+use super::Tree;
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -97,6 +97,9 @@ pub struct VerifyReport {
     pub head: Head,
     /// The first bad record and why; `None` when the chain is intact.
     pub first_bad: Option<(u64, String)>,
+    /// Records a `store.repair` removed as damaged (and named in its audit record).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<u64>,
 }
 
 /// Filters for `list`.
@@ -128,8 +131,7 @@ impl Filter {
 
 /// Handle to the audit tree: `r<seq>` records, `h` the chain head, `c` the checkpoint.
 ///
-/// An append is one plain insert (a sled batch forces a disk write per call, which would cost
-/// more than the run itself). The stored head, which is what catches records cut from the end,
+/// An append is one plain insert. The stored head, which is what catches records cut from the end,
 /// is written with the checkpoint: every few hundred appends and whenever the store is flushed
 /// or closed (the CLI flushes after a run's start and at exit). `open` moves a head left behind
 /// by a crash forward over the records that chain correctly after it.
@@ -140,8 +142,8 @@ impl Filter {
 /// after it. So a killed process costs the next one a short scan, and a run costs no extra writes.
 #[derive(Clone)]
 pub struct AuditLog {
-    tree: sled::Tree,
-    /// Serializes appends. sled keeps other processes out of the store, so this cached state is
+    tree: Tree,
+    /// Serializes appends. One process holds the data dir at a time, so this cached state is
     /// authoritative.
     state: Arc<Mutex<LogState>>,
 }
@@ -158,7 +160,7 @@ const HEAD: &[u8] = b"h";
 const CHECKPOINT: &[u8] = b"c";
 const CHECKPOINT_EVERY: u32 = 256;
 
-/// The sled key of record `seq`.
+/// The key of record `seq`.
 pub fn record_key(seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = RECORD;
@@ -167,8 +169,8 @@ pub fn record_key(seq: u64) -> [u8; 9] {
 }
 
 impl AuditLog {
-    pub fn open(db: &sled::Db) -> Result<AuditLog, Error> {
-        let tree = db.open_tree(keys::AUDIT)?;
+    /// Opens the log kept in `tree` (the store's `audit` tree).
+    pub fn open(tree: Tree) -> Result<AuditLog, Error> {
         let stored = read_head(&tree)?;
         // Records appended after the last head write (a crash before the next flush) are taken
         // in as long as each one chains onto the one before.
@@ -182,11 +184,20 @@ impl AuditLog {
                 _ => break,
             }
         }
+        // Records past a gap (a repair removed a damaged one): the head follows the newest record,
+        // so an append never reuses a seq; `verify` still names the gap.
+        if let Some(item) = tree.range(record_key(head.count)..=record_key(u64::MAX)).next_back() {
+            let (_, v) = item?;
+            let last: AuditRecord = serde_json::from_slice(&v).map_err(|e| Error::Store(format!("the newest audit record is unreadable: {e}")))?;
+            if last.seq >= head.count {
+                head = Head { count: last.seq + 1, hash: last.hash };
+            }
+        }
         if head != stored {
             tree.insert(HEAD, serde_json::to_vec(&head).expect("head serializes"))?;
         }
         let checkpoint = match tree.get(CHECKPOINT)? {
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Store("audit checkpoint is corrupt".into()))?),
+            Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Store("audit checkpoint is corrupt".into()))?),
             None => 0,
         };
         let mut open = std::collections::BTreeMap::new();
@@ -284,7 +295,7 @@ impl AuditLog {
     fn write_checkpoint(&self, state: &mut LogState) -> Result<(), Error> {
         let seq = state.open.values().min().copied().unwrap_or(state.head.count);
         self.tree.insert(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
-        self.tree.insert(CHECKPOINT, &seq.to_be_bytes())?;
+        self.tree.insert(CHECKPOINT, seq.to_be_bytes())?;
         state.since_checkpoint = 0;
         Ok(())
     }
@@ -331,7 +342,7 @@ impl AuditLog {
         for item in self.tree.scan_prefix([RECORD]).rev() {
             let (k, v) = item?;
             let rec: AuditRecord =
-                serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_ref())))?;
+                serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_slice())))?;
             if filter.matches(&rec) {
                 out.push(rec);
                 if filter.limit.is_some_and(|l| out.len() >= l) {
@@ -344,30 +355,37 @@ impl AuditLog {
     }
 
     /// Walks the whole chain and reports the first record that does not fit.
+    ///
+    /// Records that a `store.repair` record (written by opslet itself) names as lost are
+    /// reported in `lost`, not as a break: the chain is checked on both sides of such a gap, and
+    /// only the link across it cannot be (the record it pointed at is gone).
     pub fn verify(&self) -> Result<VerifyReport, Error> {
         let head = self.head()?;
         let mut expected_seq = 0u64;
         let mut prev = GENESIS.to_string();
-        let mut first_bad = None;
+        let mut hard = None;
+        let mut gaps: Vec<(u64, u64)> = Vec::new();
+        let mut declared = std::collections::BTreeSet::new();
         for item in self.tree.scan_prefix([RECORD]) {
             let (k, v) = item?;
             let key_seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0xff; 8]));
             let rec: AuditRecord = match serde_json::from_slice(&v) {
                 Ok(r) => r,
                 Err(e) => {
-                    first_bad = Some((key_seq, format!("record is not valid JSON: {e}")));
+                    hard = Some((key_seq, format!("record is not valid JSON: {e}")));
                     break;
                 }
             };
-            let problem = if key_seq != expected_seq && key_seq == expected_seq + 1 {
-                Some(format!("record {expected_seq} is missing"))
-            } else if key_seq > expected_seq {
-                Some(format!("records {expected_seq} to {} are missing", key_seq - 1))
-            } else if key_seq != expected_seq {
+            let after_gap = key_seq > expected_seq;
+            if after_gap {
+                gaps.push((expected_seq, key_seq - 1));
+                expected_seq = key_seq;
+            }
+            let problem = if key_seq < expected_seq {
                 Some(format!("record {key_seq} is out of place"))
             } else if rec.seq != key_seq {
                 Some(format!("record stored at {key_seq} says it is record {} (moved or reordered)", rec.seq))
-            } else if rec.prev != prev {
+            } else if !after_gap && rec.prev != prev {
                 Some("its `prev` hash does not match the record before it (a record was removed, replaced or reordered)".into())
             } else if rec.compute_hash() != rec.hash {
                 Some("its content does not match its hash (the record was edited)".into())
@@ -375,11 +393,31 @@ impl AuditLog {
                 None
             };
             if let Some(p) = problem {
-                first_bad = Some((expected_seq.min(key_seq), p));
+                hard = Some((key_seq, p));
                 break;
+            }
+            if rec.kind == "store.repair" && rec.actor.as_deref() == Some(super::SYSTEM_ACTOR) {
+                declared.extend(rec.data["lost_audit_records"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_u64));
             }
             prev = rec.hash.clone();
             expected_seq += 1;
+        }
+        let mut lost = Vec::new();
+        let mut first_bad = None;
+        for (from, to) in gaps {
+            if (from..=to).all(|s| declared.contains(&s)) {
+                lost.extend(from..=to);
+            } else {
+                let what =
+                    if from == to { format!("record {from} is missing") } else { format!("records {from} to {to} are missing") };
+                first_bad = Some((from, what));
+                break;
+            }
+        }
+        if let Some((seq, why)) = hard
+            && first_bad.as_ref().is_none_or(|(s, _)| seq < *s)
+        {
+            first_bad = Some((seq, why));
         }
         if first_bad.is_none() {
             if head.count > expected_seq {
@@ -398,17 +436,17 @@ impl AuditLog {
                 ));
             }
         }
-        Ok(VerifyReport { records: expected_seq, head, first_bad })
+        Ok(VerifyReport { records: expected_seq, head, first_bad, lost })
     }
 
     /// Raw access for tests that tamper with the log on purpose (keys: [`record_key`]).
     #[doc(hidden)]
-    pub fn raw_tree(&self) -> &sled::Tree {
+    pub fn raw_tree(&self) -> &Tree {
         &self.tree
     }
 }
 
-fn read_head(tree: &sled::Tree) -> Result<Head, Error> {
+fn read_head(tree: &Tree) -> Result<Head, Error> {
     Ok(match tree.get(HEAD)? {
         Some(b) => serde_json::from_slice(&b).map_err(|e| Error::Store(format!("audit head is corrupt: {e}")))?,
         None => Head { count: 0, hash: GENESIS.to_string() },

@@ -1,7 +1,14 @@
-//! The embedded sled store under the data dir: audit log, per-applet kv (and, later, the registry).
-//! Every tree name lives in `keys`.
+//! The data dir's store: ordered key-value trees in one SQLite file (see `engine`), with the
+//! audit log on top. Every tree name lives in `keys`; a data dir written by an older opslet (sled,
+//! under `db/`) is migrated on first open (see `migrate`); `check` finds damaged records and
+//! `repair` copies the sound ones into a fresh file.
 
 pub mod audit;
+pub mod check;
+mod engine;
+mod migrate;
+
+pub use engine::{Entry, Iter, Tree, Tx};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
-/// Names of every sled tree opslet uses.
+/// Names of every tree opslet uses.
 pub mod keys {
     /// Audit records, chain head and open runs (see `audit`).
     pub const AUDIT: &str = "audit";
@@ -28,6 +35,11 @@ pub mod keys {
     /// Jobs accepted by `opslet serve`, by id; and the params they were given, until they end.
     pub const JOBS: &str = "jobs";
     pub const JOB_PARAMS: &str = "jobs/params";
+    /// Ids of jobs that have not ended (queued or running), so a restart reads only those.
+    pub const JOBS_OPEN: &str = "jobs/open";
+    /// In `META`: set once `JOBS_OPEN` holds every open job (data dirs from before it existed
+    /// are indexed by one full read on the first start).
+    pub const JOBS_OPEN_INDEXED: &str = "jobs-open-indexed";
     /// Webhooks by name, and the delivery signatures seen within the replay window.
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
@@ -54,27 +66,16 @@ pub struct Store {
 }
 
 struct Inner {
-    db: sled::Db,
+    engine: Arc<engine::Engine>,
     audit: audit::AuditLog,
     dir: PathBuf,
-    sync: parking_lot::Mutex<SyncState>,
-    synced: parking_lot::Condvar,
-    /// The folder of a temporary store, removed with it (declared last: dropped after the db).
+    /// The folder of a temporary store, removed with it (declared last: dropped after the engine).
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Group commit: callers of `flush` take a ticket; one of them flushes for everyone whose
-/// writes came before the flush started.
-#[derive(Default)]
-struct SyncState {
-    requested: u64,
-    done: u64,
-    flushing: bool,
-}
-
 impl Store {
-    /// Opens (creating if needed) the store in `data_dir`. sled allows one process at a time, so a
-    /// busy store is retried for up to `wait` before giving up with a clear error.
+    /// Opens (creating if needed) the store in `data_dir`. One process holds a data dir at a time,
+    /// so a busy one is retried for up to `wait` before giving up with a clear error.
     pub fn open(data_dir: &Path, wait: Duration) -> Result<Store, Error> {
         if !data_dir.exists() {
             std::fs::create_dir_all(data_dir).map_err(|e| Error::Store(format!("creating data dir {}: {e}", data_dir.display())))?;
@@ -83,34 +84,16 @@ impl Store {
             std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| Error::Store(format!("restricting data dir {}: {e}", data_dir.display())))?;
         }
-        let path = data_dir.join("db");
-        let start = Instant::now();
-        let db = loop {
-            match sled::Config::new().path(&path).flush_every_ms(Some(1000)).open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e)) if is_lock_error(&e) && start.elapsed() < wait => std::thread::sleep(Duration::from_millis(25)),
-                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
-                    return Err(Error::Store(format!(
-                        "data dir {} is in use by another opslet process (waited {}s); wait for it to finish or use another --data-dir",
-                        data_dir.display(),
-                        wait.as_secs()
-                    )));
-                }
-                Err(e) => return Err(Error::Store(format!("opening data store {}: {e}", path.display()))),
-            }
-        };
-        check_format(&db, &path)?;
-        let audit = audit::AuditLog::open(&db)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                audit,
-                dir: data_dir.to_path_buf(),
-                sync: Default::default(),
-                synced: Default::default(),
-                _tmp: None,
-            }),
-        })
+        let lock = lock_data_dir(data_dir, wait)?;
+        let path = data_dir.join(engine::FILE);
+        let migrated = migrate::from_sled_if_needed(data_dir, &path, wait)?;
+        let store = Store::with_engine(engine::Engine::open(&path, Some(lock))?, data_dir.to_path_buf(), None)?;
+        if let Some(copied) = migrated {
+            let data = serde_json::json!({ "from": "sled", "kept": migrate::SLED_KEPT, "records": copied });
+            store.audit().record_change("store.migrate", SYSTEM_ACTOR, "store", None, data)?;
+            store.flush()?;
+        }
+        Ok(store)
     }
 
     /// A throwaway store in a folder of its own under the system's temporary directory (tests,
@@ -121,11 +104,16 @@ impl Store {
             .prefix("opslet-store-")
             .tempdir()
             .map_err(|e| Error::Store(format!("creating a temporary data dir: {e}")))?;
-        let db = sled::Config::new().path(tmp.path().join("db")).temporary(true).open()?;
-        check_format(&db, tmp.path())?;
-        let audit = audit::AuditLog::open(&db)?;
+        let engine = engine::Engine::open(&tmp.path().join(engine::FILE), None)?;
         let dir = tmp.path().to_path_buf();
-        Ok(Store { inner: Arc::new(Inner { db, audit, dir, sync: Default::default(), synced: Default::default(), _tmp: Some(tmp) }) })
+        Store::with_engine(engine, dir, Some(tmp))
+    }
+
+    fn with_engine(engine: engine::Engine, dir: PathBuf, tmp: Option<tempfile::TempDir>) -> Result<Store, Error> {
+        let engine = Arc::new(engine);
+        check_format(&Tree::new(engine.clone(), keys::META), engine.path())?;
+        let audit = audit::AuditLog::open(Tree::new(engine.clone(), keys::AUDIT))?;
+        Ok(Store { inner: Arc::new(Inner { engine, audit, dir, _tmp: tmp }) })
     }
 
     pub fn audit(&self) -> &audit::AuditLog {
@@ -136,59 +124,51 @@ impl Store {
         &self.inner.dir
     }
 
-    pub fn kv_tree(&self, applet: &str) -> Result<sled::Tree, Error> {
-        Ok(self.inner.db.open_tree(format!("{}{applet}", keys::KV_PREFIX))?)
+    /// The tree called `name` (see `keys`); an empty tree until something is written to it.
+    pub fn tree(&self, name: &str) -> Tree {
+        Tree::new(self.inner.engine.clone(), name)
     }
 
-    pub fn db(&self) -> &sled::Db {
-        &self.inner.db
+    /// Names of every tree that holds records.
+    pub fn tree_names(&self) -> Result<Vec<String>, Error> {
+        self.inner.engine.tree_names()
     }
 
-    /// Writes everything to disk (fsync).
+    /// An applet's own `kv` tree.
+    pub fn kv_tree(&self, applet: &str) -> Tree {
+        self.tree(&format!("{}{applet}", keys::KV_PREFIX))
+    }
+
+    /// Runs `f` as one transaction: its writes all commit when it returns `Ok`, none when `Err`.
+    pub fn transaction<T>(&self, f: impl FnOnce(&Tx) -> Result<T, Error>) -> Result<T, Error> {
+        self.inner.engine.transaction(f)
+    }
+
+    /// Writes everything to disk (fsync), with the audit log's checkpoint.
     ///
-    /// Concurrent callers share one fsync: the writes of every caller that asked before a flush
-    /// started are on disk when that flush ends.
+    /// Concurrent callers share one fsync: the writes of every caller that asked before a sync
+    /// started are on disk when that sync ends.
     pub fn flush(&self) -> Result<(), Error> {
-        let inner = &self.inner;
-        let mut st = inner.sync.lock();
-        st.requested += 1;
-        let ticket = st.requested;
-        loop {
-            if st.done >= ticket {
-                return Ok(());
-            }
-            if !st.flushing {
-                st.flushing = true;
-                let target = st.requested;
-                drop(st);
-                let result = inner.audit.checkpoint().and_then(|()| inner.db.flush().map(|_| ()).map_err(Error::from));
-                st = inner.sync.lock();
-                st.flushing = false;
-                if result.is_ok() {
-                    st.done = st.done.max(target);
-                }
-                inner.synced.notify_all();
-                result?;
-                continue;
-            }
-            inner.synced.wait(&mut st);
-        }
+        self.inner.audit.checkpoint()?;
+        self.inner.engine.sync()
     }
 }
+
+/// The actor of audit records opslet writes on its own (a migration, a repair).
+pub const SYSTEM_ACTOR: &str = "opslet";
 
 /// Layout version of the store; a data dir of another version is refused, never misread.
 pub const FORMAT: u32 = 1;
 
-fn check_format(db: &sled::Db, path: &Path) -> Result<(), Error> {
-    let meta = db.open_tree(keys::META)?;
+fn check_format(meta: &Tree, path: &Path) -> Result<(), Error> {
     match meta.get(keys::FORMAT)? {
         None => {
-            meta.insert(keys::FORMAT, &FORMAT.to_be_bytes())?;
+            meta.insert(keys::FORMAT, FORMAT.to_be_bytes())?;
             Ok(())
         }
-        Some(v) if v.as_ref() == FORMAT.to_be_bytes() => Ok(()),
+        Some(v) if v.as_slice() == FORMAT.to_be_bytes() => Ok(()),
         Some(v) => {
-            let found = v.as_ref().try_into().map(u32::from_be_bytes).map_or_else(|_| "unknown".to_string(), |n| n.to_string());
+            let found = v.as_slice().try_into().map(u32::from_be_bytes).map_or_else(|_| "unknown".to_string(), |n| n.to_string());
             Err(Error::Store(format!("data store {} has layout version {found}; this opslet reads version {FORMAT}", path.display())))
         }
     }
@@ -197,12 +177,39 @@ fn check_format(db: &sled::Db, path: &Path) -> Result<(), Error> {
 impl Drop for Inner {
     fn drop(&mut self) {
         // A clean close leaves a fresh checkpoint, so the next open reads almost nothing.
-        if let Err(e) = self.audit.checkpoint().and_then(|()| self.db.flush().map(|_| ()).map_err(Error::from)) {
+        if let Err(e) = self.audit.checkpoint().and_then(|()| self.engine.sync()) {
             tracing::warn!(error = %e, "closing the data store");
         }
     }
 }
 
-fn is_lock_error(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock")
+/// Takes the data dir's process lock (`flock` on `store.lock`), retrying for up to `wait`.
+fn lock_data_dir(data_dir: &Path, wait: Duration) -> Result<std::fs::File, Error> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(engine::LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
+    let start = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor this function owns; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(Error::Store(format!("locking {}: {e}", path.display())));
+        }
+        if start.elapsed() >= wait {
+            return Err(Error::Store(format!(
+                "data dir {} is in use by another opslet process (waited {}s); wait for it to finish or use another --data-dir",
+                data_dir.display(),
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }

@@ -297,8 +297,8 @@ pub struct HostState {
 
 #[derive(Clone)]
 pub struct ConfigItems {
-    versions: sled::Tree,
-    state: sled::Tree,
+    versions: crate::store::Tree,
+    state: crate::store::Tree,
 }
 
 fn vkey(name: &str, version: u32) -> Vec<u8> {
@@ -334,8 +334,8 @@ pub fn spec_toml(spec: &ItemSpec) -> String {
 impl ConfigItems {
     pub fn open(store: &Store) -> Result<ConfigItems, Error> {
         Ok(ConfigItems {
-            versions: store.db().open_tree(crate::store::keys::CMDB_CONFIG_ITEMS)?,
-            state: store.db().open_tree(crate::store::keys::CMDB_CONFIG_STATE)?,
+            versions: store.tree(crate::store::keys::CMDB_CONFIG_ITEMS),
+            state: store.tree(crate::store::keys::CMDB_CONFIG_STATE),
         })
     }
 
@@ -408,7 +408,7 @@ impl ConfigItems {
                 diff,
             };
             let bytes = serde_json::to_vec(&v).map_err(|e| Error::Store(e.to_string()))?;
-            if self.versions.compare_and_swap(vkey(&v.name, version), None::<&[u8]>, Some(bytes))?.is_ok() {
+            if self.versions.compare_and_swap(vkey(&v.name, version), None::<&[u8]>, Some(bytes))? {
                 self.versions.flush()?;
                 store.audit().record_change(
                     "config.set",
@@ -441,7 +441,7 @@ impl ConfigItems {
     pub fn replace_state(&self, old: &HostState, new: &HostState) -> Result<bool, Error> {
         let o = serde_json::to_vec(old).map_err(|e| Error::Store(e.to_string()))?;
         let n = serde_json::to_vec(new).map_err(|e| Error::Store(e.to_string()))?;
-        Ok(self.state.compare_and_swap(skey(&new.item, &new.host), Some(o), Some(n))?.is_ok())
+        Ok(self.state.compare_and_swap(skey(&new.item, &new.host), Some(o), Some(n))?)
     }
 }
 

@@ -36,9 +36,9 @@ fn polled<T>(lua: &Lua, ctx: &RunCtx, f: impl FnOnce() -> mlua::Result<T>) -> ml
     Ok(out)
 }
 
-fn tree(ctx: &RunCtx) -> mlua::Result<sled::Tree> {
+fn tree(ctx: &RunCtx) -> mlua::Result<crate::store::Tree> {
     let store = ctx.store.as_ref().ok_or_else(|| mlua::Error::runtime("kv: this run has no data store"))?;
-    store.kv_tree(&ctx.applet).map_err(|e| mlua::Error::runtime(format!("kv: {e}")))
+    Ok(store.kv_tree(&ctx.applet))
 }
 
 fn check_key(op: &str, key: &str) -> mlua::Result<()> {
@@ -81,7 +81,7 @@ fn write(ctx: &RunCtx, op: &str, key: &str, value: Option<Vec<u8>>) -> mlua::Res
         for item in tree.iter() {
             let (k, val) = item.map_err(|e| mlua::Error::runtime(format!("kv.{op}({key}): {e}")))?;
             let shadowed = std::str::from_utf8(&k).is_ok_and(|k| overlay.contains_key(k));
-            if k.as_ref() != key.as_bytes() && !shadowed {
+            if k.as_slice() != key.as_bytes() && !shadowed {
                 total += (k.len() + val.len()) as u64;
             }
         }
