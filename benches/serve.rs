@@ -7,6 +7,11 @@
 //! Capacity (issue #15): 1,000 runs asleep in `time.sleep` at once on the default settings, and
 //! the p50 of a trivial sync run among them against the same run's p50 on the idle server
 //! (target: within 2x), with the server's memory.
+//!
+//! Bounded store (issue #15): the server's RSS while it serves `OPSLET_BENCH_RUNS` trivial runs
+//! (default 200,000; 1,000,000 is the target's figure) against its RSS after the first runs
+//! (target: under 256 MB throughout), and the time to restart on the store those runs left
+//! against a restart on a fresh store (target: it does not grow with history).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,6 +64,77 @@ async fn drive(url: String, token: Option<String>, body: Option<&'static str>, c
     Stats { n: all.len(), secs, p50: pct(50), p99: pct(99) }
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0)
+}
+
+/// Starts `opslet serve` on `data`; returns it, its address and how long it took to listen.
+fn start_server(data: &std::path::Path) -> (std::process::Child, String, Duration) {
+    let t = Instant::now();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "1024", "--applet-limit", "0", "--user-limit", "0"])
+        .env("OPSLET_DATA_DIR", data)
+        .env("OPSLET_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    let addr = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
+    let took = t.elapsed();
+    std::thread::spawn(move || for _ in lines {});
+    (server, addr, took)
+}
+
+fn stop(server: &mut std::process::Child) {
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let _ = server.wait();
+}
+
+/// Sends `total` runs from `clients` clients; calls `sample` after each quarter of them.
+async fn endure(url: String, token: String, clients: usize, total: usize, mut sample: impl FnMut(usize)) {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let quarter = total.div_ceil(4);
+    let mut sent = 0;
+    while sent < total {
+        let batch = quarter.min(total - sent);
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (client, url, token, next) = (client.clone(), url.clone(), token.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < batch {
+                    let r = client
+                        .post(&url)
+                        .header("Authorization", format!("Bearer {token}"))
+                        .header("Content-Type", "application/json")
+                        .body(r#"{"n": 1}"#)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{}", r.status());
+                    let _ = r.bytes().await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        sent += batch;
+        sample(sent);
+    }
+}
+
 fn main() {
     opslet::install_tls_provider();
     let smoke = !std::env::args().any(|a| a == "--bench");
@@ -81,21 +157,7 @@ fn main() {
     opslet(&data, &["user", "add", "bench", "--role", "admin"]);
     let token = opslet(&data, &["token", "create", "bench"]);
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "1024", "--applet-limit", "0", "--user-limit", "0"])
-        .env("OPSLET_DATA_DIR", &data)
-        .env("OPSLET_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
-    let addr = loop {
-        let line = lines.next().unwrap().unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut server, addr, fresh_start) = start_server(&data);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let bare_addr = rt.block_on(async {
@@ -144,17 +206,27 @@ fn main() {
             assert!(t0.elapsed() < Duration::from_secs(nap / 2), "only {} of {sleepers} sleepers started", running.len());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let rss = std::fs::read_to_string(format!("/proc/{}/status", server.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
-            .unwrap_or(0);
+        let rss = rss_kib(server.id());
         (trivial().await, rss)
     });
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(server.id() as i32, libc::SIGTERM);
-    }
-    let _ = server.wait();
+    // Bounded store: many runs, the server's memory as they go, then a restart on what they left.
+    stop(&mut server);
+    let (mut server, addr, _) = start_server(&data);
+    let total: usize = std::env::var("OPSLET_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(if smoke { 2_000 } else { 200_000 });
+    let url = format!("http://{addr}/api/v1/applets/trivial/run");
+    rt.block_on(endure(url.clone(), token.clone(), clients, 1_000, |_| {}));
+    let base_rss = rss_kib(server.id());
+    let pid = server.id();
+    let mut samples = Vec::new();
+    let t_endure = Instant::now();
+    rt.block_on(endure(url, token.clone(), clients, total, |n| samples.push((n, rss_kib(pid)))));
+    let endure_secs = t_endure.elapsed().as_secs_f64();
+    stop(&mut server);
+    let disk: u64 =
+        std::fs::read_dir(&data).unwrap().filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum();
+    let (mut server, _, history_start) = start_server(&data);
+    let restart_rss = rss_kib(server.id());
+    stop(&mut server);
 
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     let rps = |s: &Stats| s.n as f64 / s.secs;
@@ -188,5 +260,25 @@ fn main() {
     if !smoke {
         let met = loaded.p50.as_secs_f64() <= 2.0 * idle.p50.as_secs_f64();
         println!("  target: 1,000 runs in flight, a trivial run within 2x its idle p50: {}", if met { "met" } else { "MISSED" });
+    }
+    println!(
+        "bounded store: {total} trivial sync runs from {clients} clients in {endure_secs:.0} s ({:.0} runs/s)",
+        total as f64 / endure_secs
+    );
+    println!("  server RSS after 1,000 runs (baseline) {:>6} MiB   1.00x", base_rss / 1024);
+    for (n, rss) in &samples {
+        println!("  server RSS after {n:>9} runs          {:>6} MiB   {:.2}x", rss / 1024, *rss as f64 / base_rss as f64);
+    }
+    let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    println!("  store files on disk after them       {:>6} MiB   ({} bytes per run)", disk >> 20, disk / (total as u64 + 1_000));
+    println!("  restart on a fresh store (baseline)  {:>9}   1.00x", ms(fresh_start));
+    println!(
+        "  restart on the store after the runs  {:>9}   {:.2}x   (RSS {} MiB when listening)",
+        ms(history_start),
+        history_start.as_secs_f64() / fresh_start.as_secs_f64(),
+        restart_rss / 1024
+    );
+    if !smoke {
+        println!("  target: RSS under 256 MB throughout: {}", if peak * 1024 < 256_000_000 { "met" } else { "MISSED" });
     }
 }

@@ -113,7 +113,7 @@ fn truncated_tail_is_found() {
 fn garbage_record_is_named() {
     let store = log_with(3);
     let a = store.audit();
-    a.raw_tree().insert(record_key(1), b"not json".to_vec()).unwrap();
+    a.raw_tree().insert(record_key(1), b"not json").unwrap();
     let (seq, why) = first_bad(a);
     assert_eq!(seq, 1);
     assert!(why.contains("not valid JSON"), "{why}");

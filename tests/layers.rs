@@ -269,12 +269,16 @@ fn only_the_edges_know_their_frameworks() {
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             // The storage engine too is named only by the store (and the error it converts).
-            for (framework, edges) in
-                [("axum", &["http"][..]), ("clap", &["cli"]), ("rusqlite", &["store", "error"]), ("sled", &["store"])]
+            for (framework, edges) in [("axum", &["http"][..]), ("clap", &["cli"]), ("rusqlite", &["store", "error"]), ("sled", &["store"])]
             {
                 let named = code.contains(&format!("{framework}::")) || code.trim_start().starts_with(&format!("use {framework}"));
                 if named && !edges.contains(&top.trim_end_matches(".rs")) {
-                    wrong.push(format!("{}:{}: `{framework}` outside src/{}/", file.strip_prefix(&src).unwrap().display(), n + 1, edges[0]));
+                    wrong.push(format!(
+                        "{}:{}: `{framework}` outside src/{}/",
+                        file.strip_prefix(&src).unwrap().display(),
+                        n + 1,
+                        edges[0]
+                    ));
                 }
             }
         }

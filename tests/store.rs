@@ -16,13 +16,14 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn opslet(data: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
 
 /// Every record of every tree.
-fn contents(store: &Store) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+fn contents(store: &Store) -> BTreeMap<String, Vec<opslet::store::Entry>> {
     store.tree_names().unwrap().into_iter().map(|t| (t.clone(), store.tree(&t).iter().map(Result::unwrap).collect())).collect()
 }
 
@@ -36,7 +37,12 @@ fn package() -> AppletPackage {
 fn append(store: &Store, i: u64, marker: &str) {
     store
         .audit()
-        .append(AuditEvent { kind: "test".into(), actor: Some("alice".into()), data: json!({ "i": i, "m": marker }), ..AuditEvent::default() })
+        .append(AuditEvent {
+            kind: "test".into(),
+            actor: Some("alice".into()),
+            data: json!({ "i": i, "m": marker }),
+            ..AuditEvent::default()
+        })
         .unwrap();
 }
 

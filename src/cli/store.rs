@@ -38,7 +38,11 @@ pub fn run(global: &Global, cmd: StoreCmd) -> Result<i32, Error> {
                 println!("damaged: `{}` in `{}` (its checksum does not match)", output::terminal_safe(&d.key, false), d.tree);
             }
             if report.unreadable_rowids > 0 {
-                println!("unreadable: {} rows the file cannot give back; the key index names {}:", report.unreadable_rowids, report.unreadable.len());
+                println!(
+                    "unreadable: {} rows the file cannot give back; the key index names {}:",
+                    report.unreadable_rowids,
+                    report.unreadable.len()
+                );
                 for l in &report.unreadable {
                     println!("  `{}` in `{}`", output::terminal_safe(&l.key, false), l.tree);
                 }

@@ -72,11 +72,7 @@ pub fn valid(kind: &str, name: &str) -> Result<(), Error> {
 
 impl Cmdb {
     pub fn new(store: Store) -> Result<Cmdb, Error> {
-        Ok(Cmdb {
-            hosts: store.tree(crate::store::keys::CMDB_HOSTS),
-            groups: store.tree(crate::store::keys::CMDB_GROUPS),
-            store,
-        })
+        Ok(Cmdb { hosts: store.tree(crate::store::keys::CMDB_HOSTS), groups: store.tree(crate::store::keys::CMDB_GROUPS), store })
     }
 
     /// The store this cmdb lives in.

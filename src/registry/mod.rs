@@ -177,38 +177,32 @@ impl Registry {
         let vkey = version_key(&name, &meta.version);
         let vbody = json(&meta);
         let now = Utc::now();
-        let inserted = self
-            .store
-            .transaction(|tx| {
-                if let Some(prev) = tx.get(&self.versions, &vkey)? {
-                    // Someone published this version between our check and now.
-                    let prev: VersionMeta = parse("version", &prev)?;
-                    if prev.hash != meta.hash {
-                        return Err(Error::Applet(vec![Diagnostic::new(meta.id(), "was just published with different content")]));
-                    }
-                    return Ok(Some(prev));
+        let inserted = self.store.transaction(|tx| {
+            if let Some(prev) = tx.get(&self.versions, &vkey)? {
+                // Someone published this version between our check and now.
+                let prev: VersionMeta = parse("version", &prev)?;
+                if prev.hash != meta.hash {
+                    return Err(Error::Applet(vec![Diagnostic::new(meta.id(), "was just published with different content")]));
                 }
-                tx.insert(&self.packages, meta.hash.as_bytes(), stored.as_slice())?;
-                tx.insert(&self.versions, vkey.as_slice(), vbody.as_slice())?;
-                let applet = match tx.get(&self.applets, name.as_bytes())? {
-                    Some(b) => {
-                        let mut a: AppletMeta = parse("applet", &b)?;
-                        let prev = std::mem::replace(&mut a.current, meta.version.clone());
-                        a.history.push(prev);
-                        a.updated_at = now;
-                        a
-                    }
-                    None => AppletMeta {
-                        name: name.clone(),
-                        current: meta.version.clone(),
-                        history: Vec::new(),
-                        created_at: now,
-                        updated_at: now,
-                    },
-                };
-                tx.insert(&self.applets, name.as_bytes(), json(&applet))?;
-                Ok(None)
-            })?;
+                return Ok(Some(prev));
+            }
+            tx.insert(&self.packages, meta.hash.as_bytes(), stored.as_slice())?;
+            tx.insert(&self.versions, vkey.as_slice(), vbody.as_slice())?;
+            let applet = match tx.get(&self.applets, name.as_bytes())? {
+                Some(b) => {
+                    let mut a: AppletMeta = parse("applet", &b)?;
+                    let prev = std::mem::replace(&mut a.current, meta.version.clone());
+                    a.history.push(prev);
+                    a.updated_at = now;
+                    a
+                }
+                None => {
+                    AppletMeta { name: name.clone(), current: meta.version.clone(), history: Vec::new(), created_at: now, updated_at: now }
+                }
+            };
+            tx.insert(&self.applets, name.as_bytes(), json(&applet))?;
+            Ok(None)
+        })?;
         if let Some(prev) = inserted {
             return Ok(Published::Unchanged(prev));
         }
@@ -311,9 +305,8 @@ impl Registry {
 
     fn set_current(&self, name: &str, f: impl Fn(&mut AppletMeta) -> Result<(), Error>) -> Result<AppletMeta, Error> {
         let out = self.store.transaction(|tx| {
-            let b = tx
-                .get(&self.applets, name.as_bytes())?
-                .ok_or_else(|| Error::NotFound(format!("no applet `{name}` in the registry")))?;
+            let b =
+                tx.get(&self.applets, name.as_bytes())?.ok_or_else(|| Error::NotFound(format!("no applet `{name}` in the registry")))?;
             let mut a: AppletMeta = parse("applet", &b)?;
             f(&mut a)?;
             a.updated_at = Utc::now();

@@ -102,11 +102,7 @@ fn check_path(path: &str) -> Result<(), String> {
 
 impl Hooks {
     pub fn new(store: Store) -> Result<Hooks, Error> {
-        Ok(Hooks {
-            hooks: store.tree(crate::store::keys::HOOKS),
-            seen: store.tree(crate::store::keys::HOOKS_SEEN),
-            store,
-        })
+        Ok(Hooks { hooks: store.tree(crate::store::keys::HOOKS), seen: store.tree(crate::store::keys::HOOKS_SEEN), store })
     }
 
     /// Creates a hook; the returned hook holds its new secret.

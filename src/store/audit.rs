@@ -188,7 +188,8 @@ impl AuditLog {
         // so an append never reuses a seq; `verify` still names the gap.
         if let Some(item) = tree.range(record_key(head.count)..=record_key(u64::MAX)).next_back() {
             let (_, v) = item?;
-            let last: AuditRecord = serde_json::from_slice(&v).map_err(|e| Error::Store(format!("the newest audit record is unreadable: {e}")))?;
+            let last: AuditRecord =
+                serde_json::from_slice(&v).map_err(|e| Error::Store(format!("the newest audit record is unreadable: {e}")))?;
             if last.seq >= head.count {
                 head = Head { count: last.seq + 1, hash: last.hash };
             }
@@ -408,8 +409,7 @@ impl AuditLog {
             if (from..=to).all(|s| declared.contains(&s)) {
                 lost.extend(from..=to);
             } else {
-                let what =
-                    if from == to { format!("record {from} is missing") } else { format!("records {from} to {to} are missing") };
+                let what = if from == to { format!("record {from} is missing") } else { format!("records {from} to {to} are missing") };
                 first_bad = Some((from, what));
                 break;
             }

@@ -174,8 +174,7 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
     drop(lock);
     let out = Repaired { kept, lost, unreadable_rowids: count(&unreadable), damaged_file };
     let store = Store::open(data_dir, wait)?;
-    let audit_seqs: Vec<u64> =
-        out.lost.iter().filter(|l| l.tree == keys::AUDIT).filter_map(|l| audit_seq(&l.key)).collect();
+    let audit_seqs: Vec<u64> = out.lost.iter().filter(|l| l.tree == keys::AUDIT).filter_map(|l| audit_seq(&l.key)).collect();
     let data = serde_json::json!({
         "kept": out.kept,
         "lost": out.lost.len(),
@@ -198,8 +197,7 @@ fn audit_seq(shown: &str) -> Option<u64> {
 fn structure(c: &Connection) -> Result<Vec<String>, Error> {
     let found: Result<Vec<String>, rusqlite::Error> = (|| {
         let mut st = c.prepare("PRAGMA integrity_check(100)")?;
-        let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect();
-        rows
+        st.query_map([], |r| r.get::<_, String>(0))?.collect()
     })();
     Ok(match found {
         Ok(lines) if lines == ["ok"] => Vec::new(),
@@ -242,8 +240,7 @@ fn read_range(c: &Connection, lo: i64, hi: i64, each: &mut dyn FnMut(Row), unrea
             "SELECT tree, key, value, sum FROM kv WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"
         };
         let mut st = c.prepare_cached(sql)?;
-        let rows = st.query_map([lo, hi], |r| Ok(Row { tree: r.get(0)?, key: r.get(1)?, value: r.get(2)?, sum: r.get(3)? }))?.collect();
-        rows
+        st.query_map([lo, hi], |r| Ok(Row { tree: r.get(0)?, key: r.get(1)?, value: r.get(2)?, sum: r.get(3)? }))?.collect()
     })();
     match rows {
         Ok(rows) => rows.into_iter().for_each(each),

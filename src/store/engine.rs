@@ -142,9 +142,17 @@ impl Engine {
 
     /// Runs `f` on a read connection from the pool.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        let conn = match self.readers.lock().pop() {
+        let idle = self.readers.lock().pop();
+        let conn = match idle {
             Some(c) => c,
-            None => connect(&self.path, true)?,
+            None => {
+                // No read connection yet (a CLI command reads one record at a time): the writer
+                // serves the read when it is free, so most commands open one connection.
+                if let Some(w) = self.writer.try_lock() {
+                    return f(&w);
+                }
+                connect(&self.path, true)?
+            }
         };
         let out = f(&conn);
         let mut pool = self.readers.lock();
@@ -437,7 +445,11 @@ impl Iter {
             Err(e) => {
                 // Report the failure once, then end the scan.
                 self.done = true;
-                if forward { self.front.push_back(Err(e)) } else { self.back.push_front(Err(e)) }
+                if forward {
+                    self.front.push_back(Err(e))
+                } else {
+                    self.back.push_front(Err(e))
+                }
                 return;
             }
         };

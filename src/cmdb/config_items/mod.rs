@@ -441,7 +441,7 @@ impl ConfigItems {
     pub fn replace_state(&self, old: &HostState, new: &HostState) -> Result<bool, Error> {
         let o = serde_json::to_vec(old).map_err(|e| Error::Store(e.to_string()))?;
         let n = serde_json::to_vec(new).map_err(|e| Error::Store(e.to_string()))?;
-        Ok(self.state.compare_and_swap(skey(&new.item, &new.host), Some(o), Some(n))?)
+        self.state.compare_and_swap(skey(&new.item, &new.host), Some(o), Some(n))
     }
 }
 
