@@ -206,15 +206,20 @@ impl Jobs {
         })
     }
 
-    /// Records an accepted job durably, before it is answered.
+    /// Records an accepted job, in one write; an async job durably, before it is answered (a
+    /// sync job is answered after its run, whose start is made durable with everything before it).
     pub fn accept(&self, job: &Job, raw_params: &Map<String, Value>, cancel: CancelToken) -> Result<(), Error> {
-        // Params as given (secrets included) are kept only where a restart needs them.
-        if job.is_async && !job.dev {
-            self.raw.insert(job.id.as_bytes(), json(raw_params))?;
+        self.store.transaction(|tx| {
+            // Params as given (secrets included) are kept only where a restart needs them.
+            if job.is_async && !job.dev {
+                tx.insert(&self.raw, job.id.as_bytes(), json(raw_params))?;
+            }
+            tx.insert(&self.tree, job.id.as_bytes(), json(job))?;
+            tx.insert(&self.open, job.id.as_bytes(), b"")
+        })?;
+        if job.is_async {
+            self.store.flush()?;
         }
-        self.tree.insert(job.id.as_bytes(), json(job))?;
-        self.open.insert(job.id.as_bytes(), b"")?;
-        self.store.flush()?;
         let (events, _) = tokio::sync::broadcast::channel(256);
         self.live.lock().insert(job.id.clone(), Live { cancel, events, logs: Vec::new() });
         Ok(())
@@ -234,7 +239,7 @@ impl Jobs {
     fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Result<Option<Job>, Error> {
         let Some(mut job) = self.get(id)? else { return Ok(None) };
         f(&mut job);
-        self.tree.insert(id.as_bytes(), json(&job))?;
+        self.tree.put(id.as_bytes(), json(&job))?;
         Ok(Some(job))
     }
 
@@ -264,15 +269,25 @@ impl Jobs {
         error: Option<String>,
         logs: Vec<LogLine>,
     ) -> Result<(), Error> {
-        let job = self.update(id, |j| {
-            j.status = status;
-            j.finished_at = Some(Utc::now());
-            j.result = result;
-            j.error = error;
-            j.logs = logs;
+        // The outcome, and the job leaving the open ones (with its params), in one write.
+        let job = self.store.transaction(|tx| {
+            let job = match tx.get(&self.tree, id.as_bytes())? {
+                Some(b) => {
+                    let mut job: Job = serde_json::from_slice(&b).map_err(|e| Error::Store(format!("job {id} is unreadable: {e}")))?;
+                    job.status = status;
+                    job.finished_at = Some(Utc::now());
+                    job.result = result;
+                    job.error = error;
+                    job.logs = logs;
+                    tx.insert(&self.tree, id.as_bytes(), json(&job))?;
+                    Some(job)
+                }
+                None => None,
+            };
+            tx.remove(&self.raw, id.as_bytes())?;
+            tx.remove(&self.open, id.as_bytes())?;
+            Ok(job)
         })?;
-        self.raw.remove(id.as_bytes())?;
-        self.open.remove(id.as_bytes())?;
         if let Some(job) = job {
             self.emit(id, JobEvent::End { job: Box::new(job) });
         }

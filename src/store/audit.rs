@@ -255,7 +255,7 @@ impl AuditLog {
             hash: String::new(),
         };
         let body = rec.seal();
-        self.tree.insert(record_key(rec.seq), body.as_slice()).map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
+        self.tree.put(record_key(rec.seq), body.as_slice()).map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
         state.head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
         match (rec.kind.as_str(), &rec.run_id) {
             ("run.start", Some(id)) => {
@@ -295,8 +295,8 @@ impl AuditLog {
 
     fn write_checkpoint(&self, state: &mut LogState) -> Result<(), Error> {
         let seq = state.open.values().min().copied().unwrap_or(state.head.count);
-        self.tree.insert(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
-        self.tree.insert(CHECKPOINT, seq.to_be_bytes())?;
+        self.tree.put(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
+        self.tree.put(CHECKPOINT, seq.to_be_bytes())?;
         state.since_checkpoint = 0;
         Ok(())
     }

@@ -267,6 +267,12 @@ impl Tree {
         })
     }
 
+    /// Sets `key` to `value` without reading what was there (one write, for hot paths).
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.engine.write(|c| put(c, &self.name, key, value))
+    }
+
     /// Removes `key`; returns the value it had.
     pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
         let key = key.as_ref();
