@@ -54,6 +54,10 @@ pub(crate) struct Engine {
     readers: Mutex<Vec<Connection>>,
     sync: Mutex<SyncState>,
     synced: Condvar,
+    /// Commits so far, and how many of them the last finished sync covered: a sync with
+    /// nothing new to cover costs nothing.
+    commits: std::sync::atomic::AtomicU64,
+    synced_commits: std::sync::atomic::AtomicU64,
     /// Held for the engine's life: the data dir's process lock.
     _lock: Option<std::fs::File>,
 }
@@ -132,6 +136,8 @@ impl Engine {
             readers: Mutex::new(Vec::new()),
             sync: Mutex::default(),
             synced: Condvar::new(),
+            commits: Default::default(),
+            synced_commits: Default::default(),
             _lock: lock,
         })
     }
@@ -164,11 +170,17 @@ impl Engine {
 
     /// Runs `f` on the writer connection.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
-        f(&self.writer.lock())
+        let out = f(&self.writer.lock());
+        self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        out
     }
 
     /// Makes every write committed so far durable. Concurrent callers share one `fdatasync`.
     pub(crate) fn sync(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering;
+        if self.synced_commits.load(Ordering::Acquire) >= self.commits.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut st = self.sync.lock();
         st.requested += 1;
         let ticket = st.requested;
@@ -180,7 +192,12 @@ impl Engine {
                 st.syncing = true;
                 let target = st.requested;
                 drop(st);
+                // Every commit counted now is in the WAL before the fdatasync starts.
+                let covered = self.commits.load(Ordering::Acquire);
                 let result = self.sync_wal();
+                if result.is_ok() {
+                    self.synced_commits.fetch_max(covered, Ordering::AcqRel);
+                }
                 st = self.sync.lock();
                 st.syncing = false;
                 if result.is_ok() {
@@ -215,15 +232,8 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        // Fold the WAL into the file, so a closed store is one file and the next open reads no log.
-        self.readers.lock().clear();
-        if let Err(e) = self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-            tracing::warn!(error = %e, "closing the data store");
-        }
-    }
-}
+// Closing the last connection folds the WAL into the file and removes it (SQLite does this on
+// close), so a closed store is one file and the next open reads no log.
 
 /// One ordered key-value tree; cheap to clone.
 #[derive(Clone)]
@@ -529,6 +539,7 @@ impl Engine {
         match f(&Tx { conn: &conn }) {
             Ok(v) => {
                 conn.execute_batch("COMMIT")?;
+                self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 Ok(v)
             }
             Err(e) => {
