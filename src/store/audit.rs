@@ -153,6 +153,8 @@ struct LogState {
     /// Run id -> seq of its `run.start`, for runs without a `run.end` yet.
     open: std::collections::BTreeMap<String, u64>,
     since_checkpoint: u32,
+    /// The head count and checkpoint as stored, to skip writing them again unchanged.
+    stored: (u64, u64),
 }
 
 const RECORD: u8 = b'r';
@@ -216,7 +218,7 @@ impl AuditLog {
                 _ => {}
             }
         }
-        Ok(AuditLog { tree, state: Arc::new(Mutex::new(LogState { head, open, since_checkpoint: 0 })) })
+        Ok(AuditLog { tree, state: Arc::new(Mutex::new(LogState { stored: (head.count, checkpoint), head, open, since_checkpoint: 0 })) })
     }
 
     /// The chain head: the stored head as found at open, moved forward by every append since.
@@ -295,9 +297,13 @@ impl AuditLog {
 
     fn write_checkpoint(&self, state: &mut LogState) -> Result<(), Error> {
         let seq = state.open.values().min().copied().unwrap_or(state.head.count);
+        state.since_checkpoint = 0;
+        if state.stored == (state.head.count, seq) {
+            return Ok(());
+        }
         self.tree.put(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
         self.tree.put(CHECKPOINT, seq.to_be_bytes())?;
-        state.since_checkpoint = 0;
+        state.stored = (state.head.count, seq);
         Ok(())
     }
 
