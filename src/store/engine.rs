@@ -36,6 +36,8 @@ const WRITER_CACHE_KIB: i64 = 16 * 1024;
 const READER_CACHE_KIB: i64 = 4 * 1024;
 /// Idle read connections kept open; more are opened under load and closed after.
 const IDLE_READERS: usize = 8;
+/// Commits between two background checkpoints (a few hundred WAL pages).
+const CHECKPOINT_EVERY: u64 = 128;
 /// Rows a scan reads per query: small first (most scans stop early), larger as it goes on.
 const FIRST_CHUNK: usize = 32;
 const MAX_CHUNK: usize = 1024;
@@ -58,6 +60,8 @@ pub(crate) struct Engine {
     /// nothing new to cover costs nothing.
     commits: std::sync::atomic::AtomicU64,
     synced_commits: std::sync::atomic::AtomicU64,
+    /// The background thread that folds the WAL into the file, started on the first need.
+    checkpointer: Mutex<Option<Checkpointer>>,
     /// Held for the engine's life: the data dir's process lock.
     _lock: Option<std::fs::File>,
 }
@@ -138,6 +142,7 @@ impl Engine {
             synced: Condvar::new(),
             commits: Default::default(),
             synced_commits: Default::default(),
+            checkpointer: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -171,8 +176,29 @@ impl Engine {
     /// Runs `f` on the writer connection.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let out = f(&self.writer.lock());
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.committed();
         out
+    }
+
+    /// Counts a commit, and every so many asks the checkpointer to fold the WAL into the file.
+    /// A checkpoint writes every page again; done by the writer (SQLite's automatic checkpoint
+    /// at 1,000 pages) it lands on whichever request happened to commit. The background one
+    /// copies most pages beforehand, so the writer's own finds little left, and then restarts
+    /// the WAL from its beginning (which only a writer can, and only once everything is copied).
+    fn committed(&self) {
+        let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        if n % CHECKPOINT_EVERY == 0 {
+            let mut cp = self.checkpointer.lock();
+            match cp.as_ref() {
+                Some(c) => {
+                    let _ = c.wake.try_send(());
+                }
+                None => match Checkpointer::start(&self.path) {
+                    Ok(c) => *cp = Some(c),
+                    Err(e) => tracing::warn!(error = %e, "starting the store's checkpoint thread"),
+                },
+            }
+        }
     }
 
     /// Makes every write committed so far durable. Concurrent callers share one `fdatasync`.
@@ -233,7 +259,42 @@ impl Engine {
 }
 
 // Closing the last connection folds the WAL into the file and removes it (SQLite does this on
-// close), so a closed store is one file and the next open reads no log.
+// close), so a closed store is one file and the next open reads no log. The checkpointer closes
+// its connection first, so the writer's is the last.
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(c) = self.checkpointer.lock().take() {
+            drop(c.wake);
+            let _ = c.thread.join();
+        }
+    }
+}
+
+/// A thread with its own connection that runs a passive checkpoint when woken (it never waits
+/// for readers or blocks writers); it ends when its channel closes.
+struct Checkpointer {
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, Error> {
+        let conn = connect(path, false)?;
+        let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("opslet-checkpoint".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "checkpointing the data store");
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("starting the store's checkpoint thread: {e}")))?;
+        let _ = wake.try_send(());
+        Ok(Checkpointer { wake, thread })
+    }
+}
 
 /// One ordered key-value tree; cheap to clone.
 #[derive(Clone)]
@@ -539,7 +600,8 @@ impl Engine {
         match f(&Tx { conn: &conn }) {
             Ok(v) => {
                 conn.execute_batch("COMMIT")?;
-                self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                drop(conn);
+                self.committed();
                 Ok(v)
             }
             Err(e) => {
@@ -616,6 +678,20 @@ mod tests {
         assert!(t.contains_key("n").unwrap() && !t.contains_key("k").unwrap());
         t.clear().unwrap();
         assert!(t.is_empty().unwrap());
+    }
+
+    #[test]
+    fn the_wal_is_folded_into_the_file_in_the_background() {
+        let (dir, t) = tree("audit");
+        let value = vec![b'v'; 600];
+        for i in 0u64..20_000 {
+            t.put(i.to_be_bytes(), &value).unwrap();
+        }
+        // 20,000 commits of two pages each would be a WAL of 160 MiB without checkpoints.
+        let wal = std::fs::metadata(dir.path().join(format!("{FILE}-wal"))).unwrap().len();
+        assert!(wal < 16 << 20, "WAL of {wal} bytes");
+        assert!(t.engine.checkpointer.lock().is_some());
+        assert_eq!(t.len().unwrap(), 20_000);
     }
 
     #[test]
