@@ -91,7 +91,12 @@ pub struct Registry {
     applets: crate::store::Tree,
     features: crate::store::Tree,
     index: Arc<RwLock<Option<Arc<search::Index>>>>,
+    /// Packages loaded for runs, by content hash (see `package_shared`).
+    loaded: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<AppletPackage>>>>,
 }
+
+/// Packages kept loaded for runs; the set starts over when it is full.
+const LOADED_PACKAGES: usize = 64;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredPackage {
@@ -118,6 +123,7 @@ impl Registry {
             applets: store.tree(crate::store::keys::REG_APPLETS),
             features: store.tree(crate::store::keys::REG_FEATURES),
             index: Arc::new(RwLock::new(None)),
+            loaded: Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new())),
             store,
         })
     }
@@ -286,6 +292,21 @@ impl Registry {
     }
 
     /// The package of a published version, checked against its recorded hash.
+    /// The package of a version, shared: packages are content-addressed and never change, so
+    /// the last few loaded are kept (decoded, checked and compiled) for the runs that follow.
+    pub fn package_shared(&self, meta: &VersionMeta) -> Result<Arc<AppletPackage>, Error> {
+        if let Some(p) = self.loaded.lock().get(&meta.hash) {
+            return Ok(Arc::clone(p));
+        }
+        let pkg = Arc::new(self.package(meta)?);
+        let mut loaded = self.loaded.lock();
+        if loaded.len() >= LOADED_PACKAGES {
+            loaded.clear();
+        }
+        loaded.insert(meta.hash.clone(), Arc::clone(&pkg));
+        Ok(pkg)
+    }
+
     pub fn package(&self, meta: &VersionMeta) -> Result<AppletPackage, Error> {
         let b = self
             .packages

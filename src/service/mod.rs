@@ -280,7 +280,7 @@ impl RunService {
     fn published(&self, r: &Reference, allow_yanked: bool) -> Result<(Arc<AppletPackage>, bool), Error> {
         let reg = self.registry()?;
         let meta = reg.resolve(r, allow_yanked)?;
-        Ok((Arc::new(reg.package(&meta)?), false))
+        Ok((reg.package_shared(&meta)?, false))
     }
 
     /// Resolves the applet and checks the params (unless the run is to check them): the one

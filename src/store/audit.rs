@@ -301,8 +301,11 @@ impl AuditLog {
         if state.stored == (state.head.count, seq) {
             return Ok(());
         }
-        self.tree.put(HEAD, serde_json::to_vec(&state.head).expect("head serializes"))?;
-        self.tree.put(CHECKPOINT, seq.to_be_bytes())?;
+        let head = serde_json::to_vec(&state.head).expect("head serializes");
+        self.tree.transaction(|tx| {
+            tx.insert(&self.tree, HEAD, &head)?;
+            tx.insert(&self.tree, CHECKPOINT, seq.to_be_bytes())
+        })?;
         state.stored = (state.head.count, seq);
         Ok(())
     }

@@ -420,6 +420,11 @@ impl Tree {
         Iter::new(self.clone(), own(range.start_bound()), own(range.end_bound()))
     }
 
+    /// Runs `f` as one transaction (see [`super::Store::transaction`]).
+    pub fn transaction<T>(&self, f: impl FnOnce(&Tx) -> Result<T, Error>) -> Result<T, Error> {
+        self.engine.transaction(f)
+    }
+
     /// Makes every write so far durable (see [`Engine::sync`]).
     pub fn flush(&self) -> Result<(), Error> {
         self.engine.sync()
