@@ -209,3 +209,16 @@ fn a_damaged_page_costs_only_its_records_and_repair_names_them() {
     let (seq, why) = store.audit().verify().unwrap().first_bad.unwrap();
     assert_eq!((seq, why.as_str()), (2000, "record 2000 is missing"));
 }
+
+#[test]
+fn the_store_files_are_for_their_owner_only_even_in_an_open_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(data.path(), WAIT).unwrap();
+    append(&store, 1, "x");
+    for file in ["store.sqlite", "store.sqlite-wal", "store.sqlite-shm", "store.lock"] {
+        let mode = std::fs::metadata(data.path().join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+}

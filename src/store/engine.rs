@@ -133,6 +133,18 @@ impl Engine {
     /// Opens (creating if needed) the store file at `path`, holding `lock` (the data dir's
     /// process lock) for as long as the engine lives.
     pub(crate) fn open(path: &Path, lock: Option<std::fs::File>) -> Result<Engine, Error> {
+        // The file is for this user only, whatever the umask or the data dir's mode; SQLite gives
+        // its `-wal` and `-shm` files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::Store(format!("opening data store {}: {e}", path.display())))?;
+        }
         let writer = connect(path, false)?;
         Ok(Engine {
             path: path.to_path_buf(),

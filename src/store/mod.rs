@@ -187,12 +187,11 @@ impl Drop for Inner {
 fn lock_data_dir(data_dir: &Path, wait: Duration) -> Result<std::fs::File, Error> {
     use std::os::fd::AsRawFd;
     let path = data_dir.join(engine::LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)
+    }
+    .map_err(|e| Error::Store(format!("opening {}: {e}", path.display())))?;
     let start = Instant::now();
     loop {
         // SAFETY: flock on a descriptor this function owns; no memory is shared.
