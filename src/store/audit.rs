@@ -406,7 +406,9 @@ impl AuditLog {
                 hard = Some((key_seq, p));
                 break;
             }
-            if rec.kind == "store.repair" && rec.actor.as_deref() == Some(super::SYSTEM_ACTOR) {
+            // Only opslet's own repair record counts (kind, actor and `via` together: an account
+            // or a login called `opslet` never writes this kind).
+            if rec.kind == "store.repair" && rec.actor.as_deref() == Some(super::SYSTEM_ACTOR) && rec.via.as_deref() == Some("store") {
                 declared.extend(rec.data["lost_audit_records"].as_array().into_iter().flatten().filter_map(serde_json::Value::as_u64));
             }
             prev = rec.hash.clone();
