@@ -199,7 +199,7 @@ impl Engine {
     /// the WAL from its beginning (which only a writer can, and only once everything is copied).
     fn committed(&self) {
         let n = self.commits.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        if n % CHECKPOINT_EVERY == 0 {
+        if n.is_multiple_of(CHECKPOINT_EVERY) {
             let mut cp = self.checkpointer.lock();
             match cp.as_ref() {
                 Some(c) => {
