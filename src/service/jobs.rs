@@ -191,6 +191,11 @@ pub struct Jobs {
     live: Arc<Mutex<HashMap<String, Live>>>,
 }
 
+/// A stored job; one that does not parse is named.
+fn decode(id: &str, bytes: &[u8]) -> Result<Job, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Store(format!("job {id} is unreadable: {e}")))
+}
+
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("jobs serialize")
 }
@@ -226,10 +231,7 @@ impl Jobs {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Job>, Error> {
-        self.tree
-            .get(id.as_bytes())?
-            .map(|b| serde_json::from_slice(&b).map_err(|e| Error::Store(format!("job {id} is unreadable: {e}"))))
-            .transpose()
+        self.tree.get(id.as_bytes())?.map(|b| decode(id, &b)).transpose()
     }
 
     pub fn raw_params(&self, id: &str) -> Result<Map<String, Value>, Error> {
@@ -273,7 +275,7 @@ impl Jobs {
         let job = self.store.transaction(|tx| {
             let job = match tx.get(&self.tree, id.as_bytes())? {
                 Some(b) => {
-                    let mut job: Job = serde_json::from_slice(&b).map_err(|e| Error::Store(format!("job {id} is unreadable: {e}")))?;
+                    let mut job = decode(id, &b)?;
                     job.status = status;
                     job.finished_at = Some(Utc::now());
                     job.result = result;

@@ -170,6 +170,14 @@ pub fn record_key(seq: u64) -> [u8; 9] {
     k
 }
 
+/// The record number a key names (the inverse of [`record_key`]).
+pub fn record_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [RECORD, seq @ ..] => Some(u64::from_be_bytes(seq.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 impl AuditLog {
     /// Opens the log kept in `tree` (the store's `audit` tree).
     pub fn open(tree: Tree) -> Result<AuditLog, Error> {
@@ -378,7 +386,7 @@ impl AuditLog {
         let mut declared = std::collections::BTreeSet::new();
         for item in self.tree.scan_prefix([RECORD]) {
             let (k, v) = item?;
-            let key_seq = u64::from_be_bytes(k[1..].try_into().unwrap_or([0xff; 8]));
+            let key_seq = record_seq(&k).unwrap_or(u64::MAX);
             let rec: AuditRecord = match serde_json::from_slice(&v) {
                 Ok(r) => r,
                 Err(e) => {

@@ -30,6 +30,16 @@ const NAMED_LOSSES: usize = 1000;
 pub struct Lost {
     pub tree: String,
     pub key: String,
+    /// The record number, for a record of the audit log.
+    #[serde(skip)]
+    pub audit_seq: Option<u64>,
+}
+
+impl Lost {
+    fn new(tree: String, key: &[u8]) -> Lost {
+        let audit_seq = if tree == keys::AUDIT { super::audit::record_seq(key) } else { None };
+        Lost { key: engine::show_key(key), tree, audit_seq }
+    }
 }
 
 /// What `check` found.
@@ -87,7 +97,7 @@ impl Row {
     }
 
     fn lost(&self) -> Lost {
-        Lost { tree: self.tree.clone(), key: engine::show_key(&self.key) }
+        Lost::new(self.tree.clone(), &self.key)
     }
 }
 
@@ -104,10 +114,10 @@ pub fn check(data_dir: &Path, wait: Duration) -> Result<Report, Error> {
     let lock = super::lock_data_dir(data_dir, wait)?;
     let file = store_file(data_dir)?;
     let engine = Arc::new(Engine::open(&file, Some(lock))?);
-    let structure = engine.write(structure)?;
+    let structure = engine.read(structure)?;
     let mut trees = BTreeMap::new();
     let mut damaged = Vec::new();
-    let unreadable = engine.write(|c| {
+    let unreadable = engine.read(|c| {
         walk(c, &mut |row| {
             if row.sound() {
                 *trees.entry(row.tree).or_insert(0) += 1;
@@ -116,7 +126,7 @@ pub fn check(data_dir: &Path, wait: Duration) -> Result<Report, Error> {
             }
         })
     })?;
-    let named = engine.write(|c| Ok(name_rows(c, &unreadable)))?;
+    let named = engine.read(|c| Ok(name_rows(c, &unreadable)))?;
     let audit = AuditLog::open(Tree::new(engine.clone(), keys::AUDIT)).and_then(|a| a.verify()).map_err(|e| e.to_string());
     Ok(Report { file, trees, damaged, unreadable_rowids: count(&unreadable), unreadable: named, structure, audit })
 }
@@ -126,16 +136,14 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
     let lock = super::lock_data_dir(data_dir, wait)?;
     let file = store_file(data_dir)?;
     let fresh_path = data_dir.join(format!("{}.repairing", engine::FILE));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", fresh_path.display()));
-    }
+    engine::remove_files(&fresh_path)?;
     let source = Engine::open(&file, None)?;
     let fresh = Engine::open(&fresh_path, None)?;
     let mut kept = 0u64;
     let mut lost = Vec::new();
     let mut failed: Option<Error> = None;
     let unreadable = fresh.transaction(|tx| {
-        let unreadable = source.write(|c| {
+        let unreadable = source.read(|c| {
             walk(c, &mut |row| {
                 if failed.is_some() {
                     return;
@@ -152,7 +160,7 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
         })?;
         failed.take().map_or(Ok(unreadable), Err)
     })?;
-    lost.extend(source.write(|c| Ok(name_rows(c, &unreadable)))?);
+    lost.extend(source.read(|c| Ok(name_rows(c, &unreadable)))?);
     lost.sort();
     fresh.sync()?;
     drop(fresh);
@@ -168,13 +176,11 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
     }
     std::fs::rename(&file, &damaged_file).map_err(|e| Error::Store(format!("moving {} aside: {e}", file.display())))?;
     std::fs::rename(&fresh_path, &file).map_err(|e| Error::Store(format!("putting the repaired store in place: {e}")))?;
-    if let Ok(dir) = std::fs::File::open(data_dir) {
-        let _ = dir.sync_all();
-    }
+    engine::sync_dir(data_dir);
     drop(lock);
     let out = Repaired { kept, lost, unreadable_rowids: count(&unreadable), damaged_file };
     let store = Store::open(data_dir, wait)?;
-    let audit_seqs: Vec<u64> = out.lost.iter().filter(|l| l.tree == keys::AUDIT).filter_map(|l| audit_seq(&l.key)).collect();
+    let audit_seqs: Vec<u64> = out.lost.iter().filter_map(|l| l.audit_seq).collect();
     let data = serde_json::json!({
         "kept": out.kept,
         "lost": out.lost.len(),
@@ -186,12 +192,6 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
     store.audit().record_change("store.repair", super::SYSTEM_ACTOR, "store", None, data)?;
     store.flush()?;
     Ok(out)
-}
-
-/// The seq of an audit record from its shown key (`0x72` + 8 bytes big-endian).
-fn audit_seq(shown: &str) -> Option<u64> {
-    let bytes = hex::decode(shown.strip_prefix("0x")?).ok()?;
-    (bytes.len() == 9 && bytes[0] == b'r').then(|| u64::from_be_bytes(bytes[1..].try_into().expect("8 bytes")))
 }
 
 fn structure(c: &Connection) -> Result<Vec<String>, Error> {
@@ -270,7 +270,7 @@ fn name_rows(c: &Connection, ranges: &[(i64, i64)]) -> Vec<Lost> {
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             if inside(id) {
-                out.push(Lost { tree: r.get(1)?, key: engine::show_key(&r.get::<_, Vec<u8>>(2)?) });
+                out.push(Lost::new(r.get(1)?, &r.get::<_, Vec<u8>>(2)?));
             }
         }
         Ok(())

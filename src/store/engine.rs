@@ -107,6 +107,26 @@ fn checked(tree: &str, key: &[u8], value: Vec<u8>, stored: i64) -> Result<Vec<u8
     if sum(tree, key, &value) == stored { Ok(value) } else { Err(damaged(tree, key)) }
 }
 
+/// Removes a store file left by an unfinished migration or repair, with its `-wal` and `-shm`.
+pub(super) fn remove_files(path: &Path) -> Result<(), Error> {
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{}{suffix}", path.display());
+        if let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::Store(format!("removing {p}: {e}")));
+        }
+    }
+    Ok(())
+}
+
+/// Makes renames in `dir` durable (best effort: not every file system syncs a folder).
+pub(super) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 /// Opens a connection to `path` with opslet's settings.
 pub(crate) fn connect(path: &Path, read_only: bool) -> Result<Connection, Error> {
     let flags = if read_only {
@@ -164,7 +184,7 @@ impl Engine {
     }
 
     /// Runs `f` on a read connection from the pool.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let idle = self.readers.lock().pop();
         let conn = match idle {
             Some(c) => c,

@@ -27,14 +27,7 @@ pub(super) fn from_sled_if_needed(data_dir: &Path, target: &Path, wait: Duration
         return Ok(None);
     }
     let staging = data_dir.join(format!("{}.migrating", engine::FILE));
-    for suffix in ["", "-wal", "-shm"] {
-        let p = format!("{}{suffix}", staging.display());
-        if let Err(e) = std::fs::remove_file(&p)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::Store(format!("removing an unfinished migration {p}: {e}")));
-        }
-    }
+    engine::remove_files(&staging)?;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::Store(format!(
             "migrating the data store {} (written by an older opslet) failed while {what}: {e}; the old store is untouched",
@@ -88,9 +81,7 @@ pub(super) fn from_sled_if_needed(data_dir: &Path, target: &Path, wait: Duration
     drop(db);
     std::fs::rename(&staging, target).map_err(|e| fail("putting the new store in place", &e))?;
     std::fs::rename(&old, data_dir.join(SLED_KEPT)).map_err(|e| fail("moving the old store aside", &e))?;
-    if let Ok(dir) = std::fs::File::open(data_dir) {
-        let _ = dir.sync_all();
-    }
+    engine::sync_dir(data_dir);
     let total: u64 = copied.values().sum();
     tracing::warn!(
         records = total,
