@@ -155,34 +155,38 @@ fn main() {
     std::fs::create_dir(&applet).unwrap();
     std::fs::write(applet.join("applet.toml"), MANIFEST).unwrap();
     std::fs::write(applet.join("main.lua"), MAIN).unwrap();
-    let timed = |cmd: &mut dyn FnMut() -> Command| {
-        let mut samples = Vec::new();
-        for i in 0..if smoke { 4 } else { 25 } {
-            let t = Instant::now();
-            let st = cmd().stdout(Stdio::null()).status().unwrap();
-            assert!(st.success());
-            if i >= 3 {
-                samples.push(t.elapsed());
-            }
-        }
-        samples
-    };
-    let cold = |sync: bool| {
+    // The three processes take turns, so a busy moment of the machine weighs on each alike.
+    let cold_cmd = |sync: bool| {
         let data = dir.path().join(if sync { "data-sync" } else { "data-nosync" });
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("opslet.toml"), format!("[audit]\nsync = {sync}\n")).unwrap();
-        timed(&mut || {
+        let applet = applet.clone();
+        move || {
             let mut c = Command::new(exe);
             c.args(["run", applet.to_str().unwrap(), "--format", "json", "-q"]).env("OPSLET_DATA_DIR", &data);
             c
-        })
+        }
     };
     let bare_data = dir.path().join("data-bare");
-    let bare = timed(&mut || {
+    let bare_cmd = || {
         let mut c = Command::new(std::env::current_exe().unwrap());
         c.arg("--bare-cold").arg(&applet).arg(&bare_data);
         c
-    });
+    };
+    let cmds: [Box<dyn Fn() -> Command>; 3] = [Box::new(bare_cmd), Box::new(cold_cmd(true)), Box::new(cold_cmd(false))];
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for i in 0..if smoke { 4 } else { 60 } {
+        for (cmd, out) in cmds.iter().zip(samples.iter_mut()) {
+            let t = Instant::now();
+            let st = cmd().stdout(Stdio::null()).status().unwrap();
+            assert!(st.success());
+            // The first rounds create the data dirs.
+            if i >= 3 {
+                out.push(t.elapsed());
+            }
+        }
+    }
+    let [bare, synced, unsynced] = samples;
     let t_true = {
         let mut samples = Vec::new();
         for _ in 0..20 {
@@ -192,8 +196,6 @@ fn main() {
         }
         median(samples)
     };
-    let synced = cold(true);
-    let unsynced = cold(false);
     println!("cold `opslet run` process (median / p95 of {} runs)", synced.len());
     let t_bare_cold = median(bare.clone());
     let x = |d: Duration| d.as_secs_f64() / t_bare_cold.as_secs_f64();

@@ -151,6 +151,8 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     };
     // The process exits without running destructors: put the run's end on disk now.
     store.flush()?;
+    // Nothing runs on the runtime after the run: the process need not wait for its threads.
+    rt.shutdown_background();
     code
 }
 

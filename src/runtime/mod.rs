@@ -219,6 +219,9 @@ impl Runtime {
             notes: notes.clone(),
         };
 
+        // `run.start` goes to disk while the sandbox is built; the applet's code runs only once
+        // it is there.
+        let mut durable = Durable::Done(Ok(()));
         if let Some(store) = &self.store {
             let start = store.audit().append(AuditEvent {
                 kind: "run.start".into(),
@@ -229,10 +232,10 @@ impl Runtime {
                 status: None,
                 data: json!({ "hash": package.hash, "params": audit_params, "dry_run": req.dry_run, "limits": limits, "pid": std::process::id() }),
             });
-            let synced = start.and_then(|_| if self.audit_sync { store.flush() } else { Ok(()) });
-            if let Err(e) = synced {
-                let err = Error::Store(format!("refusing to run {applet_id}: cannot record the run in the audit log: {e}"));
-                return outcome(RunStatus::Error, Err(err), None, Vec::new(), Duration::ZERO);
+            match start {
+                Err(e) => return outcome(RunStatus::Error, Err(unrecorded(&applet_id, &e)), None, Vec::new(), Duration::ZERO),
+                Ok(_) if self.audit_sync => durable = Durable::start(store),
+                Ok(_) => {}
             }
         }
 
@@ -254,12 +257,16 @@ impl Runtime {
             kv_limits: self.kv_limits,
         });
 
-        let (result, traceback) = match params {
-            Err(errs) => (Err(Error::Params(errs)), None),
+        let executed = match params {
+            Err(errs) => durable.wait().await.map(|()| (Err(Error::Params(errs)), None)),
             Ok(p) => match package.check_modules(&self.modules) {
-                Err(e) => (Err(e), None),
-                Ok(()) => self.execute(&ctx, &package, p, &req.cancel).await,
+                Err(e) => durable.wait().await.map(|()| (Err(e), None)),
+                Ok(()) => self.execute(&ctx, &package, p, &req.cancel, durable).await,
             },
+        };
+        let (result, traceback) = match executed {
+            Ok(r) => r,
+            Err(e) => return outcome(RunStatus::Error, Err(unrecorded(&applet_id, &e)), None, Vec::new(), Duration::ZERO),
         };
         let cpu = guard.cpu_used();
         let logs = ctx.take_logs();
@@ -393,7 +400,8 @@ impl Runtime {
         package: &Arc<AppletPackage>,
         params: Map<String, Value>,
         cancel: &CancelToken,
-    ) -> (Result<Value, Error>, Option<String>) {
+        durable: Durable,
+    ) -> Result<(Result<Value, Error>, Option<String>), Error> {
         let guard = Arc::clone(&ctx.guard);
         guard.start_cpu_clock();
         // CPU-bound Lua sees cancellation in the interrupt; async waits see it here.
@@ -405,6 +413,7 @@ impl Runtime {
                 state.lua.load(main.as_slice()).set_name("=main.lua").set_mode(ChunkMode::Binary).into_function().map_err(Failure::Lua)?;
             let params_t = convert::to_lua(&state.lua, &Value::Object(params), &state.array_mt).map_err(Failure::Lua)?;
             let ctx_t = ctx_table(&state.lua, ctx).map_err(Failure::Lua)?;
+            durable.wait().await.map_err(Failure::Unrecorded)?;
             let result: LuaValue = state.launch.call_async((chunk, params_t, ctx_t)).await.map_err(|e| match shape_error(&e) {
                 Some(ty) => Failure::Shape(format!(
                     "main.lua must return a function (`return function(params, ctx) ... end`), but it returned {ty}"
@@ -424,7 +433,7 @@ impl Runtime {
         let timed = tokio::time::timeout(guard.limits.timeout, body);
         let res = tokio::select! {
             r = timed => r,
-            _ = watcher => return (Err(Error::Cancelled), None),
+            _ = watcher => return Ok((Err(Error::Cancelled), None)),
         };
         let failure = match res {
             // A single long library call can finish between two clock checks: charge it now.
@@ -436,7 +445,7 @@ impl Runtime {
                 guard.trip(Limit::WallTime);
                 Failure::Limit
             }
-            Ok(Ok(Ok(v))) => return (Ok(v), None),
+            Ok(Ok(Ok(v))) => return Ok((Ok(v), None)),
             Err(_elapsed) => {
                 guard.trip(Limit::WallTime);
                 Failure::Limit
@@ -445,12 +454,12 @@ impl Runtime {
             Ok(Ok(Err(f))) => f,
         };
         if let Some(limit) = guard.tripped() {
-            return (Err(Error::LimitExceeded { limit, message: guard.limits.describe(limit) }), None);
+            return Ok((Err(Error::LimitExceeded { limit, message: guard.limits.describe(limit) }), None));
         }
         if guard.is_cancelled() {
-            return (Err(Error::Cancelled), None);
+            return Ok((Err(Error::Cancelled), None));
         }
-        match failure {
+        Ok(match failure {
             Failure::Lua(e) if sandbox::is_out_of_memory(&e) => {
                 (Err(Error::LimitExceeded { limit: Limit::Memory, message: guard.limits.describe(Limit::Memory) }), None)
             }
@@ -461,7 +470,8 @@ impl Runtime {
             Failure::Shape(m) => (Err(Error::AppletFailed(m)), None),
             Failure::Host(m) => (Err(Error::Internal(m)), None),
             Failure::Limit => (Err(Error::Internal("a limit was reported but not recorded".into())), None),
-        }
+            Failure::Unrecorded(e) => return Err(e),
+        })
     }
 }
 
@@ -472,6 +482,37 @@ enum Failure {
     Shape(String),
     Host(String),
     Limit,
+    /// `run.start` did not reach the disk: the applet did not run.
+    Unrecorded(Error),
+}
+
+fn unrecorded(applet_id: &str, e: &Error) -> Error {
+    Error::Store(format!("refusing to run {applet_id}: cannot record the run in the audit log: {e}"))
+}
+
+/// A sync of the store under way (on the async runtime's blocking pool), or its result.
+enum Durable {
+    Pending(tokio::task::JoinHandle<Result<(), Error>>),
+    Done(Result<(), Error>),
+}
+
+impl Durable {
+    fn start(store: &Store) -> Durable {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let store = store.clone();
+                Durable::Pending(rt.spawn_blocking(move || store.flush()))
+            }
+            Err(_) => Durable::Done(store.flush()),
+        }
+    }
+
+    async fn wait(self) -> Result<(), Error> {
+        match self {
+            Durable::Done(r) => r,
+            Durable::Pending(h) => h.await.unwrap_or_else(|e| Err(Error::Internal(format!("syncing the audit log: {e}")))),
+        }
+    }
 }
 
 /// Process-wide settings runs depend on, applied once: Luau's table.move fix, and keeping freed

@@ -13,16 +13,19 @@ pub const GRACE: Duration = Duration::from_secs(5);
 
 pub struct Watchdog {
     done: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    thread: std::thread::JoinHandle<()>,
+    /// The thread reaches the runtime (and its store) only through this: once the watchdog is
+    /// stopped it holds nothing, and nobody needs to wait for its thread to end.
+    _runtime: Arc<Runtime>,
 }
 
 impl Watchdog {
     pub fn start(runtime: &Runtime, req: &RunRequest) -> Watchdog {
         let done = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
         let deadline = Instant::now() + runtime.limits_for(&req.package.manifest).timeout + GRACE;
-        let (runtime, run_id, applet, caller) = (runtime.clone(), req.run_id.clone(), req.package.id(), req.caller.clone());
+        let runtime = Arc::new(runtime.clone());
+        let (weak, run_id, applet, caller) = (Arc::downgrade(&runtime), req.run_id.clone(), req.package.id(), req.caller.clone());
         let d = Arc::clone(&done);
-        let thread = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let (lock, cvar) = &*d;
             let mut finished = lock.lock().unwrap_or_else(|e| e.into_inner());
             while !*finished {
@@ -35,6 +38,8 @@ impl Watchdog {
             if *finished {
                 return;
             }
+            drop(finished);
+            let Some(runtime) = weak.upgrade() else { return };
             let message = format!("{applet} did not stop within {}s of its wall-time limit; opslet ended the process", GRACE.as_secs());
             if !runtime.end_overdue(&run_id, &applet, &caller, &message) {
                 return; // the run ended on its own after all
@@ -42,14 +47,13 @@ impl Watchdog {
             eprintln!("error: {message} (run {run_id})");
             std::process::exit(Error::LimitExceeded { limit: Limit::WallTime, message: String::new() }.exit_code());
         });
-        Watchdog { done, thread }
+        Watchdog { done, _runtime: runtime }
     }
 
-    /// Stops the watchdog and waits for it, so it no longer holds the store.
+    /// Stops the watchdog; its thread ends by itself.
     pub fn stop(self) {
         let (lock, cvar) = &*self.done;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cvar.notify_all();
-        let _ = self.thread.join();
     }
 }

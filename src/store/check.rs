@@ -162,8 +162,7 @@ pub fn repair(data_dir: &Path, wait: Duration) -> Result<Repaired, Error> {
     })?;
     lost.extend(source.read(|c| Ok(name_rows(c, &unreadable)))?);
     lost.sort();
-    fresh.sync()?;
-    drop(fresh);
+    fresh.close_as_one_file()?;
     drop(source);
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let damaged_file = data_dir.join(format!("{}.damaged-{stamp}", engine::FILE));

@@ -76,8 +76,7 @@ pub(super) fn from_sled_if_needed(data_dir: &Path, target: &Path, wait: Duration
         }
         copied.insert(name, n);
     }
-    engine.sync()?;
-    drop(engine);
+    Arc::into_inner(engine).ok_or_else(|| fail("closing the new store", &"it is still in use"))?.close_as_one_file()?;
     drop(db);
     std::fs::rename(&staging, target).map_err(|e| fail("putting the new store in place", &e))?;
     std::fs::rename(&old, data_dir.join(SLED_KEPT)).map_err(|e| fail("moving the old store aside", &e))?;
