@@ -148,6 +148,10 @@ fn main() {
         .unwrap();
     std::fs::write(applet.join("main.lua"), "return function(p) return p.n + 1 end").unwrap();
     opslet(&data, &["publish", applet.to_str().unwrap()]);
+    // Settings to compare, e.g. OPSLET_BENCH_CONFIG=$'[audit]\nsync = false'.
+    if let Ok(config) = std::env::var("OPSLET_BENCH_CONFIG") {
+        std::fs::write(data.join("opslet.toml"), config).unwrap();
+    }
     let sleeper = dir.path().join("sleeper");
     std::fs::create_dir_all(&sleeper).unwrap();
     std::fs::write(sleeper.join("applet.toml"), "name = \"sleeper\"\nversion = \"1.0.0\"\n").unwrap();

@@ -173,6 +173,9 @@ pub enum JobEvent {
 }
 
 struct Live {
+    /// The job as stored, while this process is the only writer of it (None after a restart
+    /// until it is read): updates need not read it back.
+    job: Option<Job>,
     cancel: CancelToken,
     events: tokio::sync::broadcast::Sender<JobEvent>,
     /// Log lines so far, for subscribers who join late.
@@ -226,7 +229,7 @@ impl Jobs {
             self.store.flush()?;
         }
         let (events, _) = tokio::sync::broadcast::channel(256);
-        self.live.lock().insert(job.id.clone(), Live { cancel, events, logs: Vec::new() });
+        self.live.lock().insert(job.id.clone(), Live { job: Some(job.clone()), cancel, events, logs: Vec::new() });
         Ok(())
     }
 
@@ -239,9 +242,13 @@ impl Jobs {
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Result<Option<Job>, Error> {
-        let Some(mut job) = self.get(id)? else { return Ok(None) };
+        let cached = self.live.lock().get(id).and_then(|l| l.job.clone());
+        let Some(mut job) = cached.map_or_else(|| self.get(id), |j| Ok(Some(j)))? else { return Ok(None) };
         f(&mut job);
         self.tree.put(id.as_bytes(), json(&job))?;
+        if let Some(l) = self.live.lock().get_mut(id) {
+            l.job = Some(job.clone());
+        }
         Ok(Some(job))
     }
 
@@ -272,10 +279,14 @@ impl Jobs {
         logs: Vec<LogLine>,
     ) -> Result<(), Error> {
         // The outcome, and the job leaving the open ones (with its params), in one write.
+        let cached = self.live.lock().get_mut(id).and_then(|l| l.job.take());
         let job = self.store.transaction(|tx| {
-            let job = match tx.get(&self.tree, id.as_bytes())? {
-                Some(b) => {
-                    let mut job = decode(id, &b)?;
+            let stored = match &cached {
+                Some(job) => Some(job.clone()),
+                None => tx.get(&self.tree, id.as_bytes())?.map(|b| decode(id, &b)).transpose()?,
+            };
+            let job = match stored {
+                Some(mut job) => {
                     job.status = status;
                     job.finished_at = Some(Utc::now());
                     job.result = result;
@@ -403,7 +414,7 @@ impl Jobs {
     /// Re-registers live state for a job that is run again after a restart.
     pub fn relive(&self, id: &str, cancel: CancelToken) {
         let (events, _) = tokio::sync::broadcast::channel(256);
-        self.live.lock().insert(id.to_string(), Live { cancel, events, logs: Vec::new() });
+        self.live.lock().insert(id.to_string(), Live { job: None, cancel, events, logs: Vec::new() });
     }
 
     /// Deletes jobs that finished longer than `keep` ago, with their results and logs. Job ids
