@@ -285,3 +285,27 @@ fn only_the_edges_know_their_frameworks() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A CLI command may run in the server for a CLI on the local socket (`cli::local`): its output
+/// must go through `cli::stdio`, or it would land on the server's own terminal.
+#[test]
+fn cli_commands_print_through_their_caller_streams() {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli");
+    let mut files = Vec::new();
+    sources(&cli, &mut files);
+    let mut wrong = Vec::new();
+    for file in files.iter().filter(|f| !f.ends_with("stdio.rs") && !f.ends_with("local.rs")) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for direct in ["println!", "eprintln!", "print!(", "eprint!(", "std::io::stdout()", "std::io::stderr()", "std::io::stdin()"] {
+                let at = code.find(direct);
+                // `println!` also matches inside `eprintln!`, `print!(` inside `eprint!(`.
+                if at.is_some_and(|i| i == 0 || !code.as_bytes()[i - 1].is_ascii_alphanumeric() && code.as_bytes()[i - 1] != b'_') {
+                    wrong.push(format!("{}:{}: `{direct}`", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "print through cli::stdio (outln!, errln!, read_stdin):\n{}", wrong.join("\n"));
+}

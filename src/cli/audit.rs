@@ -1,5 +1,6 @@
 //! `opslet audit list|show|verify|head`.
 
+use super::stdio::{out, outln};
 use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
@@ -85,28 +86,28 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             if records.is_empty() {
                 return Err(Error::NotFound(format!("no audit record or run `{id}`")));
             }
-            println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
             Ok(0)
         }
         AuditCmd::Verify => {
             let report = audit.verify()?;
             match report.first_bad {
                 None => {
-                    println!("audit log intact: {} records, head {}", report.records, report.head.hash);
+                    outln!("audit log intact: {} records, head {}", report.records, report.head.hash);
                     if !report.lost.is_empty() {
-                        println!("{}", lost_line(&report.lost));
+                        outln!("{}", lost_line(&report.lost));
                     }
                     Ok(0)
                 }
                 Some((seq, why)) => {
-                    println!("audit log BROKEN at record {seq}: {why}");
+                    outln!("audit log BROKEN at record {seq}: {why}");
                     Ok(EXIT_AUDIT_BROKEN)
                 }
             }
         }
         AuditCmd::Head => {
             let head = audit.head()?;
-            println!("{} {}", head.count, head.hash);
+            outln!("{} {}", head.count, head.hash);
             Ok(0)
         }
     }
@@ -131,8 +132,8 @@ fn parse_time(flag: &str, s: &str) -> Result<chrono::DateTime<chrono::Utc>, Erro
 
 fn print_records(records: &[AuditRecord], format: Format) {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(records).unwrap_or_default()),
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(records).unwrap_or_default()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(records).unwrap_or_default()),
+        Format::Yaml => out!("{}", serde_yaml_ng::to_string(records).unwrap_or_default()),
         Format::Table => {
             let mut t = Table::new();
             t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
@@ -149,7 +150,7 @@ fn print_records(records: &[AuditRecord], format: Format) {
                     r.run_id.clone().unwrap_or_default(),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `opslet user|token|grant`: accounts, API tokens and run grants for `opslet serve`.
 
+use super::stdio::{errln, outln};
 use clap::Subcommand;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
@@ -86,39 +87,36 @@ pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
         UserCmd::Add { name, role, groups } => {
             a.add_user(&name, role, &groups, &os_user())?;
             a.flush()?;
-            eprintln!("added {name} ({})", role.name());
+            errln!("added {name} ({})", role.name());
         }
         UserCmd::Passwd { name, file } => {
             let raw = match &file {
                 Some(f) => std::fs::read_to_string(f).map_err(|e| Error::Usage(format!("--file {}: {e}", f.display())))?,
-                None => {
-                    let mut v = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
-                        .map_err(|e| Error::Usage(format!("reading the password from stdin: {e}")))?;
-                    v
-                }
+                None => super::stdio::read_stdin()
+                    .map_err(|e| Error::Usage(format!("reading the password from stdin: {e}")))
+                    .and_then(|v| String::from_utf8(v).map_err(|_| Error::Usage("the password on stdin is not UTF-8".into())))?,
             };
             let pw = raw.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&raw);
             a.set_password(&name, pw, &os_user())?;
             a.flush()?;
-            eprintln!("password set for {name}");
+            errln!("password set for {name}");
         }
         UserCmd::Rm { name } => {
             let revoked = a.remove_user(&name, &os_user())?;
             a.flush()?;
-            eprintln!("removed {name}; revoked {revoked} token(s)");
+            errln!("removed {name}; revoked {revoked} token(s)");
         }
         UserCmd::List { format } => {
             let users = a.users()?;
             if format != Format::Table {
-                println!("{}", serde_json::to_string_pretty(&users).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&users).unwrap_or_default());
             } else {
                 let mut t = table();
                 t.set_header(vec!["user", "role", "groups", "created"]);
                 for u in users {
                     t.add_row(vec![u.name, u.role.name().into(), u.groups.join(", "), u.created_at.format("%Y-%m-%d %H:%M").to_string()]);
                 }
-                println!("{t}");
+                outln!("{t}");
             }
         }
     }
@@ -138,8 +136,8 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
             };
             let (secret, t) = a.create_token(&user, expires_at, &label, &os_user())?;
             a.flush()?;
-            println!("{secret}");
-            eprintln!(
+            outln!("{secret}");
+            errln!(
                 "token {} for {user} created{}; it is not shown again",
                 t.id,
                 expires_at.map(|e| format!(", expires {e}")).unwrap_or_default()
@@ -148,7 +146,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
         TokenCmd::Revoke { id } => {
             let t = a.revoke_token(&id, &os_user())?;
             a.flush()?;
-            eprintln!("revoked token {} of {}", t.id, t.user);
+            errln!("revoked token {} of {}", t.id, t.user);
         }
         TokenCmd::List { user, format } => {
             let tokens = a.tokens(user.as_deref())?;
@@ -167,7 +165,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
                     .iter()
                     .map(|t| serde_json::json!({ "id": t.id, "user": t.user, "label": t.label, "created_at": t.created_at, "expires_at": t.expires_at, "state": state(t) }))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
             } else {
                 let mut tb = table();
                 tb.set_header(vec!["id", "user", "state", "expires", "label"]);
@@ -180,7 +178,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
                         t.label.clone(),
                     ]);
                 }
-                println!("{tb}");
+                outln!("{tb}");
             }
         }
     }
@@ -193,16 +191,16 @@ pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
         GrantCmd::Add { subject, pattern } => {
             a.add_grant(&subject, &pattern, &os_user())?;
             a.flush()?;
-            eprintln!("{subject} may run {pattern}");
+            errln!("{subject} may run {pattern}");
         }
         GrantCmd::Rm { subject, pattern } => {
             a.remove_grant(&subject, &pattern, &os_user())?;
             a.flush()?;
-            eprintln!("removed grant {subject} -> {pattern}");
+            errln!("removed grant {subject} -> {pattern}");
         }
         GrantCmd::List => {
             for g in a.grants()? {
-                println!("{} -> {}", g.subject, g.pattern);
+                outln!("{} -> {}", g.subject, g.pattern);
             }
         }
     }
@@ -232,17 +230,17 @@ pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
     match cmd {
         HookCmd::Add { name, applet, maps } => {
             let h = hooks.add(&name, &applet, &maps, &os_user())?;
-            println!("{}", h.secret);
-            eprintln!("hook {name} -> {applet} created: POST /hooks/{name}, signed with the secret above (shown once)");
+            outln!("{}", h.secret);
+            errln!("hook {name} -> {applet} created: POST /hooks/{name}, signed with the secret above (shown once)");
         }
         HookCmd::Rm { name } => {
             hooks.remove(&name, &os_user())?;
-            eprintln!("removed hook {name}");
+            errln!("removed hook {name}");
         }
         HookCmd::List => {
             for h in hooks.list()? {
                 let maps: Vec<String> = h.map.iter().map(|(p, path)| format!("{p}={path}")).collect();
-                println!("{} -> {}  {}", h.name, h.applet, maps.join(" "));
+                outln!("{} -> {}  {}", h.name, h.applet, maps.join(" "));
             }
         }
     }
@@ -269,12 +267,7 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
         SecretCmd::Set { name, file } => {
             let mut value = match &file {
                 Some(f) => std::fs::read(f).map_err(|e| Error::Usage(format!("--file {}: {e}", f.display())))?,
-                None => {
-                    let mut v = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
-                        .map_err(|e| Error::Usage(format!("reading the value from stdin: {e}")))?;
-                    v
-                }
+                None => super::stdio::read_stdin().map_err(|e| Error::Usage(format!("reading the value from stdin: {e}")))?,
             };
             if value.ends_with(b"\n") {
                 value.pop();
@@ -283,16 +276,16 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
                 }
             }
             secrets.set(&name, &value, &os_user())?;
-            eprintln!("stored secret {name}");
+            errln!("stored secret {name}");
         }
         SecretCmd::List => {
             for s in secrets.list()? {
-                println!("{}\t{}\t{}", s.name, s.updated_at.format("%Y-%m-%d %H:%M"), s.updated_by);
+                outln!("{}\t{}\t{}", s.name, s.updated_at.format("%Y-%m-%d %H:%M"), s.updated_by);
             }
         }
         SecretCmd::Rm { name } => {
             secrets.remove(&name, &os_user())?;
-            eprintln!("removed secret {name}");
+            errln!("removed secret {name}");
         }
     }
     Ok(0)

@@ -1,5 +1,6 @@
 //! `opslet check PATH`: everything a run would refuse, without running.
 
+use super::stdio::outln;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -17,6 +18,6 @@ pub struct CheckArgs {
 pub fn run(_global: &Global, args: CheckArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
     pkg.check_modules(&crate::modules::builtin())?;
-    println!("ok: {} ({} files, sha256:{})", pkg.id(), pkg.files.len(), &pkg.hash[..16]);
+    outln!("ok: {} ({} files, sha256:{})", pkg.id(), pkg.files.len(), &pkg.hash[..16]);
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `opslet cmdb`: hosts, groups and selectors.
 
+use super::stdio::{errln, out, outln};
 use clap::Subcommand;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
@@ -146,7 +147,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 Host { name: name.clone(), address, port, groups: groups.into_iter().collect(), tags, attrs: Default::default(), host_key },
                 &os_user(),
             )?;
-            eprintln!("added {name}");
+            errln!("added {name}");
         }
         CmdbCmd::Host(HostCmd::Set { name, address, port, groups, ungroups, tags, host_key }) => {
             let mut h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
@@ -172,11 +173,11 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 }
             }
             cmdb.put(h, &os_user())?;
-            eprintln!("updated {name}");
+            errln!("updated {name}");
         }
         CmdbCmd::Host(HostCmd::Rm { name }) => {
             cmdb.remove(&name, &os_user())?;
-            eprintln!("removed {name}");
+            errln!("removed {name}");
         }
         CmdbCmd::Host(HostCmd::List { selector, format }) => {
             let hosts = match &selector {
@@ -184,7 +185,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 None => cmdb.hosts()?,
             };
             if format != Format::Table {
-                println!("{}", serde_json::to_string_pretty(&hosts).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&hosts).unwrap_or_default());
             } else {
                 let mut t = Table::new();
                 t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
@@ -199,12 +200,12 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                         tags.join(", "),
                     ]);
                 }
-                println!("{t}");
+                outln!("{t}");
             }
         }
         CmdbCmd::Host(HostCmd::Show { name }) => {
             let h = cmdb.host(&name)?.ok_or_else(|| Error::NotFound(format!("no host `{name}` in the cmdb")))?;
-            println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
         }
         CmdbCmd::Import { file, format, dry_run, from_zabbix, group } => {
             let inv = match (&file, &from_zabbix) {
@@ -216,7 +217,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                         .block_on(crate::modules::zabbix::cmdb_hosts(&client, group.as_deref()))
                         .map_err(|m| Error::Usage(format!("--from-zabbix {conn}: {m}")))?;
                     if !skipped.is_empty() {
-                        eprintln!("warning: left out: {}", skipped.join(", "));
+                        errln!("warning: left out: {}", skipped.join(", "));
                     }
                     inventory::Inventory { hosts, ..Default::default() }
                 }
@@ -232,14 +233,14 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
             };
             if !inv.dropped.is_empty() {
                 let names: Vec<&str> = inv.dropped.iter().map(String::as_str).collect();
-                eprintln!(
+                errln!(
                     "warning: not imported, they look like credentials (keep those in `opslet secret`, where applets cannot read them): {}",
                     names.join(", ")
                 );
             }
             let sum = cmdb.import(&inv, &os_user(), dry_run)?;
             let verb = if dry_run { "would add" } else { "added" };
-            eprintln!(
+            errln!(
                 "{verb} {} host(s){}, {} {} host(s){}, {} unchanged, {} group(s) nested",
                 sum.added.len(),
                 list_suffix(&sum.added),
@@ -258,7 +259,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 Some(path) => {
                     std::fs::write(&path, text).map_err(|e| Error::Usage(format!("writing {}: {e}", path.display())))?;
                 }
-                None => print!("{text}"),
+                None => out!("{text}"),
             }
         }
         CmdbCmd::Inventory { list: _, host } => {
@@ -274,11 +275,11 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                 }
                 None => inventory::dynamic(&inv),
             };
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         CmdbCmd::Group(GroupCmd::Set { name, parents }) => {
             cmdb.set_parents(&name, &parents, &os_user())?;
-            eprintln!("group {name} is inside: {}", if parents.is_empty() { "nothing".into() } else { parents.join(", ") });
+            errln!("group {name} is inside: {}", if parents.is_empty() { "nothing".into() } else { parents.join(", ") });
         }
     }
     Ok(0)

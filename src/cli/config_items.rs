@@ -1,6 +1,7 @@
 //! `opslet config`: config items (versions, diffs, which host runs what), and `watch`, which
 //! publishes a folder of items to a dev environment as it changes.
 
+use super::stdio::{errln, out, outln};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,9 +86,9 @@ fn table(header: &[&str]) -> Table {
 
 fn print_as<T: serde::Serialize>(format: Format, v: &T, t: impl FnOnce() -> Table) -> Result<(), Error> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?),
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(v).map_err(|e| Error::Internal(e.to_string()))?),
-        Format::Table => println!("{}", t()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?),
+        Format::Yaml => out!("{}", serde_yaml_ng::to_string(v).map_err(|e| Error::Internal(e.to_string()))?),
+        Format::Table => outln!("{}", t()),
     }
     Ok(())
 }
@@ -106,25 +107,25 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
             let spec = read_item(&file)?;
             // A value no layer defines fails every host: said now, before any host is involved.
             for u in spec.unknown_values() {
-                eprintln!(
+                errln!(
                     "warning: `{}` (used at {}) is defined by no layer of [values], [values.env.*] or [values.group.*]: every render fails until one does",
                     u.name, u.at
                 );
             }
             let (v, new) = items.set(&store, spec, &os_user(), &message)?;
             if new {
-                eprintln!("{} v{} stored", v.name, v.version);
-                print!("{}", v.diff);
+                errln!("{} v{} stored", v.name, v.version);
+                out!("{}", v.diff);
             } else {
-                eprintln!("{} is unchanged (still v{})", v.name, v.version);
+                errln!("{} is unchanged (still v{})", v.name, v.version);
             }
         }
         ConfigCmd::Show { name, version, host, env } => {
             let v = items.resolve(&name, version)?;
             match host {
                 None => {
-                    println!("# {} v{} by {} at {}: {}", v.name, v.version, v.author, v.created_at.format("%Y-%m-%d %H:%M:%S"), v.message);
-                    print!("{}", spec_toml(&v.spec));
+                    outln!("# {} v{} by {} at {}: {}", v.name, v.version, v.author, v.created_at.format("%Y-%m-%d %H:%M:%S"), v.message);
+                    out!("{}", spec_toml(&v.spec));
                 }
                 Some(h) => {
                     let cmdb = crate::cmdb::Cmdb::new(store.clone())?;
@@ -141,7 +142,7 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
                         .spec
                         .render(&env, &host, &inherited, secret)
                         .map_err(|m| Error::Usage(format!("{name} v{} for {h} ({env}): {m}", v.version)))?;
-                    print!("{text}");
+                    out!("{text}");
                 }
             }
         }
@@ -149,7 +150,7 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
             let latest = items.resolve(&name, None)?;
             let b = items.resolve(&name, Some(b.unwrap_or(latest.version)))?;
             let a = items.resolve(&name, Some(a.unwrap_or(b.version.saturating_sub(1).max(1))))?;
-            print!(
+            out!(
                 "{}",
                 unified_diff(
                     &spec_toml(&a.spec),
@@ -262,7 +263,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
     }
     let config = global.config()?;
     let service = crate::service::RunService::new(global.runtime(&config, store.clone())?)?;
-    let (rt, cancel) = super::runtime_with_ctrl_c()?;
+    let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -278,7 +279,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                 Ok(s) => s,
                 Err(e) => {
                     // A half-written file: say so and wait for the next change.
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     code = 1;
                     continue;
                 }
@@ -287,7 +288,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
             if !new {
                 continue;
             }
-            eprintln!("{} v{} stored; publishing to {hosts} ({env})", v.name, v.version);
+            errln!("{} v{} stored; publishing to {hosts} ({env})", v.name, v.version);
             let outcome = service.run_here(
                 &rt,
                 service.prepare(publish_submission(&v.name, hosts, env)?)?,
@@ -301,16 +302,16 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                         let host = r["host"].as_str().unwrap_or("?");
                         if r["ok"] == true {
                             let what = if r["changed"] == false { "unchanged" } else { "published" };
-                            eprintln!("  {host}: {what}");
+                            errln!("  {host}: {what}");
                         } else {
                             code = 1;
-                            eprintln!("  {host}: FAILED: {}", r["error"].as_str().unwrap_or("?"));
+                            errln!("  {host}: FAILED: {}", r["error"].as_str().unwrap_or("?"));
                         }
                     }
                 }
                 Err(e) => {
                     code = 1;
-                    eprintln!("error: publishing {}: {e}", v.name);
+                    errln!("error: publishing {}: {e}", v.name);
                 }
             }
         }
@@ -343,7 +344,7 @@ fn publish_submission(item: &str, hosts: &str, env: &str) -> Result<Submission, 
 fn watch_sink() -> LogSink {
     Arc::new(|l: &LogLine| {
         if l.progress.is_none() {
-            eprintln!("  [{}] {}", l.level.name(), l.message);
+            errln!("  [{}] {}", l.level.name(), l.message);
         }
     })
 }

@@ -6,14 +6,17 @@ mod auth;
 mod check;
 mod cmdb;
 mod config_items;
+pub(crate) mod local;
 mod netdev;
 mod new;
 mod output;
 mod registry;
 mod run;
 mod serve;
+pub(crate) mod stdio;
 mod store;
 
+use stdio::{errln, outln};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -124,6 +127,18 @@ pub struct Global {
     config_path: Option<PathBuf>,
     /// The host modules set up from opslet.toml by `config()`, kept for `runtime()`.
     modules: std::sync::OnceLock<crate::modules::ModuleSet>,
+    /// Set when the server runs this command for a CLI on its local socket.
+    forwarded: Option<Forwarded>,
+}
+
+/// A command the server runs for a CLI on its local socket ([`local`]): the server's open
+/// store, what the CLI resolved, and the token its Ctrl-C (or its going away) cancels.
+pub(crate) struct Forwarded {
+    pub store: Store,
+    pub data_dir: PathBuf,
+    pub config: Option<PathBuf>,
+    pub cwd: PathBuf,
+    pub cancel: crate::runtime::CancelToken,
 }
 
 impl Global {
@@ -134,7 +149,14 @@ impl Global {
             data_dir: non_empty(&cli.data_dir).unwrap_or_else(config::default_data_dir),
             config_path: non_empty(&cli.config),
             modules: Default::default(),
+            forwarded: None,
         }
+    }
+
+    /// Whether the server runs this command for a CLI (it must not end the process, and
+    /// Ctrl-C reaches it through the socket).
+    pub fn is_forwarded(&self) -> bool {
+        self.forwarded.is_some()
     }
 
     /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
@@ -161,21 +183,29 @@ impl Global {
         crate::runtime::Runtime::new(config, Some(store), modules)
     }
 
-    /// Opens the store and closes runs left open by processes that died.
+    /// Opens the store and closes runs left open by processes that died; in the server, its
+    /// own store.
     pub fn open_store(&self) -> Result<Store, Error> {
+        if let Some(f) = &self.forwarded {
+            return Ok(f.store.clone());
+        }
         let store = Store::open(&self.data_dir, Duration::from_secs(10))?;
         store.audit().close_interrupted()?;
         Ok(store)
     }
 }
 
-/// The async runtime a CLI run uses, and a token Ctrl-C cancels (each press, again).
-fn runtime_with_ctrl_c() -> Result<(tokio::runtime::Runtime, crate::runtime::CancelToken), Error> {
+/// The async runtime a CLI run uses, and a token Ctrl-C cancels (each press, again); in the
+/// server, the token of the CLI that sent the command.
+fn runtime_with_ctrl_c(global: &Global) -> Result<(tokio::runtime::Runtime, crate::runtime::CancelToken), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
+    if let Some(f) = &global.forwarded {
+        return Ok((rt, f.cancel.clone()));
+    }
     let cancel = crate::runtime::CancelToken::default();
     let c = cancel.clone();
     rt.spawn(async move {
@@ -211,12 +241,69 @@ pub fn main() -> i32 {
             .unwrap_or_default();
         tracing::error!(panic = %msg, location = ?info.location(), "host code panicked");
         if std::env::var_os("RUST_BACKTRACE").is_some() {
-            eprintln!("opslet: internal error: {msg} at {:?}\n{}", info.location(), std::backtrace::Backtrace::force_capture());
+            errln!("opslet: internal error: {msg} at {:?}\n{}", info.location(), std::backtrace::Backtrace::force_capture());
         }
     }));
     let cli = Cli::parse();
     let global = Global::new(&cli);
-    let result = match cli.command {
+    // While a server holds the data dir, it runs the command (see `local`).
+    if cli.command.needs_data_dir() {
+        let stdin = match cli.command.reads_stdin() {
+            true => match stdio::read_stdin() {
+                Ok(v) => Some(v),
+                Err(e) => return report(&Error::Usage(format!("reading stdin: {e}"))),
+            },
+            false => None,
+        };
+        let config = global.config_path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        match local::forward(&global.data_dir, config, stdin.clone()) {
+            Ok(Some(code)) => return code,
+            Ok(None) => {
+                if let Some(v) = stdin {
+                    // Read already: the command reads it from here.
+                    let remote = stdio::Remote { sink: std::sync::Arc::new(stdio::Local), shown_as: Vec::new(), stdin: Some(v), out_tty: false, err_tty: false };
+                    return stdio::with_remote(remote, || dispatch(cli.command, &global));
+                }
+            }
+            Err(e) => return report(&e),
+        }
+    }
+    dispatch(cli.command, &global)
+}
+
+/// Runs a command the server received on its local socket; returns its exit code.
+pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                errln!("{}", text.trim_end());
+            } else {
+                outln!("{}", text.trim_end());
+            }
+            return e.exit_code();
+        }
+    };
+    let mut command = cli.command;
+    if !command.needs_data_dir() || matches!(command, Command::Store(_)) {
+        return report(&Error::Usage(
+            "this command needs the data dir to itself: stop `opslet serve` first (it holds the data dir)".into(),
+        ));
+    }
+    command.absolutize(&ctx.cwd);
+    let global = Global {
+        data_dir: ctx.data_dir.clone(),
+        config_path: ctx.config.clone(),
+        modules: Default::default(),
+        forwarded: Some(ctx),
+    };
+    dispatch(command, &global)
+}
+
+fn dispatch(command: Command, global: &Global) -> i32 {
+    let global = global;
+    let result = match command {
         Command::New(args) => new::run(args),
         Command::Check(args) => check::run(&global, args),
         Command::Run(args) => run::run(&global, args),
@@ -250,6 +337,47 @@ pub fn main() -> i32 {
     }
 }
 
+impl Command {
+    /// Whether the command opens the data dir (and so goes to a server that holds it).
+    fn needs_data_dir(&self) -> bool {
+        !matches!(self, Command::New(_) | Command::Check(_) | Command::Serve(_) | Command::Meta { .. })
+    }
+
+    /// Whether the command reads its stdin.
+    fn reads_stdin(&self) -> bool {
+        matches!(self, Command::User(auth::UserCmd::Passwd { file: None, .. }) | Command::Secret(auth::SecretCmd::Set { file: None, .. }))
+    }
+
+    /// Makes the command's relative paths relative to `cwd` (the CLI's, in the server).
+    fn absolutize(&mut self, cwd: &std::path::Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                let resolved = cwd.join(&*p);
+                stdio::show_as(resolved.display().to_string(), p.display().to_string());
+                *p = resolved;
+            }
+        };
+        match self {
+            Command::Run(a) => {
+                let p = std::path::Path::new(&a.target);
+                if p.is_relative() && (cwd.join(p).is_dir() || a.target.contains('/') || a.target.starts_with('.')) {
+                    let resolved = cwd.join(p).to_string_lossy().into_owned();
+                    stdio::show_as(resolved.clone(), a.target.clone());
+                    a.target = resolved;
+                }
+            }
+            Command::Publish(a) => fix(&mut a.path),
+            Command::Export(a) => fix(&mut a.output),
+            Command::Import(a) => fix(&mut a.file),
+            Command::User(auth::UserCmd::Passwd { file: Some(f), .. }) | Command::Secret(auth::SecretCmd::Set { file: Some(f), .. }) => fix(f),
+            Command::Cmdb(cmdb::CmdbCmd::Import { file: Some(f), .. }) | Command::Cmdb(cmdb::CmdbCmd::Export { output: Some(f), .. }) => fix(f),
+            Command::Config(config_items::ConfigCmd::Set { file, .. }) => fix(file),
+            Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => fix(dir),
+            _ => {}
+        }
+    }
+}
+
 /// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`,
 /// `info` for `serve`), as JSON lines when `OPSLET_LOG_FORMAT=json`.
 fn init_tracing(default: &str) {
@@ -258,12 +386,12 @@ fn init_tracing(default: &str) {
     let _ = if std::env::var("OPSLET_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        builder.with_ansi(stdio::is_terminal(stdio::Stream::Err)).try_init()
     };
 }
 
 fn report(e: &Error) -> i32 {
-    eprintln!("error: {e}");
+    errln!("error: {e}");
     e.exit_code()
 }
 
@@ -273,7 +401,7 @@ fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::Internal(format!("creating {}: {e}", out.display())))?;
     let p = out.join("opslet.d.luau");
     std::fs::write(&p, crate::modules::type_definitions()).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
-    eprintln!("wrote {}", p.display());
+    errln!("wrote {}", p.display());
     Ok(0)
 }
 

@@ -1,5 +1,6 @@
 //! `opslet netdev`: device profiles, and the configuration backups `netdev.backup` stores.
 
+use super::stdio::{out, outln};
 use clap::Subcommand;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
@@ -47,7 +48,7 @@ pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
             let p = profiles.get(name).expect("listed");
             t.add_row([p.name.clone(), p.description.clone(), p.aliases.join(", "), p.backup.clone()]);
         }
-        println!("{t}");
+        outln!("{t}");
         return Ok(0);
     }
     let configs = DeviceConfigs::open(&global.open_store()?)?;
@@ -71,8 +72,8 @@ pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
         NetdevCmd::Backups { device, format } => {
             let v = versions(&device)?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Store(e.to_string()))?),
-                Format::Yaml => print!("{}", serde_yaml_ng::to_string(&v).map_err(|e| Error::Store(e.to_string()))?),
+                Format::Json => outln!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Store(e.to_string()))?),
+                Format::Yaml => out!("{}", serde_yaml_ng::to_string(&v).map_err(|e| Error::Store(e.to_string()))?),
                 Format::Table => {
                     let mut t = Table::new();
                     t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
@@ -87,21 +88,21 @@ pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
                             b.run.unwrap_or_default(),
                         ]);
                     }
-                    println!("{t}");
+                    outln!("{t}");
                 }
             }
         }
         NetdevCmd::Show { device, version } => {
             let v = versions(&device)?;
             let latest = v.last().expect("not empty").version;
-            print!("{}", text(&device, version.unwrap_or(latest), latest)?);
+            out!("{}", text(&device, version.unwrap_or(latest), latest)?);
         }
         NetdevCmd::Diff { device, a, b } => {
             let v = versions(&device)?;
             let latest = v.last().expect("not empty").version;
             let b = b.unwrap_or(latest);
             let a = a.unwrap_or(b.saturating_sub(1).max(1));
-            print!(
+            out!(
                 "{}",
                 unified_diff(&text(&device, a, latest)?, &text(&device, b, latest)?, &format!("{device} v{a}"), &format!("{device} v{b}"))
             );

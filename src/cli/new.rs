@@ -1,5 +1,6 @@
 //! `opslet new NAME`: scaffold an applet.
 
+use super::stdio::errln;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -53,6 +54,6 @@ end
         let p = dir.join(file);
         std::fs::write(&p, text).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
     }
-    eprintln!("created {} (try: opslet run {})", dir.display(), dir.display());
+    errln!("created {} (try: opslet run {})", dir.display(), dir.display());
     Ok(0)
 }

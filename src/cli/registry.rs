@@ -1,6 +1,7 @@
 //! Registry subcommands: publish, versions, show, promote, rollback, yank, list, search,
 //! feature, export, import.
 
+use super::stdio::{errln, out, outln};
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -125,8 +126,8 @@ fn table() -> Table {
 
 fn print_json<T: serde::Serialize>(v: &T, format: Format) {
     match format {
-        Format::Yaml => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
-        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Yaml => out!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
+        _ => outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     }
 }
 
@@ -137,8 +138,8 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let published = reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)?;
     reg.flush()?;
     match published {
-        Published::New(v) => println!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
-        Published::Unchanged(v) => println!("{} is already published with this content; nothing to do", v.id()),
+        Published::New(v) => outln!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        Published::Unchanged(v) => outln!("{} is already published with this content; nothing to do", v.id()),
     }
     Ok(0)
 }
@@ -169,7 +170,7 @@ pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
             terminal_safe(&v.message, false).into_owned(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(0)
 }
 
@@ -189,42 +190,42 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let safe = |s: &str| terminal_safe(s, false).into_owned();
-    println!("{}  {}", v.id(), if v.version == applet.current { "(current)" } else { "" });
+    outln!("{}  {}", v.id(), if v.version == applet.current { "(current)" } else { "" });
     if v.yanked {
-        println!("YANKED: new runs need --allow-yanked");
+        outln!("YANKED: new runs need --allow-yanked");
     }
-    println!("{}", safe(&v.description));
-    println!("tags:       {}", v.tags.join(", "));
-    println!("sha256:     {}", v.hash);
-    println!("published:  {} by {}", v.published_at.format("%Y-%m-%d %H:%M:%S UTC"), safe(&v.publisher));
+    outln!("{}", safe(&v.description));
+    outln!("tags:       {}", v.tags.join(", "));
+    outln!("sha256:     {}", v.hash);
+    outln!("published:  {} by {}", v.published_at.format("%Y-%m-%d %H:%M:%S UTC"), safe(&v.publisher));
     if let Some(by) = &v.imported_by {
-        println!("imported:   by {}", safe(by));
+        outln!("imported:   by {}", safe(by));
     }
     if !v.message.is_empty() {
-        println!("message:    {}", safe(&v.message));
+        outln!("message:    {}", safe(&v.message));
     }
     if v.permissions.is_empty() {
-        println!("permissions: none (runs with the always-available modules only)");
+        outln!("permissions: none (runs with the always-available modules only)");
     } else {
-        println!("permissions:");
+        outln!("permissions:");
         for (m, scope) in &v.permissions {
-            println!("  {m} = {scope}");
+            outln!("  {m} = {scope}");
         }
     }
     match (&changes, previous) {
         (Some(c), Some(p)) if !c.is_empty() => {
-            println!("permission changes since {}:", p.version);
+            outln!("permission changes since {}:", p.version);
             for m in &c.added {
-                println!("  + {m} = {}  (NEW)", v.permissions[m]);
+                outln!("  + {m} = {}  (NEW)", v.permissions[m]);
             }
             for m in &c.removed {
-                println!("  - {m}");
+                outln!("  - {m}");
             }
             for (m, before, after) in &c.changed {
-                println!("  ~ {m}: {before} -> {after}");
+                outln!("  ~ {m}: {before} -> {after}");
             }
         }
-        (Some(_), Some(p)) => println!("permissions unchanged since {}", p.version),
+        (Some(_), Some(p)) => outln!("permissions unchanged since {}", p.version),
         _ => {}
     }
     if !v.params.is_empty() {
@@ -239,7 +240,7 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
                 safe(&p.description),
             ]);
         }
-        println!("{t}");
+        outln!("{t}");
     }
     Ok(0)
 }
@@ -249,7 +250,7 @@ pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {
     let reg = registry(global)?;
     let a = reg.promote(&name, &version, &os_user())?;
     reg.flush()?;
-    println!("{}@{} is now current", a.name, a.current);
+    outln!("{}@{} is now current", a.name, a.current);
     Ok(0)
 }
 
@@ -257,7 +258,7 @@ pub fn rollback(global: &Global, name: String) -> Result<i32, Error> {
     let reg = registry(global)?;
     let (from, to) = reg.rollback(&name, &os_user())?;
     reg.flush()?;
-    println!("{name}: rolled back from {from} to {to}");
+    outln!("{name}: rolled back from {from} to {to}");
     Ok(0)
 }
 
@@ -266,7 +267,7 @@ pub fn yank(global: &Global, args: YankArgs) -> Result<i32, Error> {
     let reg = registry(global)?;
     let v = reg.yank(&name, &version, args.undo, &os_user())?;
     reg.flush()?;
-    println!("{} {}", v.id(), if v.yanked { "yanked: new runs need --allow-yanked" } else { "is no longer yanked" });
+    outln!("{} {}", v.id(), if v.yanked { "yanked: new runs need --allow-yanked" } else { "is no longer yanked" });
     Ok(0)
 }
 
@@ -290,7 +291,7 @@ pub fn list(global: &Global, format: Format) -> Result<i32, Error> {
             terminal_safe(&v.description, false).into_owned(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(0)
 }
 
@@ -301,7 +302,7 @@ pub fn search(global: &Global, args: SearchArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     if hits.is_empty() {
-        eprintln!("no applet matches `{}`", args.query);
+        errln!("no applet matches `{}`", args.query);
         return Ok(0);
     }
     let mut t = table();
@@ -314,7 +315,7 @@ pub fn search(global: &Global, args: SearchArgs) -> Result<i32, Error> {
         }
         t.add_row(vec![name, h.version.clone(), needs, h.tags.join(", "), terminal_safe(&h.description, false).into_owned()]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(0)
 }
 
@@ -324,12 +325,12 @@ pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
         FeatureCmd::Add { collection, name } => {
             reg.feature(&collection, &name, false, &os_user())?;
             reg.flush()?;
-            println!("{name} is featured in {collection}");
+            outln!("{name} is featured in {collection}");
         }
         FeatureCmd::Rm { collection, name } => {
             reg.feature(&collection, &name, true, &os_user())?;
             reg.flush()?;
-            println!("{name} removed from {collection}");
+            outln!("{name} removed from {collection}");
         }
         FeatureCmd::List { format } => {
             let all = reg.featured()?;
@@ -337,7 +338,7 @@ pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
                 print_json(&all, format);
             } else {
                 for (c, names) in all {
-                    println!("{c}: {}", names.join(", "));
+                    outln!("{c}: {}", names.join(", "));
                 }
             }
         }
@@ -348,7 +349,7 @@ pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
 pub fn export(global: &Global, args: ExportArgs) -> Result<i32, Error> {
     let (meta, bytes) = registry(global)?.export(&Reference::parse(&args.reference)?)?;
     std::fs::write(&args.output, bytes).map_err(|e| Error::Internal(format!("writing {}: {e}", args.output.display())))?;
-    eprintln!("wrote {} to {}", meta.id(), args.output.display());
+    errln!("wrote {} to {}", meta.id(), args.output.display());
     Ok(0)
 }
 
@@ -365,8 +366,8 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
     let imported = reg.import(&bytes, &os_user(), args.allow_downgrade, &crate::modules::builtin())?;
     reg.flush()?;
     match imported {
-        Published::New(v) => println!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),
-        Published::Unchanged(v) => println!("{} is already in the registry with this content", v.id()),
+        Published::New(v) => outln!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        Published::Unchanged(v) => outln!("{} is already in the registry with this content", v.id()),
     }
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `opslet run PATH`: run an applet folder once, or on every change with `--watch`.
 
+use super::stdio::{errln, outln};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ impl Progress {
     fn update(&self, p: &crate::runtime::context::Progress) {
         let mut slot = self.bar.lock();
         if slot.as_ref().is_none_or(|(call, bar)| call != &p.call || bar.is_finished()) {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(p.total as u64), indicatif::ProgressDrawTarget::stderr());
+            let bar = indicatif::ProgressBar::with_draw_target(Some(p.total as u64), if super::stdio::is_remote() { indicatif::ProgressDrawTarget::hidden() } else { indicatif::ProgressDrawTarget::stderr() });
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -40,8 +41,8 @@ impl Progress {
         bar.set_message(format!("ok {} · failed {} · skipped {} · pending {}", p.ok, p.failed, p.skipped, p.pending));
         if p.pending == 0 {
             bar.finish_and_clear();
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprintln!("{}: {} hosts: {} ok, {} failed, {} skipped", p.call, p.total, p.ok, p.failed, p.skipped);
+            if super::stdio::is_terminal(super::stdio::Stream::Err) {
+                errln!("{}: {} hosts: {} ok, {} failed, {} skipped", p.call, p.total, p.ok, p.failed, p.skipped);
             }
         }
     }
@@ -49,7 +50,7 @@ impl Progress {
     fn println(&self, line: &str) {
         match self.bar.lock().as_ref() {
             Some((_, bar)) if !bar.is_finished() && !bar.is_hidden() => bar.println(line),
-            _ => eprintln!("{line}"),
+            _ => errln!("{line}"),
         }
     }
 }
@@ -91,7 +92,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let result = run_inner(global, args);
     if json && result.is_err() {
         // stdout stays one JSON document even when the run never started.
-        println!("null");
+        outln!("null");
     }
     result
 }
@@ -126,7 +127,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let config = global.config()?;
     let store = global.open_store()?;
     let service = RunService::new(global.runtime(&config, store.clone())?)?;
-    let (rt, cancel) = super::runtime_with_ctrl_c()?;
+    let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let mut sub = Submission::new(source.clone(), Caller { via: via.into(), ..Caller::cli() });
         sub.params = RawParams { json: params_json.clone(), pairs: pairs.clone() };
@@ -141,7 +142,8 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
                 None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
             }) as LogSink
         });
-        let outcome = service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess);
+        let overrun = if global.is_forwarded() { Overrun::Wait } else { Overrun::EndProcess };
+        let outcome = service.run_here(&rt, prepared, cancel, sink, overrun);
         Ok(report(&outcome, &args))
     };
     let code = match (&source, args.watch) {
@@ -170,11 +172,11 @@ fn source_of(target: &str) -> Result<Source, Error> {
 /// Prints the outcome: the result on stdout, notes and errors on stderr. Returns the exit code.
 fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
     for note in &outcome.notes {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     match &outcome.result {
         Ok(v) => {
-            let mut out = std::io::stdout().lock();
+            let mut out = super::stdio::stdout();
             let _ = out.write_all(render(v, args.format).as_bytes());
             let _ = out.flush();
             0
@@ -182,13 +184,13 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
         Err(e) => {
             if args.format == Format::Json {
                 // stdout stays one JSON document even on failure: null.
-                println!("null");
+                outln!("null");
             }
-            eprintln!("error: {} failed (run {}): {}", outcome.applet, outcome.run_id, super::output::terminal_safe(&e.to_string(), true));
+            errln!("error: {} failed (run {}): {}", outcome.applet, outcome.run_id, super::output::terminal_safe(&e.to_string(), true));
             if args.verbose
                 && let Some(tb) = &outcome.traceback
             {
-                eprintln!("{tb}");
+                errln!("{tb}");
             }
             e.exit_code()
         }
@@ -221,9 +223,9 @@ pub(super) fn watch(dir: &Path, cancel: &CancelToken, mut once: impl FnMut(Cance
     loop {
         match once(cancel.clone()) {
             Ok(_) => {}
-            Err(e) => eprintln!("error: {e}"),
+            Err(e) => errln!("error: {e}"),
         }
-        eprintln!("-- watching {} for changes (Ctrl-C to stop)", dir.display());
+        errln!("-- watching {} for changes (Ctrl-C to stop)", dir.display());
         loop {
             if cancel.is_cancelled() {
                 return Ok(0);

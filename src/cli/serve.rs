@@ -122,7 +122,11 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
             }
         }
     });
+    // CLI commands on this data dir come to the server from now on (see `cli::local`).
+    let socket = rt.block_on(super::local::listen(global.data_dir.clone(), store.clone()))?;
     let result = rt.block_on(crate::http::serve(state, &cfg));
+    socket.abort();
+    let _ = std::fs::remove_file(global.data_dir.join(super::local::SOCKET));
     store.flush()?;
     result.map(|()| 0)
 }

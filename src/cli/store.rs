@@ -1,5 +1,6 @@
 //! `opslet store`: checking the data store for damage and repairing it.
 
+use super::stdio::{out, outln};
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -30,52 +31,52 @@ pub fn run(global: &Global, cmd: StoreCmd) -> Result<i32, Error> {
             if format != output::Format::Table {
                 let mut v = serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?;
                 v["sound"] = serde_json::Value::Bool(report.is_sound());
-                print!("{}", output::render(&v, format));
+                out!("{}", output::render(&v, format));
                 return Ok(code);
             }
-            println!("store {}: {} records in {} trees", report.file.display(), report.records(), report.trees.len());
+            outln!("store {}: {} records in {} trees", report.file.display(), report.records(), report.trees.len());
             for d in &report.damaged {
-                println!("damaged: `{}` in `{}` (its checksum does not match)", output::terminal_safe(&d.key, false), d.tree);
+                outln!("damaged: `{}` in `{}` (its checksum does not match)", output::terminal_safe(&d.key, false), d.tree);
             }
             if report.unreadable_rowids > 0 {
-                println!(
+                outln!(
                     "unreadable: {} rows the file cannot give back; the key index names {}:",
                     report.unreadable_rowids,
                     report.unreadable.len()
                 );
                 for l in &report.unreadable {
-                    println!("  `{}` in `{}`", output::terminal_safe(&l.key, false), l.tree);
+                    outln!("  `{}` in `{}`", output::terminal_safe(&l.key, false), l.tree);
                 }
             }
             for s in &report.structure {
-                println!("structure: {}", output::terminal_safe(s, false));
+                outln!("structure: {}", output::terminal_safe(s, false));
             }
             match &report.audit {
                 Ok(a) => match &a.first_bad {
                     None => {
-                        println!("audit log intact: {} records, head {}", a.records, a.head.hash);
+                        outln!("audit log intact: {} records, head {}", a.records, a.head.hash);
                         if !a.lost.is_empty() {
-                            println!("{}", super::audit::lost_line(&a.lost));
+                            outln!("{}", super::audit::lost_line(&a.lost));
                         }
                     }
-                    Some((seq, why)) => println!("audit log BROKEN at record {seq}: {why}"),
+                    Some((seq, why)) => outln!("audit log BROKEN at record {seq}: {why}"),
                 },
-                Err(e) => println!("audit log unreadable: {e}"),
+                Err(e) => outln!("audit log unreadable: {e}"),
             }
             if report.is_sound() {
-                println!("store sound");
+                outln!("store sound");
             } else {
-                println!("store DAMAGED: `opslet store repair` keeps every sound record (see docs/store.md)");
+                outln!("store DAMAGED: `opslet store repair` keeps every sound record (see docs/store.md)");
             }
             Ok(code)
         }
         StoreCmd::Repair => {
             let r = check::repair(&global.data_dir, wait)?;
-            println!("kept {} records; lost {}", r.kept, r.lost.len());
+            outln!("kept {} records; lost {}", r.kept, r.lost.len());
             for l in &r.lost {
-                println!("  lost `{}` in `{}`", output::terminal_safe(&l.key, false), l.tree);
+                outln!("  lost `{}` in `{}`", output::terminal_safe(&l.key, false), l.tree);
             }
-            println!("the damaged file is kept as {}", r.damaged_file.display());
+            outln!("the damaged file is kept as {}", r.damaged_file.display());
             Ok(0)
         }
     }

@@ -1,0 +1,165 @@
+//! Where a command's output goes and its input comes from: the process's own stdout, stderr and
+//! stdin, or — for a command the server runs for a CLI on its local socket ([`super::local`]) —
+//! that CLI's, carried over the socket. Commands print through [`outln!`] and [`errln!`] (never
+//! `println!`), read through [`read_stdin`], and ask [`is_terminal`] before drawing for a person.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::Arc;
+
+/// One of the two output streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+/// Where a forwarded command's output goes, and what the caller's side looks like.
+pub trait Sink: Send + Sync {
+    fn write(&self, stream: Stream, bytes: &[u8]);
+}
+
+/// The other end of a forwarded command: its output sink, its stdin (read by the CLI before it
+/// sent the command) and whether its streams are terminals.
+#[derive(Clone)]
+pub struct Remote {
+    pub sink: Arc<dyn Sink>,
+    /// Paths the server made absolute, shown as the caller wrote them (see `show_as`).
+    pub shown_as: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+    pub out_tty: bool,
+    pub err_tty: bool,
+}
+
+/// The process's own streams (for a command whose stdin was read ahead).
+pub struct Local;
+
+impl Sink for Local {
+    fn write(&self, stream: Stream, bytes: &[u8]) {
+        let _ = match stream {
+            Stream::Out => std::io::stdout().lock().write_all(bytes),
+            Stream::Err => std::io::stderr().lock().write_all(bytes),
+        };
+    }
+}
+
+thread_local! {
+    static REMOTE: RefCell<Option<Remote>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's output going to `remote`.
+pub fn with_remote<T>(remote: Remote, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REMOTE.with(|r| r.borrow_mut().take());
+        }
+    }
+    REMOTE.with(|r| *r.borrow_mut() = Some(remote));
+    let _reset = Reset;
+    f()
+}
+
+/// Whether this thread runs a command for a CLI on the local socket.
+pub fn is_remote() -> bool {
+    REMOTE.with(|r| r.borrow().is_some())
+}
+
+/// Output that names `resolved` names it as `given` (a relative path of the caller's, which
+/// the server resolved against the caller's working directory).
+pub fn show_as(resolved: String, given: String) {
+    REMOTE.with(|r| {
+        if let Some(r) = r.borrow_mut().as_mut() {
+            r.shown_as.push((resolved, given));
+        }
+    });
+}
+
+/// A writer for one stream of the current command.
+pub struct Writer(Stream);
+
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let sink = REMOTE.with(|r| r.borrow().as_ref().map(|r| (r.sink.clone(), r.shown_as.clone())));
+        match (sink, self.0) {
+            (Some((s, shown_as)), stream) => {
+                if shown_as.is_empty() {
+                    s.write(stream, buf);
+                } else {
+                    let mut text = String::from_utf8_lossy(buf).into_owned();
+                    for (resolved, given) in &shown_as {
+                        text = text.replace(resolved.as_str(), given);
+                    }
+                    s.write(stream, text.as_bytes());
+                }
+                Ok(buf.len())
+            }
+            (None, Stream::Out) => std::io::stdout().lock().write(buf),
+            (None, Stream::Err) => std::io::stderr().lock().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0 {
+            Stream::Out if !is_remote() => std::io::stdout().flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn stdout() -> Writer {
+    Writer(Stream::Out)
+}
+
+pub fn stderr() -> Writer {
+    Writer(Stream::Err)
+}
+
+/// Whether `stream` of the command's caller is a terminal.
+pub fn is_terminal(stream: Stream) -> bool {
+    REMOTE.with(|r| match (r.borrow().as_ref(), stream) {
+        (Some(r), Stream::Out) => r.out_tty,
+        (Some(r), Stream::Err) => r.err_tty,
+        (None, Stream::Out) => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        (None, Stream::Err) => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    })
+}
+
+/// All of the command's stdin.
+pub fn read_stdin() -> std::io::Result<Vec<u8>> {
+    let forwarded = REMOTE.with(|r| r.borrow().as_ref().map(|r| r.stdin.clone().unwrap_or_default()));
+    match forwarded {
+        Some(bytes) => Ok(bytes),
+        None => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+            Ok(v)
+        }
+    }
+}
+
+/// `println!` for a command's output.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        let line = format!("{}\n", format_args!($($t)*));
+        let _ = std::io::Write::write_all(&mut $crate::cli::stdio::stdout(), line.as_bytes());
+    }};
+}
+
+/// `print!` for a command's output.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let text = format!($($t)*);
+        let _ = std::io::Write::write_all(&mut $crate::cli::stdio::stdout(), text.as_bytes());
+    }};
+}
+
+/// `eprintln!` for a command's notes and errors.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        let line = format!("{}\n", format_args!($($t)*));
+        let _ = std::io::Write::write_all(&mut $crate::cli::stdio::stderr(), line.as_bytes());
+    }};
+}
+
+pub(crate) use {errln, out, outln};
