@@ -208,4 +208,49 @@ fn main() {
         println!("  target: under 30 ms: {}", if m_sync < Duration::from_millis(30) { "met" } else { "MISSED" });
         println!("  target: within 2x of the bare process: {}", if x(m_sync) <= 2.0 { "met" } else { "MISSED" });
     }
+
+    // A CLI command through a running server (its local socket) against the same command
+    // opening the store itself, taking turns.
+    let served = dir.path().join("data-served");
+    let own = dir.path().join("data-own");
+    for d in [&served, &own] {
+        let st = Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stderr(Stdio::null()).status().unwrap();
+        assert!(st.success());
+    }
+    let mut server = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OPSLET_DATA_DIR", &served)
+        .env("OPSLET_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
+    while !lines.next().unwrap().unwrap().starts_with("listening on ") {}
+    std::thread::spawn(move || for _ in lines {});
+    let command = |data: &std::path::Path, args: &[&str]| {
+        let mut c = Command::new(exe);
+        c.args(args).env("OPSLET_DATA_DIR", data);
+        c
+    };
+    let cases: [(&str, &[&str]); 2] = [("list", &["list"]), ("run bench (registry)", &["run", "bench", "--format", "json", "-q"])];
+    println!("a CLI command through `opslet serve` (local socket) vs opening the store (median of the runs)");
+    for (name, args) in cases {
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for i in 0..if smoke { 3 } else { 40 } {
+            for (data, out) in [(&own, &mut direct), (&served, &mut through)] {
+                let t = Instant::now();
+                assert!(command(data, args).stdout(Stdio::null()).status().unwrap().success());
+                if i >= 2 {
+                    out.push(t.elapsed());
+                }
+            }
+        }
+        let (d, t) = (median(direct), median(through));
+        println!("  {name:<24} in place {:>9} (1.00x)   through the server {:>9} ({:.2}x)", ms(d), ms(t), t.as_secs_f64() / d.as_secs_f64());
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let _ = server.wait();
 }

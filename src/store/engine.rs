@@ -67,6 +67,9 @@ pub(crate) struct Engine {
     synced_commits: std::sync::atomic::AtomicU64,
     /// The background thread that folds the WAL into the file, started on the first need.
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Held while a checkpoint runs: SQLite refuses a second one at once (SQLITE_BUSY, without
+    /// waiting), so the writer's truncating checkpoint waits here for the background one.
+    checkpointing: Arc<Mutex<()>>,
     /// Held for the engine's life: the data dir's process lock.
     _lock: Option<std::fs::File>,
 }
@@ -183,6 +186,7 @@ impl Engine {
             commits: Default::default(),
             synced_commits: Default::default(),
             checkpointer: Mutex::new(None),
+            checkpointing: Arc::default(),
             _lock: lock,
         })
     }
@@ -233,7 +237,7 @@ impl Engine {
                 Some(c) => {
                     let _ = c.wake.try_send(());
                 }
-                None => match Checkpointer::start(&self.path) {
+                None => match Checkpointer::start(&self.path, self.checkpointing.clone()) {
                     Ok(c) => *cp = Some(c),
                     Err(e) => tracing::warn!(error = %e, "starting the store's checkpoint thread"),
                 },
@@ -241,10 +245,11 @@ impl Engine {
             drop(cp);
             // Under writes that never pause, no passive checkpoint ever finishes, and only a
             // finished one lets the WAL start over: past the bound the writer waits for one.
-            if std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > WAL_LIMIT)
-                && let Err(e) = self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-            {
-                tracing::warn!(error = %e, "checkpointing the data store");
+            if std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > WAL_LIMIT) {
+                let _one = self.checkpointing.lock();
+                if let Err(e) = self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                    tracing::warn!(error = %e, "checkpointing the data store");
+                }
             }
         }
     }
@@ -361,13 +366,14 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, Error> {
+    fn start(path: &Path, checkpointing: Arc<Mutex<()>>) -> Result<Checkpointer, Error> {
         let conn = connect(path, false)?;
         let (wake, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("opslet-checkpoint".into())
             .spawn(move || {
                 while rx.recv().is_ok() {
+                    let _one = checkpointing.lock();
                     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
                         tracing::warn!(error = %e, "checkpointing the data store");
                     }
