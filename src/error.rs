@@ -116,6 +116,10 @@ pub enum Error {
     /// Something asked for by name does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A version that is yanked, asked for without allowing yanked versions (each edge says
+    /// how to allow them: a flag, a query parameter).
+    #[error("{}", if *.current { format!("{id} is the current version but it is yanked; promote another version or roll back") } else { format!("{id} is yanked") })]
+    Yanked { id: String, current: bool },
     /// Anything else: I/O, bugs in host code.
     #[error("{0}")]
     Internal(String),
@@ -131,7 +135,7 @@ impl Error {
         match self {
             Error::AppletFailed(_) => 1,
             Error::Usage(_) => 2,
-            Error::Applet(_) | Error::Params(_) | Error::Config(_) | Error::NotFound(_) => 3,
+            Error::Applet(_) | Error::Params(_) | Error::Config(_) | Error::NotFound(_) | Error::Yanked { .. } => 3,
             Error::LimitExceeded { .. } => 4,
             Error::Cancelled => 6,
             Error::Store(_) | Error::Db(_) | Error::Internal(_) => 5,
@@ -148,7 +152,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::Config(_) => "config_error",
             Error::Usage(_) => "usage_error",
-            Error::NotFound(_) => "not_found",
+            Error::NotFound(_) | Error::Yanked { .. } => "not_found",
             Error::Store(_) | Error::Db(_) => "store_error",
             Error::Internal(_) => "internal_error",
         }

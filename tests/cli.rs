@@ -348,7 +348,7 @@ fn registry_publish_search_run_yank_rollback_export_import() {
     assert!(env.opslet(&["yank", "greeter@1.1.0"]).status.success());
     let o = run(&["run", "greeter", "-q"]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("yanked"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("yanked") && stderr(&o).contains("pass --allow-yanked"), "{}", stderr(&o));
     let o = run(&["run", "greeter", "--allow-yanked", "--format", "json", "-q"]);
     assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("v2"));
     let o = env.opslet(&["rollback", "greeter"]);

@@ -427,6 +427,11 @@ fn registry_writes_audit_reads_and_metrics_are_guarded_by_role() {
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/promote?version=1.1.0", Some("pat"), None).await.0, 200);
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/promote", Some("pat"), None).await.0, 400);
         assert_eq!(call(&s, "POST", "/api/v1/applets/disk-report/yank?version=1.0.0", Some("pat"), None).await.0, 200);
+        // A yanked version is refused with the API's way of allowing it, not the CLI's flag.
+        let (code, body) = call(&s, "POST", "/api/v1/applets/disk-report@1.0.0/run", Some("ola"), Some("{}")).await;
+        let msg = body["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert_eq!(code, 404, "{body}");
+        assert!(msg.contains("is yanked") && msg.contains("allow_yanked=true") && !msg.contains("--"), "{msg}");
 
         for user in ["vic", "ola", "pat"] {
             assert_eq!(call(&s, "GET", "/api/v1/audit", Some(user), None).await.0, 403, "{user} may not read the audit log");

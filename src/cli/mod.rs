@@ -391,7 +391,10 @@ fn init_tracing(default: &str) {
 }
 
 fn report(e: &Error) -> i32 {
-    errln!("error: {e}");
+    match e {
+        Error::Yanked { .. } => errln!("error: {e}; pass --allow-yanked to run it anyway"),
+        _ => errln!("error: {e}"),
+    }
     e.exit_code()
 }
 

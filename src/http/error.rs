@@ -86,7 +86,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let status = match &e {
             Error::Params(_) | Error::Applet(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::Yanked { .. } => StatusCode::NOT_FOUND,
             Error::Usage(_) | Error::Config(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -98,7 +98,11 @@ impl From<Error> for ApiError {
             Error::Params(f) => Some(f.clone()),
             _ => None,
         };
-        ApiError { status, code, message: e.to_string(), fields }
+        let message = match &e {
+            Error::Yanked { .. } => format!("{e}; add allow_yanked=true to the request to run it anyway"),
+            _ => e.to_string(),
+        };
+        ApiError { status, code, message, fields }
     }
 }
 

@@ -265,10 +265,7 @@ impl Registry {
                 let a = self.applet(name)?;
                 let v = self.version(name, &a.current)?;
                 if v.yanked && !allow_yanked {
-                    return Err(Error::NotFound(format!(
-                        "{} is the current version but it is yanked; promote another version, roll back, or pin it with --allow-yanked",
-                        v.id()
-                    )));
+                    return Err(Error::Yanked { id: v.id(), current: true });
                 }
                 return Ok(v);
             }
@@ -286,7 +283,7 @@ impl Registry {
             }
         };
         if meta.yanked && !allow_yanked {
-            return Err(Error::NotFound(format!("{} is yanked; pass --allow-yanked to run it anyway", meta.id())));
+            return Err(Error::Yanked { id: meta.id(), current: false });
         }
         Ok(meta)
     }
