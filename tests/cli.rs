@@ -509,3 +509,30 @@ fn an_undefined_template_value_is_named_by_config_set_and_config_show() {
     let o = env.opslet(&["config", "show", "app", "--host", "web1", "--env", "dev"]);
     assert_eq!(stdout(&o), "port = 80\nname = x\n", "{}", stderr(&o));
 }
+
+#[test]
+fn a_folder_that_shadows_a_published_applet_is_named_and_the_audit_log_tells_them_apart() {
+    let env = Env::new();
+    let dir = env.applet("greeter", "", "return function() return 'folder' end");
+    assert!(env.opslet(&["publish", s(&dir)]).status.success());
+    // `greeter` is both the folder here and the published applet: the folder runs, and says so.
+    let o = env.opslet(&["run", "greeter", "--format", "json"]);
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), json!("folder"));
+    assert!(stderr(&o).contains("note: running the folder ./greeter, not the published applet greeter"), "{}", stderr(&o));
+    // Named as a path, or by version, nothing is shadowed and nothing is said.
+    let o = env.opslet(&["run", "./greeter", "-q"]);
+    assert!(o.status.success() && !stderr(&o).contains("note:"), "{}", stderr(&o));
+    let o = env.opslet(&["run", "greeter@1.0.0", "-q"]);
+    assert!(o.status.success() && !stderr(&o).contains("note:"), "{}", stderr(&o));
+    let audit: Value = serde_json::from_slice(&env.opslet(&["audit", "list", "--kind", "run.start", "--format", "json"]).stdout).unwrap();
+    let sources: Vec<Value> = audit.as_array().unwrap().iter().map(|r| r["data"]["source"].clone()).collect();
+    let folder = std::fs::canonicalize(&dir).unwrap().display().to_string();
+    assert_eq!(
+        sources,
+        [
+            json!({"kind": "folder", "path": folder}),
+            json!({"kind": "folder", "path": folder}),
+            json!({"kind": "registry", "reference": "greeter@1.0.0"}),
+        ]
+    );
+}

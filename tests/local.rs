@@ -32,6 +32,7 @@ fn opslet(cwd: &Path, data: &Path, args: &[&str], stdin: Option<&str>) -> (i32, 
 /// What differs between two data dirs by nature: ids, times, tokens, durations.
 fn normalize(s: &str) -> String {
     let rules = [
+        (r"/tmp/\.tmp\w+", "<tmp>"),
         (r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", "<uuid>"),
         (r"opslet_[0-9a-f]{8}_[0-9a-f]{64}", "<token>"),
         (r"\b[0-9a-f]{64}\b", "<sha256>"),

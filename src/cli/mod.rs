@@ -363,7 +363,7 @@ impl Command {
                 if p.is_relative() && (cwd.join(p).is_dir() || a.target.contains('/') || a.target.starts_with('.')) {
                     let resolved = cwd.join(p).to_string_lossy().into_owned();
                     stdio::show_as(resolved.clone(), a.target.clone());
-                    a.target = resolved;
+                    a.given = Some(std::mem::replace(&mut a.target, resolved));
                 }
             }
             Command::Publish(a) => fix(&mut a.path),

@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// A folder of that name in the current directory wins; write ./NAME to be explicit.
     #[arg(value_name = "APPLET")]
     pub target: String,
+    /// The target as the caller wrote it, when the server resolved it against the caller's
+    /// working directory.
+    #[arg(skip)]
+    pub given: Option<String>,
     /// Run a yanked version (named explicitly or current).
     #[arg(long)]
     pub allow_yanked: bool,
@@ -126,6 +130,15 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let source = source_of(&args.target)?;
     let config = global.config()?;
     let store = global.open_store()?;
+    // A folder named like a published applet wins, as the docs say: say so.
+    let given = args.given.as_deref().unwrap_or(&args.target);
+    if matches!(source, Source::Folder(_)) && !given.contains('/') && !given.starts_with('.')
+        && crate::registry::Registry::new(store.clone()).is_ok_and(|r| r.applet(given).is_ok())
+    {
+        errln!(
+            "note: running the folder ./{given}, not the published applet {given} (to run that one, name a version: {given}@VERSION, or run from another directory)"
+        );
+    }
     let service = RunService::new(global.runtime(&config, store.clone())?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {

@@ -53,6 +53,23 @@ pub struct RunRequest {
     /// Extra values to redact from logs, errors and results.
     pub secrets: Vec<String>,
     pub cancel: CancelToken,
+    /// Where the package came from, as `run.start` records it.
+    pub origin: Origin,
+}
+
+/// Where a run's package came from: the audit log tells a folder run from a registry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// A package handed in whole (tests, embedders).
+    #[default]
+    Package,
+    /// A published version, by the reference the caller gave.
+    Registry { reference: String },
+    /// An applet folder, by its path.
+    Folder { path: String },
+    /// The applet's folder under the server's `--dev` folder.
+    Dev,
 }
 
 impl RunRequest {
@@ -68,6 +85,7 @@ impl RunRequest {
             log_sink: None,
             secrets: Vec::new(),
             cancel: CancelToken::default(),
+            origin: Origin::Package,
         }
     }
 }
@@ -230,7 +248,7 @@ impl Runtime {
                 via: Some(req.caller.via.clone()),
                 applet: Some(applet_id.clone()),
                 status: None,
-                data: json!({ "hash": package.hash, "params": audit_params, "dry_run": req.dry_run, "limits": limits, "pid": std::process::id() }),
+                data: json!({ "hash": package.hash, "params": audit_params, "dry_run": req.dry_run, "limits": limits, "pid": std::process::id(), "source": req.origin }),
             });
             match start {
                 Err(e) => return outcome(RunStatus::Error, Err(unrecorded(&applet_id, &e)), None, Vec::new(), Duration::ZERO),

@@ -32,7 +32,7 @@ use crate::auth::{Action, Auth, Principal};
 use crate::error::{Error, ParamError};
 use crate::registry::{Reference, Registry};
 use crate::runtime::context::{Caller, LogLine, LogSink};
-use crate::runtime::{CancelToken, RunOutcome, RunRequest, Runtime};
+use crate::runtime::{CancelToken, Origin, RunOutcome, RunRequest, Runtime};
 
 pub use hooks::{DeliveryError, Hook, Hooks};
 pub use jobs::{Job, JobEvent, JobStatus, Jobs};
@@ -294,6 +294,12 @@ impl RunService {
         };
         let mut request = RunRequest::new(Arc::clone(&package), sub.caller);
         request.dry_run = sub.dry_run;
+        request.origin = match &sub.source {
+            Source::Folder(p) => Origin::Folder { path: std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string() },
+            Source::Served(_) if dev => Origin::Dev,
+            Source::Registry(r) | Source::Served(r) => Origin::Registry { reference: r.to_string() },
+            Source::Package(_) => Origin::Package,
+        };
         let shown = match sub.check {
             Check::InRun => {
                 let shown =
