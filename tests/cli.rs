@@ -536,3 +536,117 @@ fn a_folder_that_shadows_a_published_applet_is_named_and_the_audit_log_tells_the
         ]
     );
 }
+
+#[test]
+fn completions_complete_in_a_real_bash_and_the_man_page_names_every_command() {
+    let env = Env::new();
+    let o = env.opslet(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = env.dir.path().join("opslet.bash");
+    std::fs::write(&script, &o.stdout).unwrap();
+    // What bash offers after `opslet pub<TAB>` and `opslet cmdb host <TAB>`.
+    let complete = |words: &str, cword: usize| {
+        let prog = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_LINE='{words}'; COMP_POINT=${{#COMP_LINE}}; _opslet opslet \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let o = Command::new("bash").args(["-c", &prog]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).split_whitespace().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(complete("opslet pub", 1), ["publish"]);
+    let host = complete("opslet cmdb host ''", 3);
+    assert!(["add", "set", "rm", "list", "show"].iter().all(|c| host.contains(&c.to_string())), "{host:?}");
+    let o = env.opslet(&["completions", "zsh"]);
+    assert!(stdout(&o).starts_with("#compdef opslet"), "{}", stdout(&o));
+
+    let o = env.opslet(&["man"]);
+    let man = stdout(&o);
+    assert!(o.status.success() && man.contains(".TH opslet 1"), "{man}");
+    for command in ["run", "publish", "serve", "audit", "cmdb", "completions"] {
+        assert!(man.contains(&format!("opslet\\-{command}")) || man.contains(&format!("\\fB{command}\\fR")), "{command} missing from the man page");
+    }
+    // Neither needs a data dir.
+    assert!(!env.data().exists());
+}
+
+/// Runs `opslet ARGS` on a terminal of its own (a pseudo-terminal it controls), typing `input`
+/// line by line after each prompt; returns everything the terminal showed.
+fn on_a_terminal(env: &Env, args: &[&str], input: &[&str]) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills in two descriptors it opens.
+    assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) }, 0);
+    let fd = |n| {
+        // SAFETY: a descriptor openpty opened, duplicated for each stream.
+        Stdio::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(n)) })
+    };
+    let mut cmd = env.cmd();
+    cmd.args(args).stdin(fd(slave)).stdout(fd(slave)).stderr(fd(slave));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The command holds copies of the slave: gone, the master reads EOF when the child ends.
+    drop(cmd);
+    // SAFETY: closing our copy of the slave; the child has its own.
+    unsafe { libc::close(slave) };
+    // SAFETY: the master descriptor is ours alone from here on.
+    let mut term = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(master) };
+    let mut shown = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_until = |term: &mut std::fs::File, shown: &mut Vec<u8>, buf: &mut [u8], want: &str| {
+        while !String::from_utf8_lossy(shown).ends_with(want) {
+            match term.read(buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => shown.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    for line in input {
+        read_until(&mut term, &mut shown, &mut buf, ": ");
+        // Type once the program has turned echo off, as a person would after the prompt.
+        let t0 = std::time::Instant::now();
+        loop {
+            // SAFETY: termios is plain data that tcgetattr fills in.
+            let mut t: libc::termios = unsafe { std::mem::zeroed() };
+            // SAFETY: master is an open terminal descriptor.
+            unsafe { libc::tcgetattr(master, &mut t) };
+            if t.c_lflag & libc::ECHO == 0 || t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::io::Write::write_all(&mut term, format!("{line}\n").as_bytes()).unwrap();
+        // The next prompt comes after the line is taken.
+        shown.extend_from_slice(b"|");
+    }
+    let status = child.wait().unwrap();
+    loop {
+        match term.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => shown.extend_from_slice(&buf[..n]),
+        }
+    }
+    (status.code().unwrap_or(-1), String::from_utf8_lossy(&shown).into_owned())
+}
+
+#[test]
+fn a_password_typed_at_a_terminal_is_not_shown_and_must_be_typed_twice() {
+    let env = Env::new();
+    assert!(env.opslet(&["user", "add", "ada", "--role", "admin"]).status.success());
+    let (code, shown) = on_a_terminal(&env, &["user", "passwd", "ada"], &["correct horse battery", "correct horse battery"]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("new password for ada: ") && shown.contains("again: ") && shown.contains("password set for ada"), "{shown}");
+    assert!(!shown.contains("horse"), "the password was echoed: {shown}");
+    let (code, shown) = on_a_terminal(&env, &["user", "passwd", "ada"], &["correct horse battery", "correct horse battery!"]);
+    assert_eq!(code, 2, "{shown}");
+    assert!(shown.contains("the two passwords differ; nothing changed"), "{shown}");
+    let audit = stdout(&env.opslet(&["audit", "list", "--kind", "auth.password.set", "--format", "json"]));
+    assert_eq!(serde_json::from_str::<Value>(&audit).unwrap().as_array().unwrap().len(), 1, "{audit}");
+}

@@ -113,6 +113,13 @@ pub enum Command {
     /// Check the data store for damaged records, and repair it.
     #[command(subcommand)]
     Store(store::StoreCmd),
+    /// Print a shell completion script (e.g. `opslet completions bash > /etc/bash_completion.d/opslet`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`opslet man > opslet.1`).
+    Man,
     /// Write the Lua type definitions (for luau-lsp) into a folder.
     Meta {
         /// Target folder.
@@ -249,9 +256,9 @@ pub fn main() -> i32 {
     // While a server holds the data dir, it runs the command (see `local`).
     if cli.command.needs_data_dir() {
         let stdin = match cli.command.reads_stdin() {
-            true => match stdio::read_stdin() {
+            true => match read_input(&cli.command) {
                 Ok(v) => Some(v),
-                Err(e) => return report(&Error::Usage(format!("reading stdin: {e}"))),
+                Err(e) => return report(&e),
             },
             false => None,
         };
@@ -269,6 +276,26 @@ pub fn main() -> i32 {
         }
     }
     dispatch(cli.command, &global)
+}
+
+/// What a command that reads stdin gets: stdin as it is, or on a terminal, what the user types
+/// at a prompt that does not echo it (a password twice).
+fn read_input(command: &Command) -> Result<Vec<u8>, Error> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return stdio::read_stdin().map_err(|e| Error::Usage(format!("reading stdin: {e}")));
+    }
+    let ask = |prompt: &str| rpassword::prompt_password(prompt).map_err(|e| Error::Usage(format!("reading from the terminal: {e}")));
+    match command {
+        Command::User(auth::UserCmd::Passwd { name, .. }) => {
+            let first = ask(&format!("new password for {name}: "))?;
+            if ask("again: ")? != first {
+                return Err(Error::Usage("the two passwords differ; nothing changed".into()));
+            }
+            Ok(first.into_bytes())
+        }
+        Command::Secret(auth::SecretCmd::Set { name, .. }) => Ok(ask(&format!("value of secret {name}: "))?.into_bytes()),
+        _ => stdio::read_stdin().map_err(|e| Error::Usage(format!("reading stdin: {e}"))),
+    }
 }
 
 /// Runs a command the server received on its local socket; returns its exit code.
@@ -302,34 +329,46 @@ pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
 }
 
 fn dispatch(command: Command, global: &Global) -> i32 {
-    let global = global;
     let result = match command {
         Command::New(args) => new::run(args),
-        Command::Check(args) => check::run(&global, args),
-        Command::Run(args) => run::run(&global, args),
-        Command::Publish(args) => registry::publish(&global, args),
-        Command::Versions(args) => registry::versions(&global, args),
-        Command::Show(args) => registry::show(&global, args),
-        Command::Promote(args) => registry::promote(&global, args),
-        Command::Rollback { name } => registry::rollback(&global, name),
-        Command::Yank(args) => registry::yank(&global, args),
-        Command::List { format } => registry::list(&global, format),
-        Command::Search(args) => registry::search(&global, args),
-        Command::Feature(cmd) => registry::feature(&global, cmd),
-        Command::Export(args) => registry::export(&global, args),
-        Command::Import(args) => registry::import(&global, args),
-        Command::Serve(args) => serve::run(&global, args),
-        Command::User(cmd) => auth::user(&global, cmd),
-        Command::Token(cmd) => auth::token(&global, cmd),
-        Command::Grant(cmd) => auth::grant(&global, cmd),
-        Command::Hook(cmd) => auth::hook(&global, cmd),
-        Command::Secret(cmd) => auth::secret(&global, cmd),
-        Command::Cmdb(cmd) => cmdb::run(&global, cmd),
-        Command::Netdev(cmd) => netdev::run(&global, cmd),
-        Command::Config(cmd) => config_items::run(&global, cmd),
-        Command::Audit(cmd) => audit::run(&global, cmd),
-        Command::Store(cmd) => store::run(&global, cmd),
+        Command::Check(args) => check::run(global, args),
+        Command::Run(args) => run::run(global, args),
+        Command::Publish(args) => registry::publish(global, args),
+        Command::Versions(args) => registry::versions(global, args),
+        Command::Show(args) => registry::show(global, args),
+        Command::Promote(args) => registry::promote(global, args),
+        Command::Rollback { name } => registry::rollback(global, name),
+        Command::Yank(args) => registry::yank(global, args),
+        Command::List { format } => registry::list(global, format),
+        Command::Search(args) => registry::search(global, args),
+        Command::Feature(cmd) => registry::feature(global, cmd),
+        Command::Export(args) => registry::export(global, args),
+        Command::Import(args) => registry::import(global, args),
+        Command::Serve(args) => serve::run(global, args),
+        Command::User(cmd) => auth::user(global, cmd),
+        Command::Token(cmd) => auth::token(global, cmd),
+        Command::Grant(cmd) => auth::grant(global, cmd),
+        Command::Hook(cmd) => auth::hook(global, cmd),
+        Command::Secret(cmd) => auth::secret(global, cmd),
+        Command::Cmdb(cmd) => cmdb::run(global, cmd),
+        Command::Netdev(cmd) => netdev::run(global, cmd),
+        Command::Config(cmd) => config_items::run(global, cmd),
+        Command::Audit(cmd) => audit::run(global, cmd),
+        Command::Store(cmd) => store::run(global, cmd),
         Command::Meta { out } => write_meta(&out),
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "opslet", &mut buf);
+            std::io::Write::write_all(&mut stdio::stdout(), &buf).map(|()| 0).map_err(|e| Error::Internal(format!("writing: {e}")))
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut buf)
+                .and_then(|()| std::io::Write::write_all(&mut stdio::stdout(), &buf))
+                .map(|()| 0)
+                .map_err(|e| Error::Internal(format!("writing the man page: {e}")))
+        }
     };
     match result {
         Ok(code) => code,
@@ -340,7 +379,10 @@ fn dispatch(command: Command, global: &Global) -> i32 {
 impl Command {
     /// Whether the command opens the data dir (and so goes to a server that holds it).
     fn needs_data_dir(&self) -> bool {
-        !matches!(self, Command::New(_) | Command::Check(_) | Command::Serve(_) | Command::Meta { .. })
+        !matches!(
+            self,
+            Command::New(_) | Command::Check(_) | Command::Serve(_) | Command::Meta { .. } | Command::Completions { .. } | Command::Man
+        )
     }
 
     /// Whether the command reads its stdin.
