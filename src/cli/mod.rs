@@ -281,7 +281,7 @@ pub fn main() -> i32 {
 /// What a command that reads stdin gets: stdin as it is, or on a terminal, what the user types
 /// at a prompt that does not echo it (a password twice).
 fn read_input(command: &Command) -> Result<Vec<u8>, Error> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    if !stdio::stdin_is_terminal() {
         return stdio::read_stdin().map_err(|e| Error::Usage(format!("reading stdin: {e}")));
     }
     let ask = |prompt: &str| rpassword::prompt_password(prompt).map_err(|e| Error::Usage(format!("reading from the terminal: {e}")));

@@ -125,6 +125,11 @@ pub fn is_terminal(stream: Stream) -> bool {
     })
 }
 
+/// Whether this process's stdin is a terminal (asked by the CLI before it sends a command).
+pub fn stdin_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
 /// All of the command's stdin.
 pub fn read_stdin() -> std::io::Result<Vec<u8>> {
     let forwarded = REMOTE.with(|r| r.borrow().as_ref().map(|r| r.stdin.clone().unwrap_or_default()));
