@@ -92,7 +92,19 @@ fn json_format_prints_exactly_one_document() {
     let failing = env.applet("fails", "", "return function() error('nope') end");
     let o = env.opslet(&["run", s(&failing), "--format", "json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap(), Value::Null, "failed runs print null");
+    // A failed run prints what went wrong as one JSON document (it printed `null` before).
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&err["error"]["kind"], &err["error"]["exit_code"], &err["error"]["status"]), (&json!("applet_error"), &json!(1), &json!("error")));
+    assert!(err["error"]["message"].as_str().unwrap().contains("nope"), "{err}");
+    // So does one that never started, and bad params name each field.
+    let o = env.opslet(&["run", "no-such-applet", "--format", "json"]);
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((o.status.code(), &err["error"]["kind"]), (Some(3), &json!("not_found")), "{err}");
+    let typed = env.applet("typed", "[params.n]\ntype = \"integer\"\n[params.m]\ntype = \"integer\"\n", "return function(p) return p.n end");
+    let o = env.opslet(&["run", s(&typed), "--format", "json", "-p", "n=x", "-p", "m=y"]);
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fields: Vec<&str> = err["error"]["params"].as_array().unwrap().iter().map(|f| f["param"].as_str().unwrap()).collect();
+    assert_eq!((o.status.code(), fields), (Some(3), vec!["n", "m"]), "{err}");
 }
 
 #[test]

@@ -569,3 +569,69 @@ fn a_host_cannot_be_its_own_jump_host() {
     assert!(e.contains("its own jump host"), "{e}");
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// `opslet run` ends with a code a script can trust when hosts fail: 9 when some of a run's
+/// host calls failed, 10 when all did, unless the applet says it handled them.
+#[test]
+fn a_cli_run_whose_hosts_fail_exits_with_the_partial_or_total_failure_code() {
+    let fleet = Fleet::start(1, "web");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let cmdb = Cmdb::new(store.clone()).unwrap();
+        let web = ["web".to_string()].into();
+        let h = &fleet.hosts[0];
+        cmdb.put(Host { name: h.name.clone(), address: h.address.clone(), port: h.port, groups: web, host_key: Some(h.host_key.clone()), ..Default::default() }, "tester")
+            .unwrap();
+        // Nothing listens there: the connection is refused.
+        let down = Host { name: "down1".into(), address: fleet.dead_address.clone(), port: fleet.port, groups: ["web".to_string()].into(), ..Default::default() };
+        cmdb.put(down, "tester").unwrap();
+        Secrets::open(store.clone()).unwrap().set("ssh-key", fleet.client_key.as_bytes(), "tester").unwrap();
+        store.flush().unwrap();
+    }
+    std::fs::write(data.join("opslet.toml"), format!("[ssh]\nconnect_timeout = \"3s\"\n{KEY_LOGIN}")).unwrap();
+    let applet = dir.path().join("fleet-check");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(
+        applet.join("applet.toml"),
+        "name = \"fleet-check\"\nversion = \"1.0.0\"\n[permissions]\nssh = { hosts = [\"*\"] }\n\
+         [params.sel]\ntype = \"string\"\n[params.handle]\ntype = \"boolean\"\ndefault = false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        applet.join("main.lua"),
+        "return function(p, ctx) local r = ssh.run(p.sel, 'true') if p.handle then ctx.failures_handled() end return #r end",
+    )
+    .unwrap();
+    let run = |params: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"));
+        c.args(["run", applet.to_str().unwrap(), "-q", "--format", "json"]).env("OPSLET_DATA_DIR", &data).env_remove("OPSLET_CONFIG");
+        for p in params {
+            c.args(["-p", p]);
+        }
+        let o = c.output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).trim().to_string(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, out, err) = run(&["sel=web1"]);
+    assert_eq!((code, out.as_str()), (Some(0), "1"), "{err}");
+    // One host up, one refusing: the result is printed, and the code says part of it failed.
+    let (code, out, err) = run(&["sel=group:web"]);
+    assert_eq!((code, out.as_str()), (Some(9), "2"), "{err}");
+    assert!(err.contains("some of its target calls failed: 1 failed, 0 skipped, 1 ok (ssh.run)"), "{err}");
+    let (code, _, err) = run(&["sel=down1"]);
+    assert_eq!(code, Some(10), "{err}");
+    assert!(err.contains("all of its target calls failed"), "{err}");
+    // The applet that deals with its failed hosts says so, and the run is a success.
+    let (code, _, err) = run(&["sel=group:web", "handle=true"]);
+    assert_eq!(code, Some(0), "{err}");
+    // The audit log keeps the tally either way.
+    let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+    let ends = store.audit().list(&Filter { kind: Some("run.end".into()), ..Default::default() }).unwrap();
+    let tallies: Vec<(Value, Value, Value)> =
+        ends.iter().map(|r| (r.data["targets"]["ok"].clone(), r.data["targets"]["failed"].clone(), r.data["targets"]["handled"].clone())).collect();
+    assert_eq!(
+        tallies,
+        [(1.into(), 0.into(), false.into()), (1.into(), 1.into(), false.into()), (0.into(), 1.into(), false.into()), (1.into(), 1.into(), true.into())]
+    );
+}

@@ -30,6 +30,11 @@ use crate::store::Store;
 pub const EXIT_AUDIT_BROKEN: i32 = 7;
 /// Exit code when `opslet store check` finds damaged records.
 pub const EXIT_STORE_DAMAGED: i32 = 8;
+/// Exit code of a run that ended well but whose calls failed on some of their targets (hosts,
+/// devices, BMCs), and that did not say it handled them.
+pub const EXIT_SOME_TARGETS_FAILED: i32 = 9;
+/// Likewise, when no target call succeeded.
+pub const EXIT_ALL_TARGETS_FAILED: i32 = 10;
 
 #[derive(Parser, Debug)]
 #[command(name = "opslet", version, about = "Sandboxed, audited Lua applets for operations teams")]

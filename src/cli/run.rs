@@ -94,9 +94,9 @@ pub struct RunArgs {
 pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let json = args.format == Format::Json;
     let result = run_inner(global, args);
-    if json && result.is_err() {
+    if json && let Err(e) = &result {
         // stdout stays one JSON document even when the run never started.
-        outln!("null");
+        outln!("{}", error_json(e, None));
     }
     result
 }
@@ -182,6 +182,21 @@ fn source_of(target: &str) -> Result<Source, Error> {
     }
 }
 
+/// A failure as `--format json` prints it: `{"error": {"kind", "message", "exit_code"}}`, with
+/// the run's id, applet and status when a run started (and the bad params, one per field).
+fn error_json(e: &Error, outcome: Option<&RunOutcome>) -> String {
+    let mut err = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() });
+    if let Error::Params(fields) = e {
+        err["params"] = serde_json::json!(fields.iter().map(|f| serde_json::json!({ "param": f.param, "message": f.message })).collect::<Vec<_>>());
+    }
+    if let Some(o) = outcome {
+        err["run_id"] = serde_json::json!(o.run_id);
+        err["applet"] = serde_json::json!(o.applet);
+        err["status"] = serde_json::json!(o.status.name());
+    }
+    serde_json::to_string_pretty(&serde_json::json!({ "error": err })).expect("errors serialize")
+}
+
 /// Prints the outcome: the result on stdout, notes and errors on stderr. Returns the exit code.
 fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
     for note in &outcome.notes {
@@ -192,12 +207,25 @@ fn report(outcome: &RunOutcome, args: &RunArgs) -> i32 {
             let mut out = super::stdio::stdout();
             let _ = out.write_all(render(v, args.format).as_bytes());
             let _ = out.flush();
-            0
+            let t = &outcome.targets;
+            if t.unhandled() == 0 {
+                return 0;
+            }
+            let (code, how) = if t.ok == 0 { (super::EXIT_ALL_TARGETS_FAILED, "all") } else { (super::EXIT_SOME_TARGETS_FAILED, "some") };
+            errln!(
+                "error: {} ended, but {how} of its target calls failed: {} failed, {} skipped, {} ok ({}); an applet that deals with them calls ctx.failures_handled()",
+                outcome.applet,
+                t.failed,
+                t.skipped,
+                t.ok,
+                t.calls.join(", ")
+            );
+            code
         }
         Err(e) => {
             if args.format == Format::Json {
-                // stdout stays one JSON document even on failure: null.
-                outln!("null");
+                // stdout stays one JSON document even on failure: what went wrong.
+                outln!("{}", error_json(e, Some(outcome)));
             }
             errln!("error: {} failed (run {}): {}", outcome.applet, outcome.run_id, super::output::terminal_safe(&e.to_string(), true));
             if args.verbose

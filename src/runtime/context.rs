@@ -119,6 +119,29 @@ pub struct RunCtx {
     /// kv writes of a dry run stay here and are dropped at the end.
     pub(crate) kv_overlay: Mutex<HashMap<String, Option<Vec<u8>>>>,
     pub(crate) kv_limits: (u64, u64),
+    /// How the run's calls on many targets went (see [`Targets`]).
+    pub(crate) targets: Mutex<Targets>,
+}
+
+/// The run's calls on many targets (`ssh.run` on a selector, `config.publish`, ...), summed:
+/// how many target calls succeeded, failed or were skipped, and whether the applet said it
+/// dealt with the failures (`ctx.failures_handled()`). A run that ends well with failed targets
+/// it did not handle is a partial or total failure to the CLI (exit codes 9 and 10).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Targets {
+    pub ok: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// The calls that had failed or skipped targets, like "ssh.run".
+    pub calls: Vec<String>,
+    pub handled: bool,
+}
+
+impl Targets {
+    /// Failed or skipped targets the applet did not say it handled.
+    pub fn unhandled(&self) -> usize {
+        if self.handled { 0 } else { self.failed + self.skipped }
+    }
 }
 
 /// Longest log line kept; the rest is cut (and never built: `log` assembles a line only up to
@@ -168,6 +191,19 @@ impl RunCtx {
             );
             sink(&LogLine { time: chrono::Utc::now(), level: Level::Info, message, progress: Some(progress) });
         }
+    }
+
+    /// Adds the end of one call on many targets.
+    pub fn record_targets(&self, call: &str, ok: usize, failed: usize, skipped: usize) {
+        let mut t = self.targets.lock();
+        (t.ok, t.failed, t.skipped) = (t.ok + ok, t.failed + failed, t.skipped + skipped);
+        if failed + skipped > 0 && !t.calls.iter().any(|c| c == call) {
+            t.calls.push(call.to_string());
+        }
+    }
+
+    pub fn targets(&self) -> Targets {
+        self.targets.lock().clone()
     }
 
     pub fn take_logs(&self) -> Vec<LogLine> {

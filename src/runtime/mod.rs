@@ -130,6 +130,8 @@ pub struct RunOutcome {
     pub limits: RunLimits,
     /// Limits the applet asked for that the host capped.
     pub notes: Vec<String>,
+    /// How its calls on many targets went.
+    pub targets: context::Targets,
 }
 
 /// The applet runner: config, host modules and the store.
@@ -235,6 +237,7 @@ impl Runtime {
             cpu,
             limits: limits.clone(),
             notes: notes.clone(),
+            targets: Default::default(),
         };
 
         // `run.start` goes to disk while the sandbox is built; the applet's code runs only once
@@ -273,6 +276,7 @@ impl Runtime {
             sink: req.log_sink.clone(),
             kv_overlay: Default::default(),
             kv_limits: self.kv_limits,
+            targets: Default::default(),
         });
 
         let executed = match params {
@@ -311,11 +315,15 @@ impl Runtime {
             Err(_) => RunStatus::Error,
         };
         let mut out = outcome(status, result, traceback, logs, cpu);
+        out.targets = ctx.targets();
         tracing::debug!(run_id = %run_id, applet = %applet_id, status = status.name(), duration_us = out.duration.as_micros() as u64, cpu_us = cpu.as_micros() as u64, "run ended");
 
         if let Some(store) = &self.store {
             let mut data =
                 json!({ "duration_ms": out.duration.as_millis() as u64, "cpu_ms": cpu.as_millis() as u64, "log_lines": out.logs.len() });
+            if out.targets != context::Targets::default() {
+                data["targets"] = json!(out.targets);
+            }
             match &out.result {
                 Ok(v) => {
                     let bytes = serde_json::to_vec(v).unwrap_or_default();
@@ -570,7 +578,7 @@ fn shape_error(e: &mlua::Error) -> Option<String> {
     }
 }
 
-fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
+fn ctx_table(lua: &mlua::Lua, ctx: &Arc<RunCtx>) -> mlua::Result<mlua::Table> {
     let t = lua.create_table_with_capacity(0, 8)?;
     t.raw_set("run_id", ctx.run_id.as_str())?;
     t.raw_set("applet", ctx.applet.as_str())?;
@@ -580,6 +588,16 @@ fn ctx_table(lua: &mlua::Lua, ctx: &RunCtx) -> mlua::Result<mlua::Table> {
     t.raw_set("caller", ctx.caller.user.as_str())?;
     t.raw_set("via", ctx.caller.via.as_str())?;
     t.raw_set("dry_run", ctx.dry_run)?;
+    // The applet dealt with failed targets itself (retried, reported, escalated): the run is
+    // not a partial failure because of them.
+    let targets = Arc::clone(ctx);
+    t.raw_set(
+        "failures_handled",
+        lua.create_function(move |_, ()| {
+            targets.targets.lock().handled = true;
+            Ok(())
+        })?,
+    )?;
     t.set_readonly(true);
     Ok(t)
 }
