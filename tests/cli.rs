@@ -662,3 +662,23 @@ fn a_password_typed_at_a_terminal_is_not_shown_and_must_be_typed_twice() {
     let audit = stdout(&env.opslet(&["audit", "list", "--kind", "auth.password.set", "--format", "json"]));
     assert_eq!(serde_json::from_str::<Value>(&audit).unwrap().as_array().unwrap().len(), 1, "{audit}");
 }
+
+#[test]
+fn every_bad_param_is_reported_at_once_host_selectors_included() {
+    let env = Env::new();
+    assert!(env.opslet(&["cmdb", "host", "add", "web01", "--address", "192.0.2.10", "--group", "web"]).status.success());
+    let dir = env.applet(
+        "restart",
+        "[params.hosts]\ntype = \"host-selector\"\n[params.count]\ntype = \"integer\"\n",
+        "return function(p) return p.count end",
+    );
+    // A selector that picks nothing and a count that is not a number: both, in one answer.
+    let o = env.opslet(&["run", s(&dir), "-p", "hosts=group:db", "-p", "count=many", "--format", "json"]);
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fields: Vec<(&str, &str)> =
+        err["error"]["params"].as_array().unwrap().iter().map(|f| (f["param"].as_str().unwrap(), f["message"].as_str().unwrap())).collect();
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(fields.len(), 2, "{fields:?}");
+    assert!(fields.iter().any(|(p, m)| *p == "count" && m.contains("not an integer")), "{fields:?}");
+    assert!(fields.iter().any(|(p, m)| *p == "hosts" && m.contains("matches no host")), "{fields:?}");
+}

@@ -14,6 +14,18 @@ pub fn resolve(
     json: Option<&Map<String, Value>>,
     pairs: &[(String, String)],
 ) -> Result<Map<String, Value>, Vec<ParamError>> {
+    let (out, errs) = resolve_partial(manifest, json, pairs);
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// Like [`resolve`], but keeps the params that are valid next to the errors of the others, so
+/// a further check of the valid ones (host selectors against the cmdb) is reported together
+/// with them.
+pub fn resolve_partial(
+    manifest: &Manifest,
+    json: Option<&Map<String, Value>>,
+    pairs: &[(String, String)],
+) -> (Map<String, Value>, Vec<ParamError>) {
     let mut out = Map::new();
     let mut errs = Vec::new();
     let mut err = |param: &str, message: String| errs.push(ParamError { param: param.to_string(), message });
@@ -54,7 +66,25 @@ pub fn resolve(
             err(name, format!("required {} param is missing", spec.ty.name()));
         }
     }
-    if errs.is_empty() { Ok(out) } else { Err(errs) }
+    (out, errs)
+}
+
+/// Resolves the params and runs `more` on the valid ones; every error of both, together.
+pub fn resolve_then(
+    manifest: &Manifest,
+    json: Option<&Map<String, Value>>,
+    pairs: &[(String, String)],
+    more: impl FnOnce(Map<String, Value>) -> Result<Map<String, Value>, Vec<ParamError>>,
+) -> Result<Map<String, Value>, Vec<ParamError>> {
+    let (valid, mut errs) = resolve_partial(manifest, json, pairs);
+    match more(valid) {
+        Ok(v) if errs.is_empty() => Ok(v),
+        Ok(_) => Err(errs),
+        Err(more_errs) => {
+            errs.extend(more_errs);
+            Err(errs)
+        }
+    }
 }
 
 /// A secret param's error never repeats the value it got.

@@ -310,10 +310,12 @@ impl RunService {
             }
             Check::Before => {
                 let given = sub.params.json.unwrap_or_default();
-                let validated = crate::applet::params::resolve(&package.manifest, Some(&given), &sub.params.pairs)
-                    // Host selectors must pick hosts: said now, per field, not when the job runs.
-                    .and_then(|p| self.inner.runtime.check_selectors(&package.manifest, p))
-                    .map_err(|errs| Error::Params(redact_errors(&package, &given, &sub.params.pairs, errs)))?;
+                // Host selectors must pick hosts: said now, per field, not when the job runs,
+                // and together with every other bad field.
+                let validated = crate::applet::params::resolve_then(&package.manifest, Some(&given), &sub.params.pairs, |p| {
+                    self.inner.runtime.check_selectors(&package.manifest, p)
+                })
+                .map_err(|errs| Error::Params(redact_errors(&package, &given, &sub.params.pairs, errs)))?;
                 let shown = crate::applet::params::redacted(&package.manifest, &validated);
                 // The raw params are what a restart re-runs with; the run uses the checked ones.
                 request.params_json = Some(given);
