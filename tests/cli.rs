@@ -585,10 +585,16 @@ fn completions_complete_in_a_real_bash_and_the_man_page_names_every_command() {
 /// Runs `opslet ARGS` on a terminal of its own (a pseudo-terminal it controls), typing `input`
 /// line by line after each prompt; returns everything the terminal showed.
 fn on_a_terminal(env: &Env, args: &[&str], input: &[&str]) -> (i32, String) {
+    on_a_terminal_of(env, args, input, 80)
+}
+
+/// `on_a_terminal` on a terminal `cols` columns wide (0: one that reports no width).
+fn on_a_terminal_of(env: &Env, args: &[&str], input: &[&str], cols: u16) -> (i32, String) {
     use std::os::unix::process::CommandExt;
     let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize { ws_row: 24, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: openpty fills in two descriptors it opens.
-    assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) }, 0);
+    assert_eq!(unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &size) }, 0);
     let fd = |n| {
         // SAFETY: a descriptor openpty opened, duplicated for each stream.
         Stdio::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(n)) })
@@ -681,4 +687,24 @@ fn every_bad_param_is_reported_at_once_host_selectors_included() {
     assert_eq!(fields.len(), 2, "{fields:?}");
     assert!(fields.iter().any(|(p, m)| *p == "count" && m.contains("not an integer")), "{fields:?}");
     assert!(fields.iter().any(|(p, m)| *p == "hosts" && m.contains("matches no host")), "{fields:?}");
+}
+
+#[test]
+fn tables_fit_the_terminal_and_stay_whole_on_one_that_reports_no_width() {
+    let env = Env::new();
+    let dir = env.applet(
+        "wide",
+        "",
+        "return function() return { { host = 'web01', message = 'a long message that goes on and on about the disks of web01' } } end",
+    );
+    let longest = |shown: &str| shown.lines().map(|l| l.trim_end().chars().count()).max().unwrap_or(0);
+    // 0 columns (a serial console, some CI runners): whole cells, not a letter per line.
+    let (code, shown) = on_a_terminal_of(&env, &["run", s(&dir), "-q"], &[], 0);
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("a long message that goes on and on about the disks of web01"), "{shown}");
+    assert!(shown.lines().count() < 8, "{shown}");
+    // 50 columns: the table wraps to fit.
+    let (code, shown) = on_a_terminal_of(&env, &["run", s(&dir), "-q"], &[], 50);
+    assert_eq!(code, 0, "{shown}");
+    assert!(longest(&shown) <= 50 && shown.contains("web01"), "{shown}");
 }

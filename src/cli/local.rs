@@ -48,6 +48,9 @@ struct Request {
     stdin: Option<Vec<u8>>,
     out_tty: bool,
     err_tty: bool,
+    /// The width of the CLI's terminal.
+    #[serde(default)]
+    width: Option<u16>,
 }
 
 fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -85,6 +88,7 @@ pub fn forward(data_dir: &Path, config: Option<PathBuf>, stdin: Option<Vec<u8>>)
         stdin,
         out_tty: std::io::IsTerminal::is_terminal(&std::io::stdout()),
         err_tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        width: super::stdio::local_terminal_width(),
     };
     // A server that refuses the caller answers without reading the request: its answer is read
     // even when sending the request failed.
@@ -206,7 +210,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelToken::default();
-    let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), stdin: req.stdin.clone(), out_tty: req.out_tty, err_tty: req.err_tty };
+    let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), stdin: req.stdin.clone(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
     let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone() };
     let argv = req.argv;
     let task = tokio::task::spawn_blocking(move || {

@@ -273,7 +273,7 @@ pub fn main() -> i32 {
             Ok(None) => {
                 if let Some(v) = stdin {
                     // Read already: the command reads it from here.
-                    let remote = stdio::Remote { sink: std::sync::Arc::new(stdio::Local), shown_as: Vec::new(), stdin: Some(v), out_tty: false, err_tty: false };
+                    let remote = stdio::Remote { sink: std::sync::Arc::new(stdio::Local), shown_as: Vec::new(), stdin: Some(v), out_tty: false, err_tty: false, width: stdio::local_terminal_width() };
                     return stdio::with_remote(remote, || dispatch(cli.command, &global));
                 }
             }

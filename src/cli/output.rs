@@ -47,9 +47,22 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// Narrower than this, wrapping cells would leave a letter or two per line: the table is
+/// printed at its full width instead, and the terminal wraps it.
+const MIN_WIDTH: u16 = 40;
+
 fn new_table() -> Table {
     let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_style(UTF8_FULL_CONDENSED);
+    // The caller's terminal (which, for a command the server runs, is not the server's).
+    match super::stdio::terminal_width() {
+        Some(w) if w >= MIN_WIDTH => {
+            t.set_width(w).set_content_arrangement(ContentArrangement::Dynamic);
+        }
+        _ => {
+            t.set_content_arrangement(ContentArrangement::Disabled);
+        }
+    }
     t
 }
 

@@ -29,6 +29,8 @@ pub struct Remote {
     pub stdin: Option<Vec<u8>>,
     pub out_tty: bool,
     pub err_tty: bool,
+    /// The width of the caller's terminal, when its stdout is one.
+    pub width: Option<u16>,
 }
 
 /// The process's own streams (for a command whose stdin was read ahead).
@@ -128,6 +130,24 @@ pub fn is_terminal(stream: Stream) -> bool {
 /// Whether this process's stdin is a terminal (asked by the CLI before it sends a command).
 pub fn stdin_is_terminal() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// The width in columns of the terminal the command's stdout goes to: None when it is not a
+/// terminal, or one that reports no width (0 columns: serial consoles, some CI runners).
+pub fn terminal_width() -> Option<u16> {
+    if let Some(w) = REMOTE.with(|r| r.borrow().as_ref().map(|r| r.width)) {
+        return w;
+    }
+    local_terminal_width()
+}
+
+/// The width of this process's own terminal (see [`terminal_width`]).
+pub fn local_terminal_width() -> Option<u16> {
+    // SAFETY: winsize is plain data that TIOCGWINSZ fills in on a terminal.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: an ioctl on our own stdout descriptor with a valid out-pointer.
+    let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_col > 0).then_some(ws.ws_col)
 }
 
 /// All of the command's stdin.
