@@ -708,3 +708,41 @@ fn tables_fit_the_terminal_and_stay_whole_on_one_that_reports_no_width() {
     assert_eq!(code, 0, "{shown}");
     assert!(longest(&shown) <= 50 && shown.contains("web01"), "{shown}");
 }
+
+#[test]
+fn listing_commands_take_format_json_and_yaml() {
+    let env = Env::new();
+    let greeter = env.applet("greeter", "", "return function() return 1 end");
+    assert!(env.opslet(&["publish", s(&greeter)]).status.success());
+    assert!(env.opslet(&["user", "add", "ola", "--role", "operator"]).status.success());
+    assert!(env.opslet(&["grant", "add", "ola", "greet*"]).status.success());
+    assert!(env.opslet(&["hook", "add", "on-alert", "--applet", "greeter"]).status.success());
+    assert!(env.cmd().args(["secret", "set", "db"]).stdin(Stdio::piped()).spawn().and_then(|mut c| {
+        std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"hunter22")?;
+        drop(c.stdin.take());
+        c.wait()
+    })
+    .unwrap()
+    .success());
+    let json = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        let o = env.opslet(&all);
+        assert!(o.status.success(), "{:?}: {}", args, stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", stdout(&o)))
+    };
+    assert_eq!(json(&["grant", "list"]), json!([{ "subject": "ola", "pattern": "greet*" }]));
+    let hooks = json(&["hook", "list"]);
+    assert_eq!((&hooks[0]["name"], &hooks[0]["applet"]), (&json!("on-alert"), &json!("greeter")));
+    assert!(hooks[0].get("secret").is_none(), "a hook's secret is never listed: {hooks}");
+    let secrets = json(&["secret", "list"]);
+    assert_eq!(secrets[0]["name"], "db");
+    assert!(!secrets.to_string().contains("hunter22"));
+    let verify = json(&["audit", "verify"]);
+    assert_eq!((&verify["intact"], &verify["first_bad"]), (&json!(true), &Value::Null));
+    assert!(verify["records"].as_u64().unwrap() >= 4, "{verify}");
+    let profiles = json(&["netdev", "profiles"]);
+    assert!(profiles.as_array().unwrap().iter().any(|p| p["profile"] == "cisco_ios"), "{profiles}");
+    let o = env.opslet(&["grant", "list", "--format", "yaml"]);
+    assert!(stdout(&o).contains("subject: ola"), "{}", stdout(&o));
+}

@@ -19,7 +19,11 @@ pub enum AuditCmd {
         id: String,
     },
     /// Walk the hash chain; exit 7 and name the first bad record if anything was changed.
-    Verify,
+    Verify {
+        /// Print as a table, JSON or YAML instead of plain lines.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// Print the chain head (record count and last hash) to anchor it elsewhere.
     Head,
 }
@@ -89,8 +93,19 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             outln!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
             Ok(0)
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify { format } => {
             let report = audit.verify()?;
+            if let Some(f) = format {
+                let v = serde_json::json!({
+                    "intact": report.first_bad.is_none(),
+                    "records": report.records,
+                    "head": report.head.hash,
+                    "first_bad": report.first_bad.as_ref().map(|(seq, why)| serde_json::json!({ "seq": seq, "why": why })),
+                    "lost": report.lost,
+                });
+                out!("{}", super::output::render(&v, f));
+                return Ok(if report.first_bad.is_none() { 0 } else { EXIT_AUDIT_BROKEN });
+            }
             match report.first_bad {
                 None => {
                     outln!("audit log intact: {} records, head {}", report.records, report.head.hash);

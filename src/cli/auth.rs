@@ -68,7 +68,11 @@ pub enum GrantCmd {
     /// Remove a grant.
     Rm { subject: String, pattern: String },
     /// List grants.
-    List,
+    List {
+        /// Print as a table, JSON or YAML instead of plain lines.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
 }
 
 fn auth(global: &Global) -> Result<Auth, Error> {
@@ -198,7 +202,11 @@ pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
             a.flush()?;
             errln!("removed grant {subject} -> {pattern}");
         }
-        GrantCmd::List => {
+        GrantCmd::List { format: Some(f) } => {
+            let v: Vec<serde_json::Value> = a.grants()?.iter().map(|g| serde_json::json!({ "subject": g.subject, "pattern": g.pattern })).collect();
+            super::stdio::out!("{}", super::output::render(&serde_json::Value::Array(v), f));
+        }
+        GrantCmd::List { format: None } => {
             for g in a.grants()? {
                 outln!("{} -> {}", g.subject, g.pattern);
             }
@@ -222,7 +230,11 @@ pub enum HookCmd {
     /// Delete a hook.
     Rm { name: String },
     /// List hooks (without their secrets).
-    List,
+    List {
+        /// Print as a table, JSON or YAML instead of plain lines.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
 }
 
 pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
@@ -237,7 +249,16 @@ pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
             hooks.remove(&name, &os_user())?;
             errln!("removed hook {name}");
         }
-        HookCmd::List => {
+        HookCmd::List { format: Some(f) } => {
+            // Never the signing secret.
+            let v: Vec<serde_json::Value> = hooks
+                .list()?
+                .iter()
+                .map(|h| serde_json::json!({ "name": h.name, "applet": h.applet, "map": h.map.iter().map(|(p, path)| format!("{p}={path}")).collect::<Vec<_>>(), "created_at": h.created_at }))
+                .collect();
+            super::stdio::out!("{}", super::output::render(&serde_json::Value::Array(v), f));
+        }
+        HookCmd::List { format: None } => {
             for h in hooks.list()? {
                 let maps: Vec<String> = h.map.iter().map(|(p, path)| format!("{p}={path}")).collect();
                 outln!("{} -> {}  {}", h.name, h.applet, maps.join(" "));
@@ -256,7 +277,11 @@ pub enum SecretCmd {
         file: Option<std::path::PathBuf>,
     },
     /// List secret names (never their values).
-    List,
+    List {
+        /// Print as a table, JSON or YAML instead of plain lines.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// Delete a secret.
     Rm { name: String },
 }
@@ -278,7 +303,11 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
             secrets.set(&name, &value, &os_user())?;
             errln!("stored secret {name}");
         }
-        SecretCmd::List => {
+        SecretCmd::List { format: Some(f) } => {
+            let v = serde_json::to_value(secrets.list()?).map_err(|e| Error::Internal(e.to_string()))?;
+            super::stdio::out!("{}", super::output::render(&v, f));
+        }
+        SecretCmd::List { format: None } => {
             for s in secrets.list()? {
                 outln!("{}\t{}\t{}", s.name, s.updated_at.format("%Y-%m-%d %H:%M"), s.updated_by);
             }

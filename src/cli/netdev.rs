@@ -13,7 +13,10 @@ use crate::modules::netdev::profile::Profiles;
 #[derive(Subcommand, Debug)]
 pub enum NetdevCmd {
     /// List the device profiles (built in, and from [netdev] profiles_dir).
-    Profiles,
+    Profiles {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// List a device's stored configuration versions.
     Backups {
         device: String,
@@ -37,10 +40,22 @@ pub enum NetdevCmd {
 }
 
 pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
-    if let NetdevCmd::Profiles = cmd {
+    if let NetdevCmd::Profiles { format } = cmd {
         let cfg = global.config()?;
         let settings = crate::modules::netdev::settings::NetdevSettings::from_config(&cfg)?;
         let profiles = Profiles::load(settings.profiles_dir.as_deref()).map_err(Error::Config)?;
+        if format != Format::Table {
+            let v: Vec<serde_json::Value> = profiles
+                .names()
+                .into_iter()
+                .map(|name| {
+                    let p = profiles.get(name).expect("listed");
+                    serde_json::json!({ "profile": p.name, "description": p.description, "aliases": p.aliases, "backup": p.backup })
+                })
+                .collect();
+            out!("{}", super::output::render(&serde_json::Value::Array(v), format));
+            return Ok(0);
+        }
         let mut t = Table::new();
         t.load_style(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
         t.set_header(["profile", "description", "also known as", "backup command"]);
@@ -68,7 +83,7 @@ pub fn run(global: &Global, cmd: NetdevCmd) -> Result<i32, Error> {
             .ok_or_else(|| Error::NotFound(format!("`{device}` has no version {v} (versions 1-{latest})")))
     };
     match cmd {
-        NetdevCmd::Profiles => unreachable!("handled above"),
+        NetdevCmd::Profiles { .. } => unreachable!("handled above"),
         NetdevCmd::Backups { device, format } => {
             let v = versions(&device)?;
             match format {
