@@ -745,4 +745,17 @@ fn listing_commands_take_format_json_and_yaml() {
     assert!(profiles.as_array().unwrap().iter().any(|p| p["profile"] == "cisco_ios"), "{profiles}");
     let o = env.opslet(&["grant", "list", "--format", "yaml"]);
     assert!(stdout(&o).contains("subject: ola"), "{}", stdout(&o));
+
+    // check and publish too, a failed check included.
+    let other = env.applet("other", "", "return function() return 2 end");
+    let checked = json(&["check", s(&other)]);
+    assert_eq!((&checked["ok"], &checked["applet"]), (&json!(true), &json!("other@1.0.0")));
+    let published = json(&["publish", s(&other)]);
+    assert_eq!((&published["applet"], &published["new"]), (&json!("other"), &json!(true)));
+    assert_eq!(json(&["publish", s(&other)])["new"], json!(false));
+    let broken = env.applet("broken", "", "return function( end");
+    let o = env.opslet(&["check", s(&broken), "--format", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((o.status.code(), &v["ok"], &v["error"]["kind"]), (Some(3), &json!(false), &json!("invalid_applet")), "{v}");
+    assert_eq!(v["error"]["diagnostics"][0]["file"], "main.lua", "{v}");
 }
