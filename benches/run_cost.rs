@@ -214,7 +214,7 @@ fn main() {
     let served = dir.path().join("data-served");
     let own = dir.path().join("data-own");
     for d in [&served, &own] {
-        let st = Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stderr(Stdio::null()).status().unwrap();
+        let st = Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stdout(Stdio::null()).status().unwrap();
         assert!(st.success());
     }
     let mut server = Command::new(exe)
