@@ -245,11 +245,10 @@ impl Engine {
             drop(cp);
             // Under writes that never pause, no passive checkpoint ever finishes, and only a
             // finished one lets the WAL start over: past the bound the writer waits for one.
-            if std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > WAL_LIMIT) {
-                let _one = self.checkpointing.lock();
-                if let Err(e) = self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-                    tracing::warn!(error = %e, "checkpointing the data store");
-                }
+            if self.wal_longer_than(WAL_LIMIT)
+                && let Err(e) = self.truncate_wal()
+            {
+                tracing::warn!(error = %e, "checkpointing the data store");
             }
         }
     }
@@ -259,18 +258,31 @@ impl Engine {
     pub(crate) fn close_as_one_file(self) -> Result<(), Error> {
         let fail = |e: rusqlite::Error| Error::Store(format!("closing data store {}: {e}", self.path.display()));
         self.readers.lock().clear();
+        self.stop_checkpointer();
+        self.truncate_wal().map_err(fail)?;
+        // The last connection to close now removes the (empty) WAL and its index.
+        self.writer.lock().set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false).map_err(fail)?;
+        drop(self);
+        Ok(())
+    }
+
+    /// Folds the whole WAL into the file and empties it, after any background checkpoint
+    /// (SQLite refuses a second one at once rather than wait for it).
+    fn truncate_wal(&self) -> rusqlite::Result<()> {
+        let _one = self.checkpointing.lock();
+        self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+    }
+
+    fn wal_longer_than(&self, bytes: u64) -> bool {
+        std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > bytes)
+    }
+
+    /// Ends the background checkpointer, if it runs, and waits for it.
+    fn stop_checkpointer(&self) {
         if let Some(c) = self.checkpointer.lock().take() {
             drop(c.wake);
             let _ = c.thread.join();
         }
-        {
-            let w = self.writer.lock();
-            w.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").map_err(fail)?;
-            // The last connection to close now removes the (empty) WAL and its index.
-            w.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false).map_err(fail)?;
-        }
-        drop(self);
-        Ok(())
     }
 
     fn wal_path(&self) -> PathBuf {
@@ -341,17 +353,14 @@ impl Engine {
 // reads the log back instead (under 0.3 ms for `CLOSE_CHECKPOINT` bytes).
 impl Drop for Engine {
     fn drop(&mut self) {
-        if let Some(c) = self.checkpointer.lock().take() {
-            drop(c.wake);
-            let _ = c.thread.join();
-        }
+        self.stop_checkpointer();
         if let Err(e) = self.sync() {
             tracing::warn!(error = %e, "syncing the data store on close");
         }
         // A long log would make every later open read it back: past a few dozen pages it is
         // folded in now, which a CLI command that writes a little pays once every few runs.
-        if std::fs::metadata(self.wal_path()).is_ok_and(|m| m.len() > CLOSE_CHECKPOINT)
-            && let Err(e) = self.writer.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        if self.wal_longer_than(CLOSE_CHECKPOINT)
+            && let Err(e) = self.truncate_wal()
         {
             tracing::warn!(error = %e, "checkpointing the data store on close");
         }
