@@ -210,11 +210,11 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelToken::default();
-    let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), stdin: req.stdin.clone(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
+    let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
     let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone() };
-    let argv = req.argv;
+    let (argv, stdin) = (req.argv, req.stdin);
     let task = tokio::task::spawn_blocking(move || {
-        let code = super::stdio::with_remote(remote, || super::execute_forwarded(argv, ctx));
+        let code = super::stdio::with_remote(remote, || super::stdio::with_input(stdin, || super::execute_forwarded(argv, ctx)));
         let _ = tx.send((EXIT, code.to_be_bytes().to_vec()));
     });
     let (mut rd, mut wr) = stream.into_split();

@@ -268,17 +268,12 @@ pub fn main() -> i32 {
             false => None,
         };
         let config = global.config_path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
-        match local::forward(&global.data_dir, config, stdin.clone()) {
-            Ok(Some(code)) => return code,
-            Ok(None) => {
-                if let Some(v) = stdin {
-                    // Read already: the command reads it from here.
-                    let remote = stdio::Remote { sink: std::sync::Arc::new(stdio::Local), shown_as: Vec::new(), stdin: Some(v), out_tty: false, err_tty: false, width: stdio::local_terminal_width() };
-                    return stdio::with_remote(remote, || dispatch(cli.command, &global));
-                }
-            }
-            Err(e) => return report(&e),
-        }
+        return match local::forward(&global.data_dir, config, stdin.clone()) {
+            Ok(Some(code)) => code,
+            // No server: the command runs here, on the stdin read already.
+            Ok(None) => stdio::with_input(stdin, || dispatch(cli.command, &global)),
+            Err(e) => report(&e),
+        };
     }
     dispatch(cli.command, &global)
 }

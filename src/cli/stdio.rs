@@ -19,34 +19,37 @@ pub trait Sink: Send + Sync {
     fn write(&self, stream: Stream, bytes: &[u8]);
 }
 
-/// The other end of a forwarded command: its output sink, its stdin (read by the CLI before it
-/// sent the command) and whether its streams are terminals.
+/// The other end of a forwarded command: its output sink, and whether its streams are
+/// terminals (its stdin, read by the CLI before it sent the command, goes to [`with_input`]).
 #[derive(Clone)]
 pub struct Remote {
     pub sink: Arc<dyn Sink>,
     /// Paths the server made absolute, shown as the caller wrote them (see `show_as`).
     pub shown_as: Vec<(String, String)>,
-    pub stdin: Option<Vec<u8>>,
     pub out_tty: bool,
     pub err_tty: bool,
     /// The width of the caller's terminal, when its stdout is one.
     pub width: Option<u16>,
 }
 
-/// The process's own streams (for a command whose stdin was read ahead).
-pub struct Local;
-
-impl Sink for Local {
-    fn write(&self, stream: Stream, bytes: &[u8]) {
-        let _ = match stream {
-            Stream::Out => std::io::stdout().lock().write_all(bytes),
-            Stream::Err => std::io::stderr().lock().write_all(bytes),
-        };
-    }
-}
-
 thread_local! {
     static REMOTE: RefCell<Option<Remote>> = const { RefCell::new(None) };
+    /// The command's stdin, when it was read ahead (by the CLI, before it knew where the
+    /// command would run).
+    static INPUT: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with `input` (when given) as the command's stdin.
+pub fn with_input<T>(input: Option<Vec<u8>>, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INPUT.with(|i| i.borrow_mut().take());
+        }
+    }
+    INPUT.with(|i| *i.borrow_mut() = input);
+    let _reset = Reset;
+    f()
 }
 
 /// Runs `f` with this thread's output going to `remote`.
@@ -82,22 +85,24 @@ pub struct Writer(Stream);
 
 impl Write for Writer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let sink = REMOTE.with(|r| r.borrow().as_ref().map(|r| (r.sink.clone(), r.shown_as.clone())));
-        match (sink, self.0) {
-            (Some((s, shown_as)), stream) => {
-                if shown_as.is_empty() {
-                    s.write(stream, buf);
-                } else {
-                    let mut text = String::from_utf8_lossy(buf).into_owned();
-                    for (resolved, given) in &shown_as {
-                        text = text.replace(resolved.as_str(), given);
-                    }
-                    s.write(stream, text.as_bytes());
+        let sent = REMOTE.with(|r| {
+            let r = r.borrow();
+            let Some(r) = r.as_ref() else { return false };
+            if r.shown_as.is_empty() {
+                r.sink.write(self.0, buf);
+            } else {
+                let mut text = String::from_utf8_lossy(buf).into_owned();
+                for (resolved, given) in &r.shown_as {
+                    text = text.replace(resolved.as_str(), given);
                 }
-                Ok(buf.len())
+                r.sink.write(self.0, text.as_bytes());
             }
-            (None, Stream::Out) => std::io::stdout().lock().write(buf),
-            (None, Stream::Err) => std::io::stderr().lock().write(buf),
+            true
+        });
+        match (sent, self.0) {
+            (true, _) => Ok(buf.len()),
+            (false, Stream::Out) => std::io::stdout().lock().write(buf),
+            (false, Stream::Err) => std::io::stderr().lock().write(buf),
         }
     }
 
@@ -152,15 +157,16 @@ pub fn local_terminal_width() -> Option<u16> {
 
 /// All of the command's stdin.
 pub fn read_stdin() -> std::io::Result<Vec<u8>> {
-    let forwarded = REMOTE.with(|r| r.borrow().as_ref().map(|r| r.stdin.clone().unwrap_or_default()));
-    match forwarded {
-        Some(bytes) => Ok(bytes),
-        None => {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
-            Ok(v)
-        }
+    if let Some(bytes) = INPUT.with(|i| i.borrow_mut().take()) {
+        return Ok(bytes);
     }
+    if is_remote() {
+        // The CLI sends stdin only to the commands that read it.
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+    Ok(v)
 }
 
 /// `println!` for a command's output.
