@@ -29,15 +29,7 @@ pub fn run(_global: &Global, args: CheckArgs) -> Result<i32, Error> {
     };
     let (v, code) = match &checked {
         Ok(pkg) => (serde_json::json!({ "ok": true, "applet": pkg.id(), "files": pkg.files.len(), "sha256": pkg.hash }), 0),
-        Err(e) => {
-            let mut err = serde_json::json!({ "kind": e.kind(), "message": e.to_string() });
-            if let Error::Applet(diags) = e {
-                err["diagnostics"] = serde_json::json!(
-                    diags.iter().map(|d| serde_json::json!({ "file": d.file, "line": d.line, "column": d.column, "message": d.message })).collect::<Vec<_>>()
-                );
-            }
-            (serde_json::json!({ "ok": false, "error": err }), e.exit_code())
-        }
+        Err(e) => (serde_json::json!({ "ok": false, "error": super::output::error_object(e) }), e.exit_code()),
     };
     out!("{}", super::output::render(&v, format));
     if let Err(e) = &checked {

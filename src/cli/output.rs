@@ -20,6 +20,25 @@ pub fn render(v: &Value, format: Format) -> String {
     }
 }
 
+/// An error as `--format json|yaml` prints it: its kind (as the audit log's `error_kind`),
+/// message and exit code, the bad params one per field, an invalid applet's problems with
+/// file, line and column.
+pub fn error_object(e: &crate::error::Error) -> Value {
+    use crate::error::Error;
+    let mut err = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() });
+    match e {
+        Error::Params(fields) => {
+            err["params"] = fields.iter().map(|f| serde_json::json!({ "param": f.param, "message": f.message })).collect();
+        }
+        Error::Applet(diags) => {
+            err["diagnostics"] =
+                diags.iter().map(|d| serde_json::json!({ "file": d.file, "line": d.line, "column": d.column, "message": d.message })).collect();
+        }
+        _ => {}
+    }
+    err
+}
+
 /// Applet-controlled text for a terminal: control characters (escape sequences, carriage
 /// returns, and newlines unless `keep_newlines`) are shown escaped, so output cannot rewrite the
 /// screen or pass off a line as a host message.

@@ -140,17 +140,14 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let reg = registry(global)?;
     let published = reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)?;
     reg.flush()?;
-    match (published, args.format.filter(|f| *f != Format::Table)) {
-        (p @ (Published::New(_) | Published::Unchanged(_)), Some(f)) => {
-            let (v, new) = match p {
-                Published::New(v) => (v, true),
-                Published::Unchanged(v) => (v, false),
-            };
-            let json = serde_json::json!({ "applet": v.name, "version": v.version, "sha256": v.hash, "new": new });
-            out!("{}", super::output::render(&json, f));
-        }
-        (Published::New(v), None) => outln!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
-        (Published::Unchanged(v), None) => outln!("{} is already published with this content; nothing to do", v.id()),
+    let (v, new) = match published {
+        Published::New(v) => (v, true),
+        Published::Unchanged(v) => (v, false),
+    };
+    match args.format.filter(|f| *f != Format::Table) {
+        Some(f) => out!("{}", super::output::render(&serde_json::json!({ "applet": v.name, "version": v.version, "sha256": v.hash, "new": new }), f)),
+        None if new => outln!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        None => outln!("{} is already published with this content; nothing to do", v.id()),
     }
     Ok(0)
 }

@@ -185,10 +185,7 @@ fn source_of(target: &str) -> Result<Source, Error> {
 /// A failure as `--format json` prints it: `{"error": {"kind", "message", "exit_code"}}`, with
 /// the run's id, applet and status when a run started (and the bad params, one per field).
 fn error_json(e: &Error, outcome: Option<&RunOutcome>) -> String {
-    let mut err = serde_json::json!({ "kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code() });
-    if let Error::Params(fields) = e {
-        err["params"] = serde_json::json!(fields.iter().map(|f| serde_json::json!({ "param": f.param, "message": f.message })).collect::<Vec<_>>());
-    }
+    let mut err = super::output::error_object(e);
     if let Some(o) = outcome {
         err["run_id"] = serde_json::json!(o.run_id);
         err["applet"] = serde_json::json!(o.applet);
