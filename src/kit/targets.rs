@@ -113,11 +113,10 @@ where
 {
     let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
     let by_name: HashMap<String, Host> = hosts.into_iter().map(|h| (h.name.clone(), h)).collect();
-    let tally = (Arc::clone(ctx), call.clone());
-    let ctx = Arc::clone(ctx);
+    let (shown, name) = (Arc::clone(ctx), call.clone());
     let progress = move |c: super::fanout::Counts| {
-        ctx.progress(crate::runtime::context::Progress {
-            call: call.clone(),
+        shown.progress(crate::runtime::context::Progress {
+            call: name.clone(),
             total: c.total,
             ok: c.ok,
             failed: c.failed,
@@ -128,7 +127,7 @@ where
     let results = super::fanout::fan_out(names, plan, super::io::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let skipped = results.iter().filter(|r| r.is_skipped()).count();
-    tally.0.record_targets(&tally.1, ok, results.len() - ok - skipped, skipped);
+    ctx.record_targets(&call, ok, results.len() - ok - skipped, skipped);
     results
 }
 

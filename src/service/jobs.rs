@@ -281,8 +281,8 @@ impl Jobs {
         // The outcome, and the job leaving the open ones (with its params), in one write.
         let cached = self.live.lock().get_mut(id).and_then(|l| l.job.take());
         let job = self.store.transaction(|tx| {
-            let stored = match &cached {
-                Some(job) => Some(job.clone()),
+            let stored = match cached {
+                Some(job) => Some(job),
                 None => tx.get(&self.tree, id.as_bytes())?.map(|b| decode(id, &b)).transpose()?,
             };
             let job = match stored {
