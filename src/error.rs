@@ -120,6 +120,10 @@ pub enum Error {
     /// how to allow them: a flag, a query parameter).
     #[error("{}", if *.current { format!("{id} is the current version but it is yanked; promote another version or roll back") } else { format!("{id} is yanked") })]
     Yanked { id: String, current: bool },
+    /// The caller may not do this: a remote CLI's token is refused, or its role or grants do not
+    /// allow the command.
+    #[error("{0}")]
+    Denied(String),
     /// Anything else: I/O, bugs in host code.
     #[error("{0}")]
     Internal(String),
@@ -138,6 +142,7 @@ impl Error {
             Error::Applet(_) | Error::Params(_) | Error::Config(_) | Error::NotFound(_) | Error::Yanked { .. } => 3,
             Error::LimitExceeded { .. } => 4,
             Error::Cancelled => 6,
+            Error::Denied(_) => 11,
             Error::Store(_) | Error::Db(_) | Error::Internal(_) => 5,
         }
     }
@@ -154,6 +159,7 @@ impl Error {
             Error::Usage(_) => "usage_error",
             Error::NotFound(_) | Error::Yanked { .. } => "not_found",
             Error::Store(_) | Error::Db(_) => "store_error",
+            Error::Denied(_) => "forbidden",
             Error::Internal(_) => "internal_error",
         }
     }

@@ -64,6 +64,21 @@ pub enum Action<'a> {
     Admin,
 }
 
+impl std::fmt::Display for Action<'_> {
+    /// What the caller asked to do, as a refusal names it ("alice (viewer) may not publish").
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::ReadRegistry => f.write_str("read the registry"),
+            Action::ReadOwnJobs => f.write_str("read their own jobs"),
+            Action::ReadAllJobs => f.write_str("read all jobs"),
+            Action::Run(name) => write!(f, "run `{name}`"),
+            Action::Publish => f.write_str("publish"),
+            Action::ReadAudit => f.write_str("read the audit log"),
+            Action::Admin => f.write_str("administer (accounts, tokens, grants, hooks, secrets, inventory)"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,

@@ -8,7 +8,6 @@ use super::Global;
 use super::output::Format;
 use crate::auth::{Auth, Role};
 use crate::error::Error;
-use crate::runtime::context::os_user;
 
 #[derive(Subcommand, Debug)]
 pub enum UserCmd {
@@ -89,7 +88,7 @@ pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
     let a = auth(global)?;
     match cmd {
         UserCmd::Add { name, role, groups } => {
-            a.add_user(&name, role, &groups, &os_user())?;
+            a.add_user(&name, role, &groups, &global.actor())?;
             a.flush()?;
             errln!("added {name} ({})", role.name());
         }
@@ -101,12 +100,12 @@ pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
                     .and_then(|v| String::from_utf8(v).map_err(|_| Error::Usage("the password on stdin is not UTF-8".into())))?,
             };
             let pw = raw.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&raw);
-            a.set_password(&name, pw, &os_user())?;
+            a.set_password(&name, pw, &global.actor())?;
             a.flush()?;
             errln!("password set for {name}");
         }
         UserCmd::Rm { name } => {
-            let revoked = a.remove_user(&name, &os_user())?;
+            let revoked = a.remove_user(&name, &global.actor())?;
             a.flush()?;
             errln!("removed {name}; revoked {revoked} token(s)");
         }
@@ -138,7 +137,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
                     Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| Error::Usage(format!("--expires `{s}`: {e}")))?)
                 }
             };
-            let (secret, t) = a.create_token(&user, expires_at, &label, &os_user())?;
+            let (secret, t) = a.create_token(&user, expires_at, &label, &global.actor())?;
             a.flush()?;
             outln!("{secret}");
             errln!(
@@ -148,7 +147,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
             );
         }
         TokenCmd::Revoke { id } => {
-            let t = a.revoke_token(&id, &os_user())?;
+            let t = a.revoke_token(&id, &global.actor())?;
             a.flush()?;
             errln!("revoked token {} of {}", t.id, t.user);
         }
@@ -193,12 +192,12 @@ pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
     let a = auth(global)?;
     match cmd {
         GrantCmd::Add { subject, pattern } => {
-            a.add_grant(&subject, &pattern, &os_user())?;
+            a.add_grant(&subject, &pattern, &global.actor())?;
             a.flush()?;
             errln!("{subject} may run {pattern}");
         }
         GrantCmd::Rm { subject, pattern } => {
-            a.remove_grant(&subject, &pattern, &os_user())?;
+            a.remove_grant(&subject, &pattern, &global.actor())?;
             a.flush()?;
             errln!("removed grant {subject} -> {pattern}");
         }
@@ -241,12 +240,12 @@ pub fn hook(global: &Global, cmd: HookCmd) -> Result<i32, Error> {
     let hooks = crate::service::Hooks::new(global.open_store()?)?;
     match cmd {
         HookCmd::Add { name, applet, maps } => {
-            let h = hooks.add(&name, &applet, &maps, &os_user())?;
+            let h = hooks.add(&name, &applet, &maps, &global.actor())?;
             outln!("{}", h.secret);
             errln!("hook {name} -> {applet} created: POST /hooks/{name}, signed with the secret above (shown once)");
         }
         HookCmd::Rm { name } => {
-            hooks.remove(&name, &os_user())?;
+            hooks.remove(&name, &global.actor())?;
             errln!("removed hook {name}");
         }
         HookCmd::List { format: Some(f) } => {
@@ -300,7 +299,7 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
                     value.pop();
                 }
             }
-            secrets.set(&name, &value, &os_user())?;
+            secrets.set(&name, &value, &global.actor())?;
             errln!("stored secret {name}");
         }
         SecretCmd::List { format: Some(f) } => {
@@ -313,7 +312,7 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
             }
         }
         SecretCmd::Rm { name } => {
-            secrets.remove(&name, &os_user())?;
+            secrets.remove(&name, &global.actor())?;
             errln!("removed secret {name}");
         }
     }

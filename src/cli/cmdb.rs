@@ -11,7 +11,6 @@ use super::output::Format;
 use crate::cmdb::inventory::{self, Format as InvFormat};
 use crate::cmdb::{Cmdb, Host};
 use crate::error::Error;
-use crate::runtime::context::os_user;
 
 #[derive(Subcommand, Debug)]
 pub enum CmdbCmd {
@@ -145,7 +144,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
             let tags = tags.iter().map(|t| tag(t)).collect::<Result<_, _>>()?;
             cmdb.put(
                 Host { name: name.clone(), address, port, groups: groups.into_iter().collect(), tags, attrs: Default::default(), host_key },
-                &os_user(),
+                &global.actor(),
             )?;
             errln!("added {name}");
         }
@@ -172,11 +171,11 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                     h.tags.insert(k, v);
                 }
             }
-            cmdb.put(h, &os_user())?;
+            cmdb.put(h, &global.actor())?;
             errln!("updated {name}");
         }
         CmdbCmd::Host(HostCmd::Rm { name }) => {
-            cmdb.remove(&name, &os_user())?;
+            cmdb.remove(&name, &global.actor())?;
             errln!("removed {name}");
         }
         CmdbCmd::Host(HostCmd::List { selector, format }) => {
@@ -238,7 +237,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
                     names.join(", ")
                 );
             }
-            let sum = cmdb.import(&inv, &os_user(), dry_run)?;
+            let sum = cmdb.import(&inv, &global.actor(), dry_run)?;
             let verb = if dry_run { "would add" } else { "added" };
             errln!(
                 "{verb} {} host(s){}, {} {} host(s){}, {} unchanged, {} group(s) nested",
@@ -278,7 +277,7 @@ pub fn run(global: &Global, cmd: CmdbCmd) -> Result<i32, Error> {
             outln!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         }
         CmdbCmd::Group(GroupCmd::Set { name, parents }) => {
-            cmdb.set_parents(&name, &parents, &os_user())?;
+            cmdb.set_parents(&name, &parents, &global.actor())?;
             errln!("group {name} is inside: {}", if parents.is_empty() { "nothing".into() } else { parents.join(", ") });
         }
     }

@@ -15,7 +15,7 @@ use crate::cmdb::config_items::{ConfigItems, ItemSpec, spec_toml};
 use crate::cmdb::device_configs::unified_diff;
 use crate::error::Error;
 use crate::runtime::CancelToken;
-use crate::runtime::context::{Caller, LogLine, LogSink, os_user};
+use crate::runtime::context::{Caller, LogLine, LogSink};
 use crate::service::{Overrun, Source, Submission};
 
 #[derive(Subcommand, Debug)]
@@ -112,7 +112,7 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
                     u.name, u.at
                 );
             }
-            let (v, new) = items.set(&store, spec, &os_user(), &message)?;
+            let (v, new) = items.set(&store, spec, &global.actor(), &message)?;
             if new {
                 errln!("{} v{} stored", v.name, v.version);
                 out!("{}", v.diff);
@@ -284,7 +284,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                     continue;
                 }
             };
-            let (v, new) = items.set(&store, spec, &os_user(), &format!("opslet config watch {}", f.display()))?;
+            let (v, new) = items.set(&store, spec, &global.actor(), &format!("opslet config watch {}", f.display()))?;
             if !new {
                 continue;
             }

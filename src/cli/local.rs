@@ -26,11 +26,7 @@ use crate::store::Store;
 /// The socket's file name in the data dir.
 pub const SOCKET: &str = "opslet.sock";
 
-const REQUEST: u8 = 0;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-const EXIT: u8 = 3;
-const CANCEL: u8 = 4;
+use crate::util::frames::{CANCEL, EXIT, REQUEST, STDERR, STDOUT};
 
 /// The largest request taken (its stdin, a secret or a password, is the only large part).
 const MAX_REQUEST: u32 = 16 << 20;
@@ -54,11 +50,7 @@ struct Request {
 }
 
 fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> std::io::Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)
+    w.write_all(&crate::util::frames::encode(kind, payload))
 }
 
 // ---- the CLI's side ----
@@ -211,7 +203,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelToken::default();
     let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
-    let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone() };
+    let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone(), user: None };
     let (argv, stdin) = (req.argv, req.stdin);
     let task = tokio::task::spawn_blocking(move || {
         let code = super::stdio::with_remote(remote, || super::stdio::with_input(stdin, || super::execute_forwarded(argv, ctx)));
@@ -224,9 +216,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
         tokio::select! {
             frame = rx.recv() => {
                 let Some((kind, bytes)) = frame else { break };
-                let mut out = Vec::with_capacity(bytes.len() + 5);
-                write_frame(&mut out, kind, &bytes)?;
-                if wr.write_all(&out).await.is_err() {
+                if wr.write_all(&crate::util::frames::encode(kind, &bytes)).await.is_err() {
                     // The CLI went away: whatever the command started is cancelled.
                     cancel.cancel();
                 }

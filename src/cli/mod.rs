@@ -11,6 +11,7 @@ mod netdev;
 mod new;
 mod output;
 mod registry;
+mod remote;
 mod run;
 mod serve;
 pub(crate) mod stdio;
@@ -45,6 +46,13 @@ pub struct Cli {
     /// Configuration file (default: DATA_DIR/opslet.toml when it exists).
     #[arg(long, global = true, env = "OPSLET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Run the command on the opslet server at URL, over its HTTP API, as the user of an API
+    /// token (OPSLET_TOKEN, or --token-file); paths stay those of this machine.
+    #[arg(long, global = true, env = "OPSLET_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// A file holding the API token for --server (when OPSLET_TOKEN is not set).
+    #[arg(long, global = true, env = "OPSLET_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -151,6 +159,9 @@ pub(crate) struct Forwarded {
     pub config: Option<PathBuf>,
     pub cwd: PathBuf,
     pub cancel: crate::runtime::CancelToken,
+    /// The account of a remote CLI's token (`--server`); none on the local socket, where the
+    /// caller is this OS user.
+    pub user: Option<String>,
 }
 
 impl Global {
@@ -169,6 +180,25 @@ impl Global {
     /// Ctrl-C reaches it through the socket).
     pub fn is_forwarded(&self) -> bool {
         self.forwarded.is_some()
+    }
+
+    /// Whether a remote CLI (`--server`) sent this command.
+    pub fn is_remote(&self) -> bool {
+        self.forwarded.as_ref().is_some_and(|f| f.user.is_some())
+    }
+
+    /// Who the command acts as, for the audit log: a remote CLI's account, else this OS user.
+    pub fn actor(&self) -> String {
+        match self.forwarded.as_ref().and_then(|f| f.user.clone()) {
+            Some(user) => user,
+            None => crate::runtime::context::os_user(),
+        }
+    }
+
+    /// The caller of a run this command starts (`via` says how: `cli`, `watch`, ...; a remote
+    /// CLI's runs are `remote-cli`).
+    pub fn caller(&self, via: &str) -> crate::runtime::context::Caller {
+        crate::runtime::context::Caller { user: self.actor(), via: if self.is_remote() { "remote-cli".into() } else { via.into() } }
     }
 
     /// `--config`, else DATA_DIR/opslet.toml when it exists, else the defaults.
@@ -258,7 +288,7 @@ pub fn main() -> i32 {
     }));
     let cli = Cli::parse();
     let global = Global::new(&cli);
-    // While a server holds the data dir, it runs the command (see `local`).
+    let server = cli.server.clone().filter(|s| !s.trim().is_empty());
     if cli.command.needs_data_dir() {
         let stdin = match cli.command.reads_stdin() {
             true => match read_input(&cli.command) {
@@ -267,6 +297,18 @@ pub fn main() -> i32 {
             },
             false => None,
         };
+        // With --server, a server elsewhere runs it (see `remote`).
+        if let Some(server) = server {
+            if let Some(flag) = cli_args.iter().find(|a| ["--data-dir", "--config"].iter().any(|f| a == f || a.starts_with(&format!("{f}=")))) {
+                let flag = flag.split('=').next().unwrap_or(flag);
+                return report(&Error::Usage(format!("{flag} names a path on this machine; with --server, the server uses its own")));
+            }
+            return match remote::token(cli.token_file.as_deref()).and_then(|t| remote::forward(&server, &t, cli.command, stdin)) {
+                Ok(code) => code,
+                Err(e) => report(&e),
+            };
+        }
+        // While a server holds the data dir, it runs the command (see `local`).
         let config = global.config_path.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
         return match local::forward(&global.data_dir, config, stdin.clone()) {
             Ok(Some(code)) => code,
@@ -298,10 +340,11 @@ fn read_input(command: &Command) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// Runs a command the server received on its local socket; returns its exit code.
-pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
-    let cli = match Cli::try_parse_from(&argv) {
-        Ok(c) => c,
+/// The command of a command line the server received; else what clap says of it has been
+/// printed, and its exit code is the error.
+fn parse_forwarded(argv: &[String]) -> Result<Command, i32> {
+    match Cli::try_parse_from(argv) {
+        Ok(c) => Ok(c.command),
         Err(e) => {
             let text = e.render().to_string();
             if e.use_stderr() {
@@ -309,10 +352,17 @@ pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
             } else {
                 outln!("{}", text.trim_end());
             }
-            return e.exit_code();
+            Err(e.exit_code())
         }
+    }
+}
+
+/// Runs a command the server received on its local socket; returns its exit code.
+pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
+    let mut command = match parse_forwarded(&argv) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let mut command = cli.command;
     if !command.needs_data_dir() || matches!(command, Command::Store(_)) {
         return report(&Error::Usage(
             "this command needs the data dir to itself: stop `opslet serve` first (it holds the data dir)".into(),
@@ -390,34 +440,56 @@ impl Command {
         matches!(self, Command::User(auth::UserCmd::Passwd { file: None, .. }) | Command::Secret(auth::SecretCmd::Set { file: None, .. }))
     }
 
+    /// The paths of the caller's machine the command names (not `run`'s target, which may be
+    /// a registry name), and what it does with each.
+    fn paths_mut(&mut self) -> Vec<(PathUse, &mut PathBuf)> {
+        use PathUse::*;
+        match self {
+            Command::Publish(a) => vec![(Folder, &mut a.path)],
+            Command::Export(a) => vec![(Write, &mut a.output)],
+            Command::Import(a) => vec![(Read, &mut a.file)],
+            Command::User(auth::UserCmd::Passwd { file: Some(f), .. }) | Command::Secret(auth::SecretCmd::Set { file: Some(f), .. }) => {
+                vec![(Read, f)]
+            }
+            Command::Cmdb(cmdb::CmdbCmd::Import { file: Some(f), .. }) => vec![(Read, f)],
+            Command::Cmdb(cmdb::CmdbCmd::Export { output: Some(f), .. }) => vec![(Write, f)],
+            Command::Config(config_items::ConfigCmd::Set { file, .. }) => vec![(Read, file)],
+            Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => vec![(Watch, dir)],
+            _ => vec![],
+        }
+    }
+
     /// Makes the command's relative paths relative to `cwd` (the CLI's, in the server).
     fn absolutize(&mut self, cwd: &std::path::Path) {
-        let fix = |p: &mut PathBuf| {
+        if let Command::Run(a) = self {
+            let p = std::path::Path::new(&a.target);
+            if p.is_relative() && (cwd.join(p).is_dir() || a.target.contains('/') || a.target.starts_with('.')) {
+                let resolved = cwd.join(p).to_string_lossy().into_owned();
+                stdio::show_as(resolved.clone(), a.target.clone());
+                a.given = Some(std::mem::replace(&mut a.target, resolved));
+            }
+        }
+        for (_, p) in self.paths_mut() {
             if p.is_relative() {
                 let resolved = cwd.join(&*p);
                 stdio::show_as(resolved.display().to_string(), p.display().to_string());
                 *p = resolved;
             }
-        };
-        match self {
-            Command::Run(a) => {
-                let p = std::path::Path::new(&a.target);
-                if p.is_relative() && (cwd.join(p).is_dir() || a.target.contains('/') || a.target.starts_with('.')) {
-                    let resolved = cwd.join(p).to_string_lossy().into_owned();
-                    stdio::show_as(resolved.clone(), a.target.clone());
-                    a.given = Some(std::mem::replace(&mut a.target, resolved));
-                }
-            }
-            Command::Publish(a) => fix(&mut a.path),
-            Command::Export(a) => fix(&mut a.output),
-            Command::Import(a) => fix(&mut a.file),
-            Command::User(auth::UserCmd::Passwd { file: Some(f), .. }) | Command::Secret(auth::SecretCmd::Set { file: Some(f), .. }) => fix(f),
-            Command::Cmdb(cmdb::CmdbCmd::Import { file: Some(f), .. }) | Command::Cmdb(cmdb::CmdbCmd::Export { output: Some(f), .. }) => fix(f),
-            Command::Config(config_items::ConfigCmd::Set { file, .. }) => fix(file),
-            Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => fix(dir),
-            _ => {}
         }
     }
+}
+
+/// What a command does with a path it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathUse {
+    /// Reads the file.
+    Read,
+    /// Reads the folder's files.
+    Folder,
+    /// Writes the file.
+    Write,
+    /// Watches the folder for changes.
+    Watch,
 }
 
 /// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`,
@@ -432,7 +504,7 @@ fn init_tracing(default: &str) {
     };
 }
 
-fn report(e: &Error) -> i32 {
+pub(crate) fn report(e: &Error) -> i32 {
     match e {
         Error::Yanked { .. } => errln!("error: {e}; pass --allow-yanked to run it anyway"),
         _ => errln!("error: {e}"),

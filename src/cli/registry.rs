@@ -13,7 +13,6 @@ use crate::applet::AppletPackage;
 use crate::error::Error;
 
 use crate::registry::{PermissionChanges, Published, Reference, Registry, VersionMeta};
-use crate::runtime::context::os_user;
 
 #[derive(Args, Debug)]
 pub struct PublishArgs {
@@ -138,7 +137,7 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
     pkg.check_modules(&crate::modules::builtin())?;
     let reg = registry(global)?;
-    let published = reg.publish(&pkg, &os_user(), &args.message, args.allow_downgrade)?;
+    let published = reg.publish(&pkg, &global.actor(), &args.message, args.allow_downgrade)?;
     reg.flush()?;
     let (v, new) = match published {
         Published::New(v) => (v, true),
@@ -256,7 +255,7 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
 pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {
     let (name, version) = version_ref(&args.reference)?;
     let reg = registry(global)?;
-    let a = reg.promote(&name, &version, &os_user())?;
+    let a = reg.promote(&name, &version, &global.actor())?;
     reg.flush()?;
     outln!("{}@{} is now current", a.name, a.current);
     Ok(0)
@@ -264,7 +263,7 @@ pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {
 
 pub fn rollback(global: &Global, name: String) -> Result<i32, Error> {
     let reg = registry(global)?;
-    let (from, to) = reg.rollback(&name, &os_user())?;
+    let (from, to) = reg.rollback(&name, &global.actor())?;
     reg.flush()?;
     outln!("{name}: rolled back from {from} to {to}");
     Ok(0)
@@ -273,7 +272,7 @@ pub fn rollback(global: &Global, name: String) -> Result<i32, Error> {
 pub fn yank(global: &Global, args: YankArgs) -> Result<i32, Error> {
     let (name, version) = version_ref(&args.reference)?;
     let reg = registry(global)?;
-    let v = reg.yank(&name, &version, args.undo, &os_user())?;
+    let v = reg.yank(&name, &version, args.undo, &global.actor())?;
     reg.flush()?;
     outln!("{} {}", v.id(), if v.yanked { "yanked: new runs need --allow-yanked" } else { "is no longer yanked" });
     Ok(0)
@@ -331,12 +330,12 @@ pub fn feature(global: &Global, cmd: FeatureCmd) -> Result<i32, Error> {
     let reg = registry(global)?;
     match cmd {
         FeatureCmd::Add { collection, name } => {
-            reg.feature(&collection, &name, false, &os_user())?;
+            reg.feature(&collection, &name, false, &global.actor())?;
             reg.flush()?;
             outln!("{name} is featured in {collection}");
         }
         FeatureCmd::Rm { collection, name } => {
-            reg.feature(&collection, &name, true, &os_user())?;
+            reg.feature(&collection, &name, true, &global.actor())?;
             reg.flush()?;
             outln!("{name} removed from {collection}");
         }
@@ -371,7 +370,7 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
     }
     let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
     let reg = registry(global)?;
-    let imported = reg.import(&bytes, &os_user(), args.allow_downgrade, &crate::modules::builtin())?;
+    let imported = reg.import(&bytes, &global.actor(), args.allow_downgrade, &crate::modules::builtin())?;
     reg.flush()?;
     match imported {
         Published::New(v) => outln!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),

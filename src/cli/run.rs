@@ -12,7 +12,7 @@ use notify::{RecursiveMode, Watcher};
 use super::Global;
 use super::output::{Format, render};
 use crate::error::Error;
-use crate::runtime::context::{Caller, LogLine, LogSink};
+use crate::runtime::context::{LogLine, LogSink};
 use crate::runtime::{CancelToken, RunOutcome};
 use crate::service::{Check, Overrun, RawParams, RunService, Source, Submission};
 
@@ -127,7 +127,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             _ => return Err(Error::Usage(format!("--param `{p}`: expected NAME=VALUE"))),
         }
     }
-    let source = source_of(&args.target)?;
+    let source = source_of(&args.target, global.is_forwarded())?;
     let config = global.config()?;
     let store = global.open_store()?;
     // A folder named like a published applet wins, as the docs say: say so.
@@ -142,12 +142,18 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let service = RunService::new(global.runtime(&config, store.clone())?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
-        let mut sub = Submission::new(source.clone(), Caller { via: via.into(), ..Caller::cli() });
+        let mut sub = Submission::new(source.clone(), global.caller(via));
         sub.params = RawParams { json: params_json.clone(), pairs: pairs.clone() };
         (sub.dry_run, sub.allow_yanked) = (args.dry_run, args.allow_yanked);
         // Every attempt is a run: bad params are recorded as one (`invalid_params`).
         sub.check = Check::InRun;
-        let prepared = service.prepare(sub)?;
+        let mut prepared = service.prepare(sub)?;
+        if global.is_remote()
+            && let (Source::Folder(_), Some(given)) = (&source, &args.given)
+        {
+            // The server's copy is gone after the command: the record names the caller's folder.
+            prepared.request.origin = crate::runtime::Origin::Sent { path: given.clone() };
+        }
         let sink: Option<LogSink> = (!args.quiet).then(|| {
             let bars = Progress::default();
             Arc::new(move |l: &LogLine| match &l.progress {
@@ -172,10 +178,11 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
 }
 
 /// Where the applet comes from: a path (an existing folder, or anything with `/` or a leading
-/// `.`) or a registry reference.
-fn source_of(target: &str) -> Result<Source, Error> {
+/// `.`) or a registry reference. In the server, a folder of the caller's is an absolute path
+/// already, and the server's own working directory is not looked at.
+fn source_of(target: &str, forwarded: bool) -> Result<Source, Error> {
     let path = Path::new(target);
-    if path.is_dir() || target.contains('/') || target.starts_with('.') {
+    if (!forwarded && path.is_dir()) || target.contains('/') || target.starts_with('.') {
         Ok(Source::Folder(path.to_path_buf()))
     } else {
         crate::registry::Reference::parse(target).map(Source::Registry)

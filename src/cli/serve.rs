@@ -100,6 +100,8 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         service,
         sync_timeout,
         sessions: Default::default(),
+        // `opslet --server` commands run like those of the local socket, as the token's user.
+        commands: crate::http::commands::Commands::new(super::remote::runner(global.data_dir.clone(), global.config_path.clone(), store.clone())),
     };
     let cfg = ServeConfig { listen, body_limit, shutdown_grace };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -56,7 +56,7 @@ fn admin(s: &AppState, p: &Principal, path: &str) -> Result<(), ApiError> {
     require(s, p, Action::Admin, path)
 }
 
-fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not what this route takes: {e}")))
 }
 
@@ -213,4 +213,37 @@ pub(super) async fn cmdb_hosts(State(s): State<AppState>, Authed(p): Authed, Que
         .map(|h| json!({ "name": h.name, "address": h.address, "port": h.port, "groups": h.groups, "tags": h.tags, "pinned": h.host_key.is_some() }))
         .collect();
     Ok(Json(json!(shown)))
+}
+
+fn secrets(s: &AppState) -> Result<crate::secrets::Secrets, ApiError> {
+    let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    Ok(crate::secrets::Secrets::open(store.clone())?)
+}
+
+/// Secrets by name, when they changed and by whom; never their values.
+pub(super) async fn list_secrets(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/secrets")?;
+    Ok(Json(json!(secrets(&s)?.list()?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct SecretValue {
+    value: String,
+}
+
+/// Sets a secret (encrypted at rest); the answer does not repeat it.
+pub(super) async fn set_secret(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/secrets/{name}")?;
+    let v: SecretValue = body_json(&body)?;
+    let secrets = secrets(&s)?;
+    secrets.set(&name, v.value.as_bytes(), &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "set": name })))
+}
+
+pub(super) async fn remove_secret(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/secrets/{name}")?;
+    secrets(&s)?.remove(&name, &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!({ "removed": name })))
 }

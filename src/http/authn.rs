@@ -99,7 +99,7 @@ pub(super) fn require(state: &AppState, p: &Principal, action: Action, path: &st
     }
     let why = match action {
         Action::Run(name) => format!("{} ({}) may not run `{name}` (no grant matches)", p.user, p.role.name()),
-        other => format!("{} ({}) may not {other:?}", p.user, p.role.name()),
+        other => format!("{} ({}) may not {other}", p.user, p.role.name()),
     };
     deny(state, Some(&p.user), path, &why);
     Err(ApiError::new(StatusCode::FORBIDDEN, format!("forbidden: {why}")))

@@ -88,6 +88,7 @@ impl From<Error> for ApiError {
             Error::Params(_) | Error::Applet(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound(_) | Error::Yanked { .. } => StatusCode::NOT_FOUND,
             Error::Usage(_) | Error::Config(_) => StatusCode::BAD_REQUEST,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = match &e {

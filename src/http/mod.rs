@@ -8,6 +8,7 @@
 
 mod admin;
 mod authn;
+pub mod commands;
 mod error;
 mod registry;
 mod runs;
@@ -23,7 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 pub use authn::Authed;
 pub use error::ApiError;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub sync_timeout: Duration,
     /// Web console sessions.
     pub sessions: Arc<session::Sessions>,
+    /// CLI commands from `opslet --server` (none when the server was built without a runner).
+    pub commands: commands::Commands,
 }
 
 /// Server settings (flags of `opslet serve`).
@@ -88,6 +91,11 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .route("/api/v1/users", get(admin::list_users).post(admin::add_user))
         .route("/api/v1/users/{name}", delete(admin::remove_user))
         .route("/api/v1/users/{name}/tokens", post(admin::create_token))
+        .route("/api/v1/users/{name}/password", put(commands::set_password))
+        .route("/api/v1/secrets", get(admin::list_secrets))
+        .route("/api/v1/secrets/{name}", put(admin::set_secret).delete(admin::remove_secret))
+        .route("/api/v1/commands", post(commands::run_command))
+        .route("/api/v1/commands/{id}/cancel", post(commands::cancel_command))
         .route("/api/v1/tokens", get(admin::list_tokens))
         .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
         .route("/api/v1/grants", get(admin::list_grants).post(admin::add_grant).delete(admin::remove_grant))

@@ -68,6 +68,8 @@ pub enum Origin {
     Registry { reference: String },
     /// An applet folder, by its path.
     Folder { path: String },
+    /// An applet folder a remote CLI (`opslet --server`) sent, by the path its caller wrote.
+    Sent { path: String },
     /// The applet's folder under the server's `--dev` folder.
     Dev,
 }

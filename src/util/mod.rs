@@ -2,6 +2,8 @@
 //! constant-time comparison, error chains). Anything here may be used by every layer above;
 //! nothing here imports from `crate` (a test in `tests/layers.rs` checks it).
 
+pub mod frames;
+
 use std::time::Duration;
 
 /// Names of applets, users, groups, secrets, hooks and collections: 1-64 chars of `[a-z0-9-]`,

@@ -1,6 +1,8 @@
-//! The CLI while `opslet serve` holds the data dir: every command goes to the server over the
-//! data dir's local socket and gives the same output and exit code as without a server; a run
-//! streams its logs and Ctrl-C cancels it; only the data dir's owner gets in.
+//! The CLI through a server: while `opslet serve` holds the data dir, every command goes to it
+//! over the data dir's local socket, and with `--server URL` over its HTTP API from anywhere;
+//! either way it gives the same output and exit code as without a server, a run streams its
+//! logs and Ctrl-C cancels it. Only the data dir's owner gets in on the socket; over HTTP each
+//! command needs the token's role and grants, and paths stay the caller's.
 
 mod common;
 
@@ -12,11 +14,19 @@ use regex::Regex;
 
 /// Runs `opslet ARGS` in `cwd` on `data` with `stdin`; returns (exit code, stdout, stderr).
 fn opslet(cwd: &Path, data: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    opslet_with(cwd, data, args, stdin, &[])
+}
+
+/// Likewise with more environment (`OPSLET_SERVER`, `OPSLET_TOKEN`).
+fn opslet_with(cwd: &Path, data: &Path, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
         .args(args)
         .current_dir(cwd)
         .env("OPSLET_DATA_DIR", data)
         .env_remove("OPSLET_CONFIG")
+        .env_remove("OPSLET_SERVER")
+        .env_remove("OPSLET_TOKEN")
+        .envs(env.iter().copied())
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -83,43 +93,90 @@ const SESSION: &[(&[&str], Option<&str>)] = &[
     (&["audit", "list", "--format", "json"], None),
 ];
 
+/// The OS user these tests run as (the actor of local commands); the remote CLI's account is
+/// named after it, so the audit logs of both compare.
+fn os_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Via {
+    /// No server: the CLI opens the store.
+    Alone,
+    /// A server holds the data dir: the local socket.
+    Socket,
+    /// `--server URL` with an admin's token, and no data dir on the CLI's side.
+    Http,
+}
+
+/// The session's results (exit code, stdout, stderr), normalized, and the folder it ran in.
+fn session(via: Via) -> (Vec<(i32, String, String)>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    applet(dir.path(), "hello", "return function(p) log.info('n is ' .. p.n) return { n = p.n + 1 } end");
+    applet(dir.path(), "failing", "return function() error('disk full on /var') end");
+    // Every data dir gets the account a remote CLI uses, so all audit logs start alike.
+    let me = os_user();
+    assert_eq!(opslet(dir.path(), &data, &["user", "add", &me, "--role", "admin"], None).0, 0);
+    let (code, token, err) = opslet(dir.path(), &data, &["token", "create", &me], None);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_string();
+    let server = (via != Via::Alone).then(|| common::serve::spawn(&data, &[]));
+    if via == Via::Socket {
+        assert!(data.join("opslet.sock").exists());
+    }
+    let url = server.as_ref().map(|(_, addr)| format!("http://{addr}")).unwrap_or_default();
+    // The remote CLI has no data dir of its own: a path that does not exist.
+    let nowhere = dir.path().join("no-data-dir-here");
+    let (data_arg, env): (&Path, Vec<(&str, &str)>) = match via {
+        Via::Http => (&nowhere, vec![("OPSLET_SERVER", url.as_str()), ("OPSLET_TOKEN", token.as_str())]),
+        _ => (&data, vec![]),
+    };
+    let out: Vec<(i32, String, String)> = SESSION
+        .iter()
+        .map(|(args, stdin)| {
+            let (code, out, err) = opslet_with(dir.path(), data_arg, args, *stdin, &env);
+            (code, normalize(&out), normalize(&err))
+        })
+        .collect();
+    if let Some((mut child, _)) = server {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(!nowhere.exists(), "the remote CLI made a data dir of its own");
+    (out, dir)
+}
+
 #[test]
 fn every_command_gives_the_same_result_through_the_server() {
-    let results = |with_server: bool| {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        applet(dir.path(), "hello", "return function(p) log.info('n is ' .. p.n) return { n = p.n + 1 } end");
-        applet(dir.path(), "failing", "return function() error('disk full on /var') end");
-        // The data dir exists before the server starts (as `opslet serve` needs one anyway).
-        opslet(dir.path(), &data, &["list"], None);
-        let server = with_server.then(|| common::serve::spawn(&data, &[]));
-        if with_server {
-            assert!(data.join("opslet.sock").exists());
-        }
-        let out: Vec<(i32, String, String)> = SESSION
-            .iter()
-            .map(|(args, stdin)| {
-                let (code, out, err) = opslet(dir.path(), &data, args, *stdin);
-                (code, normalize(&out), normalize(&err))
-            })
-            .collect();
-        if let Some((mut child, _)) = server {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-        (out, dir)
+    let (alone, _d1) = session(Via::Alone);
+    let (socket, d2) = session(Via::Socket);
+    let (http, d3) = session(Via::Http);
+    for (((args, _), a), s) in SESSION.iter().zip(&alone).zip(&socket) {
+        assert_eq!(a, s, "`opslet {}` alone (left) and through the local socket (right)", args.join(" "));
+    }
+    // Over HTTP, runs are recorded as the remote CLI's, and a folder it ran by the path its
+    // user wrote (the server's copy is gone); all else is the same.
+    let audit = SESSION.len() - 1;
+    assert!(http[audit].1.contains("\"via\": \"remote-cli\""), "{}", http[audit].1);
+    assert!(http[audit].1.contains("\"kind\": \"sent\",\n\"path\": \"./hello\""), "{}", http[audit].1);
+    let as_local = |s: &str| {
+        let s = s.replace("\"via\": \"remote-cli\"", "\"via\": \"cli\"").replace("\"kind\": \"sent\"", "\"kind\": \"folder\"");
+        Regex::new(r#""path": "(\./)?(\w+)""#).unwrap().replace_all(&s, "\"path\": \"<tmp>/$2\"").into_owned()
     };
-    let (alone, _d1) = results(false);
-    let (served, d2) = results(true);
-    for (((args, _), a), s) in SESSION.iter().zip(&alone).zip(&served) {
-        assert_eq!(a, s, "`opslet {}` alone (left) and through the server (right)", args.join(" "));
+    for (i, (((args, _), a), h)) in SESSION.iter().zip(&alone).zip(&http).enumerate() {
+        let h = if i == audit { (h.0, as_local(&h.1), h.2.clone()) } else { h.clone() };
+        assert_eq!(a, &h, "`opslet {}` alone (left) and with --server (right)", args.join(" "));
     }
     // The exit codes the session expects, so the comparison compares something.
     let codes: Vec<i32> = alone.iter().map(|r| r.0).collect();
     assert_eq!(codes, [0, 0, 0, 0, 0, 0, 3, 1, 3, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0], "{alone:#?}");
-    assert!(served[4].2.contains("[info] n is 41"), "{:?}", served[4]);
+    assert!(socket[4].2.contains("[info] n is 41"), "{:?}", socket[4]);
+    assert!(http[4].2.contains("[info] n is 41"), "{:?}", http[4]);
     // The export was written where the caller stood, not where the server runs.
     assert!(d2.path().join("hello.bundle").exists());
+    assert!(d3.path().join("hello.bundle").exists());
 }
 
 #[test]
