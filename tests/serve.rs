@@ -114,6 +114,7 @@ async fn call(s: &Server, method: &str, path: &str, user: Option<&str>, body: Op
     let mut req = match method {
         "POST" => client.post(&url),
         "DELETE" => client.delete(&url),
+        "PUT" => client.put(&url),
         _ => client.get(&url),
     };
     if let Some(u) = user {
@@ -603,6 +604,11 @@ fn full_auth_matrix() {
             ("GET", "/api/v1/hooks", None, vec!["ada"]),
             ("POST", "/api/v1/hooks", Some(r#"{"name": "Bad Name", "applet": "x"}"#), vec!["ada"]),
             ("DELETE", "/api/v1/hooks/nobody", None, vec!["ada"]),
+            ("PUT", "/api/v1/users/nobody/password", Some(r#"{"password": "long enough at last"}"#), vec!["ada"]),
+            ("GET", "/api/v1/secrets", None, vec!["ada"]),
+            ("PUT", "/api/v1/secrets/matrix", Some(r#"{"value": "v"}"#), vec!["ada"]),
+            ("DELETE", "/api/v1/secrets/nobody", None, vec!["ada"]),
+            ("POST", "/api/v1/commands/00000000/cancel", None, all.to_vec()),
         ];
         for (method, path, body, allowed) in &routes {
             let (code, resp) = call(&s, method, path, None, *body).await;

@@ -254,3 +254,200 @@ fn only_the_data_dirs_owner_gets_in_and_commands_that_need_it_alone_say_so() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// The frames of a `POST /api/v1/commands` answer: (stdout, stderr, exit code).
+async fn raw_command(base: &str, token: &str, request: serde_json::Value) -> (String, String, i32) {
+    let resp = reqwest::Client::new().post(format!("{base}/api/v1/commands")).bearer_auth(token).json(&request).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await.unwrap();
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
+    let mut rest = &body[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let payload = &rest[5..5 + len];
+        match rest[0] {
+            1 => out.extend_from_slice(payload),
+            2 => err.extend_from_slice(payload),
+            3 => code = Some(i32::from_be_bytes(payload.try_into().unwrap())),
+            _ => {}
+        }
+        rest = &rest[5 + len..];
+    }
+    (String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap(), code.expect("an EXIT frame"))
+}
+
+#[test]
+fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    applet(dir.path(), "hello", "return function(p) return { n = p.n } end");
+    let mut tokens = std::collections::HashMap::new();
+    for (user, role) in [("boss", "admin"), ("vic", "viewer"), ("olga", "operator")] {
+        assert_eq!(opslet(dir.path(), &data, &["user", "add", user, "--role", role], None).0, 0);
+        tokens.insert(user, opslet(dir.path(), &data, &["token", "create", user], None).1.trim().to_string());
+    }
+    opslet(dir.path(), &data, &["grant", "add", "olga", "hello"], None);
+    opslet(dir.path(), &data, &["publish", "hello"], None);
+    // Files only the server's machine has: a bundle of a version never published, an applet.
+    opslet(dir.path(), &data, &["export", "hello", "-o", "server-only.bundle"], None);
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    let base = format!("http://{addr}");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let nowhere = dir.path().join("no-data-dir");
+    let as_user = |user: &str, args: &[&str], stdin: Option<&str>| {
+        opslet_with(&elsewhere, &nowhere, args, stdin, &[("OPSLET_SERVER", base.as_str()), ("OPSLET_TOKEN", tokens[user].as_str())])
+    };
+
+    // A viewer may read the registry, not administer; the refusal is audited.
+    assert_eq!(as_user("vic", &["list"], None).0, 0);
+    let (code, _, err) = as_user("vic", &["user", "add", "mallory", "--role", "admin"], None);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("vic (viewer) may not administer"), "{err}");
+    // ... but sets their own console password, and nobody else's.
+    let (code, _, err) = as_user("vic", &["user", "passwd", "vic"], Some("a long password\n"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(as_user("vic", &["user", "passwd", "boss"], Some("a long password\n")).0, 11);
+    // An operator runs what the grants allow, and no unpublished folder.
+    let (code, out, err) = as_user("olga", &["run", "hello", "-p", "n=7", "--format", "json"], None);
+    assert_eq!((code, out.contains("\"n\": 7")), (0, true), "{out}{err}");
+    std::fs::create_dir_all(elsewhere.join("hello")).unwrap();
+    std::fs::write(elsewhere.join("hello/applet.toml"), "name = \"hello\"\nversion = \"9.0.0\"\n").unwrap();
+    std::fs::write(elsewhere.join("hello/main.lua"), "return function() return 'unpublished' end").unwrap();
+    let (code, _, err) = as_user("olga", &["run", "./hello"], None);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("may not administer"), "{err}");
+    assert_eq!(as_user("olga", &["publish", "./hello"], None).0, 11);
+    let (_, users, _) = as_user("boss", &["user", "list", "--format", "json"], None);
+    assert!(!users.contains("mallory"), "{users}");
+    let (_, audit, _) = as_user("boss", &["audit", "list", "--format", "json"], None);
+    let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let denied: Vec<&serde_json::Value> = records.as_array().unwrap().iter().filter(|r| r["kind"] == "http.denied").collect();
+    assert!(denied.iter().any(|d| d["actor"] == "vic"), "{denied:?}");
+    assert!(denied.iter().any(|d| d["actor"] == "olga"), "{denied:?}");
+    let set = records.as_array().unwrap().iter().find(|r| r["kind"] == "auth.password.set").unwrap();
+    assert_eq!(set["actor"], "vic");
+
+    // No token, a bad token, a data dir of this machine: each said plainly.
+    let (code, _, err) = opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", base.as_str())]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("OPSLET_TOKEN"), "{err}");
+    let (code, _, err) =
+        opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", base.as_str()), ("OPSLET_TOKEN", "opslet_00000000_00")]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("refused: unauthenticated"), "{err}");
+    let (code, _, err) = as_user("boss", &["--data-dir", data.to_str().unwrap(), "list"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--data-dir names a path on this machine"), "{err}");
+    let (code, _, err) = opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", "http://127.0.0.1:9"), ("OPSLET_TOKEN", "x")]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("cannot reach the server at http://127.0.0.1:9"), "{err}");
+    assert!(!nowhere.exists());
+
+    // Paths are the caller's: a request naming files of the server's machine without sending
+    // them finds nothing there, even as an admin.
+    let bundle = dir.path().join("server-only.bundle");
+    let server_applet = dir.path().join("hello");
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let boss = &tokens["boss"];
+        let (_, err, code) = raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "import", bundle.to_str().unwrap()] })).await;
+        assert!(bundle.exists());
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains(&format!("{}: No such file", bundle.display())), "the error names the path as sent: {err}");
+        let (_, err, code) = raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "run", server_applet.to_str().unwrap()] })).await;
+        assert_eq!(code, 3, "{err}");
+        assert!(err.contains("cannot open applet folder"), "{err}");
+        // A sent folder cannot place a file outside itself.
+        let escape = serde_json::json!({
+            "argv": ["opslet", "publish", "x"],
+            "files": { "x": { "kind": "dir", "files": { "../../escaped.lua": "cmV0dXJuIDE=" } } },
+        });
+        let (_, err, code) = raw_command(&base, boss, escape).await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("would land outside its folder"), "{err}");
+        // A command that needs the data dir alone is not run for a remote caller.
+        let (_, err, code) = raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "store", "repair"] })).await;
+        assert_eq!(code, 2, "{err}");
+    });
+    let (_, versions, _) = as_user("boss", &["versions", "hello"], None);
+    assert!(!versions.contains("9.0.0"), "{versions}");
+
+    // The password route: a user's own, or an admin's; never shorter than 10 characters.
+    rt.block_on(async {
+        let put = |who: &str, whose: &str, pw: &str| {
+            reqwest::Client::new()
+                .put(format!("{base}/api/v1/users/{whose}/password"))
+                .bearer_auth(&tokens[who])
+                .json(&serde_json::json!({ "password": pw }))
+                .send()
+        };
+        assert_eq!(put("olga", "olga", "olgas own password").await.unwrap().status(), 200);
+        assert_eq!(put("olga", "vic", "not olgas to set").await.unwrap().status(), 403);
+        assert_eq!(put("boss", "olga", "short").await.unwrap().status(), 400);
+        assert_eq!(put("boss", "nobody", "long enough here").await.unwrap().status(), 404);
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    applet(dir.path(), "nap", "return function() log.info('going to sleep') time.sleep(30) return true end");
+    opslet(dir.path(), &data, &["user", "add", "boss", "--role", "admin"], None);
+    let token = opslet(dir.path(), &data, &["token", "create", "boss"], None).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    let base = format!("http://{addr}");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["run", "nap"])
+            .current_dir(dir.path())
+            .env("OPSLET_SERVER", &base)
+            .env("OPSLET_TOKEN", &token)
+            .env("OPSLET_DATA_DIR", dir.path().join("nowhere"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut run = start();
+    let mut err = std::io::BufReader::new(run.stderr.take().unwrap()).lines();
+    assert_eq!(err.next().unwrap().unwrap(), "[info] going to sleep");
+    assert!(run.try_wait().unwrap().is_none());
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGINT);
+    }
+    let status = run.wait().unwrap();
+    let rest: Vec<String> = err.map(|l| l.unwrap()).collect();
+    assert_eq!(status.code(), Some(6), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("run cancelled")), "{rest:?}");
+
+    // A CLI killed outright: the server notices the lost caller and cancels its run.
+    let mut run = start();
+    let mut err = std::io::BufReader::new(run.stderr.take().unwrap()).lines();
+    assert_eq!(err.next().unwrap().unwrap(), "[info] going to sleep");
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let ends = || {
+        let (_, audit, _) = opslet(dir.path(), &data, &["audit", "list", "--format", "json"], None);
+        let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
+        records.as_array().unwrap().iter().filter(|r| r["kind"] == "run.end").cloned().collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ends().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let ends = ends();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    for end in &ends {
+        assert_eq!(end["status"], "cancelled", "{end}");
+        assert_eq!(end["via"], "remote-cli");
+        assert_eq!(end["actor"], "boss");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
