@@ -124,6 +124,10 @@ pub enum Error {
     /// allow the command.
     #[error("{0}")]
     Denied(String),
+    /// The server has no room for the run now (its queue, or the applet's or caller's share of
+    /// run slots, is full); retrying later may succeed.
+    #[error("the server is busy: {0}")]
+    Busy(String),
     /// Anything else: I/O, bugs in host code.
     #[error("{0}")]
     Internal(String),
@@ -143,6 +147,7 @@ impl Error {
             Error::LimitExceeded { .. } => 4,
             Error::Cancelled => 6,
             Error::Denied(_) => 11,
+            Error::Busy(_) => 12,
             Error::Store(_) | Error::Db(_) | Error::Internal(_) => 5,
         }
     }
@@ -160,6 +165,7 @@ impl Error {
             Error::NotFound(_) | Error::Yanked { .. } => "not_found",
             Error::Store(_) | Error::Db(_) => "store_error",
             Error::Denied(_) => "forbidden",
+            Error::Busy(_) => "busy",
             Error::Internal(_) => "internal_error",
         }
     }

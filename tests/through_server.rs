@@ -255,6 +255,18 @@ fn only_the_data_dirs_owner_gets_in_and_commands_that_need_it_alone_say_so() {
     server.wait().unwrap();
 }
 
+trait ExitAndStderr {
+    fn wait_with_output_stderr(&mut self) -> (Option<i32>, String);
+}
+
+impl ExitAndStderr for std::process::Child {
+    fn wait_with_output_stderr(&mut self) -> (Option<i32>, String) {
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (self.wait().unwrap().code(), err)
+    }
+}
+
 /// The frames of a `POST /api/v1/commands` answer: (stdout, stderr, exit code).
 async fn raw_command(base: &str, token: &str, request: serde_json::Value) -> (String, String, i32) {
     let resp = reqwest::Client::new().post(format!("{base}/api/v1/commands")).bearer_auth(token).json(&request).send().await.unwrap();
@@ -399,7 +411,7 @@ fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
     applet(dir.path(), "nap", "return function() log.info('going to sleep') time.sleep(30) return true end");
     opslet(dir.path(), &data, &["user", "add", "boss", "--role", "admin"], None);
     let token = opslet(dir.path(), &data, &["token", "create", "boss"], None).1.trim().to_string();
-    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    let (mut server, addr) = common::serve::spawn(&data, &["--user-limit", "1"]);
     let base = format!("http://{addr}");
     let start = || {
         Command::new(env!("CARGO_BIN_EXE_opslet"))
@@ -417,6 +429,20 @@ fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
     let mut err = std::io::BufReader::new(run.stderr.take().unwrap()).lines();
     assert_eq!(err.next().unwrap().unwrap(), "[info] going to sleep");
     assert!(run.try_wait().unwrap().is_none());
+    // The run is a job of the server's run service: listed with its jobs, within its quotas
+    // (one run at a time for boss here).
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let jobs: serde_json::Value = rt.block_on(async {
+        let r = reqwest::Client::new().get(format!("{base}/api/v1/jobs")).bearer_auth(&token).send().await.unwrap();
+        r.json().await.unwrap()
+    });
+    let listed = jobs.as_array().or(jobs["jobs"].as_array()).cloned().unwrap_or_default();
+    assert!(listed.iter().any(|j| j["applet"].as_str().is_some_and(|a| a.starts_with("nap")) && j["status"] == "running"), "{jobs}");
+    let mut second = start();
+    let out = second.wait_with_output_stderr();
+    assert_eq!(out.0, Some(12), "{}", out.1);
+    assert!(out.1.contains("the server is busy"), "{}", out.1);
     // SAFETY: signalling our own child.
     unsafe {
         libc::kill(run.id() as i32, libc::SIGINT);

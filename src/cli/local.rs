@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::stdio::{Remote, Sink, Stream};
 use crate::error::Error;
 use crate::runtime::CancelToken;
+use crate::service::RunService;
 use crate::store::Store;
 
 /// The socket's file name in the data dir.
@@ -140,8 +141,8 @@ impl Sink for ChannelSink {
 }
 
 /// Listens on `data_dir`'s socket for as long as the returned task runs, running each command
-/// it receives on `store`.
-pub async fn listen(data_dir: PathBuf, store: Store) -> Result<tokio::task::JoinHandle<()>, Error> {
+/// it receives on `store`, its runs on `service`.
+pub async fn listen(data_dir: PathBuf, store: Store, service: RunService) -> Result<tokio::task::JoinHandle<()>, Error> {
     let path = data_dir.join(SOCKET);
     let fail = |e: std::io::Error| Error::Store(format!("listening on {}: {e}", path.display()));
     // A socket file left by a server that ended: this process holds the data dir now.
@@ -164,9 +165,9 @@ pub async fn listen(data_dir: PathBuf, store: Store) -> Result<tokio::task::Join
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let (data_dir, store) = (data_dir.clone(), store.clone());
+            let (data_dir, store, service) = (data_dir.clone(), store.clone(), service.clone());
             tokio::spawn(async move {
-                if let Err(e) = serve_one(stream, me, data_dir, store).await {
+                if let Err(e) = serve_one(stream, me, data_dir, store, service).await {
                     tracing::warn!(error = %e, "a command on the local socket");
                 }
             });
@@ -174,7 +175,7 @@ pub async fn listen(data_dir: PathBuf, store: Store) -> Result<tokio::task::Join
     }))
 }
 
-async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBuf, store: Store) -> std::io::Result<()> {
+async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBuf, store: Store, service: RunService) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let refuse = |msg: String| {
         let mut out = Vec::new();
@@ -203,7 +204,7 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelToken::default();
     let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
-    let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone(), user: None };
+    let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone(), user: None, service };
     let (argv, stdin) = (req.argv, req.stdin);
     let task = tokio::task::spawn_blocking(move || {
         let code = super::stdio::with_remote(remote, || super::stdio::with_input(stdin, || super::execute_forwarded(argv, ctx)));

@@ -162,6 +162,9 @@ pub(crate) struct Forwarded {
     /// The account of a remote CLI's token (`--server`); none on the local socket, where the
     /// caller is this OS user.
     pub user: Option<String>,
+    /// The server's run service: a run the command starts is a job there, within the server's
+    /// run capacity and quotas.
+    pub service: crate::service::RunService,
 }
 
 impl Global {
@@ -180,6 +183,11 @@ impl Global {
     /// Ctrl-C reaches it through the socket).
     pub fn is_forwarded(&self) -> bool {
         self.forwarded.is_some()
+    }
+
+    /// The server's run service, when the server runs this command.
+    pub fn server_service(&self) -> Option<&crate::service::RunService> {
+        self.forwarded.as_ref().map(|f| &f.service)
     }
 
     /// Whether a remote CLI (`--server`) sent this command.

@@ -20,6 +20,7 @@ use super::{Command, Forwarded, Global, PathUse, auth, cmdb, config_items, netde
 use crate::auth::Action;
 use crate::error::Error;
 use crate::http::commands::{CommandCall, CommandRequest, CommandRunner, FRAMES, Upload};
+use crate::service::RunService;
 use crate::store::Store;
 use crate::util::frames;
 
@@ -229,7 +230,7 @@ impl Sink for FrameSink {
 
 /// What the server's HTTP API runs for `opslet --server`: commands on `store`, with the
 /// server's own data dir and config.
-pub fn runner(data_dir: PathBuf, config: Option<PathBuf>, store: Store) -> CommandRunner {
+pub fn runner(data_dir: PathBuf, config: Option<PathBuf>, store: Store, service: RunService) -> CommandRunner {
     Arc::new(move |call: CommandCall| {
         let remote = Remote {
             sink: Arc::new(FrameSink(call.frames.clone())),
@@ -238,14 +239,14 @@ pub fn runner(data_dir: PathBuf, config: Option<PathBuf>, store: Store) -> Comma
             err_tty: call.request.err_tty,
             width: call.request.width,
         };
-        super::stdio::with_remote(remote, || match execute(call, &data_dir, config.as_ref(), &store) {
+        super::stdio::with_remote(remote, || match execute(call, &data_dir, config.as_ref(), &store, &service) {
             Ok(code) => code,
             Err(e) => super::report(&e),
         })
     })
 }
 
-fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, store: &Store) -> Result<i32, Error> {
+fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, store: &Store, service: &RunService) -> Result<i32, Error> {
     let stdin = match call.request.stdin.take() {
         None => None,
         Some(s) => Some(B64.decode(s).map_err(|e| Error::Usage(format!("the request's stdin is not base64: {e}")))?),
@@ -277,6 +278,7 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
             cwd: work.path().to_path_buf(),
             cancel: call.cancel.clone(),
             user: Some(call.principal.user.clone()),
+            service: service.clone(),
         }),
     };
     let code = super::stdio::with_input(stdin, || super::dispatch(command, &global));

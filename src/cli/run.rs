@@ -139,7 +139,11 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             "note: running the folder ./{given}, not the published applet {given} (to run that one, name a version: {given}@VERSION, or run from another directory)"
         );
     }
-    let service = RunService::new(global.runtime(&config, store.clone())?)?;
+    // In the server, its own run service: the run is a job there, within its capacity.
+    let service = match global.server_service() {
+        Some(server) => server.clone(),
+        None => RunService::new(global.runtime(&config, store.clone())?)?,
+    };
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let mut sub = Submission::new(source.clone(), global.caller(via));
@@ -156,13 +160,24 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         }
         let sink: Option<LogSink> = (!args.quiet).then(|| {
             let bars = Progress::default();
-            Arc::new(move |l: &LogLine| match &l.progress {
-                Some(p) => bars.update(p),
-                None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
+            // In the server, the lines are written on its run thread: to this command's caller.
+            let to = super::stdio::current();
+            Arc::new(move |l: &LogLine| {
+                super::stdio::with_output(&to, || match &l.progress {
+                    Some(p) => bars.update(p),
+                    None => bars.println(&format!("[{}] {}", l.level.name(), super::output::terminal_safe(&l.message, false))),
+                })
             }) as LogSink
         });
-        let overrun = if global.is_forwarded() { Overrun::Wait } else { Overrun::EndProcess };
-        let outcome = service.run_here(&rt, prepared, cancel, sink, overrun);
+        let outcome = match global.is_forwarded() {
+            true => {
+                prepared.request.cancel = cancel;
+                prepared.request.log_sink = sink;
+                let accepted = service.submit(prepared, false).map_err(crate::service::ServiceError::into_error)?;
+                rt.block_on(accepted.done).map_err(|_| Error::Internal("the server's run thread stopped without an outcome".into()))?
+            }
+            false => service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess),
+        };
         Ok(report(&outcome, &args))
     };
     let code = match (&source, args.watch) {

@@ -97,11 +97,16 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let state = AppState {
         registry: Registry::new(store.clone())?,
         auth: Auth::new(store.clone())?,
-        service,
+        service: service.clone(),
         sync_timeout,
         sessions: Default::default(),
         // `opslet --server` commands run like those of the local socket, as the token's user.
-        commands: crate::http::commands::Commands::new(super::remote::runner(global.data_dir.clone(), global.config_path.clone(), store.clone())),
+        commands: crate::http::commands::Commands::new(super::remote::runner(
+            global.data_dir.clone(),
+            global.config_path.clone(),
+            store.clone(),
+            service.clone(),
+        )),
     };
     let cfg = ServeConfig { listen, body_limit, shutdown_grace };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +130,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         }
     });
     // CLI commands on this data dir come to the server from now on (see `cli::local`).
-    let socket = rt.block_on(super::local::listen(global.data_dir.clone(), store.clone()))?;
+    let socket = rt.block_on(super::local::listen(global.data_dir.clone(), store.clone(), state.service.clone()))?;
     let result = rt.block_on(crate::http::serve(state, &cfg));
     socket.abort();
     let _ = std::fs::remove_file(global.data_dir.join(super::local::SOCKET));

@@ -65,6 +65,19 @@ pub fn with_remote<T>(remote: Remote, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Where this thread's output goes, to carry to another thread (a run thread's log sink).
+pub fn current() -> Option<Remote> {
+    REMOTE.with(|r| r.borrow().clone())
+}
+
+/// Runs `f` with this thread's output going where `to` (from [`current`]) says.
+pub fn with_output<T>(to: &Option<Remote>, f: impl FnOnce() -> T) -> T {
+    match to {
+        Some(r) => with_remote(r.clone(), f),
+        None => f(),
+    }
+}
+
 /// Whether this thread runs a command for a CLI on the local socket.
 pub fn is_remote() -> bool {
     REMOTE.with(|r| r.borrow().is_some())

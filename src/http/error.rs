@@ -89,6 +89,7 @@ impl From<Error> for ApiError {
             Error::NotFound(_) | Error::Yanked { .. } => StatusCode::NOT_FOUND,
             Error::Usage(_) | Error::Config(_) => StatusCode::BAD_REQUEST,
             Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = match &e {

@@ -65,6 +65,16 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The error a CLI reports for a refusal (`Busy` when retrying later may help).
+    pub fn into_error(self) -> Error {
+        match self {
+            ServiceError::Core(e) => e,
+            ServiceError::Quota(m) => Error::Busy(m),
+            ServiceError::QueueFull => Error::Busy("too many runs waiting; retry later".into()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+
     /// Short machine-readable code (the HTTP edge says `bad_request` for usage and config
     /// errors, see `http::error`).
     pub fn code(&self) -> &'static str {
@@ -386,7 +396,14 @@ impl RunService {
         let (service, id, applet) = (self.clone(), req.run_id.clone(), req.package.id());
         let sink_jobs = d.jobs.clone();
         let sink_id = id.clone();
-        req.log_sink = Some(Arc::new(move |line: &LogLine| sink_jobs.log(&sink_id, line)));
+        // The job's log, and the caller's own sink too (a CLI that streams the lines).
+        let also = req.log_sink.take();
+        req.log_sink = Some(Arc::new(move |line: &LogLine| {
+            sink_jobs.log(&sink_id, line);
+            if let Some(also) = &also {
+                also(line);
+            }
+        }));
         let name = req.package.manifest.name.clone();
         let metrics = Arc::clone(&d.metrics);
         let work: pool::Work = Box::new(move |thread| {
