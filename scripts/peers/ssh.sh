@@ -20,7 +20,7 @@ log() { printf '[peers/ssh] %s\n' "$*" >&2; }
 . "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 install() {
-	apt_install openssh-server openssh-client sudo
+	apt_install openssh-server openssh-client sudo curl
 	as_root mkdir -p /run/sshd
 	id "$SSH_USER" >/dev/null 2>&1 || as_root useradd -m -s /bin/bash "$SSH_USER"
 	# sshd with UsePAM=no refuses a locked account: give it the test password.
