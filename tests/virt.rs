@@ -1,6 +1,7 @@
 //! The virt module against libvirt's test driver (test:///default, inside this process; the
 //! library comes from scripts/peers/virt.sh): listing, describing, the power actions, creating
-//! a VM from a spec and deleting it, dry runs and permissions. Built with `--features virt`.
+//! a VM from a spec and deleting it, dry runs and permissions; and the CLI's watchdog ending a
+//! run stuck in a libvirt call to a server that never answers. Built with `--features virt`.
 #![cfg(feature = "virt")]
 
 mod common;
@@ -104,4 +105,52 @@ fn the_vm_applets_inventory_and_provision() {
     assert!(rows.iter().any(|r| r["name"] == "test" && r["memory_mib"].as_u64() > Some(0) && r["state"] == "running"), "{rows:?}");
     let o = run_applet("vm-inventory", &[("connection", "lab"), ("state", "shutoff")], false);
     assert!(ok(&o).as_array().unwrap().iter().all(|r| r["state"] == "shutoff"));
+}
+
+/// A host call that never returns (a libvirt server that accepts the connection and never
+/// answers: the call blocks inside libvirt, past every limit check) cannot hold `opslet run`
+/// forever: the watchdog records the run's end and ends the process 5 s after the wall-time
+/// limit, with the limit's exit code.
+#[test]
+fn the_watchdog_ends_a_cli_run_stuck_in_a_host_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection, never writing a byte.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let applet = dir.path().join("stuck");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(applet.join("applet.toml"), "name = \"stuck\"\nversion = \"1.0.0\"\n[permissions]\nvirt = [\"read\"]\n[limits]\ntimeout = \"1s\"\n")
+        .unwrap();
+    std::fs::write(applet.join("main.lua"), "return function() return virt.list('hung') end").unwrap();
+    let config = dir.path().join("opslet.toml");
+    std::fs::write(&config, format!("[virt.hung]\nuri = \"qemu+tcp://127.0.0.1:{port}/system\"\n")).unwrap();
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["run", applet.to_str().unwrap()])
+        .env("OPSLET_DATA_DIR", &data)
+        .env("OPSLET_CONFIG", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("did not stop within 5s of its wall-time limit; opslet ended the process"), "{err}");
+    // Not before the limit and its grace were up.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(6), "{:?}", started.elapsed());
+    let audit = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["audit", "list", "--format", "json"])
+        .env("OPSLET_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let records: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let end = records.as_array().unwrap().iter().find(|r| r["kind"] == "run.end").expect("the run's end is recorded");
+    assert_eq!(end["status"], "limit_exceeded", "{end}");
+    assert_eq!(end["data"]["killed"], true, "{end}");
+    assert_eq!(end["data"]["limit"], "wall-time", "{end}");
 }
