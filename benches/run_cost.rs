@@ -209,14 +209,21 @@ fn main() {
         println!("  target: within 2x of the bare process: {}", if x(m_sync) <= 2.0 { "met" } else { "MISSED" });
     }
 
-    // A CLI command through a running server (its local socket) against the same command
-    // opening the store itself, taking turns.
+    // A CLI command through a running server (its local socket, and over HTTP with --server)
+    // against the same command opening the store itself, taking turns.
     let served = dir.path().join("data-served");
     let own = dir.path().join("data-own");
     for d in [&served, &own] {
         let st = Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stdout(Stdio::null()).status().unwrap();
         assert!(st.success());
     }
+    let admin = |args: &[&str]| {
+        let o = Command::new(exe).args(args).env("OPSLET_DATA_DIR", &served).output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    admin(&["user", "add", "bench", "--role", "admin"]);
+    let token = admin(&["token", "create", "bench"]);
     let mut server = Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("OPSLET_DATA_DIR", &served)
@@ -225,28 +232,47 @@ fn main() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
-    while !lines.next().unwrap().unwrap().starts_with("listening on ") {}
+    let url = loop {
+        if let Some(addr) = lines.next().unwrap().unwrap().strip_prefix("listening on ") {
+            break format!("http://{addr}");
+        }
+    };
     std::thread::spawn(move || for _ in lines {});
-    let command = |data: &std::path::Path, args: &[&str]| {
+    let nowhere = dir.path().join("no-data-dir");
+    // In place, on the socket, over HTTP.
+    let command = |how: usize, args: &[&str]| {
         let mut c = Command::new(exe);
-        c.args(args).env("OPSLET_DATA_DIR", data);
+        c.args(args);
+        match how {
+            0 => c.env("OPSLET_DATA_DIR", &own),
+            1 => c.env("OPSLET_DATA_DIR", &served),
+            _ => c.env("OPSLET_DATA_DIR", &nowhere).env("OPSLET_SERVER", &url).env("OPSLET_TOKEN", &token),
+        };
         c
     };
     let cases: [(&str, &[&str]); 2] = [("list", &["list"]), ("run bench (registry)", &["run", "bench", "--format", "json", "-q"])];
-    println!("a CLI command through `opslet serve` (local socket) vs opening the store (median of the runs)");
+    println!("a CLI command through `opslet serve` (local socket; --server over HTTP) vs opening the store (median of the runs)");
     for (name, args) in cases {
-        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        let mut samples: [Vec<Duration>; 3] = Default::default();
         for i in 0..if smoke { 3 } else { 40 } {
-            for (data, out) in [(&own, &mut direct), (&served, &mut through)] {
+            for (how, out) in samples.iter_mut().enumerate() {
                 let t = Instant::now();
-                assert!(command(data, args).stdout(Stdio::null()).status().unwrap().success());
+                assert!(command(how, args).stdout(Stdio::null()).status().unwrap().success());
                 if i >= 2 {
                     out.push(t.elapsed());
                 }
             }
         }
-        let (d, t) = (median(direct), median(through));
-        println!("  {name:<24} in place {:>9} (1.00x)   through the server {:>9} ({:.2}x)", ms(d), ms(t), t.as_secs_f64() / d.as_secs_f64());
+        let [d, t, h] = samples.map(median);
+        let x = |v: Duration| v.as_secs_f64() / d.as_secs_f64();
+        println!(
+            "  {name:<24} in place {:>9} (1.00x)   socket {:>9} ({:.2}x)   --server {:>9} ({:.2}x)",
+            ms(d),
+            ms(t),
+            x(t),
+            ms(h),
+            x(h)
+        );
     }
     // SAFETY: signalling our own child.
     unsafe {

@@ -316,10 +316,17 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
     let (code, _, err) = as_user("vic", &["user", "add", "mallory", "--role", "admin"], None);
     assert_eq!(code, 11, "{err}");
     assert!(err.contains("vic (viewer) may not administer"), "{err}");
-    // ... but sets their own console password, and nobody else's.
-    let (code, _, err) = as_user("vic", &["user", "passwd", "vic"], Some("a long password\n"));
-    assert_eq!(code, 0, "{err}");
+    // ... nor set a console password, not even their own with a token (a leaked token must not
+    // become a console login that outlives it), nor read an applet's source or the inventory's
+    // attributes.
+    assert_eq!(as_user("vic", &["user", "passwd", "vic"], Some("a long password\n")).0, 11);
     assert_eq!(as_user("vic", &["user", "passwd", "boss"], Some("a long password\n")).0, 11);
+    assert_eq!(as_user("vic", &["export", "hello", "-o", "h.bundle"], None).0, 11);
+    assert!(!elsewhere.join("h.bundle").exists());
+    assert_eq!(as_user("vic", &["cmdb", "host", "list"], None).0, 0);
+    assert_eq!(as_user("vic", &["cmdb", "host", "list", "--format", "json"], None).0, 11);
+    let (code, _, err) = as_user("boss", &["user", "passwd", "vic"], Some("a long password\n"));
+    assert_eq!(code, 0, "{err}");
     // An operator runs what the grants allow, and no unpublished folder.
     let (code, out, err) = as_user("olga", &["run", "hello", "-p", "n=7", "--format", "json"], None);
     assert_eq!((code, out.contains("\"n\": 7")), (0, true), "{out}{err}");
@@ -330,6 +337,9 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
     assert_eq!(code, 11, "{err}");
     assert!(err.contains("may not administer"), "{err}");
     assert_eq!(as_user("olga", &["publish", "./hello"], None).0, 11);
+    // A folder sent under a granted applet's bare name is still unpublished code: refused.
+    let (code, _, err) = as_user("olga", &["run", "hello"], None);
+    assert_eq!(code, 11, "{err}");
     let (_, users, _) = as_user("boss", &["user", "list", "--format", "json"], None);
     assert!(!users.contains("mallory"), "{users}");
     let (_, audit, _) = as_user("boss", &["audit", "list", "--format", "json"], None);
@@ -338,7 +348,8 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
     assert!(denied.iter().any(|d| d["actor"] == "vic"), "{denied:?}");
     assert!(denied.iter().any(|d| d["actor"] == "olga"), "{denied:?}");
     let set = records.as_array().unwrap().iter().find(|r| r["kind"] == "auth.password.set").unwrap();
-    assert_eq!(set["actor"], "vic");
+    assert_eq!((&set["actor"], &set["data"]["user"]), (&serde_json::json!("boss"), &serde_json::json!("vic")));
+    assert!(!records.as_array().unwrap().iter().any(|r| r["kind"] == "run.start" && r["actor"] == "olga" && r["data"]["source"]["kind"] == "sent"));
 
     // No token, a bad token, a data dir of this machine: each said plainly.
     let (code, _, err) = opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", base.as_str())]);
@@ -383,22 +394,38 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
         let (_, err, code) = raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "store", "repair"] })).await;
         assert_eq!(code, 2, "{err}");
     });
+    // A config item and the template beside it travel together.
+    std::fs::write(elsewhere.join("app.toml"), "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n").unwrap();
+    std::fs::write(elsewhere.join("app.conf.j2"), "listen {{ port }}\n").unwrap();
+    let (code, _, err) = as_user("boss", &["config", "set", "app.toml", "-m", "first"], None);
+    assert_eq!(code, 0, "{err}");
+    let (_, shown, err) = as_user("boss", &["config", "show", "app"], None);
+    assert!(shown.contains("listen {{ port }}"), "{shown}{err}");
     let (_, versions, _) = as_user("boss", &["versions", "hello"], None);
     assert!(!versions.contains("9.0.0"), "{versions}");
 
-    // The password route: a user's own, or an admin's; never shorter than 10 characters.
+    // The password route: an admin sets anyone's; a user changes their own only by giving the
+    // current one; never shorter than 10 characters.
     rt.block_on(async {
-        let put = |who: &str, whose: &str, pw: &str| {
-            reqwest::Client::new()
-                .put(format!("{base}/api/v1/users/{whose}/password"))
-                .bearer_auth(&tokens[who])
-                .json(&serde_json::json!({ "password": pw }))
-                .send()
+        let put = |who: &str, whose: &str, body: serde_json::Value| {
+            reqwest::Client::new().put(format!("{base}/api/v1/users/{whose}/password")).bearer_auth(&tokens[who]).json(&body).send()
         };
-        assert_eq!(put("olga", "olga", "olgas own password").await.unwrap().status(), 200);
-        assert_eq!(put("olga", "vic", "not olgas to set").await.unwrap().status(), 403);
-        assert_eq!(put("boss", "olga", "short").await.unwrap().status(), 400);
-        assert_eq!(put("boss", "nobody", "long enough here").await.unwrap().status(), 404);
+        let pw = |p: &str| serde_json::json!({ "password": p });
+        assert_eq!(put("olga", "olga", pw("olgas own password")).await.unwrap().status(), 403, "no first password from a token");
+        assert_eq!(put("olga", "vic", pw("not olgas to set")).await.unwrap().status(), 403);
+        assert_eq!(put("boss", "olga", pw("short")).await.unwrap().status(), 400);
+        assert_eq!(put("boss", "nobody", pw("long enough here")).await.unwrap().status(), 404);
+        assert_eq!(put("boss", "olga", pw("olgas first password")).await.unwrap().status(), 200);
+        let change = |current: &str| serde_json::json!({ "password": "olgas second password", "current": current });
+        assert_eq!(put("olga", "olga", change("a wrong guess!")).await.unwrap().status(), 403);
+        assert_eq!(put("olga", "olga", change("olgas first password")).await.unwrap().status(), 200);
+        let signin = reqwest::Client::new()
+            .post(format!("{base}/api/v1/session"))
+            .json(&serde_json::json!({ "user": "olga", "password": "olgas second password" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signin.status(), 200);
     });
     server.kill().unwrap();
     server.wait().unwrap();
@@ -473,6 +500,57 @@ fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
         assert_eq!(end["status"], "cancelled", "{end}");
         assert_eq!(end["via"], "remote-cli");
         assert_eq!(end["actor"], "boss");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn one_user_has_at_most_eight_commands_running_on_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    applet(dir.path(), "nap", "return function() time.sleep(30) return true end");
+    opslet(dir.path(), &data, &["user", "add", "boss", "--role", "admin"], None);
+    opslet(dir.path(), &data, &["publish", "nap"], None);
+    let token = opslet(dir.path(), &data, &["token", "create", "boss"], None).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    let base = format!("http://{addr}");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let remote = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
+        c.args(args)
+            .current_dir(&elsewhere)
+            .env("OPSLET_SERVER", &base)
+            .env("OPSLET_TOKEN", &token)
+            .env("OPSLET_DATA_DIR", dir.path().join("nowhere"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut naps: Vec<std::process::Child> = (0..8).map(|_| remote(&["run", "nap"]).spawn().unwrap()).collect();
+    // All eight are running once the server lists eight running jobs.
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let jobs: serde_json::Value = rt.block_on(async {
+            reqwest::Client::new().get(format!("{base}/api/v1/jobs")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
+        });
+        let list = jobs.as_array().or(jobs["jobs"].as_array()).cloned().unwrap_or_default();
+        if list.iter().filter(|j| j["status"] == "running").count() == 8 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{jobs}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut ninth = remote(&["list"]).spawn().unwrap();
+    let (code, err) = ninth.wait_with_output_stderr();
+    assert_eq!(code, Some(12), "{err}");
+    assert!(err.contains("boss has 8 commands running already"), "{err}");
+    for n in &mut naps {
+        n.kill().unwrap();
+        n.wait().unwrap();
     }
     server.kill().unwrap();
     server.wait().unwrap();

@@ -143,6 +143,8 @@ pub enum AuthError {
 
 /// Shortest console password.
 pub const MIN_PASSWORD: usize = 10;
+/// Longest console password, in bytes (what sign-in takes).
+pub const MAX_PASSWORD: usize = 1024;
 
 /// Accounts, tokens and grants in the store.
 #[derive(Clone)]
@@ -248,6 +250,9 @@ impl Auth {
         }
         if password.chars().count() < MIN_PASSWORD {
             return Err(Error::Usage(format!("the password is too short: use at least {MIN_PASSWORD} characters")));
+        }
+        if password.len() > MAX_PASSWORD {
+            return Err(Error::Usage(format!("the password is too long: the console takes at most {MAX_PASSWORD} bytes")));
         }
         let hash = argon2::Argon2::default()
             .hash_password(password.as_bytes())

@@ -291,7 +291,8 @@ pub fn main() -> i32 {
             .unwrap_or_default();
         tracing::error!(panic = %msg, location = ?info.location(), "host code panicked");
         if std::env::var_os("RUST_BACKTRACE").is_some() {
-            errln!("opslet: internal error: {msg} at {:?}\n{}", info.location(), std::backtrace::Backtrace::force_capture());
+            // The server's own details stay on its terminal, not a forwarded command's caller's.
+            stdio::to_own_stderr(&format!("opslet: internal error: {msg} at {:?}\n{}\n", info.location(), std::backtrace::Backtrace::force_capture()));
         }
     }));
     let cli = Cli::parse();
@@ -461,7 +462,7 @@ impl Command {
             }
             Command::Cmdb(cmdb::CmdbCmd::Import { file: Some(f), .. }) => vec![(Read, f)],
             Command::Cmdb(cmdb::CmdbCmd::Export { output: Some(f), .. }) => vec![(Write, f)],
-            Command::Config(config_items::ConfigCmd::Set { file, .. }) => vec![(Read, file)],
+            Command::Config(config_items::ConfigCmd::Set { file, .. }) => vec![(Item, file)],
             Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => vec![(Watch, dir)],
             _ => vec![],
         }
@@ -492,6 +493,8 @@ impl Command {
 enum PathUse {
     /// Reads the file.
     Read,
+    /// Reads a config item file and the `template_file` beside it.
+    Item,
     /// Reads the folder's files.
     Folder,
     /// Writes the file.

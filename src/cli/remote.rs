@@ -16,10 +16,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::stdio::{Remote, Sink, Stream};
-use super::{Command, Forwarded, Global, PathUse, auth, cmdb, config_items, netdev, registry};
+use super::{Command, Forwarded, Global, PathUse, cmdb, config_items, netdev, registry};
 use crate::auth::Action;
 use crate::error::Error;
-use crate::http::commands::{CommandCall, CommandRequest, CommandRunner, FRAMES, Upload};
+use crate::http::commands::{CommandCall, CommandRequest, CommandRunner, FRAMES, FrameSender, Upload};
 use crate::service::RunService;
 use crate::store::Store;
 use crate::util::frames;
@@ -73,6 +73,11 @@ fn uploads(command: &mut Command) -> Result<(BTreeMap<String, Upload>, Vec<Strin
                     files.insert(given, folder(p)?);
                 }
             }
+            PathUse::Item => {
+                if let Some(item) = item_files(p) {
+                    files.insert(given, item);
+                }
+            }
             PathUse::Write => writes.push(given),
             PathUse::Watch => {}
         }
@@ -80,12 +85,43 @@ fn uploads(command: &mut Command) -> Result<(BTreeMap<String, Upload>, Vec<Strin
     Ok((files, writes))
 }
 
+/// A config item file and the `template_file` it names beside it, as a folder of the two
+/// (the item keeps its file name). None when the item cannot be read: the server then reports
+/// it missing.
+fn item_files(item: &Path) -> Option<Upload> {
+    let text = std::fs::read(item).ok()?;
+    let name = item.file_name()?.to_str()?.to_string();
+    let mut files = BTreeMap::from([(name, B64.encode(&text))]);
+    let template = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
+        .and_then(|t| t.get("template_file").and_then(|v| v.as_str()).map(str::to_string));
+    // Only a file beside the item, as `config set` takes it; anything else it reports itself.
+    if let Some(t) = template.filter(|t| Path::new(t).components().count() == 1 && !t.starts_with('.'))
+        && let Ok(bytes) = std::fs::read(item.with_file_name(&t))
+    {
+        files.insert(t, B64.encode(bytes));
+    }
+    Some(Upload::Dir { files })
+}
+
+/// Most bytes of files one command sends.
+const MAX_SENT_BYTES: u64 = 256 << 20;
+
 /// A folder's files (hidden ones and editor backups left out, as packages leave them out).
 fn folder(root: &Path) -> Result<Upload, Error> {
-    fn walk(dir: &Path, rel: &str, files: &mut BTreeMap<String, String>) -> Result<(), Error> {
+    struct Walk {
+        files: BTreeMap<String, String>,
+        /// Folders read already, by device and inode: a link back up is not followed again.
+        seen: std::collections::HashSet<(u64, u64)>,
+        bytes: u64,
+    }
+    fn walk(dir: &Path, rel: &str, w: &mut Walk) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
         let unreadable = |e: std::io::Error| Error::Usage(format!("reading {}: {e}", dir.display()));
-        if rel.split('/').count() > 32 {
-            return Err(Error::Usage(format!("{} is nested more than 32 folders deep (a link loop?): not sent", dir.display())));
+        let meta = std::fs::metadata(dir).map_err(unreadable)?;
+        if !w.seen.insert((meta.dev(), meta.ino())) {
+            return Ok(());
         }
         for entry in std::fs::read_dir(dir).map_err(unreadable)? {
             let entry = entry.map_err(unreadable)?;
@@ -98,20 +134,25 @@ fn folder(root: &Path) -> Result<Upload, Error> {
             // Links are followed, as the command would follow them here.
             let meta = std::fs::metadata(&path).map_err(|e| Error::Usage(format!("reading {}: {e}", path.display())))?;
             if meta.is_dir() {
-                walk(&path, &inner, files)?;
+                walk(&path, &inner, w)?;
             } else if meta.is_file() {
-                let bytes = std::fs::read(&path).map_err(|e| Error::Usage(format!("reading {}: {e}", path.display())))?;
-                files.insert(inner, B64.encode(bytes));
-                if files.len() > MAX_FILES {
-                    return Err(Error::Usage(format!("{} holds more than {MAX_FILES} files: too many to send", dir.display())));
+                w.bytes += meta.len();
+                if w.files.len() >= MAX_FILES || w.bytes > MAX_SENT_BYTES {
+                    return Err(Error::Usage(format!(
+                        "{} holds more than {MAX_FILES} files or {} MiB: too much to send",
+                        dir.display(),
+                        MAX_SENT_BYTES >> 20
+                    )));
                 }
+                let bytes = std::fs::read(&path).map_err(|e| Error::Usage(format!("reading {}: {e}", path.display())))?;
+                w.files.insert(inner, B64.encode(bytes));
             }
         }
         Ok(())
     }
-    let mut files = BTreeMap::new();
-    walk(root, "", &mut files)?;
-    Ok(Upload::Dir { files })
+    let mut w = Walk { files: BTreeMap::new(), seen: Default::default(), bytes: 0 };
+    walk(root, "", &mut w)?;
+    Ok(Upload::Dir { files: w.files })
 }
 
 /// Set by SIGINT while a remote command runs.
@@ -137,20 +178,52 @@ pub fn forward(server: &str, token: &str, mut command: Command, stdin: Option<Ve
         err_tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         width: super::stdio::local_terminal_width(),
     };
+    let plain = base.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
+    if plain.is_some_and(|host| !matches!(host, "127.0.0.1" | "localhost" | "[::1]")) {
+        super::stdio::errln!("warning: {base} is plain HTTP: the token and what the command sends cross the network unencrypted; use https://");
+    }
     crate::util::install_tls_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(10))
+        // A redirect would send the token, stdin and files on to wherever it points.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| Error::Internal(format!("building the HTTP client: {e}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("starting the async runtime: {e}")))?;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
     rt.block_on(relay(&client, &base, token, &request, &writes))
+}
+
+/// Largest frame taken from a server (a file it sends back is one frame).
+const MAX_FRAME: usize = 512 << 20;
+
+/// The server's error body, at most 64 KiB of it.
+async fn error_message(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 << 10 {
+            break;
+        }
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let m = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+    super::output::terminal_safe(&m, false).into_owned()
+}
+
+/// Output from the server for this process's `stream`: on a terminal, control characters
+/// (escape sequences) are shown escaped, as applet text is, so a server cannot rewrite the
+/// screen.
+fn relay_bytes(to: &mut dyn Write, on_terminal: bool, bytes: &[u8]) {
+    if on_terminal {
+        let text = String::from_utf8_lossy(bytes);
+        let _ = to.write_all(super::output::terminal_safe(&text, true).as_bytes());
+    } else {
+        let _ = to.write_all(bytes);
+    }
+    let _ = to.flush();
 }
 
 async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &CommandRequest, writes: &[String]) -> Result<i32, Error> {
@@ -159,39 +232,41 @@ async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &Comm
     let status = resp.status();
     let is_frames = resp.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == FRAMES.as_bytes());
     if !status.is_success() || !is_frames {
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+        let message = error_message(resp).await;
         return Err(match status.as_u16() {
             401 | 403 => Error::Denied(format!("the server at {base} refused: {message}")),
             413 => Error::Usage(format!("the command's files are larger than the server at {base} takes (its body limit)")),
             404 if message.starts_with("no route") => {
                 Error::Store(format!("the server at {base} does not take CLI commands (it is older than this CLI, or not an opslet server)"))
             }
+            429 => Error::Busy(message),
             _ => Error::Store(format!("the server at {base} answered {status}: {message}")),
         });
     }
+    // From here Ctrl-C asks the server to cancel (each press again); before, it ended this
+    // process, and the server cancels the command of a caller that went away.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let (out_tty, err_tty) = (std::io::IsTerminal::is_terminal(&std::io::stdout()), std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut cancel_asked = false;
     let lost = |why: String| Error::Store(format!("the server at {base} stopped answering: {why}"));
     let mut decoder = frames::Decoder::default();
     let mut id: Option<String> = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
-        if INTERRUPTED.swap(false, std::sync::atomic::Ordering::SeqCst)
-            && let Some(id) = &id
-        {
+        cancel_asked |= INTERRUPTED.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if cancel_asked && let Some(id) = &id {
             // Ctrl-C cancels what the command started; its output and exit code still come.
+            cancel_asked = false;
             let _ = client.post(format!("{base}/api/v1/commands/{id}/cancel")).bearer_auth(token).send().await;
         }
         while let Some((kind, payload)) = decoder.next_frame() {
             match kind {
                 frames::STARTED => id = Some(String::from_utf8_lossy(&payload).into_owned()),
-                frames::STDOUT => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&payload);
-                    let _ = out.flush();
-                }
-                frames::STDERR => {
-                    let _ = std::io::stderr().lock().write_all(&payload);
-                }
+                frames::STDOUT => relay_bytes(&mut std::io::stdout().lock(), out_tty, &payload),
+                frames::STDERR => relay_bytes(&mut std::io::stderr().lock(), err_tty, &payload),
                 frames::FILE => {
                     let Some((name, content)) = frames::parse_file(&payload) else { return Err(lost("a malformed file frame".into())) };
                     // Only a file the command was asked to write: the server names no other path here.
@@ -207,7 +282,12 @@ async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &Comm
         }
         tokio::select! {
             chunk = resp.chunk() => match chunk {
-                Ok(Some(bytes)) => decoder.push(&bytes),
+                Ok(Some(bytes)) => {
+                    decoder.push(&bytes);
+                    if decoder.pending() > MAX_FRAME + 5 {
+                        return Err(lost(format!("a frame over {} MiB", MAX_FRAME >> 20)));
+                    }
+                }
                 Ok(None) => return Err(lost("the answer ended before the command did".into())),
                 Err(e) => return Err(lost(crate::util::error_chain(&e))),
             },
@@ -219,12 +299,12 @@ async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &Comm
 // ---- the server's side ----
 
 /// Output of a command, as frames for the HTTP answer.
-struct FrameSink(tokio::sync::mpsc::UnboundedSender<Vec<u8>>);
+struct FrameSink(FrameSender);
 
 impl Sink for FrameSink {
     fn write(&self, stream: Stream, bytes: &[u8]) {
         let kind = if stream == Stream::Out { frames::STDOUT } else { frames::STDERR };
-        let _ = self.0.send(frames::encode(kind, bytes));
+        self.0.send(frames::encode(kind, bytes));
     }
 }
 
@@ -265,6 +345,10 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
     }
     // Allowed first: nothing of the command is done for a caller who may not do it.
     authorize(&command, &call)?;
+    // As over the HTTP API, an audit listing is at most 10,000 records.
+    if let Command::Audit(super::audit::AuditCmd::List(a)) = &mut command {
+        a.limit = a.limit.min(10_000);
+    }
     let work = tempfile::Builder::new().prefix("opslet-cmd-").tempdir().map_err(|e| Error::Internal(format!("a folder for the command's files: {e}")))?;
     let outputs = place_files(&mut command, &mut call.request.files, work.path())?;
     let global = Global {
@@ -284,7 +368,7 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
     let code = super::stdio::with_input(stdin, || super::dispatch(command, &global));
     for (path, given) in outputs {
         if let Ok(content) = std::fs::read(&path) {
-            let _ = call.frames.send(frames::encode(frames::FILE, &frames::file_payload(&given, &content)));
+            call.frames.send(frames::encode(frames::FILE, &frames::file_payload(&given, &content)));
         }
     }
     Ok(code)
@@ -293,8 +377,13 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
 /// What the caller must be allowed to do for `command`, asked of the HTTP layer (which audits a
 /// refusal).
 fn authorize(command: &Command, call: &CommandCall) -> Result<(), Error> {
-    let me = &call.principal.user;
-    match needed(command, me)? {
+    // A folder sent to run, whatever its name: unpublished code runs only for an admin.
+    if let Command::Run(a) = command
+        && call.request.files.contains_key(&a.target)
+    {
+        return (call.authorize)(Action::Admin);
+    }
+    match needed(command)? {
         None => Ok(()),
         Some(Needed::Action(a)) => (call.authorize)(a),
         Some(Needed::Run(name)) => (call.authorize)(Action::Run(&name)),
@@ -307,10 +396,13 @@ enum Needed {
 }
 
 /// The permission each command needs of a remote caller (`None`: none beyond a valid token).
-/// Reading the registry is open to every role, as on the HTTP API; changing it needs publish;
-/// accounts, tokens, grants, hooks, secrets, the inventory's writes and details, device
-/// backups and config items' writes need admin; an unpublished folder runs only for an admin.
-fn needed(command: &Command, me: &str) -> Result<Option<Needed>, Error> {
+/// Reading the registry is open to every role, as on the HTTP API; an applet's source
+/// (`export`) and changing the registry need publish; accounts (a password too, one's own
+/// included: a token must not become a console login that outlives it), tokens, grants, hooks,
+/// secrets, the inventory's writes and details (the host table leaves attributes out, as the
+/// HTTP route does), device backups and config items' writes need admin; an unpublished folder
+/// runs only for an admin.
+fn needed(command: &Command) -> Result<Option<Needed>, Error> {
     use Action::*;
     let a = |a: Action<'static>| Ok(Some(Needed::Action(a)));
     match command {
@@ -321,13 +413,12 @@ fn needed(command: &Command, me: &str) -> Result<Option<Needed>, Error> {
             let r = crate::registry::Reference::parse(&args.target)?;
             Ok(Some(Needed::Run(r.name().to_string())))
         }
-        Command::Versions(_) | Command::Show(_) | Command::List { .. } | Command::Search(_) | Command::Export(_) => a(ReadRegistry),
+        Command::Versions(_) | Command::Show(_) | Command::List { .. } | Command::Search(_) => a(ReadRegistry),
         Command::Feature(registry::FeatureCmd::List { .. }) => a(ReadRegistry),
+        Command::Export(_) => a(Publish),
         Command::Publish(_) | Command::Promote(_) | Command::Rollback { .. } | Command::Yank(_) | Command::Import(_) | Command::Feature(_) => a(Publish),
-        // A user sets their own console password; anyone else's takes an admin.
-        Command::User(auth::UserCmd::Passwd { name, .. }) if name == me => Ok(None),
         Command::User(_) | Command::Token(_) | Command::Grant(_) | Command::Hook(_) | Command::Secret(_) => a(Admin),
-        Command::Cmdb(cmdb::CmdbCmd::Host(cmdb::HostCmd::List { .. })) => a(ReadRegistry),
+        Command::Cmdb(cmdb::CmdbCmd::Host(cmdb::HostCmd::List { format: super::output::Format::Table, .. })) => a(ReadRegistry),
         Command::Cmdb(_) => a(Admin),
         Command::Config(config_items::ConfigCmd::Set { .. } | config_items::ConfigCmd::Watch { .. }) => a(Admin),
         Command::Config(_) => a(Publish),
@@ -382,11 +473,13 @@ fn place_files(command: &mut Command, sent: &mut BTreeMap<String, Upload>, work:
                 std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&target, bytes)).map_err(|e| Error::Internal(format!("placing {given}: {e}")))?;
             }
             (PathUse::Folder, Some(Upload::Dir { files })) => write_folder(&target, files)?,
+            // The item and its template beside it; the item keeps its name.
+            (PathUse::Item, Some(Upload::Dir { files })) => write_folder(&dir, files)?,
             (PathUse::Write, _) => {
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("a place for {given}: {e}")))?;
                 outputs.push((target.clone(), given.clone()));
             }
-            (PathUse::Read | PathUse::Folder | PathUse::Watch, _) => {}
+            (PathUse::Read | PathUse::Folder | PathUse::Item | PathUse::Watch, _) => {}
         }
         super::stdio::show_as(target.display().to_string(), given);
         *p = target;

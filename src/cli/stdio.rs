@@ -93,6 +93,11 @@ pub fn show_as(resolved: String, given: String) {
     });
 }
 
+/// Text for this process's own stderr, whoever the current command's caller is.
+pub fn to_own_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 /// A writer for one stream of the current command.
 pub struct Writer(Stream);
 

@@ -65,6 +65,34 @@ pub enum Upload {
     Dir { files: BTreeMap<String, String> },
 }
 
+/// Most commands one user has running at once; more are answered 429.
+pub const PER_USER: usize = 8;
+
+/// Most bytes of output waiting for a caller that does not read them; past it, the command is
+/// cancelled and the rest of its output dropped.
+pub const MAX_PENDING: usize = 64 << 20;
+
+/// Where a command's frames go: to the answer, counting what waits to be sent.
+#[derive(Clone)]
+pub struct FrameSender {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    cancel: CancelToken,
+}
+
+impl FrameSender {
+    /// Sends one encoded frame (dropped once the caller has stopped reading `MAX_PENDING` ago).
+    pub fn send(&self, frame: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        if self.pending.fetch_add(frame.len(), Ordering::Relaxed) + frame.len() > MAX_PENDING {
+            self.pending.fetch_sub(frame.len(), Ordering::Relaxed);
+            self.cancel.cancel();
+            return;
+        }
+        let _ = self.tx.send(frame);
+    }
+}
+
 /// One command, handed to the [`CommandRunner`] on a blocking thread.
 pub struct CommandCall {
     pub request: CommandRequest,
@@ -76,7 +104,7 @@ pub struct CommandCall {
     /// Cancelled by the cancel route or by the caller going away.
     pub cancel: CancelToken,
     /// Encoded frames for the caller (`STDOUT`, `STDERR`, `FILE`).
-    pub frames: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    pub frames: FrameSender,
 }
 
 /// Runs one command and returns its exit code.
@@ -120,24 +148,40 @@ pub(super) async fn run_command(State(s): State<AppState>, Authed(p): Authed, bo
     }
     let id = uuid::Uuid::now_v7().to_string();
     let cancel = CancelToken::default();
-    s.commands.live.lock().insert(id.clone(), (p.user.clone(), cancel.clone()));
+    {
+        let mut live = s.commands.live.lock();
+        if live.values().filter(|(user, _)| *user == p.user).count() >= PER_USER {
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{} has {PER_USER} commands running already; wait for one to end", p.user)));
+        }
+        live.insert(id.clone(), (p.user.clone(), cancel.clone()));
+    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let _ = tx.send(frames::encode(frames::STARTED, id.as_bytes()));
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let frames_out = FrameSender { tx, pending: Arc::clone(&pending), cancel: cancel.clone() };
+    frames_out.send(frames::encode(frames::STARTED, id.as_bytes()));
     let state = s.clone();
     let who = p.clone();
     let authorize = Box::new(move |action: Action<'_>| {
         require(&state, &who, action, "/api/v1/commands").map_err(|e| Error::Denied(e.message.trim_start_matches("forbidden: ").to_string()))
     });
-    let call = CommandCall { request, principal: p, authorize, cancel: cancel.clone(), frames: tx.clone() };
+    let call = CommandCall { request, principal: p, authorize, cancel: cancel.clone(), frames: frames_out.clone() };
     let live = s.commands.live.clone();
     let my_id = id.clone();
     tokio::task::spawn_blocking(move || {
+        // Off the list of running commands however the runner ends (a panic too).
+        struct Forget(Arc<Mutex<HashMap<String, (String, CancelToken)>>>, String);
+        impl Drop for Forget {
+            fn drop(&mut self) {
+                self.0.lock().remove(&self.1);
+            }
+        }
+        let _forget = Forget(live, my_id);
         let code = runner(call);
-        let _ = tx.send(frames::encode(frames::EXIT, &code.to_be_bytes()));
-        live.lock().remove(&my_id);
+        // The exit code goes out whatever waits before it.
+        let _ = frames_out.tx.send(frames::encode(frames::EXIT, &code.to_be_bytes()));
     });
     let guard = Unfinished { cancel, ended: false };
-    let stream = futures_util::stream::unfold((rx, guard), |(mut rx, mut guard)| async move {
+    let stream = futures_util::stream::unfold((rx, guard, pending), |(mut rx, mut guard, pending)| async move {
         if guard.ended {
             return None;
         }
@@ -146,8 +190,12 @@ pub(super) async fn run_command(State(s): State<AppState>, Authed(p): Authed, bo
             () = tokio::time::sleep(Duration::from_secs(1)) => Some(frames::encode(frames::PING, &[])),
         };
         let frame = frame?;
+        // PING and EXIT are not counted in (they are sent past the budget).
+        if !matches!(frame.first(), Some(&frames::PING) | Some(&frames::EXIT)) {
+            pending.fetch_sub(frame.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         guard.ended = frame.first() == Some(&frames::EXIT);
-        Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), (rx, guard)))
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), (rx, guard, pending)))
     });
     Ok(([(header::CONTENT_TYPE, FRAMES)], Body::from_stream(stream)).into_response())
 }
@@ -165,29 +213,60 @@ pub(super) async fn cancel_command(State(s): State<AppState>, Authed(p): Authed,
     }
 }
 
-/// `PUT /api/v1/users/{name}/password`: an admin sets anyone's console password, a user their own.
+/// `PUT /api/v1/users/{name}/password`: an admin sets anyone's console password; a user changes
+/// their own by giving the current one too (so a leaked token cannot become a console login that
+/// outlives its revocation, and a user's first password comes from an admin).
 pub(super) async fn set_password(
     State(s): State<AppState>,
     Authed(p): Authed,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    if p.user != name {
-        require(&s, &p, Action::Admin, "/api/v1/users/{name}/password")?;
-    }
     #[derive(Deserialize)]
     struct Body {
         password: String,
+        /// The current password: needed to change one's own without being an admin.
+        #[serde(default)]
+        current: Option<String>,
     }
     let b: Body = body_json(&body)?;
+    let path = "/api/v1/users/{name}/password";
+    let own_change = p.user == name && p.role != crate::auth::Role::Admin;
+    if !own_change {
+        require(&s, &p, Action::Admin, path)?;
+    } else if !s.sessions.attempt(&name) {
+        // Guessing the current password here is throttled like signing in.
+        super::authn::deny(&s, Some(&p.user), path, "password change throttled after repeated attempts");
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many attempts for this user; wait a minute"));
+    }
     let auth = s.auth.clone();
     let actor = p.user.clone();
     let user = name.clone();
-    tokio::task::spawn_blocking(move || {
+    let checked = tokio::task::spawn_blocking(move || {
+        if own_change {
+            let Some(current) = b.current.filter(|c| c.len() <= crate::auth::MAX_PASSWORD) else {
+                return Ok(Err("send the current password as `current` to change your own"));
+            };
+            if auth.check_password(&user, &current).is_err() {
+                return Ok(Err("the current password is wrong"));
+            }
+        }
         auth.set_password(&user, &b.password, &actor)?;
-        auth.flush()
+        auth.flush().map(Ok)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("setting the password: {e}")))??;
-    Ok(Json(json!({ "password_set": name })))
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("setting the password: {e}")))?;
+    match checked {
+        Ok(Ok(())) => {
+            if own_change {
+                s.sessions.succeeded(&name);
+            }
+            Ok(Json(json!({ "password_set": name })))
+        }
+        Ok(Err(why)) => {
+            super::authn::deny(&s, Some(&p.user), path, why);
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("forbidden: {why}")))
+        }
+        Err(e) => Err(ApiError::from(e)),
+    }
 }

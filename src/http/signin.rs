@@ -29,7 +29,7 @@ fn session_body(p: &Principal, csrf: &str) -> Value {
 pub(super) async fn session_start(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<SignIn>) -> Result<Response, ApiError> {
     let principal = match (&body.user, &body.password, &body.token) {
         (Some(user), Some(password), None) => {
-            if user.is_empty() || user.len() > session::MAX_USER || password.len() > 1024 {
+            if user.is_empty() || user.len() > session::MAX_USER || password.len() > crate::auth::MAX_PASSWORD {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "the user name (up to 64 bytes) or the password (up to 1024) is too long or empty",
