@@ -58,6 +58,23 @@ fn normalize(s: &str) -> String {
     s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
 }
 
+/// The audit log of `data`, read without a server or through one.
+fn audit_records(cwd: &Path, data: &Path) -> Vec<serde_json::Value> {
+    let (code, out, err) = opslet(cwd, data, &["audit", "list", "--format", "json"], None);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+}
+
+/// The server's jobs, as `token`'s user sees them.
+fn jobs(base: &str, token: &str) -> Vec<serde_json::Value> {
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let jobs: serde_json::Value = rt.block_on(async {
+        reqwest::Client::new().get(format!("{base}/api/v1/jobs")).bearer_auth(token).send().await.unwrap().json().await.unwrap()
+    });
+    jobs.as_array().or(jobs["jobs"].as_array()).cloned().unwrap_or_default()
+}
+
 fn applet(dir: &Path, name: &str, main: &str) {
     std::fs::create_dir_all(dir.join(name)).unwrap();
     std::fs::write(dir.join(name).join("applet.toml"), format!("name = \"{name}\"\nversion = \"1.0.0\"\n[params.n]\ntype = \"integer\"\ndefault = 1\n"))
@@ -206,9 +223,8 @@ fn a_run_through_the_server_streams_its_logs_and_ctrl_c_cancels_it() {
     let rest: Vec<String> = err.map(|l| l.unwrap()).collect();
     assert_eq!(status.code(), Some(6), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("run cancelled")), "{rest:?}");
-    let (_, audit, _) = opslet(dir.path(), &data, &["audit", "list", "--format", "json"], None);
-    let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
-    let end = records.as_array().unwrap().iter().find(|r| r["kind"] == "run.end").expect("the run's end is recorded");
+    let records = audit_records(dir.path(), &data);
+    let end = records.iter().find(|r| r["kind"] == "run.end").expect("the run's end is recorded");
     assert_eq!(end["status"], "cancelled");
     assert_eq!(end["via"], "cli");
     server.kill().unwrap();
@@ -458,14 +474,8 @@ fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
     assert!(run.try_wait().unwrap().is_none());
     // The run is a job of the server's run service: listed with its jobs, within its quotas
     // (one run at a time for boss here).
-    opslet::install_tls_provider();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let jobs: serde_json::Value = rt.block_on(async {
-        let r = reqwest::Client::new().get(format!("{base}/api/v1/jobs")).bearer_auth(&token).send().await.unwrap();
-        r.json().await.unwrap()
-    });
-    let listed = jobs.as_array().or(jobs["jobs"].as_array()).cloned().unwrap_or_default();
-    assert!(listed.iter().any(|j| j["applet"].as_str().is_some_and(|a| a.starts_with("nap")) && j["status"] == "running"), "{jobs}");
+    let listed = jobs(&base, &token);
+    assert!(listed.iter().any(|j| j["applet"].as_str().is_some_and(|a| a.starts_with("nap")) && j["status"] == "running"), "{listed:?}");
     let mut second = start();
     let out = second.wait_with_output_stderr();
     assert_eq!(out.0, Some(12), "{}", out.1);
@@ -485,11 +495,7 @@ fn a_remote_run_streams_its_logs_and_ctrl_c_or_a_lost_caller_cancels_it() {
     assert_eq!(err.next().unwrap().unwrap(), "[info] going to sleep");
     run.kill().unwrap();
     run.wait().unwrap();
-    let ends = || {
-        let (_, audit, _) = opslet(dir.path(), &data, &["audit", "list", "--format", "json"], None);
-        let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
-        records.as_array().unwrap().iter().filter(|r| r["kind"] == "run.end").cloned().collect::<Vec<_>>()
-    };
+    let ends = || audit_records(dir.path(), &data).into_iter().filter(|r| r["kind"] == "run.end").collect::<Vec<_>>();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while ends().len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -530,18 +536,13 @@ fn one_user_has_at_most_eight_commands_running_on_a_server() {
     };
     let mut naps: Vec<std::process::Child> = (0..8).map(|_| remote(&["run", "nap"]).spawn().unwrap()).collect();
     // All eight are running once the server lists eight running jobs.
-    opslet::install_tls_provider();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let jobs: serde_json::Value = rt.block_on(async {
-            reqwest::Client::new().get(format!("{base}/api/v1/jobs")).bearer_auth(&token).send().await.unwrap().json().await.unwrap()
-        });
-        let list = jobs.as_array().or(jobs["jobs"].as_array()).cloned().unwrap_or_default();
+        let list = jobs(&base, &token);
         if list.iter().filter(|j| j["status"] == "running").count() == 8 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{jobs}");
+        assert!(std::time::Instant::now() < deadline, "{list:?}");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let mut ninth = remote(&["list"]).spawn().unwrap();
