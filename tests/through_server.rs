@@ -82,7 +82,8 @@ fn applet(dir: &Path, name: &str, main: &str) {
     std::fs::write(dir.join(name).join("main.lua"), main).unwrap();
 }
 
-/// The day's work of an operator, in order; relative paths are the caller's.
+/// The day's work of an operator, in order, using every command that opens the data dir;
+/// relative paths are the caller's.
 const SESSION: &[(&[&str], Option<&str>)] = &[
     (&["publish", "hello", "-m", "first"], None),
     (&["list"], None),
@@ -107,6 +108,43 @@ const SESSION: &[(&[&str], Option<&str>)] = &[
     (&["yank", "hello@1.0.0"], None),
     (&["run", "hello@1.0.0"], None),
     (&["audit", "verify"], None),
+    (&["search", "hello"], None),
+    (&["yank", "hello@1.0.0", "--undo"], None),
+    (&["promote", "hello@1.0.0"], None),
+    (&["rollback", "hello"], None),
+    (&["feature", "add", "daily", "hello"], None),
+    (&["feature", "list", "--format", "json"], None),
+    (&["feature", "rm", "daily", "hello"], None),
+    (&["token", "list", "--format", "json"], None),
+    (&["token", "revoke", "00000000"], None),
+    (&["grant", "add", "alice", "hello*"], None),
+    (&["grant", "list"], None),
+    (&["grant", "rm", "alice", "hello*"], None),
+    (&["hook", "add", "nightly", "--applet", "hello"], None),
+    (&["hook", "list", "--format", "json"], None),
+    (&["hook", "rm", "nightly"], None),
+    (&["secret", "rm", "db-password"], None),
+    (&["cmdb", "host", "set", "web01", "--tag", "env=prod", "--group", "web"], None),
+    (&["cmdb", "host", "show", "web01"], None),
+    (&["cmdb", "group", "set", "web", "--parent", "prod"], None),
+    (&["cmdb", "export", "--format", "csv", "-o", "hosts.csv"], None),
+    (&["cmdb", "host", "rm", "web01"], None),
+    (&["cmdb", "import", "hosts.csv"], None),
+    (&["cmdb", "export", "group:web", "--format", "json"], None),
+    (&["cmdb", "inventory", "--list"], None),
+    (&["config", "set", "app.toml", "-m", "first"], None),
+    (&["config", "list"], None),
+    (&["config", "show", "app"], None),
+    (&["config", "history", "app", "--format", "json"], None),
+    (&["config", "diff", "app"], None),
+    (&["config", "status", "app"], None),
+    (&["netdev", "profiles"], None),
+    (&["netdev", "backups", "sw1"], None),
+    (&["netdev", "show", "sw1"], None),
+    (&["netdev", "diff", "sw1"], None),
+    (&["audit", "show", "0"], None),
+    (&["audit", "head"], None),
+    (&["user", "rm", "alice"], None),
     (&["audit", "list", "--format", "json"], None),
 ];
 
@@ -133,6 +171,8 @@ fn session(via: Via) -> (Vec<(i32, String, String)>, tempfile::TempDir) {
     let data = dir.path().join("data");
     applet(dir.path(), "hello", "return function(p) log.info('n is ' .. p.n) return { n = p.n + 1 } end");
     applet(dir.path(), "failing", "return function() error('disk full on /var') end");
+    std::fs::write(dir.path().join("app.toml"), "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n").unwrap();
+    std::fs::write(dir.path().join("app.conf.j2"), "listen {{ port }}\n").unwrap();
     // Every data dir gets the account a remote CLI uses, so all audit logs start alike.
     let me = os_user();
     assert_eq!(opslet(dir.path(), &data, &["user", "add", &me, "--role", "admin"], None).0, 0);
@@ -187,13 +227,18 @@ fn every_command_gives_the_same_result_through_the_server() {
         assert_eq!(a, &h, "`opslet {}` alone (left) and with --server (right)", args.join(" "));
     }
     // The exit codes the session expects, so the comparison compares something.
-    let codes: Vec<i32> = alone.iter().map(|r| r.0).collect();
-    assert_eq!(codes, [0, 0, 0, 0, 0, 0, 3, 1, 3, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0], "{alone:#?}");
+    let codes: Vec<(&str, i32)> = SESSION.iter().zip(&alone).map(|((args, _), r)| (args[0], r.0)).collect();
+    let expected = [0, 0, 0, 0, 0, 0, 3, 1, 3, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0];
+    assert_eq!(codes[..expected.len()].iter().map(|c| c.1).collect::<Vec<_>>(), expected, "{alone:#?}");
+    let failed: Vec<String> = SESSION.iter().zip(&alone).skip(expected.len()).filter(|(_, r)| r.0 != 0).map(|((a, _), r)| format!("{} -> {}", a.join(" "), r.0)).collect();
+    // Past the first part every command succeeds, but those that find nothing to act on.
+    assert_eq!(failed, ["rollback hello -> 3", "token revoke 00000000 -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"], "{alone:#?}");
     assert!(socket[4].2.contains("[info] n is 41"), "{:?}", socket[4]);
     assert!(http[4].2.contains("[info] n is 41"), "{:?}", http[4]);
     // The export was written where the caller stood, not where the server runs.
     assert!(d2.path().join("hello.bundle").exists());
     assert!(d3.path().join("hello.bundle").exists());
+    assert!(d2.path().join("hosts.csv").exists() && d3.path().join("hosts.csv").exists());
 }
 
 #[test]
