@@ -64,6 +64,11 @@ pub struct ServeSettings {
     pub shutdown_grace: Option<String>,
     /// How long finished jobs are kept, like "7d".
     pub job_retention: Option<String>,
+    /// Connections open at once before new ones are answered 503.
+    pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers (and a kept-alive connection may
+    /// wait for its next request), like "10s".
+    pub header_timeout: Option<String>,
 }
 
 /// `[limits]`. Durations are written like `"30s"`, sizes like `"64MiB"`.

@@ -141,6 +141,21 @@ pub enum AuthError {
     Csrf,
 }
 
+/// Longest token lifetime (ten years): beyond it, a lifetime is refused rather than overflowing
+/// the calendar.
+pub const MAX_TOKEN_LIFETIME_DAYS: i64 = 3650;
+
+/// When a token given `lifetime` (like "30d" or "12h") from now expires. The error says what
+/// was wrong with it (the caller names where it came from).
+pub fn token_expiry(lifetime: &str) -> Result<DateTime<Utc>, String> {
+    let d = crate::util::parse_duration(lifetime)?;
+    let d = chrono::Duration::from_std(d)
+        .ok()
+        .filter(|d| *d <= chrono::Duration::days(MAX_TOKEN_LIFETIME_DAYS))
+        .ok_or_else(|| format!("`{lifetime}` is longer than {MAX_TOKEN_LIFETIME_DAYS} days (leave it out for a token that does not expire)"))?;
+    Utc::now().checked_add_signed(d).ok_or_else(|| format!("`{lifetime}` goes past the calendar"))
+}
+
 /// Shortest console password.
 pub const MIN_PASSWORD: usize = 10;
 /// Longest console password, in bytes (what sign-in takes).
@@ -373,7 +388,12 @@ impl Auth {
     /// Checks `Authorization: Bearer <token>` (pass the header value).
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
-        let token = header.strip_prefix("Bearer ").ok_or(AuthError::Missing)?.trim();
+        // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` are `Bearer`.
+        let (scheme, token) = header.trim_start().split_once(' ').ok_or(AuthError::Missing)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::Missing);
+        }
+        let token = token.trim();
         let rest = token.strip_prefix("opslet_").ok_or(AuthError::Malformed)?;
         let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
         if id.len() != 8 || secret.len() != 64 || !id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit()) {

@@ -132,10 +132,7 @@ pub fn token(global: &Global, cmd: TokenCmd) -> Result<i32, Error> {
         TokenCmd::Create { user, expires, label } => {
             let expires_at = match expires {
                 None => None,
-                Some(s) => {
-                    let d = humantime::parse_duration(&s).map_err(|e| Error::Usage(format!("--expires `{s}`: {e}")))?;
-                    Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| Error::Usage(format!("--expires `{s}`: {e}")))?)
-                }
+                Some(s) => Some(crate::auth::token_expiry(&s).map_err(|e| Error::Usage(format!("--expires: {e}")))?),
             };
             let (secret, t) = a.create_token(&user, expires_at, &label, &global.actor())?;
             a.flush()?;

@@ -46,6 +46,14 @@ pub struct ServeArgs {
     /// How long finished jobs are kept, purged at start [default: 7d].
     #[arg(long, env = "OPSLET_JOB_RETENTION")]
     pub job_retention: Option<String>,
+    /// Connections open at once; more are answered 503 and closed [default: 4096, at most what
+    /// the open-files limit allows].
+    #[arg(long, env = "OPSLET_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers, and a kept-alive connection may
+    /// wait for its next request [default: 10s].
+    #[arg(long, env = "OPSLET_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
     /// Also serve the applet folders under DIR by name (ahead of the registry), reloading each
     /// when its files change.
     #[arg(long, value_name = "DIR")]
@@ -76,6 +84,32 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     let sync_timeout = duration("sync timeout", args.sync_timeout.as_deref().or(file.sync_timeout.as_deref()).unwrap_or("60s"))?;
     let shutdown_grace = duration("shutdown grace", args.shutdown_grace.as_deref().or(file.shutdown_grace.as_deref()).unwrap_or("10s"))?;
     let keep = duration("job retention", args.job_retention.as_deref().or(file.job_retention.as_deref()).unwrap_or("7d"))?;
+    let header_timeout = duration("header timeout", args.header_timeout.as_deref().or(file.header_timeout.as_deref()).unwrap_or("10s"))?;
+    // A descriptor per connection: many systems start processes with a soft limit of 1024.
+    let files = match crate::util::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(before, after, "open-files limit raised to the hard limit");
+            }
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open-files limit");
+            1024
+        }
+    };
+    // Room for the store, the run threads' host connections and the local socket besides.
+    let fit = (files as usize).saturating_sub(512).max(64);
+    let wanted = args.max_connections.or(file.max_connections).unwrap_or(4096);
+    if wanted == 0 {
+        return Err(Error::Usage("max connections must be at least 1".into()));
+    }
+    let max_connections = if wanted > fit {
+        tracing::warn!(wanted, allowed = fit, open_files = files, "max connections lowered to fit the open-files limit (raise `ulimit -Hn`)");
+        fit
+    } else {
+        wanted
+    };
 
     let store = global.open_store()?;
     let runtime = global.runtime(&config, store.clone())?;
@@ -108,7 +142,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
             service.clone(),
         )),
     };
-    let cfg = ServeConfig { listen, body_limit, shutdown_grace };
+    let cfg = ServeConfig { listen, body_limit, shutdown_grace, limits: crate::http::Limits { max_connections, header_timeout } };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

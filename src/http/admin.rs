@@ -108,10 +108,7 @@ pub(super) async fn create_token(
     let t: NewToken = if body.is_empty() { NewToken::default() } else { body_json(&body)? };
     let expires_at = match t.expires {
         None => None,
-        Some(d) => {
-            let d = humantime::parse_duration(&d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expires `{d}`: {e}")))?;
-            Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?)
-        }
+        Some(d) => Some(crate::auth::token_expiry(&d).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expires: {e}")))?),
     };
     let (secret, rec) = s.auth.create_token(&name, expires_at, &t.label, &p.user)?;
     s.auth.flush()?;

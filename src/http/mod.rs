@@ -10,6 +10,7 @@ mod admin;
 mod authn;
 pub mod commands;
 mod error;
+mod listener;
 mod registry;
 mod runs;
 pub mod session;
@@ -56,7 +57,11 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// How long running jobs may take to finish at shutdown before they are cancelled.
     pub shutdown_grace: Duration,
+    /// Connections open at once, and how long a client may take to send a request's headers.
+    pub limits: listener::Limits,
 }
+
+pub use listener::Limits;
 
 /// The OpenAPI document of every route below (tests/openapi.rs keeps the two in step).
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -123,14 +128,12 @@ pub async fn serve(state: AppState, cfg: &ServeConfig) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     eprintln!("listening on {addr}");
     let router = app(state.clone(), cfg.body_limit);
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("server: {e}")));
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    };
+    listener::run(listener, router, cfg.limits, shutdown, cfg.shutdown_grace).await;
     state.service.drain(cfg.shutdown_grace).await;
-    served
+    Ok(())
 }

@@ -122,7 +122,7 @@ pub(super) async fn deliver_hook(
 ) -> Result<Response, ApiError> {
     let path = format!("/hooks/{name}");
     let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    match s.service.deliver(&name, header("x-opslet-timestamp"), header("x-opslet-signature"), &body) {
+    match s.service.deliver(&name, header("x-opslet-timestamp"), header("x-opslet-signature"), header("x-opslet-delivery"), &body) {
         Ok(a) => Ok(accepted(&a.job_id)),
         Err(e) => {
             match &e {

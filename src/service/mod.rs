@@ -440,7 +440,14 @@ impl RunService {
 
     /// A webhook delivery: the signature checked, the payload mapped onto params, run as an
     /// async job as `hook:NAME`.
-    pub fn deliver(&self, name: &str, timestamp: Option<&str>, signature: Option<&str>, body: &[u8]) -> Result<Accepted, ServiceError> {
+    pub fn deliver(
+        &self,
+        name: &str,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        delivery: Option<&str>,
+        body: &[u8],
+    ) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
         // Unsigned is said before the hook is looked up, and an unknown hook is answered like a
         // wrong signature: the answers do not tell which hook names exist.
@@ -448,7 +455,7 @@ impl RunService {
             return Err(ServiceError::Delivery(DeliveryError::Unsigned));
         }
         let hook = d.hooks.get(name)?.ok_or(ServiceError::Delivery(DeliveryError::NoSuchHook))?;
-        d.hooks.verify(&hook, timestamp, signature, body).map_err(ServiceError::Delivery)?;
+        d.hooks.verify(&hook, timestamp, signature, delivery, body).map_err(ServiceError::Delivery)?;
         let payload: Value = serde_json::from_slice(body).map_err(ServiceError::Payload)?;
         let mut sub =
             Submission::new(Source::Registry(Reference::parse(&hook.applet)?), Caller { user: format!("hook:{name}"), via: "hook".into() });

@@ -85,6 +85,7 @@ impl Store {
                 .map_err(|e| Error::Store(format!("restricting data dir {}: {e}", data_dir.display())))?;
         }
         let lock = lock_data_dir(data_dir, wait)?;
+        restrict_data_dir(data_dir)?;
         let path = data_dir.join(engine::FILE);
         let migrated = migrate::from_sled_if_needed(data_dir, &path, wait)?;
         let store = Store::with_engine(engine::Engine::open(&path, Some(lock))?, data_dir.to_path_buf(), None)?;
@@ -181,6 +182,31 @@ impl Drop for Inner {
             tracing::warn!(error = %e, "closing the data store");
         }
     }
+}
+
+/// A data dir made beforehand (by a package, by hand) may be open to others: the folder becomes
+/// 0700 and the store's own files (and the secret key) 0600, each change said once in the log.
+/// Files of other users are left alone (their owner decides).
+fn restrict_data_dir(data_dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let tighten = |path: &Path, mode: u32| -> Result<(), Error> {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+        let open = meta.mode() & 0o077;
+        if open == 0 || meta.uid() != me || meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::Store(format!("restricting {} to its owner: {e}", path.display())))?;
+        tracing::warn!(path = %path.display(), was = format!("{:o}", meta.mode() & 0o777), now = format!("{mode:o}"), "restricted to its owner");
+        Ok(())
+    };
+    tighten(data_dir, 0o700)?;
+    for name in [engine::FILE, "store.sqlite-wal", "store.sqlite-shm", engine::LOCK_FILE, "secret.key"] {
+        tighten(&data_dir.join(name), 0o600)?;
+    }
+    Ok(())
 }
 
 /// Takes the data dir's process lock (`flock` on `store.lock`), retrying for up to `wait`.

@@ -1,0 +1,140 @@
+//! Findings of a security pass against the running server, each reproduced: a token lifetime
+//! that overflowed the calendar, the bearer scheme's case, a data dir made beforehand staying
+//! open to others, webhook deliveries (a forged one after a genuine one; two distinct ones with
+//! the same body in one second).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn opslet(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    opslet::install_tls_provider();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn a_huge_token_lifetime_is_refused_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert_eq!(opslet(&data, &["user", "add", "ada", "--role", "admin"]).0, 0);
+    let (code, _, err) = opslet(&data, &["token", "create", "ada", "--expires", "1000000000d"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("longer than 3650 days"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let token = opslet(&data, &["token", "create", "ada", "--expires", "30d"]).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    rt().block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/users/ada/tokens"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "expires": "1000000000d" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("longer than 3650 days"), "{body}");
+        // The server is still there.
+        let ok = reqwest::Client::new().get(format!("http://{addr}/api/v1/applets")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    opslet(&data, &["user", "add", "vic", "--role", "viewer"]);
+    let token = opslet(&data, &["token", "create", "vic"]).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    rt().block_on(async {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let resp = reqwest::Client::new()
+                .get(format!("http://{addr}/api/v1/applets"))
+                .header("Authorization", format!("{scheme} {token}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200, "{scheme}");
+        }
+        let basic = reqwest::Client::new()
+            .get(format!("http://{addr}/api/v1/applets"))
+            .header("Authorization", format!("Basic {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(basic.status(), 401);
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_data_dir_made_beforehand_is_restricted_to_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(opslet(&data, &["list"]).0, 0);
+    // A store file a backup restore (or a umask) left readable to all.
+    let store = data.join("store.sqlite");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, _, err) = opslet(&data, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(err.contains("restricted to its owner"), "{err}");
+}
+
+#[test]
+fn webhook_deliveries_are_checked_before_they_are_remembered_and_may_carry_their_own_id() {
+    use opslet::service::hooks::{sign, sign_delivery};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let applet = dir.path().join("echo");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(applet.join("applet.toml"), "name = \"echo\"\nversion = \"1.0.0\"\n").unwrap();
+    std::fs::write(applet.join("main.lua"), "return function() return true end").unwrap();
+    opslet(&data, &["publish", applet.to_str().unwrap()]);
+    let secret = opslet(&data, &["hook", "add", "alert", "--applet", "echo"]).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &[]);
+    let url = format!("http://{addr}/hooks/alert");
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        let send = |ts: i64, sig: String, id: Option<&str>, body: &'static str| {
+            let mut r = client.post(&url).header("X-Opslet-Timestamp", ts.to_string()).header("X-Opslet-Signature", sig).body(body);
+            if let Some(id) = id {
+                r = r.header("X-Opslet-Delivery", id);
+            }
+            r.send()
+        };
+        let now = chrono::Utc::now().timestamp();
+        let body = r#"{"alert": "disk"}"#;
+        let sig = sign(&secret, now, body.as_bytes());
+        assert_eq!(send(now, sig.clone(), None, body).await.unwrap().status(), 202);
+        // A forged delivery reusing the genuine one's signature is a bad signature, not a replay.
+        assert_eq!(send(now, sig.clone(), None, r#"{"alert": "forged"}"#).await.unwrap().status(), 401);
+        assert_eq!(send(now, sig, None, body).await.unwrap().status(), 409, "the genuine one again is a replay");
+        // Two distinct deliveries with the same body in the same second, each with its own id.
+        let (a, b) = (sign_delivery(&secret, now, "evt-1", body.as_bytes()), sign_delivery(&secret, now, "evt-2", body.as_bytes()));
+        assert_eq!(send(now, a.clone(), Some("evt-1"), body).await.unwrap().status(), 202);
+        assert_eq!(send(now, b, Some("evt-2"), body).await.unwrap().status(), 202);
+        assert_eq!(send(now, a.clone(), Some("evt-1"), body).await.unwrap().status(), 409);
+        // The id is signed: another id under the same signature is refused.
+        assert_eq!(send(now, a, Some("evt-3"), body).await.unwrap().status(), 401);
+        // A signature without an id does not pass with one, nor the other way round.
+        assert_eq!(send(now, sign(&secret, now, body.as_bytes()), Some("evt-4"), body).await.unwrap().status(), 401);
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
