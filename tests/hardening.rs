@@ -138,3 +138,99 @@ fn webhook_deliveries_are_checked_before_they_are_remembered_and_may_carry_their
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn redaction_does_not_tell_a_caller_which_guess_is_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let applet = dir.path().join("echo");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(
+        applet.join("applet.toml"),
+        "name = \"echo\"\nversion = \"1.0.0\"\n[params.text]\ntype = \"string\"\n[params.pin]\ntype = \"string\"\nsecret = true\ndefault = \"\"\n",
+    )
+    .unwrap();
+    std::fs::write(applet.join("main.lua"), "return function(p) log.info(p.text) return { text = p.text, pin = p.pin } end").unwrap();
+    opslet(&data, &["publish", applet.to_str().unwrap()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["secret", "set", "bmc-pin"])
+        .env("OPSLET_DATA_DIR", &data)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"493817\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(o.status.success());
+    // Setting a short value says it is guessable.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("easy to guess"), "{}", String::from_utf8_lossy(&o.stderr));
+    opslet(&data, &["user", "add", "olga", "--role", "operator"]);
+    opslet(&data, &["grant", "add", "olga", "echo"]);
+    let token = opslet(&data, &["token", "create", "olga"]).1.trim().to_string();
+    opslet(&data, &["user", "add", "ada", "--role", "admin"]);
+    let admin = opslet(&data, &["token", "create", "ada"]).1.trim().to_string();
+    let (mut server, addr) = common::serve::spawn(&data, &["--body-limit", "4194304"]);
+    let run = |text: String, pin: &str| {
+        let (addr, token) = (addr.clone(), token.clone());
+        let pin = pin.to_string();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(format!("http://{addr}/api/v1/applets/echo/run"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "text": text, "pin": pin }))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let guesses = |from: u32, to: u32| (from..to).map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
+    rt().block_on(async {
+        // The attack: 120,000 candidates in one param, echoed back. Before, the secret came back
+        // as `<redacted>` in its place; now the run is refused before it starts, and the answer
+        // says which param, not which part or which secret.
+        let (code, body) = run(guesses(400_000, 520_000), "").await;
+        assert_eq!(code, 422, "{body}");
+        let message = body.to_string();
+        assert!(message.contains("carries the value of a stored secret"), "{message}");
+        assert!(!message.contains("493817") && !message.contains("bmc-pin"), "{message}");
+        // Guesses that hold no secret run as usual, echoed as given: nothing of the caller's own
+        // text is ever redacted.
+        let (code, body) = run(guesses(0, 100), "").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["result"]["text"], guesses(0, 100));
+        // A param declared secret may carry any value: it is redacted wherever it shows.
+        let (code, body) = run("hello".into(), "493817").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["result"]["pin"], "<redacted>");
+        // A refusal is one bit: after three in an hour, every run of that caller is refused.
+        for _ in 0..2 {
+            assert_eq!(run(guesses(493_000, 494_000), "").await.0, 422);
+        }
+        let (code, body) = run("nothing secret here".into(), "").await;
+        assert_eq!(code, 422, "{body}");
+        assert!(body.to_string().contains("runs are refused until the hour is over"), "{body}");
+    });
+    // Through the server's socket too (its runs are checked in the run, and are jobs).
+    let (code, _, err) = opslet(&data, &["run", "echo", "-p", "text=pin is 493817"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("carries the value of a stored secret"), "{err}");
+    rt().block_on(async {
+        // Nothing stored holds the value: no job shows it, whoever looks.
+        let jobs = reqwest::Client::new().get(format!("http://{addr}/api/v1/jobs")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+        assert!(jobs.contains("echo"), "{jobs}");
+        assert!(!jobs.contains("493817"), "{jobs}");
+    });
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (_, audit, _) = opslet(&data, &["audit", "list", "--format", "json", "--limit", "10000"]);
+    assert!(!audit.contains("493817"));
+    let records: serde_json::Value = serde_json::from_str(&audit).unwrap();
+    let flagged: Vec<&serde_json::Value> = records.as_array().unwrap().iter().filter(|r| r["kind"] == "secret.in_params").collect();
+    // Olga's three, and the socket's run.
+    assert_eq!(flagged.len(), 4, "{flagged:?}");
+    assert_eq!(flagged[0]["actor"], "olga");
+    assert_eq!(flagged[0]["data"]["matched"][0]["secret"], "bmc-pin");
+}

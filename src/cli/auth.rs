@@ -298,6 +298,12 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
             }
             secrets.set(&name, &value, &global.actor())?;
             errln!("stored secret {name}");
+            if value.len() < 4 {
+                errln!("note: values shorter than 4 bytes are not redacted from output (they would blank out ordinary text)");
+            } else if value.len() < 12 {
+                errln!("note: a value of {} bytes is easy to guess; redaction cannot hide a guessable value from someone who can run applets, so prefer a longer one", value.len());
+            }
+            reload_server_secrets(global)?;
         }
         SecretCmd::List { format: Some(f) } => {
             let v = serde_json::to_value(secrets.list()?).map_err(|e| Error::Internal(e.to_string()))?;
@@ -311,7 +317,17 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
         SecretCmd::Rm { name } => {
             secrets.remove(&name, &global.actor())?;
             errln!("removed secret {name}");
+            reload_server_secrets(global)?;
         }
     }
     Ok(0)
+}
+
+/// A running server that ran this command reads its secrets again, so its next runs redact
+/// and check the values as they are now.
+fn reload_server_secrets(global: &Global) -> Result<(), Error> {
+    match global.server_service() {
+        Some(service) => service.runtime().reload_secrets(),
+        None => Ok(()),
+    }
 }

@@ -235,6 +235,7 @@ pub(super) async fn set_secret(State(s): State<AppState>, Authed(p): Authed, Pat
     let secrets = secrets(&s)?;
     secrets.set(&name, v.value.as_bytes(), &p.user)?;
     s.auth.flush()?;
+    s.service.runtime().reload_secrets()?;
     Ok(Json(json!({ "set": name })))
 }
 
@@ -242,5 +243,6 @@ pub(super) async fn remove_secret(State(s): State<AppState>, Authed(p): Authed, 
     admin(&s, &p, "/api/v1/secrets/{name}")?;
     secrets(&s)?.remove(&name, &p.user)?;
     s.auth.flush()?;
+    s.service.runtime().reload_secrets()?;
     Ok(Json(json!({ "removed": name })))
 }

@@ -10,6 +10,7 @@ pub mod modules;
 pub mod redact;
 pub mod sandbox;
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +57,10 @@ pub struct RunRequest {
     /// Where the package came from, as `run.start` records it.
     pub origin: Origin,
 }
+
+/// Runs of one caller refused in an hour for carrying a stored secret's value, before all of
+/// that caller's runs are refused for the rest of the hour.
+pub const GUESSES_PER_HOUR: usize = 3;
 
 /// Where a run's package came from: the audit log tells a folder run from a registry run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -145,7 +150,11 @@ pub struct Runtime {
     modules: ModuleSet,
     store: Option<Store>,
     /// Values of the store's secrets, redacted from every run's output.
-    secrets: Arc<Vec<String>>,
+    /// The store's secrets as (name, value), read when the runtime is made and again after
+    /// a change through it ([`Runtime::reload_secrets`]).
+    secrets: Arc<parking_lot::RwLock<Arc<Vec<(String, String)>>>>,
+    /// Recent refusals of runs whose params carried a stored secret's value, per caller.
+    guesses: Arc<parking_lot::Mutex<HashMap<String, Vec<Instant>>>>,
 }
 
 impl Runtime {
@@ -158,12 +167,22 @@ impl Runtime {
             kv_limits: config.kv_limits().map_err(Error::Config)?,
             audit_sync: config.audit.sync,
             modules,
-            secrets: Arc::new(match &store {
-                Some(s) => crate::secrets::Secrets::values_of(s)?,
+            secrets: Arc::new(parking_lot::RwLock::new(Arc::new(match &store {
+                Some(s) => crate::secrets::Secrets::named_values_of(s)?,
                 None => Vec::new(),
-            }),
+            }))),
+            guesses: Default::default(),
             store,
         })
+    }
+
+    /// Reads the store's secrets again (after `secret set` or `rm` through a running server), so
+    /// the next runs redact and check the values as they are now.
+    pub fn reload_secrets(&self) -> Result<(), Error> {
+        if let Some(store) = &self.store {
+            *self.secrets.write() = Arc::new(crate::secrets::Secrets::named_values_of(store)?);
+        }
+        Ok(())
     }
 
     /// Adds or replaces a host module.
@@ -207,12 +226,12 @@ impl Runtime {
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
         let params = match &req.validated {
             Some(p) => Ok(p.clone()),
-            None => params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_selectors(manifest, p)),
+            None => params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_params(manifest, &req.caller, p)),
         };
 
         // Secret params are redacted as given (even when invalid) and as validated.
         let mut secrets = req.secrets.clone();
-        secrets.extend(self.secrets.iter().cloned());
+        secrets.extend(self.secrets.read().iter().map(|(_, v)| v.clone()));
         // Booleans are left out: redacting every "true" would hide nothing and garble the text.
         for (name, _) in manifest.params.iter().filter(|(_, s)| s.secret && s.ty != crate::applet::ParamType::Boolean) {
             collect_strings(req.params_json.as_ref().and_then(|j| j.get(name)), &mut secrets);
@@ -380,7 +399,82 @@ impl Runtime {
     }
 
     /// Host-selector params must pick at least one host of the cmdb (when the run has a store).
-    pub fn check_selectors(
+    /// The checks of params beyond their types: host selectors against the cmdb, and no
+    /// stored secret's value in a param not declared `secret = true`.
+    ///
+    /// Why the second: output is redacted of secret values, so an applet that echoes a param
+    /// would tell its caller which of their guesses is a secret (`<redacted>` comes back for
+    /// that one). A run whose ordinary params carry a secret's value is refused before it
+    /// starts, whatever the applet does; the refusal is audited as `secret.in_params` (naming
+    /// the secret, for auditors) and tells the caller nothing of which secret or part matched.
+    /// A refusal is still one bit, so a caller refused [`GUESSES_PER_HOUR`] times in an hour
+    /// has every run refused until the hour is over.
+    pub fn check_params(
+        &self,
+        manifest: &crate::applet::Manifest,
+        caller: &Caller,
+        params: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Vec<crate::error::ParamError>> {
+        let params = self.check_selectors(manifest, params)?;
+        let stored = Arc::clone(&self.secrets.read());
+        if stored.is_empty() {
+            return Ok(params);
+        }
+        let window = Duration::from_secs(3600);
+        {
+            let mut guesses = self.guesses.lock();
+            let recent = guesses.entry(caller.user.clone()).or_default();
+            recent.retain(|t| t.elapsed() < window);
+            if recent.len() >= GUESSES_PER_HOUR {
+                return Err(vec![crate::error::ParamError {
+                    param: "*".into(),
+                    message: format!(
+                        "{} had {GUESSES_PER_HOUR} runs refused for carrying a stored secret's value within an hour; runs are refused until the hour is over",
+                        caller.user
+                    ),
+                }]);
+            }
+        }
+        let mut errs = Vec::new();
+        let mut matched = Vec::new();
+        for (name, _) in manifest.params.iter().filter(|(_, s)| !s.secret) {
+            let mut texts = Vec::new();
+            collect_strings(params.get(name), &mut texts);
+            if let Some((secret, _)) = stored.iter().find(|(_, v)| v.len() >= 4 && texts.iter().any(|t| t.contains(v.as_str()))) {
+                matched.push(serde_json::json!({ "param": name, "secret": secret }));
+                errs.push(crate::error::ParamError {
+                    param: name.clone(),
+                    message: "carries the value of a stored secret: declare the param `secret = true`, or leave the secret in opslet's store for the modules to use by name".into(),
+                });
+            }
+        }
+        if errs.is_empty() {
+            return Ok(params);
+        }
+        self.guesses.lock().entry(caller.user.clone()).or_default().push(Instant::now());
+        if let Some(store) = &self.store {
+            let data = serde_json::json!({ "applet": manifest.id(), "matched": matched });
+            let _ = store.audit().record_change("secret.in_params", &caller.user, &caller.via, None, data);
+        }
+        Err(errs)
+    }
+
+    /// `params` as a job shows them: a param that carries a stored secret's value is
+    /// `<redacted>` whole (its run is refused by [`Runtime::check_params`], which names the same
+    /// param, so this tells nobody more).
+    pub fn redact_stored(&self, mut params: Map<String, Value>) -> Map<String, Value> {
+        let stored = Arc::clone(&self.secrets.read());
+        for v in params.values_mut() {
+            let mut texts = Vec::new();
+            collect_strings(Some(v), &mut texts);
+            if stored.iter().any(|(_, s)| s.len() >= 4 && texts.iter().any(|t| t.contains(s.as_str()))) {
+                *v = Value::String(redact::REDACTED.into());
+            }
+        }
+        params
+    }
+
+    fn check_selectors(
         &self,
         manifest: &crate::applet::Manifest,
         params: Map<String, Value>,

@@ -143,18 +143,28 @@ impl Secrets {
     /// Every secret value of a store, for redaction, without creating a key when there are no
     /// secrets yet.
     pub fn values_of(store: &Store) -> Result<Vec<String>, Error> {
+        Ok(Secrets::named_values_of(store)?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Every secret as (name, value text), without creating a key when there are none yet.
+    pub fn named_values_of(store: &Store) -> Result<Vec<(String, String)>, Error> {
         if store.tree(crate::store::keys::SECRETS).is_empty()? {
             return Ok(Vec::new());
         }
-        Secrets::open(store.clone())?.values()
+        Secrets::open(store.clone())?.named_values()
     }
 
     /// Every secret value as text, for redaction. Values that cannot be decrypted are skipped.
     pub fn values(&self) -> Result<Vec<String>, Error> {
+        Ok(self.named_values()?.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Every secret as (name, value text). Values that cannot be decrypted are skipped.
+    pub fn named_values(&self) -> Result<Vec<(String, String)>, Error> {
         let mut out = Vec::new();
         for info in self.list()? {
             if let Ok(Some(v)) = self.get(&info.name) {
-                out.push(String::from_utf8_lossy(&v).into_owned());
+                out.push((info.name, String::from_utf8_lossy(&v).into_owned()));
             }
         }
         Ok(out)
