@@ -137,11 +137,17 @@ pub struct AuditConfig {
     /// Flush the store to disk after recording a run's start, so a run whose process is killed
     /// still shows as interrupted (default true).
     pub sync: bool,
+    /// A file (best kept off the data dir's disk, or shipped elsewhere) the chain's head is
+    /// appended to, signed: by `opslet serve` every `anchor_every` and soon after every change
+    /// that is not a run, and by `opslet audit anchor`. `audit verify` checks the last one.
+    pub anchor_file: Option<std::path::PathBuf>,
+    /// How often `opslet serve` anchors a head that moved (default 5m).
+    pub anchor_every: String,
 }
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { sync: true }
+        AuditConfig { sync: true, anchor_file: None, anchor_every: "5m".into() }
     }
 }
 

@@ -234,3 +234,74 @@ fn redaction_does_not_tell_a_caller_which_guess_is_a_secret() {
     assert_eq!(flagged[0]["actor"], "olga");
     assert_eq!(flagged[0]["data"]["matched"][0]["secret"], "bmc-pin");
 }
+
+/// Records cut from the end of the audit log, with the head moved back to match: the chain
+/// alone still verifies; against the last signed anchor, `audit verify` says what was cut.
+#[test]
+fn a_cut_at_the_end_of_the_audit_log_is_found_against_the_last_anchor() {
+    use opslet::store::audit::{Head, record_key};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let anchors = dir.path().join("anchors.jsonl");
+    for user in ["ann", "bob", "cy"] {
+        assert_eq!(opslet(&data, &["user", "add", user, "--role", "viewer"]).0, 0);
+    }
+    let (code, _, err) = opslet(&data, &["audit", "anchor", "--to", anchors.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("anchored 3 records"), "{err}");
+    // Someone with write access to the data dir removes the last record and moves the head.
+    {
+        let store = opslet::store::Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let tree = store.audit().raw_tree();
+        let kept: opslet::store::audit::AuditRecord = serde_json::from_slice(&tree.get(record_key(1)).unwrap().unwrap()).unwrap();
+        tree.remove(record_key(2)).unwrap();
+        tree.insert(b"h", serde_json::to_vec(&Head { count: 2, hash: kept.hash }).unwrap()).unwrap();
+        store.flush().unwrap();
+    }
+    // The chain alone cannot tell.
+    let (code, out, _) = opslet(&data, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("audit log intact: 2 records"), "{out}");
+    assert!(out.contains("no anchor file set"), "{out}");
+    // The anchor can.
+    let (code, out, _) = opslet(&data, &["audit", "verify", "--anchor", anchors.to_str().unwrap()]);
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("3 records were anchored at") && out.contains("but the log has 2: records were removed from its end"), "{out}");
+    // An anchor line rewritten to match the cut does not verify.
+    let text = std::fs::read_to_string(&anchors).unwrap();
+    std::fs::write(&anchors, text.replace("\"count\":3", "\"count\":2")).unwrap();
+    let (code, out, _) = opslet(&data, &["audit", "verify", "--anchor", anchors.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(code, 7, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["anchor"]["matches"], false);
+    assert!(v["anchor"]["why"].as_str().unwrap().contains("signature does not verify"), "{v}");
+}
+
+/// With `[audit] anchor_file`, the server anchors on its own: soon after a change that is not a
+/// run, and `audit verify` compares against it by default, saying how old it is.
+#[test]
+fn the_server_anchors_the_audit_log_after_each_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let anchors = dir.path().join("anchors.jsonl");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("opslet.toml"), format!("[audit]\nanchor_file = \"{}\"\nanchor_every = \"1h\"\n", anchors.display())).unwrap();
+    let (mut server, _) = common::serve::spawn(&data, &[]);
+    let last_count = || {
+        std::fs::read_to_string(&anchors)
+            .ok()
+            .and_then(|t| t.lines().last().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_u64().unwrap()))
+    };
+    // Through the server's socket: an account change is anchored within seconds.
+    assert_eq!(opslet(&data, &["user", "add", "ann", "--role", "viewer"]).0, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while last_count() != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "anchors: {:?}", std::fs::read_to_string(&anchors));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, out, _) = opslet(&data, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("matches the last anchor (1 records") && out.contains("ago"), "{out}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -18,14 +18,30 @@ pub enum AuditCmd {
         /// A record number (digits only), or a run id or a prefix of it (at least 8 characters).
         id: String,
     },
-    /// Walk the hash chain; exit 7 and name the first bad record if anything was changed.
+    /// Walk the hash chain and check it against the last anchor; exit 7 and name the first bad
+    /// record (or the anchor it no longer matches) if anything was changed.
     Verify {
         /// Print as a table, JSON or YAML instead of plain lines.
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// The anchor file to check against (default: `[audit] anchor_file` of the config).
+        #[arg(long, value_name = "FILE")]
+        anchor: Option<std::path::PathBuf>,
     },
     /// Print the chain head (record count and last hash) to anchor it elsewhere.
     Head,
+    /// Sign the chain head and append it to the anchor file (for cron, where no server runs).
+    Anchor {
+        /// The anchor file (default: `[audit] anchor_file` of the config).
+        #[arg(long, value_name = "FILE")]
+        to: Option<std::path::PathBuf>,
+    },
+}
+
+/// The anchor file: the flag, else `[audit] anchor_file` (a config that does not load counts as
+/// none, so a broken file does not stop the audit commands).
+fn anchor_file(global: &Global, flag: Option<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    flag.or_else(|| global.config().ok().and_then(|c| c.audit.anchor_file))
 }
 
 #[derive(Args, Debug)]
@@ -93,18 +109,37 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
             outln!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
             Ok(0)
         }
-        AuditCmd::Verify { format } => {
+        AuditCmd::Verify { format, anchor } => {
             let report = audit.verify()?;
+            let file = anchor_file(global, anchor);
+            let last = match &file {
+                Some(f) => crate::store::anchor::last(f)?,
+                None => None,
+            };
+            let checked = match &last {
+                Some(a) => Some(crate::store::anchor::check(audit, &global.data_dir, a)?),
+                None => None,
+            };
+            let anchor_ok = checked.as_ref().is_none_or(|c| c.is_ok());
+            let intact = report.first_bad.is_none() && anchor_ok;
             if let Some(f) = format {
                 let v = serde_json::json!({
-                    "intact": report.first_bad.is_none(),
+                    "intact": intact,
                     "records": report.records,
                     "head": report.head.hash,
                     "first_bad": report.first_bad.as_ref().map(|(seq, why)| serde_json::json!({ "seq": seq, "why": why })),
                     "lost": report.lost,
+                    "anchor": match (&last, &checked) {
+                        (Some(a), Some(c)) => serde_json::json!({
+                            "file": file, "time": a.time, "count": a.count, "hash": a.hash,
+                            "age_seconds": (chrono::Utc::now() - a.time).num_seconds(),
+                            "matches": c.is_ok(), "why": (!c.is_ok()).then(|| c.describe(a)),
+                        }),
+                        _ => serde_json::json!({ "file": file }),
+                    },
                 });
                 out!("{}", super::output::render(&v, f));
-                return Ok(if report.first_bad.is_none() { 0 } else { EXIT_AUDIT_BROKEN });
+                return Ok(if intact { 0 } else { EXIT_AUDIT_BROKEN });
             }
             match report.first_bad {
                 None => {
@@ -112,13 +147,31 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
                     if !report.lost.is_empty() {
                         outln!("{}", lost_line(&report.lost));
                     }
-                    Ok(0)
                 }
-                Some((seq, why)) => {
-                    outln!("audit log BROKEN at record {seq}: {why}");
-                    Ok(EXIT_AUDIT_BROKEN)
-                }
+                Some((seq, why)) => outln!("audit log BROKEN at record {seq}: {why}"),
             }
+            match (&file, &last, &checked) {
+                (None, _, _) => outln!("no anchor file set ([audit] anchor_file, or --anchor FILE): a cut at the end of the log cannot be seen"),
+                (Some(f), None, _) => outln!("no anchor in {} yet", f.display()),
+                (Some(_), Some(a), Some(c)) => {
+                    let age = humantime::format_duration(std::time::Duration::from_secs((chrono::Utc::now() - a.time).num_seconds().max(0) as u64));
+                    if c.is_ok() {
+                        outln!("{}, {age} ago", c.describe(a));
+                    } else {
+                        outln!("audit log BROKEN: {}", c.describe(a));
+                    }
+                }
+                _ => {}
+            }
+            Ok(if intact { 0 } else { EXIT_AUDIT_BROKEN })
+        }
+        AuditCmd::Anchor { to } => {
+            let Some(file) = anchor_file(global, to) else {
+                return Err(Error::Usage("no anchor file: set `[audit] anchor_file` in opslet.toml, or pass --to FILE".into()));
+            };
+            let a = crate::store::anchor::write(audit, &global.data_dir, &file)?;
+            super::stdio::errln!("anchored {} records (head {}) in {}", a.count, a.hash, file.display());
+            Ok(0)
         }
         AuditCmd::Head => {
             let head = audit.head()?;

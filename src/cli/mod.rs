@@ -464,6 +464,8 @@ impl Command {
             Command::Cmdb(cmdb::CmdbCmd::Export { output: Some(f), .. }) => vec![(Write, f)],
             Command::Config(config_items::ConfigCmd::Set { file, .. }) => vec![(Item, file)],
             Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => vec![(Watch, dir)],
+            Command::Audit(audit::AuditCmd::Verify { anchor: Some(f), .. }) => vec![(Read, f)],
+            Command::Audit(audit::AuditCmd::Anchor { to: Some(f) }) => vec![(Append, f)],
             _ => vec![],
         }
     }
@@ -501,6 +503,8 @@ enum PathUse {
     Write,
     /// Watches the folder for changes.
     Watch,
+    /// Appends to the file (where it is: not through a server on another machine).
+    Append,
 }
 
 /// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`,

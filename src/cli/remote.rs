@@ -79,7 +79,7 @@ fn uploads(command: &mut Command) -> Result<(BTreeMap<String, Upload>, Vec<Strin
                 }
             }
             PathUse::Write => writes.push(given),
-            PathUse::Watch => {}
+            PathUse::Watch | PathUse::Append => {}
         }
     }
     Ok((files, writes))
@@ -343,6 +343,9 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
     if let Command::Config(config_items::ConfigCmd::Watch { .. }) = &command {
         return Err(Error::Usage("`config watch` watches a folder on your machine; it does not work with --server".into()));
     }
+    if let Command::Audit(super::audit::AuditCmd::Anchor { to: Some(_) }) = &command {
+        return Err(Error::Usage("`audit anchor --to` appends to a file on your machine; with --server, the server anchors to its own `[audit] anchor_file`".into()));
+    }
     // Allowed first: nothing of the command is done for a caller who may not do it.
     authorize(&command, &call)?;
     // As over the HTTP API, an audit listing is at most 10,000 records.
@@ -424,6 +427,7 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         Command::Config(_) => a(Publish),
         Command::Netdev(netdev::NetdevCmd::Profiles { .. }) => a(ReadRegistry),
         Command::Netdev(_) => a(Admin),
+        Command::Audit(super::audit::AuditCmd::Anchor { .. }) => a(Admin),
         Command::Audit(_) => a(ReadAudit),
         Command::Store(_) | Command::Serve(_) | Command::New(_) | Command::Check(_) | Command::Meta { .. } | Command::Completions { .. } | Command::Man => {
             Err(Error::Usage("this command runs on the machine it is typed on, not through --server".into()))
@@ -479,7 +483,7 @@ fn place_files(command: &mut Command, sent: &mut BTreeMap<String, Upload>, work:
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("a place for {given}: {e}")))?;
                 outputs.push((target.clone(), given.clone()));
             }
-            (PathUse::Read | PathUse::Folder | PathUse::Item | PathUse::Watch, _) => {}
+            (PathUse::Read | PathUse::Folder | PathUse::Item | PathUse::Watch | PathUse::Append, _) => {}
         }
         super::stdio::show_as(target.display().to_string(), given);
         *p = target;

@@ -163,11 +163,62 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
             }
         }
     });
+    if let Some(file) = config.audit.anchor_file.clone() {
+        let every = duration("audit anchor_every", &config.audit.anchor_every)?;
+        rt.spawn(anchor_loop(store.clone(), global.data_dir.clone(), file, every));
+    }
     // CLI commands on this data dir come to the server from now on (see `cli::local`).
     let socket = rt.block_on(super::local::listen(global.data_dir.clone(), store.clone(), state.service.clone()))?;
     let result = rt.block_on(crate::http::serve(state, &cfg));
     socket.abort();
     let _ = std::fs::remove_file(global.data_dir.join(super::local::SOCKET));
+    if let Some(file) = &config.audit.anchor_file {
+        // The last head this server wrote, anchored as it stops.
+        if let Err(e) = crate::store::anchor::write(store.audit(), &global.data_dir, file) {
+            tracing::warn!(error = %e, "anchoring the audit log at shutdown");
+        }
+    }
     store.flush()?;
     result.map(|()| 0)
+}
+
+/// Anchors the audit chain's head in `file` when it moved: at start, soon (within 2 s) after a
+/// record that is not part of a run (an account, grant, secret, hook, registry or store change:
+/// what an intruder would most want to cut), and otherwise every `every`.
+async fn anchor_loop(store: crate::store::Store, data_dir: std::path::PathBuf, file: std::path::PathBuf, every: std::time::Duration) {
+    use crate::store::anchor;
+    let routine = |kind: &str| kind.starts_with("run.") || kind == "action" || kind.starts_with("http.");
+    let mut anchored: Option<u64> = anchor::last(&file).ok().flatten().map(|a| a.count);
+    let mut since = std::time::Instant::now().checked_sub(every).unwrap_or_else(std::time::Instant::now);
+    loop {
+        let (store, data_dir, file) = (store.clone(), data_dir.clone(), file.clone());
+        let due = since.elapsed() >= every;
+        let last = anchored;
+        let wrote = tokio::task::spawn_blocking(move || -> Result<Option<u64>, Error> {
+            let audit = store.audit();
+            let head = audit.head()?;
+            if last == Some(head.count) {
+                return Ok(None);
+            }
+            let from = last.filter(|c| *c <= head.count).unwrap_or(0);
+            // A long stretch is anchored without looking at each record.
+            let urgent = head.count - from > 1000
+                || (from..head.count).any(|seq| audit.get(seq).ok().flatten().is_some_and(|r| !routine(&r.kind)));
+            if !(urgent || due) {
+                return Ok(None);
+            }
+            Ok(Some(anchor::write(audit, &data_dir, &file)?.count))
+        })
+        .await;
+        match wrote {
+            Ok(Ok(Some(count))) => {
+                anchored = Some(count);
+                since = std::time::Instant::now();
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "anchoring the audit log"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }

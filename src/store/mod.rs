@@ -3,6 +3,7 @@
 //! under `db/`) is migrated on first open (see `migrate`); `check` finds damaged records and
 //! `repair` copies the sound ones into a fresh file.
 
+pub mod anchor;
 pub mod audit;
 pub mod check;
 mod engine;
