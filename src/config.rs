@@ -249,6 +249,12 @@ impl Config {
 }
 
 /// Where opslet keeps its data when neither `--data-dir` nor `OPSLET_DATA_DIR` says.
+/// Where `opslet key new` writes a publisher's signing key, and `publish` and `sign` look for
+/// one: `$XDG_CONFIG_HOME/opslet/signing.key` (or the platform's config folder).
+pub fn default_signing_key() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "opslet").map(|d| d.config_dir().join("signing.key"))
+}
+
 pub fn default_data_dir() -> PathBuf {
     directories::ProjectDirs::from("", "", "opslet").map(|d| d.data_dir().to_path_buf()).unwrap_or_else(|| PathBuf::from(".opslet"))
 }

@@ -305,3 +305,78 @@ fn the_server_anchors_the_audit_log_after_each_change() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// A bundle's claims (publisher, message) are believed only when a key the registry trusts
+/// signed them; an unsigned bundle is taken only when asked, and marked.
+#[test]
+fn bundles_are_signed_and_imports_trust_only_listed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+    let applet = dir.path().join("disk");
+    std::fs::create_dir_all(&applet).unwrap();
+    std::fs::write(applet.join("applet.toml"), "name = \"disk\"\nversion = \"1.0.0\"\ndescription = \"checks disks\"\n").unwrap();
+    std::fs::write(applet.join("main.lua"), "return function() return true end").unwrap();
+    let bundle = dir.path().join("disk.bundle");
+    let b = bundle.to_str().unwrap();
+    let key = dir.path().join("keys/alice.key");
+    let (code, key_id, err) = opslet(&src, &["key", "new", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let key_id = key_id.trim().to_string();
+    assert!(key_id.starts_with("ed25519:") && key_id.len() == 8 + 64, "{key_id}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Unsigned first: the attack of the finding, a bundle whose claims were rewritten.
+    assert_eq!(opslet(&src, &["publish", applet.to_str().unwrap(), "-m", "first try", "--no-sign"]).0, 0);
+    assert_eq!(opslet(&src, &["export", "disk", "-o", b]).0, 0);
+    let forged = std::fs::read_to_string(&bundle).unwrap().replace("first try", "approved by security").replace("\"publisher\": \"", "\"publisher\": \"security-team-");
+    std::fs::write(&bundle, &forged).unwrap();
+    let (code, _, err) = opslet(&dst, &["import", b]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("it is not signed") && err.contains("--allow-unsigned"), "{err}");
+    let (code, out, err) = opslet(&dst, &["import", b, "--allow-unsigned"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("UNSIGNED"), "{out}");
+    let (_, shown, _) = opslet(&dst, &["show", "disk"]);
+    assert!(shown.contains("signed:     NO: imported unsigned"), "{shown}");
+
+    // Signed: 2.0.0 with alice's key.
+    std::fs::write(applet.join("applet.toml"), "name = \"disk\"\nversion = \"2.0.0\"\ndescription = \"checks disks\"\n").unwrap();
+    let (code, _, err) = opslet(&src, &["publish", applet.to_str().unwrap(), "-m", "reviewed", "--sign-key", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(opslet(&src, &["export", "disk@2.0.0", "-o", b]).0, 0);
+    let signed = std::fs::read_to_string(&bundle).unwrap();
+    // A key the registry does not trust: refused, naming the key.
+    let (code, _, err) = opslet(&dst, &["import", b]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("a key this registry does not trust") && err.contains(&key_id), "{err}");
+    // Trusted: taken, and the publisher is the trust list's name, not the bundle's claim.
+    assert_eq!(opslet(&dst, &["trust", "add", "security-team", &key_id]).0, 0);
+    std::fs::write(&bundle, signed.replace(&format!("\"publisher\": \"{}\"", whoami()), "\"publisher\": \"mallory\"")).unwrap();
+    let (code, out, err) = opslet(&dst, &["import", b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed by security-team"), "{out}");
+    let (_, shown, _) = opslet(&dst, &["show", "disk@2.0.0", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["version"]["publisher"], "security-team");
+    assert_eq!(v["version"]["signed_by"], "security-team");
+    // A signed bundle whose message was changed does not verify.
+    std::fs::write(&bundle, signed.replace("reviewed", "approved")).unwrap();
+    let (code, _, err) = opslet(&dir.path().join("third"), &["import", b, "--allow-unsigned"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("signature does not verify"), "{err}");
+    // `opslet sign` signs a bundle made without a key.
+    assert_eq!(opslet(&src, &["export", "disk@1.0.0", "-o", b]).0, 0);
+    let (code, _, err) = opslet(&src, &["sign", b, "--key", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let third = dir.path().join("fourth");
+    opslet(&third, &["trust", "add", "alice", &key_id]);
+    let (code, out, err) = opslet(&third, &["import", b]);
+    assert_eq!((code, out.contains("signed by alice")), (0, true), "{out}{err}");
+    // Trust changes are audited.
+    let (_, audit, _) = opslet(&dst, &["audit", "list", "--kind", "registry.trust", "--format", "json"]);
+    assert!(audit.contains("security-team") && audit.contains(&key_id), "{audit}");
+}
+
+fn whoami() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string()
+}

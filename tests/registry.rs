@@ -224,15 +224,15 @@ fn bundles_round_trip_and_reject_tampering() {
     let (_, bytes) = src.export(&Reference::parse("disk").unwrap()).unwrap();
 
     let dst = reg();
-    let Published::New(meta) = dst.import(&bytes, "bob", false, &opslet::modules::builtin()).unwrap() else {
+    let Published::New(meta) = dst.import(&bytes, "bob", false, true, &opslet::modules::builtin()).unwrap() else {
         panic!("first import publishes")
     };
     assert_eq!((meta.hash.as_str(), meta.publisher.as_str(), meta.imported_by.as_deref()), (p.hash.as_str(), "alice", Some("bob")));
-    assert!(matches!(dst.import(&bytes, "bob", false, &opslet::modules::builtin()).unwrap(), Published::Unchanged(_)));
+    assert!(matches!(dst.import(&bytes, "bob", false, true, &opslet::modules::builtin()).unwrap(), Published::Unchanged(_)));
 
     let mut doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let import_err = |doc: &serde_json::Value| {
-        reg().import(&serde_json::to_vec(doc).unwrap(), "x", false, &opslet::modules::builtin()).unwrap_err().to_string()
+        reg().import(&serde_json::to_vec(doc).unwrap(), "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string()
     };
 
     let mut tampered = doc.clone();
@@ -254,9 +254,9 @@ fn bundles_round_trip_and_reject_tampering() {
 
     doc["format"] = json!("zip");
     assert!(import_err(&doc).contains("not supported"));
-    assert!(reg().import(b"garbage", "x", false, &opslet::modules::builtin()).unwrap_err().to_string().contains("not an opslet bundle"));
+    assert!(reg().import(b"garbage", "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string().contains("not an opslet bundle"));
     let huge = vec![b' '; 17 * 1024 * 1024];
-    assert!(reg().import(&huge, "x", false, &opslet::modules::builtin()).unwrap_err().to_string().contains("at most"));
+    assert!(reg().import(&huge, "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string().contains("at most"));
 }
 
 fn base64_of(b: &[u8]) -> String {
@@ -346,7 +346,7 @@ fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
     doc["meta"]["permissions"] = json!({});
     doc["meta"]["tags"] = json!(["trusted"]);
     let dst = reg();
-    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, &opslet::modules::builtin()).unwrap() else {
+    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, true, &opslet::modules::builtin()).unwrap() else {
         panic!()
     };
     assert_eq!(meta.description, "harmless");
@@ -360,7 +360,7 @@ fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
     let p = AppletPackage::from_files(files).unwrap();
     let meta = opslet::registry::VersionMeta::from_package(&p, "alice", "");
     let bundle = opslet::registry::bundle::encode(&meta, &p);
-    let e = reg().import(&bundle, "bob", false, &opslet::modules::builtin()).unwrap_err().to_string();
+    let e = reg().import(&bundle, "bob", false, true, &opslet::modules::builtin()).unwrap_err().to_string();
     assert!(e.contains("permissions.snmp") && e.contains("unknown module `snmp`"), "{e}");
 }
 

@@ -92,8 +92,17 @@ pub enum Command {
     Feature(registry::FeatureCmd),
     /// Write one published version to a single-file bundle.
     Export(registry::ExportArgs),
-    /// Publish a bundle written by `export` (its content hash is verified).
+    /// Publish a bundle written by `export` (its content hash and signature are verified, and
+    /// its key must be trusted).
     Import(registry::ImportArgs),
+    /// Sign a bundle with your publisher key, for registries that trust it.
+    Sign(registry::SignArgs),
+    /// Publisher signing keys.
+    #[command(subcommand)]
+    Key(registry::KeyCmd),
+    /// Which publishers' keys `import` trusts.
+    #[command(subcommand)]
+    Trust(registry::TrustCmd),
     /// Serve the HTTP API (registry reads and runs, with bearer tokens).
     Serve(serve::ServeArgs),
     /// Manage accounts (for `opslet serve`).
@@ -403,6 +412,9 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::Feature(cmd) => registry::feature(global, cmd),
         Command::Export(args) => registry::export(global, args),
         Command::Import(args) => registry::import(global, args),
+        Command::Sign(args) => registry::sign(args),
+        Command::Key(cmd) => registry::key(cmd),
+        Command::Trust(cmd) => registry::trust(global, cmd),
         Command::Serve(args) => serve::run(global, args),
         Command::User(cmd) => auth::user(global, cmd),
         Command::Token(cmd) => auth::token(global, cmd),
@@ -440,7 +452,14 @@ impl Command {
     fn needs_data_dir(&self) -> bool {
         !matches!(
             self,
-            Command::New(_) | Command::Check(_) | Command::Serve(_) | Command::Meta { .. } | Command::Completions { .. } | Command::Man
+            Command::New(_)
+                | Command::Check(_)
+                | Command::Serve(_)
+                | Command::Meta { .. }
+                | Command::Completions { .. }
+                | Command::Man
+                | Command::Sign(_)
+                | Command::Key(_)
         )
     }
 
@@ -454,7 +473,13 @@ impl Command {
     fn paths_mut(&mut self) -> Vec<(PathUse, &mut PathBuf)> {
         use PathUse::*;
         match self {
-            Command::Publish(a) => vec![(Folder, &mut a.path)],
+            Command::Publish(a) => {
+                let mut v = vec![(Folder, &mut a.path)];
+                if let Some(k) = &mut a.sign_key {
+                    v.push((Local, k));
+                }
+                v
+            }
             Command::Export(a) => vec![(Write, &mut a.output)],
             Command::Import(a) => vec![(Read, &mut a.file)],
             Command::User(auth::UserCmd::Passwd { file: Some(f), .. }) | Command::Secret(auth::SecretCmd::Set { file: Some(f), .. }) => {
@@ -505,6 +530,8 @@ enum PathUse {
     Watch,
     /// Appends to the file (where it is: not through a server on another machine).
     Append,
+    /// Reads a file that must not leave this machine (a signing key).
+    Local,
 }
 
 /// Host diagnostics (not applet logs) go to stderr, filtered by `OPSLET_LOG` (default `warn`,

@@ -27,6 +27,13 @@ pub struct PublishArgs {
     /// Print what was published as JSON or YAML: `{"applet", "version", "sha256", "new"}`.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Sign the version with this key (default: the key `opslet key new` made, when there is
+    /// one); `--no-sign` to publish unsigned.
+    #[arg(long, env = "OPSLET_SIGNING_KEY", value_name = "FILE", conflicts_with = "no_sign")]
+    pub sign_key: Option<PathBuf>,
+    /// Publish without a signature even when a signing key exists.
+    #[arg(long)]
+    pub no_sign: bool,
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +114,115 @@ pub struct ImportArgs {
     /// Allow a version lower than the latest published one.
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Take a bundle that is not signed (it is marked unsigned, and its publisher and message
+    /// are only what it claims).
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// A bundle written by `opslet export`; it is rewritten with the signature.
+    pub file: PathBuf,
+    /// The signing key (default: the key `opslet key new` made).
+    #[arg(long, env = "OPSLET_SIGNING_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Make a publisher signing key (ed25519) and print its id, to give to the registries that
+    /// should trust it (`opslet trust add NAME KEY`).
+    New {
+        /// Where to write it (default: the config folder's signing.key); never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Print the id of a signing key.
+    Show {
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCmd {
+    /// Trust bundles signed by KEY (`ed25519:...`, from `opslet key new`), shown as NAME.
+    Add { name: String, key: String },
+    /// Stop trusting the key named NAME.
+    Rm { name: String },
+    /// List the trusted keys.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+/// The signing key: the flag, else the default key when it exists.
+fn signing_key_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| crate::config::default_signing_key().filter(|p| p.exists()))
+}
+
+pub fn key(cmd: KeyCmd) -> Result<i32, Error> {
+    let default = || crate::config::default_signing_key().ok_or_else(|| Error::Usage("no config folder here: pass --out FILE".into()));
+    match cmd {
+        KeyCmd::New { out } => {
+            let path = match out {
+                Some(p) => p,
+                None => default()?,
+            };
+            let key = crate::registry::signing::new_key(&path)?;
+            outln!("{}", crate::registry::signing::key_id(&key.verifying_key()));
+            errln!("wrote the signing key to {} (keep it to yourself); registries that should trust it: opslet trust add NAME <the key above>", path.display());
+        }
+        KeyCmd::Show { key } => {
+            let path = signing_key_path(key).ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
+            let key = crate::registry::signing::load_key(&path)?;
+            outln!("{}", crate::registry::signing::key_id(&key.verifying_key()));
+        }
+    }
+    Ok(0)
+}
+
+pub fn sign(args: SignArgs) -> Result<i32, Error> {
+    let path = signing_key_path(args.key).ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
+    let key = crate::registry::signing::load_key(&path)?;
+    let bytes = std::fs::read(&args.file).map_err(|e| Error::NotFound(format!("{}: {e}", args.file.display())))?;
+    let (signed, meta) = crate::registry::bundle::sign(&bytes, &key)?;
+    std::fs::write(&args.file, signed).map_err(|e| Error::Internal(format!("writing {}: {e}", args.file.display())))?;
+    errln!("signed {} in {} as {}", meta.id(), args.file.display(), crate::registry::signing::key_id(&key.verifying_key()));
+    Ok(0)
+}
+
+pub fn trust(global: &Global, cmd: TrustCmd) -> Result<i32, Error> {
+    let reg = registry(global)?;
+    match cmd {
+        TrustCmd::Add { name, key } => {
+            reg.trust(&name, &key, &global.actor())?;
+            reg.flush()?;
+            errln!("bundles signed by {} are taken, shown as published by {name}", key.trim());
+        }
+        TrustCmd::Rm { name } => {
+            reg.untrust(&name, &global.actor())?;
+            reg.flush()?;
+            errln!("no longer trusting {name}");
+        }
+        TrustCmd::List { format } => {
+            let keys = reg.trusted()?;
+            if format != Format::Table {
+                let v: Vec<serde_json::Value> = keys.iter().map(|(n, k)| serde_json::json!({ "name": n, "key": k })).collect();
+                print_json(&v, format);
+            } else {
+                let mut t = table();
+                t.set_header(vec!["name", "key"]);
+                for (n, k) in keys {
+                    t.add_row(vec![n, k]);
+                }
+                outln!("{t}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn registry(global: &Global) -> Result<Registry, Error> {
@@ -136,8 +252,19 @@ fn print_json<T: serde::Serialize>(v: &T, format: Format) {
 pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     let pkg = AppletPackage::load_dir(&args.path)?;
     pkg.check_modules(&crate::modules::builtin())?;
+    // A remote caller's key stays on their machine, and the server's own is not theirs.
+    let key_path = match (args.no_sign, global.is_remote(), args.sign_key) {
+        (true, _, _) | (false, true, None) => None,
+        (false, true, Some(_)) => {
+            return Err(Error::Usage(
+                "--sign-key: a signing key stays on your machine; with --server, export, `opslet sign` the bundle here, then import it".into(),
+            ));
+        }
+        (false, false, flag) => signing_key_path(flag),
+    };
+    let key = key_path.as_deref().map(crate::registry::signing::load_key).transpose()?;
     let reg = registry(global)?;
-    let published = reg.publish(&pkg, &global.actor(), &args.message, args.allow_downgrade)?;
+    let published = reg.publish_signed(&pkg, &global.actor(), &args.message, args.allow_downgrade, key.as_ref())?;
     reg.flush()?;
     let (v, new) = match published {
         Published::New(v) => (v, true),
@@ -207,6 +334,11 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
     outln!("published:  {} by {}", v.published_at.format("%Y-%m-%d %H:%M:%S UTC"), safe(&v.publisher));
     if let Some(by) = &v.imported_by {
         outln!("imported:   by {}", safe(by));
+    }
+    match (&v.signed_by, &v.signature) {
+        (Some(by), Some(sig)) => outln!("signed:     by {} ({})", safe(by), sig.key),
+        _ if v.unsigned => outln!("signed:     NO: imported unsigned; the publisher and message are what the bundle claimed"),
+        _ => outln!("signed:     no"),
     }
     if !v.message.is_empty() {
         outln!("message:    {}", safe(&v.message));
@@ -370,10 +502,13 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
     }
     let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
     let reg = registry(global)?;
-    let imported = reg.import(&bytes, &global.actor(), args.allow_downgrade, &crate::modules::builtin())?;
+    let imported = reg.import(&bytes, &global.actor(), args.allow_downgrade, args.allow_unsigned, &crate::modules::builtin())?;
     reg.flush()?;
     match imported {
-        Published::New(v) => outln!("imported {} (sha256:{}), now current", v.id(), &v.hash[..16]),
+        Published::New(v) if v.unsigned => {
+            outln!("imported {} (sha256:{}), now current; UNSIGNED: its publisher ({}) is only what it claims", v.id(), &v.hash[..16], terminal_safe(&v.publisher, false))
+        }
+        Published::New(v) => outln!("imported {} (sha256:{}), signed by {}, now current", v.id(), &v.hash[..16], v.signed_by.as_deref().unwrap_or("?")),
         Published::Unchanged(v) => outln!("{} is already in the registry with this content", v.id()),
     }
     Ok(0)

@@ -79,7 +79,7 @@ fn uploads(command: &mut Command) -> Result<(BTreeMap<String, Upload>, Vec<Strin
                 }
             }
             PathUse::Write => writes.push(given),
-            PathUse::Watch | PathUse::Append => {}
+            PathUse::Watch | PathUse::Append | PathUse::Local => {}
         }
     }
     Ok((files, writes))
@@ -429,7 +429,17 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         Command::Netdev(_) => a(Admin),
         Command::Audit(super::audit::AuditCmd::Anchor { .. }) => a(Admin),
         Command::Audit(_) => a(ReadAudit),
-        Command::Store(_) | Command::Serve(_) | Command::New(_) | Command::Check(_) | Command::Meta { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Trust(super::registry::TrustCmd::List { .. }) => a(ReadRegistry),
+        Command::Trust(_) => a(Admin),
+        Command::Store(_)
+        | Command::Serve(_)
+        | Command::New(_)
+        | Command::Check(_)
+        | Command::Meta { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Sign(_)
+        | Command::Key(_) => {
             Err(Error::Usage("this command runs on the machine it is typed on, not through --server".into()))
         }
     }
@@ -483,7 +493,7 @@ fn place_files(command: &mut Command, sent: &mut BTreeMap<String, Upload>, work:
                 std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("a place for {given}: {e}")))?;
                 outputs.push((target.clone(), given.clone()));
             }
-            (PathUse::Read | PathUse::Folder | PathUse::Item | PathUse::Watch | PathUse::Append, _) => {}
+            (PathUse::Read | PathUse::Folder | PathUse::Item | PathUse::Watch | PathUse::Append | PathUse::Local, _) => {}
         }
         super::stdio::show_as(target.display().to_string(), given);
         *p = target;

@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod model;
 pub mod search;
+pub mod signing;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +91,7 @@ pub struct Registry {
     versions: crate::store::Tree,
     applets: crate::store::Tree,
     features: crate::store::Tree,
+    trust: crate::store::Tree,
     index: Arc<RwLock<Option<Arc<search::Index>>>>,
     /// Packages loaded for runs, by content hash (see `package_shared`).
     loaded: Arc<parking_lot::Mutex<std::collections::HashMap<String, Arc<AppletPackage>>>>,
@@ -122,6 +124,7 @@ impl Registry {
             versions: store.tree(crate::store::keys::REG_VERSIONS),
             applets: store.tree(crate::store::keys::REG_APPLETS),
             features: store.tree(crate::store::keys::REG_FEATURES),
+            trust: store.tree(crate::store::keys::REG_TRUST),
             index: Arc::new(RwLock::new(None)),
             loaded: Arc::new(parking_lot::Mutex::new(std::collections::HashMap::new())),
             store,
@@ -140,8 +143,62 @@ impl Registry {
     /// other content under an existing version is refused, as is a version lower than the
     /// latest unless `allow_downgrade`.
     pub fn publish(&self, pkg: &AppletPackage, publisher: &str, message: &str, allow_downgrade: bool) -> Result<Published, Error> {
-        let meta = VersionMeta::from_package(pkg, publisher, message);
+        self.publish_signed(pkg, publisher, message, allow_downgrade, None)
+    }
+
+    /// Publishes, signed with `key` when given (the signature travels in exported bundles).
+    pub fn publish_signed(
+        &self,
+        pkg: &AppletPackage,
+        publisher: &str,
+        message: &str,
+        allow_downgrade: bool,
+        key: Option<&ed25519_dalek::SigningKey>,
+    ) -> Result<Published, Error> {
+        let mut meta = VersionMeta::from_package(pkg, publisher, message);
+        if let Some(key) = key {
+            let sig = signing::sign(key, &meta.name, &meta.version, &meta.hash, &meta.message);
+            meta.signed_by = Some(self.trusted_name(&sig.key)?.unwrap_or_else(|| sig.key.clone()));
+            meta.signature = Some(sig);
+        }
         self.publish_meta(pkg, meta, allow_downgrade, "registry.publish", publisher)
+    }
+
+    /// The trust list: name -> key id.
+    pub fn trusted(&self) -> Result<BTreeMap<String, String>, Error> {
+        self.trust
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// The trust list's name for a key id.
+    fn trusted_name(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(self.trusted()?.into_iter().find(|(_, k)| k == key).map(|(n, _)| n))
+    }
+
+    /// Trusts a publisher key under `name` (replacing the key that name had).
+    pub fn trust(&self, name: &str, key: &str, actor: &str) -> Result<(), Error> {
+        crate::util::validate_name(name).map_err(|m| Error::Usage(format!("trust name {m}")))?;
+        let vk = signing::parse_key_id(key).map_err(Error::Usage)?;
+        let id = signing::key_id(&vk);
+        if let Some(other) = self.trusted_name(&id)?.filter(|n| n != name) {
+            return Err(Error::Usage(format!("that key is trusted already, as `{other}`")));
+        }
+        self.trust.insert(name.as_bytes(), id.as_bytes())?;
+        self.store.audit().record_change("registry.trust", actor, "registry", None, serde_json::json!({ "name": name, "key": id }))
+    }
+
+    /// Stops trusting the key named `name`.
+    pub fn untrust(&self, name: &str, actor: &str) -> Result<(), Error> {
+        let Some(old) = self.trust.remove(name.as_bytes())? else {
+            return Err(Error::NotFound(format!("no trusted key named `{name}`")));
+        };
+        let key = String::from_utf8_lossy(&old).into_owned();
+        self.store.audit().record_change("registry.untrust", actor, "registry", None, serde_json::json!({ "name": name, "key": key }))
     }
 
     fn publish_meta(
@@ -484,16 +541,42 @@ impl Registry {
     /// describes the applet is rebuilt from the verified files; only who published it, when and
     /// why are taken from the bundle. Its permissions are checked against `modules`, the host
     /// modules of this build.
+    ///
+    /// A signed bundle is taken when its signature verifies and the trust list has its key; its
+    /// publisher is then the trust list's name for the key, whatever the bundle claims. An
+    /// unsigned bundle is taken only with `allow_unsigned`, and marked `unsigned`.
     pub fn import(
         &self,
         bytes: &[u8],
         actor: &str,
         allow_downgrade: bool,
+        allow_unsigned: bool,
         modules: &dyn crate::applet::PermissionCheck,
     ) -> Result<Published, Error> {
         let (claimed, pkg) = bundle::decode(bytes)?;
-        pkg.check_modules(modules)?;
+        let refuse = |m: String| Err(Error::Applet(vec![Diagnostic::new(format!("bundle of {}", claimed.id()), m)]));
         let mut meta = VersionMeta::from_package(&pkg, &claimed.publisher, &claimed.message);
+        match &claimed.signature {
+            Some(sig) => {
+                if !signing::verify(sig, &meta.name, &meta.version, &meta.hash, &meta.message) {
+                    return refuse("its signature does not verify: its content or message was changed after it was signed".into());
+                }
+                let Some(name) = self.trusted_name(&sig.key)? else {
+                    return refuse(format!(
+                        "it is signed by {}, a key this registry does not trust; if you know whose it is: opslet trust add NAME {}",
+                        sig.key, sig.key
+                    ));
+                };
+                meta.publisher = name.clone();
+                meta.signed_by = Some(name);
+                meta.signature = Some(sig.clone());
+            }
+            None if allow_unsigned => meta.unsigned = true,
+            None => {
+                return refuse("it is not signed, so nothing shows who published it; import it with --allow-unsigned to take it anyway (it is marked unsigned)".into());
+            }
+        }
+        pkg.check_modules(modules)?;
         meta.published_at = claimed.published_at;
         meta.imported_by = Some(actor.to_string());
         self.publish_meta(&pkg, meta, allow_downgrade, "registry.import", actor)

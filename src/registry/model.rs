@@ -31,6 +31,17 @@ pub struct VersionMeta {
     /// Where an imported version came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_by: Option<String>,
+    /// The publisher's signature of name, version, content hash and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<super::signing::Signature>,
+    /// Who signed it, by the name the trust list gives the key (or the key id when it is not
+    /// in the list, for a version published here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
+    /// An import of an unsigned bundle, taken with `--allow-unsigned`: its publisher and
+    /// message are what the bundle claims.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsigned: bool,
 }
 
 impl VersionMeta {
@@ -49,6 +60,9 @@ impl VersionMeta {
             params: m.params.clone(),
             permissions: m.permissions.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default())).collect(),
             imported_by: None,
+            signature: None,
+            signed_by: None,
+            unsigned: false,
         }
     }
 

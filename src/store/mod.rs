@@ -27,6 +27,8 @@ pub mod keys {
     pub const REG_VERSIONS: &str = "reg/versions";
     pub const REG_APPLETS: &str = "reg/applets";
     pub const REG_FEATURES: &str = "reg/features";
+    /// Publisher keys `opslet import` trusts: name -> key id (`ed25519:HEX`).
+    pub const REG_TRUST: &str = "reg/trust";
     /// Accounts, API tokens (by id; only secret hashes) and run grants.
     pub const AUTH_USERS: &str = "auth/users";
     pub const AUTH_TOKENS: &str = "auth/tokens";

@@ -1,0 +1,97 @@
+//! Publisher signatures (ed25519) on published versions, so a bundle carries who vouched for
+//! it: the signature covers the applet's name, version and content hash, and the publish
+//! message, under the label `opslet-version-v1`. A data dir's trust list (`opslet trust`) names
+//! the keys whose bundles `opslet import` takes; an import shows the signer by that name, never
+//! by what the bundle claims.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// A version's signature: the signing key (`ed25519:HEX`) and the signature (hex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Signature {
+    pub key: String,
+    pub sig: String,
+}
+
+/// What is signed.
+fn message(name: &str, version: &str, hash: &str, publish_message: &str) -> Vec<u8> {
+    format!("opslet-version-v1\0{name}\0{version}\0{hash}\0{publish_message}").into_bytes()
+}
+
+/// A key's id as shown and trusted: `ed25519:` and the public key in hex.
+pub fn key_id(key: &VerifyingKey) -> String {
+    format!("ed25519:{}", hex::encode(key.to_bytes()))
+}
+
+/// Parses a key id (`ed25519:HEX`).
+pub fn parse_key_id(id: &str) -> Result<VerifyingKey, String> {
+    let hex_part = id.trim().strip_prefix("ed25519:").ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
+    let bytes: [u8; 32] =
+        hex::decode(hex_part).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{id}` is not a valid ed25519 public key: {e}"))
+}
+
+/// Signs a version.
+pub fn sign(key: &SigningKey, name: &str, version: &str, hash: &str, publish_message: &str) -> Signature {
+    let sig = key.sign(&message(name, version, hash, publish_message));
+    Signature { key: key_id(&key.verifying_key()), sig: hex::encode(sig.to_bytes()) }
+}
+
+/// Whether `sig` is a good signature of the version by the key it names.
+pub fn verify(sig: &Signature, name: &str, version: &str, hash: &str, publish_message: &str) -> bool {
+    let Ok(key) = parse_key_id(&sig.key) else { return false };
+    let Some(bytes) = hex::decode(&sig.sig).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else { return false };
+    key.verify(&message(name, version, hash, publish_message), &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
+}
+
+/// Reads a signing key file (64 hex digits: the secret key).
+pub fn load_key(path: &Path) -> Result<SigningKey, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("signing key {}: {e}", path.display())))?;
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Usage(format!("signing key {}: not a key written by `opslet key new`", path.display())))?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+/// Makes a new signing key in `path` (mode 0600; an existing file is never replaced).
+pub fn new_key(path: &Path) -> Result<SigningKey, Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness for a key: {e}")))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("creating {}: {e}", dir.display())))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::Usage(format!("{}: {e} (a key is never overwritten)", path.display())))?;
+    f.write_all(hex::encode(bytes).as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::Usage(format!("writing {}: {e}", path.display())))?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_covers_name_version_content_and_message() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let s = sign(&key, "disk", "1.0.0", "abc", "reviewed");
+        assert!(verify(&s, "disk", "1.0.0", "abc", "reviewed"));
+        for (n, v, h, m) in [("disk2", "1.0.0", "abc", "reviewed"), ("disk", "1.0.1", "abc", "reviewed"), ("disk", "1.0.0", "abd", "reviewed"), ("disk", "1.0.0", "abc", "approved")] {
+            assert!(!verify(&s, n, v, h, m), "{n} {v} {h} {m}");
+        }
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        assert!(!verify(&Signature { key: key_id(&other.verifying_key()), ..s.clone() }, "disk", "1.0.0", "abc", "reviewed"));
+        assert!(!verify(&Signature { sig: "00".into(), ..s }, "disk", "1.0.0", "abc", "reviewed"));
+    }
+}
