@@ -285,4 +285,26 @@ fn main() {
     if !smoke {
         println!("  target: RSS under 256 MB throughout: {}", if peak * 1024 < 256_000_000 { "met" } else { "MISSED" });
     }
+    idle_connections(&data, smoke);
+}
+
+/// Memory of connections that send nothing: the server's RSS idle (baseline), holding them, and
+/// once they closed and the server handed the memory back (it checks every 10 s).
+fn idle_connections(data: &std::path::Path, smoke: bool) {
+    let n = if smoke { 300 } else { 2000 };
+    let (mut server, addr, _) = start_server(data);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_kib(server.id());
+    let conns: Vec<std::net::TcpStream> = (0..n).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = rss_kib(server.id());
+    drop(conns);
+    let wait = if smoke { 1 } else { 12 };
+    std::thread::sleep(Duration::from_secs(wait));
+    let after = rss_kib(server.id());
+    println!("idle connections: {n} that send nothing");
+    println!("  server RSS idle (baseline)           {:>6} MiB   1.00x", idle / 1024);
+    println!("  holding them                         {:>6} MiB   {:.2}x   ({} KiB each)", held / 1024, held as f64 / idle as f64, (held - idle.min(held)) / n as u64);
+    println!("  {wait:>2} s after they closed               {:>6} MiB   {:.2}x", after / 1024, after as f64 / idle as f64);
+    stop(&mut server);
 }
