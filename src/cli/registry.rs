@@ -287,7 +287,7 @@ pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
         return Ok(0);
     }
     let mut t = table();
-    t.set_header(vec!["version", "", "published", "publisher", "sha256", "message"]);
+    t.set_header(vec!["version", "", "published", "publisher", "signed by", "sha256", "message"]);
     for v in versions.iter().rev() {
         let mark = match (v.version == applet.current, v.yanked) {
             (true, true) => "current, yanked",
@@ -300,6 +300,11 @@ pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
             mark.into(),
             v.published_at.format("%Y-%m-%d %H:%M").to_string(),
             v.publisher.clone(),
+            match (&v.signed_by, v.unsigned) {
+                (Some(by), _) => by.clone(),
+                (None, true) => "UNSIGNED import".into(),
+                (None, false) => String::new(),
+            },
             v.hash[..12].to_string(),
             terminal_safe(&v.message, false).into_owned(),
         ]);
