@@ -381,7 +381,7 @@ fn registry_publish_search_run_yank_rollback_export_import() {
     let bundle = env.dir.path().join("greeter.bundle");
     assert!(env.opslet(&["export", "greeter@1.0.0", "-o", s(&bundle)]).status.success());
     let other = Env::new();
-    let o = other.opslet(&["import", s(&bundle)]);
+    let o = other.opslet(&["import", s(&bundle), "--allow-unsigned"]);
     assert!(stdout(&o).contains("imported greeter@1.0.0"), "{}", stderr(&o));
     let o = other.opslet(&["list", "--format", "json"]);
     assert_eq!(serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap()[0]["name"], json!("greeter"));

@@ -205,13 +205,26 @@ fn redaction_does_not_tell_a_caller_which_guess_is_a_secret() {
         let (code, body) = run("hello".into(), "493817").await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["result"]["pin"], "<redacted>");
-        // A refusal is one bit: after three in an hour, every run of that caller is refused.
-        for _ in 0..2 {
-            assert_eq!(run(guesses(493_000, 494_000), "").await.0, 422);
-        }
+        // Every text sent is checked before anything else reads it: a key the applet does not
+        // declare, nested values, and a value embedded in other text (an error that repeated
+        // it, or an echo, would redact it in place).
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/applets/echo/run"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "text": "ok", "bogus": ["x", { "k": "is it 493817?" }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 422);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["fields"][0]["param"], "bogus", "{body}");
+        assert!(!body.to_string().contains("493817"), "{body}");
+        let (code, body) = run("xx493817xx".into(), "").await;
+        assert_eq!(code, 422, "{body}");
+        // A refusal is one bit: after three in a day, every run of that caller is refused.
         let (code, body) = run("nothing secret here".into(), "").await;
         assert_eq!(code, 422, "{body}");
-        assert!(body.to_string().contains("runs are refused until the hour is over"), "{body}");
+        assert!(body.to_string().contains("runs are refused until the day is over"), "{body}");
     });
     // Through the server's socket too (its runs are checked in the run, and are jobs).
     let (code, _, err) = opslet(&data, &["run", "echo", "-p", "text=pin is 493817"]);

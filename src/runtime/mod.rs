@@ -58,9 +58,9 @@ pub struct RunRequest {
     pub origin: Origin,
 }
 
-/// Runs of one caller refused in an hour for carrying a stored secret's value, before all of
-/// that caller's runs are refused for the rest of the hour.
-pub const GUESSES_PER_HOUR: usize = 3;
+/// Runs of one caller refused in a day for carrying a stored secret's value, before all of
+/// that caller's runs are refused for the rest of the day.
+pub const GUESSES_PER_DAY: usize = 3;
 
 /// Where a run's package came from: the audit log tells a folder run from a registry run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -226,7 +226,9 @@ impl Runtime {
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
         let params = match &req.validated {
             Some(p) => Ok(p.clone()),
-            None => params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_params(manifest, &req.caller, p)),
+            None => self
+                .check_secret_values(manifest, &req.caller, req.params_json.as_ref(), &req.params_pairs)
+                .and_then(|()| params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_selectors(manifest, p))),
         };
 
         // Secret params are redacted as given (even when invalid) and as validated.
@@ -399,57 +401,75 @@ impl Runtime {
     }
 
     /// Host-selector params must pick at least one host of the cmdb (when the run has a store).
-    /// The checks of params beyond their types: host selectors against the cmdb, and no
-    /// stored secret's value in a param not declared `secret = true`.
+    /// Refuses params that carry a stored secret's value, before anything else looks at them.
     ///
-    /// Why the second: output is redacted of secret values, so an applet that echoes a param
-    /// would tell its caller which of their guesses is a secret (`<redacted>` comes back for
-    /// that one). A run whose ordinary params carry a secret's value is refused before it
-    /// starts, whatever the applet does; the refusal is audited as `secret.in_params` (naming
-    /// the secret, for auditors) and tells the caller nothing of which secret or part matched.
-    /// A refusal is still one bit, so a caller refused [`GUESSES_PER_HOUR`] times in an hour
-    /// has every run refused until the hour is over.
-    pub fn check_params(
+    /// Why: output is redacted of secret values, so an applet that echoes a param would tell
+    /// its caller which of their guesses is a secret (`<redacted>` comes back in its place),
+    /// and so would an error that repeats a bad value. So any text the caller sends (every
+    /// key and value, nested ones too, and `k=v` pairs) that contains a stored secret's value
+    /// is refused, unless it is the value of a param declared `secret = true` (always redacted,
+    /// match or not). The refusal names the param, not the secret or the part, and is audited
+    /// as `secret.in_params` (naming the secret, for auditors). A refusal still answers one
+    /// yes/no question, so a caller refused [`GUESSES_PER_DAY`] times in a day has every run
+    /// refused until the day is over.
+    pub fn check_secret_values(
         &self,
         manifest: &crate::applet::Manifest,
         caller: &Caller,
-        params: Map<String, Value>,
-    ) -> Result<Map<String, Value>, Vec<crate::error::ParamError>> {
-        let params = self.check_selectors(manifest, params)?;
+        json: Option<&Map<String, Value>>,
+        pairs: &[(String, String)],
+    ) -> Result<(), Vec<crate::error::ParamError>> {
         let stored = Arc::clone(&self.secrets.read());
-        if stored.is_empty() {
-            return Ok(params);
+        if stored.iter().all(|(_, v)| v.len() < 4) {
+            return Ok(());
         }
-        let window = Duration::from_secs(3600);
+        let window = Duration::from_secs(24 * 3600);
         {
             let mut guesses = self.guesses.lock();
             let recent = guesses.entry(caller.user.clone()).or_default();
             recent.retain(|t| t.elapsed() < window);
-            if recent.len() >= GUESSES_PER_HOUR {
+            if recent.len() >= GUESSES_PER_DAY {
                 return Err(vec![crate::error::ParamError {
                     param: "*".into(),
                     message: format!(
-                        "{} had {GUESSES_PER_HOUR} runs refused for carrying a stored secret's value within an hour; runs are refused until the hour is over",
+                        "{} had {GUESSES_PER_DAY} runs refused for carrying a stored secret's value within a day; its runs are refused until the day is over",
                         caller.user
                     ),
                 }]);
             }
         }
-        let mut errs = Vec::new();
+        let declared_secret = |k: &str| manifest.params.get(k).is_some_and(|s| s.secret);
+        let mut sent: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in json.into_iter().flatten() {
+            let mut texts = vec![k.clone()];
+            if !declared_secret(k) {
+                collect_all_strings(v, &mut texts);
+            }
+            sent.push((k.clone(), texts));
+        }
+        for (k, v) in pairs {
+            let mut texts = vec![k.clone()];
+            if !declared_secret(k) {
+                texts.push(v.clone());
+            }
+            sent.push((k.clone(), texts));
+        }
+        let mut errs: Vec<crate::error::ParamError> = Vec::new();
         let mut matched = Vec::new();
-        for (name, _) in manifest.params.iter().filter(|(_, s)| !s.secret) {
-            let mut texts = Vec::new();
-            collect_strings(params.get(name), &mut texts);
+        for (param, texts) in &sent {
             if let Some((secret, _)) = stored.iter().find(|(_, v)| v.len() >= 4 && texts.iter().any(|t| t.contains(v.as_str()))) {
-                matched.push(serde_json::json!({ "param": name, "secret": secret }));
-                errs.push(crate::error::ParamError {
-                    param: name.clone(),
-                    message: "carries the value of a stored secret: declare the param `secret = true`, or leave the secret in opslet's store for the modules to use by name".into(),
-                });
+                let shown = crate::util::truncate(param, 64).to_string();
+                matched.push(serde_json::json!({ "param": shown, "secret": secret }));
+                if !errs.iter().any(|e| e.param == shown) {
+                    errs.push(crate::error::ParamError {
+                        param: shown,
+                        message: "carries the value of a stored secret: declare the param `secret = true`, or leave the secret in opslet's store for the modules to use by name".into(),
+                    });
+                }
             }
         }
         if errs.is_empty() {
-            return Ok(params);
+            return Ok(());
         }
         self.guesses.lock().entry(caller.user.clone()).or_default().push(Instant::now());
         if let Some(store) = &self.store {
@@ -459,22 +479,8 @@ impl Runtime {
         Err(errs)
     }
 
-    /// `params` as a job shows them: a param that carries a stored secret's value is
-    /// `<redacted>` whole (its run is refused by [`Runtime::check_params`], which names the same
-    /// param, so this tells nobody more).
-    pub fn redact_stored(&self, mut params: Map<String, Value>) -> Map<String, Value> {
-        let stored = Arc::clone(&self.secrets.read());
-        for v in params.values_mut() {
-            let mut texts = Vec::new();
-            collect_strings(Some(v), &mut texts);
-            if stored.iter().any(|(_, s)| s.len() >= 4 && texts.iter().any(|t| t.contains(s.as_str()))) {
-                *v = Value::String(redact::REDACTED.into());
-            }
-        }
-        params
-    }
-
-    fn check_selectors(
+    /// Host selectors must pick hosts from the cmdb.
+    pub fn check_selectors(
         &self,
         manifest: &crate::applet::Manifest,
         params: Map<String, Value>,
@@ -696,6 +702,20 @@ fn ctx_table(lua: &mlua::Lua, ctx: &Arc<RunCtx>) -> mlua::Result<mlua::Table> {
     )?;
     t.set_readonly(true);
     Ok(t)
+}
+
+/// Every string in a value, object keys included, and numbers as text.
+fn collect_all_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                collect_all_strings(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_all_strings(x, out)),
+        other => collect_strings(Some(other), out),
+    }
 }
 
 fn collect_strings(v: Option<&Value>, out: &mut Vec<String>) {

@@ -302,6 +302,11 @@ impl RunService {
             Source::Folder(p) => p.display().to_string(),
             Source::Package(p) => p.id(),
         };
+        // Before anything stores or repeats them: no stored secret's value in the params.
+        self.inner
+            .runtime
+            .check_secret_values(&package.manifest, &sub.caller, sub.params.json.as_ref(), &sub.params.pairs)
+            .map_err(Error::Params)?;
         let mut request = RunRequest::new(Arc::clone(&package), sub.caller);
         request.dry_run = sub.dry_run;
         request.origin = match &sub.source {
@@ -312,12 +317,8 @@ impl RunService {
         };
         let shown = match sub.check {
             Check::InRun => {
-                let shown = sub
-                    .params
-                    .json
-                    .as_ref()
-                    .map(|given| self.inner.runtime.redact_stored(crate::applet::params::redacted(&package.manifest, given)))
-                    .unwrap_or_default();
+                let shown =
+                    sub.params.json.as_ref().map(|given| crate::applet::params::redacted(&package.manifest, given)).unwrap_or_default();
                 request.params_json = sub.params.json;
                 request.params_pairs = sub.params.pairs;
                 shown
@@ -326,9 +327,8 @@ impl RunService {
                 let given = sub.params.json.unwrap_or_default();
                 // Host selectors must pick hosts: said now, per field, not when the job runs,
                 // and together with every other bad field.
-                let caller = request.caller.clone();
                 let validated = crate::applet::params::resolve_then(&package.manifest, Some(&given), &sub.params.pairs, |p| {
-                    self.inner.runtime.check_params(&package.manifest, &caller, p)
+                    self.inner.runtime.check_selectors(&package.manifest, p)
                 })
                 .map_err(|errs| Error::Params(redact_errors(&package, &given, &sub.params.pairs, errs)))?;
                 let shown = crate::applet::params::redacted(&package.manifest, &validated);
