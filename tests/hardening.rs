@@ -94,6 +94,14 @@ fn a_data_dir_made_beforehand_is_restricted_to_its_owner() {
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(err.contains("restricted to its owner"), "{err}");
+    // A store file another user owns (planted, or kept as a way in) is refused.
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        std::os::unix::fs::chown(&store, Some(65534), None).unwrap();
+        let (code, _, err) = opslet(&data, &["list"]);
+        assert_eq!(code, 5, "{err}");
+        assert!(err.contains("belongs to uid 65534, not to this user"), "{err}");
+    }
 }
 
 #[test]
@@ -280,6 +288,18 @@ fn a_cut_at_the_end_of_the_audit_log_is_found_against_the_last_anchor() {
     let (code, out, _) = opslet(&data, &["audit", "verify", "--anchor", anchors.to_str().unwrap()]);
     assert_eq!(code, 7, "{out}");
     assert!(out.contains("3 records were anchored at") && out.contains("but the log has 2: records were removed from its end"), "{out}");
+    // Anchoring again does not sign the cut chain over the anchor that shows it.
+    let (code, _, err) = opslet(&data, &["audit", "anchor", "--to", anchors.to_str().unwrap()]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("not anchoring over") && err.contains("records were removed from its end"), "{err}");
+    // Nor does removing the anchor key help: a new key is not the anchors' key.
+    let key = data.join("audit-anchor.key");
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let (code, out, _) = opslet(&data, &["audit", "verify", "--anchor", anchors.to_str().unwrap()]);
+    assert_eq!(code, 7, "{out}");
+    assert!(out.contains("no audit-anchor.key"), "{out}");
+    std::fs::write(&key, saved).unwrap();
     // An anchor line rewritten to match the cut does not verify.
     let text = std::fs::read_to_string(&anchors).unwrap();
     std::fs::write(&anchors, text.replace("\"count\":3", "\"count\":2")).unwrap();

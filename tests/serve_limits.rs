@@ -138,3 +138,23 @@ fn past_the_connection_limit_new_connections_get_503_and_one_log_line() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn a_body_sent_slowly_is_cut_off() {
+    enough_files();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, addr, _log) = serve(&dir.path().join("data"), &["--header-timeout", "1s"]);
+    // The headers arrive at once; the body, unsigned and to a webhook that needs no token,
+    // never does: the connection is answered 408 after three header timeouts.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"POST /hooks/anything HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"a\":").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 3s"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

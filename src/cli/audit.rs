@@ -112,13 +112,12 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
         AuditCmd::Verify { format, anchor } => {
             let report = audit.verify()?;
             let file = anchor_file(global, anchor);
-            let last = match &file {
-                Some(f) => crate::store::anchor::last(f)?,
-                None => None,
-            };
-            let checked = match &last {
-                Some(a) => Some(crate::store::anchor::check(audit, &global.data_dir, a)?),
-                None => None,
+            let (last, checked) = match &file {
+                Some(f) => match crate::store::anchor::check_file(audit, &global.data_dir, f)? {
+                    Some((a, c)) => (Some(a), Some(c)),
+                    None => (None, None),
+                },
+                None => (None, None),
             };
             let anchor_ok = checked.as_ref().is_none_or(|c| c.is_ok());
             let intact = report.first_bad.is_none() && anchor_ok;

@@ -29,7 +29,7 @@ pub struct PublishArgs {
     pub format: Option<Format>,
     /// Sign the version with this key (default: the key `opslet key new` made, when there is
     /// one); `--no-sign` to publish unsigned.
-    #[arg(long, env = "OPSLET_SIGNING_KEY", value_name = "FILE", conflicts_with = "no_sign")]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_sign")]
     pub sign_key: Option<PathBuf>,
     /// Publish without a signature even when a signing key exists.
     #[arg(long)]
@@ -125,7 +125,7 @@ pub struct SignArgs {
     /// A bundle written by `opslet export`; it is rewritten with the signature.
     pub file: PathBuf,
     /// The signing key (default: the key `opslet key new` made).
-    #[arg(long, env = "OPSLET_SIGNING_KEY", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
 }
 

@@ -189,35 +189,46 @@ async fn anchor_loop(store: crate::store::Store, data_dir: std::path::PathBuf, f
     use crate::store::anchor;
     let routine = |kind: &str| kind.starts_with("run.") || kind == "action" || kind.starts_with("http.");
     let mut anchored: Option<u64> = anchor::last(&file).ok().flatten().map(|a| a.count);
+    // Records looked at since the last anchor (each once), and whether one was not a run's.
+    let mut checked_to = anchored.unwrap_or(0);
+    let mut urgent = false;
     let mut since = std::time::Instant::now().checked_sub(every).unwrap_or_else(std::time::Instant::now);
+    let mut said_refusal = false;
     loop {
         let (store, data_dir, file) = (store.clone(), data_dir.clone(), file.clone());
         let due = since.elapsed() >= every;
-        let last = anchored;
-        let wrote = tokio::task::spawn_blocking(move || -> Result<Option<u64>, Error> {
+        let (last, from, was_urgent) = (anchored, checked_to, urgent);
+        let step = tokio::task::spawn_blocking(move || -> Result<(u64, bool, Option<u64>), Error> {
             let audit = store.audit();
             let head = audit.head()?;
             if last == Some(head.count) {
-                return Ok(None);
+                return Ok((head.count, false, None));
             }
-            let from = last.filter(|c| *c <= head.count).unwrap_or(0);
-            // A long stretch is anchored without looking at each record.
-            let urgent = head.count - from > 1000
+            let from = from.min(head.count);
+            let urgent = was_urgent
+                || head.count - from > 1000
                 || (from..head.count).any(|seq| audit.get(seq).ok().flatten().is_some_and(|r| !routine(&r.kind)));
             if !(urgent || due) {
-                return Ok(None);
+                return Ok((head.count, urgent, None));
             }
-            Ok(Some(anchor::write(audit, &data_dir, &file)?.count))
+            Ok((head.count, false, Some(anchor::write(audit, &data_dir, &file)?.count)))
         })
         .await;
-        match wrote {
-            Ok(Ok(Some(count))) => {
-                anchored = Some(count);
-                since = std::time::Instant::now();
+        match step {
+            Ok(Ok((to, still_urgent, wrote))) => {
+                (checked_to, urgent) = (to, still_urgent);
+                if let Some(count) = wrote {
+                    anchored = Some(count);
+                    since = std::time::Instant::now();
+                }
+                said_refusal = false;
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "anchoring the audit log"),
-            Err(_) => {}
+            Ok(Err(e)) if !said_refusal => {
+                // Said once (a chain that does not match its anchors stays so): `audit verify` tells.
+                tracing::error!(error = %e, "anchoring the audit log");
+                said_refusal = true;
+            }
+            _ => {}
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }

@@ -17,7 +17,7 @@
 //! | `quota_exceeded` | 429 | one applet or caller has its share of run slots |
 //! | `too_many_requests` | 429 | repeated sign-in attempts for one user |
 //! | `queue_full` | 503 | the run queue is full (with `Retry-After: 1`) |
-//! | `timeout` | 504 | a synchronous run did not end in time and was cancelled |
+//! | `timeout` | 504, 408 | a synchronous run did not end in time and was cancelled; a request body that did not arrive within three header timeouts (30 s) |
 //! | `store_error`, `internal_error` | 500 | the store, or a bug |
 //!
 //! A run that started and failed is not an error of the request: its answer is 200 with the
@@ -51,7 +51,7 @@ fn code_of(status: StatusCode) -> &'static str {
         StatusCode::CONFLICT => "conflict",
         StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        StatusCode::GATEWAY_TIMEOUT => "timeout",
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "timeout",
         _ => "internal_error",
     }
 }

@@ -91,11 +91,15 @@ async fn give_back_memory(slots: Arc<tokio::sync::Semaphore>, max: usize, peak: 
         tokio::time::sleep(Duration::from_secs(10)).await;
         let open = max - slots.available_permits();
         if peak.load(Ordering::Relaxed).saturating_sub(open) >= 256 {
+            // Off the async workers: trimming a large heap takes a while.
             #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only releases free memory; it takes no pointers.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            })
+            .await;
             peak.store(open, Ordering::Relaxed);
         }
     }

@@ -66,6 +66,19 @@ pub use listener::Limits;
 /// The OpenAPI document of every route below (tests/openapi.rs keeps the two in step).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Reads the whole request body within `deadline` (and the body limit) before any handler runs:
+/// 408 when it is too slow, 413 when it is too large. A client that sends a body slowly holds
+/// its connection no longer than this (the header timeout covers the headers).
+async fn body_within(limit: usize, deadline: Duration, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use axum::http::StatusCode;
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(_)) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the {limit} bytes this server takes")).into_response(),
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {}s", deadline.as_secs())).into_response(),
+    }
+}
+
 /// API answers are per caller: never cached (a shared browser keeps nothing after sign-out).
 async fn no_store(mut resp: Response) -> Response {
     let h = resp.headers_mut();
@@ -74,8 +87,8 @@ async fn no_store(mut resp: Response) -> Response {
     resp
 }
 
-/// The router: every route of the API.
-pub fn app(state: AppState, body_limit: usize) -> Router {
+/// The router: every route of the API. A request body must arrive within `body_timeout`.
+pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/applets", get(registry::list_applets))
@@ -116,6 +129,7 @@ pub fn app(state: AppState, body_limit: usize) -> Router {
         .layer(axum::middleware::map_response(no_store))
         .merge(ui::router())
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| body_within(body_limit, body_timeout, req, next)))
         .layer(axum::middleware::map_response(error::one_body))
         .with_state(state)
 }
@@ -127,7 +141,8 @@ pub async fn serve(state: AppState, cfg: &ServeConfig) -> Result<(), Error> {
         tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     eprintln!("listening on {addr}");
-    let router = app(state.clone(), cfg.body_limit);
+    // Three header timeouts for a body: 30 s by default.
+    let router = app(state.clone(), cfg.body_limit, cfg.limits.header_timeout * 3);
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

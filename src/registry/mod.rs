@@ -188,6 +188,12 @@ impl Registry {
         if let Some(other) = self.trusted_name(&id)?.filter(|n| n != name) {
             return Err(Error::Usage(format!("that key is trusted already, as `{other}`")));
         }
+        if let Some(old) = self.trust.get(name.as_bytes())?.filter(|k| k.as_slice() != id.as_bytes()) {
+            return Err(Error::Usage(format!(
+                "`{name}` trusts another key already ({}); `opslet trust rm {name}` first",
+                String::from_utf8_lossy(&old)
+            )));
+        }
         self.trust.insert(name.as_bytes(), id.as_bytes())?;
         self.store.audit().record_change("registry.trust", actor, "registry", None, serde_json::json!({ "name": name, "key": id }))
     }

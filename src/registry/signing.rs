@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -33,7 +33,11 @@ pub fn parse_key_id(id: &str) -> Result<VerifyingKey, String> {
     let hex_part = id.trim().strip_prefix("ed25519:").ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
     let bytes: [u8; 32] =
         hex::decode(hex_part).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{id}` is not a valid ed25519 public key: {e}"))
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{id}` is not a valid ed25519 public key: {e}"))?;
+    if key.is_weak() {
+        return Err(format!("`{id}` is a weak ed25519 key (of small order): it cannot vouch for anything"));
+    }
+    Ok(key)
 }
 
 /// Signs a version.
@@ -46,7 +50,7 @@ pub fn sign(key: &SigningKey, name: &str, version: &str, hash: &str, publish_mes
 pub fn verify(sig: &Signature, name: &str, version: &str, hash: &str, publish_message: &str) -> bool {
     let Ok(key) = parse_key_id(&sig.key) else { return false };
     let Some(bytes) = hex::decode(&sig.sig).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()) else { return false };
-    key.verify(&message(name, version, hash, publish_message), &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
+    key.verify_strict(&message(name, version, hash, publish_message), &ed25519_dalek::Signature::from_bytes(&bytes)).is_ok()
 }
 
 /// Reads a signing key file (64 hex digits: the secret key).

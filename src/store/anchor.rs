@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::audit::AuditLog;
@@ -41,8 +41,14 @@ pub enum Check {
     Rewritten,
     /// The anchor's signature does not verify.
     BadSignature,
-    /// The anchor was signed by another key than this data dir's.
+    /// The anchor was signed by another key than this data dir's (or than the anchors before
+    /// it).
     OtherKey,
+    /// The file has anchors but the data dir has no anchor key (it was removed).
+    KeyMissing,
+    /// An anchor has fewer records than one before it: the chain was cut between them, and
+    /// anchored again.
+    WentBack { line: usize },
 }
 
 impl Check {
@@ -61,7 +67,9 @@ impl Check {
             ),
             Check::Rewritten => format!("record {} no longer has the hash anchored at {}: the chain was rewritten", a.count.saturating_sub(1), a.time),
             Check::BadSignature => "the last anchor's signature does not verify: the anchor file was altered".into(),
-            Check::OtherKey => "the last anchor was signed by another key than this data dir's anchor key".into(),
+            Check::OtherKey => "an anchor was signed by another key than this data dir's anchor key (or than the anchors before it)".into(),
+            Check::KeyMissing => format!("the anchor file has anchors but the data dir has no {KEY_FILE}: it was removed"),
+            Check::WentBack { line } => format!("anchor line {line} has fewer records than one before it: the log was cut and anchored again"),
         }
     }
 }
@@ -99,8 +107,14 @@ pub fn public_key(data_dir: &Path) -> Result<Option<String>, Error> {
     Ok(Some(hex::encode(signing_key(data_dir)?.verifying_key().to_bytes())))
 }
 
-/// Signs the chain's head and appends it to `dest` (made 0600 when new), synced.
+/// Signs the chain's head and appends it to `dest` (made 0600 when new), synced. Refused when
+/// the chain no longer matches the anchors already there: a cut chain is never anchored over.
 pub fn write(audit: &AuditLog, data_dir: &Path, dest: &Path) -> Result<Anchor, Error> {
+    if let Some((last, c)) = check_file(audit, data_dir, dest)?
+        && !c.is_ok()
+    {
+        return Err(Error::Store(format!("not anchoring over {}: {}", dest.display(), c.describe(&last))));
+    }
     let key = signing_key(data_dir)?;
     let head = audit.head()?;
     let time = Utc::now();
@@ -115,25 +129,63 @@ pub fn write(audit: &AuditLog, data_dir: &Path, dest: &Path) -> Result<Anchor, E
     Ok(anchor)
 }
 
-/// The last anchor in `dest`, if any (a last line cut short by a crash is skipped).
-pub fn last(dest: &Path) -> Result<Option<Anchor>, Error> {
+/// Every anchor in `dest`, with its line number (lines that do not parse, such as a last line
+/// cut short by a crash, are skipped).
+pub fn all(dest: &Path) -> Result<Vec<(usize, Anchor)>, Error> {
     let text = match std::fs::read_to_string(dest) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::Store(format!("reading the audit anchors in {}: {e}", dest.display()))),
     };
-    Ok(text.lines().rev().filter(|l| !l.trim().is_empty()).find_map(|l| serde_json::from_str(l).ok()))
+    Ok(text.lines().enumerate().filter_map(|(i, l)| serde_json::from_str(l).ok().map(|a| (i + 1, a))).collect())
 }
 
-/// Checks `anchor` against the chain now (and against this data dir's key, when it has one).
-pub fn check(audit: &AuditLog, data_dir: &Path, anchor: &Anchor) -> Result<Check, Error> {
-    let signed = hex::decode(&anchor.key)
+/// The last anchor in `dest`, if any.
+pub fn last(dest: &Path) -> Result<Option<Anchor>, Error> {
+    Ok(all(dest)?.pop().map(|(_, a)| a))
+}
+
+/// Checks every anchor of `dest`: each signed by one key, this data dir's; their counts never
+/// going back; the last one against the chain now. None when there are no anchors yet.
+pub fn check_file(audit: &AuditLog, data_dir: &Path, dest: &Path) -> Result<Option<(Anchor, Check)>, Error> {
+    let anchors = all(dest)?;
+    let Some((_, last)) = anchors.last().cloned() else { return Ok(None) };
+    let mine = public_key(data_dir)?;
+    let first_key = anchors[0].1.key.clone();
+    let mut before: Option<&Anchor> = None;
+    for (line, a) in &anchors {
+        if !signed(a) {
+            return Ok(Some((a.clone(), Check::BadSignature)));
+        }
+        if a.key != first_key || mine.as_ref().is_some_and(|m| *m != a.key) {
+            return Ok(Some((a.clone(), Check::OtherKey)));
+        }
+        if let Some(b) = before
+            && (a.count < b.count || (a.count == b.count && a.hash != b.hash))
+        {
+            return Ok(Some((a.clone(), Check::WentBack { line: *line })));
+        }
+        before = Some(a);
+    }
+    if mine.is_none() {
+        return Ok(Some((last, Check::KeyMissing)));
+    }
+    let c = check(audit, data_dir, &last)?;
+    Ok(Some((last, c)))
+}
+
+fn signed(anchor: &Anchor) -> bool {
+    hex::decode(&anchor.key)
         .ok()
         .and_then(|k| <[u8; 32]>::try_from(k).ok())
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
         .zip(hex::decode(&anchor.sig).ok().and_then(|s| <[u8; 64]>::try_from(s).ok()).map(|s| ed25519_dalek::Signature::from_bytes(&s)))
-        .is_some_and(|(k, s)| k.verify(&message(anchor.count, &anchor.hash, &anchor.time), &s).is_ok());
-    if !signed {
+        .is_some_and(|(k, s)| k.verify_strict(&message(anchor.count, &anchor.hash, &anchor.time), &s).is_ok())
+}
+
+/// Checks `anchor` against the chain now (and against this data dir's key, when it has one).
+pub fn check(audit: &AuditLog, data_dir: &Path, anchor: &Anchor) -> Result<Check, Error> {
+    if !signed(anchor) {
         return Ok(Check::BadSignature);
     }
     if public_key(data_dir)?.is_some_and(|mine| mine != anchor.key) {

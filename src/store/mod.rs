@@ -188,16 +188,24 @@ impl Drop for Inner {
 }
 
 /// A data dir made beforehand (by a package, by hand) may be open to others: the folder becomes
-/// 0700 and the store's own files (and the secret key) 0600, each change said once in the log.
-/// Files of other users are left alone (their owner decides).
+/// 0700 and the store's own files (and the secret and anchor keys) 0600, each change said once
+/// in the log. One of them owned by another user is refused: whoever owns it could have
+/// planted it, or keep a way in.
 fn restrict_data_dir(data_dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let tighten = |path: &Path, mode: u32| -> Result<(), Error> {
         let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+        if meta.uid() != me {
+            return Err(Error::Store(format!(
+                "{} belongs to uid {}, not to this user (uid {me}): opslet does not use a data dir whose files another user owns",
+                path.display(),
+                meta.uid()
+            )));
+        }
         let open = meta.mode() & 0o077;
-        if open == 0 || meta.uid() != me || meta.file_type().is_symlink() {
+        if open == 0 || meta.file_type().is_symlink() {
             return Ok(());
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -206,7 +214,7 @@ fn restrict_data_dir(data_dir: &Path) -> Result<(), Error> {
         Ok(())
     };
     tighten(data_dir, 0o700)?;
-    for name in [engine::FILE, "store.sqlite-wal", "store.sqlite-shm", engine::LOCK_FILE, "secret.key"] {
+    for name in [engine::FILE, "store.sqlite-wal", "store.sqlite-shm", engine::LOCK_FILE, "secret.key", anchor::KEY_FILE] {
         tighten(&data_dir.join(name), 0o600)?;
     }
     Ok(())
