@@ -1085,3 +1085,53 @@ fn runs_that_wait_hold_no_core_and_a_trivial_run_is_not_held_up_by_them() {
         }
     });
 }
+
+#[test]
+fn console_sessions_survive_a_restart_and_whoami_probes_are_not_audited() {
+    let mut s = server_with("", &[], |_, data| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["user", "passwd", "ola"])
+            .env("OPSLET_DATA_DIR", data)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"ola-long-password\n").unwrap();
+        assert!(c.wait().unwrap().success());
+    });
+    let (sid, csrf) = rt().block_on(async {
+        // A visit to the sign-in page asks who is signed in: not a refusal to record.
+        for _ in 0..3 {
+            assert_eq!(cookie_call(&s, "GET", "/api/v1/session", None, None, None).await.0, 401);
+        }
+        let (_, denied) = call(&s, "GET", "/api/v1/audit?kind=http.denied", Some("aud"), None).await;
+        assert!(!denied.as_array().unwrap().iter().any(|r| r["data"]["path"] == "/api/v1/session"), "{denied}");
+        let (code, set, v) =
+            cookie_call(&s, "POST", "/api/v1/session", None, None, Some(r#"{"user": "ola", "password": "ola-long-password"}"#)).await;
+        assert_eq!(code, 200, "{v}");
+        let sid = set.split(';').next().unwrap().strip_prefix("opslet_session=").unwrap().to_string();
+        (sid, v["csrf"].as_str().unwrap().to_string())
+    });
+    // A restart signs nobody out.
+    s.stop();
+    let data = s.data();
+    // The store keeps a digest of the session id, never the id itself.
+    {
+        let store = opslet::store::Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let kept: Vec<(Vec<u8>, Vec<u8>)> = store.tree("http/sessions").iter().map(|r| r.unwrap()).collect();
+        assert_eq!(kept.len(), 1);
+        let (k, v) = &kept[0];
+        assert!(!String::from_utf8_lossy(k).contains(&sid) && !String::from_utf8_lossy(v).contains(&sid));
+    }
+    let (child, addr) = serve_proc::spawn(&data, &[]);
+    s.child = child;
+    s.base = format!("http://{addr}");
+    rt().block_on(async {
+        let (code, _, me) = cookie_call(&s, "GET", "/api/v1/session", Some(&sid), None, None).await;
+        assert_eq!((code, me["user"].as_str(), me["csrf"].as_str()), (200, Some("ola"), Some(csrf.as_str())), "{me}");
+        // Signing out after the restart ends it for good.
+        let (code, _, _) = cookie_call(&s, "DELETE", "/api/v1/session", Some(&sid), Some(&csrf), None).await;
+        assert_eq!(code, 200);
+        assert_eq!(cookie_call(&s, "GET", "/api/v1/session", Some(&sid), None, None).await.0, 401);
+    });
+}

@@ -133,7 +133,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         auth: Auth::new(store.clone())?,
         service: service.clone(),
         sync_timeout,
-        sessions: Default::default(),
+        sessions: std::sync::Arc::new(crate::http::session::Sessions::stored(&store)),
         // `opslet --server` commands run like those of the local socket, as the token's user.
         commands: crate::http::commands::Commands::new(super::remote::runner(
             global.data_dir.clone(),

@@ -53,7 +53,12 @@ impl FromRequestParts<AppState> for Authed {
         match state.auth.authenticate(header) {
             Ok(p) => Ok(Authed(p)),
             Err(e) => {
-                deny(state, None, parts.uri.path(), &e.to_string());
+                // The console asks "who am I?" on every visit before anyone signed in: that is
+                // not a refusal worth a record (a wrong token or session there still is).
+                let whoami = parts.method == axum::http::Method::GET && parts.uri.path() == "/api/v1/session" && e == crate::auth::AuthError::Missing;
+                if !whoami {
+                    deny(state, None, parts.uri.path(), &e.to_string());
+                }
                 Err(ApiError::new(StatusCode::UNAUTHORIZED, format!("unauthenticated: {e}")))
             }
         }

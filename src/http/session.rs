@@ -1,6 +1,7 @@
 //! Web console sessions: sign in with a password (or a token) for an HttpOnly, SameSite=Strict
 //! cookie; every state-changing request made with the cookie must carry the session's CSRF token
-//! in `X-CSRF-Token`. Sessions live in memory (a restart signs everyone out) for 12 hours.
+//! in `X-CSRF-Token`. Sessions last 12 hours and are kept in the store (by the SHA-256 of their
+//! id, never the id itself), so a restart signs nobody out.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,17 +18,26 @@ const MAX_FAILURES: u32 = 5;
 /// Longest user name a sign-in is tried with (longer ones are refused before any work).
 pub const MAX_USER: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub user: String,
     pub csrf: String,
-    pub expires: Instant,
+    pub expires: chrono::DateTime<chrono::Utc>,
     /// The API token the session was started with: it ends when the token is revoked or expires.
     pub token: Option<String>,
 }
 
+impl Session {
+    fn live(&self) -> bool {
+        self.expires > chrono::Utc::now()
+    }
+}
+
 pub struct Sessions {
+    /// Sessions in use, by id (a cache of the store's).
     live: Mutex<HashMap<String, Session>>,
+    /// The store's sessions (none in tests that build a bare state).
+    stored: Option<crate::store::Tree>,
     /// Sign-in attempts per user name in the current minute (counted before the hash check).
     attempts: Mutex<HashMap<String, (Instant, u32)>>,
     /// Password hash checks at once (each takes ~19 MiB and a core for tens of ms).
@@ -37,8 +47,15 @@ pub struct Sessions {
 impl Default for Sessions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Sessions { live: Mutex::default(), attempts: Mutex::default(), hashing: tokio::sync::Semaphore::new(cores) }
+        Sessions { live: Mutex::default(), stored: None, attempts: Mutex::default(), hashing: tokio::sync::Semaphore::new(cores) }
     }
+}
+
+/// A session's key in the store: the SHA-256 of its id, so the store never holds an id that
+/// signs anyone in.
+fn stored_key(sid: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(sid.as_bytes()))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -48,30 +65,67 @@ fn random_hex(bytes: usize) -> String {
 }
 
 impl Sessions {
+    /// Sessions kept in `store` (they outlive a restart).
+    pub fn stored(store: &crate::store::Store) -> Sessions {
+        Sessions { stored: Some(store.tree(crate::store::keys::HTTP_SESSIONS)), ..Sessions::default() }
+    }
+
     /// A new session for `user` (started with `token`, if so, and ending no later than
     /// `until`): (session id, CSRF token).
     pub fn create(&self, user: &str, token: Option<String>, until: Option<Duration>) -> (String, String) {
         let (sid, csrf) = (random_hex(32), random_hex(24));
-        let mut live = self.live.lock();
-        let now = Instant::now();
-        live.retain(|_, s| s.expires > now);
         let ttl = until.map_or(TTL, |u| u.min(TTL));
-        live.insert(sid.clone(), Session { user: user.to_string(), csrf: csrf.clone(), expires: now + ttl, token });
+        let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::hours(12));
+        let session = Session { user: user.to_string(), csrf: csrf.clone(), expires, token };
+        if let Some(t) = &self.stored {
+            // Ended ones go as new ones come.
+            for (k, v) in t.iter().flatten() {
+                if serde_json::from_slice::<Session>(&v).map_or(true, |s| !s.live()) {
+                    let _ = t.remove(k);
+                }
+            }
+            if let Ok(body) = serde_json::to_vec(&session) {
+                let _ = t.insert(stored_key(&sid).as_bytes(), body);
+            }
+        }
+        let mut live = self.live.lock();
+        live.retain(|_, s| s.live());
+        live.insert(sid.clone(), session);
         (sid, csrf)
     }
 
     pub fn get(&self, sid: &str) -> Option<Session> {
-        let live = self.live.lock();
-        live.get(sid).filter(|s| s.expires > Instant::now()).cloned()
+        if let Some(s) = self.live.lock().get(sid) {
+            return s.live().then(|| s.clone());
+        }
+        // Made before a restart: from the store.
+        let t = self.stored.as_ref()?;
+        let s: Session = serde_json::from_slice(&t.get(stored_key(sid).as_bytes()).ok()??).ok()?;
+        if !s.live() {
+            let _ = t.remove(stored_key(sid).as_bytes());
+            return None;
+        }
+        self.live.lock().insert(sid.to_string(), s.clone());
+        Some(s)
     }
 
     pub fn remove(&self, sid: &str) {
         self.live.lock().remove(sid);
+        if let Some(t) = &self.stored {
+            let _ = t.remove(stored_key(sid).as_bytes());
+        }
     }
 
     /// Ends every session of `user` (their account was removed or their password changed).
     pub fn remove_user(&self, user: &str) {
         self.live.lock().retain(|_, s| s.user != user);
+        if let Some(t) = &self.stored {
+            for (k, v) in t.iter().flatten() {
+                if serde_json::from_slice::<Session>(&v).is_ok_and(|s| s.user == user) {
+                    let _ = t.remove(k);
+                }
+            }
+        }
     }
 
     /// Counts a sign-in attempt for `user` before its password is checked; false when the user

@@ -46,6 +46,8 @@ pub mod keys {
     /// Webhooks by name, and the delivery signatures seen within the replay window.
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
+    /// Web console sessions, by the SHA-256 of the session id: user, CSRF token, expiry.
+    pub const HTTP_SESSIONS: &str = "http/sessions";
     /// cmdb hosts by name, and groups with their parent groups.
     pub const CMDB_HOSTS: &str = "cmdb/hosts";
     pub const CMDB_GROUPS: &str = "cmdb/groups";
