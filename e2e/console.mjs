@@ -88,6 +88,8 @@ try {
   step("host selector preview");
   await page.fill("#p-targets", "group:web");
   await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("3 host(s)"));
+  const previewText = await page.textContent("#p-targets-preview");
+  assert.ok(previewText.includes("web1") && previewText.includes("web3") && !previewText.includes("[object"), `hosts by name: ${previewText}`);
   await page.fill("#p-targets", "group:nosuch");
   await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("No host matches"));
 
@@ -179,6 +181,20 @@ try {
   await page.waitForFunction(() => document.querySelector("#job-log")?.textContent.includes("waiting"));
   await page.click("#cancel");
   await page.waitForFunction(() => document.querySelector("#job-status")?.textContent.includes("cancelled"), null, { timeout: 15000 });
+
+  step("a many-line param keeps its lines; params in declared order");
+  await page.goto(base + "/ui/#/applet/log-excerpt");
+  await page.waitForSelector("#run-form");
+  assert.equal(await page.evaluate(() => document.querySelector("#p-text").tagName), "TEXTAREA");
+  const order = await page.$$eval("#run-form .field > label", (ls) => ls.map((l) => l.getAttribute("for")));
+  assert.deepEqual(order, ["p-text", "p-min_level", "p-mode", "p-top"], "declared order, the required field first");
+  await page.fill("#p-text", "2024-05-01T10:00:00Z ERROR [api] timeout\n2024-05-01T10:00:01Z INFO [api] retry\n2024-05-01T10:00:02Z ERROR [db] gone");
+  await page.selectOption("#p-mode", "summary");
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForSelector("#result-json", { timeout: 20000 });
+  const summary = JSON.parse(await page.textContent("#result-json"));
+  assert.equal(summary.lines, 3, `three lines reached the applet: ${JSON.stringify(summary)}`);
 
   step("hosts page");
   await page.goto(base + "/ui/#/hosts?selector=group%3Aweb");

@@ -93,6 +93,8 @@ fn the_console_works_in_a_real_browser() {
     .unwrap();
     opslet(&data, &["publish", root().join("applets/host-facts").to_str().unwrap(), "-m", "bundled"]);
     opslet(&data, &["grant", "add", "ola", "host-*"]);
+    opslet(&data, &["publish", root().join("applets/log-excerpt").to_str().unwrap(), "-m", "bundled"]);
+    opslet(&data, &["grant", "add", "ola", "log-*"]);
     // A slow applet to cancel.
     let slow = dir.path().join("fleet-wait");
     std::fs::create_dir_all(&slow).unwrap();

@@ -1135,3 +1135,38 @@ fn console_sessions_survive_a_restart_and_whoami_probes_are_not_audited() {
         assert_eq!(cookie_call(&s, "GET", "/api/v1/session", Some(&sid), None, None).await.0, 401);
     });
 }
+
+/// Params keep the order the manifest declares them in (the API, the console's form, `show`),
+/// and a multi-line param keeps its newlines from the request to the applet.
+#[test]
+fn params_keep_their_declared_order_and_multiline_text_its_lines() {
+    let s = server_with("", &[], |_, data| {
+        let applet = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("applets/log-excerpt");
+        opslet(data, &["publish", applet.to_str().unwrap()]);
+        opslet(data, &["grant", "add", "ola", "log-*"]);
+    });
+    rt().block_on(async {
+        let text = reqwest::Client::new()
+            .get(format!("{}/api/v1/applets/log-excerpt", s.base))
+            .bearer_auth(&s.tokens["vic"])
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = |k: &str| text.find(&format!("\"{k}\":{{")).unwrap_or_else(|| panic!("{k} in {text}"));
+        assert!(at("text") < at("min_level") && at("min_level") < at("mode") && at("mode") < at("top"), "{text}");
+        assert!(text.contains("\"multiline\":true"), "{text}");
+        let logs = "2024-05-01T10:00:00Z ERROR [api] timeout\n2024-05-01T10:00:01Z INFO [api] retry\n2024-05-01T10:00:02Z ERROR [db] gone\n";
+        let body = serde_json::json!({ "text": logs, "mode": "summary" }).to_string();
+        let (code, v) = call(&s, "POST", "/api/v1/applets/log-excerpt/run", Some("ola"), Some(&body)).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["result"]["lines"], 3, "{v}");
+    });
+    // `show` lists them in that order, with what each allows.
+    let shown = opslet(&s.data(), &["show", "log-excerpt"]);
+    let at = |k: &str| shown.find(&format!("│ {k} ")).unwrap_or_else(|| panic!("{k} in {shown}"));
+    assert!(at("text") < at("min_level") && at("min_level") < at("mode") && at("mode") < at("top"), "{shown}");
+    assert!(shown.contains("debug, info, warn, error") && shown.contains("1 to 100") && shown.contains("string (many lines)"), "{shown}");
+}

@@ -181,6 +181,9 @@ fn validate_param_spec(spec: &ParamSpec) -> Result<(), String> {
     if (spec.min.is_some() || spec.max.is_some()) && !matches!(spec.ty, ParamType::Integer | ParamType::Number) {
         return Err("`min`/`max` are only allowed with integer and number params".into());
     }
+    if spec.multiline && spec.ty != ParamType::String {
+        return Err("`multiline` is only allowed with type = \"string\"".into());
+    }
     if spec.required && spec.default.is_some() {
         return Err("a required param cannot have a default".into());
     }

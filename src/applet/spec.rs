@@ -57,6 +57,10 @@ pub struct ParamSpec {
     /// A secret param's value is redacted from audit records and logs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secret: bool,
+    /// A `string` param whose value is text of many lines (pasted logs, a config snippet): the
+    /// console shows a text area, and newlines are kept everywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multiline: bool,
 }
 
 /// Checks a typed (JSON) value against a spec and returns it normalized.

@@ -374,19 +374,32 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
     }
     if !v.params.is_empty() {
         let mut t = table();
-        t.set_header(vec!["param", "type", "required", "default", "description"]);
+        t.set_header(vec!["param", "type", "required", "default", "allowed", "description"]);
         for (name, p) in &v.params {
             t.add_row(vec![
                 name.clone(),
-                p.ty.name().to_string(),
+                if p.multiline { format!("{} (many lines)", p.ty.name()) } else { p.ty.name().to_string() },
                 if p.required { "yes".into() } else { String::new() },
                 p.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                allowed(p),
                 safe(&p.description),
             ]);
         }
         outln!("{t}");
     }
     Ok(0)
+}
+
+/// What values a param takes, as text: an enum's values, a number's bounds.
+fn allowed(p: &crate::applet::ParamSpec) -> String {
+    let n = |x: f64| if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { x.to_string() };
+    match (&p.values, p.min, p.max) {
+        (Some(values), _, _) => values.join(", "),
+        (None, Some(lo), Some(hi)) => format!("{} to {}", n(lo), n(hi)),
+        (None, Some(lo), None) => format!("at least {}", n(lo)),
+        (None, None, Some(hi)) => format!("at most {}", n(hi)),
+        (None, None, None) => String::new(),
+    }
 }
 
 pub fn promote(global: &Global, args: VersionArgs) -> Result<i32, Error> {

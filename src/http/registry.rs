@@ -14,10 +14,26 @@ use super::error::ApiError;
 use crate::auth::Action;
 use crate::registry::Reference;
 
-pub(super) async fn list_applets(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+/// An applet with its current version. Answers are serialized from the registry's types (not
+/// through `serde_json::Value`, whose objects sort their keys), so params keep the order the
+/// manifest declares them in.
+#[derive(serde::Serialize)]
+pub(super) struct Listed {
+    name: String,
+    current: crate::registry::VersionMeta,
+}
+
+pub(super) async fn list_applets(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Vec<Listed>>, ApiError> {
     require(&s, &p, Action::ReadRegistry, "/api/v1/applets")?;
     let all = s.registry.list()?;
-    Ok(Json(json!(all.into_iter().map(|(a, v)| json!({ "name": a.name, "current": v })).collect::<Vec<_>>())))
+    Ok(Json(all.into_iter().map(|(a, v)| Listed { name: a.name, current: v }).collect()))
+}
+
+#[derive(serde::Serialize)]
+pub(super) struct Shown {
+    version: crate::registry::VersionMeta,
+    current: String,
+    history: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -35,18 +51,22 @@ pub(super) async fn search(State(s): State<AppState>, Authed(p): Authed, Query(q
     Ok(Json(json!(hits)))
 }
 
-pub(super) async fn show_applet(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn show_applet(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Shown>, ApiError> {
     require(&s, &p, Action::ReadRegistry, "/api/v1/applets/{name}")?;
     let r = Reference::parse(&name)?;
     let v = s.registry.resolve(&r, true)?;
     let a = s.registry.applet(r.name())?;
-    Ok(Json(json!({ "version": v, "current": a.current, "history": a.history })))
+    Ok(Json(Shown { version: v, current: a.current, history: a.history }))
 }
 
-pub(super) async fn versions(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn versions(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<crate::registry::VersionMeta>>, ApiError> {
     require(&s, &p, Action::ReadRegistry, "/api/v1/applets/{name}/versions")?;
     s.registry.applet(&name)?;
-    Ok(Json(json!(s.registry.versions(&name)?)))
+    Ok(Json(s.registry.versions(&name)?))
 }
 
 #[derive(Deserialize)]

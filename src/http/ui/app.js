@@ -432,7 +432,7 @@ function field(name, spec) {
             if (mine !== asked) return; // a newer selector was typed meanwhile
             preview.replaceChildren(
               hosts.length ? `${hosts.length} host(s): ` : "No host matches this selector.",
-              hosts.slice(0, 20).map((x) => badge(x.name, "host")),
+              ...hosts.slice(0, 20).map((x) => badge(x.name, "host")),
               hosts.length > 20 ? ` and ${hosts.length - 20} more` : "",
             );
           } catch (e) {
@@ -445,7 +445,9 @@ function field(name, spec) {
       break;
     }
     default:
-      input = h("input", { ...common, type: spec.secret ? "password" : "text", value: def, autocomplete: "off" });
+      input = spec.multiline && !spec.secret
+        ? h("textarea", { ...common, rows: 8, spellcheck: "false" }, def ?? "")
+        : h("input", { ...common, type: spec.secret ? "password" : "text", value: def, autocomplete: "off" });
   }
   return { name, spec, input, err, node: h("div", { class: "field" }, label, input, desc, preview, err) };
 }
@@ -453,6 +455,8 @@ function field(name, spec) {
 function valueOf(f) {
   const { spec, input } = f;
   if (spec.type === "boolean") return input.checked;
+  // Many-line text is sent as typed, newlines and indentation kept.
+  if (spec.multiline) return input.value.trim() === "" ? undefined : input.value;
   const raw = input.value.trim();
   if (raw === "") return undefined;
   if (spec.type === "integer" || spec.type === "number") return Number(raw);
