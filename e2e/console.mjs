@@ -71,6 +71,13 @@ try {
   await page.waitForSelector("#results li.hit a.title");
   const first = await page.textContent("#results li.hit a.title");
   assert.equal(first, "fleet-report", "typo-tolerant search finds the applet first");
+  // Two letters swapped in a short word, as `opslet search` takes them.
+  await page.fill("#search", "wiat");
+  await page.press("#search", "Enter");
+  await page.waitForFunction(() => document.querySelector("#results")?.textContent.includes("fleet-wait"));
+  await page.fill("#search", "fleet reprot");
+  await page.press("#search", "Enter");
+  await page.waitForFunction(() => document.querySelector("#results li.hit a.title")?.textContent === "fleet-report");
   assert.ok((await page.textContent("#results")).includes("cmdb"), "permission badge shown");
   await shot(page, "market-search");
 
@@ -100,6 +107,13 @@ try {
   await page.waitForSelector("#p-threshold-err:not([hidden])");
   assert.match(await page.textContent("#p-threshold-err"), /above the maximum 100/);
   assert.equal(await page.getAttribute("#p-threshold", "aria-invalid"), "true");
+  // Fixing the value clears its error at once.
+  await page.fill("#p-threshold", "50");
+  assert.ok(await page.isHidden("#p-threshold-err"), "the error goes with the bad value");
+  assert.equal(await page.getAttribute("#p-threshold", "aria-invalid"), null);
+  await page.fill("#p-threshold", "500");
+  await page.click("#run");
+  await page.waitForSelector("#p-threshold-err:not([hidden])");
   await page.waitForFunction(() => document.querySelector("#p-targets-preview")?.textContent.includes("3 host(s)"));
   await shot(page, "applet-invalid");
   await page.fill("#p-targets", "group:nosuch");
@@ -179,6 +193,13 @@ try {
   await page.click("#run");
   await page.waitForURL(/#\/job\//);
   await page.waitForFunction(() => document.querySelector("#job-log")?.textContent.includes("waiting"));
+  // The status reads as a status, and the duration counts while it runs.
+  await page.waitForFunction(() => document.querySelector("#job-status")?.textContent.includes("running"));
+  assert.ok(!(await page.textContent("#job-status")).includes("null"), "no `null` beside the status");
+  const d1 = await page.textContent("#job-duration");
+  await page.waitForTimeout(2200);
+  const d2 = await page.textContent("#job-duration");
+  assert.notEqual(d1, d2, `the duration counts: ${d1} then ${d2}`);
   await page.click("#cancel");
   await page.waitForFunction(() => document.querySelector("#job-status")?.textContent.includes("cancelled"), null, { timeout: 15000 });
 
@@ -258,6 +279,10 @@ try {
   await pub.waitForSelector("p.ok a");
   assert.match(await pub.textContent("p.ok"), /Published disk-usage@1\.0\.0/);
   await shot(pub, "publish");
+  // An applet with one version has nothing to roll back to: no button.
+  await pub.goto(`${base}/ui/#/applet/fleet-wait`);
+  await pub.waitForSelector("#versions, table");
+  assert.equal(await pub.locator("#rollback").count(), 0, "no roll back offered without a previous version");
   await pub.goto(`${base}/ui/#/applet/fleet-report`);
   await pub.waitForSelector("text=Roll back to the previous version");
   // Yank 1.0.0, then undo it.

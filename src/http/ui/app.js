@@ -355,8 +355,9 @@ async function viewApplet(name) {
         ),
     ),
   );
-  const actions = can.publish()
-    ? h("p", {}, h("button", { type: "button", onclick: () => registryAction(`/api/v1/applets/${encodeURIComponent(name)}/rollback`, name, "Rolled back") }, "Roll back to the previous version"))
+  // Rolling back needs a version that was current before.
+  const actions = can.publish() && (info.history || []).length > 0
+    ? h("p", {}, h("button", { type: "button", id: "rollback", onclick: () => registryAction(`/api/v1/applets/${encodeURIComponent(name)}/rollback`, name, "Rolled back") }, "Roll back to the previous version"))
     : null;
   const runPart = can.run()
     ? runForm(v)
@@ -449,6 +450,13 @@ function field(name, spec) {
         ? h("textarea", { ...common, rows: 8, spellcheck: "false" }, def ?? "")
         : h("input", { ...common, type: spec.secret ? "password" : "text", value: def, autocomplete: "off" });
   }
+  // A field's error goes once its value changes.
+  const clear = () => {
+    err.hidden = true;
+    input.removeAttribute("aria-invalid");
+  };
+  input.addEventListener("input", clear);
+  input.addEventListener("change", clear);
   return { name, spec, input, err, node: h("div", { class: "field" }, label, input, desc, preview, err) };
 }
 
@@ -669,6 +677,9 @@ async function viewJob(id) {
     log.append(h("li", { class: `lvl-${l.level}` }, h("time", {}, new Date(l.time).toLocaleTimeString()), " ", h("b", {}, l.level), " ", l.message));
   };
   const finish = (j) => {
+    // The duration stops counting (see `ticking`).
+    job.finished_at = j.finished_at || new Date().toISOString();
+    job.started_at = j.started_at || job.started_at;
     summary.replaceChildren(jobSummary(j));
     cancel.hidden = true;
     if (j.error) result.replaceChildren(h("h2", {}, "Result"), errorBox(j.error));
@@ -683,17 +694,33 @@ async function viewJob(id) {
   es.addEventListener("log", (ev) => addLine(JSON.parse(ev.data).line));
   es.addEventListener("status", (ev) => {
     const s = JSON.parse(ev.data).status;
-    document.getElementById("job-status")?.replaceChildren(statusBadge(s), job.dry_run ? badge("dry run", "warn") : null);
+    // replaceChildren would write a null as the text "null".
+    document.getElementById("job-status")?.replaceChildren(...[statusBadge(s), job.dry_run ? badge("dry run", "warn") : null].filter(Boolean));
+    if (s === "running" && !job.started_at) job.started_at = new Date().toISOString();
   });
+  // The duration counts while the job runs.
+  const ticking = setInterval(() => {
+    const d = document.getElementById("job-duration");
+    if (!d || job.finished_at) return clearInterval(ticking);
+    d.textContent = duration(job);
+  }, 1000);
   es.addEventListener("end", (ev) => {
     es.close();
+    clearInterval(ticking);
     finish(JSON.parse(ev.data).job);
   });
   es.onerror = () => {
     es.close();
     api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`).then((j) => j.finished_at && finish(j)).catch(() => {});
   };
-  window.addEventListener("hashchange", () => es.close(), { once: true });
+  window.addEventListener(
+    "hashchange",
+    () => {
+      es.close();
+      clearInterval(ticking);
+    },
+    { once: true },
+  );
 }
 
 // ---- jobs, hosts, audit, publish -----------------------------------------------------------------
