@@ -245,6 +245,20 @@ try {
   const detail = await aud.textContent("#audit-detail");
   assert.ok(detail.includes(jobId) && detail.includes('"kind": "run.start"'), detail);
   await shot(aud, "audit");
+  step("the audit log lists newest first, a page at a time");
+  await aud.goto(`${base}/ui/#/audit`);
+  await aud.waitForFunction(() => document.querySelectorAll("#audit tbody tr").length === 100);
+  const seqsOf = async () => aud.$$eval("#audit tbody tr td:first-child", (tds) => tds.map((t) => Number(t.textContent)));
+  const page1 = await seqsOf();
+  assert.ok(page1.length === 100 && page1.every((x, i) => i === 0 || page1[i - 1] > x), `newest first: ${page1.slice(0, 5)}`);
+  await aud.click("#older");
+  await aud.waitForFunction((last) => Number(document.querySelector("#audit tbody tr td")?.textContent) < last, page1[99]);
+  const page2 = await seqsOf();
+  assert.equal(page2[0], page1[99] - 1, "the next page starts where the first ended");
+  // A record opens above the list, where it can be seen.
+  await aud.locator("#audit tbody tr").first().locator("button").click();
+  const box = await aud.locator("#audit-detail").boundingBox();
+  assert.ok(box && box.y < 900, `the record is in view: ${JSON.stringify(box)}`);
   await audCtx.close();
 
   // ---- viewer -------------------------------------------------------------------------------------
@@ -295,6 +309,25 @@ try {
   await pub.waitForFunction(() => document.querySelector("#toast")?.textContent.includes("Rolled back"));
   await pub.waitForFunction(() => document.querySelector("main h1")?.textContent.includes("1.0.0"));
   await pubCtx.close();
+
+  step("an admin pages through more than a thousand jobs, newest first");
+  const { ctx: admCtx, page: adm } = await signedIn("ada", "admin");
+  await adm.goto(`${base}/ui/#/jobs?applet=tick`);
+  await adm.waitForSelector("#jobs tbody tr");
+  const seen = new Set();
+  let pages = 0;
+  for (;;) {
+    const ids = await adm.$$eval("#jobs tbody tr td:first-child a", (as) => as.map((a) => a.getAttribute("href")));
+    ids.forEach((x) => seen.add(x));
+    pages += 1;
+    if ((await adm.locator("#older").count()) === 0) break;
+    const firstBefore = ids[0];
+    await adm.click("#older");
+    await adm.waitForFunction((f) => document.querySelector("#jobs tbody tr td a")?.getAttribute("href") !== f, firstBefore);
+  }
+  assert.equal(seen.size, 1050, `every job once, over ${pages} pages`);
+  assert.equal(pages, 21);
+  await admCtx.close();
 
   console.log("console e2e: all checks passed");
 } finally {

@@ -123,8 +123,25 @@ fn the_console_works_in_a_real_browser() {
     let bundle = dir.path().join("disk-usage.bundle");
     opslet(&other, &["export", "disk-usage", "-o", bundle.to_str().unwrap()]);
 
-    let (child, addr) = serve_proc::spawn(&data, &[]);
+    // A trivial applet run 1,050 times, so the jobs page has pages past a thousand.
+    let tick = dir.path().join("tick");
+    std::fs::create_dir_all(&tick).unwrap();
+    std::fs::write(tick.join("applet.toml"), "name = \"tick\"\nversion = \"1.0.0\"\ndescription = \"Returns one\"\n").unwrap();
+    std::fs::write(tick.join("main.lua"), "return function() return 1 end").unwrap();
+    opslet(&data, &["publish", tick.to_str().unwrap(), "-m", "ticks"]);
+    opslet(&data, &["grant", "add", "ada", "tick"]);
+    let token = opslet(&data, &["token", "create", "ada"]).trim().to_string();
+
+    let (child, addr) = serve_proc::spawn(&data, &["--applet-limit", "0", "--user-limit", "0", "--queue", "2000"]);
     let _serve = Serve(child);
+    opslet::install_tls_provider();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..1050 {
+            let r = client.post(format!("http://{addr}/api/v1/applets/tick/run?async=true")).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    });
 
     let shots = std::env::var("OPSLET_SCREENSHOTS").unwrap_or_else(|_| dir.path().join("shots").display().to_string());
     let mut node = Command::new("node");

@@ -1170,3 +1170,67 @@ fn params_keep_their_declared_order_and_multiline_text_its_lines() {
     assert!(at("text") < at("min_level") && at("min_level") < at("mode") && at("mode") < at("top"), "{shown}");
     assert!(shown.contains("debug, info, warn, error") && shown.contains("1 to 100") && shown.contains("string (many lines)"), "{shown}");
 }
+
+/// Jobs and audit records page newest first past 1,000 entries, each page pointing at the next
+/// (`X-Opslet-Next`, passed back as `before`).
+#[test]
+fn jobs_and_audit_records_page_newest_first_past_a_thousand() {
+    let s = server(&["--applet-limit", "0", "--user-limit", "0", "--queue", "2000"]);
+    rt().block_on(async {
+        let client = reqwest::Client::new();
+        for i in 0..1050 {
+            let resp = client
+                .post(format!("{}/api/v1/applets/disk-report/run?async=true", s.base))
+                .bearer_auth(&s.tokens["ola"])
+                .json(&json!({ "threshold": i % 100 }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 202);
+        }
+        let page = |path: String| {
+            let (client, token) = (client.clone(), s.tokens["ada"].clone());
+            async move {
+                let resp = client.get(path).bearer_auth(token).send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let next = resp.headers().get("x-opslet-next").map(|v| v.to_str().unwrap().to_string());
+                (resp.json::<Vec<Value>>().await.unwrap(), next)
+            }
+        };
+        let mut ids: Vec<String> = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let q = before.as_ref().map(|b| format!("&before={b}")).unwrap_or_default();
+            let (jobs, next) = page(format!("{}/api/v1/jobs?limit=300{q}", s.base)).await;
+            ids.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()));
+            match next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(ids.len(), 1050);
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first, no job twice");
+        // The audit log, newest first, page by page (once every run has ended).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        for status in ["queued", "running"] {
+            while !page(format!("{}/api/v1/jobs?status={status}&limit=1", s.base)).await.0.is_empty() {
+                assert!(std::time::Instant::now() < deadline, "runs still {status}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        let mut seqs: Vec<u64> = Vec::new();
+        let mut before: Option<String> = None;
+        loop {
+            let q = before.as_ref().map(|b| format!("&before={b}")).unwrap_or_default();
+            let (records, next) = page(format!("{}/api/v1/audit?order=newest&limit=700{q}", s.base)).await;
+            seqs.extend(records.iter().map(|r| r["seq"].as_u64().unwrap()));
+            match next {
+                Some(n) => before = Some(n),
+                None => break,
+            }
+        }
+        assert!(seqs.len() > 2100, "{}", seqs.len());
+        assert!(seqs.windows(2).all(|w| w[0] == w[1] + 1), "every record once, newest first");
+        assert_eq!(*seqs.last().unwrap(), 0);
+    });
+}

@@ -25,9 +25,13 @@ pub(super) struct AuditQuery {
     since: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<usize>,
+    /// `newest` for newest first (with `before` to page back); default oldest first.
+    order: Option<String>,
+    /// With `order=newest`: records before this record number (the last of the page before).
+    before: Option<u64>,
 }
 
-pub(super) async fn audit_list(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<AuditQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn audit_list(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     require(&s, &p, Action::ReadAudit, "/api/v1/audit")?;
     let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
     let filter = crate::store::audit::Filter {
@@ -38,9 +42,21 @@ pub(super) async fn audit_list(State(s): State<AppState>, Authed(p): Authed, Que
         run_id: q.run,
         since: q.since,
         until: q.until,
-        limit: Some(q.limit.unwrap_or(100).min(10_000)),
+        limit: Some(q.limit.unwrap_or(100).clamp(1, 10_000)),
     };
-    Ok(Json(json!(store.audit().list(&filter)?)))
+    match q.order.as_deref() {
+        None | Some("oldest") => Ok(Json(json!(store.audit().list(&filter)?)).into_response()),
+        Some("newest") => {
+            // One more than the page, to know whether there is a next one.
+            let limit = filter.limit.unwrap_or(100);
+            let mut page = store.audit().list_newest(&crate::store::audit::Filter { limit: Some(limit + 1), ..filter }, q.before)?;
+            let more = page.len() > limit;
+            page.truncate(limit);
+            let next = more.then(|| page.last().map(|r| r.seq)).flatten();
+            Ok(super::paged(json!(page), next.map(|n| n.to_string())))
+        }
+        Some(other) => Err(ApiError::new(StatusCode::BAD_REQUEST, format!("order `{other}` is not `oldest` or `newest`"))),
+    }
 }
 
 pub(super) async fn audit_verify(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {

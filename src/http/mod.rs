@@ -87,6 +87,19 @@ async fn no_store(mut resp: Response) -> Response {
     resp
 }
 
+/// The header of a page of a list that has more (jobs, audit records, newest first): the
+/// cursor to pass as `before` for the next page.
+pub const NEXT: &str = "x-opslet-next";
+
+/// A page of a list as JSON, with the cursor of the next page in [`NEXT`] when there is one.
+fn paged(page: serde_json::Value, next: Option<String>) -> Response {
+    let mut resp = axum::Json(page).into_response();
+    if let Some(v) = next.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert(NEXT, v);
+    }
+    resp
+}
+
 /// The router: every route of the API. A request body must arrive within `body_timeout`.
 pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router {
     Router::new()

@@ -141,6 +141,8 @@ pub(super) struct JobsQuery {
     applet: Option<String>,
     user: Option<String>,
     limit: Option<usize>,
+    /// Jobs older than this job id (the last of the page before; see the `X-Opslet-Next` header).
+    before: Option<String>,
 }
 
 /// The job `id`, or `not_found`.
@@ -155,7 +157,7 @@ fn may_see(s: &AppState, p: &Principal, job: &Job) -> Result<(), ApiError> {
     require(s, p, Action::ReadAllJobs, "/api/v1/jobs/{id}")
 }
 
-pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<JobsQuery>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<JobsQuery>) -> Result<Response, ApiError> {
     let grants = s.auth.grants()?;
     // Without the right to read all jobs, a caller sees their own.
     let user = if p.allows(&Action::ReadAllJobs, &grants) { q.user.clone() } else { Some(p.user.clone()) };
@@ -166,8 +168,13 @@ pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Quer
             ApiError::new(StatusCode::BAD_REQUEST, format!("status `{st}` is not one of {}", all.join(", ")))
         })?),
     };
-    let jobs = s.service.jobs()?.list(user.as_deref(), status, q.applet.as_deref(), q.limit.unwrap_or(100).min(1000))?;
-    Ok(Json(json!(jobs)))
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    // One more than the page, to know whether there is a next one.
+    let mut jobs = s.service.jobs()?.list_before(user.as_deref(), status, q.applet.as_deref(), q.before.as_deref(), limit + 1)?;
+    let more = jobs.len() > limit;
+    jobs.truncate(limit);
+    let next = more.then(|| jobs.last().map(|j| j.id.clone())).flatten();
+    Ok(super::paged(json!(jobs), next))
 }
 
 pub(super) async fn get_job(State(s): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

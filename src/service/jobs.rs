@@ -342,9 +342,26 @@ impl Jobs {
 
     /// Jobs, newest first, filtered.
     pub fn list(&self, user: Option<&str>, status: Option<JobStatus>, applet: Option<&str>, limit: usize) -> Result<Vec<Job>, Error> {
+        self.list_before(user, status, applet, None, limit)
+    }
+
+    /// Like [`Jobs::list`], only jobs older than the job `before` (a cursor: the last id of the
+    /// page before).
+    pub fn list_before(
+        &self,
+        user: Option<&str>,
+        status: Option<JobStatus>,
+        applet: Option<&str>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, Error> {
         let mut out = Vec::new();
+        let items = match before {
+            Some(b) => self.tree.range(..b.as_bytes().to_vec()),
+            None => self.tree.iter(),
+        };
         // Job ids are UUIDv7: reverse key order is newest first.
-        for item in self.tree.iter().rev() {
+        for item in items.rev() {
             let (_, v) = item?;
             let Ok(job) = serde_json::from_slice::<Job>(&v) else { continue };
             let applet_ok = applet.is_none_or(|a| job.applet.split('@').next() == Some(a) || job.reference.split('@').next() == Some(a));

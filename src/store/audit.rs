@@ -356,8 +356,20 @@ impl AuditLog {
 
     /// Records matching `filter`, oldest first (the newest `limit` of them).
     pub fn list(&self, filter: &Filter) -> Result<Vec<AuditRecord>, Error> {
+        let mut out = self.list_newest(filter, None)?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest records that match, newest first, only those before record `before` (a
+    /// cursor: the last record number of the page before).
+    pub fn list_newest(&self, filter: &Filter, before: Option<u64>) -> Result<Vec<AuditRecord>, Error> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([RECORD]).rev() {
+        let items = match before {
+            Some(seq) => self.tree.range(record_key(0)..record_key(seq)),
+            None => self.tree.scan_prefix([RECORD]),
+        };
+        for item in items.rev() {
             let (k, v) = item?;
             let rec: AuditRecord =
                 serde_json::from_slice(&v).map_err(|e| Error::Store(format!("audit record {:?} is unreadable: {e}", k.as_slice())))?;
@@ -368,7 +380,6 @@ impl AuditLog {
                 }
             }
         }
-        out.reverse();
         Ok(out)
     }
 

@@ -51,6 +51,26 @@ class ApiError extends Error {
   }
 }
 
+/// A page of a list: the items and the cursor of the next page (`X-Opslet-Next`), if any.
+async function apiPage(path) {
+  const resp = await fetch(path, { credentials: "same-origin" });
+  if (resp.status === 401) {
+    state.me = null;
+    location.hash = "#/login";
+  }
+  const data = await resp.json().catch(() => null);
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return { items: data, next: resp.headers.get("x-opslet-next") };
+}
+
+/// "Older" after a page that has more: the same view, from the cursor on.
+function olderLink(route, params, next) {
+  if (!next) return null;
+  const p = new URLSearchParams(params);
+  p.set("before", next);
+  return h("p", {}, h("a", { href: `${route}?${p}`, id: "older" }, "Older →"));
+}
+
 async function api(method, path, body, raw) {
   const headers = {};
   if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
@@ -748,9 +768,9 @@ function filterForm(fields, params, target) {
 }
 
 async function viewJobs(params) {
-  const qs = new URLSearchParams();
-  for (const k of ["applet", "status", "user"]) if (params.get(k)) qs.set(k, params.get(k));
-  const jobs = await api("GET", `/api/v1/jobs?${qs}`);
+  const qs = new URLSearchParams({ limit: "50" });
+  for (const k of ["applet", "status", "user", "before"]) if (params.get(k)) qs.set(k, params.get(k));
+  const { items: jobs, next } = await apiPage(`/api/v1/jobs?${qs}`);
   const fields = [["applet", "Applet"], ["status", "Status", ["queued", "running", "ok", "error", "invalid_params", "limit_exceeded", "cancelled"]]];
   if (can.allJobs()) fields.push(["user", "User"]);
   show(
@@ -779,6 +799,7 @@ async function viewJobs(params) {
           ),
         )
       : h("p", { class: "muted" }, "No jobs."),
+    olderLink("#/jobs", params, next),
   );
 }
 
@@ -794,9 +815,10 @@ async function viewHosts(params) {
 }
 
 async function viewAudit(params) {
-  const qs = new URLSearchParams({ limit: "200" });
-  for (const k of ["applet", "caller", "status", "kind", "run"]) if (params.get(k)) qs.set(k, params.get(k));
-  const [records, verify] = await Promise.all([api("GET", `/api/v1/audit?${qs}`), api("GET", "/api/v1/audit/verify")]);
+  // Newest first, a page at a time.
+  const qs = new URLSearchParams({ limit: "100", order: "newest" });
+  for (const k of ["applet", "caller", "status", "kind", "run", "before"]) if (params.get(k)) qs.set(k, params.get(k));
+  const [{ items: records, next }, verify] = await Promise.all([apiPage(`/api/v1/audit?${qs}`), api("GET", "/api/v1/audit/verify")]);
   const chain = verify.intact
     ? h("p", { class: "ok", id: "chain" }, `Chain intact: ${verify.records} records verified.`)
     : h("p", { class: "error", id: "chain" }, `Chain broken at record ${verify.first_bad?.seq ?? "?"}: ${verify.first_bad?.reason ?? ""}`);
@@ -805,6 +827,8 @@ async function viewAudit(params) {
     h("h1", {}, "Audit log"),
     chain,
     filterForm([["kind", "Kind"], ["caller", "Caller"], ["applet", "Applet"], ["status", "Status"], ["run", "Run id"]], params, "#/audit"),
+    // A clicked record opens here, above the list, where it is seen.
+    detail,
     h(
       "table",
       { class: "grid", id: "audit" },
@@ -827,7 +851,7 @@ async function viewAudit(params) {
                   onclick: () => {
                     detail.textContent = JSON.stringify(r, null, 2);
                     detail.hidden = false;
-                    detail.scrollIntoView({ block: "nearest" });
+                    detail.scrollIntoView({ block: "start" });
                   },
                 },
                 String(r.seq),
@@ -843,7 +867,7 @@ async function viewAudit(params) {
         ),
       ),
     ),
-    detail,
+    olderLink("#/audit", params, next),
   );
 }
 
