@@ -217,6 +217,16 @@ try {
   const summary = JSON.parse(await page.textContent("#result-json"));
   assert.equal(summary.lines, 3, `three lines reached the applet: ${JSON.stringify(summary)}`);
 
+  step("a job runs again with its params");
+  await page.click("#run-again");
+  await page.waitForSelector("#run-form");
+  assert.equal(await page.inputValue("#p-mode"), "summary", "the job's params fill the form");
+  assert.ok((await page.inputValue("#p-text")).includes("\n2024-05-01T10:00:01Z INFO"), "with their lines");
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForSelector("#result-json", { timeout: 20000 });
+  assert.equal(JSON.parse(await page.textContent("#result-json")).lines, 3);
+
   step("hosts page");
   await page.goto(base + "/ui/#/hosts?selector=group%3Aweb");
   await page.waitForSelector("#result-table");

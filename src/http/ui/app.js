@@ -187,7 +187,7 @@ async function route() {
       case undefined:
         return viewMarket(params);
       case "applet":
-        return viewApplet(parts[1]);
+        return viewApplet(parts[1], params);
       case "job":
         return viewJob(parts[1]);
       case "jobs":
@@ -330,7 +330,7 @@ function scopeText(module, scope) {
   return module;
 }
 
-async function viewApplet(name) {
+async function viewApplet(name, params) {
   const [info, versions] = await Promise.all([
     api("GET", `/api/v1/applets/${encodeURIComponent(name)}`),
     api("GET", `/api/v1/applets/${encodeURIComponent(name)}/versions`),
@@ -379,8 +379,17 @@ async function viewApplet(name) {
   const actions = can.publish() && (info.history || []).length > 0
     ? h("p", {}, h("button", { type: "button", id: "rollback", onclick: () => registryAction(`/api/v1/applets/${encodeURIComponent(name)}/rollback`, name, "Rolled back") }, "Roll back to the previous version"))
     : null;
+  // "Run again" from a job: its params, but never a secret's (they were not kept).
+  let again = null;
+  if (params?.get("again")) {
+    try {
+      again = (await api("GET", `/api/v1/jobs/${encodeURIComponent(params.get("again"))}`)).params || null;
+    } catch (_) {
+      again = null;
+    }
+  }
   const runPart = can.run()
-    ? runForm(v)
+    ? runForm(v, again)
     : h("p", { class: "muted", id: "no-run" }, `Your role (${state.me.role}) cannot run applets.`);
   show(head, h("section", { class: "card" }, h("h2", {}, "Run"), runPart), h("section", { class: "card" }, h("h2", {}, "Versions"), vt, actions));
 }
@@ -495,8 +504,14 @@ function valueOf(f) {
   return raw;
 }
 
-function runForm(v) {
+function runForm(v, again) {
   const fields = Object.entries(v.params).map(([n, s]) => field(n, s));
+  for (const f of again ? fields : []) {
+    const val = again[f.name];
+    if (val === undefined || val === null || f.spec.secret) continue;
+    if (f.spec.type === "boolean") f.input.checked = val === true;
+    else f.input.value = Array.isArray(val) ? val.join(", ") : String(val);
+  }
   const formErr = h("p", { class: "error", role: "alert", hidden: true });
   const submit = async (dry) => {
     formErr.hidden = true;
@@ -681,7 +696,17 @@ async function viewJob(id) {
     "Cancel",
   );
   const auditLink = can.audit() ? h("a", { href: `#/audit?run=${encodeURIComponent(id)}`, id: "audit-link" }, "Audit records of this run") : null;
-  show(h("h1", {}, "Job ", h("code", {}, id)), h("section", { class: "card" }, summary, h("p", {}, cancel, " ", auditLink)), progress, h("section", { class: "card" }, h("h2", {}, "Log"), log), result);
+  const name = job.reference.split("@")[0];
+  const againLink = can.run()
+    ? h("a", { href: `#/applet/${encodeURIComponent(name)}?${new URLSearchParams({ again: id })}`, id: "run-again" }, "Run again with these params")
+    : null;
+  show(
+    h("h1", {}, "Job ", h("code", {}, id)),
+    h("section", { class: "card" }, summary, h("p", {}, cancel, " ", againLink, " ", auditLink)),
+    progress,
+    h("section", { class: "card" }, h("h2", {}, "Log"), log),
+    result,
+  );
   const addLine = (l) => {
     if (l.progress) {
       const p = l.progress;
