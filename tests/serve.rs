@@ -1234,3 +1234,49 @@ fn jobs_and_audit_records_page_newest_first_past_a_thousand() {
         assert_eq!(*seqs.last().unwrap(), 0);
     });
 }
+
+/// An event stream a console session opened ends when the session signs out.
+#[test]
+fn a_sessions_event_stream_ends_when_it_signs_out() {
+    let s = server_with("", &[], |_, data| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["user", "passwd", "ola"])
+            .env("OPSLET_DATA_DIR", data)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"ola-long-password\n").unwrap();
+        assert!(c.wait().unwrap().success());
+    });
+    rt().block_on(async {
+        let (code, set, v) =
+            cookie_call(&s, "POST", "/api/v1/session", None, None, Some(r#"{"user": "ola", "password": "ola-long-password"}"#)).await;
+        assert_eq!(code, 200, "{v}");
+        let sid = set.split(';').next().unwrap().strip_prefix("opslet_session=").unwrap().to_string();
+        let csrf = v["csrf"].as_str().unwrap().to_string();
+        let (code, job) = call(&s, "POST", "/api/v1/applets/slow-one/run?async=true", Some("ola"), None).await;
+        assert_eq!(code, 202, "{job}");
+        let id = job["job_id"].as_str().unwrap().to_string();
+        let mut events = reqwest::Client::new()
+            .get(format!("{}/api/v1/jobs/{id}/events", s.base))
+            .header("Cookie", format!("opslet_session={sid}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(events.status(), 200);
+        let first = events.chunk().await.unwrap().expect("the stream starts");
+        assert!(String::from_utf8_lossy(&first).contains("event: status"), "{}", String::from_utf8_lossy(&first));
+        let (code, _, _) = cookie_call(&s, "DELETE", "/api/v1/session", Some(&sid), Some(&csrf), None).await;
+        assert_eq!(code, 200);
+        // The stream ends within a few seconds, though the job runs on.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Ok(Some(_)) = events.chunk().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream outlived its session");
+        let (_, j) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("ola"), None).await;
+        assert_eq!(j["status"], "running", "{j}");
+        call(&s, "POST", &format!("/api/v1/jobs/{id}/cancel"), Some("ola"), None).await;
+    });
+}

@@ -199,7 +199,14 @@ pub(super) async fn job_events(
     State(s): State<AppState>,
     Authed(p): Authed,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    // A stream a console session opened ends when that session does (signed out, its account
+    // removed, its token revoked), checked every 2 s.
+    let session = match headers.get(header::AUTHORIZATION) {
+        Some(_) => None,
+        None => super::session::cookie(&headers),
+    };
     let job = job_of(&s, &id)?;
     may_see(&s, &p, &job)?;
     let to_sse = |ev: &JobEvent| {
@@ -230,17 +237,34 @@ pub(super) async fn job_events(
         }
     };
     let backlog = futures_util::stream::iter(backlog.into_iter().map(Ok));
-    let live = futures_util::stream::unfold(rx, move |rx| async move {
-        let mut rx = rx?;
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let end = matches!(ev, JobEvent::End { .. });
-                    let item = Ok(to_sse(&ev));
-                    return Some((item, if end { None } else { Some(rx) }));
+    let sessions = s.sessions.clone();
+    let auth = s.auth.clone();
+    let live = futures_util::stream::unfold(rx, move |rx| {
+        let (session, sessions, auth) = (session.clone(), sessions.clone(), auth.clone());
+        async move {
+            let mut rx = rx?;
+            let still_signed_in = || {
+                session.as_ref().is_none_or(|sid| {
+                    sessions.get(sid).is_some_and(|sess| sess.token.as_ref().is_none_or(|t| auth.token_live(t).is_ok()) && auth.user(&sess.user).ok().flatten().is_some())
+                })
+            };
+            loop {
+                tokio::select! {
+                    got = rx.recv() => match got {
+                        Ok(ev) => {
+                            let end = matches!(ev, JobEvent::End { .. });
+                            let item = Ok(to_sse(&ev));
+                            return Some((item, if end { None } else { Some(rx) }));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                        if !still_signed_in() {
+                            return None;
+                        }
+                    }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
