@@ -513,6 +513,18 @@ fn watch_publishes_each_change_of_a_folder_to_dev() {
     wait_for("port = 8080\nlog = debug\n");
     write_item(9090);
     wait_for("port = 9090\n");
+    // The files are in place before the publish records them: stop the watch only once it said
+    // how each host went.
+    let t0 = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(tmp.path().join("watch.log")).unwrap_or_default();
+        let after = log.split("app v3 stored").nth(1).unwrap_or("");
+        if after.matches(": published").count() + after.matches(": unchanged").count() >= 2 {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the v3 publish never ended; watch log:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = child.wait().unwrap();
     assert!(st.success(), "watch ends cleanly on Ctrl-C: {st}");
