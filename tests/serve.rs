@@ -103,6 +103,19 @@ fn server_with(config: &str, extra_flags: &[&str], prepare: impl Fn(&Path, &Path
     Server { child, base: format!("http://{addr}"), _dir: dir, tokens }
 }
 
+/// Gives `user` a console password, through `opslet user passwd` on stdin.
+fn set_password(data: &Path, user: &str, password: &str) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["user", "passwd", user])
+        .env("OPSLET_DATA_DIR", data)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut c.stdin.take().unwrap(), format!("{password}\n").as_bytes()).unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
 fn rt() -> tokio::runtime::Runtime {
     opslet::install_tls_provider();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -864,15 +877,7 @@ async fn cookie_call(
 fn console_sessions_resist_guessing_csrf_and_stale_cookies() {
     let s = server_with("", &[], |_, data| {
         for user in ["ola", "vic"] {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
-                .args(["user", "passwd", user])
-                .env("OPSLET_DATA_DIR", data)
-                .stdin(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::io::Write::write_all(&mut c.stdin.take().unwrap(), format!("{user}-long-password\n").as_bytes()).unwrap();
-            assert!(c.wait().unwrap().success());
+            set_password(data, user, &format!("{user}-long-password"));
         }
         // Too short: refused.
         let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
@@ -1089,15 +1094,7 @@ fn runs_that_wait_hold_no_core_and_a_trivial_run_is_not_held_up_by_them() {
 #[test]
 fn console_sessions_survive_a_restart_and_whoami_probes_are_not_audited() {
     let mut s = server_with("", &[], |_, data| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
-            .args(["user", "passwd", "ola"])
-            .env("OPSLET_DATA_DIR", data)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"ola-long-password\n").unwrap();
-        assert!(c.wait().unwrap().success());
+        set_password(data, "ola", "ola-long-password");
     });
     let (sid, csrf) = rt().block_on(async {
         // A visit to the sign-in page asks who is signed in: not a refusal to record.
@@ -1239,15 +1236,7 @@ fn jobs_and_audit_records_page_newest_first_past_a_thousand() {
 #[test]
 fn a_sessions_event_stream_ends_when_it_signs_out() {
     let s = server_with("", &[], |_, data| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"))
-            .args(["user", "passwd", "ola"])
-            .env("OPSLET_DATA_DIR", data)
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut c.stdin.take().unwrap(), b"ola-long-password\n").unwrap();
-        assert!(c.wait().unwrap().success());
+        set_password(data, "ola", "ola-long-password");
     });
     rt().block_on(async {
         let (code, set, v) =

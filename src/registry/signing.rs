@@ -56,29 +56,20 @@ pub fn verify(sig: &Signature, name: &str, version: &str, hash: &str, publish_me
 /// Reads a signing key file (64 hex digits: the secret key).
 pub fn load_key(path: &Path) -> Result<SigningKey, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("signing key {}: {e}", path.display())))?;
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
+    let bytes = crate::util::parse_key32(&text)
         .ok_or_else(|| Error::Usage(format!("signing key {}: not a key written by `opslet key new`", path.display())))?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
 /// Makes a new signing key in `path` (mode 0600; an existing file is never replaced).
 pub fn new_key(path: &Path) -> Result<SigningKey, Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness for a key: {e}")))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::Usage(format!("creating {}: {e}", dir.display())))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::Usage(format!("{}: {e} (a key is never overwritten)", path.display())))?;
-    f.write_all(hex::encode(bytes).as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::Usage(format!("writing {}: {e}", path.display())))?;
+    let bytes = crate::util::create_key32(path).map_err(|e| {
+        let note = if e.kind() == std::io::ErrorKind::AlreadyExists { " (a key is never overwritten)" } else { "" };
+        Error::Usage(format!("{}: {e}{note}", path.display()))
+    })?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 

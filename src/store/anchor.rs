@@ -83,17 +83,9 @@ fn signing_key(data_dir: &Path) -> Result<SigningKey, Error> {
     let path = data_dir.join(KEY_FILE);
     let bad = |why: String| Error::Store(format!("{}: {why}", path.display()));
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| bad("not a 64-digit hex key".into()))?;
-            Ok(SigningKey::from_bytes(&bytes))
-        }
+        Ok(text) => Ok(SigningKey::from_bytes(&crate::util::parse_key32(&text).ok_or_else(|| bad("not a 64-digit hex key".into()))?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| bad(format!("no randomness for a key: {e}")))?;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|e| bad(e.to_string()))?;
-            f.write_all(hex::encode(bytes).as_bytes()).and_then(|()| f.sync_all()).map_err(|e| bad(e.to_string()))?;
-            Ok(SigningKey::from_bytes(&bytes))
+            Ok(SigningKey::from_bytes(&crate::util::create_key32(&path).map_err(|e| bad(e.to_string()))?))
         }
         Err(e) => Err(bad(e.to_string())),
     }

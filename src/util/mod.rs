@@ -106,3 +106,22 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
         Ok((before, lim.rlim_cur as u64))
     }
 }
+
+/// A 32-byte key from the text of a key file: 64 hex digits (surrounding whitespace ignored).
+pub fn parse_key32(text: &str) -> Option<[u8; 32]> {
+    hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok())
+}
+
+/// Writes a new random 32-byte key to `path` as 64 hex digits: mode 0600, never over an existing
+/// file (`AlreadyExists`), synced.
+pub fn create_key32(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(format!("no randomness for a key: {e}")))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(hex::encode(bytes).as_bytes())?;
+    f.sync_all()?;
+    Ok(bytes)
+}
+
