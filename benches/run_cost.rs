@@ -214,7 +214,8 @@ fn main() {
     let served = dir.path().join("data-served");
     let own = dir.path().join("data-own");
     for d in [&served, &own] {
-        let st = Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stdout(Stdio::null()).status().unwrap();
+        let st =
+            Command::new(exe).args(["publish", applet.to_str().unwrap()]).env("OPSLET_DATA_DIR", d).stdout(Stdio::null()).status().unwrap();
         assert!(st.success());
     }
     let admin = |args: &[&str]| {
@@ -265,14 +266,7 @@ fn main() {
         }
         let [d, t, h] = samples.map(median);
         let x = |v: Duration| v.as_secs_f64() / d.as_secs_f64();
-        println!(
-            "  {name:<24} in place {:>9} (1.00x)   socket {:>9} ({:.2}x)   --server {:>9} ({:.2}x)",
-            ms(d),
-            ms(t),
-            x(t),
-            ms(h),
-            x(h)
-        );
+        println!("  {name:<24} in place {:>9} (1.00x)   socket {:>9} ({:.2}x)   --server {:>9} ({:.2}x)", ms(d), ms(t), x(t), ms(h), x(h));
     }
     // SAFETY: signalling our own child.
     unsafe {

@@ -304,7 +304,12 @@ fn idle_connections(data: &std::path::Path, smoke: bool) {
     let after = rss_kib(server.id());
     println!("idle connections: {n} that send nothing");
     println!("  server RSS idle (baseline)           {:>6} MiB   1.00x", idle / 1024);
-    println!("  holding them                         {:>6} MiB   {:.2}x   ({} KiB each)", held / 1024, held as f64 / idle as f64, (held - idle.min(held)) / n as u64);
+    println!(
+        "  holding them                         {:>6} MiB   {:.2}x   ({} KiB each)",
+        held / 1024,
+        held as f64 / idle as f64,
+        (held - idle.min(held)) / n as u64
+    );
     println!("  {wait:>2} s after they closed               {:>6} MiB   {:.2}x", after / 1024, after as f64 / idle as f64);
     stop(&mut server);
 }

@@ -94,13 +94,17 @@ fn json_format_prints_exactly_one_document() {
     assert_eq!(o.status.code(), Some(1));
     // A failed run prints what went wrong as one JSON document (it printed `null` before).
     let err: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!((&err["error"]["kind"], &err["error"]["exit_code"], &err["error"]["status"]), (&json!("applet_error"), &json!(1), &json!("error")));
+    assert_eq!(
+        (&err["error"]["kind"], &err["error"]["exit_code"], &err["error"]["status"]),
+        (&json!("applet_error"), &json!(1), &json!("error"))
+    );
     assert!(err["error"]["message"].as_str().unwrap().contains("nope"), "{err}");
     // So does one that never started, and bad params name each field.
     let o = env.opslet(&["run", "no-such-applet", "--format", "json"]);
     let err: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((o.status.code(), &err["error"]["kind"]), (Some(3), &json!("not_found")), "{err}");
-    let typed = env.applet("typed", "[params.n]\ntype = \"integer\"\n[params.m]\ntype = \"integer\"\n", "return function(p) return p.n end");
+    let typed =
+        env.applet("typed", "[params.n]\ntype = \"integer\"\n[params.m]\ntype = \"integer\"\n", "return function(p) return p.n end");
     let o = env.opslet(&["run", s(&typed), "--format", "json", "-p", "n=x", "-p", "m=y"]);
     let err: Value = serde_json::from_slice(&o.stdout).unwrap();
     let fields: Vec<&str> = err["error"]["params"].as_array().unwrap().iter().map(|f| f["param"].as_str().unwrap()).collect();
@@ -576,7 +580,10 @@ fn completions_complete_in_a_real_bash_and_the_man_page_names_every_command() {
     let man = stdout(&o);
     assert!(o.status.success() && man.contains(".TH opslet 1"), "{man}");
     for command in ["run", "publish", "serve", "audit", "cmdb", "completions"] {
-        assert!(man.contains(&format!("opslet\\-{command}")) || man.contains(&format!("\\fB{command}\\fR")), "{command} missing from the man page");
+        assert!(
+            man.contains(&format!("opslet\\-{command}")) || man.contains(&format!("\\fB{command}\\fR")),
+            "{command} missing from the man page"
+        );
     }
     // Neither needs a data dir.
     assert!(!env.data().exists());
@@ -717,13 +724,19 @@ fn listing_commands_take_format_json_and_yaml() {
     assert!(env.opslet(&["user", "add", "ola", "--role", "operator"]).status.success());
     assert!(env.opslet(&["grant", "add", "ola", "greet*"]).status.success());
     assert!(env.opslet(&["hook", "add", "on-alert", "--applet", "greeter"]).status.success());
-    assert!(env.cmd().args(["secret", "set", "db"]).stdin(Stdio::piped()).spawn().and_then(|mut c| {
-        std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"hunter22")?;
-        drop(c.stdin.take());
-        c.wait()
-    })
-    .unwrap()
-    .success());
+    assert!(
+        env.cmd()
+            .args(["secret", "set", "db"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"hunter22")?;
+                drop(c.stdin.take());
+                c.wait()
+            })
+            .unwrap()
+            .success()
+    );
     let json = |args: &[&str]| -> Value {
         let mut all = args.to_vec();
         all.extend(["--format", "json"]);

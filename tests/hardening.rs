@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn opslet(data: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
@@ -240,7 +241,15 @@ fn redaction_does_not_tell_a_caller_which_guess_is_a_secret() {
     assert!(err.contains("carries the value of a stored secret"), "{err}");
     rt().block_on(async {
         // Nothing stored holds the value: no job shows it, whoever looks.
-        let jobs = reqwest::Client::new().get(format!("http://{addr}/api/v1/jobs")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+        let jobs = reqwest::Client::new()
+            .get(format!("http://{addr}/api/v1/jobs"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(jobs.contains("echo"), "{jobs}");
         assert!(!jobs.contains("493817"), "{jobs}");
     });
@@ -361,7 +370,10 @@ fn bundles_are_signed_and_imports_trust_only_listed_keys() {
     // Unsigned first: the attack of the finding, a bundle whose claims were rewritten.
     assert_eq!(opslet(&src, &["publish", applet.to_str().unwrap(), "-m", "first try", "--no-sign"]).0, 0);
     assert_eq!(opslet(&src, &["export", "disk", "-o", b]).0, 0);
-    let forged = std::fs::read_to_string(&bundle).unwrap().replace("first try", "approved by security").replace("\"publisher\": \"", "\"publisher\": \"security-team-");
+    let forged = std::fs::read_to_string(&bundle)
+        .unwrap()
+        .replace("first try", "approved by security")
+        .replace("\"publisher\": \"", "\"publisher\": \"security-team-");
     std::fs::write(&bundle, &forged).unwrap();
     let (code, _, err) = opslet(&dst, &["import", b]);
     assert_eq!(code, 3, "{err}");

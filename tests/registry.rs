@@ -254,7 +254,9 @@ fn bundles_round_trip_and_reject_tampering() {
 
     doc["format"] = json!("zip");
     assert!(import_err(&doc).contains("not supported"));
-    assert!(reg().import(b"garbage", "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string().contains("not an opslet bundle"));
+    assert!(
+        reg().import(b"garbage", "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string().contains("not an opslet bundle")
+    );
     let huge = vec![b' '; 17 * 1024 * 1024];
     assert!(reg().import(&huge, "x", false, true, &opslet::modules::builtin()).unwrap_err().to_string().contains("at most"));
 }
@@ -346,7 +348,8 @@ fn imports_describe_the_applet_from_its_files_not_the_bundle_claims() {
     doc["meta"]["permissions"] = json!({});
     doc["meta"]["tags"] = json!(["trusted"]);
     let dst = reg();
-    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, true, &opslet::modules::builtin()).unwrap() else {
+    let Published::New(meta) = dst.import(&serde_json::to_vec(&doc).unwrap(), "bob", false, true, &opslet::modules::builtin()).unwrap()
+    else {
         panic!()
     };
     assert_eq!(meta.description, "harmless");

@@ -319,7 +319,8 @@ fn memory_error_through_coroutine_wrap_still_ends_the_run() {
 fn memory_error_inside_a_host_function_ends_the_run() {
     // The memory limit of TIGHT, with CPU time to spare: on a busy machine the CPU limit could
     // otherwise end the run first, and this is about memory.
-    let main = "return function() local s = '[' .. string.rep('1,', 2000000) .. '1]' local ok, e = pcall(json.decode, s) return 'survived' end";
+    let main =
+        "return function() local s = '[' .. string.rep('1,', 2000000) .. '1]' local ok, e = pcall(json.decode, s) return 'survived' end";
     let o = run(&runtime(&TIGHT.replace("cpu = \"400ms\"\ntimeout = \"3s\"", "cpu = \"20s\"\ntimeout = \"30s\"")), package(main));
     match &o.result {
         Err(Error::LimitExceeded { limit, message }) => assert_eq!(*limit, Limit::Memory, "{message}"),

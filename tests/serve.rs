@@ -128,6 +128,7 @@ async fn call(s: &Server, method: &str, path: &str, user: Option<&str>, body: Op
         "POST" => client.post(&url),
         "DELETE" => client.delete(&url),
         "PUT" => client.put(&url),
+        "PATCH" => client.patch(&url),
         _ => client.get(&url),
     };
     if let Some(u) = user {
@@ -608,6 +609,7 @@ fn full_auth_matrix() {
             ("GET", "/api/v1/users", None, vec!["ada"]),
             ("POST", "/api/v1/users", Some(r#"{"name": "Bad Name", "role": "viewer"}"#), vec!["ada"]),
             ("DELETE", "/api/v1/users/nobody", None, vec!["ada"]),
+            ("PATCH", "/api/v1/users/nobody", Some(r#"{"role": "viewer"}"#), vec!["ada"]),
             ("POST", "/api/v1/users/nobody/tokens", None, vec!["ada"]),
             ("GET", "/api/v1/tokens", None, vec!["ada"]),
             ("DELETE", "/api/v1/tokens/00000000", None, vec!["ada"]),
@@ -792,6 +794,60 @@ fn admins_manage_accounts_grants_and_hooks_over_http_while_the_server_runs() {
         let (_, hooks) = call(&s, "GET", "/api/v1/hooks", Some("ada"), None).await;
         assert!(!hooks.to_string().contains(secret), "hook secrets are never listed");
         assert_eq!(call(&s, "DELETE", "/api/v1/users/newbie", Some("ada"), None).await.0, 200);
+    });
+}
+
+#[test]
+fn an_admin_changes_roles_and_groups_which_apply_at_once_and_the_last_admin_stays() {
+    let s = server(&[]);
+    rt().block_on(async {
+        let run = "/api/v1/applets/disk-report/run";
+        assert_eq!(call(&s, "POST", run, Some("vic"), Some(r#"{"threshold": 1}"#)).await.0, 403, "a viewer runs nothing");
+        // Promote vic to operator in a group that has a grant: the same token runs at once.
+        assert_eq!(
+            call(&s, "POST", "/api/v1/grants", Some("ada"), Some(r#"{"subject": "group:night", "pattern": "disk-*"}"#)).await.0,
+            201
+        );
+        let (code, u) = call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some(r#"{"role": "operator", "groups": ["night"]}"#)).await;
+        assert_eq!((code, u["role"].as_str(), u["groups"].clone()), (200, Some("operator"), json!(["night"])), "{u}");
+        assert_eq!(call(&s, "POST", run, Some("vic"), Some(r#"{"threshold": 1}"#)).await.0, 200);
+        // Out of the group: the grant no longer applies; the role is kept.
+        let (code, u) = call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some(r#"{"groups": []}"#)).await;
+        assert_eq!((code, u["role"].as_str()), (200, Some("operator")));
+        assert_eq!(call(&s, "POST", run, Some("vic"), Some(r#"{"threshold": 1}"#)).await.0, 403);
+
+        // Bad changes say what was wrong.
+        let (code, e) = call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some(r#"{"role": "root"}"#)).await;
+        assert_eq!(code, 400, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("root"), "{e}");
+        let (code, e) = call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some(r#"{"groups": ["Bad Group"]}"#)).await;
+        assert!(code == 400 && e["error"]["message"].as_str().unwrap().contains("group name"), "{code} {e}");
+        let (code, e) = call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some(r#"{"admin": true}"#)).await;
+        assert!(code == 400 && e["error"]["message"].as_str().unwrap().contains("admin"), "unknown fields are refused: {code} {e}");
+        assert_eq!(call(&s, "PATCH", "/api/v1/users/vic", Some("ada"), Some("{}")).await.0, 400, "nothing to change");
+        assert_eq!(call(&s, "PATCH", "/api/v1/users/nobody", Some("ada"), Some(r#"{"role": "viewer"}"#)).await.0, 404);
+        // A user cannot raise themselves.
+        assert_eq!(call(&s, "PATCH", "/api/v1/users/vic", Some("vic"), Some(r#"{"role": "admin"}"#)).await.0, 403);
+
+        // ada is the only admin: she can neither step down nor be removed.
+        let (code, e) = call(&s, "PATCH", "/api/v1/users/ada", Some("ada"), Some(r#"{"role": "viewer"}"#)).await;
+        assert!(code == 400 && e["error"]["message"].as_str().unwrap().contains("only admin"), "{code} {e}");
+        let (code, e) = call(&s, "DELETE", "/api/v1/users/ada", Some("ada"), None).await;
+        assert!(code == 400 && e["error"]["message"].as_str().unwrap().contains("only admin"), "{code} {e}");
+        // With a second admin she can.
+        assert_eq!(call(&s, "PATCH", "/api/v1/users/pat", Some("ada"), Some(r#"{"role": "admin"}"#)).await.0, 200);
+        assert_eq!(call(&s, "PATCH", "/api/v1/users/ada", Some("ada"), Some(r#"{"role": "auditor"}"#)).await.0, 200);
+        assert_eq!(call(&s, "GET", "/api/v1/users", Some("ada"), None).await.0, 403, "the demotion applies to her own token at once");
+        let (code, users) = call(&s, "GET", "/api/v1/users", Some("pat"), None).await;
+        assert_eq!(code, 200);
+        assert!(users.as_array().unwrap().iter().all(|u| u["password"] == json!(false) && u.get("hash").is_none()), "{users}");
+
+        // Each change is audited with what it was before.
+        let (_, audit) = call(&s, "GET", "/api/v1/audit?kind=auth.user.change", Some("pat"), None).await;
+        let changes = audit.as_array().unwrap();
+        assert_eq!(changes.len(), 4, "{audit}");
+        assert_eq!(changes[0]["data"]["was"]["role"], "viewer");
+        assert_eq!(changes[0]["actor"], "ada");
     });
 }
 
@@ -1155,7 +1211,8 @@ fn params_keep_their_declared_order_and_multiline_text_its_lines() {
         let at = |k: &str| text.find(&format!("\"{k}\":{{")).unwrap_or_else(|| panic!("{k} in {text}"));
         assert!(at("text") < at("min_level") && at("min_level") < at("mode") && at("mode") < at("top"), "{text}");
         assert!(text.contains("\"multiline\":true"), "{text}");
-        let logs = "2024-05-01T10:00:00Z ERROR [api] timeout\n2024-05-01T10:00:01Z INFO [api] retry\n2024-05-01T10:00:02Z ERROR [db] gone\n";
+        let logs =
+            "2024-05-01T10:00:00Z ERROR [api] timeout\n2024-05-01T10:00:01Z INFO [api] retry\n2024-05-01T10:00:02Z ERROR [db] gone\n";
         let body = serde_json::json!({ "text": logs, "mode": "summary" }).to_string();
         let (code, v) = call(&s, "POST", "/api/v1/applets/log-excerpt/run", Some("ola"), Some(&body)).await;
         assert_eq!(code, 200, "{v}");
@@ -1259,10 +1316,8 @@ fn a_sessions_event_stream_ends_when_it_signs_out() {
         let (code, _, _) = cookie_call(&s, "DELETE", "/api/v1/session", Some(&sid), Some(&csrf), None).await;
         assert_eq!(code, 200);
         // The stream ends within a few seconds, though the job runs on.
-        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-            while let Ok(Some(_)) = events.chunk().await {}
-        })
-        .await;
+        let ended =
+            tokio::time::timeout(std::time::Duration::from_secs(10), async { while let Ok(Some(_)) = events.chunk().await {} }).await;
         assert!(ended.is_ok(), "the stream outlived its session");
         let (_, j) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("ola"), None).await;
         assert_eq!(j["status"], "running", "{j}");

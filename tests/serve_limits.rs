@@ -107,7 +107,11 @@ fn idle_and_trickling_connections_do_not_stop_a_request() {
     slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut answer = Vec::new();
     let _ = slow.read_to_end(&mut answer);
-    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "a trickled request was not served: {}", String::from_utf8_lossy(&answer));
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "a trickled request was not served: {}",
+        String::from_utf8_lossy(&answer)
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.join().unwrap();
     // It raised its own open-files limit from the 1024 it was started with.

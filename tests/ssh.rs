@@ -582,10 +582,26 @@ fn a_cli_run_whose_hosts_fail_exits_with_the_partial_or_total_failure_code() {
         let cmdb = Cmdb::new(store.clone()).unwrap();
         let web = ["web".to_string()].into();
         let h = &fleet.hosts[0];
-        cmdb.put(Host { name: h.name.clone(), address: h.address.clone(), port: h.port, groups: web, host_key: Some(h.host_key.clone()), ..Default::default() }, "tester")
-            .unwrap();
+        cmdb.put(
+            Host {
+                name: h.name.clone(),
+                address: h.address.clone(),
+                port: h.port,
+                groups: web,
+                host_key: Some(h.host_key.clone()),
+                ..Default::default()
+            },
+            "tester",
+        )
+        .unwrap();
         // Nothing listens there: the connection is refused.
-        let down = Host { name: "down1".into(), address: fleet.dead_address.clone(), port: fleet.port, groups: ["web".to_string()].into(), ..Default::default() };
+        let down = Host {
+            name: "down1".into(),
+            address: fleet.dead_address.clone(),
+            port: fleet.port,
+            groups: ["web".to_string()].into(),
+            ..Default::default()
+        };
         cmdb.put(down, "tester").unwrap();
         Secrets::open(store.clone()).unwrap().set("ssh-key", fleet.client_key.as_bytes(), "tester").unwrap();
         store.flush().unwrap();
@@ -628,10 +644,17 @@ fn a_cli_run_whose_hosts_fail_exits_with_the_partial_or_total_failure_code() {
     // The audit log keeps the tally either way.
     let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
     let ends = store.audit().list(&Filter { kind: Some("run.end".into()), ..Default::default() }).unwrap();
-    let tallies: Vec<(Value, Value, Value)> =
-        ends.iter().map(|r| (r.data["targets"]["ok"].clone(), r.data["targets"]["failed"].clone(), r.data["targets"]["handled"].clone())).collect();
+    let tallies: Vec<(Value, Value, Value)> = ends
+        .iter()
+        .map(|r| (r.data["targets"]["ok"].clone(), r.data["targets"]["failed"].clone(), r.data["targets"]["handled"].clone()))
+        .collect();
     assert_eq!(
         tallies,
-        [(1.into(), 0.into(), false.into()), (1.into(), 1.into(), false.into()), (0.into(), 1.into(), false.into()), (1.into(), 1.into(), true.into())]
+        [
+            (1.into(), 0.into(), false.into()),
+            (1.into(), 1.into(), false.into()),
+            (0.into(), 1.into(), false.into()),
+            (1.into(), 1.into(), true.into())
+        ]
     );
 }

@@ -77,8 +77,11 @@ fn jobs(base: &str, token: &str) -> Vec<serde_json::Value> {
 
 fn applet(dir: &Path, name: &str, main: &str) {
     std::fs::create_dir_all(dir.join(name)).unwrap();
-    std::fs::write(dir.join(name).join("applet.toml"), format!("name = \"{name}\"\nversion = \"1.0.0\"\n[params.n]\ntype = \"integer\"\ndefault = 1\n"))
-        .unwrap();
+    std::fs::write(
+        dir.join(name).join("applet.toml"),
+        format!("name = \"{name}\"\nversion = \"1.0.0\"\n[params.n]\ntype = \"integer\"\ndefault = 1\n"),
+    )
+    .unwrap();
     std::fs::write(dir.join(name).join("main.lua"), main).unwrap();
 }
 
@@ -98,6 +101,13 @@ const SESSION: &[(&[&str], Option<&str>)] = &[
     (&["user", "passwd", "alice"], Some("correct horse battery\n")),
     (&["user", "passwd", "alice"], Some("short\n")),
     (&["user", "list"], None),
+    (&["user", "add", "bob", "--role", "viewer"], None),
+    (&["user", "set", "bob", "--role", "operator", "--group", "night", "--group", "web"], None),
+    (&["user", "set", "bob", "--no-groups"], None),
+    (&["user", "set", "bob"], None),
+    (&["user", "set", "bob", "--role", "root"], None),
+    (&["user", "list", "--format", "json"], None),
+    (&["user", "rm", "bob"], None),
     (&["token", "create", "alice"], None),
     (&["secret", "set", "db-password"], Some("s3cret-value\n")),
     (&["secret", "list"], None),
@@ -172,7 +182,11 @@ fn session(via: Via) -> (Vec<(i32, String, String)>, tempfile::TempDir) {
     let data = dir.path().join("data");
     applet(dir.path(), "hello", "return function(p) log.info('n is ' .. p.n) return { n = p.n + 1 } end");
     applet(dir.path(), "failing", "return function() error('disk full on /var') end");
-    std::fs::write(dir.path().join("app.toml"), "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n").unwrap();
+    std::fs::write(
+        dir.path().join("app.toml"),
+        "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("app.conf.j2"), "listen {{ port }}\n").unwrap();
     // Every data dir gets the account a remote CLI uses, so all audit logs start alike.
     let me = os_user();
@@ -229,11 +243,21 @@ fn every_command_gives_the_same_result_through_the_server() {
     }
     // The exit codes the session expects, so the comparison compares something.
     let codes: Vec<(&str, i32)> = SESSION.iter().zip(&alone).map(|((args, _), r)| (args[0], r.0)).collect();
-    let expected = [0, 0, 0, 0, 0, 0, 3, 1, 3, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0];
+    let expected = [0, 0, 0, 0, 0, 0, 3, 1, 3, 0, 0, 2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0];
     assert_eq!(codes[..expected.len()].iter().map(|c| c.1).collect::<Vec<_>>(), expected, "{alone:#?}");
-    let failed: Vec<String> = SESSION.iter().zip(&alone).skip(expected.len()).filter(|(_, r)| r.0 != 0).map(|((a, _), r)| format!("{} -> {}", a.join(" "), r.0)).collect();
+    let failed: Vec<String> = SESSION
+        .iter()
+        .zip(&alone)
+        .skip(expected.len())
+        .filter(|(_, r)| r.0 != 0)
+        .map(|((a, _), r)| format!("{} -> {}", a.join(" "), r.0))
+        .collect();
     // Past the first part every command succeeds, but those that find nothing to act on.
-    assert_eq!(failed, ["rollback hello -> 3", "token revoke 00000000 -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"], "{alone:#?}");
+    assert_eq!(
+        failed,
+        ["rollback hello -> 3", "token revoke 00000000 -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"],
+        "{alone:#?}"
+    );
     assert!(socket[4].2.contains("[info] n is 41"), "{:?}", socket[4]);
     assert!(http[4].2.contains("[info] n is 41"), "{:?}", http[4]);
     // The export was written where the caller stood, not where the server runs.
@@ -411,7 +435,13 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
     assert!(denied.iter().any(|d| d["actor"] == "olga"), "{denied:?}");
     let set = records.as_array().unwrap().iter().find(|r| r["kind"] == "auth.password.set").unwrap();
     assert_eq!((&set["actor"], &set["data"]["user"]), (&serde_json::json!("boss"), &serde_json::json!("vic")));
-    assert!(!records.as_array().unwrap().iter().any(|r| r["kind"] == "run.start" && r["actor"] == "olga" && r["data"]["source"]["kind"] == "sent"));
+    assert!(
+        !records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "run.start" && r["actor"] == "olga" && r["data"]["source"]["kind"] == "sent")
+    );
 
     // No token, a bad token, a data dir of this machine: each said plainly.
     let (code, _, err) = opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", base.as_str())]);
@@ -424,7 +454,8 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
     let (code, _, err) = as_user("boss", &["--data-dir", data.to_str().unwrap(), "list"], None);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--data-dir names a path on this machine"), "{err}");
-    let (code, _, err) = opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", "http://127.0.0.1:9"), ("OPSLET_TOKEN", "x")]);
+    let (code, _, err) =
+        opslet_with(&elsewhere, &nowhere, &["list"], None, &[("OPSLET_SERVER", "http://127.0.0.1:9"), ("OPSLET_TOKEN", "x")]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("cannot reach the server at http://127.0.0.1:9"), "{err}");
     assert!(!nowhere.exists());
@@ -441,7 +472,8 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
         assert!(bundle.exists());
         assert_eq!(code, 3, "{err}");
         assert!(err.contains(&format!("{}: No such file", bundle.display())), "the error names the path as sent: {err}");
-        let (_, err, code) = raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "run", server_applet.to_str().unwrap()] })).await;
+        let (_, err, code) =
+            raw_command(&base, boss, serde_json::json!({ "argv": ["opslet", "run", server_applet.to_str().unwrap()] })).await;
         assert_eq!(code, 3, "{err}");
         assert!(err.contains("cannot open applet folder"), "{err}");
         // A sent folder cannot place a file outside itself.
@@ -457,7 +489,11 @@ fn over_http_each_command_needs_the_tokens_rights_and_names_only_the_callers_fil
         assert_eq!(code, 2, "{err}");
     });
     // A config item and the template beside it travel together.
-    std::fs::write(elsewhere.join("app.toml"), "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n").unwrap();
+    std::fs::write(
+        elsewhere.join("app.toml"),
+        "name = \"app\"\npath = \"/etc/app.conf\"\ntemplate_file = \"app.conf.j2\"\n[values]\nport = 80\n",
+    )
+    .unwrap();
     std::fs::write(elsewhere.join("app.conf.j2"), "listen {{ port }}\n").unwrap();
     let (code, _, err) = as_user("boss", &["config", "set", "app.toml", "-m", "first"], None);
     assert_eq!(code, 0, "{err}");

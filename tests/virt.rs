@@ -125,8 +125,11 @@ fn the_watchdog_ends_a_cli_run_stuck_in_a_host_call() {
     });
     let applet = dir.path().join("stuck");
     std::fs::create_dir_all(&applet).unwrap();
-    std::fs::write(applet.join("applet.toml"), "name = \"stuck\"\nversion = \"1.0.0\"\n[permissions]\nvirt = [\"read\"]\n[limits]\ntimeout = \"1s\"\n")
-        .unwrap();
+    std::fs::write(
+        applet.join("applet.toml"),
+        "name = \"stuck\"\nversion = \"1.0.0\"\n[permissions]\nvirt = [\"read\"]\n[limits]\ntimeout = \"1s\"\n",
+    )
+    .unwrap();
     std::fs::write(applet.join("main.lua"), "return function() return virt.list('hung') end").unwrap();
     let config = dir.path().join("opslet.toml");
     std::fs::write(&config, format!("[virt.hung]\nuri = \"qemu+tcp://127.0.0.1:{port}/system\"\n")).unwrap();

@@ -149,10 +149,9 @@ pub const MAX_TOKEN_LIFETIME_DAYS: i64 = 3650;
 /// was wrong with it (the caller names where it came from).
 pub fn token_expiry(lifetime: &str) -> Result<DateTime<Utc>, String> {
     let d = crate::util::parse_duration(lifetime)?;
-    let d = chrono::Duration::from_std(d)
-        .ok()
-        .filter(|d| *d <= chrono::Duration::days(MAX_TOKEN_LIFETIME_DAYS))
-        .ok_or_else(|| format!("`{lifetime}` is longer than {MAX_TOKEN_LIFETIME_DAYS} days (leave it out for a token that does not expire)"))?;
+    let d = chrono::Duration::from_std(d).ok().filter(|d| *d <= chrono::Duration::days(MAX_TOKEN_LIFETIME_DAYS)).ok_or_else(|| {
+        format!("`{lifetime}` is longer than {MAX_TOKEN_LIFETIME_DAYS} days (leave it out for a token that does not expire)")
+    })?;
     Utc::now().checked_add_signed(d).ok_or_else(|| format!("`{lifetime}` goes past the calendar"))
 }
 
@@ -240,8 +239,61 @@ impl Auth {
         Ok(user)
     }
 
-    /// Removes a user and revokes all of their tokens.
+    /// Changes a user's role and/or groups (what is `None` stays). Sessions and tokens re-read the
+    /// account on every request, so the change applies at once. The last admin keeps the role.
+    pub fn update_user(&self, name: &str, role: Option<Role>, groups: Option<&[String]>, actor: &str) -> Result<User, Error> {
+        for g in groups.unwrap_or_default() {
+            validate_name(g).map_err(|m| Error::Usage(format!("group name {m}")))?;
+        }
+        loop {
+            let before_raw = self.users.get(name.as_bytes())?.ok_or_else(|| Error::NotFound(format!("no user `{name}`")))?;
+            let before: User = parse("user", &before_raw)?;
+            let mut after = before.clone();
+            if let Some(r) = role {
+                after.role = r;
+            }
+            if let Some(g) = groups {
+                let mut g = g.to_vec();
+                g.dedup();
+                after.groups = g;
+            }
+            if before.role == Role::Admin && after.role != Role::Admin {
+                self.keep_an_admin(name, "take the admin role from")?;
+            }
+            if after == before {
+                return Ok(after);
+            }
+            // Compare-and-swap: a change made meanwhile is read again rather than overwritten.
+            if self.users.compare_and_swap(name.as_bytes(), Some(&before_raw[..]), Some(json(&after)))? {
+                self.audit(
+                    "auth.user.change",
+                    actor,
+                    serde_json::json!({ "user": name, "role": after.role, "groups": after.groups, "was": { "role": before.role, "groups": before.groups } }),
+                )?;
+                return Ok(after);
+            }
+        }
+    }
+
+    /// Refuses to `what` `name` when they are the only admin: nobody could then manage accounts.
+    fn keep_an_admin(&self, name: &str, what: &str) -> Result<(), Error> {
+        let others = self.users()?.into_iter().filter(|u| u.role == Role::Admin && u.name != name).count();
+        if others == 0 {
+            return Err(Error::Usage(format!("cannot {what} `{name}`: they are the only admin (make another user admin first)")));
+        }
+        Ok(())
+    }
+
+    /// Whether `user` has a console password.
+    pub fn has_password(&self, user: &str) -> Result<bool, Error> {
+        Ok(self.passwords.contains_key(user.as_bytes())?)
+    }
+
+    /// Removes a user and revokes all of their tokens. The last admin stays.
     pub fn remove_user(&self, name: &str, actor: &str) -> Result<usize, Error> {
+        if self.user(name)?.is_some_and(|u| u.role == Role::Admin) {
+            self.keep_an_admin(name, "remove")?;
+        }
         if self.users.remove(name.as_bytes())?.is_none() {
             return Err(Error::NotFound(format!("no user `{name}`")));
         }

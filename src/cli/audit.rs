@@ -150,10 +150,14 @@ pub fn run(global: &Global, cmd: AuditCmd) -> Result<i32, Error> {
                 Some((seq, why)) => outln!("audit log BROKEN at record {seq}: {why}"),
             }
             match (&file, &last, &checked) {
-                (None, _, _) => outln!("no anchor file set ([audit] anchor_file, or --anchor FILE): a cut at the end of the log cannot be seen"),
+                (None, _, _) => {
+                    outln!("no anchor file set ([audit] anchor_file, or --anchor FILE): a cut at the end of the log cannot be seen")
+                }
                 (Some(f), None, _) => outln!("no anchor in {} yet", f.display()),
                 (Some(_), Some(a), Some(c)) => {
-                    let age = humantime::format_duration(std::time::Duration::from_secs((chrono::Utc::now() - a.time).num_seconds().max(0) as u64));
+                    let age = humantime::format_duration(std::time::Duration::from_secs(
+                        (chrono::Utc::now() - a.time).num_seconds().max(0) as u64,
+                    ));
                     if c.is_ok() {
                         outln!("{}, {age} ago", c.describe(a));
                     } else {

@@ -20,7 +20,20 @@ pub enum UserCmd {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
-    /// Delete an account and revoke its tokens.
+    /// Change an account's role and/or groups; it applies to the user's sessions and tokens at
+    /// once. The only admin keeps the admin role.
+    Set {
+        name: String,
+        #[arg(long, value_parser = super::choice(&Role::ALL, Role::name, Role::describe))]
+        role: Option<Role>,
+        /// The user's groups, replacing the ones they had; repeatable.
+        #[arg(long = "group", conflicts_with = "no_groups")]
+        groups: Vec<String>,
+        /// Take the user out of all groups.
+        #[arg(long)]
+        no_groups: bool,
+    },
+    /// Delete an account and revoke its tokens (not the only admin).
     Rm { name: String },
     /// Set the password the user signs in to the web console with, read from stdin (one
     /// trailing newline dropped) or --file; at least 10 characters.
@@ -103,6 +116,19 @@ pub fn user(global: &Global, cmd: UserCmd) -> Result<i32, Error> {
             a.set_password(&name, pw, &global.actor())?;
             a.flush()?;
             errln!("password set for {name}");
+        }
+        UserCmd::Set { name, role, groups, no_groups } => {
+            let groups = (no_groups || !groups.is_empty()).then_some(groups);
+            if role.is_none() && groups.is_none() {
+                return Err(Error::Usage("nothing to change: give --role, --group or --no-groups".into()));
+            }
+            let u = a.update_user(&name, role, groups.as_deref(), &global.actor())?;
+            a.flush()?;
+            errln!(
+                "{name} is now {} in {}",
+                u.role.name(),
+                if u.groups.is_empty() { "no groups".to_string() } else { u.groups.join(", ") }
+            );
         }
         UserCmd::Rm { name } => {
             let revoked = a.remove_user(&name, &global.actor())?;
@@ -199,7 +225,8 @@ pub fn grant(global: &Global, cmd: GrantCmd) -> Result<i32, Error> {
             errln!("removed grant {subject} -> {pattern}");
         }
         GrantCmd::List { format: Some(f) } => {
-            let v: Vec<serde_json::Value> = a.grants()?.iter().map(|g| serde_json::json!({ "subject": g.subject, "pattern": g.pattern })).collect();
+            let v: Vec<serde_json::Value> =
+                a.grants()?.iter().map(|g| serde_json::json!({ "subject": g.subject, "pattern": g.pattern })).collect();
             super::stdio::out!("{}", super::output::render(&serde_json::Value::Array(v), f));
         }
         GrantCmd::List { format: None } => {
@@ -301,7 +328,10 @@ pub fn secret(global: &Global, cmd: SecretCmd) -> Result<i32, Error> {
             if value.len() < 4 {
                 errln!("note: values shorter than 4 bytes are not redacted from output (they would blank out ordinary text)");
             } else if value.len() < 12 {
-                errln!("note: a value of {} bytes is easy to guess; redaction cannot hide a guessable value from someone who can run applets, so prefer a longer one", value.len());
+                errln!(
+                    "note: a value of {} bytes is easy to guess; redaction cannot hide a guessable value from someone who can run applets, so prefer a longer one",
+                    value.len()
+                );
             }
             reload_server_secrets(global)?;
         }

@@ -109,7 +109,8 @@ pub fn run(global: &Global, cmd: ConfigCmd) -> Result<i32, Error> {
             for u in spec.unknown_values() {
                 errln!(
                     "warning: `{}` (used at {}) is defined by no layer of [values], [values.env.*] or [values.group.*]: every render fails until one does",
-                    u.name, u.at
+                    u.name,
+                    u.at
                 );
             }
             let (v, new) = items.set(&store, spec, &global.actor(), &message)?;

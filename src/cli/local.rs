@@ -102,7 +102,9 @@ pub fn forward(data_dir: &Path, config: Option<PathBuf>, stdin: Option<Vec<u8>>)
         match reader.read(&mut kind) {
             Ok(0) => return Err(lost(sent.err().unwrap_or_else(|| std::io::ErrorKind::UnexpectedEof.into()))),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) =>
+            {
                 continue;
             }
             Err(e) => return Err(lost(e)),
@@ -175,7 +177,13 @@ pub async fn listen(data_dir: PathBuf, store: Store, service: RunService) -> Res
     }))
 }
 
-async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBuf, store: Store, service: RunService) -> std::io::Result<()> {
+async fn serve_one(
+    mut stream: tokio::net::UnixStream,
+    me: u32,
+    data_dir: PathBuf,
+    store: Store,
+    service: RunService,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let refuse = |msg: String| {
         let mut out = Vec::new();
@@ -203,8 +211,15 @@ async fn serve_one(mut stream: tokio::net::UnixStream, me: u32, data_dir: PathBu
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancelToken::default();
-    let remote = Remote { sink: Arc::new(ChannelSink(tx.clone())), shown_as: Vec::new(), out_tty: req.out_tty, err_tty: req.err_tty, width: req.width };
-    let ctx = super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone(), user: None, service };
+    let remote = Remote {
+        sink: Arc::new(ChannelSink(tx.clone())),
+        shown_as: Vec::new(),
+        out_tty: req.out_tty,
+        err_tty: req.err_tty,
+        width: req.width,
+    };
+    let ctx =
+        super::Forwarded { store, data_dir, config: req.config.clone(), cwd: req.cwd.clone(), cancel: cancel.clone(), user: None, service };
     let (argv, stdin) = (req.argv, req.stdin);
     let task = tokio::task::spawn_blocking(move || {
         let code = super::stdio::with_remote(remote, || super::stdio::with_input(stdin, || super::execute_forwarded(argv, ctx)));

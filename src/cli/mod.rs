@@ -17,9 +17,9 @@ mod serve;
 pub(crate) mod stdio;
 mod store;
 
-use stdio::{errln, outln};
 use std::path::PathBuf;
 use std::time::Duration;
+use stdio::{errln, outln};
 
 use clap::{Parser, Subcommand};
 
@@ -301,7 +301,11 @@ pub fn main() -> i32 {
         tracing::error!(panic = %msg, location = ?info.location(), "host code panicked");
         if std::env::var_os("RUST_BACKTRACE").is_some() {
             // The server's own details stay on its terminal, not a forwarded command's caller's.
-            stdio::to_own_stderr(&format!("opslet: internal error: {msg} at {:?}\n{}\n", info.location(), std::backtrace::Backtrace::force_capture()));
+            stdio::to_own_stderr(&format!(
+                "opslet: internal error: {msg} at {:?}\n{}\n",
+                info.location(),
+                std::backtrace::Backtrace::force_capture()
+            ));
         }
     }));
     let cli = Cli::parse();
@@ -317,7 +321,9 @@ pub fn main() -> i32 {
         };
         // With --server, a server elsewhere runs it (see `remote`).
         if let Some(server) = server {
-            if let Some(flag) = cli_args.iter().find(|a| ["--data-dir", "--config"].iter().any(|f| a == f || a.starts_with(&format!("{f}=")))) {
+            if let Some(flag) =
+                cli_args.iter().find(|a| ["--data-dir", "--config"].iter().any(|f| a == f || a.starts_with(&format!("{f}="))))
+            {
                 let flag = flag.split('=').next().unwrap_or(flag);
                 return report(&Error::Usage(format!("{flag} names a path on this machine; with --server, the server uses its own")));
             }
@@ -387,12 +393,8 @@ pub(crate) fn execute_forwarded(argv: Vec<String>, ctx: Forwarded) -> i32 {
         ));
     }
     command.absolutize(&ctx.cwd);
-    let global = Global {
-        data_dir: ctx.data_dir.clone(),
-        config_path: ctx.config.clone(),
-        modules: Default::default(),
-        forwarded: Some(ctx),
-    };
+    let global =
+        Global { data_dir: ctx.data_dir.clone(), config_path: ctx.config.clone(), modules: Default::default(), forwarded: Some(ctx) };
     dispatch(command, &global)
 }
 

@@ -31,8 +31,10 @@ pub fn error_object(e: &crate::error::Error) -> Value {
             err["params"] = fields.iter().map(|f| serde_json::json!({ "param": f.param, "message": f.message })).collect();
         }
         Error::Applet(diags) => {
-            err["diagnostics"] =
-                diags.iter().map(|d| serde_json::json!({ "file": d.file, "line": d.line, "column": d.column, "message": d.message })).collect();
+            err["diagnostics"] = diags
+                .iter()
+                .map(|d| serde_json::json!({ "file": d.file, "line": d.line, "column": d.column, "message": d.message }))
+                .collect();
         }
         _ => {}
     }

@@ -173,10 +173,14 @@ pub fn key(cmd: KeyCmd) -> Result<i32, Error> {
             };
             let key = crate::registry::signing::new_key(&path)?;
             outln!("{}", crate::registry::signing::key_id(&key.verifying_key()));
-            errln!("wrote the signing key to {} (keep it to yourself); registries that should trust it: opslet trust add NAME <the key above>", path.display());
+            errln!(
+                "wrote the signing key to {} (keep it to yourself); registries that should trust it: opslet trust add NAME <the key above>",
+                path.display()
+            );
         }
         KeyCmd::Show { key } => {
-            let path = signing_key_path(key).ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
+            let path = signing_key_path(key)
+                .ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
             let key = crate::registry::signing::load_key(&path)?;
             outln!("{}", crate::registry::signing::key_id(&key.verifying_key()));
         }
@@ -185,7 +189,8 @@ pub fn key(cmd: KeyCmd) -> Result<i32, Error> {
 }
 
 pub fn sign(args: SignArgs) -> Result<i32, Error> {
-    let path = signing_key_path(args.key).ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
+    let path = signing_key_path(args.key)
+        .ok_or_else(|| Error::Usage("no signing key: make one with `opslet key new`, or pass --key FILE".into()))?;
     let key = crate::registry::signing::load_key(&path)?;
     let bytes = std::fs::read(&args.file).map_err(|e| Error::NotFound(format!("{}: {e}", args.file.display())))?;
     let (signed, meta) = crate::registry::bundle::sign(&bytes, &key)?;
@@ -257,7 +262,8 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
         (true, _, _) | (false, true, None) => None,
         (false, true, Some(_)) => {
             return Err(Error::Usage(
-                "--sign-key: a signing key stays on your machine; with --server, export, `opslet sign` the bundle here, then import it".into(),
+                "--sign-key: a signing key stays on your machine; with --server, export, `opslet sign` the bundle here, then import it"
+                    .into(),
             ));
         }
         (false, false, flag) => signing_key_path(flag),
@@ -271,7 +277,10 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
         Published::Unchanged(v) => (v, false),
     };
     match args.format.filter(|f| *f != Format::Table) {
-        Some(f) => out!("{}", super::output::render(&serde_json::json!({ "applet": v.name, "version": v.version, "sha256": v.hash, "new": new }), f)),
+        Some(f) => out!(
+            "{}",
+            super::output::render(&serde_json::json!({ "applet": v.name, "version": v.version, "sha256": v.hash, "new": new }), f)
+        ),
         None if new => outln!("published {} (sha256:{}), now current", v.id(), &v.hash[..16]),
         None => outln!("{} is already published with this content; nothing to do", v.id()),
     }
@@ -524,9 +533,16 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
     reg.flush()?;
     match imported {
         Published::New(v) if v.unsigned => {
-            outln!("imported {} (sha256:{}), now current; UNSIGNED: its publisher ({}) is only what it claims", v.id(), &v.hash[..16], terminal_safe(&v.publisher, false))
+            outln!(
+                "imported {} (sha256:{}), now current; UNSIGNED: its publisher ({}) is only what it claims",
+                v.id(),
+                &v.hash[..16],
+                terminal_safe(&v.publisher, false)
+            )
         }
-        Published::New(v) => outln!("imported {} (sha256:{}), signed by {}, now current", v.id(), &v.hash[..16], v.signed_by.as_deref().unwrap_or("?")),
+        Published::New(v) => {
+            outln!("imported {} (sha256:{}), signed by {}, now current", v.id(), &v.hash[..16], v.signed_by.as_deref().unwrap_or("?"))
+        }
         Published::Unchanged(v) => outln!("{} is already in the registry with this content", v.id()),
     }
     Ok(0)

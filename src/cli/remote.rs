@@ -38,7 +38,8 @@ pub fn token(file: Option<&Path>) -> Result<String, Error> {
     }
     let Some(file) = file else {
         return Err(Error::Usage(
-            "--server needs an API token: set OPSLET_TOKEN, or pass --token-file FILE (an admin makes one with `opslet token create USER`)".into(),
+            "--server needs an API token: set OPSLET_TOKEN, or pass --token-file FILE (an admin makes one with `opslet token create USER`)"
+                .into(),
         ));
     };
     let t = std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("--token-file {}: {e}", file.display())))?;
@@ -180,7 +181,9 @@ pub fn forward(server: &str, token: &str, mut command: Command, stdin: Option<Ve
     };
     let plain = base.strip_prefix("http://").map(|rest| rest.split(['/', ':']).next().unwrap_or(""));
     if plain.is_some_and(|host| !matches!(host, "127.0.0.1" | "localhost" | "[::1]")) {
-        super::stdio::errln!("warning: {base} is plain HTTP: the token and what the command sends cross the network unencrypted; use https://");
+        super::stdio::errln!(
+            "warning: {base} is plain HTTP: the token and what the command sends cross the network unencrypted; use https://"
+        );
     }
     crate::util::install_tls_provider();
     let client = reqwest::Client::builder()
@@ -209,7 +212,8 @@ async fn error_message(mut resp: reqwest::Response) -> String {
         }
     }
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let m = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
+    let m =
+        v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(500).collect());
     super::output::terminal_safe(&m, false).into_owned()
 }
 
@@ -236,9 +240,9 @@ async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &Comm
         return Err(match status.as_u16() {
             401 | 403 => Error::Denied(format!("the server at {base} refused: {message}")),
             413 => Error::Usage(format!("the command's files are larger than the server at {base} takes (its body limit)")),
-            404 if message.starts_with("no route") => {
-                Error::Store(format!("the server at {base} does not take CLI commands (it is older than this CLI, or not an opslet server)"))
-            }
+            404 if message.starts_with("no route") => Error::Store(format!(
+                "the server at {base} does not take CLI commands (it is older than this CLI, or not an opslet server)"
+            )),
             429 => Error::Busy(message),
             _ => Error::Store(format!("the server at {base} answered {status}: {message}")),
         });
@@ -271,7 +275,9 @@ async fn relay(client: &reqwest::Client, base: &str, token: &str, request: &Comm
                     let Some((name, content)) = frames::parse_file(&payload) else { return Err(lost("a malformed file frame".into())) };
                     // Only a file the command was asked to write: the server names no other path here.
                     if !writes.contains(&name) {
-                        return Err(Error::Store(format!("the server at {base} sent a file this command does not write ({name}); nothing was written")));
+                        return Err(Error::Store(format!(
+                            "the server at {base} sent a file this command does not write ({name}); nothing was written"
+                        )));
                     }
                     std::fs::write(&name, content).map_err(|e| Error::Usage(format!("writing {name}: {e}")))?;
                 }
@@ -338,13 +344,18 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
     if let Command::Run(a) = &command
         && a.watch
     {
-        return Err(Error::Usage("--watch watches a folder on your machine; it does not work with --server (run it without --server)".into()));
+        return Err(Error::Usage(
+            "--watch watches a folder on your machine; it does not work with --server (run it without --server)".into(),
+        ));
     }
     if let Command::Config(config_items::ConfigCmd::Watch { .. }) = &command {
         return Err(Error::Usage("`config watch` watches a folder on your machine; it does not work with --server".into()));
     }
     if let Command::Audit(super::audit::AuditCmd::Anchor { to: Some(_) }) = &command {
-        return Err(Error::Usage("`audit anchor --to` appends to a file on your machine; with --server, the server anchors to its own `[audit] anchor_file`".into()));
+        return Err(Error::Usage(
+            "`audit anchor --to` appends to a file on your machine; with --server, the server anchors to its own `[audit] anchor_file`"
+                .into(),
+        ));
     }
     // Allowed first: nothing of the command is done for a caller who may not do it.
     authorize(&command, &call)?;
@@ -352,7 +363,10 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
     if let Command::Audit(super::audit::AuditCmd::List(a)) = &mut command {
         a.limit = a.limit.min(10_000);
     }
-    let work = tempfile::Builder::new().prefix("opslet-cmd-").tempdir().map_err(|e| Error::Internal(format!("a folder for the command's files: {e}")))?;
+    let work = tempfile::Builder::new()
+        .prefix("opslet-cmd-")
+        .tempdir()
+        .map_err(|e| Error::Internal(format!("a folder for the command's files: {e}")))?;
     let outputs = place_files(&mut command, &mut call.request.files, work.path())?;
     let global = Global {
         data_dir: data_dir.to_path_buf(),
@@ -419,7 +433,12 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         Command::Versions(_) | Command::Show(_) | Command::List { .. } | Command::Search(_) => a(ReadRegistry),
         Command::Feature(registry::FeatureCmd::List { .. }) => a(ReadRegistry),
         Command::Export(_) => a(Publish),
-        Command::Publish(_) | Command::Promote(_) | Command::Rollback { .. } | Command::Yank(_) | Command::Import(_) | Command::Feature(_) => a(Publish),
+        Command::Publish(_)
+        | Command::Promote(_)
+        | Command::Rollback { .. }
+        | Command::Yank(_)
+        | Command::Import(_)
+        | Command::Feature(_) => a(Publish),
         Command::User(_) | Command::Token(_) | Command::Grant(_) | Command::Hook(_) | Command::Secret(_) => a(Admin),
         Command::Cmdb(cmdb::CmdbCmd::Host(cmdb::HostCmd::List { format: super::output::Format::Table, .. })) => a(ReadRegistry),
         Command::Cmdb(_) => a(Admin),
@@ -439,9 +458,7 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         | Command::Completions { .. }
         | Command::Man
         | Command::Sign(_)
-        | Command::Key(_) => {
-            Err(Error::Usage("this command runs on the machine it is typed on, not through --server".into()))
-        }
+        | Command::Key(_) => Err(Error::Usage("this command runs on the machine it is typed on, not through --server".into())),
     }
 }
 
@@ -484,7 +501,9 @@ fn place_files(command: &mut Command, sent: &mut BTreeMap<String, Upload>, work:
         match (how, sent.remove(&given)) {
             (PathUse::Read, Some(Upload::File { content })) => {
                 let bytes = B64.decode(content).map_err(|e| Error::Usage(format!("{given}: the file sent is not base64: {e}")))?;
-                std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&target, bytes)).map_err(|e| Error::Internal(format!("placing {given}: {e}")))?;
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| std::fs::write(&target, bytes))
+                    .map_err(|e| Error::Internal(format!("placing {given}: {e}")))?;
             }
             (PathUse::Folder, Some(Upload::Dir { files })) => write_folder(&target, files)?,
             // The item and its template beside it; the item keeps its name.

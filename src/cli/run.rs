@@ -27,7 +27,10 @@ impl Progress {
     fn update(&self, p: &crate::runtime::context::Progress) {
         let mut slot = self.bar.lock();
         if slot.as_ref().is_none_or(|(call, bar)| call != &p.call || bar.is_finished()) {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(p.total as u64), if super::stdio::is_remote() { indicatif::ProgressDrawTarget::hidden() } else { indicatif::ProgressDrawTarget::stderr() });
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(p.total as u64),
+                if super::stdio::is_remote() { indicatif::ProgressDrawTarget::hidden() } else { indicatif::ProgressDrawTarget::stderr() },
+            );
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -132,7 +135,9 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     let store = global.open_store()?;
     // A folder named like a published applet wins, as the docs say: say so.
     let given = args.given.as_deref().unwrap_or(&args.target);
-    if matches!(source, Source::Folder(_)) && !given.contains('/') && !given.starts_with('.')
+    if matches!(source, Source::Folder(_))
+        && !given.contains('/')
+        && !given.starts_with('.')
         && crate::registry::Registry::new(store.clone()).is_ok_and(|r| r.applet(given).is_ok())
     {
         errln!(

@@ -105,7 +105,12 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         return Err(Error::Usage("max connections must be at least 1".into()));
     }
     let max_connections = if wanted > fit {
-        tracing::warn!(wanted, allowed = fit, open_files = files, "max connections lowered to fit the open-files limit (raise `ulimit -Hn`)");
+        tracing::warn!(
+            wanted,
+            allowed = fit,
+            open_files = files,
+            "max connections lowered to fit the open-files limit (raise `ulimit -Hn`)"
+        );
         fit
     } else {
         wanted

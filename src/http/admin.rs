@@ -76,9 +76,41 @@ pub(super) fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T
     serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not what this route takes: {e}")))
 }
 
+/// Accounts, each with whether it has a console password (never the password).
 pub(super) async fn list_users(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
     admin(&s, &p, "/api/v1/users")?;
-    Ok(Json(json!(s.auth.users()?)))
+    let mut out = Vec::new();
+    for u in s.auth.users()? {
+        let password = s.auth.has_password(&u.name)?;
+        let mut v = json!(u);
+        v["password"] = json!(password);
+        out.push(v);
+    }
+    Ok(Json(json!(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserChange {
+    role: Option<crate::auth::Role>,
+    groups: Option<Vec<String>>,
+}
+
+/// Changes a user's role and/or groups; it applies to their sessions and tokens at once.
+pub(super) async fn change_user(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/users/{name}")?;
+    let c: UserChange = body_json(&body)?;
+    if c.role.is_none() && c.groups.is_none() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "nothing to change: send `role` and/or `groups`"));
+    }
+    let user = s.auth.update_user(&name, c.role, c.groups.as_deref(), &p.user)?;
+    s.auth.flush()?;
+    Ok(Json(json!(user)))
 }
 
 #[derive(Deserialize)]
@@ -245,7 +277,12 @@ pub(super) struct SecretValue {
 }
 
 /// Sets a secret (encrypted at rest); the answer does not repeat it.
-pub(super) async fn set_secret(State(s): State<AppState>, Authed(p): Authed, Path(name): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn set_secret(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
     admin(&s, &p, "/api/v1/secrets/{name}")?;
     let v: SecretValue = body_json(&body)?;
     let secrets = secrets(&s)?;

@@ -55,7 +55,9 @@ impl FromRequestParts<AppState> for Authed {
             Err(e) => {
                 // The console asks "who am I?" on every visit before anyone signed in: that is
                 // not a refusal worth a record (a wrong token or session there still is).
-                let whoami = parts.method == axum::http::Method::GET && parts.uri.path() == "/api/v1/session" && e == crate::auth::AuthError::Missing;
+                let whoami = parts.method == axum::http::Method::GET
+                    && parts.uri.path() == "/api/v1/session"
+                    && e == crate::auth::AuthError::Missing;
                 if !whoami {
                     deny(state, None, parts.uri.path(), &e.to_string());
                 }

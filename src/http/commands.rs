@@ -60,9 +60,13 @@ pub struct CommandRequest {
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Upload {
-    File { content: String },
+    File {
+        content: String,
+    },
     /// Files by their path inside the folder (`/`-separated, relative).
-    Dir { files: BTreeMap<String, String> },
+    Dir {
+        files: BTreeMap<String, String>,
+    },
 }
 
 /// Most commands one user has running at once; more are answered 429.
@@ -151,7 +155,10 @@ pub(super) async fn run_command(State(s): State<AppState>, Authed(p): Authed, bo
     {
         let mut live = s.commands.live.lock();
         if live.values().filter(|(user, _)| *user == p.user).count() >= PER_USER {
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("{} has {PER_USER} commands running already; wait for one to end", p.user)));
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{} has {PER_USER} commands running already; wait for one to end", p.user),
+            ));
         }
         live.insert(id.clone(), (p.user.clone(), cancel.clone()));
     }
@@ -162,7 +169,8 @@ pub(super) async fn run_command(State(s): State<AppState>, Authed(p): Authed, bo
     let state = s.clone();
     let who = p.clone();
     let authorize = Box::new(move |action: Action<'_>| {
-        require(&state, &who, action, "/api/v1/commands").map_err(|e| Error::Denied(e.message.trim_start_matches("forbidden: ").to_string()))
+        require(&state, &who, action, "/api/v1/commands")
+            .map_err(|e| Error::Denied(e.message.trim_start_matches("forbidden: ").to_string()))
     });
     let call = CommandCall { request, principal: p, authorize, cancel: cancel.clone(), frames: frames_out.clone() };
     let live = s.commands.live.clone();

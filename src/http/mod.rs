@@ -74,8 +74,12 @@ async fn body_within(limit: usize, deadline: Duration, req: axum::extract::Reque
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(deadline, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Ok(Err(_)) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the {limit} bytes this server takes")).into_response(),
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {}s", deadline.as_secs())).into_response(),
+        Ok(Err(_)) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the {limit} bytes this server takes"))
+                .into_response()
+        }
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {}s", deadline.as_secs()))
+            .into_response(),
     }
 }
 
@@ -120,7 +124,7 @@ pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router
         .route("/api/v1/audit", get(admin::audit_list))
         .route("/api/v1/audit/verify", get(admin::audit_verify))
         .route("/api/v1/users", get(admin::list_users).post(admin::add_user))
-        .route("/api/v1/users/{name}", delete(admin::remove_user))
+        .route("/api/v1/users/{name}", delete(admin::remove_user).patch(admin::change_user))
         .route("/api/v1/users/{name}/tokens", post(admin::create_token))
         .route("/api/v1/users/{name}/password", put(commands::set_password))
         .route("/api/v1/secrets", get(admin::list_secrets))

@@ -245,7 +245,9 @@ pub(super) async fn job_events(
             let mut rx = rx?;
             let still_signed_in = || {
                 session.as_ref().is_none_or(|sid| {
-                    sessions.get(sid).is_some_and(|sess| sess.token.as_ref().is_none_or(|t| auth.token_live(t).is_ok()) && auth.user(&sess.user).ok().flatten().is_some())
+                    sessions.get(sid).is_some_and(|sess| {
+                        sess.token.as_ref().is_none_or(|t| auth.token_live(t).is_ok()) && auth.user(&sess.user).ok().flatten().is_some()
+                    })
                 })
             };
             loop {

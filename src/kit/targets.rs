@@ -124,7 +124,8 @@ where
             pending: c.pending(),
         })
     };
-    let results = super::fanout::fan_out(names, plan, super::io::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await;
+    let results =
+        super::fanout::fan_out(names, plan, super::io::io_runtime().handle(), move |n| work(by_name[&n].clone()), &progress).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let skipped = results.iter().filter(|r| r.is_skipped()).count();
     ctx.record_targets(&call, ok, results.len() - ok - skipped, skipped);

@@ -31,8 +31,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 /// Parses a key id (`ed25519:HEX`).
 pub fn parse_key_id(id: &str) -> Result<VerifyingKey, String> {
     let hex_part = id.trim().strip_prefix("ed25519:").ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
-    let bytes: [u8; 32] =
-        hex::decode(hex_part).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
+    let bytes: [u8; 32] = hex::decode(hex_part)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("`{id}` is not a key id like ed25519:<64 hex digits>"))?;
     let key = VerifyingKey::from_bytes(&bytes).map_err(|e| format!("`{id}` is not a valid ed25519 public key: {e}"))?;
     if key.is_weak() {
         return Err(format!("`{id}` is a weak ed25519 key (of small order): it cannot vouch for anything"));
@@ -82,7 +84,12 @@ mod tests {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         let s = sign(&key, "disk", "1.0.0", "abc", "reviewed");
         assert!(verify(&s, "disk", "1.0.0", "abc", "reviewed"));
-        for (n, v, h, m) in [("disk2", "1.0.0", "abc", "reviewed"), ("disk", "1.0.1", "abc", "reviewed"), ("disk", "1.0.0", "abd", "reviewed"), ("disk", "1.0.0", "abc", "approved")] {
+        for (n, v, h, m) in [
+            ("disk2", "1.0.0", "abc", "reviewed"),
+            ("disk", "1.0.1", "abc", "reviewed"),
+            ("disk", "1.0.0", "abd", "reviewed"),
+            ("disk", "1.0.0", "abc", "approved"),
+        ] {
             assert!(!verify(&s, n, v, h, m), "{n} {v} {h} {m}");
         }
         let other = SigningKey::from_bytes(&[8u8; 32]);

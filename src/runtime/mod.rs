@@ -226,9 +226,9 @@ impl Runtime {
         let (limits, notes) = RunLimits::resolve(&self.host_limits, &manifest.limits);
         let params = match &req.validated {
             Some(p) => Ok(p.clone()),
-            None => self
-                .check_secret_values(manifest, &req.caller, req.params_json.as_ref(), &req.params_pairs)
-                .and_then(|()| params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_selectors(manifest, p))),
+            None => self.check_secret_values(manifest, &req.caller, req.params_json.as_ref(), &req.params_pairs).and_then(|()| {
+                params::resolve_then(manifest, req.params_json.as_ref(), &req.params_pairs, |p| self.check_selectors(manifest, p))
+            }),
         };
 
         // Secret params are redacted as given (even when invalid) and as validated.

@@ -65,11 +65,15 @@ impl Check {
                 a.count,
                 a.time.format("%Y-%m-%d %H:%M:%S UTC")
             ),
-            Check::Rewritten => format!("record {} no longer has the hash anchored at {}: the chain was rewritten", a.count.saturating_sub(1), a.time),
+            Check::Rewritten => {
+                format!("record {} no longer has the hash anchored at {}: the chain was rewritten", a.count.saturating_sub(1), a.time)
+            }
             Check::BadSignature => "the last anchor's signature does not verify: the anchor file was altered".into(),
             Check::OtherKey => "an anchor was signed by another key than this data dir's anchor key (or than the anchors before it)".into(),
             Check::KeyMissing => format!("the anchor file has anchors but the data dir has no {KEY_FILE}: it was removed"),
-            Check::WentBack { line } => format!("anchor line {line} has fewer records than one before it: the log was cut and anchored again"),
+            Check::WentBack { line } => {
+                format!("anchor line {line} has fewer records than one before it: the log was cut and anchored again")
+            }
         }
     }
 }
@@ -111,7 +115,13 @@ pub fn write(audit: &AuditLog, data_dir: &Path, dest: &Path) -> Result<Anchor, E
     let head = audit.head()?;
     let time = Utc::now();
     let sig = key.sign(&message(head.count, &head.hash, &time));
-    let anchor = Anchor { time, count: head.count, hash: head.hash, key: hex::encode(key.verifying_key().to_bytes()), sig: hex::encode(sig.to_bytes()) };
+    let anchor = Anchor {
+        time,
+        count: head.count,
+        hash: head.hash,
+        key: hex::encode(key.verifying_key().to_bytes()),
+        sig: hex::encode(sig.to_bytes()),
+    };
     let fail = |e: std::io::Error| Error::Store(format!("writing the audit anchor to {}: {e}", dest.display()));
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(dest).map_err(fail)?;

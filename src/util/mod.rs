@@ -124,4 +124,3 @@ pub fn create_key32(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     f.sync_all()?;
     Ok(bytes)
 }
-
