@@ -9,6 +9,14 @@ import path from "node:path";
 
 const base = process.env.OPSLET_URL;
 const shots = process.env.OPSLET_SHOTS;
+// Two phases around a server restart: the admin's cookies pass between them in OPSLET_STATE.
+const phase = process.env.OPSLET_PHASE || "before-restart";
+const stateFile = process.env.OPSLET_STATE;
+const BIG = Number(process.env.OPSLET_BIG || 1000);
+// The same strings tests/console.rs looks for (and must not find) in the audit log.
+const CONSOLE_SECRET = "first-deploy-key-value-7731";
+const ROTATED_SECRET = "rotated-deploy-key-value-9924";
+const RUN_SECRET = "hunter2-but-longer-5521";
 const pw = (role) => process.env[`OPSLET_PW_${role.toUpperCase()}`];
 const step = (name) => console.log(`- ${name}`);
 
@@ -17,16 +25,28 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
 
-async function signedIn(user, role) {
-  const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 }, acceptDownloads: true });
+/// Every page keeps the durations of its long main-thread tasks (over 50 ms) in `__long`.
+async function newPage(ctx, who) {
+  await ctx.addInitScript(() => {
+    window.__long = [];
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration))).observe({ type: "longtask" });
+  });
   const page = await ctx.newPage();
   page.on("pageerror", (e) => {
-    throw new Error(`page error as ${user}: ${e.message}`);
+    throw new Error(`page error as ${who}: ${e.message}`);
   });
+  // Removals ask first; the test says yes.
+  page.on("dialog", (d) => d.accept());
+  return page;
+}
+
+async function signedIn(user, role, password = pw(role)) {
+  const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 }, acceptDownloads: true });
+  const page = await newPage(ctx, user);
   await page.goto(base + "/");
   await page.waitForURL(/#\/login$/);
   await page.fill("#login-user", user);
-  await page.fill("#login-password", pw(role));
+  await page.fill("#login-password", password);
   await page.click("button[type=submit]");
   await page.waitForSelector("#search");
   return { ctx, page };
@@ -38,7 +58,24 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: false });
 }
 
+/// The longest main-thread task since the last call, in ms (0 when none passed 50 ms).
+async function longestTask(page) {
+  return page.evaluate(() => {
+    const m = Math.max(0, ...window.__long);
+    window.__long = [];
+    return Math.round(m);
+  });
+}
+
 try {
+  if (phase === "before-restart") await beforeRestart();
+  else await afterRestart();
+  console.log(`${phase}: all checks passed`);
+} finally {
+  await browser.close();
+}
+
+async function beforeRestart() {
   // ---- sign in ------------------------------------------------------------------------------------
   step("a wrong password is refused on the page");
   {
@@ -177,6 +214,7 @@ try {
   await page.goto(base + "/ui/#/applet/host-facts");
   await page.waitForSelector("#run-form");
   await page.fill("#p-targets", "group:fleet");
+  await longestTask(page);
   await page.click("#run");
   await page.waitForURL(/#\/job\//);
   await page.waitForSelector("#result-table", { timeout: 30000 });
@@ -185,7 +223,49 @@ try {
   const factCols = await page.$$eval("#result-table th", (ths) => ths.map((t) => t.textContent));
   assert.ok(factCols[0] === "host" && factCols.includes("kernel") && factCols.includes("load1"), `${factCols}`);
   assert.equal(await page.locator("#result-table tbody tr").count(), 3);
+  const longSmall = await longestTask(page);
   await shot(page, "job-ssh");
+
+  step(`a run across ${BIG} hosts shows its per-host table a page at a time`);
+  await page.goto(base + "/ui/#/applet/host-facts");
+  await page.waitForSelector("#run-form");
+  await page.fill("#p-targets", "group:big");
+  await page.waitForFunction((n) => document.querySelector("#p-targets-preview")?.textContent.includes(`${n} host(s)`), BIG);
+  await page.fill("#p-timeout", "300");
+  await longestTask(page);
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForSelector("#result-table", { timeout: 600000 });
+  const longBig = await longestTask(page);
+  assert.match(await page.textContent("#job-progress"), new RegExp(`ssh\\.script: ${BIG}/${BIG} hosts.*ok ${BIG} · failed 0`));
+  assert.equal(await page.textContent("#result-count"), `${BIG} of ${BIG} row(s)`);
+  assert.equal(await page.locator("#result-table tbody tr").count(), 200, "one page of rows is drawn, not all");
+  assert.equal(await page.textContent("#rows-shown"), `rows 1–200 of ${BIG}`);
+  const firstHost = await page.textContent("#result-table tbody tr td");
+  await page.click("#rows-next");
+  assert.equal(await page.textContent("#rows-shown"), `rows 201–400 of ${BIG}`);
+  assert.notEqual(await page.textContent("#result-table tbody tr td"), firstHost, "the next page shows other hosts");
+  await page.fill("#result-filter", "big0777");
+  assert.equal(await page.locator("#result-table tbody tr").count(), 1, "the filter searches every row, not the page");
+  assert.ok(await page.isHidden("#result-pager"), "one page needs no pager");
+  await page.fill("#result-filter", "");
+  await page.click("#result-table th:nth-child(1) button");
+  await page.click("#result-table th:nth-child(1) button");
+  assert.equal(await page.textContent("#result-table tbody tr td"), "big1000", "sorting takes every row");
+  const [bigCsv] = await Promise.all([page.waitForEvent("download"), page.click("#download-csv")]);
+  assert.equal(fs.readFileSync(await bigCsv.path(), "utf8").trim().split("\r\n").length, BIG + 1, "the download has every row");
+  await shot(page, "job-hosts");
+  // The finished job's page opened again, when the machine is no longer busy with the run.
+  const jobUrl = page.url();
+  await page.goto(base + "/ui/#/jobs");
+  await page.waitForSelector("#jobs");
+  await page.waitForTimeout(1000);
+  await longestTask(page);
+  await page.goto(jobUrl);
+  await page.waitForSelector("#result-table");
+  await page.waitForTimeout(1000);
+  const longReopen = await longestTask(page);
+  console.log(`  longest main-thread task (ms, under 50 counts as 0): run on 3 hosts ${longSmall}; run on ${BIG} hosts ${longBig}; its finished page opened again ${longReopen}`);
 
   step("a running job can be cancelled");
   await page.goto(base + "/ui/#/applet/fleet-wait");
@@ -226,6 +306,25 @@ try {
   await page.waitForURL(/#\/job\//);
   await page.waitForSelector("#result-json", { timeout: 20000 });
   assert.equal(JSON.parse(await page.textContent("#result-json")).lines, 3);
+
+  step("a secret param is not kept: its job shows it redacted, and a re-run leaves it blank");
+  await page.goto(base + "/ui/#/applet/fleet-login");
+  await page.waitForSelector("#run-form");
+  assert.equal(await page.getAttribute("#p-password", "type"), "password");
+  await page.fill("#p-account", "svc-backup");
+  await page.fill("#p-password", RUN_SECRET);
+  await page.click("#run");
+  await page.waitForURL(/#\/job\//);
+  await page.waitForSelector("#result-json", { timeout: 20000 });
+  assert.equal(JSON.parse(await page.textContent("#result-json")).length, RUN_SECRET.length, "the applet got the value");
+  assert.ok((await page.textContent("main")).includes("<redacted>"), "the job's params show the secret redacted");
+  assert.ok(!(await page.content()).includes(RUN_SECRET), "the value is nowhere on the job page");
+  await page.click("#run-again");
+  await page.waitForSelector("#run-form");
+  assert.equal(await page.inputValue("#p-account"), "svc-backup", "other params are filled in");
+  assert.equal(await page.inputValue("#p-password"), "", "the secret param is blank");
+  await page.click("#run");
+  await page.waitForSelector("#p-password-err:not([hidden])");
 
   step("hosts page");
   await page.goto(base + "/ui/#/hosts?selector=group%3Aweb");
@@ -337,9 +436,173 @@ try {
   }
   assert.equal(seen.size, 1050, `every job once, over ${pages} pages`);
   assert.equal(pages, 21);
+  // The server restarts now; the admin's browser keeps its cookies.
+  await admCtx.storageState({ path: stateFile });
   await admCtx.close();
+}
 
-  console.log("console e2e: all checks passed");
-} finally {
-  await browser.close();
+async function afterRestart() {
+  step("after the server restarted, the admin is still signed in");
+  const ctx = await browser.newContext({ viewport: { width: 1366, height: 850 }, storageState: stateFile });
+  const adm = await newPage(ctx, "ada");
+  await adm.goto(`${base}/ui/#/admin`);
+  await adm.waitForSelector("#users tbody tr");
+  assert.ok(!adm.url().includes("#/login"), "no sign-in page");
+  assert.ok((await adm.textContent("#nav")).includes("Admin"));
+  assert.match(await adm.textContent("#who"), /ada · admin/);
+
+  const toastSays = (text) => adm.waitForFunction((t) => document.querySelector("#toast")?.textContent.includes(t), text);
+  const row = (table, text) => adm.locator(`${table} tbody tr`, { hasText: text });
+
+  step("admin: users with roles, groups and passwords");
+  await adm.fill("#add-user input[name=name]", "nina");
+  await adm.selectOption("#add-user select[name=role]", "operator");
+  await adm.fill("#add-user input[name=groups]", "night");
+  await adm.click("#add-user button[type=submit]");
+  await adm.waitForSelector("#users tr[data-user=nina]");
+  assert.equal(await adm.inputValue("#users tr[data-user=nina] select.role"), "operator");
+  assert.equal(await adm.inputValue("#users tr[data-user=nina] form.groups input"), "night");
+  // A bad name is refused beside the form.
+  await adm.fill("#add-user input[name=name]", "Bad Name");
+  await adm.click("#add-user button[type=submit]");
+  await adm.waitForSelector("#add-user .error:not([hidden])");
+  assert.match(await adm.textContent("#add-user .error"), /user name/);
+  // A password too short is refused; a good one is set, and nina signs in with it.
+  await adm.fill("#users tr[data-user=nina] form.password input", "short");
+  await adm.click("#users tr[data-user=nina] form.password button");
+  await adm.waitForFunction(() => document.querySelector("#toast.bad")?.textContent.includes("too short"));
+  await adm.fill("#users tr[data-user=nina] form.password input", "nina-console-pw-1");
+  await adm.click("#users tr[data-user=nina] form.password button");
+  await toastSays("Password set for nina");
+  await adm.waitForFunction(() => document.querySelector("#users tr[data-user=nina]")?.textContent.includes("set"));
+  const { ctx: ninaCtx, page: nina } = await signedIn("nina", "operator", "nina-console-pw-1");
+  const whoami = () => nina.evaluate(async () => (await (await fetch("/api/v1/session")).json()).role);
+  assert.equal(await whoami(), "operator");
+  // A role change applies to her open session at once.
+  await adm.selectOption("#users tr[data-user=nina] select.role", "viewer");
+  await toastSays("nina is now viewer");
+  assert.equal(await whoami(), "viewer");
+  await adm.fill("#users tr[data-user=nina] form.groups input", "night, web");
+  await adm.click("#users tr[data-user=nina] form.groups button");
+  await toastSays("Groups of nina saved");
+  assert.equal(await adm.inputValue("#users tr[data-user=nina] form.groups input"), "night, web");
+  // The only admin cannot step down: the page says why and still shows her as admin.
+  await adm.selectOption("#users tr[data-user=ada] select.role", "viewer");
+  await adm.waitForFunction(() => document.querySelector("#toast.bad")?.textContent.includes("only admin"));
+  assert.equal(await adm.inputValue("#users tr[data-user=ada] select.role"), "admin");
+  await shot(adm, "admin-users");
+  await adm.click("#users tr[data-user=nina] button.remove");
+  await toastSays("Removed nina");
+  assert.equal(await adm.locator("#users tr[data-user=nina]").count(), 0);
+  assert.equal(await nina.evaluate(async () => (await fetch("/api/v1/session")).status), 401, "her session ended with her account");
+  await ninaCtx.close();
+
+  step("admin: tokens are shown once and revoked");
+  await adm.click("#tab-tokens");
+  await adm.waitForSelector("#add-token");
+  await adm.selectOption("#add-token select[name=user]", "ola");
+  await adm.fill("#add-token input[name=label]", "ci pipeline");
+  await adm.fill("#add-token input[name=expires]", "30d");
+  await adm.click("#add-token button[type=submit]");
+  await adm.waitForSelector("#new-token");
+  const token = (await adm.textContent("#new-token code")).trim();
+  assert.match(token, /^opslet_[0-9a-f]{8}_/);
+  const tokenId = token.split("_")[1];
+  const withToken = (t) => adm.evaluate(async (t) => (await fetch("/api/v1/applets", { headers: { Authorization: `Bearer ${t}` } })).status, t);
+  assert.equal(await withToken(token), 200, "the new token works");
+  assert.ok((await row("#tokens", tokenId).textContent()).includes("ci pipeline"));
+  // Shown once: the list never has the secret, and it is gone when the tab is shown again.
+  assert.ok(!(await adm.textContent("#tokens")).includes(token.split("_")[2]));
+  await adm.click("#tab-grants");
+  await adm.waitForSelector("#add-grant");
+  await adm.click("#tab-tokens");
+  await adm.waitForSelector("#tokens");
+  assert.equal(await adm.locator("#new-token").count(), 0);
+  await row("#tokens", tokenId).locator("button.revoke").click();
+  await toastSays(`Revoked ${tokenId}`);
+  assert.ok((await row("#tokens", tokenId).textContent()).includes("revoked"));
+  assert.equal(await withToken(token), 401, "revoked at once");
+  await shot(adm, "admin-tokens");
+
+  step("admin: grants");
+  await adm.click("#tab-grants");
+  await adm.waitForSelector("#add-grant");
+  await adm.fill("#add-grant input[name=subject]", "Bad Name");
+  await adm.fill("#add-grant input[name=pattern]", "tick*");
+  await adm.click("#add-grant button[type=submit]");
+  await adm.waitForSelector("#add-grant .error:not([hidden])");
+  await adm.fill("#add-grant input[name=subject]", "group:night");
+  await adm.click("#add-grant button[type=submit]");
+  await toastSays("group:night may run tick*");
+  await row("#grants", "group:night").locator("button.remove").click();
+  await toastSays("Grant removed");
+  assert.equal(await row("#grants", "group:night").count(), 0);
+
+  step("admin: webhooks, their secret shown once");
+  await adm.click("#tab-hooks");
+  await adm.waitForSelector("#add-hook");
+  await adm.fill("#add-hook input[name=name]", "zbx-problem");
+  await adm.fill("#add-hook input[name=applet]", "tick");
+  await adm.click("#add-hook button[type=submit]");
+  await adm.waitForSelector("#new-hook-secret");
+  const hookSecret = (await adm.textContent("#new-hook-secret code")).trim();
+  assert.ok(hookSecret.length >= 32, hookSecret);
+  assert.ok(!(await adm.textContent("#hooks")).includes(hookSecret), "the list never shows it");
+  await row("#hooks", "zbx-problem").locator("button.remove").click();
+  await toastSays("Removed zbx-problem");
+
+  step("admin: secrets by name only; set and rotated without being shown");
+  await adm.click("#tab-secrets");
+  await adm.waitForSelector("#add-secret");
+  assert.equal(await adm.getAttribute("#add-secret input[name=value]", "type"), "password");
+  await adm.fill("#add-secret input[name=name]", "deploy-key");
+  await adm.fill("#add-secret input[name=value]", CONSOLE_SECRET);
+  await adm.click("#add-secret button[type=submit]");
+  await toastSays("Secret deploy-key set");
+  await adm.waitForSelector("#secrets tr[data-secret=deploy-key]");
+  assert.ok((await row("#secrets", "deploy-key").textContent()).includes("ada"), "who changed it");
+  await adm.fill("#secrets tr[data-secret=deploy-key] form.rotate input", ROTATED_SECRET);
+  await adm.click("#secrets tr[data-secret=deploy-key] form.rotate button");
+  await toastSays("Secret deploy-key rotated");
+  const html = await adm.content();
+  assert.ok(!html.includes(CONSOLE_SECRET) && !html.includes(ROTATED_SECRET), "no value on the page");
+  const listed = await adm.evaluate(async () => (await fetch("/api/v1/secrets")).text());
+  assert.ok(listed.includes("deploy-key") && !listed.includes("value-"), listed);
+  await shot(adm, "admin-secrets");
+
+  step("every change made in the console is audited, as the admin who made it");
+  const kinds = await adm.evaluate(async () => {
+    const recs = await (await fetch("/api/v1/audit?caller=ada&order=newest&limit=200")).json();
+    return [...new Set(recs.map((r) => r.kind))];
+  });
+  for (const k of ["auth.user.add", "auth.password.set", "auth.user.change", "auth.user.rm", "auth.token.create", "auth.token.revoke", "auth.grant.add", "auth.grant.rm", "hook.add", "hook.rm", "secret.set", "secret.update"]) {
+    assert.ok(kinds.includes(k), `${k} in ${kinds}`);
+  }
+  await ctx.close();
+
+  step("no other role gets the admin pages, on the page or through the API");
+  for (const [user, role] of [["ola", "operator"], ["vic", "viewer"], ["pat", "publisher"], ["aud", "auditor"]]) {
+    const { ctx: c, page: p } = await signedIn(user, role);
+    assert.ok(!(await p.textContent("#nav")).includes("Admin"), `${role} nav`);
+    await p.goto(`${base}/ui/#/admin/users`);
+    await p.waitForSelector("main .error");
+    assert.match(await p.textContent("main .error"), new RegExp(`${user} \\(${role}\\) may not administer`));
+    assert.equal(await p.locator("#users").count(), 0);
+    const codes = await p.evaluate(async (me) => {
+      const s = await (await fetch("/api/v1/session")).json();
+      const send = (method, url, body) =>
+        fetch(url, { method, headers: { "Content-Type": "application/json", "X-CSRF-Token": s.csrf }, body: body && JSON.stringify(body) }).then((r) => r.status);
+      return [
+        await send("GET", "/api/v1/users"),
+        await send("PATCH", `/api/v1/users/${me}`, { role: "admin" }),
+        await send("POST", "/api/v1/users", { name: "sneaky", role: "admin" }),
+        await send("PUT", "/api/v1/secrets/deploy-key", { value: "x" }),
+        await send("GET", "/api/v1/tokens"),
+        await send("POST", "/api/v1/grants", { subject: me, pattern: "*" }),
+        await send("POST", "/api/v1/hooks", { name: "h", applet: "tick" }),
+      ];
+    }, user);
+    assert.deepEqual(codes, [403, 403, 403, 403, 403, 403, 403], `${role}: ${codes}`);
+    await c.close();
+  }
 }

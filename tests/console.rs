@@ -83,14 +83,30 @@ fn the_console_works_in_a_real_browser() {
     for h in &fleet.hosts {
         csv.push_str(&format!("{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key));
     }
+    // And a thousand more names on the same sshd hosts, for a run whose table has 1,000 rows.
+    for i in 1..=BIG {
+        let h = &fleet.hosts[i % fleet.hosts.len()];
+        csv.push_str(&format!("big{i:04},{},{},big,{}\n", h.address, h.port, h.host_key));
+    }
     std::fs::write(dir.path().join("fleet.csv"), csv).unwrap();
     opslet(&data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
     opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
     std::fs::write(
         data.join("opslet.toml"),
-        "[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
+        "[[ssh.credentials]]\nhosts = \"group:fleet | group:big\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
     )
     .unwrap();
+    // An applet with a secret param, which a re-run leaves blank.
+    let login = dir.path().join("fleet-login");
+    std::fs::create_dir_all(&login).unwrap();
+    std::fs::write(
+        login.join("applet.toml"),
+        "name = \"fleet-login\"\nversion = \"1.0.0\"\ndescription = \"Checks a login\"\n\n\
+         [params.account]\ntype = \"string\"\nrequired = true\n\n[params.password]\ntype = \"string\"\nrequired = true\nsecret = true\n",
+    )
+    .unwrap();
+    std::fs::write(login.join("main.lua"), "return function(p) return { account = p.account, length = #p.password } end").unwrap();
+    opslet(&data, &["publish", login.to_str().unwrap(), "-m", "login check"]);
     opslet(&data, &["publish", root().join("applets/host-facts").to_str().unwrap(), "-m", "bundled"]);
     opslet(&data, &["grant", "add", "ola", "host-*"]);
     opslet(&data, &["publish", root().join("applets/log-excerpt").to_str().unwrap(), "-m", "bundled"]);
@@ -132,8 +148,9 @@ fn the_console_works_in_a_real_browser() {
     opslet(&data, &["grant", "add", "ada", "tick"]);
     let token = opslet(&data, &["token", "create", "ada"]).trim().to_string();
 
-    let (child, addr) = serve_proc::spawn(&data, &["--applet-limit", "0", "--user-limit", "0", "--queue", "2000"]);
-    let _serve = Serve(child);
+    let flags = ["--applet-limit", "0", "--user-limit", "0", "--queue", "2000"];
+    let (child, addr) = serve_proc::spawn(&data, &flags);
+    let mut serve = Serve(child);
     opslet::install_tls_provider();
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         let client = reqwest::Client::new();
@@ -144,20 +161,53 @@ fn the_console_works_in_a_real_browser() {
     });
 
     let shots = std::env::var("OPSLET_SCREENSHOTS").unwrap_or_else(|_| dir.path().join("shots").display().to_string());
-    let mut node = Command::new("node");
-    node.arg(root().join("e2e/console.mjs"))
-        .current_dir(root().join("e2e"))
-        .env("OPSLET_URL", format!("http://{addr}"))
-        .env("OPSLET_SHOTS", &shots)
-        .env("OPSLET_BUNDLE", &bundle);
-    for (user, role) in ROLES {
-        node.env(format!("OPSLET_PW_{}", role.to_uppercase()), password(user));
-    }
-    let out = node.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("{text}");
-    assert!(out.status.success() && text.contains("all checks passed"), "the browser test failed:\n{text}");
-    for page in ["login", "market", "job", "audit", "hosts", "publish"] {
+    // The browser's cookies between the two phases (the admin's session).
+    let browser_state = dir.path().join("browser-state.json");
+    let phase = |name: &str| {
+        let mut node = Command::new("node");
+        node.arg(root().join("e2e/console.mjs"))
+            .current_dir(root().join("e2e"))
+            .env("OPSLET_PHASE", name)
+            .env("OPSLET_URL", format!("http://{addr}"))
+            .env("OPSLET_SHOTS", &shots)
+            .env("OPSLET_STATE", &browser_state)
+            .env("OPSLET_BIG", BIG.to_string())
+            .env("OPSLET_BUNDLE", &bundle);
+        for (user, role) in ROLES {
+            node.env(format!("OPSLET_PW_{}", role.to_uppercase()), password(user));
+        }
+        let out = node.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{text}");
+        assert!(out.status.success() && text.contains(&format!("{name}: all checks passed")), "the browser test ({name}) failed:\n{text}");
+    };
+    phase("before-restart");
+
+    // The server stops as an operator stops it (SIGTERM) and starts again on the same address:
+    // the admin's browser is still signed in.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    let st = serve.0.wait().unwrap();
+    assert!(st.success(), "the server stopped cleanly: {st:?}");
+    serve = Serve(serve_proc::spawn_at(&data, &addr, &flags).0);
+    phase("after-restart");
+    drop(serve);
+
+    for page in ["login", "market", "job", "job-hosts", "audit", "hosts", "publish", "admin-users", "admin-tokens", "admin-secrets"] {
         assert!(Path::new(&shots).join(format!("{page}.png")).exists(), "no screenshot of {page}");
     }
+    // A secret typed into the console never reached a page, a log or the audit: only its name.
+    let audit = opslet(&data, &["audit", "list", "--format", "json", "--limit", "10000"]);
+    assert!(
+        !audit.contains(CONSOLE_SECRET) && !audit.contains(ROTATED_SECRET) && !audit.contains(RUN_SECRET),
+        "a secret value in the audit log"
+    );
+    assert!(audit.contains("\"secret\": \"deploy-key\""), "the secret's changes are audited by name");
 }
+
+/// Hosts in the `big` group (names on the fleet's sshd hosts).
+const BIG: usize = 1000;
+/// Values e2e/console.mjs types (it has the same strings): a secret set, then rotated, in the
+/// admin pages; and a secret param of a run.
+const CONSOLE_SECRET: &str = "first-deploy-key-value-7731";
+const ROTATED_SECRET: &str = "rotated-deploy-key-value-9924";
+const RUN_SECRET: &str = "hunter2-but-longer-5521";

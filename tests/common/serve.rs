@@ -8,8 +8,13 @@ use std::process::{Child, Command, Stdio};
 /// Starts `opslet serve --listen 127.0.0.1:0 EXTRA...` on `data`; returns the child and the
 /// address it printed. Its stderr keeps being read so the server never blocks on it.
 pub fn spawn(data: &Path, extra: &[&str]) -> (Child, String) {
+    spawn_at(data, "127.0.0.1:0", extra)
+}
+
+/// Like `spawn`, listening on `listen` (a server started again on the address it had).
+pub fn spawn_at(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(extra)
         .env("OPSLET_DATA_DIR", data)
         .env_remove("OPSLET_CONFIG")

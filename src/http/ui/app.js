@@ -104,6 +104,7 @@ const can = {
   publish: () => ["publisher", "admin"].includes(state.me?.role),
   audit: () => ["auditor", "admin"].includes(state.me?.role),
   allJobs: () => ["auditor", "admin"].includes(state.me?.role),
+  admin: () => state.me?.role === "admin",
 };
 
 function fmtTime(t) {
@@ -145,6 +146,7 @@ function renderNav() {
   const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/hosts", "Hosts"]];
   if (can.publish()) links.push(["#/publish", "Publish"]);
   if (can.audit()) links.push(["#/audit", "Audit"]);
+  if (can.admin()) links.push(["#/admin", "Admin"]);
   nav.replaceChildren(...links.map(([href, label]) => h("a", { href, "data-nav": label.toLowerCase() }, label)));
   who.replaceChildren(
     h("span", {}, `${state.me.user} · ${state.me.role}`),
@@ -180,24 +182,27 @@ async function route() {
   document.querySelectorAll("#nav a").forEach((a) => a.removeAttribute("aria-current"));
   const current = document.querySelector(`#nav a[href="#/${parts[0] || ""}"]`);
   if (current) current.setAttribute("aria-current", "page");
+  // `await`, so an error of an async view lands in the catch below (and on the page).
   try {
     switch (parts[0]) {
       case "login":
-        return viewLogin();
+        return await viewLogin();
       case undefined:
-        return viewMarket(params);
+        return await viewMarket(params);
       case "applet":
-        return viewApplet(parts[1], params);
+        return await viewApplet(parts[1], params);
       case "job":
-        return viewJob(parts[1]);
+        return await viewJob(parts[1]);
       case "jobs":
-        return viewJobs(params);
+        return await viewJobs(params);
       case "hosts":
-        return viewHosts(params);
+        return await viewHosts(params);
       case "audit":
-        return viewAudit(params);
+        return await viewAudit(params);
       case "publish":
-        return viewPublish();
+        return await viewPublish();
+      case "admin":
+        return await viewAdmin(parts[1] || "users");
       default:
         show(h("h1", {}, "Not found"), h("p", {}, `Nothing at ${hash}.`));
     }
@@ -568,6 +573,9 @@ function runForm(v, again) {
 
 // ---- one job: live log, progress, result ---------------------------------------------------------
 
+/// Rows of a result table drawn at once.
+const PAGE_ROWS = 200;
+
 function resultView(result) {
   const isTable = Array.isArray(result) && result.length > 0 && result.every((r) => r && typeof r === "object" && !Array.isArray(r));
   if (!isTable) return h("pre", { class: "json", id: "result-json" }, JSON.stringify(result, null, 2));
@@ -595,6 +603,7 @@ function resultView(result) {
             sortCol = c;
             header.forEach((th) => th.removeAttribute("aria-sort"));
             header[cols.indexOf(c)].setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
+            page = 0;
             draw();
           },
         },
@@ -615,12 +624,26 @@ function resultView(result) {
     }
     return rs;
   };
+  // A page of rows at a time: a run on thousands of hosts builds a few hundred rows, not
+  // thousands, so the page stays responsive; filter, sort and downloads take every row.
+  let page = 0;
+  const prev = h("button", { type: "button", id: "rows-prev", onclick: () => ((page -= 1), draw()) }, "← Previous");
+  const next = h("button", { type: "button", id: "rows-next", onclick: () => ((page += 1), draw()) }, "Next →");
+  const span = h("span", { class: "muted", id: "rows-shown" });
+  const pager = h("div", { class: "toolbar", id: "result-pager" }, prev, span, next);
   const draw = () => {
     const rs = rows();
-    tbody.replaceChildren(...rs.map((r) => h("tr", {}, cols.map((c) => h("td", {}, cell(r[c]))))));
+    const pages = Math.max(1, Math.ceil(rs.length / PAGE_ROWS));
+    page = Math.min(Math.max(page, 0), pages - 1);
+    const shown = rs.slice(page * PAGE_ROWS, (page + 1) * PAGE_ROWS);
+    tbody.replaceChildren(...shown.map((r) => h("tr", {}, cols.map((c) => h("td", {}, cell(r[c]))))));
     count.textContent = `${rs.length} of ${result.length} row(s)`;
+    pager.hidden = pages === 1;
+    prev.disabled = page === 0;
+    next.disabled = page === pages - 1;
+    span.textContent = rs.length ? `rows ${page * PAGE_ROWS + 1}–${page * PAGE_ROWS + shown.length} of ${rs.length}` : "";
   };
-  filter.addEventListener("input", draw);
+  filter.addEventListener("input", () => ((page = 0), draw()));
   const download = (name, type, text) => {
     const a = h("a", { href: URL.createObjectURL(new Blob([text], { type })), download: name });
     document.body.append(a);
@@ -649,6 +672,7 @@ function resultView(result) {
       h("button", { type: "button", id: "download-json", onclick: () => download("result.json", "application/json", JSON.stringify(rows(), null, 2)) }, "Download JSON"),
     ),
     h("div", { class: "scroll" }, h("table", { class: "grid" }, h("thead", {}, h("tr", {}, header)), tbody)),
+    pager,
   );
 }
 
@@ -707,16 +731,23 @@ async function viewJob(id) {
     h("section", { class: "card" }, h("h2", {}, "Log"), log),
     result,
   );
+  // Progress comes once per host: the bar is drawn at most once a frame, with the latest.
+  let latest = null;
+  const drawProgress = () => {
+    const p = latest;
+    latest = null;
+    const done = p.ok + p.failed + p.skipped;
+    progress.hidden = false;
+    progress.replaceChildren(
+      h("span", {}, `${p.call}: ${done}/${p.total} hosts`),
+      h("progress", { max: p.total, value: done }),
+      h("span", {}, `ok ${p.ok} · failed ${p.failed} · skipped ${p.skipped} · pending ${p.pending}`),
+    );
+  };
   const addLine = (l) => {
     if (l.progress) {
-      const p = l.progress;
-      const done = p.ok + p.failed + p.skipped;
-      progress.hidden = false;
-      progress.replaceChildren(
-        h("span", {}, `${p.call}: ${done}/${p.total} hosts`),
-        h("progress", { max: p.total, value: done }),
-        h("span", {}, `ok ${p.ok} · failed ${p.failed} · skipped ${p.skipped} · pending ${p.pending}`),
-      );
+      if (!latest) requestAnimationFrame(drawProgress);
+      latest = l.progress;
       return;
     }
     log.append(h("li", { class: `lvl-${l.level}` }, h("time", {}, new Date(l.time).toLocaleTimeString()), " ", h("b", {}, l.level), " ", l.message));
@@ -929,6 +960,319 @@ function viewPublish() {
       msg,
       h("button", { type: "submit", class: "primary" }, "Publish"),
       out,
+    ),
+  );
+}
+
+// ---- administration (admins; the API refuses everyone else) ----------------------------------------
+
+const ADMIN_TABS = [["users", "Users"], ["tokens", "Tokens"], ["grants", "Grants"], ["hooks", "Webhooks"], ["secrets", "Secrets"]];
+const ROLES = ["viewer", "operator", "publisher", "auditor", "admin"];
+
+/// Makes a change, says so and shows the tab again (with what is now true); an error goes to
+/// the caller (a form shows it beside its inputs).
+async function changed(what, fn, tab) {
+  await fn();
+  await viewAdmin(tab);
+  toast(what);
+}
+
+/// Like `changed`, for a button in a row: an error is said in the toast and the tab shown again,
+/// so the row shows what is stored rather than what was tried.
+async function change(what, fn, tab) {
+  try {
+    await changed(what, fn, tab);
+  } catch (e) {
+    await viewAdmin(tab).catch(() => {});
+    toast(e.message, true);
+  }
+}
+
+/// A small form: one row of inputs and a submit button; `submit(values)` gets the trimmed
+/// values by name (a password is kept as typed).
+function rowForm(id, inputs, label, submit) {
+  const err = h("p", { class: "error", role: "alert", hidden: true });
+  return h(
+    "form",
+    {
+      class: "filters",
+      id,
+      onsubmit: async (ev) => {
+        ev.preventDefault();
+        err.hidden = true;
+        const v = {};
+        for (const i of inputs) v[i.name] = i.type === "password" ? i.value : i.value.trim();
+        try {
+          await submit(v);
+        } catch (e) {
+          err.textContent = e.message;
+          err.hidden = false;
+        }
+      },
+    },
+    inputs,
+    h("button", { type: "submit", class: "primary" }, label),
+    err,
+  );
+}
+
+/// A secret shown once (a new token or hook secret), with a note that it will not be again.
+function shownOnce(id, what, value) {
+  return h(
+    "div",
+    { class: "card once", id, role: "status" },
+    h("p", {}, h("b", {}, `${what}, shown only this once: `), "copy it now."),
+    h("code", { class: "secret-value" }, value),
+    " ",
+    h("button", { type: "button", onclick: () => navigator.clipboard?.writeText(value).then(() => toast("Copied")) }, "Copy"),
+  );
+}
+
+function list(s) {
+  return s.split(",").map((x) => x.trim()).filter(Boolean);
+}
+
+async function viewAdmin(tab, once) {
+  const tabs = h(
+    "nav",
+    { class: "tabs", "aria-label": "Administration" },
+    ADMIN_TABS.map(([t, label]) => h("a", { href: `#/admin/${t}`, "aria-current": t === tab ? "page" : null, id: `tab-${t}` }, label)),
+  );
+  const body = await ({ users: adminUsers, tokens: adminTokens, grants: adminGrants, hooks: adminHooks, secrets: adminSecrets }[tab] || (() => errorBox(`No admin page ${tab}.`)))(once);
+  show(h("h1", {}, "Administration"), tabs, body);
+}
+
+async function adminUsers() {
+  const users = await api("GET", "/api/v1/users");
+  const roleSelect = (attrs, current) => h("select", attrs, ROLES.map((r) => h("option", { value: r, selected: r === current }, r)));
+  const rows = users.map((u) => {
+    const pw = h("input", { type: "password", name: "password", placeholder: "New password", autocomplete: "new-password", "aria-label": `New password for ${u.name}` });
+    const groups = h("input", { name: "groups", value: u.groups.join(", "), "aria-label": `Groups of ${u.name}` });
+    return h(
+      "tr",
+      { "data-user": u.name },
+      h("td", {}, u.name),
+      h(
+        "td",
+        {},
+        roleSelect(
+          {
+            "aria-label": `Role of ${u.name}`,
+            class: "role",
+            onchange: (ev) => change(`${u.name} is now ${ev.target.value}`, () => api("PATCH", `/api/v1/users/${encodeURIComponent(u.name)}`, { role: ev.target.value }), "users"),
+          },
+          u.role,
+        ),
+      ),
+      h(
+        "td",
+        {},
+        h(
+          "form",
+          { class: "inline groups", onsubmit: (ev) => (ev.preventDefault(), change(`Groups of ${u.name} saved`, () => api("PATCH", `/api/v1/users/${encodeURIComponent(u.name)}`, { groups: list(groups.value) }), "users")) },
+          groups,
+          h("button", { type: "submit" }, "Save"),
+        ),
+      ),
+      h(
+        "td",
+        {},
+        u.password ? badge("set", "good") : badge("none"),
+        h(
+          "form",
+          {
+            class: "inline password",
+            onsubmit: (ev) => {
+              ev.preventDefault();
+              change(`Password set for ${u.name}`, () => api("PUT", `/api/v1/users/${encodeURIComponent(u.name)}/password`, { password: pw.value }), "users");
+            },
+          },
+          pw,
+          h("button", { type: "submit" }, u.password ? "Change" : "Set"),
+        ),
+      ),
+      h("td", {}, fmtTime(u.created_at)),
+      h(
+        "td",
+        {},
+        h(
+          "button",
+          {
+            type: "button",
+            class: "danger remove",
+            onclick: () => confirm(`Remove ${u.name} and revoke their tokens?`) && change(`Removed ${u.name}`, () => api("DELETE", `/api/v1/users/${encodeURIComponent(u.name)}`), "users"),
+          },
+          "Remove",
+        ),
+      ),
+    );
+  });
+  return h(
+    "div",
+    {},
+    h("section", { class: "card" }, h("h2", {}, "Add a user"), rowForm(
+      "add-user",
+      [h("input", { name: "name", placeholder: "Name", "aria-label": "User name", required: true }), roleSelect({ name: "role", "aria-label": "Role" }, "viewer"), h("input", { name: "groups", placeholder: "Groups, comma-separated", "aria-label": "Groups" })],
+      "Add",
+      (v) => changed(`Added ${v.name}`, () => api("POST", "/api/v1/users", { name: v.name, role: v.role, groups: list(v.groups) }), "users"),
+    ), h("p", { class: "muted" }, "A role or group change applies to the user's sessions and tokens at once.")),
+    h(
+      "table",
+      { class: "grid", id: "users" },
+      h("thead", {}, h("tr", {}, ["User", "Role", "Groups", "Console password", "Created", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows),
+    ),
+  );
+}
+
+async function adminTokens(once) {
+  const [tokens, users] = await Promise.all([api("GET", "/api/v1/tokens"), api("GET", "/api/v1/users")]);
+  return h(
+    "div",
+    {},
+    once ? shownOnce("new-token", "The new token", once) : null,
+    h("section", { class: "card" }, h("h2", {}, "Create a token"), rowForm(
+      "add-token",
+      [
+        h("select", { name: "user", "aria-label": "User" }, users.map((u) => h("option", { value: u.name }, u.name))),
+        h("input", { name: "label", placeholder: "What it is for", "aria-label": "Label" }),
+        h("input", { name: "expires", placeholder: "Lifetime, e.g. 30d (empty: none)", "aria-label": "Lifetime" }),
+      ],
+      "Create",
+      async (v) => {
+        const body = { label: v.label };
+        if (v.expires) body.expires = v.expires;
+        const t = await api("POST", `/api/v1/users/${encodeURIComponent(v.user)}/tokens`, body);
+        await viewAdmin("tokens", t.token);
+        toast(`Token ${t.id} created for ${t.user}`);
+      },
+    )),
+    h(
+      "table",
+      { class: "grid", id: "tokens" },
+      h("thead", {}, h("tr", {}, ["Id", "User", "Label", "Created", "Expires", "State", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        tokens.map((t) =>
+          h(
+            "tr",
+            { "data-token": t.id },
+            h("td", {}, h("code", {}, t.id)),
+            h("td", {}, t.user),
+            h("td", {}, t.label),
+            h("td", {}, fmtTime(t.created_at)),
+            h("td", {}, t.expires_at ? fmtTime(t.expires_at) : "never"),
+            h("td", {}, t.revoked ? badge("revoked", "bad") : t.expires_at && new Date(t.expires_at) < new Date() ? badge("expired", "warn") : badge("live", "good")),
+            h("td", {}, t.revoked ? null : h("button", { type: "button", class: "danger revoke", onclick: () => confirm(`Revoke token ${t.id} of ${t.user}?`) && change(`Revoked ${t.id}`, () => api("DELETE", `/api/v1/tokens/${encodeURIComponent(t.id)}`), "tokens") }, "Revoke")),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+async function adminGrants() {
+  const grants = await api("GET", "/api/v1/grants");
+  return h(
+    "div",
+    {},
+    h("section", { class: "card" }, h("h2", {}, "Grant a run right"), rowForm(
+      "add-grant",
+      [h("input", { name: "subject", placeholder: "User or group:NAME", "aria-label": "Subject", required: true }), h("input", { name: "pattern", placeholder: "Applets, e.g. disk-*", "aria-label": "Applet pattern", required: true })],
+      "Grant",
+      (v) => changed(`${v.subject} may run ${v.pattern}`, () => api("POST", "/api/v1/grants", v), "grants"),
+    ), h("p", { class: "muted" }, "Operators run the applets their grants (to them or to one of their groups) allow.")),
+    h(
+      "table",
+      { class: "grid", id: "grants" },
+      h("thead", {}, h("tr", {}, ["Subject", "Applets", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        grants.map((g) =>
+          h("tr", {}, h("td", {}, g.subject), h("td", {}, h("code", {}, g.pattern)), h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => change(`Grant removed`, () => api("DELETE", "/api/v1/grants", g), "grants") }, "Remove"))),
+        ),
+      ),
+    ),
+  );
+}
+
+async function adminHooks(once) {
+  const hooks = await api("GET", "/api/v1/hooks");
+  return h(
+    "div",
+    {},
+    once ? shownOnce("new-hook-secret", "The hook's signing secret", once) : null,
+    h("section", { class: "card" }, h("h2", {}, "Add a webhook"), rowForm(
+      "add-hook",
+      [
+        h("input", { name: "name", placeholder: "Name", "aria-label": "Hook name", required: true }),
+        h("input", { name: "applet", placeholder: "Applet (name or name@version)", "aria-label": "Applet", required: true }),
+        h("input", { name: "map", placeholder: "param=$.path, …", "aria-label": "Param map" }),
+      ],
+      "Add",
+      async (v) => {
+        const hk = await api("POST", "/api/v1/hooks", { name: v.name, applet: v.applet, map: list(v.map) });
+        await viewAdmin("hooks", hk.secret);
+        toast(`Hook ${hk.name} added`);
+      },
+    ), h("p", { class: "muted" }, "Deliveries go to ", h("code", {}, "POST /hooks/NAME"), " signed with the hook's secret.")),
+    h(
+      "table",
+      { class: "grid", id: "hooks" },
+      h("thead", {}, h("tr", {}, ["Name", "Applet", "Params from", "Created", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        hooks.map((k) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, k.name),
+            h("td", {}, k.applet),
+            h("td", {}, k.map.map(([p, path]) => `${p}=${path}`).join(", ")),
+            h("td", {}, fmtTime(k.created_at)),
+            h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove hook ${k.name}?`) && change(`Removed ${k.name}`, () => api("DELETE", `/api/v1/hooks/${encodeURIComponent(k.name)}`), "hooks") }, "Remove")),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+async function adminSecrets() {
+  const secrets = await api("GET", "/api/v1/secrets");
+  const setValue = (name, value) => api("PUT", `/api/v1/secrets/${encodeURIComponent(name)}`, { value });
+  return h(
+    "div",
+    {},
+    h("section", { class: "card" }, h("h2", {}, "Add a secret"), rowForm(
+      "add-secret",
+      [h("input", { name: "name", placeholder: "Name", "aria-label": "Secret name", required: true }), h("input", { name: "value", type: "password", placeholder: "Value", "aria-label": "Secret value", autocomplete: "off", required: true })],
+      "Add",
+      (v) => changed(`Secret ${v.name} set`, () => setValue(v.name, v.value), "secrets"),
+    ), h("p", { class: "muted" }, "Values are encrypted at rest and never shown again, here or anywhere else.")),
+    h(
+      "table",
+      { class: "grid", id: "secrets" },
+      h("thead", {}, h("tr", {}, ["Name", "Changed", "By", "New value", ""].map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "tbody",
+        {},
+        secrets.map((x) => {
+          const v = h("input", { type: "password", name: "value", autocomplete: "off", placeholder: "New value", "aria-label": `New value of ${x.name}` });
+          return h(
+            "tr",
+            { "data-secret": x.name },
+            h("td", {}, x.name),
+            h("td", {}, fmtTime(x.updated_at)),
+            h("td", {}, x.updated_by),
+            h("td", {}, h("form", { class: "inline rotate", onsubmit: (ev) => (ev.preventDefault(), v.value && change(`Secret ${x.name} rotated`, () => setValue(x.name, v.value), "secrets")) }, v, h("button", { type: "submit" }, "Rotate"))),
+            h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove secret ${x.name}? Applets that use it will fail.`) && change(`Removed ${x.name}`, () => api("DELETE", `/api/v1/secrets/${encodeURIComponent(x.name)}`), "secrets") }, "Remove")),
+          );
+        }),
+      ),
     ),
   );
 }
