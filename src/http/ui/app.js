@@ -120,6 +120,11 @@ function duration(job) {
   return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
+/// A table of records: its header, then one `tr` per row (`rows` are built by the caller).
+function grid(id, headers, rows) {
+  return h("table", { class: "grid", id }, h("thead", {}, h("tr", {}, headers.map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, rows));
+}
+
 function badge(text, kind) {
   return h("span", { class: `badge ${kind || ""}` }, text);
 }
@@ -356,30 +361,21 @@ async function viewApplet(name, params) {
     ),
     h("p", { class: "muted" }, `Published by ${v.publisher} on ${fmtTime(v.published_at)}`, v.message ? ` — “${v.message}”` : ""),
   );
-  const vt = h(
-    "table",
-    { class: "grid" },
-    h("thead", {}, h("tr", {}, ["Version", "Publisher", "Published", "Message", "State", ""].map((c) => h("th", { scope: "col" }, c)))),
-    h(
-      "tbody",
-      {},
-      versions
-        .slice()
-        .reverse()
-        .map((x) =>
-          h(
-            "tr",
-            {},
-            h("td", {}, x.version),
-            h("td", {}, x.publisher),
-            h("td", {}, fmtTime(x.published_at)),
-            h("td", {}, x.message),
-            h("td", {}, x.version === info.current ? badge("current", "good") : null, x.yanked ? badge("yanked", "bad") : null),
-            h("td", {}, can.publish() ? versionActions(name, x, info.current) : null),
-          ),
-        ),
-    ),
-  );
+  const vt = grid(null, ["Version", "Publisher", "Published", "Message", "State", ""], versions
+    .slice()
+    .reverse()
+    .map((x) =>
+      h(
+        "tr",
+        {},
+        h("td", {}, x.version),
+        h("td", {}, x.publisher),
+        h("td", {}, fmtTime(x.published_at)),
+        h("td", {}, x.message),
+        h("td", {}, x.version === info.current ? badge("current", "good") : null, x.yanked ? badge("yanked", "bad") : null),
+        h("td", {}, can.publish() ? versionActions(name, x, info.current) : null),
+      ),
+    ));
   // Rolling back needs a version that was current before.
   const actions = can.publish() && (info.history || []).length > 0
     ? h("p", {}, h("button", { type: "button", id: "rollback", onclick: () => registryAction(`/api/v1/applets/${encodeURIComponent(name)}/rollback`, name, "Rolled back") }, "Roll back to the previous version"))
@@ -833,27 +829,18 @@ async function viewJobs(params) {
     h("h1", {}, "Jobs"),
     filterForm(fields, params, "#/jobs"),
     jobs.length
-      ? h(
-          "table",
-          { class: "grid", id: "jobs" },
-          h("thead", {}, h("tr", {}, ["Job", "Applet", "Status", "User", "Submitted", "Duration"].map((c) => h("th", { scope: "col" }, c)))),
-          h(
-            "tbody",
-            {},
-            jobs.map((j) =>
-              h(
-                "tr",
-                {},
-                h("td", {}, h("a", { href: `#/job/${j.id}` }, j.id.slice(0, 13))),
-                h("td", {}, j.applet || j.reference),
-                h("td", {}, statusBadge(j.status), j.dry_run ? badge("dry run", "warn") : null),
-                h("td", {}, j.user),
-                h("td", {}, fmtTime(j.submitted_at)),
-                h("td", {}, duration(j)),
-              ),
-            ),
-          ),
-        )
+      ? grid("jobs", ["Job", "Applet", "Status", "User", "Submitted", "Duration"], jobs.map((j) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, h("a", { href: `#/job/${j.id}` }, j.id.slice(0, 13))),
+          h("td", {}, j.applet || j.reference),
+          h("td", {}, statusBadge(j.status), j.dry_run ? badge("dry run", "warn") : null),
+          h("td", {}, j.user),
+          h("td", {}, fmtTime(j.submitted_at)),
+          h("td", {}, duration(j)),
+        ),
+      ))
       : h("p", { class: "muted" }, "No jobs."),
     olderLink("#/jobs", params, next),
   );
@@ -885,44 +872,35 @@ async function viewAudit(params) {
     filterForm([["kind", "Kind"], ["caller", "Caller"], ["applet", "Applet"], ["status", "Status"], ["run", "Run id"]], params, "#/audit"),
     // A clicked record opens here, above the list, where it is seen.
     detail,
-    h(
-      "table",
-      { class: "grid", id: "audit" },
-      h("thead", {}, h("tr", {}, ["#", "Time", "Kind", "Who", "Applet", "Status", "Target"].map((c) => h("th", { scope: "col" }, c)))),
+    grid("audit", ["#", "Time", "Kind", "Who", "Applet", "Status", "Target"], records.map((r) =>
       h(
-        "tbody",
+        "tr",
         {},
-        records.map((r) =>
+        h(
+          "td",
+          {},
           h(
-            "tr",
-            {},
-            h(
-              "td",
-              {},
-              h(
-                "button",
-                {
-                  type: "button",
-                  class: "link",
-                  onclick: () => {
-                    detail.textContent = JSON.stringify(r, null, 2);
-                    detail.hidden = false;
-                    detail.scrollIntoView({ block: "start" });
-                  },
-                },
-                String(r.seq),
-              ),
-            ),
-            h("td", {}, fmtTime(r.time)),
-            h("td", {}, r.kind),
-            h("td", {}, r.actor || ""),
-            h("td", {}, r.applet || ""),
-            h("td", {}, r.status || ""),
-            h("td", {}, r.data?.target || r.data?.module || ""),
+            "button",
+            {
+              type: "button",
+              class: "link",
+              onclick: () => {
+                detail.textContent = JSON.stringify(r, null, 2);
+                detail.hidden = false;
+                detail.scrollIntoView({ block: "start" });
+              },
+            },
+            String(r.seq),
           ),
         ),
+        h("td", {}, fmtTime(r.time)),
+        h("td", {}, r.kind),
+        h("td", {}, r.actor || ""),
+        h("td", {}, r.applet || ""),
+        h("td", {}, r.status || ""),
+        h("td", {}, r.data?.target || r.data?.module || ""),
       ),
-    ),
+    )),
     olderLink("#/audit", params, next),
   );
 }
@@ -1116,12 +1094,7 @@ async function adminUsers() {
       "Add",
       (v) => changed(`Added ${v.name}`, () => api("POST", "/api/v1/users", { name: v.name, role: v.role, groups: list(v.groups) }), "users"),
     ), h("p", { class: "muted" }, "A role or group change applies to the user's sessions and tokens at once.")),
-    h(
-      "table",
-      { class: "grid", id: "users" },
-      h("thead", {}, h("tr", {}, ["User", "Role", "Groups", "Console password", "Created", ""].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, rows),
-    ),
+    grid("users", ["User", "Role", "Groups", "Console password", "Created", ""], rows),
   );
 }
 
@@ -1147,28 +1120,19 @@ async function adminTokens(once) {
         toast(`Token ${t.id} created for ${t.user}`);
       },
     )),
-    h(
-      "table",
-      { class: "grid", id: "tokens" },
-      h("thead", {}, h("tr", {}, ["Id", "User", "Label", "Created", "Expires", "State", ""].map((c) => h("th", { scope: "col" }, c)))),
+    grid("tokens", ["Id", "User", "Label", "Created", "Expires", "State", ""], tokens.map((t) =>
       h(
-        "tbody",
-        {},
-        tokens.map((t) =>
-          h(
-            "tr",
-            { "data-token": t.id },
-            h("td", {}, h("code", {}, t.id)),
-            h("td", {}, t.user),
-            h("td", {}, t.label),
-            h("td", {}, fmtTime(t.created_at)),
-            h("td", {}, t.expires_at ? fmtTime(t.expires_at) : "never"),
-            h("td", {}, t.revoked ? badge("revoked", "bad") : t.expires_at && new Date(t.expires_at) < new Date() ? badge("expired", "warn") : badge("live", "good")),
-            h("td", {}, t.revoked ? null : h("button", { type: "button", class: "danger revoke", onclick: () => confirm(`Revoke token ${t.id} of ${t.user}?`) && change(`Revoked ${t.id}`, () => api("DELETE", `/api/v1/tokens/${encodeURIComponent(t.id)}`), "tokens") }, "Revoke")),
-          ),
-        ),
+        "tr",
+        { "data-token": t.id },
+        h("td", {}, h("code", {}, t.id)),
+        h("td", {}, t.user),
+        h("td", {}, t.label),
+        h("td", {}, fmtTime(t.created_at)),
+        h("td", {}, t.expires_at ? fmtTime(t.expires_at) : "never"),
+        h("td", {}, t.revoked ? badge("revoked", "bad") : t.expires_at && new Date(t.expires_at) < new Date() ? badge("expired", "warn") : badge("live", "good")),
+        h("td", {}, t.revoked ? null : h("button", { type: "button", class: "danger revoke", onclick: () => confirm(`Revoke token ${t.id} of ${t.user}?`) && change(`Revoked ${t.id}`, () => api("DELETE", `/api/v1/tokens/${encodeURIComponent(t.id)}`), "tokens") }, "Revoke")),
       ),
-    ),
+    )),
   );
 }
 
@@ -1183,18 +1147,9 @@ async function adminGrants() {
       "Grant",
       (v) => changed(`${v.subject} may run ${v.pattern}`, () => api("POST", "/api/v1/grants", v), "grants"),
     ), h("p", { class: "muted" }, "Operators run the applets their grants (to them or to one of their groups) allow.")),
-    h(
-      "table",
-      { class: "grid", id: "grants" },
-      h("thead", {}, h("tr", {}, ["Subject", "Applets", ""].map((c) => h("th", { scope: "col" }, c)))),
-      h(
-        "tbody",
-        {},
-        grants.map((g) =>
-          h("tr", {}, h("td", {}, g.subject), h("td", {}, h("code", {}, g.pattern)), h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => change(`Grant removed`, () => api("DELETE", "/api/v1/grants", g), "grants") }, "Remove"))),
-        ),
-      ),
-    ),
+    grid("grants", ["Subject", "Applets", ""], grants.map((g) =>
+      h("tr", {}, h("td", {}, g.subject), h("td", {}, h("code", {}, g.pattern)), h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => change(`Grant removed`, () => api("DELETE", "/api/v1/grants", g), "grants") }, "Remove"))),
+    )),
   );
 }
 
@@ -1218,26 +1173,17 @@ async function adminHooks(once) {
         toast(`Hook ${hk.name} added`);
       },
     ), h("p", { class: "muted" }, "Deliveries go to ", h("code", {}, "POST /hooks/NAME"), " signed with the hook's secret.")),
-    h(
-      "table",
-      { class: "grid", id: "hooks" },
-      h("thead", {}, h("tr", {}, ["Name", "Applet", "Params from", "Created", ""].map((c) => h("th", { scope: "col" }, c)))),
+    grid("hooks", ["Name", "Applet", "Params from", "Created", ""], hooks.map((k) =>
       h(
-        "tbody",
+        "tr",
         {},
-        hooks.map((k) =>
-          h(
-            "tr",
-            {},
-            h("td", {}, k.name),
-            h("td", {}, k.applet),
-            h("td", {}, k.map.map(([p, path]) => `${p}=${path}`).join(", ")),
-            h("td", {}, fmtTime(k.created_at)),
-            h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove hook ${k.name}?`) && change(`Removed ${k.name}`, () => api("DELETE", `/api/v1/hooks/${encodeURIComponent(k.name)}`), "hooks") }, "Remove")),
-          ),
-        ),
+        h("td", {}, k.name),
+        h("td", {}, k.applet),
+        h("td", {}, k.map.map(([p, path]) => `${p}=${path}`).join(", ")),
+        h("td", {}, fmtTime(k.created_at)),
+        h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove hook ${k.name}?`) && change(`Removed ${k.name}`, () => api("DELETE", `/api/v1/hooks/${encodeURIComponent(k.name)}`), "hooks") }, "Remove")),
       ),
-    ),
+    )),
   );
 }
 
@@ -1253,26 +1199,17 @@ async function adminSecrets() {
       "Add",
       (v) => changed(`Secret ${v.name} set`, () => setValue(v.name, v.value), "secrets"),
     ), h("p", { class: "muted" }, "Values are encrypted at rest and never shown again, here or anywhere else.")),
-    h(
-      "table",
-      { class: "grid", id: "secrets" },
-      h("thead", {}, h("tr", {}, ["Name", "Changed", "By", "New value", ""].map((c) => h("th", { scope: "col" }, c)))),
-      h(
-        "tbody",
-        {},
-        secrets.map((x) => {
-          const v = h("input", { type: "password", name: "value", autocomplete: "off", placeholder: "New value", "aria-label": `New value of ${x.name}` });
-          return h(
-            "tr",
-            { "data-secret": x.name },
-            h("td", {}, x.name),
-            h("td", {}, fmtTime(x.updated_at)),
-            h("td", {}, x.updated_by),
-            h("td", {}, h("form", { class: "inline rotate", onsubmit: (ev) => (ev.preventDefault(), v.value && change(`Secret ${x.name} rotated`, () => setValue(x.name, v.value), "secrets")) }, v, h("button", { type: "submit" }, "Rotate"))),
-            h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove secret ${x.name}? Applets that use it will fail.`) && change(`Removed ${x.name}`, () => api("DELETE", `/api/v1/secrets/${encodeURIComponent(x.name)}`), "secrets") }, "Remove")),
-          );
-        }),
-      ),
-    ),
+    grid("secrets", ["Name", "Changed", "By", "New value", ""], secrets.map((x) => {
+      const v = h("input", { type: "password", name: "value", autocomplete: "off", placeholder: "New value", "aria-label": `New value of ${x.name}` });
+      return h(
+        "tr",
+        { "data-secret": x.name },
+        h("td", {}, x.name),
+        h("td", {}, fmtTime(x.updated_at)),
+        h("td", {}, x.updated_by),
+        h("td", {}, h("form", { class: "inline rotate", onsubmit: (ev) => (ev.preventDefault(), v.value && change(`Secret ${x.name} rotated`, () => setValue(x.name, v.value), "secrets")) }, v, h("button", { type: "submit" }, "Rotate"))),
+        h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove secret ${x.name}? Applets that use it will fail.`) && change(`Removed ${x.name}`, () => api("DELETE", `/api/v1/secrets/${encodeURIComponent(x.name)}`), "secrets") }, "Remove")),
+      );
+    })),
   );
 }
