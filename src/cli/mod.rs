@@ -16,6 +16,7 @@ mod run;
 mod serve;
 pub(crate) mod stdio;
 mod store;
+mod worker;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -105,6 +106,8 @@ pub enum Command {
     Trust(registry::TrustCmd),
     /// Serve the HTTP API (registry reads and runs, with bearer tokens).
     Serve(serve::ServeArgs),
+    /// Execute runs that `opslet serve --queue nats://…` queued (docs/scale-out.md).
+    Worker(worker::WorkerArgs),
     /// Manage accounts (for `opslet serve`).
     #[command(subcommand)]
     User(auth::UserCmd),
@@ -418,6 +421,7 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::Key(cmd) => registry::key(cmd),
         Command::Trust(cmd) => registry::trust(global, cmd),
         Command::Serve(args) => serve::run(global, args),
+        Command::Worker(args) => worker::run(global, args),
         Command::User(cmd) => auth::user(global, cmd),
         Command::Token(cmd) => auth::token(global, cmd),
         Command::Grant(cmd) => auth::grant(global, cmd),
@@ -457,6 +461,7 @@ impl Command {
             Command::New(_)
                 | Command::Check(_)
                 | Command::Serve(_)
+                | Command::Worker(_)
                 | Command::Meta { .. }
                 | Command::Completions { .. }
                 | Command::Man

@@ -452,6 +452,7 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         Command::Trust(_) => a(Admin),
         Command::Store(_)
         | Command::Serve(_)
+        | Command::Worker(_)
         | Command::New(_)
         | Command::Check(_)
         | Command::Meta { .. }

@@ -26,8 +26,16 @@ pub struct ServeArgs {
     #[arg(long, env = "OPSLET_MAX_RUNS")]
     pub max_runs: Option<usize>,
     /// Runs allowed to wait for their first CPU slot; more get 503 with Retry-After [default: 64].
-    #[arg(long, env = "OPSLET_QUEUE")]
-    pub queue: Option<usize>,
+    /// Or a NATS URL (nats://host:4222, tls://host:4222): this server becomes the control plane
+    /// and `opslet worker` processes run the applets (docs/scale-out.md).
+    #[arg(long, env = "OPSLET_QUEUE", value_name = "N|URL")]
+    pub queue: Option<String>,
+    /// With `--queue URL`: a NATS credentials file (user JWT and nkey seed).
+    #[arg(long, env = "OPSLET_QUEUE_CREDS", value_name = "FILE")]
+    pub queue_creds: Option<std::path::PathBuf>,
+    /// With `--queue tls://…`: the CA certificate to trust for NATS.
+    #[arg(long, env = "OPSLET_QUEUE_CA", value_name = "FILE")]
+    pub queue_ca: Option<std::path::PathBuf>,
     /// Largest request body, in bytes [default: 1048576].
     #[arg(long, env = "OPSLET_BODY_LIMIT")]
     pub body_limit: Option<usize>,
@@ -63,6 +71,21 @@ pub struct ServeArgs {
     pub log_json: bool,
 }
 
+/// The queue settings of `--queue URL` (serve and worker alike). `OPSLET_QUEUE_ACK_WAIT` sets
+/// how long a run may go unreported before it counts as lost (30s).
+pub fn queue_settings(
+    url: &str,
+    creds: Option<std::path::PathBuf>,
+    ca: Option<std::path::PathBuf>,
+) -> Result<crate::service::queue::QueueSettings, Error> {
+    let mut q = crate::service::queue::QueueSettings::new(url)?;
+    (q.creds_file, q.tls_ca) = (creds, ca);
+    if let Ok(w) = std::env::var("OPSLET_QUEUE_ACK_WAIT") {
+        q.ack_wait = duration("OPSLET_QUEUE_ACK_WAIT", &w)?;
+    }
+    Ok(q)
+}
+
 fn duration(what: &str, s: &str) -> Result<std::time::Duration, Error> {
     humantime::parse_duration(s).map_err(|e| Error::Usage(format!("{what} `{s}`: {e}")))
 }
@@ -76,7 +99,18 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 8620)),
     };
     let threads = args.run_threads.or(file.run_threads).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let queue = args.queue.or(file.queue).unwrap_or(64);
+    // `--queue` is a length, or the NATS URL of the workers' queue.
+    let (queue, workers) = match args.queue.as_deref().map(str::trim) {
+        Some(q) if q.contains("://") => {
+            (file.queue.unwrap_or(64), Some(queue_settings(q, args.queue_creds.clone(), args.queue_ca.clone())?))
+        }
+        Some(q) => (
+            q.parse::<usize>()
+                .map_err(|_| Error::Usage(format!("--queue `{q}`: give a number of runs, or a NATS URL like nats://127.0.0.1:4222")))?,
+            None,
+        ),
+        None => (file.queue.unwrap_or(64), None),
+    };
     let max_runs = args.max_runs.or(file.max_runs).unwrap_or(4096);
     let body_limit = args.body_limit.or(file.body_limit).unwrap_or(1024 * 1024);
     let applet_limit = args.applet_limit.or(file.applet_limit).unwrap_or(16);
@@ -124,6 +158,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         queue,
         quotas: Quotas { per_applet: applet_limit, per_caller: user_limit },
         dev: args.dev.clone(),
+        workers,
     };
     let service = RunService::dispatching(runtime, settings)?;
     let retention = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));

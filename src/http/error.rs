@@ -123,6 +123,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Delivery(_) => StatusCode::UNAUTHORIZED,
             ServiceError::Payload(_) => StatusCode::BAD_REQUEST,
             ServiceError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::QueueDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError { status, code: e.code(), message: e.to_string(), fields: None }
     }

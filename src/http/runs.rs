@@ -278,5 +278,9 @@ pub(super) async fn readyz(State(s): State<AppState>, _: Authed) -> Result<&'sta
 }
 
 pub(super) async fn metrics(State(s): State<AppState>, Authed(_p): Authed) -> Result<Response, ApiError> {
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.service.metrics()?.render()).into_response())
+    let mut text = s.service.metrics()?.render();
+    if let Some(workers) = s.service.workers() {
+        text.push_str(&crate::service::queue::control::render_workers(&workers));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -127,7 +127,7 @@ pub struct RunCtx {
 /// how many target calls succeeded, failed or were skipped, and whether the applet said it
 /// dealt with the failures (`ctx.failures_handled()`). A run that ends well with failed targets
 /// it did not handle is a partial or total failure to the CLI (exit codes 9 and 10).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Targets {
     pub ok: usize,
     pub failed: usize,

@@ -63,7 +63,7 @@ pub struct RunRequest {
 pub const GUESSES_PER_DAY: usize = 3;
 
 /// Where a run's package came from: the audit log tells a folder run from a registry run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
     /// A package handed in whole (tests, embedders).
@@ -98,7 +98,7 @@ impl RunRequest {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Ok,

@@ -375,6 +375,19 @@ impl Jobs {
         Ok(out)
     }
 
+    /// Jobs that have not ended (queued or running), as they are.
+    pub fn open_jobs(&self) -> Result<Vec<Job>, Error> {
+        self.index_open_jobs()?;
+        let mut out = Vec::new();
+        for id in self.open.iter().keys() {
+            let id = String::from_utf8_lossy(&id?).into_owned();
+            if let Some(job) = self.get(&id)?.filter(|j| !j.finished()) {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
     /// After a restart: `running` jobs become `interrupted`; returns the `queued` ones to run.
     /// Reads only the jobs that had not ended, however long the history.
     pub fn recover(&self) -> Result<Vec<Job>, Error> {

@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod jobs;
 mod metrics;
 mod pool;
+pub mod queue;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub enum ServiceError {
     /// The run thread ended without an outcome (a bug in host code).
     #[error("the run thread stopped")]
     Lost,
+    /// The run queue (NATS) did not take the run: unreachable, or not answering in time.
+    #[error("{0}")]
+    QueueDown(String),
 }
 
 impl ServiceError {
@@ -71,6 +75,7 @@ impl ServiceError {
             ServiceError::Core(e) => e,
             ServiceError::Quota(m) => Error::Busy(m),
             ServiceError::QueueFull => Error::Busy("too many runs waiting; retry later".into()),
+            ServiceError::QueueDown(m) => Error::Busy(m),
             other => Error::Internal(other.to_string()),
         }
     }
@@ -86,6 +91,7 @@ impl ServiceError {
             ServiceError::Delivery(_) => "delivery_refused",
             ServiceError::Payload(_) => "bad_payload",
             ServiceError::Lost => "internal_error",
+            ServiceError::QueueDown(_) => "queue_unavailable",
         }
     }
 }
@@ -202,6 +208,8 @@ struct Dispatch {
     quotas: Quotas,
     in_use: InUse,
     metrics: Arc<Metrics>,
+    /// With `--queue nats://…`: runs go to workers through NATS instead of the run threads.
+    queue: Option<queue::control::Control>,
 }
 
 /// The settings of a dispatching (server) service.
@@ -215,6 +223,8 @@ pub struct DispatchSettings {
     pub quotas: Quotas,
     /// `serve --dev DIR`.
     pub dev: Option<PathBuf>,
+    /// `serve --queue nats://…`: run on `opslet worker` processes.
+    pub workers: Option<queue::QueueSettings>,
 }
 
 impl RunService {
@@ -227,15 +237,22 @@ impl RunService {
     /// A service that also dispatches jobs to run threads (`opslet serve`).
     pub fn dispatching(runtime: Runtime, settings: DispatchSettings) -> Result<RunService, Error> {
         let store = runtime.store().cloned().ok_or_else(|| Error::Internal("a dispatching run service needs a store".into()))?;
+        let jobs = Jobs::new(store.clone())?;
+        let metrics: Arc<Metrics> = Default::default();
+        let queue = match settings.workers {
+            Some(q) => Some(queue::control::Control::start(q, store.clone(), jobs.clone(), Arc::clone(&metrics))?),
+            None => None,
+        };
         let dispatch = Dispatch {
-            jobs: Jobs::new(store.clone())?,
+            jobs,
             pool: RunPool::start(settings.run_threads, settings.max_runs, settings.queue),
             hooks: Hooks::new(store.clone())?,
             auth: Auth::new(store.clone())?,
             dev: settings.dev.as_deref().map(dev::DevApplets::watch).transpose()?,
             quotas: settings.quotas,
             in_use: Default::default(),
-            metrics: Default::default(),
+            metrics,
+            queue,
         };
         Ok(RunService { inner: Arc::new(Inner { runtime, registry: Some(Registry::new(store)?), dispatch: Some(dispatch) }) })
     }
@@ -265,6 +282,11 @@ impl RunService {
     /// Run counters for `/metrics` (a dispatching service only).
     pub fn metrics(&self) -> Result<&Metrics, Error> {
         Ok(&self.dispatch()?.metrics)
+    }
+
+    /// The workers heard from lately, when runs go to workers (`serve --queue nats://…`).
+    pub fn workers(&self) -> Option<Vec<queue::control::WorkerInfo>> {
+        self.inner.dispatch.as_ref().and_then(|d| d.queue.as_ref()).map(|q| q.workers())
     }
 
     /// The package a source names, and whether it came from a dev folder.
@@ -372,8 +394,11 @@ impl RunService {
         let Prepared { request, reference, shown, dev, allow_yanked } = prepared;
         // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
         let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
-        if !d.pool.has_room() {
-            return Err(ServiceError::QueueFull);
+        match &d.queue {
+            Some(q) if !q.connected() => return Err(ServiceError::QueueDown("the run queue (NATS) is unreachable; retry later".into())),
+            Some(_) => {}
+            None if !d.pool.has_room() => return Err(ServiceError::QueueFull),
+            None => {}
         }
         let mut job = Job::queued(&request, &reference, shown);
         (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
@@ -391,7 +416,12 @@ impl RunService {
 
     /// Asks a job in flight to stop. Returns false when it is not in flight.
     pub fn cancel(&self, job_id: &str) -> bool {
-        self.inner.dispatch.as_ref().is_some_and(|d| d.jobs.cancel(job_id))
+        let Some(d) = self.inner.dispatch.as_ref() else { return false };
+        let live = d.jobs.cancel(job_id);
+        if let (true, Some(q)) = (live, &d.queue) {
+            q.cancel(job_id);
+        }
+        live
     }
 
     /// Queues a job's run on a run thread; `slots` are its share of the quotas, given back when
@@ -410,6 +440,9 @@ impl RunService {
             }
         }));
         let name = req.package.manifest.name.clone();
+        if let Some(q) = &d.queue {
+            return self.publish(d, q, req, slots, name, tx, rx);
+        }
         let metrics = Arc::clone(&d.metrics);
         let work: pool::Work = Box::new(move |thread| {
             let Ok(d) = service.dispatch() else { return };
@@ -439,6 +472,49 @@ impl RunService {
             // The work (and the slots it holds) was dropped with the refusal.
             d.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             ServiceError::QueueFull
+        })?;
+        Ok(rx)
+    }
+
+    /// Hands a run to the workers: its message to JetStream, its outcome from their events.
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        d: &Dispatch,
+        q: &queue::control::Control,
+        req: RunRequest,
+        slots: Slots,
+        name: String,
+        tx: tokio::sync::oneshot::Sender<RunOutcome>,
+        rx: tokio::sync::oneshot::Receiver<RunOutcome>,
+    ) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
+        let manifest = &req.package.manifest;
+        let msg = queue::RunMessage {
+            run_id: req.run_id.clone(),
+            applet: req.package.id(),
+            hash: req.package.hash.clone(),
+            caller: req.caller.clone(),
+            dry_run: req.dry_run,
+            validated: req.validated.clone(),
+            params_json: req.params_json.clone(),
+            params_pairs: req.params_pairs.clone(),
+            origin: req.origin.clone(),
+            tag: queue::DEFAULT_TAG.into(),
+            retry: false,
+        };
+        let pending = queue::control::Pending {
+            done: tx,
+            sink: req.log_sink.clone().expect("the job's log sink is set before a run is queued"),
+            slots: Box::new(slots),
+            name,
+            applet: req.package.id(),
+            hash: req.package.hash.clone(),
+            limits: self.inner.runtime.limits_for(manifest),
+        };
+        d.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        q.publish(msg, Arc::clone(&req.package), pending).map_err(|e| {
+            d.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            ServiceError::QueueDown(e)
         })?;
         Ok(rx)
     }
@@ -475,6 +551,15 @@ impl RunService {
     /// it. Returns (restarted, queued).
     pub fn recover(&self) -> Result<(usize, usize), Error> {
         let d = self.dispatch()?;
+        if d.queue.is_some() {
+            // The runs are in JetStream: workers run the queued ones, and report the running
+            // ones' ends (or their loss); the jobs only need their live state back.
+            let open = d.jobs.open_jobs()?;
+            for job in &open {
+                d.jobs.relive(&job.id, CancelToken::default());
+            }
+            return Ok((0, open.len()));
+        }
         let queued = d.jobs.recover()?;
         let mut restarted = 0;
         let grants = d.auth.grants()?;
@@ -531,6 +616,10 @@ impl RunService {
     /// then are cancelled (and recorded as such).
     pub async fn drain(&self, grace: Duration) {
         let Ok(d) = self.dispatch() else { return };
+        if d.queue.is_some() {
+            // Runs are on workers: they go on without this process.
+            return;
+        }
         d.pool.drain();
         let running = || d.metrics.running.load(Ordering::Relaxed) > 0;
         let deadline = tokio::time::Instant::now() + grace;

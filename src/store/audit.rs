@@ -146,7 +146,13 @@ pub struct AuditLog {
     /// Serializes appends. One process holds the data dir at a time, so this cached state is
     /// authoritative.
     state: Arc<Mutex<LogState>>,
+    /// Called with each record appended, in order, under the append lock (an `opslet worker`
+    /// sends its runs' records to the control plane's chain this way).
+    tap: Arc<parking_lot::RwLock<Option<Tap>>>,
 }
+
+/// See [`AuditLog::set_tap`].
+pub type Tap = Arc<dyn Fn(&AuditRecord) + Send + Sync>;
 
 struct LogState {
     head: Head,
@@ -226,7 +232,11 @@ impl AuditLog {
                 _ => {}
             }
         }
-        Ok(AuditLog { tree, state: Arc::new(Mutex::new(LogState { stored: (head.count, checkpoint), head, open, since_checkpoint: 0 })) })
+        Ok(AuditLog {
+            tree,
+            state: Arc::new(Mutex::new(LogState { stored: (head.count, checkpoint), head, open, since_checkpoint: 0 })),
+            tap: Default::default(),
+        })
     }
 
     /// The chain head: the stored head as found at open, moved forward by every append since.
@@ -237,7 +247,23 @@ impl AuditLog {
     /// Appends one record and moves the head.
     pub fn append(&self, ev: AuditEvent) -> Result<AuditRecord, Error> {
         let mut state = self.state.lock();
-        self.append_locked(&mut state, ev)
+        self.append_locked(&mut state, ev, None)
+    }
+
+    /// Appends `ev` unless `mark` (a key of tree `marks`) is already there, and writes the mark
+    /// in the same write as the record: a record that arrives twice (a queue redelivering a
+    /// worker's event) is in the chain once. Returns None for a repeat.
+    pub fn append_once(&self, ev: AuditEvent, marks: &Tree, mark: &[u8]) -> Result<Option<AuditRecord>, Error> {
+        let mut state = self.state.lock();
+        if marks.contains_key(mark)? {
+            return Ok(None);
+        }
+        self.append_locked(&mut state, ev, Some((marks, mark))).map(Some)
+    }
+
+    /// Calls `tap` with every record appended from now on (None: stop).
+    pub fn set_tap(&self, tap: Option<Tap>) {
+        *self.tap.write() = tap;
     }
 
     /// Appends `ev` (a `run.end`) only while run `run_id` is still open; atomic with respect to
@@ -247,10 +273,10 @@ impl AuditLog {
         if !state.open.contains_key(run_id) {
             return Ok(None);
         }
-        self.append_locked(&mut state, ev).map(Some)
+        self.append_locked(&mut state, ev, None).map(Some)
     }
 
-    fn append_locked(&self, state: &mut LogState, ev: AuditEvent) -> Result<AuditRecord, Error> {
+    fn append_locked(&self, state: &mut LogState, ev: AuditEvent, mark: Option<(&Tree, &[u8])>) -> Result<AuditRecord, Error> {
         let mut rec = AuditRecord {
             seq: state.head.count,
             time: Utc::now(),
@@ -265,7 +291,14 @@ impl AuditLog {
             hash: String::new(),
         };
         let body = rec.seal();
-        self.tree.put(record_key(rec.seq), body.as_slice()).map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
+        let written = match mark {
+            None => self.tree.put(record_key(rec.seq), body.as_slice()),
+            Some((marks, key)) => self.tree.transaction(|tx| {
+                tx.insert(&self.tree, record_key(rec.seq), body.as_slice())?;
+                tx.insert(marks, key, b"")
+            }),
+        };
+        written.map_err(|e| Error::Store(format!("writing audit record: {e}")))?;
         state.head = Head { count: rec.seq + 1, hash: rec.hash.clone() };
         match (rec.kind.as_str(), &rec.run_id) {
             ("run.start", Some(id)) => {
@@ -279,6 +312,9 @@ impl AuditLog {
         state.since_checkpoint += 1;
         if state.since_checkpoint >= CHECKPOINT_EVERY {
             self.write_checkpoint(state)?;
+        }
+        if let Some(tap) = self.tap.read().as_ref() {
+            tap(&rec);
         }
         Ok(rec)
     }

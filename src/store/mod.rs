@@ -44,6 +44,9 @@ pub mod keys {
     /// are indexed by one full read on the first start).
     pub const JOBS_OPEN_INDEXED: &str = "jobs-open-indexed";
     /// Webhooks by name, and the delivery signatures seen within the replay window.
+    /// Worker events the control plane applied (`<run id>.<n>`), so a redelivered one is not
+    /// applied twice.
+    pub const QUEUE_APPLIED: &str = "queue/applied";
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
     /// Web console sessions, by the SHA-256 of the session id: user, CSRF token, expiry.

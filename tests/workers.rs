@@ -1,0 +1,259 @@
+//! `opslet serve --queue nats://…` with `opslet worker` processes, against a real nats-server
+//! with JetStream (tests/common/nats.rs): runs through a worker (sync, async, events, cancel),
+//! the audit chain kept whole on the control plane, NATS going away and coming back, and a
+//! worker killed in the middle of a run.
+
+#[path = "common/nats.rs"]
+mod nats;
+#[path = "common/serve.rs"]
+mod serve_proc;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn opslet(data: &Path, args: &[&str]) -> String {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_opslet")).args(args).env("OPSLET_DATA_DIR", data).env_remove("OPSLET_CONFIG").output().unwrap();
+    assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Kills its process when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn worker(nats: &nats::Nats, id: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
+    c.args(["worker", "--queue", &nats.url(), "--id", id])
+        // A worker has no data dir of its own: point it at an empty one to show it needs none.
+        .env("OPSLET_DATA_DIR", dir.join("unused"))
+        .env_remove("OPSLET_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    Proc(c.spawn().unwrap())
+}
+
+fn applet(dir: &Path, data: &Path, name: &str, manifest: &str, main: &str) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("applet.toml"), format!("name = \"{name}\"\nversion = \"1.0.0\"\n{manifest}")).unwrap();
+    std::fs::write(d.join("main.lua"), main).unwrap();
+    opslet(data, &["publish", d.to_str().unwrap()]);
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    token: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("opslet.toml"), "[serve]\nshutdown_grace = \"1s\"\n").unwrap();
+    applet(
+        dir.path(),
+        &data,
+        "hello",
+        "[params.n]\ntype = \"integer\"\nrequired = true\n",
+        "return function(p, ctx) log.info('n is ' .. p.n) return { n = p.n + 1, caller = ctx.caller } end",
+    );
+    applet(dir.path(), &data, "slow", "", "return function() log.info('sleeping') time.sleep(30) return 1 end");
+    opslet(&data, &["user", "add", "ada", "--role", "admin"]);
+    let token = opslet(&data, &["token", "create", "ada"]).trim().to_string();
+    Setup { data, token, _dir: dir }
+}
+
+async fn call(base: &str, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let url = format!("{base}{path}");
+    let mut r = match method {
+        "POST" => c.post(&url),
+        _ => c.get(&url),
+    }
+    .bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn wait_job(base: &str, token: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (_, job) = call(base, token, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        if done(&job) {
+            return job;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "job {id} never got there: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    opslet::install_tls_provider();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn audit(data: &Path) -> Vec<Value> {
+    serde_json::from_str(&opslet(data, &["audit", "list", "--format", "json", "--limit", "10000"])).unwrap()
+}
+
+#[test]
+fn runs_go_through_a_worker_sync_async_with_events_and_cancel_and_the_audit_chain_stays_one() {
+    let nats = nats::Nats::start();
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let serve = Proc(child);
+    let base = format!("http://{addr}");
+    let w = worker(&nats, "w1", &[]);
+    let (serve_pid, worker_pid) = (serve.0.id(), w.0.id());
+    rt().block_on(async {
+        // Synchronous: the answer is the worker's result.
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 41 }))).await;
+        assert_eq!(code, 200, "{r}");
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["result"], json!({ "n": 42, "caller": "ada" }));
+        assert!(r["logs"][0]["message"].as_str().unwrap().contains("n is 41"), "{r}");
+        // Bad params are still refused by the control plane, field by field, before any queue.
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": "x" }))).await;
+        assert_eq!((code, r["error"]["fields"][0]["param"].as_str()), (422, Some("n")), "{r}");
+
+        // Asynchronous, with its event stream.
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run?async=true", Some(json!({ "n": 1 }))).await;
+        assert_eq!(code, 202, "{r}");
+        let id = r["job_id"].as_str().unwrap().to_string();
+        let job = wait_job(&base, &s.token, &id, |j| j["status"] == "ok").await;
+        assert_eq!(job["result"]["n"], 2);
+        assert!(job["started_at"].is_string() && job["applet"] == "hello@1.0.0", "{job}");
+
+        // A slow run: its log line arrives on the event stream while it runs; cancel stops it
+        // on the worker.
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/slow/run?async=true", None).await;
+        let slow = r["job_id"].as_str().unwrap().to_string();
+        let mut resp = reqwest::Client::new().get(format!("{base}/api/v1/jobs/{slow}/events")).bearer_auth(&s.token).send().await.unwrap();
+        let mut seen = String::new();
+        while !seen.contains("sleeping") {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+                .await
+                .expect("an event in time")
+                .unwrap()
+                .expect("the stream goes on");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let (code, _) = call(&base, &s.token, "POST", &format!("/api/v1/jobs/{slow}/cancel"), None).await;
+        assert!(code == 200 || code == 202, "{code}");
+        let job = wait_job(&base, &s.token, &slow, |j| j["status"] == "cancelled").await;
+        assert!(job["finished_at"].is_string());
+        let t = chrono::DateTime::parse_from_rfc3339(job["finished_at"].as_str().unwrap()).unwrap()
+            - chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap();
+        assert!(t.num_seconds() < 20, "cancelled, not slept out: {job}");
+
+        // The workers the control plane hears from are in /metrics.
+        let m = reqwest::Client::new().get(format!("{base}/metrics")).bearer_auth(&s.token).send().await.unwrap().text().await.unwrap();
+        assert!(m.contains("opslet_workers{tags=\"default\"} 1"), "{m}");
+    });
+    drop(serve);
+    // One chain on the control plane: each run's start and end once, in order, with the
+    // worker's records in it; and it verifies.
+    let records = audit(&s.data);
+    for kind in ["run.start", "run.end"] {
+        let n = records.iter().filter(|r| r["kind"] == kind).count();
+        assert_eq!(n, 3, "three runs reached a worker, each with one {kind}: {records:#?}");
+    }
+    // The worker ran them (its process id is in run.start), not the control plane.
+    for r in records.iter().filter(|r| r["kind"] == "run.start") {
+        assert_eq!(r["data"]["pid"], json!(worker_pid), "{r}");
+        assert_ne!(r["data"]["pid"], json!(serve_pid));
+    }
+    drop(w);
+    let verify = opslet(&s.data, &["audit", "verify"]);
+    assert!(verify.starts_with("audit log intact"), "{verify}");
+}
+
+#[test]
+fn with_nats_down_runs_are_refused_with_503_and_work_again_when_it_returns() {
+    let mut nats = nats::Nats::start();
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let _w = worker(&nats, "w1", &[]);
+    rt().block_on(async {
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 1 }))).await;
+        assert_eq!((code, r["status"].as_str()), (200, Some("ok")), "{r}");
+        nats.down();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run?async=true", Some(json!({ "n": 1 }))).await;
+        assert_eq!(code, 503, "{r}");
+        assert_eq!(r["error"]["code"], "queue_unavailable", "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("NATS"), "{r}");
+        nats.up();
+        // Client and worker reconnect on their own.
+        let t0 = Instant::now();
+        loop {
+            let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 5 }))).await;
+            if code == 200 {
+                assert_eq!(r["result"]["n"], 6, "{r}");
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no recovery: {code} {r}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_run_leaves_its_run_interrupted_not_run_twice() {
+    let nats = nats::Nats::start();
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    // A short ack wait, so the lost run is noticed in seconds.
+    let env = [("OPSLET_QUEUE_ACK_WAIT", "2s")];
+    let mut first = worker(&nats, "doomed", &env);
+    rt().block_on(async {
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/slow/run?async=true", None).await;
+        let id = r["job_id"].as_str().unwrap().to_string();
+        wait_job(&base, &s.token, &id, |j| j["status"] == "running").await;
+        // SIGKILL: no goodbye, no more progress acks.
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        let _second = worker(&nats, "survivor", &env);
+        let job = wait_job(&base, &s.token, &id, |j| j["finished_at"].is_string()).await;
+        assert_eq!(job["status"], "interrupted", "{job}");
+        assert!(job["error"].as_str().unwrap().contains("not run again"), "{job}");
+        // And it was not started again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, job) = call(&base, &s.token, "GET", &format!("/api/v1/jobs/{id}"), None).await;
+        assert_eq!(job["status"], "interrupted");
+    });
+    drop(_serve);
+    let records = audit(&s.data);
+    let of_run: Vec<&Value> = records.iter().filter(|r| r["kind"] == "run.start").collect();
+    assert_eq!(of_run.len(), 1, "started once: {records:#?}");
+    let ends: Vec<&Value> = records.iter().filter(|r| r["kind"] == "run.end").collect();
+    assert_eq!(ends.len(), 1, "{records:#?}");
+    assert_eq!(ends[0]["status"], "interrupted");
+    let verify = opslet(&s.data, &["audit", "verify"]);
+    assert!(verify.starts_with("audit log intact"), "{verify}");
+}
