@@ -32,9 +32,13 @@ impl Drop for Proc {
 }
 
 fn worker(nats: &nats::Nats, id: &str, extra_env: &[(&str, &str)]) -> Proc {
+    tagged_worker(nats, id, "default", extra_env)
+}
+
+fn tagged_worker(nats: &nats::Nats, id: &str, tags: &str, extra_env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
-    c.args(["worker", "--queue", &nats.url(), "--id", id])
+    c.args(["worker", "--queue", &nats.url(), "--id", id, "--tags", tags])
         // A worker has no data dir of its own: point it at an empty one to show it needs none.
         .env("OPSLET_DATA_DIR", dir.join("unused"))
         .env_remove("OPSLET_CONFIG")
@@ -74,6 +78,7 @@ fn setup() -> Setup {
         "return function(p, ctx) log.info('n is ' .. p.n) return { n = p.n + 1, caller = ctx.caller } end",
     );
     applet(dir.path(), &data, "slow", "", "return function() log.info('sleeping') time.sleep(30) return 1 end");
+    applet(dir.path(), &data, "near-net-a", "[run]\nworker_tag = \"neta\"\n", "return function() return 'done' end");
     opslet(&data, &["user", "add", "ada", "--role", "admin"]);
     let token = opslet(&data, &["token", "create", "ada"]).trim().to_string();
     Setup { data, token, _dir: dir }
@@ -256,4 +261,111 @@ fn a_worker_killed_mid_run_leaves_its_run_interrupted_not_run_twice() {
     assert_eq!(ends[0]["status"], "interrupted");
     let verify = opslet(&s.data, &["audit", "verify"]);
     assert!(verify.starts_with("audit log intact"), "{verify}");
+}
+
+/// The process id the run's `run.start` record names: which worker ran it.
+fn ran_on(data: &Path, run_id: &str) -> u64 {
+    let records = audit(data);
+    let start =
+        records.iter().find(|r| r["kind"] == "run.start" && r["run_id"] == run_id).unwrap_or_else(|| panic!("no run.start of {run_id}"));
+    start["data"]["pid"].as_u64().unwrap()
+}
+
+#[test]
+fn tags_route_runs_and_a_run_no_worker_takes_waits_through_a_control_plane_restart() {
+    let nats = nats::Nats::start();
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let mut serve = Proc(child);
+    let base = format!("http://{addr}");
+    let plain = worker(&nats, "plain", &[]);
+    let dc1 = tagged_worker(&nats, "in-dc1", "dc1", &[]);
+    let (plain_pid, dc1_pid) = (plain.0.id() as u64, dc1.0.id() as u64);
+    let (mut by_tag, mut untagged, mut waiting) = (Vec::new(), Vec::new(), String::new());
+    rt().block_on(async {
+        // Let both workers be heard from.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for _ in 0..3 {
+            let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run?tag=dc1", Some(json!({ "n": 1 }))).await;
+            assert_eq!(code, 200, "{r}");
+            by_tag.push(r["run_id"].as_str().unwrap().to_string());
+            let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 1 }))).await;
+            untagged.push(r["run_id"].as_str().unwrap().to_string());
+        }
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run?tag=Not%20A%20Tag", Some(json!({ "n": 1 }))).await;
+        assert_eq!(code, 400, "{r}");
+        // The applet asks for `neta`, which no worker has: queued, saying why.
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/near-net-a/run?async=true", None).await;
+        assert_eq!(code, 202, "{r}");
+        waiting = r["job_id"].as_str().unwrap().to_string();
+        let job = wait_job(&base, &s.token, &waiting, |j| j["waiting"].is_string()).await;
+        assert_eq!(job["status"], "queued");
+        let why = job["waiting"].as_str().unwrap();
+        assert!(why.contains("no worker with tag `neta`") && why.contains("in-dc1 [dc1]"), "{why}");
+    });
+    // The control plane restarts with the run still queued.
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    serve.0.wait().unwrap();
+    let (child, addr2) = serve_proc::spawn_at(&s.data, &addr, &["--queue", &nats.url()]);
+    serve = Proc(child);
+    assert_eq!(addr2, addr);
+    let neta = tagged_worker(&nats, "in-neta", "neta,default", &[]);
+    rt().block_on(async {
+        let job = wait_job(&base, &s.token, &waiting, |j| j["status"] == "ok").await;
+        assert_eq!(job["result"], "done");
+        assert!(job.get("waiting").is_none(), "{job}");
+    });
+    drop(serve);
+    for id in &by_tag {
+        assert_eq!(ran_on(&s.data, id), dc1_pid, "a run asking for dc1 ran on the dc1 worker");
+    }
+    for id in &untagged {
+        assert_eq!(ran_on(&s.data, id), plain_pid, "a run asking for no tag goes to the default worker, not the dc1-only one");
+    }
+    assert_eq!(ran_on(&s.data, &waiting), neta.0.id() as u64);
+    let records = audit(&s.data);
+    assert_eq!(records.iter().filter(|r| r["kind"] == "run.start").count(), 7, "each run started once");
+    assert_eq!(records.iter().filter(|r| r["kind"] == "run.end").count(), 7);
+    assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
+}
+
+#[test]
+fn an_event_delivered_twice_is_applied_once() {
+    // A duplicate window of a second, so JetStream itself lets the repeat through and only the
+    // control plane's own marks stand between it and a second audit record.
+    let nats = nats::Nats::start();
+    let s = setup();
+    let (child, addr) = serve_proc::spawn_with_env(&s.data, &["--queue", &nats.url()], &[("OPSLET_QUEUE_DUP_WINDOW", "1s")]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let _w = worker(&nats, "w1", &[]);
+    rt().block_on(async {
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 1 }))).await;
+        let run_id = r["run_id"].as_str().unwrap().to_string();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let event = json!({ "type": "audit", "kind": "action", "actor": "ada", "via": "http", "applet": "hello@1.0.0", "status": "ok",
+            "data": { "module": "test", "action": "replayed", "target": "t1" } });
+        for _ in 0..2 {
+            let ack = js
+                .send_publish(
+                    format!("opslet.events.{run_id}"),
+                    async_nats::jetstream::message::PublishMessage::build()
+                        .payload(serde_json::to_vec(&event).unwrap().into())
+                        .message_id(format!("{run_id}.9000")),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(!ack.duplicate, "past the window, JetStream takes the repeat");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    drop(_serve);
+    let records = audit(&s.data);
+    let replayed = records.iter().filter(|r| r["data"]["action"] == "replayed").count();
+    assert_eq!(replayed, 1, "{records:#?}");
+    assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
 }

@@ -31,6 +31,27 @@ struct RawManifest {
     permissions: IndexMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    worker_tag: Option<Spanned<String>>,
+    #[serde(default)]
+    retry: bool,
+}
+
+/// `[run]`: where and how the applet runs when a server hands runs to workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunSettings {
+    /// Only workers with this tag take its runs (`opslet worker --tags`), unless a run asks
+    /// for another.
+    pub worker_tag: Option<String>,
+    /// The applet may be run again from the start when its worker is lost mid-run (it does
+    /// nothing that must not happen twice).
+    pub retry: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +81,7 @@ pub struct Manifest {
     /// Module name -> the scope value as written (checked by the module itself).
     pub permissions: IndexMap<String, toml::Value>,
     pub limits: RequestedLimits,
+    pub run: RunSettings,
     /// Line of each permission in applet.toml, for later diagnostics.
     #[serde(skip)]
     pub permission_lines: IndexMap<String, usize>,
@@ -140,6 +162,13 @@ impl Manifest {
                 Err(msg) => errs.push(at(m.span(), format!("limits.memory: {msg}"))),
             }
         }
+        let mut run = RunSettings { worker_tag: None, retry: raw.run.retry };
+        if let Some(t) = &raw.run.worker_tag {
+            match validate_name(t.get_ref()) {
+                Ok(()) => run.worker_tag = Some(t.get_ref().clone()),
+                Err(m) => errs.push(at(t.span(), format!("run.worker_tag: {m}"))),
+            }
+        }
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -151,6 +180,7 @@ impl Manifest {
             params,
             permissions,
             limits,
+            run,
             permission_lines,
         })
     }

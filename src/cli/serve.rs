@@ -72,7 +72,8 @@ pub struct ServeArgs {
 }
 
 /// The queue settings of `--queue URL` (serve and worker alike). `OPSLET_QUEUE_ACK_WAIT` sets
-/// how long a run may go unreported before it counts as lost (30s).
+/// how long a run may go unreported before it counts as lost (30s); `OPSLET_QUEUE_DUP_WINDOW`
+/// JetStream's de-duplication window of the streams the first process makes (10m).
 pub fn queue_settings(
     url: &str,
     creds: Option<std::path::PathBuf>,
@@ -82,6 +83,9 @@ pub fn queue_settings(
     (q.creds_file, q.tls_ca) = (creds, ca);
     if let Ok(w) = std::env::var("OPSLET_QUEUE_ACK_WAIT") {
         q.ack_wait = duration("OPSLET_QUEUE_ACK_WAIT", &w)?;
+    }
+    if let Ok(w) = std::env::var("OPSLET_QUEUE_DUP_WINDOW") {
+        q.duplicate_window = duration("OPSLET_QUEUE_DUP_WINDOW", &w)?;
     }
     Ok(q)
 }

@@ -27,6 +27,9 @@ pub(super) struct RunQuery {
     /// Answer at once with the job id instead of waiting for the result.
     #[serde(default, rename = "async")]
     is_async: bool,
+    /// With workers: run on a worker with this tag.
+    #[serde(default)]
+    tag: Option<String>,
 }
 
 /// The params of a run request: a JSON object, or nothing.
@@ -71,6 +74,10 @@ pub(super) async fn run_applet(
     let mut sub = Submission::new(Source::Served(r), Caller { user: p.user.clone(), via: "http".into() });
     sub.params.json = Some(params_of(&headers, &body)?);
     (sub.dry_run, sub.allow_yanked) = (q.dry_run, q.allow_yanked);
+    if let Some(tag) = q.tag.filter(|t| !t.is_empty()) {
+        crate::util::validate_name(&tag).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, format!("tag `{tag}` {m}")))?;
+        sub.worker_tag = Some(tag);
+    }
     // Bad params are refused before anything is stored.
     let prepared = s.service.prepare(sub)?;
     let Accepted { job_id, done } = s.service.submit(prepared, q.is_async)?;

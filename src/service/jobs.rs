@@ -54,6 +54,12 @@ pub struct Job {
     /// has had its answer (an error) by then.
     #[serde(default, rename = "async")]
     pub is_async: bool,
+    /// With workers: the tag of the workers that may take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_tag: Option<String>,
+    /// Why a queued job has not started (no worker with its tag is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl Job {
@@ -77,6 +83,8 @@ impl Job {
             allow_yanked: false,
             dev: false,
             is_async: false,
+            worker_tag: None,
+            waiting: None,
         }
     }
 
@@ -257,8 +265,19 @@ impl Jobs {
             j.status = JobStatus::Running;
             j.applet = applet.into();
             j.started_at = Some(Utc::now());
+            j.waiting = None;
         })?;
         self.emit(id, JobEvent::Status { status: JobStatus::Running });
+        Ok(())
+    }
+
+    /// Notes why a queued job waits (it is said in the job until it starts).
+    pub fn waiting(&self, id: &str, why: &str) -> Result<(), Error> {
+        self.update(id, |j| {
+            if j.status == JobStatus::Queued {
+                j.waiting = Some(why.to_string());
+            }
+        })?;
         Ok(())
     }
 

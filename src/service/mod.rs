@@ -142,11 +142,22 @@ pub struct Submission {
     /// Run a yanked version (named explicitly or current).
     pub allow_yanked: bool,
     pub check: Check,
+    /// With workers: only those with this tag take the run (else the applet's `[run]
+    /// worker_tag`, else `default`).
+    pub worker_tag: Option<String>,
 }
 
 impl Submission {
     pub fn new(source: Source, caller: Caller) -> Submission {
-        Submission { source, params: RawParams::default(), caller, dry_run: false, allow_yanked: false, check: Check::Before }
+        Submission {
+            source,
+            params: RawParams::default(),
+            caller,
+            dry_run: false,
+            allow_yanked: false,
+            check: Check::Before,
+            worker_tag: None,
+        }
     }
 }
 
@@ -169,6 +180,8 @@ pub struct Prepared {
     /// Served from a `serve --dev` folder (not re-run after a restart).
     pub dev: bool,
     allow_yanked: bool,
+    /// The workers' tag the run goes to (when runs go to workers).
+    worker_tag: String,
 }
 
 /// A submission that was accepted as a job.
@@ -361,7 +374,8 @@ impl RunService {
                 shown
             }
         };
-        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked })
+        let worker_tag = sub.worker_tag.or_else(|| package.manifest.run.worker_tag.clone()).unwrap_or_else(|| queue::DEFAULT_TAG.into());
+        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked, worker_tag })
     }
 
     /// Runs a prepared request on the calling thread (the CLI). With [`Overrun::EndProcess`], a
@@ -391,7 +405,7 @@ impl RunService {
     /// for a run thread. A run that cannot be queued leaves the job `rejected` with the reason.
     pub fn submit(&self, prepared: Prepared, is_async: bool) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
-        let Prepared { request, reference, shown, dev, allow_yanked } = prepared;
+        let Prepared { request, reference, shown, dev, allow_yanked, worker_tag } = prepared;
         // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
         let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
         match &d.queue {
@@ -402,10 +416,13 @@ impl RunService {
         }
         let mut job = Job::queued(&request, &reference, shown);
         (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
+        if d.queue.is_some() {
+            job.worker_tag = Some(worker_tag.clone());
+        }
         // The params as given are what a restart re-runs with (`k=v` pairs never reach a job).
         let empty = Map::new();
         d.jobs.accept(&job, request.params_json.as_ref().unwrap_or(&empty), request.cancel.clone())?;
-        match self.start(d, request, slots) {
+        match self.start(d, request, slots, &worker_tag) {
             Ok(done) => Ok(Accepted { job_id: job.id, done }),
             Err(e) => {
                 let _ = d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(e.to_string()), Vec::new());
@@ -426,7 +443,13 @@ impl RunService {
 
     /// Queues a job's run on a run thread; `slots` are its share of the quotas, given back when
     /// the run ends (or with the work, if the queue refuses it).
-    fn start(&self, d: &Dispatch, mut req: RunRequest, slots: Slots) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
+    fn start(
+        &self,
+        d: &Dispatch,
+        mut req: RunRequest,
+        slots: Slots,
+        worker_tag: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (service, id, applet) = (self.clone(), req.run_id.clone(), req.package.id());
         let sink_jobs = d.jobs.clone();
@@ -441,7 +464,7 @@ impl RunService {
         }));
         let name = req.package.manifest.name.clone();
         if let Some(q) = &d.queue {
-            return self.publish(d, q, req, slots, name, tx, rx);
+            return self.publish(d, q, req, slots, name, worker_tag, (tx, rx));
         }
         let metrics = Arc::clone(&d.metrics);
         let work: pool::Work = Box::new(move |thread| {
@@ -485,8 +508,8 @@ impl RunService {
         req: RunRequest,
         slots: Slots,
         name: String,
-        tx: tokio::sync::oneshot::Sender<RunOutcome>,
-        rx: tokio::sync::oneshot::Receiver<RunOutcome>,
+        tag: &str,
+        (tx, rx): (tokio::sync::oneshot::Sender<RunOutcome>, tokio::sync::oneshot::Receiver<RunOutcome>),
     ) -> Result<tokio::sync::oneshot::Receiver<RunOutcome>, ServiceError> {
         let manifest = &req.package.manifest;
         let msg = queue::RunMessage {
@@ -499,8 +522,8 @@ impl RunService {
             params_json: req.params_json.clone(),
             params_pairs: req.params_pairs.clone(),
             origin: req.origin.clone(),
-            tag: queue::DEFAULT_TAG.into(),
-            retry: false,
+            tag: tag.to_string(),
+            retry: manifest.run.retry,
         };
         let pending = queue::control::Pending {
             done: tx,
@@ -512,10 +535,15 @@ impl RunService {
             limits: self.inner.runtime.limits_for(manifest),
         };
         d.metrics.queued.fetch_add(1, Ordering::Relaxed);
+        let run_id = req.run_id.clone();
         q.publish(msg, Arc::clone(&req.package), pending).map_err(|e| {
             d.metrics.queued.fetch_sub(1, Ordering::Relaxed);
             ServiceError::QueueDown(e)
         })?;
+        // Queued all the same; the job says what it waits for.
+        if let Some(why) = q.nobody_takes(tag) {
+            let _ = d.jobs.waiting(&run_id, &why);
+        }
         Ok(rx)
     }
 
@@ -601,7 +629,8 @@ impl RunService {
             };
             req.run_id = job.id.clone();
             d.jobs.relive(&job.id, req.cancel.clone());
-            let started = Slots::take(d, &req.package.manifest.name, &req.caller.user).and_then(|slots| self.start(d, req, slots));
+            let started = Slots::take(d, &req.package.manifest.name, &req.caller.user)
+                .and_then(|slots| self.start(d, req, slots, queue::DEFAULT_TAG));
             match started {
                 Ok(_) => restarted += 1,
                 Err(e) => {

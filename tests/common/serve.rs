@@ -13,9 +13,19 @@ pub fn spawn(data: &Path, extra: &[&str]) -> (Child, String) {
 
 /// Like `spawn`, listening on `listen` (a server started again on the address it had).
 pub fn spawn_at(data: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    spawn_full(data, listen, extra, &[])
+}
+
+/// Like `spawn`, with environment variables.
+pub fn spawn_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    spawn_full(data, "127.0.0.1:0", extra, env)
+}
+
+fn spawn_full(data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
         .args(["serve", "--listen", listen])
         .args(extra)
+        .envs(env.iter().copied())
         .env("OPSLET_DATA_DIR", data)
         .env_remove("OPSLET_CONFIG")
         .stdout(Stdio::null())

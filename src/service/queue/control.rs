@@ -168,6 +168,19 @@ impl Control {
         });
     }
 
+    /// Why no worker takes runs of `tag` now, if none does.
+    pub fn nobody_takes(&self, tag: &str) -> Option<String> {
+        let workers = self.workers();
+        if workers.iter().any(|w| w.beat.tags.iter().any(|t| t == tag)) {
+            return None;
+        }
+        let known: Vec<String> = workers.iter().map(|w| format!("{} [{}]", w.beat.id, w.beat.tags.join(", "))).collect();
+        Some(format!(
+            "no worker with tag `{tag}` is connected; the run waits in the queue until one is (connected: {})",
+            if known.is_empty() { "none".to_string() } else { known.join("; ") }
+        ))
+    }
+
     /// Workers heard from in the last three heartbeats.
     pub fn workers(&self) -> Vec<WorkerInfo> {
         let mut w = self.workers.lock();

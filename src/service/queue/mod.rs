@@ -67,6 +67,9 @@ pub struct QueueSettings {
     /// How long a worker may go without saying a run is still in progress before JetStream
     /// gives the run to another worker (which then ends it `interrupted`, see `worker`).
     pub ack_wait: Duration,
+    /// How long JetStream drops a message that repeats an id it has seen (the streams are made
+    /// with it; past it, the control plane's own marks still drop a repeated event).
+    pub duplicate_window: Duration,
 }
 
 impl QueueSettings {
@@ -74,7 +77,13 @@ impl QueueSettings {
         if !(url.starts_with("nats://") || url.starts_with("tls://")) {
             return Err(Error::Usage(format!("--queue `{url}`: give a NATS URL, like nats://127.0.0.1:4222")));
         }
-        Ok(QueueSettings { url: url.to_string(), creds_file: None, tls_ca: None, ack_wait: Duration::from_secs(30) })
+        Ok(QueueSettings {
+            url: url.to_string(),
+            creds_file: None,
+            tls_ca: None,
+            ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(600),
+        })
     }
 }
 
@@ -124,7 +133,7 @@ impl Link {
                         subjects: vec!["opslet.runs.>".into()],
                         retention: stream::RetentionPolicy::WorkQueue,
                         storage: stream::StorageType::File,
-                        duplicate_window: Duration::from_secs(600),
+                        duplicate_window: self.settings.duplicate_window,
                         ..Default::default()
                     })
                     .await
@@ -135,7 +144,7 @@ impl Link {
                         subjects: vec!["opslet.events.>".into()],
                         retention: stream::RetentionPolicy::Limits,
                         storage: stream::StorageType::File,
-                        duplicate_window: Duration::from_secs(600),
+                        duplicate_window: self.settings.duplicate_window,
                         max_age: Duration::from_secs(7 * 24 * 3600),
                         ..Default::default()
                     })
