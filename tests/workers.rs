@@ -7,6 +7,8 @@
 mod nats;
 #[path = "common/serve.rs"]
 mod serve_proc;
+#[path = "common/sshd.rs"]
+mod sshd;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -36,6 +38,11 @@ fn worker(nats: &nats::Nats, id: &str, extra_env: &[(&str, &str)]) -> Proc {
 }
 
 fn tagged_worker(nats: &nats::Nats, id: &str, tags: &str, extra_env: &[(&str, &str)]) -> Proc {
+    worker_with(nats, id, tags, None, extra_env)
+}
+
+/// A worker, with its own opslet.toml (module settings) when given.
+fn worker_with(nats: &nats::Nats, id: &str, tags: &str, config: Option<&Path>, extra_env: &[(&str, &str)]) -> Proc {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
     c.args(["worker", "--queue", &nats.url(), "--id", id, "--tags", tags])
@@ -47,6 +54,9 @@ fn tagged_worker(nats: &nats::Nats, id: &str, tags: &str, extra_env: &[(&str, &s
         .stderr(Stdio::null());
     for (k, v) in extra_env {
         c.env(k, v);
+    }
+    if let Some(config) = config {
+        c.arg("--config").arg(config);
     }
     Proc(c.spawn().unwrap())
 }
@@ -367,5 +377,76 @@ fn an_event_delivered_twice_is_applied_once() {
     let records = audit(&s.data);
     let replayed = records.iter().filter(|r| r["data"]["action"] == "replayed").count();
     assert_eq!(replayed, 1, "{records:#?}");
+    assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
+}
+
+#[test]
+fn ssh_runs_on_a_worker_with_the_cmdb_copy_and_secrets_asked_for_the_run_only() {
+    let fleet = sshd::Fleet::start(3, "node");
+    let nats = nats::Nats::start();
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("name,address,port,groups,host_key\n");
+    for h in &fleet.hosts {
+        csv.push_str(&format!("{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key));
+    }
+    std::fs::write(dir.path().join("fleet.csv"), csv).unwrap();
+    opslet(&s.data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
+    opslet(&s.data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    let config =
+        "[serve]\nshutdown_grace = \"1s\"\n[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
+    std::fs::write(s.data.join("opslet.toml"), config).unwrap();
+    // The worker's module settings: the same file, as config management would put it there.
+    let worker_config = dir.path().join("worker.toml");
+    std::fs::write(&worker_config, config).unwrap();
+    applet(
+        dir.path(),
+        &s.data,
+        "uptime-all",
+        "[permissions]\nssh = { hosts = [\"*\"], commands = [\"hostname\"] }\n",
+        "return function() local out = {} for _, r in ipairs(ssh.run('group:fleet', 'hostname')) do table.insert(out, { host = r.host, ok = r.ok, err = r.error }) end return out end",
+    );
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let _w = worker_with(&nats, "w1", "default", Some(&worker_config), &[]);
+    let key = std::fs::read_to_string(fleet.dir.path().join("client")).unwrap();
+    let key_line = key.lines().nth(1).unwrap().to_string();
+    let mut run_id = String::new();
+    rt().block_on(async {
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/uptime-all/run", None).await;
+        assert_eq!((code, r["status"].as_str()), (200, Some("ok")), "{r}");
+        let rows = r["result"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "{r}");
+        assert!(rows.iter().all(|x| x["ok"] == true), "every host answered over ssh from the worker: {r}");
+        run_id = r["run_id"].as_str().unwrap().to_string();
+
+        // The secret travels only as an answer to the run's own request, while it runs: a
+        // request with a guessed credential, or for a run that ended, gets nothing.
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        for (run, token) in [(run_id.as_str(), "0".repeat(48)), ("nosuch", "x".repeat(48))] {
+            let body = serde_json::to_vec(&json!({ "run_id": run, "token": token, "name": "ssh-key" })).unwrap();
+            let answer = client.request("opslet.secrets", body.into()).await.unwrap();
+            let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
+            assert!(answer["value"].is_null() && answer["error"].as_str().unwrap().contains("no run in flight"), "{answer}");
+        }
+        // Nothing kept in JetStream holds the key: not the run message, not any event.
+        let js = async_nats::jetstream::new(client);
+        for stream in ["OPSLET_EVENTS", "OPSLET_RUNS"] {
+            let mut st = js.get_stream(stream).await.unwrap();
+            let info = st.info().await.unwrap().clone();
+            for seq in info.state.first_sequence..=info.state.last_sequence {
+                if let Ok(m) = st.get_raw_message(seq).await {
+                    assert!(!String::from_utf8_lossy(&m.payload).contains(&key_line), "{stream} message {seq} holds the key");
+                }
+            }
+        }
+    });
+    drop(_serve);
+    // Each host's ssh action is in the control plane's chain, under the run.
+    let records = audit(&s.data);
+    let actions: Vec<&Value> = records.iter().filter(|r| r["kind"] == "action" && r["run_id"] == run_id.as_str()).collect();
+    assert_eq!(actions.len(), 3, "{records:#?}");
+    assert!(!serde_json::to_string(&records).unwrap().contains(&key_line));
     assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
 }

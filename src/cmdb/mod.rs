@@ -165,6 +165,27 @@ impl Cmdb {
         self.audit("cmdb.group.set", actor, serde_json::json!({ "group": group, "parents": parents }))
     }
 
+    /// Replaces this cmdb with a copy of another's (an `opslet worker`'s cache of the control
+    /// plane's cmdb): one write, not audited (the copy is not a change anyone made here).
+    pub fn load_copy(&self, hosts: &[Host], groups: &BTreeMap<String, Vec<String>>) -> Result<(), Error> {
+        let (h, g) = (&self.hosts, &self.groups);
+        h.transaction(|tx| {
+            for item in h.iter().keys() {
+                tx.remove(h, item?)?;
+            }
+            for item in g.iter().keys() {
+                tx.remove(g, item?)?;
+            }
+            for host in hosts {
+                tx.insert(h, host.name.as_bytes(), serde_json::to_vec(host).expect("hosts serialize"))?;
+            }
+            for (group, parents) in groups {
+                tx.insert(g, group.as_bytes(), serde_json::to_vec(parents).expect("groups serialize"))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Every nested group with its parents.
     pub fn groups(&self) -> Result<BTreeMap<String, Vec<String>>, Error> {
         let mut out = BTreeMap::new();

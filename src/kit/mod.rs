@@ -107,8 +107,18 @@ pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result
     }
 }
 
-/// A secret's text for this run; `owner` is the config entry that names it.
+/// A secret's text for this run; `owner` is the config entry that names it. The store's, or
+/// (on a worker) what the run's secret source gives, which the run's output hides from then on.
 pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
+    if let Some(source) = &ctx.secret_source {
+        return match source(&ctx.run_id, name)? {
+            Some(v) => {
+                ctx.redactor.learn(&v);
+                Ok(v)
+            }
+            None => Err(format!("secret `{name}` (named in {owner}) is not set")),
+        };
+    }
     let store = ctx.store.clone().ok_or("this run has no data store (no secrets)")?;
     crate::secrets::Secrets::open(store).and_then(|s| s.text(name, owner)).map_err(|e| e.to_string())
 }

@@ -121,7 +121,13 @@ pub struct RunCtx {
     pub(crate) kv_limits: (u64, u64),
     /// How the run's calls on many targets went (see [`Targets`]).
     pub(crate) targets: Mutex<Targets>,
+    /// Where secrets the store does not hold come from (see `Runtime::with_secret_source`).
+    pub secret_source: Option<SecretSource>,
 }
+
+/// Gives a secret's value for a run: `(run id, secret name)` → the value, None when there is
+/// no such secret, or why it cannot be had.
+pub type SecretSource = Arc<dyn Fn(&str, &str) -> Result<Option<String>, String> + Send + Sync>;
 
 /// The run's calls on many targets (`ssh.run` on a selector, `config.publish`, ...), summed:
 /// how many target calls succeeded, failed or were skipped, and whether the applet said it

@@ -155,6 +155,9 @@ pub struct Runtime {
     secrets: Arc<parking_lot::RwLock<Arc<Vec<(String, String)>>>>,
     /// Recent refusals of runs whose params carried a stored secret's value, per caller.
     guesses: Arc<parking_lot::Mutex<HashMap<String, Vec<Instant>>>>,
+    /// Where secrets the store does not hold come from (an `opslet worker` asks the control
+    /// plane, for the run).
+    secret_source: Option<context::SecretSource>,
 }
 
 impl Runtime {
@@ -173,6 +176,7 @@ impl Runtime {
             }))),
             guesses: Default::default(),
             store,
+            secret_source: None,
         })
     }
 
@@ -183,6 +187,12 @@ impl Runtime {
             *self.secrets.write() = Arc::new(crate::secrets::Secrets::named_values_of(store)?);
         }
         Ok(())
+    }
+
+    /// Secrets the store does not hold are asked of `source` (with the run's id and the name).
+    pub fn with_secret_source(mut self, source: context::SecretSource) -> Runtime {
+        self.secret_source = Some(source);
+        self
     }
 
     /// Adds or replaces a host module.
@@ -300,6 +310,7 @@ impl Runtime {
             kv_overlay: Default::default(),
             kv_limits: self.kv_limits,
             targets: Default::default(),
+            secret_source: self.secret_source.clone(),
         });
 
         let executed = match params {

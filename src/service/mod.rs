@@ -524,6 +524,9 @@ impl RunService {
             origin: req.origin.clone(),
             tag: tag.to_string(),
             retry: manifest.run.retry,
+            // Set by the control plane as it publishes.
+            secret_token: String::new(),
+            cmdb: None,
         };
         let pending = queue::control::Pending {
             done: tx,
@@ -533,6 +536,7 @@ impl RunService {
             applet: req.package.id(),
             hash: req.package.hash.clone(),
             limits: self.inner.runtime.limits_for(manifest),
+            secret_token: String::new(),
         };
         d.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let run_id = req.run_id.clone();

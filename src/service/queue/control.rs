@@ -35,6 +35,8 @@ pub struct Pending {
     pub applet: String,
     pub hash: String,
     pub limits: RunLimits,
+    /// The run's credential for secrets (set as it is published).
+    pub secret_token: String,
 }
 
 /// A worker as its heartbeats tell.
@@ -48,6 +50,11 @@ pub struct WorkerInfo {
 
 pub struct Control {
     link: Link,
+    store: Store,
+    /// Bumped by every cmdb change (the audit log's tap sees them); the copy workers get is
+    /// made again when it moved.
+    cmdb_generation: Arc<std::sync::atomic::AtomicU64>,
+    cmdb_copy: Mutex<Option<(u64, String)>>,
     /// The NATS client's runtime (taken out when the control plane is dropped).
     rt: Option<tokio::runtime::Runtime>,
     pending: Arc<Mutex<HashMap<String, Pending>>>,
@@ -75,7 +82,22 @@ impl Control {
             .build()
             .map_err(|e| Error::Internal(format!("the queue's runtime: {e}")))?;
         let link = rt.block_on(Link::connect(settings, "opslet-control-plane"))?;
-        let control = Control { link, rt: Some(rt), pending: Default::default(), workers: Default::default() };
+        let cmdb_generation = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let bump = Arc::clone(&cmdb_generation);
+        store.audit().set_tap(Some(Arc::new(move |rec| {
+            if rec.kind.starts_with("cmdb.") {
+                bump.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        })));
+        let control = Control {
+            link,
+            store: store.clone(),
+            cmdb_generation,
+            cmdb_copy: Mutex::new(None),
+            rt: Some(rt),
+            pending: Default::default(),
+            workers: Default::default(),
+        };
         let apply = Apply { store, jobs, metrics, pending: Arc::clone(&control.pending) };
         let handle = control.handle();
         let link = control.link.clone();
@@ -100,7 +122,36 @@ impl Control {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
+        let (link, pending, store) = (control.link.clone(), Arc::clone(&control.pending), control.store.clone());
+        handle.spawn(async move {
+            loop {
+                if let Ok(mut sub) = link.client.subscribe(super::SECRETS).await {
+                    while let Some(m) = sub.next().await {
+                        let Some(reply) = m.reply.clone() else { continue };
+                        let answer = answer_secret(&pending, &store, &m.payload).await;
+                        let _ = link.client.publish(reply, serde_json::to_vec(&answer).unwrap_or_default().into()).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
         Ok(control)
+    }
+
+    /// The name of the cmdb copy workers get now, put in the object store when it changed.
+    fn cmdb_copy(&self) -> Result<(String, Option<Vec<u8>>), Error> {
+        let generation = self.cmdb_generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some((g, name)) = self.cmdb_copy.lock().as_ref()
+            && *g == generation
+        {
+            return Ok((name.clone(), None));
+        }
+        let cmdb = crate::cmdb::Cmdb::new(self.store.clone())?;
+        let copy = super::CmdbCopy { hosts: cmdb.hosts()?, groups: cmdb.groups()? };
+        let body = serde_json::to_vec(&copy).expect("a cmdb copy serializes");
+        use sha2::Digest;
+        let name = format!("cmdb-{}", hex::encode(sha2::Sha256::digest(&body)));
+        Ok((name, Some(body)))
     }
 
     fn handle(&self) -> tokio::runtime::Handle {
@@ -127,14 +178,30 @@ impl Control {
         if !self.connected() {
             return Err(format!("the run queue (NATS at {}) is unreachable; retry later", self.link.settings.url));
         }
+        let mut msg = msg;
+        let mut pending = pending;
+        let token = {
+            let mut b = [0u8; 24];
+            getrandom::fill(&mut b).map_err(|e| format!("no randomness for the run's credential: {e}"))?;
+            hex::encode(b)
+        };
+        (msg.secret_token, pending.secret_token) = (token.clone(), token);
+        let (cmdb_name, cmdb_body) = self.cmdb_copy().map_err(|e| format!("copying the cmdb for workers: {e}"))?;
+        msg.cmdb = Some(cmdb_name.clone());
         let run_id = msg.run_id.clone();
         // Pending before the publish: a fast worker's first event must find it.
         self.pending.lock().insert(run_id.clone(), pending);
         let link = self.link.clone();
+        let generation = self.cmdb_generation.load(std::sync::atomic::Ordering::Acquire);
+        let cmdb_put = cmdb_body.is_some();
+        let name_for_put = cmdb_name.clone();
         let published = self.wait(async move {
             let body = serde_json::to_vec(&msg).expect("a run message serializes");
             let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
                 link.put_package(&package).await.map_err(|e| e.to_string())?;
+                if let Some(c) = &cmdb_body {
+                    link.put_blob(&name_for_put, c).await.map_err(|e| e.to_string())?;
+                }
                 let ack = link
                     .js
                     .send_publish(
@@ -153,8 +220,12 @@ impl Control {
             }
         });
         let outcome = published.unwrap_or_else(|| Err("the run queue (NATS) did not answer in time; retry later".into()));
-        if outcome.is_err() {
-            self.pending.lock().remove(&run_id);
+        match &outcome {
+            Err(_) => {
+                self.pending.lock().remove(&run_id);
+            }
+            Ok(()) if cmdb_put => *self.cmdb_copy.lock() = Some((generation, cmdb_name)),
+            Ok(()) => {}
         }
         outcome
     }
@@ -189,6 +260,33 @@ impl Control {
             w.values().map(|(beat, at)| WorkerInfo { beat: beat.clone(), seen_ago_s: at.elapsed().as_secs_f64() }).collect();
         out.sort_by(|a, b| a.beat.id.cmp(&b.beat.id));
         out
+    }
+}
+
+/// Answers a worker's request for a secret: only for a run in flight, with its credential.
+async fn answer_secret(pending: &Arc<Mutex<HashMap<String, Pending>>>, store: &Store, body: &[u8]) -> super::SecretAnswer {
+    let refuse = |why: &str| super::SecretAnswer { value: None, error: Some(why.to_string()) };
+    let Ok(req) = serde_json::from_slice::<super::SecretRequest>(body) else { return refuse("the request does not parse") };
+    let known = pending.lock().get(&req.run_id).map(|p| p.secret_token.clone());
+    match known {
+        Some(t) if !t.is_empty() && crate::util::same_secret(&t, &req.token) => {}
+        // Unknown run, ended run, or a wrong credential: the same answer.
+        _ => {
+            tracing::warn!(job = %crate::util::truncate(&req.run_id, 64), "a secret request without a live run's credential was refused");
+            return refuse("no run in flight has this credential");
+        }
+    }
+    let store = store.clone();
+    let name = req.name.clone();
+    let got = tokio::task::spawn_blocking(move || crate::secrets::Secrets::open(store).and_then(|s| s.get(&name))).await;
+    match got {
+        Ok(Ok(Some(v))) => match String::from_utf8(v) {
+            Ok(v) => super::SecretAnswer { value: Some(v), error: None },
+            Err(_) => refuse(&format!("secret `{}` is not text", req.name)),
+        },
+        Ok(Ok(None)) => super::SecretAnswer { value: None, error: None },
+        Ok(Err(e)) => refuse(&e.to_string()),
+        Err(e) => refuse(&e.to_string()),
     }
 }
 

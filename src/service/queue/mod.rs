@@ -186,6 +186,25 @@ impl Link {
         Ok(())
     }
 
+    /// Puts `body` under `name` in the object store, unless it is there.
+    pub async fn put_blob(&self, name: &str, body: &[u8]) -> Result<(), Error> {
+        let store = self.js.get_object_store(PACKAGES).await.map_err(|e| queue_err("the object store", e))?;
+        if store.info(name).await.is_ok() {
+            return Ok(());
+        }
+        store.put(name, &mut &body[..]).await.map_err(|e| queue_err(&format!("storing {name}"), e))?;
+        Ok(())
+    }
+
+    pub async fn get_blob(&self, name: &str) -> Result<Vec<u8>, Error> {
+        use tokio::io::AsyncReadExt;
+        let store = self.js.get_object_store(PACKAGES).await.map_err(|e| queue_err("the object store", e))?;
+        let mut obj = store.get(name).await.map_err(|e| queue_err(name, e))?;
+        let mut body = Vec::new();
+        obj.read_to_end(&mut body).await.map_err(|e| queue_err(&format!("reading {name}"), e))?;
+        Ok(body)
+    }
+
     /// The package of `hash`, checked against it.
     pub async fn get_package(&self, hash: &str) -> Result<AppletPackage, Error> {
         use tokio::io::AsyncReadExt;
@@ -243,6 +262,36 @@ pub struct RunMessage {
     /// its manifest's `[run]`).
     #[serde(default)]
     pub retry: bool,
+    /// The run's credential for asking the control plane for secrets (`opslet.secrets`), good
+    /// while the run is in flight. It is not a secret's value: those never travel in runs.
+    pub secret_token: String,
+    /// The cmdb copy the run sees: `cmdb-<hash>` in the object store.
+    pub cmdb: Option<String>,
+}
+
+/// A worker asking for a secret a run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretRequest {
+    pub run_id: String,
+    pub token: String,
+    pub name: String,
+}
+
+/// The answer: the value, none (no such secret), or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretAnswer {
+    pub value: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Core NATS subject of secret requests (request/reply: nothing about them is kept).
+pub const SECRETS: &str = "opslet.secrets";
+
+/// The cmdb as a worker gets it: hosts, and nested groups with their parents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CmdbCopy {
+    pub hosts: Vec<crate::cmdb::Host>,
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// An error as it travels: enough to answer the caller as if the run had been local.

@@ -41,9 +41,14 @@ pub struct WorkerSettings {
 struct Running {
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     cancel: CancelToken,
+    /// The run's credential for secrets.
+    secret_token: String,
 }
 
 type RunningMap = Arc<Mutex<HashMap<String, Running>>>;
+
+/// How long a run waits for the control plane to answer a secret request.
+const SECRET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pulls and executes runs until `shutdown` resolves, then lets the runs in flight end.
 pub async fn serve(
@@ -54,6 +59,31 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let pool = Arc::new(RunPool::start(settings.cpu_slots, settings.max_runs, settings.max_runs));
     let running: RunningMap = Default::default();
+    // Secrets a run needs come from the control plane while it runs, asked for with the run's
+    // credential; the run's thread waits for the answer.
+    let runtime = {
+        let (link, running, handle) = (link.clone(), Arc::clone(&running), tokio::runtime::Handle::current());
+        runtime.with_secret_source(Arc::new(move |run_id: &str, name: &str| {
+            let token = running.lock().get(run_id).map(|r| r.secret_token.clone()).ok_or("the run is not in flight on this worker")?;
+            let body =
+                serde_json::to_vec(&super::SecretRequest { run_id: run_id.into(), token, name: name.into() }).map_err(|e| e.to_string())?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let client = link.client.clone();
+            handle.spawn(async move {
+                let answer = tokio::time::timeout(SECRET_TIMEOUT, client.request(super::SECRETS, body.into())).await;
+                let _ = tx.send(answer);
+            });
+            let answer = match rx.recv_timeout(SECRET_TIMEOUT + Duration::from_secs(1)) {
+                Ok(Ok(Ok(m))) => serde_json::from_slice::<super::SecretAnswer>(&m.payload).map_err(|e| e.to_string())?,
+                Ok(Ok(Err(e))) => return Err(format!("asking the control plane for secret `{name}`: {e}")),
+                _ => return Err(format!("the control plane did not answer for secret `{name}` in time")),
+            };
+            match answer.error {
+                Some(e) => Err(format!("secret `{name}`: {e}")),
+                None => Ok(answer.value),
+            }
+        }))
+    };
     let in_flight = Arc::new(AtomicUsize::new(0));
     let packages: Arc<Mutex<HashMap<String, Arc<AppletPackage>>>> = Default::default();
 
@@ -108,6 +138,7 @@ pub async fn serve(
         })
     };
 
+    let cmdb_loaded: Arc<tokio::sync::Mutex<Option<String>>> = Default::default();
     let stream = link.js.get_stream(RUNS).await.map_err(|e| Error::Internal(format!("the runs stream: {e}")))?;
     let mut pullers = Vec::new();
     for tag in &settings.tags {
@@ -134,6 +165,7 @@ pub async fn serve(
             in_flight: Arc::clone(&in_flight),
             packages: Arc::clone(&packages),
             settings: settings.clone(),
+            cmdb_loaded: Arc::clone(&cmdb_loaded),
         };
         pullers.push(tokio::spawn(async move { ctx.pull(consumer).await }));
     }
@@ -161,6 +193,8 @@ struct Ctx {
     in_flight: Arc<AtomicUsize>,
     packages: Arc<Mutex<HashMap<String, Arc<AppletPackage>>>>,
     settings: WorkerSettings,
+    /// The cmdb copy in the cache store now.
+    cmdb_loaded: Arc<tokio::sync::Mutex<Option<String>>>,
 }
 
 impl Ctx {
@@ -247,7 +281,11 @@ impl Ctx {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancelToken::default();
-        self.running.lock().insert(msg.run_id.clone(), Running { events: tx.clone(), cancel: cancel.clone() });
+        if let Err(e) = self.cmdb(msg.cmdb.as_deref()).await {
+            tracing::warn!(job = %msg.run_id, error = %e, "the cmdb copy could not be had; the run sees the last one");
+        }
+        let secret_token = msg.secret_token.clone();
+        self.running.lock().insert(msg.run_id.clone(), Running { events: tx.clone(), cancel: cancel.clone(), secret_token });
         // Events go out in order, each acknowledged by JetStream before the next.
         let sender = tokio::spawn(events.clone().drain(rx));
         // While the run goes on, JetStream hears that it is in progress.
@@ -327,6 +365,23 @@ impl Ctx {
             }
             in_flight.fetch_sub(1, Ordering::AcqRel);
         });
+    }
+
+    /// Makes the cache store's cmdb the copy `name` (when it is not already).
+    async fn cmdb(&self, name: Option<&str>) -> Result<(), Error> {
+        let Some(name) = name else { return Ok(()) };
+        let mut current = self.cmdb_loaded.lock().await;
+        if current.as_deref() == Some(name) {
+            return Ok(());
+        }
+        let body = self.link.get_blob(name).await?;
+        let copy: super::CmdbCopy = serde_json::from_slice(&body).map_err(|e| Error::Store(format!("{name} is unreadable: {e}")))?;
+        let store = self.runtime.store().cloned().ok_or_else(|| Error::Internal("no cache store".into()))?;
+        tokio::task::spawn_blocking(move || crate::cmdb::Cmdb::new(store)?.load_copy(&copy.hosts, &copy.groups))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        *current = Some(name.to_string());
+        Ok(())
     }
 
     async fn package(&self, hash: &str) -> Result<Arc<AppletPackage>, Error> {
