@@ -603,6 +603,7 @@ fn full_auth_matrix() {
             ("GET", "/api/v1/audit", None, vec!["aud", "ada"]),
             ("GET", "/api/v1/audit/verify", None, vec!["aud", "ada"]),
             ("GET", "/api/v1/jobs", None, all.to_vec()),
+            ("GET", "/api/v1/workers", None, all.to_vec()),
             ("GET", &job_path, None, vec!["ola", "aud", "ada"]),
             ("GET", &events_path, None, vec!["ola", "aud", "ada"]),
             ("POST", &cancel_path, None, vec!["ola", "ada"]),

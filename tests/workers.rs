@@ -182,9 +182,13 @@ fn runs_go_through_a_worker_sync_async_with_events_and_cancel_and_the_audit_chai
             - chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap();
         assert!(t.num_seconds() < 20, "cancelled, not slept out: {job}");
 
-        // The workers the control plane hears from are in /metrics.
+        // The workers the control plane hears from are in /metrics and the API.
         let m = reqwest::Client::new().get(format!("{base}/metrics")).bearer_auth(&s.token).send().await.unwrap().text().await.unwrap();
         assert!(m.contains("opslet_workers{tags=\"default\"} 1"), "{m}");
+        let (_, w) = call(&base, &s.token, "GET", "/api/v1/workers", None).await;
+        assert_eq!(w["workers"][0]["id"], "w1", "{w}");
+        assert_eq!(w["workers"][0]["tags"], json!(["default"]), "{w}");
+        assert!(w["workers"][0]["seen_ago_s"].as_f64().unwrap() < 6.0, "{w}");
     });
     drop(serve);
     // One chain on the control plane: each run's start and end once, in order, with the
@@ -449,4 +453,85 @@ fn ssh_runs_on_a_worker_with_the_cmdb_copy_and_secrets_asked_for_the_run_only() 
     assert_eq!(actions.len(), 3, "{records:#?}");
     assert!(!serde_json::to_string(&records).unwrap().contains(&key_line));
     assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
+}
+
+/// NATS permissions for a worker of tag `dc1` (docs/scale-out.md says which it needs): it may
+/// report events and heartbeats, ask for secrets, pull and acknowledge runs of `dc1`, and read
+/// packages; nothing else.
+const WORKER_PERMISSIONS: &str = r#"
+authorization {
+  users = [
+    { user: control, password: "control-pass-0001" }
+    { user: worker-dc1, password: "worker-pass-0001", permissions: {
+        publish: { allow: [
+          "opslet.events.>", "opslet.workers.>", "opslet.secrets",
+          "$JS.API.INFO",
+          "$JS.API.STREAM.INFO.OPSLET_RUNS", "$JS.API.STREAM.INFO.OPSLET_EVENTS", "$JS.API.STREAM.INFO.OBJ_opslet-packages",
+          "$JS.API.CONSUMER.CREATE.OPSLET_RUNS.runs-dc1", "$JS.API.CONSUMER.CREATE.OPSLET_RUNS.runs-dc1.>",
+          "$JS.API.CONSUMER.DURABLE.CREATE.OPSLET_RUNS.runs-dc1", "$JS.API.CONSUMER.INFO.OPSLET_RUNS.runs-dc1",
+          "$JS.API.CONSUMER.MSG.NEXT.OPSLET_RUNS.runs-dc1", "$JS.ACK.OPSLET_RUNS.runs-dc1.>",
+          "$JS.API.STREAM.MSG.GET.OBJ_opslet-packages", "$JS.API.DIRECT.GET.OBJ_opslet-packages", "$JS.API.DIRECT.GET.OBJ_opslet-packages.>",
+          "$JS.API.CONSUMER.CREATE.OBJ_opslet-packages", "$JS.API.CONSUMER.CREATE.OBJ_opslet-packages.>",
+          "$JS.API.CONSUMER.DELETE.OBJ_opslet-packages.>", "$JS.FC.>"
+        ] }
+        subscribe: { allow: [ "opslet.cancel", "_INBOX.>" ] }
+    } }
+  ]
+}
+"#;
+
+#[test]
+fn a_worker_with_its_own_nats_user_runs_its_tag_and_can_neither_queue_runs_nor_take_another_tags() {
+    let nats = nats::Nats::start_with(Some(WORKER_PERMISSIONS.to_string()));
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url_as("control", "control-pass-0001")]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let worker_url = nats.url_as("worker-dc1", "worker-pass-0001");
+    let dir = tempfile::tempdir().unwrap();
+    let _w = Proc(
+        Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(["worker", "--queue", &worker_url, "--id", "w-dc1", "--tags", "dc1"])
+            .env("OPSLET_DATA_DIR", dir.path().join("unused"))
+            .env_remove("OPSLET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    rt().block_on(async {
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run?tag=dc1", Some(json!({ "n": 1 }))).await;
+        assert_eq!((code, r["result"]["n"].as_i64()), (200, Some(2)), "the restricted worker runs its tag: {r} {}", nats.log());
+
+        // The same credentials cannot queue a run, as the control plane does…
+        let client = async_nats::ConnectOptions::new().user_and_password("worker-dc1".into(), "worker-pass-0001".into()).connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let forged = json!({ "run_id": "forged", "applet": "hello@1.0.0", "hash": "0", "caller": { "user": "ada", "via": "http" }, "dry_run": false,
+            "origin": { "kind": "package" }, "tag": "dc1", "secret_token": "", "cmdb": null });
+        let sent = tokio::time::timeout(Duration::from_secs(3), async {
+            js.publish("opslet.runs.dc1", serde_json::to_vec(&forged).unwrap().into()).await.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
+        })
+        .await;
+        assert!(!matches!(sent, Ok(Ok(_))), "a worker queued a run: {sent:?}");
+        // …nor take the runs of another tag.
+        let stream = js.get_stream("OPSLET_RUNS").await.unwrap();
+        let other = stream
+            .get_or_create_consumer(
+                "runs-default",
+                async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some("runs-default".into()),
+                    filter_subject: "opslet.runs.default".into(),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(other.is_err(), "a dc1 worker made a consumer of another tag");
+    });
+    // The server refused both attempts, and nothing the worker did in its own work.
+    let log = nats.log();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(refused.iter().any(|l| l.contains(r#"Subject "opslet.runs.dc1""#)), "{log}");
+    assert!(refused.iter().any(|l| l.contains("runs-default")), "{log}");
+    assert!(refused.iter().all(|l| l.contains(r#"Subject "opslet.runs.dc1""#) || l.contains("runs-default")), "{log}");
 }

@@ -17,6 +17,7 @@
 //! | `quota_exceeded` | 429 | one applet or caller has its share of run slots |
 //! | `too_many_requests` | 429 | repeated sign-in attempts for one user |
 //! | `queue_full` | 503 | the run queue is full (with `Retry-After: 1`) |
+//! | `queue_unavailable` | 503 | with workers: NATS is unreachable or did not take the run in time |
 //! | `timeout` | 504, 408 | a synchronous run did not end in time and was cancelled; a request body that did not arrive within three header timeouts (30 s) |
 //! | `store_error`, `internal_error` | 500 | the store, or a bug |
 //!

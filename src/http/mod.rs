@@ -137,6 +137,7 @@ pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router
         .route("/api/v1/hooks", get(admin::list_hooks).post(admin::add_hook))
         .route("/api/v1/hooks/{name}", delete(admin::remove_hook))
         .route("/api/v1/jobs", get(runs::list_jobs))
+        .route("/api/v1/workers", get(runs::list_workers))
         .route("/api/v1/jobs/{id}", get(runs::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(runs::cancel_job))
         .route("/api/v1/jobs/{id}/events", get(runs::job_events))

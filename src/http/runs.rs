@@ -284,6 +284,13 @@ pub(super) async fn readyz(State(s): State<AppState>, _: Authed) -> Result<&'sta
     s.registry.list().map(|_| "ready").map_err(ApiError::from)
 }
 
+/// The workers the control plane hears from (`serve --queue nats://…`): `{"workers": null}`
+/// when runs execute on this server itself.
+pub(super) async fn list_workers(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    super::authn::require(&s, &p, Action::ReadRegistry, "/api/v1/workers")?;
+    Ok(Json(json!({ "workers": s.service.workers() })))
+}
+
 pub(super) async fn metrics(State(s): State<AppState>, Authed(_p): Authed) -> Result<Response, ApiError> {
     let mut text = s.service.metrics()?.render();
     if let Some(workers) = s.service.workers() {

@@ -73,3 +73,20 @@ fn apply_json(secrets: &[String], v: serde_json::Value) -> serde_json::Value {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learned_value_is_hidden_by_every_clone_from_then_on() {
+        let r = Redactor::new(vec!["known-secret".to_string()]);
+        let clone = r.clone();
+        assert_eq!(clone.apply("key fetched-later-value"), "key fetched-later-value");
+        r.learn("fetched-later-value");
+        r.learn("abc"); // too short to track
+        assert_eq!(clone.apply("key fetched-later-value and known-secret"), "key <redacted> and <redacted>");
+        assert_eq!(clone.apply_json(serde_json::json!({ "k": "fetched-later-value" })), serde_json::json!({ "k": "<redacted>" }));
+        assert_eq!(clone.apply("abc"), "abc");
+    }
+}

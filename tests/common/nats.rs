@@ -12,6 +12,8 @@ pub struct Nats {
     pub port: u16,
     monitor: u16,
     pub dir: tempfile::TempDir,
+    /// A server config (nats-server's format) besides the flags: users and permissions.
+    config: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -28,8 +30,13 @@ pub fn binary() -> PathBuf {
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::start_with(None)
+    }
+
+    /// A server with `config` (an `authorization { ... }` block, say) in its config file.
+    pub fn start_with(config: Option<String>) -> Nats {
         let dir = tempfile::tempdir().unwrap();
-        let mut n = Nats { child: None, port: free_port(), monitor: free_port(), dir };
+        let mut n = Nats { child: None, port: free_port(), monitor: free_port(), dir, config };
         n.up();
         n
     }
@@ -38,11 +45,22 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The URL with a user and password in it.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
     /// Starts the server (again) on the same port and store.
     pub fn up(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
-        let child = Command::new(binary())
+        let mut cmd = Command::new(binary());
+        if let Some(config) = &self.config {
+            let file = self.dir.path().join("nats.conf");
+            std::fs::write(&file, config).unwrap();
+            cmd.arg("-c").arg(file);
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string(), "-js", "-sd"])
             .arg(self.dir.path().join("js"))
             .stdin(Stdio::null())

@@ -688,6 +688,8 @@ function jobSummary(job) {
     h("dd", { id: "job-duration" }, duration(job)),
     h("dt", {}, "Params"),
     h("dd", {}, h("code", {}, JSON.stringify(job.params))),
+    job.worker_tag ? [h("dt", {}, "Worker tag"), h("dd", {}, job.worker_tag)] : null,
+    job.waiting ? [h("dt", {}, "Waiting"), h("dd", { class: "error", id: "job-waiting" }, job.waiting)] : null,
   );
 }
 
@@ -822,7 +824,7 @@ function filterForm(fields, params, target) {
 async function viewJobs(params) {
   const qs = new URLSearchParams({ limit: "50" });
   for (const k of ["applet", "status", "user", "before"]) if (params.get(k)) qs.set(k, params.get(k));
-  const { items: jobs, next } = await apiPage(`/api/v1/jobs?${qs}`);
+  const [{ items: jobs, next }, { workers }] = await Promise.all([apiPage(`/api/v1/jobs?${qs}`), api("GET", "/api/v1/workers")]);
   const fields = [["applet", "Applet"], ["status", "Status", ["queued", "running", "ok", "error", "invalid_params", "limit_exceeded", "cancelled"]]];
   if (can.allJobs()) fields.push(["user", "User"]);
   show(
@@ -843,6 +845,17 @@ async function viewJobs(params) {
       ))
       : h("p", { class: "muted" }, "No jobs."),
     olderLink("#/jobs", params, next),
+    // With `serve --queue nats://…`, the workers that run the jobs.
+    workers
+      ? h(
+          "section",
+          { class: "card", id: "workers" },
+          h("h2", {}, `Workers (${workers.length})`),
+          workers.length
+            ? grid(null, ["Worker", "Tags", "Runs in flight", "Host", "Last heard"], workers.map((w) => h("tr", {}, h("td", {}, w.id), h("td", {}, w.tags.join(", ")), h("td", {}, String(w.in_flight)), h("td", {}, w.host), h("td", {}, `${w.seen_ago_s.toFixed(1)} s ago`))))
+            : h("p", { class: "error" }, "No worker is connected: queued runs wait."),
+        )
+      : null,
   );
 }
 

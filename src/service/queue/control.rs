@@ -176,7 +176,7 @@ impl Control {
     /// `Err` says why the queue did not take it (the run is then not pending).
     pub fn publish(&self, msg: RunMessage, package: Arc<crate::applet::AppletPackage>, pending: Pending) -> Result<(), String> {
         if !self.connected() {
-            return Err(format!("the run queue (NATS at {}) is unreachable; retry later", self.link.settings.url));
+            return Err(format!("the run queue (NATS at {}) is unreachable; retry later", super::split_login(&self.link.settings.url).0));
         }
         let mut msg = msg;
         let mut pending = pending;

@@ -102,15 +102,22 @@ fn queue_err(what: &str, e: impl std::fmt::Display) -> Error {
 impl Link {
     /// Connects (retrying in the background if NATS is not up yet) and makes sure the streams
     /// exist. `name` names this process to the NATS server's monitoring.
+    /// NATS must answer now (a wrong URL or credentials is said at once); later losses of the
+    /// connection are retried in the background.
     pub async fn connect(settings: QueueSettings, name: &str) -> Result<Link, Error> {
-        let mut opts = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+        let mut opts = async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None);
+        // Credentials in the URL (nats://user:password@host:port) are taken out of it.
+        let (url, login) = split_login(&settings.url);
+        if let Some((user, password)) = login {
+            opts = opts.user_and_password(user, password);
+        }
         if let Some(creds) = &settings.creds_file {
             opts = opts.credentials_file(creds).await.map_err(|e| queue_err(&format!("reading {}", creds.display()), e))?;
         }
         if let Some(ca) = &settings.tls_ca {
             opts = opts.require_tls(true).add_root_certificates(ca.clone());
         }
-        let client = opts.connect(settings.url.as_str()).await.map_err(|e| queue_err(&format!("connecting to {}", settings.url), e))?;
+        let client = opts.connect(url.as_str()).await.map_err(|e| queue_err(&format!("connecting to {url}"), e))?;
         let js = jetstream::new(client.clone());
         let link = Link { client, js, settings: Arc::new(settings) };
         link.ensure_streams().await?;
@@ -213,6 +220,19 @@ impl Link {
         let mut body = Vec::new();
         obj.read_to_end(&mut body).await.map_err(|e| queue_err(&format!("reading package {hash}"), e))?;
         decode_package(&body, hash)
+    }
+}
+
+/// `nats://user:password@host:4222` → (`nats://host:4222`, Some((user, password))). The URL
+/// without its login is what messages and logs show.
+pub fn split_login(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_string(), None) };
+    match rest.rsplit_once('@') {
+        Some((login, host)) => {
+            let (user, password) = login.split_once(':').unwrap_or((login, ""));
+            (format!("{scheme}://{host}"), Some((user.to_string(), password.to_string())))
+        }
+        None => (url.to_string(), None),
     }
 }
 
@@ -386,4 +406,40 @@ pub struct Heartbeat {
 /// The header a worker's events carry so JetStream drops a repeat: `<run id>.<n>`.
 pub fn event_id(run_id: &str, n: u64) -> String {
     format!("{run_id}.{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package() -> AppletPackage {
+        let mut files = BTreeMap::new();
+        files.insert("applet.toml".to_string(), b"name = \"t\"\nversion = \"1.0.0\"\n".to_vec());
+        files.insert("main.lua".to_string(), b"return function() return 1 end".to_vec());
+        AppletPackage::from_files(files).unwrap()
+    }
+
+    #[test]
+    fn a_package_is_taken_only_under_its_own_hash() {
+        let p = package();
+        let body = encode_package(&p);
+        assert_eq!(decode_package(&body, &p.hash).unwrap().hash, p.hash);
+        // Stored under another hash (a swapped object, a mix-up): refused, saying so.
+        let other = "0".repeat(64);
+        let e = decode_package(&body, &other).unwrap_err().to_string();
+        assert!(e.contains("does not match its hash") && e.contains(&p.hash), "{e}");
+        // Tampered content under the right name: refused too.
+        let tampered = String::from_utf8(body).unwrap().replace(
+            &base64::engine::general_purpose::STANDARD.encode(b"return function() return 1 end"),
+            &base64::engine::general_purpose::STANDARD.encode(b"return function() return 2 end"),
+        );
+        assert!(decode_package(tampered.as_bytes(), &p.hash).is_err());
+    }
+
+    #[test]
+    fn credentials_come_out_of_the_url() {
+        assert_eq!(split_login("nats://u:p@h:4222"), ("nats://h:4222".to_string(), Some(("u".to_string(), "p".to_string()))));
+        assert_eq!(split_login("tls://h:4222"), ("tls://h:4222".to_string(), None));
+        assert!(QueueSettings::new("http://h").is_err());
+    }
 }
