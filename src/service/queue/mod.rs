@@ -393,6 +393,25 @@ pub struct EndMsg {
     pub worker: String,
 }
 
+impl EndMsg {
+    /// The end of a run that did not run here: `worker` names a worker that found it lost
+    /// (empty when the run could not start, like a package that does not load).
+    pub fn without_run(status: RunStatus, error: WireError, worker: &str) -> EndMsg {
+        EndMsg {
+            status,
+            result: None,
+            error: Some(error),
+            traceback: None,
+            logs: Vec::new(),
+            duration_ms: 0,
+            cpu_ms: 0,
+            notes: Vec::new(),
+            targets: Default::default(),
+            worker: worker.to_string(),
+        }
+    }
+}
+
 /// A worker's heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -238,18 +238,8 @@ impl Ctx {
             // Another worker had it and went away: the run may have done things already.
             tracing::warn!(job = %msg.run_id, delivered, "a run whose worker was lost; reporting it, not running it again");
             let why = "its worker stopped while it ran; not run again (the applet does not declare `retry = true`)";
-            let end = EndMsg {
-                status: crate::runtime::RunStatus::Error,
-                result: None,
-                error: Some(WireError { kind: "interrupted".into(), message: why.into(), fields: Vec::new(), limit: None }),
-                traceback: None,
-                logs: Vec::new(),
-                duration_ms: 0,
-                cpu_ms: 0,
-                notes: Vec::new(),
-                targets: Default::default(),
-                worker: self.settings.id.clone(),
-            };
+            let error = WireError { kind: "interrupted".into(), message: why.into(), fields: Vec::new(), limit: None };
+            let end = EndMsg::without_run(crate::runtime::RunStatus::Error, error, &self.settings.id);
             // Numbered after anything the lost worker could have sent.
             if events.publish_at(u64::MAX / 2, Event::End(Box::new(end))).await.is_ok() {
                 let _ = m.double_ack().await;
@@ -260,18 +250,7 @@ impl Ctx {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(job = %msg.run_id, error = %e, "the run's package could not be had");
-                let end = EndMsg {
-                    status: crate::runtime::RunStatus::InvalidApplet,
-                    result: None,
-                    error: Some(WireError::of(&e)),
-                    traceback: None,
-                    logs: Vec::new(),
-                    duration_ms: 0,
-                    cpu_ms: 0,
-                    notes: Vec::new(),
-                    targets: Default::default(),
-                    worker: String::new(),
-                };
+                let end = EndMsg::without_run(crate::runtime::RunStatus::InvalidApplet, WireError::of(&e), "");
                 if events.publish(Event::End(Box::new(end))).await.is_ok() {
                     let _ = m.double_ack().await;
                 }
