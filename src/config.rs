@@ -27,6 +27,9 @@ pub struct Config {
     /// `opslet serve`; each value can be overridden by its flag or environment variable.
     #[serde(default)]
     pub serve: ServeSettings,
+    /// With workers (`serve --queue nats://…`): which tag runs on which hosts go to.
+    #[serde(default)]
+    pub workers: WorkersConfig,
     /// Every other table: the host modules' settings (`[ssh]`, `[zabbix.NAME]`, ...), each read
     /// by its module through [`Config::section`]; a table no module reads is refused when the
     /// modules are set up (`modules::from_config`).
@@ -38,6 +41,23 @@ pub struct Config {
     /// The file's text, so a module's settings are read with the line and column of a mistake.
     #[serde(skip)]
     text: Arc<str>,
+}
+
+/// `[workers]`: `[[workers.route]]` entries, in order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    #[serde(default)]
+    pub route: Vec<WorkerRoute>,
+}
+
+/// A run whose host-selector params pick only hosts `hosts` selects goes to workers of `tag`
+/// (unless the run or the applet asks for a tag).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRoute {
+    pub hosts: String,
+    pub tag: String,
 }
 
 /// `[serve]`. Unset values take the flag's default (see `opslet serve --help`).

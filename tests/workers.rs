@@ -535,3 +535,102 @@ fn a_worker_with_its_own_nats_user_runs_its_tag_and_can_neither_queue_runs_nor_t
     assert!(refused.iter().any(|l| l.contains("runs-default")), "{log}");
     assert!(refused.iter().all(|l| l.contains(r#"Subject "opslet.runs.dc1""#) || l.contains("runs-default")), "{log}");
 }
+
+#[test]
+fn a_cmdb_route_sends_runs_on_its_hosts_to_its_tag() {
+    let nats = nats::Nats::start();
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    opslet(&s.data, &["cmdb", "host", "add", "web-a1", "--address", "192.0.2.1", "--group", "dc1"]);
+    opslet(&s.data, &["cmdb", "host", "add", "web-a2", "--address", "192.0.2.2", "--group", "dc1"]);
+    opslet(&s.data, &["cmdb", "host", "add", "web-b1", "--address", "198.51.100.1", "--group", "dc2"]);
+    std::fs::write(
+        s.data.join("opslet.toml"),
+        "[serve]\nshutdown_grace = \"1s\"\n[[workers.route]]\nhosts = \"group:dc1\"\ntag = \"dc1\"\n",
+    )
+    .unwrap();
+    applet(
+        dir.path(),
+        &s.data,
+        "count-hosts",
+        "[params.targets]\ntype = \"host-selector\"\nrequired = true\n",
+        "return function(p) return p.targets end",
+    );
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let plain = worker(&nats, "plain", &[]);
+    let dc1 = tagged_worker(&nats, "in-dc1", "dc1", &[]);
+    let mut runs = Vec::new();
+    rt().block_on(async {
+        for (targets, expect_dc1) in [("group:dc1", true), ("web-a1", true), ("web-b1", false), ("web-a1,web-b1", false)] {
+            let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/count-hosts/run", Some(json!({ "targets": targets }))).await;
+            assert_eq!(code, 200, "{r}");
+            runs.push((targets, expect_dc1, r["run_id"].as_str().unwrap().to_string()));
+        }
+    });
+    drop(_serve);
+    for (targets, expect_dc1, id) in runs {
+        let pid = ran_on(&s.data, &id);
+        let want = if expect_dc1 { dc1.0.id() } else { plain.0.id() };
+        assert_eq!(pid, want as u64, "`{targets}` ran on the wrong worker");
+    }
+    // A route that does not parse is refused when the server starts, naming it.
+    std::fs::write(s.data.join("opslet.toml"), "[[workers.route]]\nhosts = \"group:\"\ntag = \"dc1\"\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--queue", &nats.url()])
+        .env("OPSLET_DATA_DIR", &s.data)
+        .env_remove("OPSLET_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("workers.route[0]") && err.contains("group:"), "{err}");
+}
+
+#[test]
+fn a_run_on_a_worker_gets_its_secrets_from_a_restarted_control_plane() {
+    let fleet = sshd::Fleet::start(1, "node");
+    let nats = nats::Nats::start();
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let h = &fleet.hosts[0];
+    std::fs::write(
+        dir.path().join("fleet.csv"),
+        format!("name,address,port,groups,host_key\n{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key),
+    )
+    .unwrap();
+    opslet(&s.data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
+    opslet(&s.data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    let config =
+        "[serve]\nshutdown_grace = \"1s\"\n[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
+    std::fs::write(s.data.join("opslet.toml"), config).unwrap();
+    let worker_config = dir.path().join("worker.toml");
+    std::fs::write(&worker_config, config).unwrap();
+    // It waits, so the control plane can be restarted before it asks for the key.
+    applet(
+        dir.path(),
+        &s.data,
+        "late-ssh",
+        "[permissions]\nssh = { hosts = [\"*\"], commands = [\"hostname\"] }\n",
+        "return function() time.sleep(4) local r = ssh.run('group:fleet', 'hostname')[1] return { ok = r.ok, err = r.error } end",
+    );
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &nats.url()]);
+    let mut serve = Proc(child);
+    let base = format!("http://{addr}");
+    let _w = worker_with(&nats, "w1", "default", Some(&worker_config), &[]);
+    let id = rt().block_on(async {
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/late-ssh/run?async=true", None).await;
+        let id = r["job_id"].as_str().unwrap().to_string();
+        wait_job(&base, &s.token, &id, |j| j["status"] == "running").await;
+        id
+    });
+    unsafe { libc::kill(serve.0.id() as i32, libc::SIGTERM) };
+    serve.0.wait().unwrap();
+    serve = Proc(serve_proc::spawn_at(&s.data, &addr, &["--queue", &nats.url()]).0);
+    rt().block_on(async {
+        let job = wait_job(&base, &s.token, &id, |j| j["finished_at"].is_string()).await;
+        assert_eq!(job["status"], "ok", "{job}");
+        assert_eq!(job["result"]["ok"], true, "the key came from the restarted control plane: {job}");
+    });
+    drop(serve);
+}

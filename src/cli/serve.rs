@@ -106,7 +106,14 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
     // `--queue` is a length, or the NATS URL of the workers' queue.
     let (queue, workers) = match args.queue.as_deref().map(str::trim) {
         Some(q) if q.contains("://") => {
-            (file.queue.unwrap_or(64), Some(queue_settings(q, args.queue_creds.clone(), args.queue_ca.clone())?))
+            let mut settings = queue_settings(q, args.queue_creds.clone(), args.queue_ca.clone())?;
+            for (i, r) in config.workers.route.iter().enumerate() {
+                let at = |m: String| Error::Config(format!("invalid config: workers.route[{i}]: {m}"));
+                crate::util::validate_name(&r.tag).map_err(|m| at(format!("tag `{}` {m}", r.tag)))?;
+                crate::cmdb::Selector::parse(&r.hosts).map_err(|m| at(format!("hosts `{}`: {m}", r.hosts)))?;
+                settings.routes.push((r.hosts.clone(), r.tag.clone()));
+            }
+            (file.queue.unwrap_or(64), Some(settings))
         }
         Some(q) => (
             q.parse::<usize>()

@@ -481,6 +481,14 @@ impl Jobs {
             if job.finished() && job.finished_at.is_some_and(|t| t < cutoff) {
                 self.tree.remove(&k)?;
                 self.raw.remove(&k)?;
+                // What the queue kept of it (runs done by workers), long past any redelivery.
+                let applied = self.store.tree(crate::store::keys::QUEUE_APPLIED);
+                let mut prefix = k.clone();
+                prefix.push(b'.');
+                for key in applied.scan_prefix(&prefix).keys() {
+                    applied.remove(key?)?;
+                }
+                self.store.tree(crate::store::keys::QUEUE_PUBLISHED).remove(&k)?;
                 n += 1;
             }
         }

@@ -374,8 +374,46 @@ impl RunService {
                 shown
             }
         };
-        let worker_tag = sub.worker_tag.or_else(|| package.manifest.run.worker_tag.clone()).unwrap_or_else(|| queue::DEFAULT_TAG.into());
+        // The run's tag, else the applet's, else the route of the hosts it picks, else `default`.
+        let worker_tag = sub
+            .worker_tag
+            .or_else(|| package.manifest.run.worker_tag.clone())
+            .or_else(|| self.route_by_hosts(&package.manifest, request.validated.as_ref()))
+            .unwrap_or_else(|| queue::DEFAULT_TAG.into());
         Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked, worker_tag })
+    }
+
+    /// With workers and `[[workers.route]]`: the tag of the first route whose hosts include every
+    /// host the run's host-selector params pick (checked params only; None when it picks none).
+    fn route_by_hosts(&self, manifest: &crate::applet::Manifest, params: Option<&Map<String, Value>>) -> Option<String> {
+        use crate::applet::ParamType;
+        let routes = self.inner.dispatch.as_ref()?.queue.as_ref()?.routes();
+        let params = params?;
+        if routes.is_empty() {
+            return None;
+        }
+        let mut selectors = Vec::new();
+        for (name, spec) in &manifest.params {
+            if spec.ty == ParamType::HostSelector || (spec.ty == ParamType::List && spec.items == Some(ParamType::HostSelector)) {
+                match params.get(name) {
+                    Some(Value::String(s)) => selectors.push(s.clone()),
+                    Some(Value::Array(a)) => selectors.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+                    _ => {}
+                }
+            }
+        }
+        if selectors.is_empty() {
+            return None;
+        }
+        let snapshot = crate::cmdb::Cmdb::new(self.inner.runtime.store()?.clone()).and_then(|c| c.snapshot()).ok()?;
+        let names = |sel: &str| -> Option<std::collections::BTreeSet<String>> {
+            snapshot.select(sel).ok().map(|hs| hs.into_iter().map(|h| h.name).collect())
+        };
+        let mut picked = std::collections::BTreeSet::new();
+        for sel in &selectors {
+            picked.extend(names(sel)?);
+        }
+        routes.iter().find(|(hosts, _)| names(hosts).is_some_and(|r| picked.is_subset(&r))).map(|(_, tag)| tag.clone())
     }
 
     /// Runs a prepared request on the calling thread (the CLI). With [`Overrun::EndProcess`], a
@@ -583,16 +621,25 @@ impl RunService {
     /// it. Returns (restarted, queued).
     pub fn recover(&self) -> Result<(usize, usize), Error> {
         let d = self.dispatch()?;
-        if d.queue.is_some() {
-            // The runs are in JetStream: workers run the queued ones, and report the running
-            // ones' ends (or their loss); the jobs only need their live state back.
-            let open = d.jobs.open_jobs()?;
-            for job in &open {
-                d.jobs.relive(&job.id, CancelToken::default());
+        let queued = match &d.queue {
+            // The runs JetStream took are there: workers run the queued ones and report the
+            // running ones' ends (or their loss); those jobs only need their live state back.
+            // A job the stopped server stored but JetStream never took is queued again below.
+            Some(_) => {
+                let store = self.inner.runtime.store().ok_or_else(|| Error::Internal("no store".into()))?;
+                let published = store.tree(crate::store::keys::QUEUE_PUBLISHED);
+                let mut untaken = Vec::new();
+                for job in d.jobs.open_jobs()? {
+                    if job.status == JobStatus::Queued && !published.contains_key(job.id.as_bytes())? {
+                        untaken.push(job);
+                    } else {
+                        d.jobs.relive(&job.id, CancelToken::default());
+                    }
+                }
+                untaken
             }
-            return Ok((0, open.len()));
-        }
-        let queued = d.jobs.recover()?;
+            None => d.jobs.recover()?,
+        };
         let mut restarted = 0;
         let grants = d.auth.grants()?;
         for job in &queued {
@@ -634,7 +681,7 @@ impl RunService {
             req.run_id = job.id.clone();
             d.jobs.relive(&job.id, req.cancel.clone());
             let started = Slots::take(d, &req.package.manifest.name, &req.caller.user)
-                .and_then(|slots| self.start(d, req, slots, queue::DEFAULT_TAG));
+                .and_then(|slots| self.start(d, req, slots, job.worker_tag.as_deref().unwrap_or(queue::DEFAULT_TAG)));
             match started {
                 Ok(_) => restarted += 1,
                 Err(e) => {

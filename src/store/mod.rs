@@ -47,6 +47,9 @@ pub mod keys {
     /// Worker events the control plane applied (`<run id>.<n>`), so a redelivered one is not
     /// applied twice.
     pub const QUEUE_APPLIED: &str = "queue/applied";
+    /// Runs JetStream took, by id: the SHA-256 of the run's secret credential (so a restarted
+    /// control plane still answers its workers, and republishes only what was never taken).
+    pub const QUEUE_PUBLISHED: &str = "queue/published";
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
     /// Web console sessions, by the SHA-256 of the session id: user, CSRF token, expiry.

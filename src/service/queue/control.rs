@@ -167,6 +167,11 @@ impl Control {
         rx.recv_timeout(PUBLISH_TIMEOUT + Duration::from_secs(1)).ok()
     }
 
+    /// `[[workers.route]]`: (host selector, tag).
+    pub fn routes(&self) -> &[(String, String)] {
+        &self.link.settings.routes
+    }
+
     /// Whether NATS is reachable now.
     pub fn connected(&self) -> bool {
         self.link.connected()
@@ -194,6 +199,7 @@ impl Control {
         let link = self.link.clone();
         let generation = self.cmdb_generation.load(std::sync::atomic::Ordering::Acquire);
         let cmdb_put = cmdb_body.is_some();
+        let token_hash = digest(&msg.secret_token);
         let name_for_put = cmdb_name.clone();
         let published = self.wait(async move {
             let body = serde_json::to_vec(&msg).expect("a run message serializes");
@@ -224,8 +230,16 @@ impl Control {
             Err(_) => {
                 self.pending.lock().remove(&run_id);
             }
-            Ok(()) if cmdb_put => *self.cmdb_copy.lock() = Some((generation, cmdb_name)),
-            Ok(()) => {}
+            Ok(()) => {
+                if cmdb_put {
+                    *self.cmdb_copy.lock() = Some((generation, cmdb_name));
+                }
+                // Taken: a restart does not publish it again, and still knows its credential.
+                let published = self.store.tree(crate::store::keys::QUEUE_PUBLISHED);
+                if let Err(e) = published.insert(run_id.as_bytes(), token_hash.as_bytes()) {
+                    tracing::warn!(job = %run_id, error = %e, "recording a published run");
+                }
+            }
         }
         outcome
     }
@@ -263,13 +277,35 @@ impl Control {
     }
 }
 
+/// Hex SHA-256 of a run's credential (what is stored of it).
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// Answers a worker's request for a secret: only for a run in flight, with its credential.
 async fn answer_secret(pending: &Arc<Mutex<HashMap<String, Pending>>>, store: &Store, body: &[u8]) -> super::SecretAnswer {
     let refuse = |why: &str| super::SecretAnswer { value: None, error: Some(why.to_string()) };
     let Ok(req) = serde_json::from_slice::<super::SecretRequest>(body) else { return refuse("the request does not parse") };
-    let known = pending.lock().get(&req.run_id).map(|p| p.secret_token.clone());
+    let known = pending.lock().get(&req.run_id).map(|p| digest(&p.secret_token));
+    // A run published by an earlier process of this control plane: its credential's digest is
+    // stored, good while its job is open.
+    let known = match known {
+        Some(k) => Some(k),
+        None => {
+            let (store, id) = (store.clone(), req.run_id.clone());
+            tokio::task::spawn_blocking(move || -> Option<String> {
+                let open = store.tree(crate::store::keys::JOBS_OPEN).contains_key(id.as_bytes()).ok()?;
+                let stored = store.tree(crate::store::keys::QUEUE_PUBLISHED).get(id.as_bytes()).ok()??;
+                open.then(|| String::from_utf8_lossy(&stored).into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    };
     match known {
-        Some(t) if !t.is_empty() && crate::util::same_secret(&t, &req.token) => {}
+        Some(t) if !req.token.is_empty() && crate::util::same_secret(&t, &digest(&req.token)) => {}
         // Unknown run, ended run, or a wrong credential: the same answer.
         _ => {
             tracing::warn!(job = %crate::util::truncate(&req.run_id, 64), "a secret request without a live run's credential was refused");

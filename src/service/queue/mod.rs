@@ -70,6 +70,8 @@ pub struct QueueSettings {
     /// How long JetStream drops a message that repeats an id it has seen (the streams are made
     /// with it; past it, the control plane's own marks still drop a repeated event).
     pub duplicate_window: Duration,
+    /// `[[workers.route]]`: (host selector, tag), first match wins.
+    pub routes: Vec<(String, String)>,
 }
 
 impl QueueSettings {
@@ -83,6 +85,7 @@ impl QueueSettings {
             tls_ca: None,
             ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(600),
+            routes: Vec::new(),
         })
     }
 }
