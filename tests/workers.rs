@@ -88,6 +88,7 @@ fn setup() -> Setup {
         "return function(p, ctx) log.info('n is ' .. p.n) return { n = p.n + 1, caller = ctx.caller } end",
     );
     applet(dir.path(), &data, "slow", "", "return function() log.info('sleeping') time.sleep(30) return 1 end");
+    applet(dir.path(), &data, "counter", "", "return function() return kv.incr('runs') end");
     applet(dir.path(), &data, "near-net-a", "[run]\nworker_tag = \"neta\"\n", "return function() return 'done' end");
     opslet(&data, &["user", "add", "ada", "--role", "admin"]);
     let token = opslet(&data, &["token", "create", "ada"]).trim().to_string();
@@ -182,6 +183,13 @@ fn runs_go_through_a_worker_sync_async_with_events_and_cancel_and_the_audit_chai
             - chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap();
         assert!(t.num_seconds() < 20, "cancelled, not slept out: {job}");
 
+        // State kept in the control plane's store is refused on a worker, saying why, rather
+        // than written to the worker's cache and lost.
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/counter/run", None).await;
+        assert_eq!((code, r["status"].as_str()), (200, Some("error")), "{r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("kv lives in the control plane's store") && msg.contains("`counter`"), "{msg}");
+
         // The workers the control plane hears from are in /metrics and the API.
         let m = reqwest::Client::new().get(format!("{base}/metrics")).bearer_auth(&s.token).send().await.unwrap().text().await.unwrap();
         assert!(m.contains("opslet_workers{tags=\"default\"} 1"), "{m}");
@@ -196,7 +204,7 @@ fn runs_go_through_a_worker_sync_async_with_events_and_cancel_and_the_audit_chai
     let records = audit(&s.data);
     for kind in ["run.start", "run.end"] {
         let n = records.iter().filter(|r| r["kind"] == kind).count();
-        assert_eq!(n, 3, "three runs reached a worker, each with one {kind}: {records:#?}");
+        assert_eq!(n, 4, "four runs reached a worker, each with one {kind}: {records:#?}");
     }
     // The worker ran them (its process id is in run.start), not the control plane.
     for r in records.iter().filter(|r| r["kind"] == "run.start") {

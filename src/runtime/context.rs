@@ -122,7 +122,23 @@ pub struct RunCtx {
     /// How the run's calls on many targets went (see [`Targets`]).
     pub(crate) targets: Mutex<Targets>,
     /// Where secrets the store does not hold come from (see `Runtime::with_secret_source`).
+    /// Set on an `opslet worker`, whose store is a cache: state kept in the control plane's
+    /// store (kv, config items, device backups) is refused there rather than lost.
     pub secret_source: Option<SecretSource>,
+}
+
+impl RunCtx {
+    /// The store for state that must outlive the run (kv, config items, device backups): the
+    /// run's store, or why there is none to use (no store; a worker's cache).
+    pub fn lasting_store(&self, what: &str) -> Result<&Store, String> {
+        if self.secret_source.is_some() {
+            return Err(format!(
+                "{what} lives in the control plane's store, which runs on a worker do not reach yet; run `{}` on the server itself (docs/scale-out.md)",
+                self.applet
+            ));
+        }
+        self.store.as_ref().ok_or_else(|| format!("{what}: this run has no data store"))
+    }
 }
 
 /// Gives a secret's value for a run: `(run id, secret name)` → the value, None when there is

@@ -190,10 +190,7 @@ impl HostModule for ConfigModule {
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant).map_err(|m| LUA.err("permission", m))?;
         let ssh = Access::new(Arc::clone(&self.ssh), Arc::clone(ctx), scope.hosts.clone());
-        let items = match &ctx.store {
-            Some(store) => ConfigItems::open(store).map_err(|e| e.to_string()),
-            None => Err("this run has no data store".to_string()),
-        };
+        let items = ctx.lasting_store("config items").and_then(|store| ConfigItems::open(store).map_err(|e| e.to_string()));
         let state = Arc::new(RunState { ctx: Arc::clone(ctx), scope, ssh, items });
         let t = lua.create_table()?;
 

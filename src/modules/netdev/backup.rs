@@ -14,7 +14,7 @@ pub(super) fn keep(state: &RunState, name: &str, profile: &Profile, command: &st
     if text.trim().is_empty() {
         return Err(format!("`{command}` printed nothing"));
     }
-    let store = state.ctx.store.as_ref().ok_or("no data store")?;
+    let store = state.ctx.lasting_store("device configuration backups")?;
     let configs = DeviceConfigs::open(store).map_err(|e| e.to_string())?;
     if state.ctx.dry_run {
         // Read, compare, store nothing: the version it would become.
@@ -45,6 +45,6 @@ pub(super) fn stored(st: &RunState, call: &str) -> mlua::Result<DeviceConfigs> {
     if !st.scope.read {
         return Err(LUA.err(call, "permission denied: stored configurations need the `read` action in the applet's netdev permission"));
     }
-    let store = st.ctx.store.as_ref().ok_or_else(|| LUA.err(call, "this run has no data store"))?;
+    let store = st.ctx.lasting_store("device configuration backups").map_err(|m| LUA.err(call, m))?;
     DeviceConfigs::open(store).map_err(|e| LUA.err(call, e))
 }

@@ -37,7 +37,7 @@ fn polled<T>(lua: &Lua, ctx: &RunCtx, f: impl FnOnce() -> mlua::Result<T>) -> ml
 }
 
 fn tree(ctx: &RunCtx) -> mlua::Result<crate::store::Tree> {
-    let store = ctx.store.as_ref().ok_or_else(|| mlua::Error::runtime("kv: this run has no data store"))?;
+    let store = ctx.lasting_store("kv").map_err(mlua::Error::runtime)?;
     Ok(store.kv_tree(&ctx.applet))
 }
 
