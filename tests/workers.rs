@@ -352,7 +352,7 @@ fn tags_route_runs_and_a_run_no_worker_takes_waits_through_a_control_plane_resta
 }
 
 #[test]
-fn an_event_delivered_twice_is_applied_once() {
+fn an_event_delivered_twice_is_applied_once_and_a_forged_one_not_at_all() {
     // A duplicate window of a second, so JetStream itself lets the repeat through and only the
     // control plane's own marks stand between it and a second audit record.
     let nats = nats::Nats::start();
@@ -360,35 +360,68 @@ fn an_event_delivered_twice_is_applied_once() {
     let (child, addr) = serve_proc::spawn_with_env(&s.data, &["--queue", &nats.url()], &[("OPSLET_QUEUE_DUP_WINDOW", "1s")]);
     let _serve = Proc(child);
     let base = format!("http://{addr}");
-    let _w = worker(&nats, "w1", &[]);
     rt().block_on(async {
-        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 1 }))).await;
-        let run_id = r["run_id"].as_str().unwrap().to_string();
+        // Queued with no worker yet: the run message, credential and all, is read from the
+        // stream as a worker that took it would have it.
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/slow/run?async=true", None).await;
+        let run_id = r["job_id"].as_str().unwrap().to_string();
         let client = async_nats::connect(nats.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
-        let event = json!({ "type": "audit", "kind": "action", "actor": "ada", "via": "http", "applet": "hello@1.0.0", "status": "ok",
-            "data": { "module": "test", "action": "replayed", "target": "t1" } });
-        for _ in 0..2 {
-            let ack = js
-                .send_publish(
-                    format!("opslet.events.{run_id}"),
-                    async_nats::jetstream::message::PublishMessage::build()
-                        .payload(serde_json::to_vec(&event).unwrap().into())
-                        .message_id(format!("{run_id}.9000")),
+        let mut runs = js.get_stream("OPSLET_RUNS").await.unwrap();
+        let last = runs.info().await.unwrap().state.last_sequence;
+        let msg: Value = serde_json::from_slice(&runs.get_raw_message(last).await.unwrap().payload).unwrap();
+        assert_eq!(msg["run_id"], run_id.as_str());
+        let key = opslet::service::queue::event_key(msg["secret_token"].as_str().unwrap());
+        let _w = worker(&nats, "w1", &[]);
+        wait_job(&base, &s.token, &run_id, |j| j["status"] == "running").await;
+
+        let publish = |body: Value, id: String, signature: String| {
+            let js = js.clone();
+            let subject = format!("opslet.events.{run_id}");
+            async move {
+                let payload = serde_json::to_vec(&body).unwrap();
+                js.send_publish(
+                    subject,
+                    async_nats::jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id).header("Opslet-Signature", signature.as_str()),
                 )
                 .await
                 .unwrap()
                 .await
-                .unwrap();
+                .unwrap()
+            }
+        };
+        let sign = |body: &Value, id: &str| opslet::service::queue::sign_event(&key, id, &serde_json::to_vec(body).unwrap());
+        let event = json!({ "type": "audit", "kind": "action", "actor": "ada", "via": "http", "applet": "slow@1.0.0", "status": "ok",
+            "data": { "module": "test", "action": "replayed", "target": "t1" } });
+        let id = format!("{run_id}.9000");
+        for _ in 0..2 {
+            let ack = publish(event.clone(), id.clone(), sign(&event, &id)).await;
             assert!(!ack.duplicate, "past the window, JetStream takes the repeat");
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
+        // Forged reports (no signature, another key's, a signature of another body) for the run:
+        // an end that would finish it with a made-up result, and an audit record.
+        let forged_end = json!({ "type": "end", "status": "ok", "result": "forged", "error": null, "traceback": null, "logs": [],
+            "duration_ms": 1, "cpu_ms": 1, "notes": [], "targets": { "ok": 0, "failed": 0, "skipped": 0, "calls": [], "handled": false } });
+        let forged_audit = json!({ "type": "audit", "kind": "action", "actor": "mallory", "via": "http", "applet": "slow@1.0.0", "status": "ok",
+            "data": { "module": "test", "action": "forged", "target": "t1" } });
+        let wrong_key = opslet::service::queue::sign_event(&"0".repeat(64), "x", b"");
+        publish(forged_audit.clone(), format!("{run_id}.9100"), String::new()).await;
+        publish(forged_audit.clone(), format!("{run_id}.9101"), wrong_key.clone()).await;
+        publish(forged_end.clone(), format!("{run_id}.9102"), sign(&event, &format!("{run_id}.9102"))).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, job) = call(&base, &s.token, "GET", &format!("/api/v1/jobs/{run_id}"), None).await;
+        assert_eq!(job["status"], "running", "a forged end did not finish the job: {job}");
+        let (code, _) = call(&base, &s.token, "POST", &format!("/api/v1/jobs/{run_id}/cancel"), None).await;
+        assert!(code == 200 || code == 202);
+        let job = wait_job(&base, &s.token, &run_id, |j| j["finished_at"].is_string()).await;
+        assert_eq!(job["status"], "cancelled", "{job}");
     });
     drop(_serve);
     let records = audit(&s.data);
     let replayed = records.iter().filter(|r| r["data"]["action"] == "replayed").count();
     assert_eq!(replayed, 1, "{records:#?}");
+    assert!(!records.iter().any(|r| r["data"]["action"] == "forged" || r["actor"] == "mallory"), "{records:#?}");
     assert!(opslet(&s.data, &["audit", "verify"]).starts_with("audit log intact"));
 }
 

@@ -277,10 +277,9 @@ impl Control {
     }
 }
 
-/// Hex SHA-256 of a run's credential (what is stored of it).
+/// Hex SHA-256 of a run's credential: what is stored of it, and its events' key.
 fn digest(token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    super::event_key(token)
 }
 
 /// Answers a worker's request for a secret: only for a run in flight, with its credential.
@@ -372,8 +371,21 @@ async fn consume_events(link: &Link, apply: &Apply) -> Result<(), String> {
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
     while let Some(m) = messages.next().await {
         let m = m.map_err(|e| e.to_string())?;
-        let id = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str().to_string());
+        let header = |name: &str| m.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string());
+        let id = header(async_nats::header::NATS_MESSAGE_ID.as_ref());
+        let signature = header(super::SIGNATURE).unwrap_or_default();
         let run_id = m.subject.as_str().strip_prefix("opslet.events.").unwrap_or_default().to_string();
+        // Only the worker that took the run can report for it.
+        let key = apply.event_key(&run_id).await;
+        let signed = match (&id, &key) {
+            (Some(id), Some(key)) => crate::util::same_secret(&super::sign_event(key, id, &m.payload), &signature),
+            _ => false,
+        };
+        if !signed {
+            tracing::warn!(subject = %m.subject, "an event not signed for its run was dropped (a forged or stray report)");
+            let _ = m.ack().await;
+            continue;
+        }
         match (id, serde_json::from_slice::<Event>(&m.payload)) {
             (Some(id), Ok(ev)) => {
                 let store = apply.store.clone();
@@ -398,6 +410,25 @@ async fn consume_events(link: &Link, apply: &Apply) -> Result<(), String> {
 }
 
 impl Apply {
+    /// The run's event key: from the run in flight, or as stored when it was published.
+    async fn event_key(&self, run_id: &str) -> Option<String> {
+        if let Some(p) = self.pending.lock().get(run_id) {
+            return Some(super::event_key(&p.secret_token));
+        }
+        let (store, id) = (self.store.clone(), run_id.to_string());
+        tokio::task::spawn_blocking(move || {
+            store
+                .tree(crate::store::keys::QUEUE_PUBLISHED)
+                .get(id.as_bytes())
+                .ok()
+                .flatten()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     fn apply(&self, run_id: &str, id: &str, ev: Event) -> Result<(), Error> {
         let marks = self.store.tree(crate::store::keys::QUEUE_APPLIED);
         match ev {

@@ -425,6 +425,27 @@ pub struct Heartbeat {
     pub host: String,
 }
 
+/// The header with an event's signature (see [`sign_event`]).
+pub const SIGNATURE: &str = "Opslet-Signature";
+
+/// The key a run's events are signed with: the SHA-256 of the run's credential. The worker
+/// that took the run computes it from the credential; the control plane keeps only it.
+pub fn event_key(secret_token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret_token.as_bytes()))
+}
+
+/// HMAC-SHA256 of an event's id and body under the run's event key: only a worker that took
+/// the run can report for it, so a worker cannot end, log into or audit another's run.
+pub fn sign_event(key: &str, id: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// The header a worker's events carry so JetStream drops a repeat: `<run id>.<n>`.
 pub fn event_id(run_id: &str, n: u64) -> String {
     format!("{run_id}.{n}")

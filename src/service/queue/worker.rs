@@ -233,7 +233,7 @@ impl Ctx {
             }
         };
         let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-        let events = Events::new(self.link.clone(), msg.run_id.clone());
+        let events = Events::new(self.link.clone(), &msg);
         if delivered > 1 && !msg.retry {
             // Another worker had it and went away: the run may have done things already.
             tracing::warn!(job = %msg.run_id, delivered, "a run whose worker was lost; reporting it, not running it again");
@@ -373,17 +373,18 @@ impl Ctx {
     }
 }
 
-/// The events of one run, numbered for de-duplication.
+/// The events of one run, numbered for de-duplication and signed with the run's key.
 #[derive(Clone)]
 struct Events {
     link: Link,
     run_id: String,
+    key: String,
     next: Arc<AtomicU64>,
 }
 
 impl Events {
-    fn new(link: Link, run_id: String) -> Events {
-        Events { link, run_id, next: Arc::new(AtomicU64::new(0)) }
+    fn new(link: Link, msg: &RunMessage) -> Events {
+        Events { link, run_id: msg.run_id.clone(), key: super::event_key(&msg.secret_token), next: Arc::new(AtomicU64::new(0)) }
     }
 
     async fn publish(&self, ev: Event) -> Result<(), String> {
@@ -395,13 +396,17 @@ impl Events {
     async fn publish_at(&self, n: u64, ev: Event) -> Result<(), String> {
         let body: bytes::Bytes = serde_json::to_vec(&ev).map_err(|e| e.to_string())?.into();
         let id = super::event_id(&self.run_id, n);
+        let signature = super::sign_event(&self.key, &id, &body);
         for attempt in 0u32.. {
             let sent = async {
                 self.link
                     .js
                     .send_publish(
                         super::event_subject(&self.run_id),
-                        async_nats::jetstream::message::PublishMessage::build().payload(body.clone()).message_id(&id),
+                        async_nats::jetstream::message::PublishMessage::build()
+                            .payload(body.clone())
+                            .message_id(&id)
+                            .header(super::SIGNATURE, signature.as_str()),
                     )
                     .await
                     .map_err(|e| e.to_string())?
