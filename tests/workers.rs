@@ -675,3 +675,37 @@ fn a_run_on_a_worker_gets_its_secrets_from_a_restarted_control_plane() {
     });
     drop(serve);
 }
+
+#[test]
+fn the_queue_runs_over_tls_and_a_worker_that_does_not_trust_the_server_is_refused() {
+    let tls = tempfile::tempdir().unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/peers/nats.sh");
+    let st = Command::new("bash").arg(&script).arg("tls").arg(tls.path()).status().unwrap();
+    assert!(st.success(), "scripts/peers/nats.sh tls");
+    let (cert, key, ca) = (tls.path().join("tls.crt"), tls.path().join("tls.key"), tls.path().join("ca.crt"));
+    let nats =
+        nats::Nats::start_with(Some(format!("tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n", cert.display(), key.display())));
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let s = setup();
+    let (child, addr) = serve_proc::spawn(&s.data, &["--queue", &url, "--queue-ca", ca.to_str().unwrap()]);
+    let _serve = Proc(child);
+    let base = format!("http://{addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let worker = |ca: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_opslet"));
+        c.args(["worker", "--queue", &url, "--id", "w-tls"]).env("OPSLET_DATA_DIR", dir.path().join("unused")).env_remove("OPSLET_CONFIG");
+        if let Some(ca) = ca {
+            c.arg("--queue-ca").arg(ca);
+        }
+        c
+    };
+    // Without the CA, the server's certificate is not trusted: the worker says so and stops.
+    let o = worker(None).stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("NATS") && err.contains("invalid peer certificate"), "{err}");
+    let _w = Proc(worker(Some(&ca)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    rt().block_on(async {
+        let (code, r) = call(&base, &s.token, "POST", "/api/v1/applets/hello/run", Some(json!({ "n": 9 }))).await;
+        assert_eq!((code, r["result"]["n"].as_i64()), (200, Some(10)), "{r}");
+    });
+}

