@@ -285,6 +285,25 @@ fn a_worker_killed_mid_run_leaves_its_run_interrupted_not_run_twice() {
     assert!(verify.starts_with("audit log intact"), "{verify}");
 }
 
+/// Puts `fleet`'s hosts in the control plane's cmdb (group `fleet`) with the key secret and an
+/// ssh credential rule for them; returns the worker's copy of that opslet.toml (its module
+/// settings, the same file, as config management would put it there).
+fn ssh_fleet(s: &Setup, dir: &Path, fleet: &sshd::Fleet) -> std::path::PathBuf {
+    let mut csv = String::from("name,address,port,groups,host_key\n");
+    for h in &fleet.hosts {
+        csv.push_str(&format!("{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key));
+    }
+    std::fs::write(dir.join("fleet.csv"), csv).unwrap();
+    opslet(&s.data, &["cmdb", "import", dir.join("fleet.csv").to_str().unwrap()]);
+    opslet(&s.data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
+    let config =
+        "[serve]\nshutdown_grace = \"1s\"\n[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
+    std::fs::write(s.data.join("opslet.toml"), config).unwrap();
+    let worker_config = dir.join("worker.toml");
+    std::fs::write(&worker_config, config).unwrap();
+    worker_config
+}
+
 /// The process id the run's `run.start` record names: which worker ran it.
 fn ran_on(data: &Path, run_id: &str) -> u64 {
     let records = audit(data);
@@ -431,19 +450,7 @@ fn ssh_runs_on_a_worker_with_the_cmdb_copy_and_secrets_asked_for_the_run_only() 
     let nats = nats::Nats::start();
     let s = setup();
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("name,address,port,groups,host_key\n");
-    for h in &fleet.hosts {
-        csv.push_str(&format!("{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key));
-    }
-    std::fs::write(dir.path().join("fleet.csv"), csv).unwrap();
-    opslet(&s.data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
-    opslet(&s.data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
-    let config =
-        "[serve]\nshutdown_grace = \"1s\"\n[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
-    std::fs::write(s.data.join("opslet.toml"), config).unwrap();
-    // The worker's module settings: the same file, as config management would put it there.
-    let worker_config = dir.path().join("worker.toml");
-    std::fs::write(&worker_config, config).unwrap();
+    let worker_config = ssh_fleet(&s, dir.path(), &fleet);
     applet(
         dir.path(),
         &s.data,
@@ -634,19 +641,7 @@ fn a_run_on_a_worker_gets_its_secrets_from_a_restarted_control_plane() {
     let nats = nats::Nats::start();
     let s = setup();
     let dir = tempfile::tempdir().unwrap();
-    let h = &fleet.hosts[0];
-    std::fs::write(
-        dir.path().join("fleet.csv"),
-        format!("name,address,port,groups,host_key\n{},{},{},fleet,{}\n", h.name, h.address, h.port, h.host_key),
-    )
-    .unwrap();
-    opslet(&s.data, &["cmdb", "import", dir.path().join("fleet.csv").to_str().unwrap()]);
-    opslet(&s.data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
-    let config =
-        "[serve]\nshutdown_grace = \"1s\"\n[[ssh.credentials]]\nhosts = \"group:fleet\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n";
-    std::fs::write(s.data.join("opslet.toml"), config).unwrap();
-    let worker_config = dir.path().join("worker.toml");
-    std::fs::write(&worker_config, config).unwrap();
+    let worker_config = ssh_fleet(&s, dir.path(), &fleet);
     // It waits, so the control plane can be restarted before it asks for the key.
     applet(
         dir.path(),

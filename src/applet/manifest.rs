@@ -93,6 +93,24 @@ impl Manifest {
         format!("{}@{}", self.name, self.version)
     }
 
+    /// Each host-selector param (or list of them) given in `params`, with the selectors given,
+    /// in declared order.
+    pub fn host_selectors<'a>(&'a self, params: &'a serde_json::Map<String, serde_json::Value>) -> Vec<(&'a str, Vec<&'a str>)> {
+        use super::ParamType;
+        use serde_json::Value;
+        self.params
+            .iter()
+            .filter(|(_, spec)| {
+                spec.ty == ParamType::HostSelector || (spec.ty == ParamType::List && spec.items == Some(ParamType::HostSelector))
+            })
+            .filter_map(|(name, _)| match params.get(name) {
+                Some(Value::String(s)) => Some((name.as_str(), vec![s.as_str()])),
+                Some(Value::Array(a)) => Some((name.as_str(), a.iter().filter_map(Value::as_str).collect())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Parses and validates `applet.toml`. Returns every problem found, each with its line.
     pub fn parse(source: &str) -> Result<Manifest, Vec<Diagnostic>> {
         let raw: RawManifest = toml::from_str(source).map_err(|e| {

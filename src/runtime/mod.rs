@@ -496,27 +496,17 @@ impl Runtime {
         manifest: &crate::applet::Manifest,
         params: Map<String, Value>,
     ) -> Result<Map<String, Value>, Vec<crate::error::ParamError>> {
-        use crate::applet::ParamType;
         let Some(store) = &self.store else { return Ok(params) };
         let mut errs = Vec::new();
         let mut cmdb = None;
-        for (name, spec) in &manifest.params {
-            let is_sel = spec.ty == ParamType::HostSelector || (spec.ty == ParamType::List && spec.items == Some(ParamType::HostSelector));
-            if !is_sel {
-                continue;
-            }
-            let values: Vec<&str> = match params.get(name) {
-                Some(Value::String(s)) => vec![s.as_str()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-                _ => continue,
-            };
+        for (name, values) in manifest.host_selectors(&params) {
             for sel in values {
                 let db = match &cmdb {
                     Some(db) => db,
                     None => match crate::cmdb::Cmdb::new(store.clone()) {
                         Ok(db) => cmdb.insert(db),
                         Err(e) => {
-                            errs.push(crate::error::ParamError { param: name.clone(), message: format!("cannot read the cmdb: {e}") });
+                            errs.push(crate::error::ParamError { param: name.into(), message: format!("cannot read the cmdb: {e}") });
                             break;
                         }
                     },
@@ -526,7 +516,7 @@ impl Runtime {
                         Error::NotFound(m) | Error::Usage(m) => m,
                         other => other.to_string(),
                     };
-                    errs.push(crate::error::ParamError { param: name.clone(), message });
+                    errs.push(crate::error::ParamError { param: name.into(), message });
                 }
             }
         }

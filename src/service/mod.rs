@@ -386,22 +386,12 @@ impl RunService {
     /// With workers and `[[workers.route]]`: the tag of the first route whose hosts include every
     /// host the run's host-selector params pick (checked params only; None when it picks none).
     fn route_by_hosts(&self, manifest: &crate::applet::Manifest, params: Option<&Map<String, Value>>) -> Option<String> {
-        use crate::applet::ParamType;
         let routes = self.inner.dispatch.as_ref()?.queue.as_ref()?.routes();
         let params = params?;
         if routes.is_empty() {
             return None;
         }
-        let mut selectors = Vec::new();
-        for (name, spec) in &manifest.params {
-            if spec.ty == ParamType::HostSelector || (spec.ty == ParamType::List && spec.items == Some(ParamType::HostSelector)) {
-                match params.get(name) {
-                    Some(Value::String(s)) => selectors.push(s.clone()),
-                    Some(Value::Array(a)) => selectors.extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
-                    _ => {}
-                }
-            }
-        }
+        let selectors: Vec<&str> = manifest.host_selectors(params).into_iter().flat_map(|(_, sels)| sels).collect();
         if selectors.is_empty() {
             return None;
         }
@@ -410,7 +400,7 @@ impl RunService {
             snapshot.select(sel).ok().map(|hs| hs.into_iter().map(|h| h.name).collect())
         };
         let mut picked = std::collections::BTreeSet::new();
-        for sel in &selectors {
+        for sel in selectors {
             picked.extend(names(sel)?);
         }
         routes.iter().find(|(hosts, _)| names(hosts).is_some_and(|r| picked.is_subset(&r))).map(|(_, tag)| tag.clone())
@@ -574,7 +564,7 @@ impl RunService {
             applet: req.package.id(),
             hash: req.package.hash.clone(),
             limits: self.inner.runtime.limits_for(manifest),
-            secret_token: String::new(),
+            key: String::new(),
         };
         d.metrics.queued.fetch_add(1, Ordering::Relaxed);
         let run_id = req.run_id.clone();

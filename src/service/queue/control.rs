@@ -35,8 +35,8 @@ pub struct Pending {
     pub applet: String,
     pub hash: String,
     pub limits: RunLimits,
-    /// The run's credential for secrets (set as it is published).
-    pub secret_token: String,
+    /// The run's event key, the digest of its credential for secrets (set as it is published).
+    pub key: String,
 }
 
 /// A worker as its heartbeats tell.
@@ -179,27 +179,25 @@ impl Control {
 
     /// Publishes a run for a worker with its tag; the package goes to the object store first.
     /// `Err` says why the queue did not take it (the run is then not pending).
-    pub fn publish(&self, msg: RunMessage, package: Arc<crate::applet::AppletPackage>, pending: Pending) -> Result<(), String> {
+    pub fn publish(&self, mut msg: RunMessage, package: Arc<crate::applet::AppletPackage>, mut pending: Pending) -> Result<(), String> {
         if !self.connected() {
             return Err(format!("the run queue (NATS at {}) is unreachable; retry later", super::split_login(&self.link.settings.url).0));
         }
-        let mut msg = msg;
-        let mut pending = pending;
         let token = {
             let mut b = [0u8; 24];
             getrandom::fill(&mut b).map_err(|e| format!("no randomness for the run's credential: {e}"))?;
             hex::encode(b)
         };
-        (msg.secret_token, pending.secret_token) = (token.clone(), token);
+        pending.key = super::event_key(&token);
+        msg.secret_token = token;
         let (cmdb_name, cmdb_body) = self.cmdb_copy().map_err(|e| format!("copying the cmdb for workers: {e}"))?;
         msg.cmdb = Some(cmdb_name.clone());
-        let run_id = msg.run_id.clone();
+        let (run_id, key) = (msg.run_id.clone(), pending.key.clone());
         // Pending before the publish: a fast worker's first event must find it.
         self.pending.lock().insert(run_id.clone(), pending);
         let link = self.link.clone();
         let generation = self.cmdb_generation.load(std::sync::atomic::Ordering::Acquire);
         let cmdb_put = cmdb_body.is_some();
-        let token_hash = digest(&msg.secret_token);
         let name_for_put = cmdb_name.clone();
         let published = self.wait(async move {
             let body = serde_json::to_vec(&msg).expect("a run message serializes");
@@ -236,7 +234,7 @@ impl Control {
                 }
                 // Taken: a restart does not publish it again, and still knows its credential.
                 let published = self.store.tree(crate::store::keys::QUEUE_PUBLISHED);
-                if let Err(e) = published.insert(run_id.as_bytes(), token_hash.as_bytes()) {
+                if let Err(e) = published.insert(run_id.as_bytes(), key.as_bytes()) {
                     tracing::warn!(job = %run_id, error = %e, "recording a published run");
                 }
             }
@@ -277,34 +275,32 @@ impl Control {
     }
 }
 
-/// Hex SHA-256 of a run's credential: what is stored of it, and its events' key.
-fn digest(token: &str) -> String {
-    super::event_key(token)
+/// A run's event key (the digest of its credential): from the run in flight, or as stored when
+/// an earlier process of this control plane published it (with `open_only`, while its job is
+/// open).
+async fn run_key(pending: &Mutex<HashMap<String, Pending>>, store: &Store, run_id: &str, open_only: bool) -> Option<String> {
+    if let Some(p) = pending.lock().get(run_id) {
+        return Some(p.key.clone());
+    }
+    let (store, id) = (store.clone(), run_id.to_string());
+    tokio::task::spawn_blocking(move || -> Option<String> {
+        if open_only && !store.tree(crate::store::keys::JOBS_OPEN).contains_key(id.as_bytes()).ok()? {
+            return None;
+        }
+        let stored = store.tree(crate::store::keys::QUEUE_PUBLISHED).get(id.as_bytes()).ok()??;
+        Some(String::from_utf8_lossy(&stored).into_owned())
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Answers a worker's request for a secret: only for a run in flight, with its credential.
-async fn answer_secret(pending: &Arc<Mutex<HashMap<String, Pending>>>, store: &Store, body: &[u8]) -> super::SecretAnswer {
+async fn answer_secret(pending: &Mutex<HashMap<String, Pending>>, store: &Store, body: &[u8]) -> super::SecretAnswer {
     let refuse = |why: &str| super::SecretAnswer { value: None, error: Some(why.to_string()) };
     let Ok(req) = serde_json::from_slice::<super::SecretRequest>(body) else { return refuse("the request does not parse") };
-    let known = pending.lock().get(&req.run_id).map(|p| digest(&p.secret_token));
-    // A run published by an earlier process of this control plane: its credential's digest is
-    // stored, good while its job is open.
-    let known = match known {
-        Some(k) => Some(k),
-        None => {
-            let (store, id) = (store.clone(), req.run_id.clone());
-            tokio::task::spawn_blocking(move || -> Option<String> {
-                let open = store.tree(crate::store::keys::JOBS_OPEN).contains_key(id.as_bytes()).ok()?;
-                let stored = store.tree(crate::store::keys::QUEUE_PUBLISHED).get(id.as_bytes()).ok()??;
-                open.then(|| String::from_utf8_lossy(&stored).into_owned())
-            })
-            .await
-            .ok()
-            .flatten()
-        }
-    };
-    match known {
-        Some(t) if !req.token.is_empty() && crate::util::same_secret(&t, &digest(&req.token)) => {}
+    match run_key(pending, store, &req.run_id, true).await {
+        Some(t) if !req.token.is_empty() && crate::util::same_secret(&t, &super::event_key(&req.token)) => {}
         // Unknown run, ended run, or a wrong credential: the same answer.
         _ => {
             tracing::warn!(job = %crate::util::truncate(&req.run_id, 64), "a secret request without a live run's credential was refused");
@@ -376,7 +372,7 @@ async fn consume_events(link: &Link, apply: &Apply) -> Result<(), String> {
         let signature = header(super::SIGNATURE).unwrap_or_default();
         let run_id = m.subject.as_str().strip_prefix("opslet.events.").unwrap_or_default().to_string();
         // Only the worker that took the run can report for it.
-        let key = apply.event_key(&run_id).await;
+        let key = run_key(&apply.pending, &apply.store, &run_id, false).await;
         let signed = match (&id, &key) {
             (Some(id), Some(key)) => crate::util::same_secret(&super::sign_event(key, id, &m.payload), &signature),
             _ => false,
@@ -410,25 +406,6 @@ async fn consume_events(link: &Link, apply: &Apply) -> Result<(), String> {
 }
 
 impl Apply {
-    /// The run's event key: from the run in flight, or as stored when it was published.
-    async fn event_key(&self, run_id: &str) -> Option<String> {
-        if let Some(p) = self.pending.lock().get(run_id) {
-            return Some(super::event_key(&p.secret_token));
-        }
-        let (store, id) = (self.store.clone(), run_id.to_string());
-        tokio::task::spawn_blocking(move || {
-            store
-                .tree(crate::store::keys::QUEUE_PUBLISHED)
-                .get(id.as_bytes())
-                .ok()
-                .flatten()
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
     fn apply(&self, run_id: &str, id: &str, ev: Event) -> Result<(), Error> {
         let marks = self.store.tree(crate::store::keys::QUEUE_APPLIED);
         match ev {
@@ -461,7 +438,8 @@ impl Apply {
             Event::End(end) => {
                 let pending = self.pending.lock().remove(run_id);
                 let lost = !end.worker.is_empty();
-                let was_running = self.jobs.get(run_id)?.is_some_and(|j| j.status == JobStatus::Running);
+                let job = self.jobs.get(run_id)?;
+                let was_running = job.as_ref().is_some_and(|j| j.status == JobStatus::Running);
                 let gauge = if was_running { &self.metrics.running } else { &self.metrics.queued };
                 gauge.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let job_status = if lost { JobStatus::Interrupted } else { end.status.into() };
@@ -469,7 +447,7 @@ impl Apply {
                 let shown_error = error.as_ref().map(|e| e.to_string());
                 if lost {
                     // The run's own end never came: close it in the chain.
-                    let applet = self.jobs.get(run_id)?.map(|j| j.applet);
+                    let applet = job.map(|j| j.applet);
                     let _ = self.store.audit().end_if_open(
                         run_id,
                         AuditEvent {

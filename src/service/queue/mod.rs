@@ -103,10 +103,9 @@ fn queue_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Link {
-    /// Connects (retrying in the background if NATS is not up yet) and makes sure the streams
-    /// exist. `name` names this process to the NATS server's monitoring.
-    /// NATS must answer now (a wrong URL or credentials is said at once); later losses of the
-    /// connection are retried in the background.
+    /// Connects and makes sure the streams exist; `name` names this process to the NATS
+    /// server's monitoring. NATS must answer now (a wrong URL or credentials is said at once);
+    /// later losses of the connection are retried in the background.
     pub async fn connect(settings: QueueSettings, name: &str) -> Result<Link, Error> {
         let mut opts = async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None);
         // Credentials in the URL (nats://user:password@host:port) are taken out of it.
@@ -187,13 +186,7 @@ impl Link {
 
     /// Puts a package into the object store under its hash, unless it is there.
     pub async fn put_package(&self, package: &AppletPackage) -> Result<(), Error> {
-        let store = self.js.get_object_store(PACKAGES).await.map_err(|e| queue_err("the package store", e))?;
-        if store.info(&package.hash).await.is_ok() {
-            return Ok(());
-        }
-        let body = encode_package(package);
-        store.put(package.hash.as_str(), &mut body.as_slice()).await.map_err(|e| queue_err("storing the package", e))?;
-        Ok(())
+        self.put_blob(&package.hash, &encode_package(package)).await
     }
 
     /// Puts `body` under `name` in the object store, unless it is there.
@@ -217,12 +210,7 @@ impl Link {
 
     /// The package of `hash`, checked against it.
     pub async fn get_package(&self, hash: &str) -> Result<AppletPackage, Error> {
-        use tokio::io::AsyncReadExt;
-        let store = self.js.get_object_store(PACKAGES).await.map_err(|e| queue_err("the package store", e))?;
-        let mut obj = store.get(hash).await.map_err(|e| queue_err(&format!("package {hash}"), e))?;
-        let mut body = Vec::new();
-        obj.read_to_end(&mut body).await.map_err(|e| queue_err(&format!("reading package {hash}"), e))?;
-        decode_package(&body, hash)
+        decode_package(&self.get_blob(hash).await?, hash)
     }
 }
 
