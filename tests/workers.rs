@@ -473,6 +473,15 @@ fn ssh_runs_on_a_worker_with_the_cmdb_copy_and_secrets_asked_for_the_run_only() 
         assert!(rows.iter().all(|x| x["ok"] == true), "every host answered over ssh from the worker: {r}");
         run_id = r["run_id"].as_str().unwrap().to_string();
 
+        // A host added while the server runs (the CLI goes through its socket) is in the cmdb
+        // copy the next run gets on the worker.
+        let port = fleet.port.to_string();
+        opslet(&s.data, &["cmdb", "host", "add", "late", "--address", &fleet.dead_address, "--port", &port, "--group", "fleet"]);
+        let (_, r) = call(&base, &s.token, "POST", "/api/v1/applets/uptime-all/run", None).await;
+        let rows = r["result"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{r}");
+        assert!(rows.iter().any(|x| x["host"] == "late" && x["ok"] == false), "nothing listens at the new host: {r}");
+
         // The secret travels only as an answer to the run's own request, while it runs: a
         // request with a guessed credential, or for a run that ended, gets nothing.
         let client = async_nats::connect(nats.url()).await.unwrap();
