@@ -150,13 +150,21 @@ fn lab_data(dir: &Path, fleet: &Fleet, group: Option<&str>) -> std::path::PathBu
     data
 }
 
+/// This test process's mark for the names it makes in the shared Zabbix and Elasticsearch: its
+/// process id with its start time, since a process id comes again in a later run on the same
+/// machine, whose Zabbix still holds the hosts an earlier run made.
+fn run_mark() -> String {
+    static MARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARK.get_or_init(|| format!("{}t{}", std::process::id(), chrono::Utc::now().timestamp_micros() % 1_000_000_000)).clone()
+}
+
 #[test]
 fn webhook_remediate_acknowledge_loop() {
-    let tag = format!("loop{}x", std::process::id());
+    let tag = format!("loop{}x", run_mark());
     let fleet = Fleet::start(1, &tag);
     let host = &fleet.hosts[0];
     // A service name of this test's own, so other tests' logs do not count as evidence.
-    let service = format!("checkout{}", std::process::id());
+    let service = format!("checkout{}", run_mark());
     let index = format!("logs-{tag}");
     index_logs(&index, &host.name, &service, 4);
 
@@ -241,10 +249,10 @@ fn webhook_remediate_acknowledge_loop() {
 
 #[test]
 fn a_dry_run_shows_the_plan_and_touches_nothing() {
-    let tag = format!("dry{}x", std::process::id());
+    let tag = format!("dry{}x", run_mark());
     let fleet = Fleet::start(1, &tag);
     let host = &fleet.hosts[0];
-    let service = format!("billing{}", std::process::id());
+    let service = format!("billing{}", run_mark());
     index_logs(&format!("logs-{tag}"), &host.name, &service, 2);
     let (_, _, eventid) = problem_with(&host.name, &service, |_| {});
     let dir = tempfile::tempdir().unwrap();
