@@ -609,4 +609,46 @@ async function afterRestart() {
     assert.deepEqual(codes, [403, 403, 403, 403, 403, 403, 403], `${role}: ${codes}`);
     await c.close();
   }
+  step("a risky run waits for approval with its plan; its requester cannot approve it; an admin does");
+  const { ctx: olaCtx, page: ola } = await signedIn("ola", "operator");
+  await ola.goto(`${base}/ui/#/applet/fleet-tag`);
+  await ola.waitForSelector("#needs-approval");
+  assert.match(await ola.textContent("#needs-approval"), /cmdb write \(rule inventory-writes\): 1 by role admin/);
+  await ola.fill("#p-hosts", "group:web");
+  await ola.fill("#p-tag", "approved-in-browser");
+  await ola.click("#run");
+  await ola.waitForURL(/#\/job\//);
+  const jobId = ola.url().split("#/job/")[1];
+  await ola.waitForSelector("#approval-plan table");
+  assert.equal(await ola.locator("#job-status").textContent(), "awaiting_approval");
+  const targets = await ola.$$eval("#plan tbody tr td:nth-child(2)", (tds) => tds.map((t) => t.textContent));
+  assert.deepEqual(targets, ["web1", "web2", "web3"]);
+  assert.match(await ola.textContent("#plan tbody tr:first-child"), /cmdb\.set.*approved-in-browser/);
+  assert.equal(await ola.locator("#approve").count(), 0, "no Approve button for the requester");
+  assert.match(await ola.textContent("#self-note"), /someone else must approve it/);
+  const selfCode = await ola.evaluate(async (id) => {
+    const s = await (await fetch("/api/v1/session")).json();
+    const r = await fetch(`/api/v1/jobs/${id}/approve`, { method: "POST", headers: { "Content-Type": "application/json", "X-CSRF-Token": s.csrf }, body: "{}" });
+    return [r.status, (await r.json()).error.message];
+  }, jobId);
+  assert.equal(selfCode[0], 403);
+  assert.match(selfCode[1], /self-approval is refused/);
+  await shot(ola, "approval");
+
+  const { ctx: apCtx, page: ap } = await signedIn("ada", "admin");
+  await ap.goto(`${base}/ui/#/approvals`);
+  await ap.waitForSelector(`#approvals tr[data-job="${jobId}"]`);
+  assert.match(await ap.textContent(`#approvals tr[data-job="${jobId}"]`), /fleet-tag@1\.0\.0.*ola.*inventory-writes.*0 of 1.*3 steps/);
+  await shot(ap, "approvals");
+  await ap.click(`#approvals tr[data-job="${jobId}"] a.button`);
+  await ap.waitForSelector("#approve");
+  await ap.fill("#decision-message", "tagging the web tier, CHG-1234");
+  await ap.click("#approve");
+  // The ola page follows the job: approved, then run.
+  await ola.waitForFunction(() => document.querySelector("#job-status")?.textContent === "ok", null, { timeout: 20000 });
+  assert.match(await ola.textContent("#approval-decisions"), /approved ada.*CHG-1234/);
+  assert.match(await ola.textContent("#job-result"), /tagged/);
+  await ap.waitForFunction(() => document.querySelector("#job-status")?.textContent === "ok");
+  await olaCtx.close();
+  await apCtx.close();
 }

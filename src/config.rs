@@ -12,6 +12,9 @@ use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visito
 use crate::error::{Diagnostic, Error};
 use crate::util::{parse_duration, parse_size};
 
+pub mod notify;
+pub use notify::NotifyConfig;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Config {
@@ -30,6 +33,13 @@ pub struct Config {
     /// With workers (`serve --queue nats://…`): which tag runs on which hosts go to.
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// Notifications of `opslet serve` (`[notify]`, docs/notifications.md): read by
+    /// [`Config::parse`] with the places of mistakes, so not through serde here.
+    #[serde(skip)]
+    pub notify: NotifyConfig,
+    /// Which runs wait for approval before they run, how many approvals they need and from whom.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// Every other table: the host modules' settings (`[ssh]`, `[zabbix.NAME]`, ...), each read
     /// by its module through [`Config::section`]; a table no module reads is refused when the
     /// modules are set up (`modules::from_config`).
@@ -58,6 +68,45 @@ pub struct WorkersConfig {
 pub struct WorkerRoute {
     pub hosts: String,
     pub tag: String,
+}
+
+/// `[approvals]`: `[[approvals.rule]]` entries, and how long a request waits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a request waits for its approvals before it expires, like "24h" (default 24h).
+    pub expire: Option<String>,
+    #[serde(default)]
+    pub rule: Vec<ApprovalRule>,
+}
+
+/// A run of an applet whose manifest grants `module` one of `actions` waits for approval.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRule {
+    /// Named in messages and records (default: `module` and `actions`).
+    pub name: Option<String>,
+    /// The permission's module: `ipmi`, `netdev`, `config`, `ssh`, `virt`, `cmdb`, `zabbix`, ...
+    pub module: String,
+    /// Any of these granted makes the run risky: the scope's actions (`power`, `config`,
+    /// `publish`, `write`), or a key set to true in a table scope (`sudo`). Empty: any grant of
+    /// the module.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Only when the dry run plans an action of `module` in one of these environments (a
+    /// `config.publish` to `prod`); a run whose dry run fails waits anyway.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Approvals needed (default 1).
+    pub approvals: Option<usize>,
+    /// Who may approve: users with one of these roles, in one of these groups, or named here.
+    /// All empty: admins.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 /// `[serve]`. Unset values take the flag's default (see `opslet serve --help`).
@@ -205,6 +254,16 @@ impl Config {
         cfg.text = Arc::from(text);
         cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        // `[notify]` is opslet's own: read with its places (rules keep their spans), then checked.
+        cfg.notify = cfg.section::<NotifyConfig>("notify")?;
+        cfg.tables.remove("notify");
+        cfg.notify.check().map_err(|(at, m)| {
+            let d = match at {
+                Some(offset) => Diagnostic::at(name, text, offset, m),
+                None => Diagnostic::new(name, m),
+            };
+            Error::Config(format!("invalid config: {d}"))
+        })?;
         Ok(cfg)
     }
 

@@ -128,6 +128,10 @@ pub enum Error {
     /// run slots, is full); retrying later may succeed.
     #[error("the server is busy: {0}")]
     Busy(String),
+    /// A risky run that must be approved first (see `[approvals]` in opslet.toml): where it
+    /// waits, or why it cannot wait here.
+    #[error("{0}")]
+    NeedsApproval(String),
     /// Anything else: I/O, bugs in host code.
     #[error("{0}")]
     Internal(String),
@@ -148,6 +152,7 @@ impl Error {
             Error::Cancelled => 6,
             Error::Denied(_) => 11,
             Error::Busy(_) => 12,
+            Error::NeedsApproval(_) => 13,
             Error::Store(_) | Error::Db(_) | Error::Internal(_) => 5,
         }
     }
@@ -166,6 +171,7 @@ impl Error {
             Error::Store(_) | Error::Db(_) => "store_error",
             Error::Denied(_) => "forbidden",
             Error::Busy(_) => "busy",
+            Error::NeedsApproval(_) => "approval_required",
             Error::Internal(_) => "internal_error",
         }
     }

@@ -665,3 +665,109 @@ fn an_undefined_value_is_named_by_watch_status_and_a_dry_run_publish() {
     let row = &ok(&o)[0];
     assert!(row["error"].as_str().unwrap().contains(named), "{row}");
 }
+
+/// `[[approvals.rule]]` with `env = ["prod"]`: the plan (a dry run that reads each host's file)
+/// decides. A publish to a dev host runs without anyone's approval; one to a prod host waits,
+/// and runs once an admin approves it.
+#[test]
+fn an_approval_rule_for_prod_holds_a_publish_to_prod_only() {
+    let CliLab { fleet, tmp, data, items_dir, root } = cli_lab(2);
+    let prod = fleet.hosts[1].name.clone();
+    {
+        let store = Store::open(&data, std::time::Duration::from_secs(5)).unwrap();
+        let cmdb = Cmdb::new(store.clone()).unwrap();
+        let mut h = cmdb.host(&prod).unwrap().unwrap();
+        h.tags.insert("env".into(), "prod".into());
+        cmdb.put(h, "tester").unwrap();
+    }
+    let cfg = std::fs::read_to_string(data.join("opslet.toml")).unwrap();
+    std::fs::write(
+        data.join("opslet.toml"),
+        format!("{cfg}\n[[approvals.rule]]\nname = \"prod-config\"\nmodule = \"config\"\nactions = [\"publish\"]\nenv = [\"prod\"]\nroles = [\"admin\"]\n"),
+    )
+    .unwrap();
+    let opslet = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(args)
+            .env("OPSLET_DATA_DIR", &data)
+            .env_remove("OPSLET_CONFIG")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let item = items_dir.join("app.toml");
+    std::fs::write(
+        &item,
+        format!(
+            "name = \"app\"\npath = \"{}/{{{{ host.name }}}}/app.conf\"\ntemplate = \"port = {{{{ port }}}}\\n\"\n[values]\nport = 7070\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    opslet(&["config", "set", item.to_str().unwrap(), "-m", "first"]);
+    opslet(&["publish", Path::new(env!("CARGO_MANIFEST_DIR")).join("applets/config-publish").to_str().unwrap()]);
+    opslet(&["user", "add", "ola", "--role", "operator"]);
+    opslet(&["user", "add", "ada", "--role", "admin"]);
+    opslet(&["grant", "add", "ola", "config-*"]);
+    let (ola, ada) = (opslet(&["token", "create", "ola"]), opslet(&["token", "create", "ada"]));
+    let (mut child, addr) = common::serve::spawn(&data, &[]);
+    let base = format!("http://{addr}");
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let call = |method: &str, path: &str, token: &str, body: Value| {
+        let (base, token, path, method) = (base.clone(), token.to_string(), path.to_string(), method.to_string());
+        async move {
+            let c = reqwest::Client::new();
+            let r = if method == "POST" { c.post(format!("{base}{path}")).json(&body) } else { c.get(format!("{base}{path}")) };
+            let r = r.bearer_auth(token).send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<Value>().await.unwrap())
+        }
+    };
+    let until = |id: String, token: String, done: fn(&Value) -> bool| {
+        let call = &call;
+        async move {
+            for _ in 0..400 {
+                let (_, job) = call("GET", &format!("/api/v1/jobs/{id}"), &token, Value::Null).await;
+                if done(&job) {
+                    return job;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("job {id} did not get there");
+        }
+    };
+    let dev = fleet.hosts[0].name.clone();
+    rt.block_on(async {
+        // To dev: its plan shows no publish to prod, so it runs without an approval.
+        let (code, body) = call("POST", "/api/v1/applets/config-publish/run", &ola, json!({ "item": "app", "targets": dev })).await;
+        assert_eq!((code, body["status"].as_str()), (202, Some("awaiting_approval")), "{body}");
+        let job = until(body["job_id"].as_str().unwrap().to_string(), ola.clone(), |j| j["status"] == "ok" || j["status"] == "error").await;
+        assert_eq!(job["status"], "ok", "{job}");
+        assert_eq!(job["approval"]["rules"], json!([]), "no rule applied: {job}");
+        assert_eq!(std::fs::read_to_string(root.join(&dev).join("app.conf")).unwrap(), "port = 7070\n");
+
+        // To prod: it waits, its plan showing the publish to prod, and nothing is there yet.
+        let (code, body) = call("POST", "/api/v1/applets/config-publish/run", &ola, json!({ "item": "app", "targets": prod })).await;
+        assert_eq!(code, 202, "{body}");
+        let id = body["job_id"].as_str().unwrap().to_string();
+        let job = until(id.clone(), ola.clone(), |j| j["approval"]["planning"] == false).await;
+        assert_eq!(job["status"], "awaiting_approval", "{job}");
+        let step = &job["approval"]["plan"][0];
+        assert_eq!(
+            (step["module"].as_str(), step["target"].as_str(), step["detail"]["env"].as_str()),
+            (Some("config"), Some(prod.as_str()), Some("prod")),
+            "{job}"
+        );
+        assert!(!root.join(&prod).join("app.conf").exists());
+        let (code, _) = call("POST", &format!("/api/v1/jobs/{id}/approve"), &ada, json!({ "message": "prod window" })).await;
+        assert_eq!(code, 200);
+        let job = until(id, ola.clone(), |j| j["status"] == "ok" || j["status"] == "error").await;
+        assert_eq!(job["status"], "ok", "{job}");
+    });
+    assert_eq!(std::fs::read_to_string(root.join(&prod).join("app.conf")).unwrap(), "port = 7070\n");
+    let audit = opslet(&["audit", "list", "--kind", "approval.not_needed", "--format", "json"]);
+    assert!(audit.contains("its plan shows none of what the approval rules guard"), "{audit}");
+    let _ = (tmp, child.kill(), child.wait());
+}

@@ -93,9 +93,25 @@ fn the_console_works_in_a_real_browser() {
     opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
     std::fs::write(
         data.join("opslet.toml"),
-        "[[ssh.credentials]]\nhosts = \"group:fleet | group:big\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n",
+        "[[ssh.credentials]]\nhosts = \"group:fleet | group:big\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n\n\
+         [[approvals.rule]]\nname = \"inventory-writes\"\nmodule = \"cmdb\"\nactions = [\"write\"]\nroles = [\"admin\"]\n",
     )
     .unwrap();
+    // An applet that changes the inventory: its runs wait for an admin's approval.
+    let tagger = dir.path().join("fleet-tag");
+    std::fs::create_dir_all(&tagger).unwrap();
+    std::fs::write(
+        tagger.join("applet.toml"),
+        "name = \"fleet-tag\"\nversion = \"1.0.0\"\ndescription = \"Tags hosts\"\n\n[params.hosts]\ntype = \"host-selector\"\nrequired = true\n\n\
+         [params.tag]\ntype = \"string\"\nrequired = true\n\n[permissions]\ncmdb = [\"read\", \"write\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tagger.join("main.lua"),
+        "return function(p) local n = 0 for _, h in ipairs(cmdb.hosts(p.hosts)) do cmdb.set(h.name, { tags = { mark = p.tag } }) n = n + 1 end return { tagged = n } end",
+    )
+    .unwrap();
+    opslet(&data, &["publish", tagger.to_str().unwrap(), "-m", "tags hosts"]);
     // An applet with a secret param, which a re-run leaves blank.
     let login = dir.path().join("fleet-login");
     std::fs::create_dir_all(&login).unwrap();
@@ -196,7 +212,10 @@ fn the_console_works_in_a_real_browser() {
     phase("after-restart");
     drop(serve);
 
-    for page in ["login", "market", "job", "job-hosts", "audit", "hosts", "publish", "admin-users", "admin-tokens", "admin-secrets"] {
+    // The run ada approved in the browser changed the inventory; only then.
+    let hosts = opslet(&data, &["cmdb", "host", "list", "--format", "json"]);
+    assert_eq!(hosts.matches("\"mark\": \"approved-in-browser\"").count(), 3, "{hosts}");
+    for page in ["login", "market", "job", "job-hosts", "audit", "hosts", "publish", "admin-users", "admin-tokens", "admin-secrets", "approval", "approvals"] {
         assert!(Path::new(&shots).join(format!("{page}.png")).exists(), "no screenshot of {page}");
     }
     // A secret typed into the console never reached a page, a log or the audit: only its name.

@@ -286,7 +286,7 @@ fn async_jobs_stream_events_and_can_be_cancelled() {
         let (code, body) = call(&s, "GET", "/api/v1/jobs?status=finished", Some("ada"), None).await;
         assert_eq!(code, 400, "{body}");
         assert_eq!(body["error"]["code"], json!("bad_request"));
-        assert!(body["error"]["message"].as_str().unwrap().contains("status `finished` is not one of queued, running, ok"), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("status `finished` is not one of awaiting_approval, queued, running, ok"), "{body}");
         // Every error answer has the one body: a code and a message.
         let (code, body) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("oz"), None).await;
         assert_eq!((code, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
@@ -618,6 +618,7 @@ fn full_auth_matrix() {
             ("POST", "/api/v1/grants", Some(r#"{"subject": "Bad Name", "pattern": "x"}"#), vec!["ada"]),
             ("DELETE", "/api/v1/grants", Some(r#"{"subject": "nobody", "pattern": "x"}"#), vec!["ada"]),
             ("GET", "/api/v1/hooks", None, vec!["ada"]),
+            ("GET", "/api/v1/notifications", None, vec!["ada"]),
             ("POST", "/api/v1/hooks", Some(r#"{"name": "Bad Name", "applet": "x"}"#), vec!["ada"]),
             ("DELETE", "/api/v1/hooks/nobody", None, vec!["ada"]),
             ("PUT", "/api/v1/users/nobody/password", Some(r#"{"password": "long enough at last"}"#), vec!["ada"]),

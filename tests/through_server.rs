@@ -134,6 +134,10 @@ const SESSION: &[(&[&str], Option<&str>)] = &[
     (&["hook", "add", "nightly", "--applet", "hello"], None),
     (&["hook", "list", "--format", "json"], None),
     (&["hook", "rm", "nightly"], None),
+    (&["schedule", "list", "--format", "json"], None),
+    (&["schedule", "rm", "nope"], None),
+    (&["notify", "list", "--format", "json"], None),
+    (&["notify", "test", "--rule", "nope"], None),
     (&["secret", "rm", "db-password"], None),
     (&["cmdb", "host", "set", "web01", "--tag", "env=prod", "--group", "web"], None),
     (&["cmdb", "host", "show", "web01"], None),
@@ -255,7 +259,7 @@ fn every_command_gives_the_same_result_through_the_server() {
     // Past the first part every command succeeds, but those that find nothing to act on.
     assert_eq!(
         failed,
-        ["rollback hello -> 3", "token revoke 00000000 -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"],
+        ["rollback hello -> 3", "token revoke 00000000 -> 3", "schedule rm nope -> 3", "notify test --rule nope -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"],
         "{alone:#?}"
     );
     assert!(socket[4].2.contains("[info] n is 41"), "{:?}", socket[4]);

@@ -263,7 +263,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
         return Err(Error::Usage(format!("{} is not a folder of config items", dir.display())));
     }
     let config = global.config()?;
-    let service = crate::service::RunService::new(global.runtime(&config, store.clone())?)?;
+    let service = crate::service::RunService::new(global.runtime(&config, store.clone())?, crate::service::Policy::of(&config)?)?;
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let items = ConfigItems::open(&store)?;
     let publish_changed = |cancel: CancelToken| -> Result<i32, Error> {
@@ -296,7 +296,7 @@ fn watch(global: &Global, store: crate::store::Store, dir: &Path, env: &str, hos
                 cancel.clone(),
                 Some(watch_sink()),
                 Overrun::Wait,
-            );
+            )?;
             match &outcome.result {
                 Ok(rows) => {
                     for r in rows.as_array().into_iter().flatten() {

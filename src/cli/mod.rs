@@ -1,6 +1,7 @@
 //! The `opslet` command line: argument parsing and dispatch, one file per subcommand.
 //! Exit codes are listed in docs/cli.md and come from [`crate::Error::exit_code`].
 
+mod approvals;
 mod audit;
 mod auth;
 mod check;
@@ -9,10 +10,12 @@ mod config_items;
 pub(crate) mod local;
 mod netdev;
 mod new;
+mod notify;
 mod output;
 mod registry;
 mod remote;
 mod run;
+mod schedule;
 mod serve;
 pub(crate) mod stdio;
 mod store;
@@ -108,6 +111,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Execute runs that `opslet serve --queue nats://…` queued (docs/scale-out.md).
     Worker(worker::WorkerArgs),
+    /// List the risky runs that wait for approval, with their plans (docs/approvals.md).
+    Approvals(approvals::ListArgs),
+    /// Approve a run that waits for approval; the last approval it needs starts it.
+    Approve(approvals::DecideArgs),
+    /// Reject a run that waits for approval (-m says why); it will not run.
+    Reject(approvals::DecideArgs),
     /// Manage accounts (for `opslet serve`).
     #[command(subcommand)]
     User(auth::UserCmd),
@@ -120,9 +129,15 @@ pub enum Command {
     /// Manage webhooks (`POST /hooks/NAME` on `opslet serve`).
     #[command(subcommand)]
     Hook(auth::HookCmd),
+    /// Notifications `opslet serve` sent for `[[notify.rule]]`s, and a test message.
+    #[command(subcommand)]
+    Notify(notify::NotifyCmd),
     /// Manage secrets (encrypted at rest; host modules use them by name).
     #[command(subcommand)]
     Secret(auth::SecretCmd),
+    /// Run applets on a cron expression, as an owner with their grants (docs/schedules.md).
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCmd),
     /// The inventory: hosts, groups and host selectors.
     #[command(subcommand)]
     Cmdb(cmdb::CmdbCmd),
@@ -422,11 +437,16 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::Trust(cmd) => registry::trust(global, cmd),
         Command::Serve(args) => serve::run(global, args),
         Command::Worker(args) => worker::run(global, args),
+        Command::Approvals(args) => approvals::list(global, args),
+        Command::Approve(args) => approvals::decide(global, args, true),
+        Command::Reject(args) => approvals::decide(global, args, false),
         Command::User(cmd) => auth::user(global, cmd),
         Command::Token(cmd) => auth::token(global, cmd),
         Command::Grant(cmd) => auth::grant(global, cmd),
         Command::Hook(cmd) => auth::hook(global, cmd),
+        Command::Notify(cmd) => notify::run(global, cmd),
         Command::Secret(cmd) => auth::secret(global, cmd),
+        Command::Schedule(cmd) => schedule::run(global, cmd),
         Command::Cmdb(cmd) => cmdb::run(global, cmd),
         Command::Netdev(cmd) => netdev::run(global, cmd),
         Command::Config(cmd) => config_items::run(global, cmd),

@@ -87,6 +87,16 @@ fn new_table() -> Table {
     t
 }
 
+/// A table with these columns, in this order (cells made terminal-safe).
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = new_table();
+    t.set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row.iter().map(|c| terminal_safe(c, true).into_owned()));
+    }
+    format!("{t}\n")
+}
+
 fn render_table(v: &Value) -> String {
     match v {
         Value::Null => String::new(),

@@ -330,9 +330,10 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
     let versions = reg.versions(r.name())?;
     let previous = versions.iter().rfind(|p| p.semver() < v.semver());
     let changes = previous.map(|p| PermissionChanges::between(&p.permissions, &v.permissions));
+    let approval = crate::service::Policy::of(&global.config()?)?.explain(&v.permissions);
     if args.format != Format::Table {
         print_json(
-            &serde_json::json!({ "version": v, "current": applet.current, "permission_changes": changes, "previous": previous.map(VersionMeta::id) }),
+            &serde_json::json!({ "version": v, "current": applet.current, "permission_changes": changes, "previous": previous.map(VersionMeta::id), "approval": approval }),
             args.format,
         );
         return Ok(0);
@@ -380,6 +381,22 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
         }
         (Some(_), Some(p)) => outln!("permissions unchanged since {}", p.version),
         _ => {}
+    }
+    match approval["rules"].as_array().filter(|r| !r.is_empty()) {
+        None => outln!("approval:   not needed (no [approvals] rule covers its permissions)"),
+        Some(rules) => {
+            outln!("approval:   needed before a run (a dry run is its plan):");
+            for r in rules {
+                let n = r["approvals"].as_u64().unwrap_or(1);
+                outln!(
+                    "  {}: {n} approval{} by {}, {}",
+                    r["why"].as_str().unwrap_or_default(),
+                    if n == 1 { "" } else { "s" },
+                    r["approvers"].as_str().unwrap_or_default(),
+                    r["when"].as_str().unwrap_or_default()
+                );
+            }
+        }
     }
     if !v.params.is_empty() {
         let mut t = table();

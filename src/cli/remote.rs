@@ -358,7 +358,7 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
         ));
     }
     // Allowed first: nothing of the command is done for a caller who may not do it.
-    authorize(&command, &call)?;
+    authorize(&command, &call, store)?;
     // As over the HTTP API, an audit listing is at most 10,000 records.
     if let Command::Audit(super::audit::AuditCmd::List(a)) = &mut command {
         a.limit = a.limit.min(10_000);
@@ -393,7 +393,11 @@ fn execute(mut call: CommandCall, data_dir: &Path, config: Option<&PathBuf>, sto
 
 /// What the caller must be allowed to do for `command`, asked of the HTTP layer (which audits a
 /// refusal).
-fn authorize(command: &Command, call: &CommandCall) -> Result<(), Error> {
+fn authorize(command: &Command, call: &CommandCall, store: &Store) -> Result<(), Error> {
+    // A schedule's owner and applet decide (see `schedule::authorize`).
+    if let Command::Schedule(cmd) = command {
+        return super::schedule::authorize(cmd, &call.principal.user, store, &*call.authorize);
+    }
     // A folder sent to run, whatever its name: unpublished code runs only for an admin.
     if let Command::Run(a) = command
         && call.request.files.contains_key(&a.target)
@@ -431,6 +435,8 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
             Ok(Some(Needed::Run(r.name().to_string())))
         }
         Command::Versions(_) | Command::Show(_) | Command::List { .. } | Command::Search(_) => a(ReadRegistry),
+        // Anyone may look; who may decide is the approval policy's to say (the service checks).
+        Command::Approvals(_) | Command::Approve(_) | Command::Reject(_) => a(ReadOwnJobs),
         Command::Feature(registry::FeatureCmd::List { .. }) => a(ReadRegistry),
         Command::Export(_) => a(Publish),
         Command::Publish(_)
@@ -440,6 +446,10 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         | Command::Import(_)
         | Command::Feature(_) => a(Publish),
         Command::User(_) | Command::Token(_) | Command::Grant(_) | Command::Hook(_) | Command::Secret(_) => a(Admin),
+        Command::Notify(_) => a(Admin),
+        // What each schedule command needs depends on the schedule: `authorize` asks
+        // `schedule::authorize` (one's own: run the applet; another owner's: admin).
+        Command::Schedule(_) => a(ReadRegistry),
         Command::Cmdb(cmdb::CmdbCmd::Host(cmdb::HostCmd::List { format: super::output::Format::Table, .. })) => a(ReadRegistry),
         Command::Cmdb(_) => a(Admin),
         Command::Config(config_items::ConfigCmd::Set { .. } | config_items::ConfigCmd::Watch { .. }) => a(Admin),

@@ -147,7 +147,7 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     // In the server, its own run service: the run is a job there, within its capacity.
     let service = match global.server_service() {
         Some(server) => server.clone(),
-        None => RunService::new(global.runtime(&config, store.clone())?)?,
+        None => RunService::new(global.runtime(&config, store.clone())?, crate::service::Policy::of(&config)?)?,
     };
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
@@ -179,9 +179,12 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
                 prepared.request.cancel = cancel;
                 prepared.request.log_sink = sink;
                 let accepted = service.submit(prepared, false).map_err(crate::service::ServiceError::into_error)?;
+                if let Some(a) = &accepted.awaiting {
+                    return Err(Error::NeedsApproval(awaiting_text(&accepted.job_id, a)));
+                }
                 rt.block_on(accepted.done).map_err(|_| Error::Internal("the server's run thread stopped without an outcome".into()))?
             }
-            false => service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess),
+            false => service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess)?,
         };
         Ok(report(&outcome, &args))
     };
@@ -195,6 +198,18 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
     // Nothing runs on the runtime after the run: the process need not wait for its threads.
     rt.shutdown_background();
     code
+}
+
+/// What a caller is told of a run that waits for approval.
+pub(super) fn awaiting_text(job_id: &str, a: &crate::service::Approval) -> String {
+    format!(
+        "job {job_id} waits for approval: {}; it needs {} approval{} by {} (not yours), within {}.\n  see its plan: opslet approvals\n  approve: opslet approve {job_id} -m \"why\"",
+        a.reasons().join("; "),
+        a.needed,
+        if a.needed == 1 { "" } else { "s" },
+        a.approvers(),
+        humantime::format_duration(std::time::Duration::from_secs((a.expires_at - a.requested_at).num_seconds().max(0) as u64)),
+    )
 }
 
 /// Where the applet comes from: a path (an existing folder, or anything with `/` or a leading

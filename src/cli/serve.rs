@@ -170,6 +170,8 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         quotas: Quotas { per_applet: applet_limit, per_caller: user_limit },
         dev: args.dev.clone(),
         workers,
+        approvals: crate::service::Policy::of(&config)?,
+        notify: config.notify.clone(),
     };
     let service = RunService::dispatching(runtime, settings)?;
     let retention = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
@@ -214,10 +216,15 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
             }
         }
     });
+    // Approval requests whose time is up end as `expired`.
+    rt.spawn(service.clone().expire_approvals());
     if let Some(file) = config.audit.anchor_file.clone() {
         let every = duration("audit anchor_every", &config.audit.anchor_every)?;
         rt.spawn(anchor_loop(store.clone(), global.data_dir.clone(), file, every));
     }
+    // Schedules: the missed-run policies first, then fires on time (this process holds the data
+    // dir, so it is the one scheduler, with workers too).
+    rt.spawn(crate::service::schedule::Scheduler::new(&service)?.run());
     // CLI commands on this data dir come to the server from now on (see `cli::local`).
     let socket = rt.block_on(super::local::listen(global.data_dir.clone(), store.clone(), state.service.clone()))?;
     let result = rt.block_on(crate::http::serve(state, &cfg));

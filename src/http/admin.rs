@@ -207,6 +207,31 @@ pub(super) async fn list_hooks(State(s): State<AppState>, Authed(p): Authed) -> 
 }
 
 #[derive(Deserialize)]
+pub(super) struct NotificationsQuery {
+    /// `pending`, `delivered` or `failed`.
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Notification deliveries, newest first (without what they send: a URL may be a credential).
+pub(super) async fn list_notifications(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Query(q): Query<NotificationsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&s, &p, "/api/v1/notifications")?;
+    let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(v) => Some(crate::service::notify::DeliveryStatus::parse(v).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("status `{v}` is not `pending`, `delivered` or `failed`"))
+        })?),
+    };
+    let list = crate::service::notify::list(store, status, q.limit.unwrap_or(100).clamp(1, 10_000))?;
+    Ok(Json(Value::Array(list.iter().map(|d| d.view()).collect())))
+}
+
+#[derive(Deserialize)]
 pub(super) struct NewHook {
     name: String,
     applet: String,

@@ -13,6 +13,7 @@
 //! | `method_not_allowed` | 405 | a method the route does not take |
 //! | `invalid_params` | 422 | params that do not match the applet's manifest (with `fields`) |
 //! | `invalid_applet` | 422 | an applet whose files do not load (a dev folder, a bundle) |
+//! | `invalid_schedule` | 422 | a schedule with bad fields (with `fields`: `name`, `applet`, `cron`, `tz`, `owner`, `missed`, `params.NAME`) |
 //! | `conflict` | 409 | a job that already ended; a replayed webhook delivery (`replayed`) |
 //! | `quota_exceeded` | 429 | one applet or caller has its share of run slots |
 //! | `too_many_requests` | 429 | repeated sign-in attempts for one user |
@@ -91,6 +92,7 @@ impl From<Error> for ApiError {
             Error::Usage(_) | Error::Config(_) => StatusCode::BAD_REQUEST,
             Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::NeedsApproval(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let code = match &e {

@@ -13,6 +13,7 @@ mod error;
 mod listener;
 mod registry;
 mod runs;
+mod schedules;
 pub mod session;
 mod signin;
 mod ui;
@@ -136,10 +137,19 @@ pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router
         .route("/api/v1/grants", get(admin::list_grants).post(admin::add_grant).delete(admin::remove_grant))
         .route("/api/v1/hooks", get(admin::list_hooks).post(admin::add_hook))
         .route("/api/v1/hooks/{name}", delete(admin::remove_hook))
+        .route("/api/v1/schedules", get(schedules::list).post(schedules::add))
+        .route("/api/v1/schedules/{name}", get(schedules::show).delete(schedules::remove))
+        .route("/api/v1/schedules/{name}/pause", post(schedules::pause))
+        .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
+        .route("/api/v1/schedules/{name}/run", post(schedules::run_now))
+        .route("/api/v1/notifications", get(admin::list_notifications))
         .route("/api/v1/jobs", get(runs::list_jobs))
         .route("/api/v1/workers", get(runs::list_workers))
         .route("/api/v1/jobs/{id}", get(runs::get_job))
         .route("/api/v1/jobs/{id}/cancel", post(runs::cancel_job))
+        .route("/api/v1/jobs/{id}/approve", post(runs::approve_job))
+        .route("/api/v1/jobs/{id}/reject", post(runs::reject_job))
+        .route("/api/v1/approvals", get(runs::list_approvals))
         .route("/api/v1/jobs/{id}/events", get(runs::job_events))
         .route("/api/v1/session", get(signin::session_show).post(signin::session_start).delete(signin::session_end))
         .route("/api/v1/cmdb/hosts", get(admin::cmdb_hosts))

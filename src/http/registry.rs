@@ -34,6 +34,8 @@ pub(super) struct Shown {
     version: crate::registry::VersionMeta,
     current: String,
     history: Vec<String>,
+    /// Whether its runs wait for approval, and by which rules (`[approvals]`).
+    approval: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -56,7 +58,8 @@ pub(super) async fn show_applet(State(s): State<AppState>, Authed(p): Authed, Pa
     let r = Reference::parse(&name)?;
     let v = s.registry.resolve(&r, true)?;
     let a = s.registry.applet(r.name())?;
-    Ok(Json(Shown { version: v, current: a.current, history: a.history }))
+    let approval = s.service.policy().explain(&v.permissions);
+    Ok(Json(Shown { version: v, current: a.current, history: a.history, approval }))
 }
 
 pub(super) async fn versions(

@@ -80,7 +80,14 @@ pub(super) async fn run_applet(
     }
     // Bad params are refused before anything is stored.
     let prepared = s.service.prepare(sub)?;
-    let Accepted { job_id, done } = s.service.submit(prepared, q.is_async)?;
+    let Accepted { job_id, done, awaiting } = s.service.submit(prepared, q.is_async)?;
+    if let Some(a) = awaiting {
+        // Risky: it waits for approval, however it was asked for.
+        let mut resp = accepted(&job_id);
+        *resp.body_mut() =
+            axum::body::Body::from(json!({ "job_id": job_id, "status": JobStatus::AwaitingApproval, "approval": a }).to_string());
+        return Ok(resp);
+    }
     if q.is_async {
         return Ok(accepted(&job_id));
     }
@@ -161,7 +168,69 @@ fn may_see(s: &AppState, p: &Principal, job: &Job) -> Result<(), ApiError> {
     if job.user == p.user {
         return Ok(());
     }
+    // Those who may decide on a job's approval see it (its plan, its end).
+    if let Some(a) = &job.approval
+        && s.auth.user(&p.user)?.is_some_and(|u| a.rules.iter().all(|r| r.approvers.allows(&u)))
+    {
+        return Ok(());
+    }
     require(s, p, Action::ReadAllJobs, "/api/v1/jobs/{id}")
+}
+
+/// `GET /api/v1/approvals`: the runs waiting for approval, oldest first, each saying whether
+/// the caller may decide on it (and why not).
+pub(super) async fn list_approvals(State(s): State<AppState>, Authed(p): Authed) -> Result<Json<Value>, ApiError> {
+    let service = s.service.clone();
+    let user = p.user.clone();
+    let pending = tokio::task::spawn_blocking(move || service.pending_approvals(&user))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "listing approvals stopped"))??;
+    let grants = s.auth.grants()?;
+    let all_jobs = p.allows(&Action::ReadAllJobs, &grants);
+    let items: Vec<Value> = pending
+        .into_iter()
+        // The runs one may decide on, one's own, and (for those who read all jobs) every one.
+        .filter(|(job, why)| why.is_none() || job.user == p.user || all_jobs)
+        .map(|(job, why)| json!({ "job": job, "may_decide": why.is_none(), "why_not": why }))
+        .collect();
+    Ok(Json(json!({ "approvals": items })))
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct DecisionBody {
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /api/v1/jobs/{id}/approve` and `/reject`, body `{"message": "why"}`.
+pub(super) async fn approve_job(s: State<AppState>, a: Authed, id: Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    decide(s, a, id, body, true).await
+}
+
+pub(super) async fn reject_job(s: State<AppState>, a: Authed, id: Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    decide(s, a, id, body, false).await
+}
+
+async fn decide(
+    State(s): State<AppState>,
+    Authed(p): Authed,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    let b: DecisionBody = if body.is_empty() {
+        DecisionBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the body must be {{\"message\": \"...\"}}: {e}")))?
+    };
+    let service = s.service.clone();
+    let user = p.user.clone();
+    let decided = tokio::task::spawn_blocking(move || service.decide(&id, &user, approve, &b.message))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the decision stopped"))?;
+    // A refusal is audited by the service (`approval.denied`), for every edge alike.
+    Ok(Json(json!(decided?)))
 }
 
 pub(super) async fn list_jobs(State(s): State<AppState>, Authed(p): Authed, Query(q): Query<JobsQuery>) -> Result<Response, ApiError> {

@@ -121,6 +121,9 @@ pub struct RunCtx {
     pub(crate) kv_limits: (u64, u64),
     /// How the run's calls on many targets went (see [`Targets`]).
     pub(crate) targets: Mutex<Targets>,
+    /// A dry run's actions, as [`RunCtx::record_action`] records them (the plan an approver
+    /// sees); at most [`MAX_PLAN`] steps, then one that counts the rest.
+    pub(crate) plan: Mutex<Vec<serde_json::Value>>,
     /// Where secrets the store does not hold come from (see `Runtime::with_secret_source`).
     /// Set on an `opslet worker`, whose store is a cache: state kept in the control plane's
     /// store (kv, config items, device backups) is refused there rather than lost.
@@ -165,6 +168,9 @@ impl Targets {
         if self.handled { 0 } else { self.failed + self.skipped }
     }
 }
+
+/// Most steps a dry run's plan keeps; further actions are counted in one last step.
+pub const MAX_PLAN: usize = 5000;
 
 /// Longest log line kept; the rest is cut (and never built: `log` assembles a line only up to
 /// a little past here).
@@ -228,6 +234,11 @@ impl RunCtx {
         self.targets.lock().clone()
     }
 
+    /// The plan a dry run made (empty unless it is one).
+    pub fn take_plan(&self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut *self.plan.lock())
+    }
+
     pub fn take_logs(&self) -> Vec<LogLine> {
         std::mem::take(&mut self.logs.lock().lines)
     }
@@ -246,8 +257,24 @@ impl RunCtx {
         ok: bool,
         detail: serde_json::Value,
     ) -> Result<(), crate::error::Error> {
-        let Some(audit) = self.audit() else { return Ok(()) };
         let detail = self.redactor.apply_json(detail);
+        if self.dry_run {
+            let mut plan = self.plan.lock();
+            match plan.len() {
+                n if n < MAX_PLAN => {
+                    plan.push(serde_json::json!({ "module": module, "action": action, "target": target, "ok": ok, "detail": detail }))
+                }
+                n if n == MAX_PLAN => {
+                    plan.push(serde_json::json!({ "module": "", "action": "more", "target": "", "ok": true, "detail": { "more": 1 } }))
+                }
+                _ => {
+                    if let Some(more) = plan.last_mut().and_then(|s| s["detail"]["more"].as_u64()) {
+                        plan.last_mut().expect("checked")["detail"]["more"] = serde_json::json!(more + 1);
+                    }
+                }
+            }
+        }
+        let Some(audit) = self.audit() else { return Ok(()) };
         audit
             .append(AuditEvent {
                 kind: "action".into(),

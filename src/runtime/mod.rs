@@ -139,6 +139,9 @@ pub struct RunOutcome {
     pub notes: Vec<String>,
     /// How its calls on many targets went.
     pub targets: context::Targets,
+    /// A dry run's plan: each action the modules would have taken (module, action, target,
+    /// detail), in order; empty for a run that is not a dry run.
+    pub plan: Vec<Value>,
 }
 
 /// The applet runner: config, host modules and the store.
@@ -271,6 +274,7 @@ impl Runtime {
             limits: limits.clone(),
             notes: notes.clone(),
             targets: Default::default(),
+            plan: Vec::new(),
         };
 
         // `run.start` goes to disk while the sandbox is built; the applet's code runs only once
@@ -310,6 +314,7 @@ impl Runtime {
             kv_overlay: Default::default(),
             kv_limits: self.kv_limits,
             targets: Default::default(),
+            plan: Default::default(),
             secret_source: self.secret_source.clone(),
         });
 
@@ -350,6 +355,7 @@ impl Runtime {
         };
         let mut out = outcome(status, result, traceback, logs, cpu);
         out.targets = ctx.targets();
+        out.plan = ctx.take_plan();
         tracing::debug!(run_id = %run_id, applet = %applet_id, status = status.name(), duration_us = out.duration.as_micros() as u64, cpu_us = cpu.as_micros() as u64, "run ended");
 
         if let Some(store) = &self.store {

@@ -60,6 +60,15 @@ pub struct Job {
     /// Why a queued job has not started (no worker with its tag is connected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
+    /// The schedule that fired it (see `schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// What the job's trigger said of it (a schedule's catch-up run: how many fires were missed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// A risky run's approval request: its plan, who may decide, the decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<super::approvals::Approval>,
 }
 
 impl Job {
@@ -85,6 +94,9 @@ impl Job {
             is_async: false,
             worker_tag: None,
             waiting: None,
+            schedule: None,
+            note: None,
+            approval: None,
         }
     }
 
@@ -98,6 +110,8 @@ impl Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
+    /// A risky run waiting for its approvals (see `approvals`).
+    AwaitingApproval,
     Queued,
     Running,
     Ok,
@@ -108,13 +122,16 @@ pub enum JobStatus {
     Cancelled,
     /// The server stopped while it ran, or before a run that could not be re-run started.
     Interrupted,
-    /// Never run: the queue was full, or the caller may no longer run it.
+    /// Never run: the queue was full, the caller may no longer run it, or an approver rejected it.
     Rejected,
+    /// Never run: its approval request expired.
+    Expired,
 }
 
 impl JobStatus {
     /// Every status, in the order a job can pass through them.
-    pub const ALL: [JobStatus; 10] = [
+    pub const ALL: [JobStatus; 12] = [
+        JobStatus::AwaitingApproval,
         JobStatus::Queued,
         JobStatus::Running,
         JobStatus::Ok,
@@ -125,6 +142,7 @@ impl JobStatus {
         JobStatus::Cancelled,
         JobStatus::Interrupted,
         JobStatus::Rejected,
+        JobStatus::Expired,
     ];
 
     pub fn name(self) -> &'static str {
@@ -133,6 +151,8 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Interrupted => "interrupted",
             JobStatus::Rejected => "rejected",
+            JobStatus::AwaitingApproval => "awaiting_approval",
+            JobStatus::Expired => "expired",
             JobStatus::Ok => RunStatus::Ok.name(),
             JobStatus::Error => RunStatus::Error.name(),
             JobStatus::LimitExceeded => RunStatus::LimitExceeded.name(),
@@ -143,7 +163,7 @@ impl JobStatus {
     }
 
     pub fn finished(self) -> bool {
-        !matches!(self, JobStatus::Queued | JobStatus::Running)
+        !matches!(self, JobStatus::Queued | JobStatus::Running | JobStatus::AwaitingApproval)
     }
 
     /// Parses a status name as the API takes it in filters (`?status=ok`).
@@ -200,7 +220,12 @@ pub struct Jobs {
     /// Ids of the jobs not ended yet.
     open: crate::store::Tree,
     live: Arc<Mutex<HashMap<String, Live>>>,
+    /// Called with each job as it ends (see [`Jobs::on_end`]).
+    ended: Arc<parking_lot::RwLock<Vec<EndHook>>>,
 }
+
+/// See [`Jobs::on_end`].
+pub type EndHook = Arc<dyn Fn(&Job) + Send + Sync>;
 
 /// A stored job; one that does not parse is named.
 fn decode(id: &str, bytes: &[u8]) -> Result<Job, Error> {
@@ -219,6 +244,7 @@ impl Jobs {
             open: store.tree(crate::store::keys::JOBS_OPEN),
             store,
             live: Arc::new(Mutex::new(HashMap::new())),
+            ended: Default::default(),
         })
     }
 
@@ -249,7 +275,7 @@ impl Jobs {
         Ok(self.raw.get(id.as_bytes())?.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Result<Option<Job>, Error> {
+    pub(super) fn update(&self, id: &str, f: impl FnOnce(&mut Job)) -> Result<Option<Job>, Error> {
         let cached = self.live.lock().get(id).and_then(|l| l.job.clone());
         let Some(mut job) = cached.map_or_else(|| self.get(id), |j| Ok(Some(j)))? else { return Ok(None) };
         f(&mut job);
@@ -321,10 +347,23 @@ impl Jobs {
             Ok(job)
         })?;
         if let Some(job) = job {
+            self.ended(&job);
             self.emit(id, JobEvent::End { job: Box::new(job) });
         }
         self.live.lock().remove(id);
         Ok(())
+    }
+
+    /// Calls `hook` with every job that ends from now on, after its end is stored (the
+    /// notifier). A hook must be quick: it runs on the thread that ended the job.
+    pub fn on_end(&self, hook: EndHook) {
+        self.ended.write().push(hook);
+    }
+
+    fn ended(&self, job: &Job) {
+        for hook in self.ended.read().iter() {
+            hook(job);
+        }
     }
 
     fn emit(&self, id: &str, ev: JobEvent) {
@@ -428,14 +467,19 @@ impl Jobs {
             };
             match job.status {
                 JobStatus::Running => {
-                    self.update(&job.id, |j| {
+                    let ended = self.update(&job.id, |j| {
                         j.status = JobStatus::Interrupted;
                         j.finished_at = Some(Utc::now());
                         j.error = Some("the server stopped while this job ran".into());
                     })?;
                     self.open.remove(id.as_bytes())?;
+                    if let Some(job) = ended {
+                        self.ended(&job);
+                    }
                 }
                 JobStatus::Queued => queued.push(job),
+                // Waits on: its live state comes back with the approvals (`RunService::recover`).
+                JobStatus::AwaitingApproval => {}
                 _ => {
                     self.open.remove(id.as_bytes())?;
                 }
@@ -458,6 +502,31 @@ impl Jobs {
         }
         meta.insert(crate::store::keys::JOBS_OPEN_INDEXED, b"1")?;
         Ok(())
+    }
+
+    /// An approved job goes to the run queue: `queued` (its live state kept, with the run's
+    /// cancel token), and its followers are told.
+    pub fn requeue(&self, id: &str, cancel: CancelToken) -> Result<(), Error> {
+        self.update(id, |j| j.status = JobStatus::Queued)?;
+        let mut live = self.live.lock();
+        match live.get_mut(id) {
+            Some(l) => l.cancel = cancel,
+            None => {
+                let (events, _) = tokio::sync::broadcast::channel(256);
+                live.insert(id.to_string(), Live { job: None, cancel, events, logs: Vec::new() });
+            }
+        }
+        drop(live);
+        self.emit(id, JobEvent::Status { status: JobStatus::Queued });
+        Ok(())
+    }
+
+    /// Tells a job's followers that it changed without a new status (an approval's plan or
+    /// decision).
+    pub fn touched(&self, id: &str) {
+        if let Ok(Some(job)) = self.get(id) {
+            self.emit(id, JobEvent::Status { status: job.status });
+        }
     }
 
     /// Re-registers live state for a job that is run again after a restart.

@@ -13,12 +13,15 @@
 //! The edges (`http`, `cli`) parse their input into a [`Submission`], call the service and render
 //! what comes back; neither builds a `RunRequest` of its own.
 
+pub mod approvals;
 pub mod dev;
 pub mod hooks;
 pub mod jobs;
 mod metrics;
+pub mod notify;
 mod pool;
 pub mod queue;
+pub mod schedule;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -29,15 +32,17 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::applet::AppletPackage;
-use crate::auth::{Action, Auth, Principal};
+use crate::auth::Auth;
 use crate::error::{Error, ParamError};
 use crate::registry::{Reference, Registry};
 use crate::runtime::context::{Caller, LogLine, LogSink};
 use crate::runtime::{CancelToken, Origin, RunOutcome, RunRequest, Runtime};
 
+pub use approvals::{Approval, Policy};
 pub use hooks::{DeliveryError, Hook, Hooks};
 pub use jobs::{Job, JobEvent, JobStatus, Jobs};
 pub use metrics::Metrics;
+pub use notify::Notifier;
 pub use pool::RunPool;
 
 /// Why the service did not accept or run a submission. Each variant is one answer at the edges
@@ -182,13 +187,19 @@ pub struct Prepared {
     allow_yanked: bool,
     /// The workers' tag the run goes to (when runs go to workers).
     worker_tag: String,
+    /// The schedule that made the run, and a note for its job (a catch-up run says why).
+    pub schedule: Option<String>,
+    pub note: Option<String>,
 }
 
 /// A submission that was accepted as a job.
 pub struct Accepted {
     pub job_id: String,
-    /// The outcome, when the run ends.
+    /// The outcome, when the run ends (never, for a run that waits for approval: its sender is
+    /// dropped).
     pub done: tokio::sync::oneshot::Receiver<RunOutcome>,
+    /// A risky run waits for approval: the request (its plan is being made).
+    pub awaiting: Option<Approval>,
 }
 
 /// How many runs one applet and one caller may have queued or running at once (0: no limit
@@ -209,6 +220,10 @@ struct Inner {
     runtime: Runtime,
     registry: Option<Registry>,
     dispatch: Option<Dispatch>,
+    /// Which runs wait for approval (`[approvals]`).
+    policy: Policy,
+    /// Held while an approval request is read and changed (decisions, expiry, its plan).
+    decisions: parking_lot::Mutex<()>,
 }
 
 /// What a server needs beyond running in place: jobs, run threads, quotas, hooks, metrics.
@@ -223,6 +238,10 @@ struct Dispatch {
     metrics: Arc<Metrics>,
     /// With `--queue nats://…`: runs go to workers through NATS instead of the run threads.
     queue: Option<queue::control::Control>,
+    /// `[notify]` rules (None without rules and pending deliveries).
+    notifier: Option<Notifier>,
+    /// Jobs awaiting approval, with when their requests expire.
+    awaiting: approvals::Awaiting,
 }
 
 /// The settings of a dispatching (server) service.
@@ -238,19 +257,25 @@ pub struct DispatchSettings {
     pub dev: Option<PathBuf>,
     /// `serve --queue nats://…`: run on `opslet worker` processes.
     pub workers: Option<queue::QueueSettings>,
+    /// `[notify]` of opslet.toml.
+    pub notify: crate::config::NotifyConfig,
+    /// `[approvals]` of opslet.toml.
+    pub approvals: Policy,
 }
 
 impl RunService {
-    /// A service that runs in place (the CLI): no jobs, no run threads.
-    pub fn new(runtime: Runtime) -> Result<RunService, Error> {
+    /// A service that runs in place (the CLI): no jobs, no run threads; a run `policy` holds for
+    /// approval is refused (approvals wait in a server).
+    pub fn new(runtime: Runtime, policy: Policy) -> Result<RunService, Error> {
         let registry = runtime.store().map(|s| Registry::new(s.clone())).transpose()?;
-        Ok(RunService { inner: Arc::new(Inner { runtime, registry, dispatch: None }) })
+        Ok(RunService { inner: Arc::new(Inner { runtime, registry, dispatch: None, policy, decisions: Default::default() }) })
     }
 
     /// A service that also dispatches jobs to run threads (`opslet serve`).
     pub fn dispatching(runtime: Runtime, settings: DispatchSettings) -> Result<RunService, Error> {
         let store = runtime.store().cloned().ok_or_else(|| Error::Internal("a dispatching run service needs a store".into()))?;
         let jobs = Jobs::new(store.clone())?;
+        let notifier = Notifier::start(&settings.notify, &store, &jobs)?;
         let metrics: Arc<Metrics> = Default::default();
         let queue = match settings.workers {
             Some(q) => Some(queue::control::Control::start(q, store.clone(), jobs.clone(), Arc::clone(&metrics))?),
@@ -266,8 +291,13 @@ impl RunService {
             in_use: Default::default(),
             metrics,
             queue,
+            awaiting: Default::default(),
+            notifier,
         };
-        Ok(RunService { inner: Arc::new(Inner { runtime, registry: Some(Registry::new(store)?), dispatch: Some(dispatch) }) })
+        let policy = settings.approvals;
+        Ok(RunService {
+            inner: Arc::new(Inner { runtime, registry: Some(Registry::new(store)?), dispatch: Some(dispatch), policy, decisions: Default::default() }),
+        })
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -290,6 +320,12 @@ impl RunService {
     /// Webhook definitions (a dispatching service only).
     pub fn hooks(&self) -> Result<&Hooks, Error> {
         Ok(&self.dispatch()?.hooks)
+    }
+
+    /// The notifier, when `[notify]` has rules (a dispatching service only): approvals tell it
+    /// of runs that wait (`Notifier::approval_needed`).
+    pub fn notifier(&self) -> Option<&Notifier> {
+        self.inner.dispatch.as_ref().and_then(|d| d.notifier.as_ref())
     }
 
     /// Run counters for `/metrics` (a dispatching service only).
@@ -380,7 +416,7 @@ impl RunService {
             .or_else(|| package.manifest.run.worker_tag.clone())
             .or_else(|| self.route_by_hosts(&package.manifest, request.validated.as_ref()))
             .unwrap_or_else(|| queue::DEFAULT_TAG.into());
-        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked, worker_tag })
+        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked, worker_tag, schedule: None, note: None })
     }
 
     /// With workers and `[[workers.route]]`: the tag of the first route whose hosts include every
@@ -417,7 +453,13 @@ impl RunService {
         cancel: CancelToken,
         sink: Option<LogSink>,
         overrun: Overrun,
-    ) -> RunOutcome {
+    ) -> Result<RunOutcome, Error> {
+        if let Some(why) = self.held(&prepared.request) {
+            return Err(Error::NeedsApproval(format!(
+                "{} needs approval ({why}); approvals wait in the server: start `opslet serve` and run it again there, where it waits as a job (or run it with --dry-run to see its plan)",
+                prepared.request.package.manifest.id()
+            )));
+        }
         let mut req = prepared.request;
         req.cancel = cancel;
         req.log_sink = sink;
@@ -426,14 +468,31 @@ impl RunService {
         if let Some(dog) = dog {
             dog.stop();
         }
-        outcome
+        Ok(outcome)
+    }
+
+    /// Why a run must wait for approval (None: it need not): the rules it falls under.
+    fn held(&self, req: &RunRequest) -> Option<String> {
+        if req.dry_run {
+            return None;
+        }
+        let risks = self.inner.policy.risks(&req.package.manifest);
+        (!risks.is_empty()).then(|| risks.iter().map(|r| r.why()).collect::<Vec<_>>().join("; "))
+    }
+
+    /// The approval policy (`opslet show`, the API's applet pages).
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
     }
 
     /// Stores a prepared run as a `queued` job (durably, before anyone is answered) and queues it
     /// for a run thread. A run that cannot be queued leaves the job `rejected` with the reason.
     pub fn submit(&self, prepared: Prepared, is_async: bool) -> Result<Accepted, ServiceError> {
         let d = self.dispatch()?;
-        let Prepared { request, reference, shown, dev, allow_yanked, worker_tag } = prepared;
+        if self.held(&prepared.request).is_some() {
+            return self.hold(d, prepared);
+        }
+        let Prepared { request, reference, shown, dev, allow_yanked, worker_tag, schedule, note } = prepared;
         // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
         let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
         match &d.queue {
@@ -443,6 +502,7 @@ impl RunService {
             None => {}
         }
         let mut job = Job::queued(&request, &reference, shown);
+        (job.schedule, job.note) = (schedule, note);
         (job.allow_yanked, job.dev, job.is_async) = (allow_yanked, dev, is_async);
         if d.queue.is_some() {
             job.worker_tag = Some(worker_tag.clone());
@@ -451,7 +511,7 @@ impl RunService {
         let empty = Map::new();
         d.jobs.accept(&job, request.params_json.as_ref().unwrap_or(&empty), request.cancel.clone())?;
         match self.start(d, request, slots, &worker_tag) {
-            Ok(done) => Ok(Accepted { job_id: job.id, done }),
+            Ok(done) => Ok(Accepted { job_id: job.id, done, awaiting: None }),
             Err(e) => {
                 let _ = d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(e.to_string()), Vec::new());
                 Err(e)
@@ -462,6 +522,9 @@ impl RunService {
     /// Asks a job in flight to stop. Returns false when it is not in flight.
     pub fn cancel(&self, job_id: &str) -> bool {
         let Some(d) = self.inner.dispatch.as_ref() else { return false };
+        if self.withdraw(d, job_id) {
+            return true;
+        }
         let live = d.jobs.cancel(job_id);
         if let (true, Some(q)) = (live, &d.queue) {
             q.cancel(job_id);
@@ -619,7 +682,7 @@ impl RunService {
                 let store = self.inner.runtime.store().ok_or_else(|| Error::Internal("no store".into()))?;
                 let published = store.tree(crate::store::keys::QUEUE_PUBLISHED);
                 let mut untaken = Vec::new();
-                for job in d.jobs.open_jobs()? {
+                for job in d.jobs.open_jobs()?.into_iter().filter(|j| j.status != JobStatus::AwaitingApproval) {
                     if job.status == JobStatus::Queued && !published.contains_key(job.id.as_bytes())? {
                         untaken.push(job);
                     } else {
@@ -630,8 +693,8 @@ impl RunService {
             }
             None => d.jobs.recover()?,
         };
+        self.recover_approvals(d)?;
         let mut restarted = 0;
-        let grants = d.auth.grants()?;
         for job in &queued {
             if job.dev || !job.is_async {
                 let why = if job.dev {
@@ -644,13 +707,7 @@ impl RunService {
             }
             // The caller must still exist and still be allowed to run it (hooks run as `hook:NAME`).
             let name = job.reference.split('@').next().unwrap_or_default();
-            let allowed = match job.user.strip_prefix("hook:") {
-                Some(hook) => d.hooks.get(hook)?.is_some(),
-                None => d.auth.user(&job.user)?.is_some_and(|u| {
-                    Principal { user: u.name, role: u.role, groups: u.groups, token_id: String::new() }.allows(&Action::Run(name), &grants)
-                }),
-            };
-            if !allowed {
+            if !self.may_still_run(d, job)? {
                 let why = format!("{} may no longer run {name}", job.user);
                 d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(why), Vec::new())?;
                 continue;
@@ -670,6 +727,11 @@ impl RunService {
             };
             req.run_id = job.id.clone();
             d.jobs.relive(&job.id, req.cancel.clone());
+            // A job accepted before an approval rule covered it (and never approved) waits now.
+            if job.approval.is_none() && self.held(&req).is_some() {
+                self.hold_again(d, job, &req);
+                continue;
+            }
             let started = Slots::take(d, &req.package.manifest.name, &req.caller.user)
                 .and_then(|slots| self.start(d, req, slots, job.worker_tag.as_deref().unwrap_or(queue::DEFAULT_TAG)));
             match started {

@@ -149,6 +149,8 @@ pub struct AuditLog {
     /// Called with each record appended, in order, under the append lock (an `opslet worker`
     /// sends its runs' records to the control plane's chain this way).
     tap: Arc<parking_lot::RwLock<Option<Tap>>>,
+    /// Further taps, each kept for as long as the log (see [`AuditLog::add_tap`]).
+    taps: Arc<parking_lot::RwLock<Vec<Tap>>>,
 }
 
 /// See [`AuditLog::set_tap`].
@@ -236,6 +238,7 @@ impl AuditLog {
             tree,
             state: Arc::new(Mutex::new(LogState { stored: (head.count, checkpoint), head, open, since_checkpoint: 0 })),
             tap: Default::default(),
+            taps: Default::default(),
         })
     }
 
@@ -264,6 +267,13 @@ impl AuditLog {
     /// Calls `tap` with every record appended from now on (None: stop).
     pub fn set_tap(&self, tap: Option<Tap>) {
         *self.tap.write() = tap;
+    }
+
+    /// Calls `tap` with every record appended from now on, besides the one [`AuditLog::set_tap`]
+    /// sets and any added before (the notifier's watch for drift). A tap runs under the append
+    /// lock: it must be quick and must not append.
+    pub fn add_tap(&self, tap: Tap) {
+        self.taps.write().push(tap);
     }
 
     /// Appends `ev` (a `run.end`) only while run `run_id` is still open; atomic with respect to
@@ -314,6 +324,9 @@ impl AuditLog {
             self.write_checkpoint(state)?;
         }
         if let Some(tap) = self.tap.read().as_ref() {
+            tap(&rec);
+        }
+        for tap in self.taps.read().iter() {
             tap(&rec);
         }
         Ok(rec)

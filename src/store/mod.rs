@@ -52,6 +52,11 @@ pub mod keys {
     pub const QUEUE_PUBLISHED: &str = "queue/published";
     pub const HOOKS: &str = "hooks";
     pub const HOOKS_SEEN: &str = "hooks/seen";
+    /// Notification deliveries by id (UUIDv7, so oldest first): where to, what, and each
+    /// attempt's outcome (see `service::notify`); the newest 10,000 are kept.
+    pub const NOTIFY_DELIVERIES: &str = "notify/deliveries";
+    /// Schedules by name (see `service::schedule`): applet, cron, zone, owner, next and last fire.
+    pub const SCHEDULES: &str = "schedules";
     /// Web console sessions, by the SHA-256 of the session id: user, CSRF token, expiry.
     pub const HTTP_SESSIONS: &str = "http/sessions";
     /// cmdb hosts by name, and groups with their parent groups.

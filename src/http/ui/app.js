@@ -130,7 +130,7 @@ function badge(text, kind) {
 }
 
 function statusBadge(s) {
-  const kind = { ok: "good", running: "info", queued: "info", cancelled: "warn" }[s] || "bad";
+  const kind = { ok: "good", running: "info", queued: "info", cancelled: "warn", awaiting_approval: "warn" }[s] || "bad";
   return badge(s, kind);
 }
 
@@ -148,7 +148,7 @@ function renderNav() {
     who.replaceChildren();
     return;
   }
-  const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/hosts", "Hosts"]];
+  const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/approvals", "Approvals"], ["#/schedules", "Schedules"], ["#/hosts", "Hosts"]];
   if (can.publish()) links.push(["#/publish", "Publish"]);
   if (can.audit()) links.push(["#/audit", "Audit"]);
   if (can.admin()) links.push(["#/admin", "Admin"]);
@@ -200,6 +200,10 @@ async function route() {
         return await viewJob(parts[1]);
       case "jobs":
         return await viewJobs(params);
+      case "approvals":
+        return await viewApprovals();
+      case "schedules":
+        return await viewSchedules();
       case "hosts":
         return await viewHosts(params);
       case "audit":
@@ -360,6 +364,15 @@ async function viewApplet(name, params) {
       v.tags.map((t) => badge(`#${t}`, "tag")),
     ),
     h("p", { class: "muted" }, `Published by ${v.publisher} on ${fmtTime(v.published_at)}`, v.message ? ` — “${v.message}”` : ""),
+    info.approval?.required
+      ? h(
+          "div",
+          { id: "needs-approval", class: "notice" },
+          badge("needs approval", "warn"),
+          " Runs wait for approval before they run (a dry run is their plan): ",
+          info.approval.rules.map((r) => `${r.why}: ${r.approvals} by ${r.approvers}, ${r.when}`).join("; "),
+        )
+      : null,
   );
   const vt = grid(null, ["Version", "Publisher", "Published", "Message", "State", ""], versions
     .slice()
@@ -690,6 +703,7 @@ function jobSummary(job) {
     h("dd", {}, h("code", {}, JSON.stringify(job.params))),
     job.worker_tag ? [h("dt", {}, "Worker tag"), h("dd", {}, job.worker_tag)] : null,
     job.waiting ? [h("dt", {}, "Waiting"), h("dd", { class: "error", id: "job-waiting" }, job.waiting)] : null,
+    job.schedule ? [h("dt", {}, "Schedule"), h("dd", { id: "job-schedule" }, h("a", { href: "#/schedules" }, job.schedule), job.note ? ` — ${job.note}` : "")] : null,
   );
 }
 
@@ -722,9 +736,17 @@ async function viewJob(id) {
   const againLink = can.run()
     ? h("a", { href: `#/applet/${encodeURIComponent(name)}?${new URLSearchParams({ again: id })}`, id: "run-again" }, "Run again with these params")
     : null;
+  const approval = h("section", { class: "card", id: "approval", hidden: !job.approval });
+  const drawApproval = (j) => {
+    if (!j.approval) return;
+    approval.hidden = false;
+    approval.replaceChildren(...approvalView(j, async () => drawApproval(await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`))));
+  };
+  drawApproval(job);
   show(
     h("h1", {}, "Job ", h("code", {}, id)),
     h("section", { class: "card" }, summary, h("p", {}, cancel, " ", againLink, " ", auditLink)),
+    approval,
     progress,
     h("section", { class: "card" }, h("h2", {}, "Log"), log),
     result,
@@ -755,6 +777,7 @@ async function viewJob(id) {
     job.finished_at = j.finished_at || new Date().toISOString();
     job.started_at = j.started_at || job.started_at;
     summary.replaceChildren(jobSummary(j));
+    drawApproval(j);
     cancel.hidden = true;
     if (j.error) result.replaceChildren(h("h2", {}, "Result"), errorBox(j.error));
     else result.replaceChildren(h("h2", {}, "Result"), resultView(j.result));
@@ -771,6 +794,8 @@ async function viewJob(id) {
     // replaceChildren would write a null as the text "null".
     document.getElementById("job-status")?.replaceChildren(...[statusBadge(s), job.dry_run ? badge("dry run", "warn") : null].filter(Boolean));
     if (s === "running" && !job.started_at) job.started_at = new Date().toISOString();
+    // An approval request changed (its plan, a decision): show it as it is now.
+    if (job.approval) api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`).then(drawApproval).catch(() => {});
   });
   // The duration counts while the job runs.
   const ticking = setInterval(() => {
@@ -794,6 +819,104 @@ async function viewJob(id) {
       clearInterval(ticking);
     },
     { once: true },
+  );
+}
+
+// ---- approvals -------------------------------------------------------------------------------------
+
+/// One step of a plan as a table row: module.action, target, what it would do.
+function planRow(step) {
+  const detail = { ...(step.detail || {}) };
+  delete detail.planned;
+  return h(
+    "tr",
+    {},
+    h("td", {}, h("code", {}, `${step.module}.${step.action}`)),
+    h("td", {}, step.target),
+    h("td", {}, step.ok === false ? badge("would fail", "bad") : null, h("code", { class: "detail" }, JSON.stringify(detail))),
+  );
+}
+
+/// A job's approval request: why it waits, its plan, the decisions, and (for an approver)
+/// Approve / Reject with a message. `redraw` shows the job again after a decision.
+function approvalView(job, redraw) {
+  const a = job.approval;
+  const waiting = job.status === "awaiting_approval";
+  const approved = a.decisions.filter((d) => d.approve).length;
+  const facts = h(
+    "dl",
+    { class: "facts" },
+    h("dt", {}, "Why"),
+    h("dd", { id: "approval-why" }, a.rules.map((r) => h("div", {}, `${r.module} ${r.actions.join("/") || "(any use)"}${r.env.length ? ` to env ${r.env.join("/")}` : ""} — rule ${r.name}`))),
+    h("dt", {}, "Approvals"),
+    h("dd", { id: "approval-count" }, `${approved} of ${a.needed}`),
+    h("dt", {}, "Who may approve"),
+    h("dd", {}, [...new Set(a.rules.map((r) => approversText(r)))].join("; and "), ` (not ${job.user}, who asked)`),
+    h("dt", {}, waiting ? "Expires" : "Asked"),
+    h("dd", {}, fmtTime(waiting ? a.expires_at : a.requested_at)),
+  );
+  const decisions = a.decisions.length
+    ? h("ul", { id: "approval-decisions" }, a.decisions.map((d) => h("li", {}, badge(d.approve ? "approved" : "rejected", d.approve ? "good" : "bad"), ` ${d.user}, ${fmtTime(d.at)}`, d.message ? ` — “${d.message}”` : "")))
+    : null;
+  let plan;
+  if (a.planning) plan = h("p", { class: "muted", id: "approval-plan" }, "Making its plan (a dry run)…");
+  else if (a.plan_error) plan = h("p", { class: "error", id: "approval-plan" }, `No plan: ${a.plan_error}. It needs approval all the same.`);
+  else if (!a.plan.length) plan = h("p", { class: "muted", id: "approval-plan" }, "Its dry run planned no module calls.");
+  else plan = h("div", { id: "approval-plan" }, grid("plan", ["Call", "Target", "What it would do"], a.plan.map(planRow)));
+  const out = [h("h2", {}, waiting ? "Waiting for approval" : "Approval"), facts, h("h3", {}, `Plan (${a.plan.length} step${a.plan.length === 1 ? "" : "s"})`), plan, decisions];
+  if (waiting && job.user !== state.me.user && !a.planning) {
+    const msg = h("textarea", { id: "decision-message", rows: 2, placeholder: "Why (required to reject)", "aria-label": "Message" });
+    const err = h("p", { class: "error", role: "alert", id: "decision-error", hidden: true });
+    const decide = async (verb) => {
+      err.hidden = true;
+      try {
+        await api("POST", `/api/v1/jobs/${encodeURIComponent(job.id)}/${verb}`, { message: msg.value });
+        toast(verb === "approve" ? "Approved" : "Rejected");
+        await redraw();
+      } catch (e) {
+        err.textContent = e.message;
+        err.hidden = false;
+      }
+    };
+    out.push(
+      h("label", { for: "decision-message" }, "Message"),
+      msg,
+      err,
+      h("div", { class: "buttons" }, h("button", { type: "button", class: "primary", id: "approve", onclick: () => decide("approve") }, "Approve"), h("button", { type: "button", class: "danger", id: "reject", onclick: () => decide("reject") }, "Reject")),
+    );
+  } else if (waiting && job.user === state.me.user) {
+    out.push(h("p", { class: "muted", id: "self-note" }, "You asked for this run: someone else must approve it."));
+  }
+  return out;
+}
+
+function approversText(rule) {
+  const parts = [...rule.roles.map((r) => `role ${r}`), ...rule.groups.map((g) => `group ${g}`), ...rule.users.map((u) => `user ${u}`)];
+  return parts.length ? parts.join(" or ") : "role admin";
+}
+
+async function viewApprovals() {
+  const { approvals } = await api("GET", "/api/v1/approvals");
+  const rows = approvals.map(({ job, may_decide, why_not }) =>
+    h(
+      "tr",
+      { "data-job": job.id },
+      h("td", {}, h("a", { href: `#/job/${job.id}` }, job.id.slice(0, 13))),
+      h("td", {}, job.applet),
+      h("td", {}, job.user),
+      h("td", {}, job.approval.rules.map((r) => r.name).join(", ")),
+      h("td", {}, `${job.approval.decisions.filter((d) => d.approve).length} of ${job.approval.needed}`),
+      h("td", {}, job.approval.planning ? "being made" : job.approval.plan_error ? badge("none", "bad") : `${job.approval.plan.length} steps`),
+      h("td", {}, fmtTime(job.approval.expires_at)),
+      h("td", {}, may_decide ? h("a", { href: `#/job/${job.id}`, class: "button" }, "Review") : h("span", { class: "muted" }, why_not)),
+    ),
+  );
+  show(
+    h("h1", {}, "Approvals"),
+    h("p", { class: "muted" }, "Risky runs wait here for approval, with their plan (what their dry run would do)."),
+    approvals.length
+      ? grid("approvals", ["Job", "Applet", "Asked by", "Rules", "Approvals", "Plan", "Expires", ""], rows)
+      : h("p", { id: "no-approvals" }, "No run waits for approval."),
   );
 }
 
@@ -825,7 +948,7 @@ async function viewJobs(params) {
   const qs = new URLSearchParams({ limit: "50" });
   for (const k of ["applet", "status", "user", "before"]) if (params.get(k)) qs.set(k, params.get(k));
   const [{ items: jobs, next }, { workers }] = await Promise.all([apiPage(`/api/v1/jobs?${qs}`), api("GET", "/api/v1/workers")]);
-  const fields = [["applet", "Applet"], ["status", "Status", ["queued", "running", "ok", "error", "invalid_params", "limit_exceeded", "cancelled"]]];
+  const fields = [["applet", "Applet"], ["status", "Status", ["awaiting_approval", "queued", "running", "ok", "error", "invalid_params", "limit_exceeded", "cancelled", "rejected", "expired"]]];
   if (can.allJobs()) fields.push(["user", "User"]);
   show(
     h("h1", {}, "Jobs"),
@@ -1224,5 +1347,155 @@ async function adminSecrets() {
         h("td", {}, h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove secret ${x.name}? Applets that use it will fail.`) && change(`Removed ${x.name}`, () => api("DELETE", `/api/v1/secrets/${encodeURIComponent(x.name)}`), "secrets") }, "Remove")),
       );
     })),
+  );
+}
+
+// ---- schedules -----------------------------------------------------------------------------------
+
+/// A time in a zone as the browser can say it (the zone's offset), else as UTC.
+function fmtIn(t, tz) {
+  if (!t) return "";
+  try {
+    return new Date(t).toLocaleString(undefined, { timeZone: tz, timeZoneName: "short" });
+  } catch (_) {
+    return `${t} UTC`;
+  }
+}
+
+/// Schedules: the caller's own (every one for an admin), with their next fire, buttons to pause,
+/// resume, run now and remove, and a form to add one. The routes check the owner's grants.
+async function viewSchedules(note) {
+  const schedules = await api("GET", "/api/v1/schedules");
+  const redraw = async (what, fn) => {
+    try {
+      await fn();
+      await viewSchedules();
+      toast(what);
+    } catch (e) {
+      await viewSchedules().catch(() => {});
+      toast(e.message, true);
+    }
+  };
+  const post = (s, action) => api("POST", `/api/v1/schedules/${encodeURIComponent(s.name)}/${action}`);
+  const rows = schedules.map((s) =>
+    h(
+      "tr",
+      { "data-schedule": s.name },
+      h("td", {}, s.name, s.paused ? [" ", badge("paused", "warn")] : null),
+      h("td", {}, h("a", { href: `#/applet/${encodeURIComponent(s.applet.split("@")[0])}` }, s.applet)),
+      h("td", {}, h("code", {}, s.cron), h("div", { class: "muted" }, s.description || "")),
+      h("td", {}, s.tz),
+      h("td", {}, s.owner),
+      h("td", {}, s.next_fire ? [fmtIn(s.next_fire, s.tz), h("div", { class: "muted" }, fmtTime(s.next_fire))] : "—"),
+      h("td", {}, s.last_fire ? fmtTime(s.last_fire) : "", s.last_job ? h("div", {}, h("a", { href: `#/job/${s.last_job}` }, "last job")) : null),
+      h(
+        "td",
+        {},
+        s.missed,
+        s.last_miss ? h("div", { class: "muted" }, `${s.last_miss.count} missed ${fmtTime(s.last_miss.noticed_at)}`) : null,
+        s.last_refusal ? h("div", { class: "error" }, `refused: ${s.last_refusal.why}`) : null,
+      ),
+      h(
+        "td",
+        { class: "actions" },
+        s.paused
+          ? h("button", { type: "button", class: "resume", onclick: () => redraw(`Resumed ${s.name}`, () => post(s, "resume")) }, "Resume")
+          : h("button", { type: "button", class: "pause", onclick: () => redraw(`Paused ${s.name}`, () => post(s, "pause")) }, "Pause"),
+        " ",
+        h("button", { type: "button", class: "run-now", onclick: () => redraw(`Started ${s.name}`, async () => { const r = await post(s, "run"); location.hash = `#/job/${r.job_id}`; }) }, "Run now"),
+        " ",
+        h("button", { type: "button", class: "danger remove", onclick: () => confirm(`Remove schedule ${s.name}?`) && redraw(`Removed ${s.name}`, () => api("DELETE", `/api/v1/schedules/${encodeURIComponent(s.name)}`)) }, "Remove"),
+      ),
+    ),
+  );
+  show(
+    h("h1", {}, "Schedules"),
+    note || null,
+    can.run() ? scheduleForm() : null,
+    schedules.length
+      ? grid("schedules", ["Name", "Applet", "Cron", "Zone", "Owner", "Next fire (zone, then yours)", "Last fire", "Missed runs", ""], rows)
+      : h("p", { class: "muted" }, "No schedules."),
+  );
+}
+
+/// The add form: each field's error is shown beside it (the answer's `fields`), the rest below.
+function scheduleForm() {
+  const input = (name, attrs) => h("input", { name, id: `schedule-${name}`, ...attrs });
+  const inputs = {
+    name: input("name", { required: true, placeholder: "nightly-report" }),
+    applet: input("applet", { required: true, placeholder: "name or name@version" }),
+    cron: input("cron", { required: true, placeholder: "0 */6 * * *  (6 fields: seconds first)" }),
+    tz: input("tz", { placeholder: "UTC", value: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC" }),
+    params: h("textarea", { name: "params", id: "schedule-params", rows: 2, placeholder: '{"threshold": 90}' }),
+    owner: can.admin() ? input("owner", { placeholder: state.me.user }) : null,
+    missed: h("select", { name: "missed", id: "schedule-missed" }, h("option", { value: "skip" }, "skip missed fires"), h("option", { value: "once" }, "run once to catch up")),
+  };
+  const errors = {};
+  const labels = { name: "Name", applet: "Applet", cron: "Cron expression", tz: "Time zone", params: "Params (JSON)", owner: "Owner", missed: "Fires missed while the server was down" };
+  const rows = Object.entries(inputs)
+    .filter(([, el]) => el)
+    .map(([k, el]) => {
+      errors[k] = h("small", { class: "field-error", id: `schedule-${k}-error`, hidden: true });
+      return h("div", { class: "field" }, h("label", { for: el.id }, labels[k]), el, errors[k]);
+    });
+  const err = h("p", { class: "error", role: "alert", hidden: true });
+  const clear = () => {
+    err.hidden = true;
+    for (const [k, e] of Object.entries(errors)) {
+      e.hidden = true;
+      inputs[k]?.removeAttribute("aria-invalid");
+    }
+  };
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Add a schedule"),
+    h(
+      "form",
+      {
+        id: "add-schedule",
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          clear();
+          const body = { name: inputs.name.value.trim(), applet: inputs.applet.value.trim(), cron: inputs.cron.value.trim(), missed: inputs.missed.value };
+          if (inputs.tz.value.trim()) body.tz = inputs.tz.value.trim();
+          if (inputs.owner && inputs.owner.value.trim()) body.owner = inputs.owner.value.trim();
+          const text = inputs.params.value.trim();
+          if (text) {
+            try {
+              body.params = JSON.parse(text);
+            } catch (e) {
+              errors.params.textContent = `not JSON: ${e.message}`;
+              errors.params.hidden = false;
+              return;
+            }
+          }
+          try {
+            const s = await api("POST", "/api/v1/schedules", body);
+            await viewSchedules();
+            toast(`Schedule ${s.name} saved; next fire ${fmtIn(s.next_fire, s.tz)}`);
+          } catch (e) {
+            const rest = [];
+            for (const f of e.fields || []) {
+              const k = f.param.startsWith("params.") ? "params" : f.param;
+              const line = k === "params" ? `${f.param.slice("params.".length)}: ${f.message}` : f.message;
+              if (errors[k]) {
+                errors[k].textContent = errors[k].hidden ? line : `${errors[k].textContent}\n${line}`;
+                errors[k].hidden = false;
+                inputs[k]?.setAttribute("aria-invalid", "true");
+              } else rest.push(`${f.param}: ${f.message}`);
+            }
+            if (!e.fields?.length || rest.length) {
+              err.textContent = rest.length ? rest.join("\n") : e.message;
+              err.hidden = false;
+            }
+          }
+        },
+      },
+      rows,
+      h("button", { type: "submit", class: "primary" }, "Save schedule"),
+      err,
+    ),
+    h("p", { class: "muted" }, "A schedule runs as its owner, with the owner's grants at each fire. Cron: minute hour day month weekday, or seconds first."),
   );
 }

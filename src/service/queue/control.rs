@@ -482,6 +482,7 @@ impl Apply {
                         limits: p.limits,
                         notes: end.notes,
                         targets: end.targets,
+                        plan: Vec::new(),
                     };
                     drop(p.slots);
                     let _ = p.done.send(outcome);
