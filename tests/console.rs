@@ -215,7 +215,20 @@ fn the_console_works_in_a_real_browser() {
     // The run ada approved in the browser changed the inventory; only then.
     let hosts = opslet(&data, &["cmdb", "host", "list", "--format", "json"]);
     assert_eq!(hosts.matches("\"mark\": \"approved-in-browser\"").count(), 3, "{hosts}");
-    for page in ["login", "market", "job", "job-hosts", "audit", "hosts", "publish", "admin-users", "admin-tokens", "admin-secrets", "approval", "approvals"] {
+    for page in [
+        "login",
+        "market",
+        "job",
+        "job-hosts",
+        "audit",
+        "hosts",
+        "publish",
+        "admin-users",
+        "admin-tokens",
+        "admin-secrets",
+        "approval",
+        "approvals",
+    ] {
         assert!(Path::new(&shots).join(format!("{page}.png")).exists(), "no screenshot of {page}");
     }
     // A secret typed into the console never reached a page, a log or the audit: only its name.

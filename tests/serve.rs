@@ -286,7 +286,10 @@ fn async_jobs_stream_events_and_can_be_cancelled() {
         let (code, body) = call(&s, "GET", "/api/v1/jobs?status=finished", Some("ada"), None).await;
         assert_eq!(code, 400, "{body}");
         assert_eq!(body["error"]["code"], json!("bad_request"));
-        assert!(body["error"]["message"].as_str().unwrap().contains("status `finished` is not one of awaiting_approval, queued, running, ok"), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("status `finished` is not one of awaiting_approval, queued, running, ok"),
+            "{body}"
+        );
         // Every error answer has the one body: a code and a message.
         let (code, body) = call(&s, "GET", &format!("/api/v1/jobs/{id}"), Some("oz"), None).await;
         assert_eq!((code, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");

@@ -259,7 +259,15 @@ fn every_command_gives_the_same_result_through_the_server() {
     // Past the first part every command succeeds, but those that find nothing to act on.
     assert_eq!(
         failed,
-        ["rollback hello -> 3", "token revoke 00000000 -> 3", "schedule rm nope -> 3", "notify test --rule nope -> 3", "netdev backups sw1 -> 3", "netdev show sw1 -> 3", "netdev diff sw1 -> 3"],
+        [
+            "rollback hello -> 3",
+            "token revoke 00000000 -> 3",
+            "schedule rm nope -> 3",
+            "notify test --rule nope -> 3",
+            "netdev backups sw1 -> 3",
+            "netdev show sw1 -> 3",
+            "netdev diff sw1 -> 3"
+        ],
         "{alone:#?}"
     );
     assert!(socket[4].2.contains("[info] n is 41"), "{:?}", socket[4]);

@@ -223,9 +223,10 @@ pub(super) async fn list_notifications(
     let store = s.service.runtime().store().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no store"))?;
     let status = match q.status.as_deref() {
         None => None,
-        Some(v) => Some(crate::service::notify::DeliveryStatus::parse(v).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("status `{v}` is not `pending`, `delivered` or `failed`"))
-        })?),
+        Some(v) => Some(
+            crate::service::notify::DeliveryStatus::parse(v)
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("status `{v}` is not `pending`, `delivered` or `failed`")))?,
+        ),
     };
     let list = crate::service::notify::list(store, status, q.limit.unwrap_or(100).clamp(1, 10_000))?;
     Ok(Json(Value::Array(list.iter().map(|d| d.view()).collect())))

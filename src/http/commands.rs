@@ -69,6 +69,9 @@ pub enum Upload {
     },
 }
 
+/// Asks the HTTP layer whether the caller may do something (it audits a refusal).
+pub type Authorize = Box<dyn Fn(Action<'_>) -> Result<(), Error> + Send>;
+
 /// Most commands one user has running at once; more are answered 429.
 pub const PER_USER: usize = 8;
 
@@ -104,7 +107,7 @@ pub struct CommandCall {
     pub principal: Principal,
     /// Asks whether the caller may do an action (refusals are audited); the runner asks before
     /// the command does anything.
-    pub authorize: Box<dyn Fn(Action<'_>) -> Result<(), Error> + Send>,
+    pub authorize: Authorize,
     /// Cancelled by the cancel route or by the caller going away.
     pub cancel: CancelToken,
     /// Encoded frames for the caller (`STDOUT`, `STDERR`, `FILE`).

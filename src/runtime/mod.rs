@@ -144,6 +144,9 @@ pub struct RunOutcome {
     pub plan: Vec<Value>,
 }
 
+/// The store's secrets as (name, value), swapped whole when they change.
+type SecretValues = Arc<parking_lot::RwLock<Arc<Vec<(String, String)>>>>;
+
 /// The applet runner: config, host modules and the store.
 #[derive(Clone)]
 pub struct Runtime {
@@ -155,7 +158,7 @@ pub struct Runtime {
     /// Values of the store's secrets, redacted from every run's output.
     /// The store's secrets as (name, value), read when the runtime is made and again after
     /// a change through it ([`Runtime::reload_secrets`]).
-    secrets: Arc<parking_lot::RwLock<Arc<Vec<(String, String)>>>>,
+    secrets: SecretValues,
     /// Recent refusals of runs whose params carried a stored secret's value, per caller.
     guesses: Arc<parking_lot::Mutex<HashMap<String, Vec<Instant>>>>,
     /// Where secrets the store does not hold come from (an `opslet worker` asks the control

@@ -296,7 +296,13 @@ impl RunService {
         };
         let policy = settings.approvals;
         Ok(RunService {
-            inner: Arc::new(Inner { runtime, registry: Some(Registry::new(store)?), dispatch: Some(dispatch), policy, decisions: Default::default() }),
+            inner: Arc::new(Inner {
+                runtime,
+                registry: Some(Registry::new(store)?),
+                dispatch: Some(dispatch),
+                policy,
+                decisions: Default::default(),
+            }),
         })
     }
 
