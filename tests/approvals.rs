@@ -467,3 +467,55 @@ fn a_queued_job_that_a_new_rule_covers_waits_after_the_restart() {
     });
     assert_eq!(host_tags(&data, "web1")["note"], "queued");
 }
+
+/// Every trigger goes through the same hold: a webhook delivery and a schedule's fire of a risky
+/// applet wait for approval like a request over HTTP.
+#[test]
+fn webhook_deliveries_and_schedule_fires_wait_for_approval_too() {
+    let s = server("1h");
+    let data = s.data();
+    let secret = opslet(&data, &["hook", "add", "inventory", "--applet", "tag-hosts", "--map", "hosts=$.hosts", "--map", "note=$.note"]);
+    opslet(&data, &["schedule", "add", "nightly-tag", "--applet", "tag-hosts", "--cron", "*/2 * * * * *", "-p", "hosts=db1", "-p", "note=nightly", "--owner", "alice"]);
+    rt().block_on(async {
+        let body = json!({ "hosts": "web2", "note": "from-a-hook" }).to_string();
+        let ts = chrono::Utc::now().timestamp();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/hooks/inventory", s.base))
+            .header("X-Opslet-Timestamp", ts.to_string())
+            .header("X-Opslet-Signature", opslet::service::hooks::sign(&secret, ts, body.as_bytes()))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202);
+        let hooked = resp.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_string();
+        let job = job_until(&s, "carol", &hooked, planned).await;
+        assert_eq!((job["status"].as_str(), job["user"].as_str()), (Some("awaiting_approval"), Some("hook:inventory")), "{job}");
+        assert_eq!(job["approval"]["plan"][0]["target"], "web2");
+
+        // The schedule fires every 2 s: each fire is a job of alice's waiting for approval.
+        let mut fired = Vec::new();
+        for _ in 0..100 {
+            let (_, list) = call(&s, "GET", "/api/v1/approvals", "carol", None).await;
+            fired = list["approvals"].as_array().unwrap().iter().filter(|a| a["job"]["schedule"] == "nightly-tag").cloned().collect();
+            if !fired.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let first = &fired[0]["job"];
+        assert_eq!((first["user"].as_str(), first["approval"]["via"].as_str()), (Some("alice"), Some("schedule")), "{first}");
+        // Its owner may not approve it; two others do, and it runs.
+        let id = first["id"].as_str().unwrap().to_string();
+        job_until(&s, "alice", &id, planned).await;
+        let (code, _) = call(&s, "POST", &format!("/api/v1/jobs/{id}/approve"), "alice", None).await;
+        assert_eq!(code, 403);
+        for who in ["bob", "carol"] {
+            assert_eq!(call(&s, "POST", &format!("/api/v1/jobs/{id}/approve"), who, None).await.0, 200);
+        }
+        assert_eq!(job_until(&s, "alice", &id, ended).await["status"], "ok");
+    });
+    assert_eq!(host_tags(&data, "db1")["note"], "nightly");
+    assert!(host_tags(&data, "web2").get("note").is_none(), "the hook's run waits still");
+}

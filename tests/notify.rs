@@ -571,3 +571,49 @@ fn a_bad_rule_stops_the_server_naming_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("opslet.toml:4:") && err.contains("notify.rule[0]: give one of webhook, email, chat"), "{err}");
 }
+
+#[test]
+fn a_run_waiting_for_approval_is_announced_to_its_approvers() {
+    let rx = Receiver::start();
+    let config = format!(
+        r#"
+[[approvals.rule]]
+name = "inventory-writes"
+module = "cmdb"
+actions = ["write"]
+[[notify.rule]]
+name = "approvers"
+on = ["approval"]
+webhook = "{hook}"
+secret = "notify-key"
+"#,
+        hook = rx.url("/approvals")
+    );
+    let s = Server::new(&config);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("applet.toml"),
+        "name = \"tagger\"\nversion = \"1.0.0\"\n[params.token]\ntype = \"string\"\nsecret = true\n[permissions]\ncmdb = [\"read\", \"write\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("main.lua"), "return function(p) cmdb.set('nope', {}) end").unwrap();
+    opslet(&s.data, &["publish", dir.path().to_str().unwrap()]);
+    let url = format!("{}/api/v1/applets/tagger/run", s.base);
+    let body: Value = block(async {
+        reqwest::Client::new().post(url).bearer_auth(&s.admin).json(&json!({ "token": PARAM_SECRET })).send().await.unwrap().json().await.unwrap()
+    });
+    assert_eq!(body["status"], "awaiting_approval", "{body}");
+    let job = body["job_id"].as_str().unwrap();
+    // Announced once its plan is made (here: no plan, its dry run fails), signed, without the secret.
+    let got = rx.wait_for("/approvals", 1, Duration::from_secs(20));
+    verify_signature(&got[0], SIGNING_KEY);
+    let ev = got[0].json();
+    assert_eq!(ev["event"], "approval", "{ev}");
+    assert_eq!(ev["job"]["id"], job);
+    assert_eq!(ev["job"]["status"], "awaiting_approval");
+    assert!(ev["detail"]["reasons"][0].as_str().unwrap().contains("cmdb write (rule inventory-writes)"), "{ev}");
+    no_secrets("the approval announcement", &String::from_utf8_lossy(&got[0].body));
+    // Nothing else is announced while it waits.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rx.requests("/approvals").len(), 1);
+}
