@@ -650,5 +650,29 @@ async function afterRestart() {
   assert.match(await ola.textContent("#job-result"), /tagged/);
   await ap.waitForFunction(() => document.querySelector("#job-status")?.textContent === "ok");
   await olaCtx.close();
+
+  step("schedules: a wrongly cased zone is refused beside its field, then a schedule is added, paused, resumed and removed");
+  await ap.goto(`${base}/ui/#/schedules`);
+  await ap.waitForSelector("#add-schedule");
+  await ap.fill("#schedule-name", "tick-morning");
+  await ap.fill("#schedule-applet", "tick");
+  await ap.fill("#schedule-cron", "0 0 9 * * *");
+  await ap.fill("#schedule-tz", "asia/shanghai");
+  await ap.click("#add-schedule button[type=submit]");
+  await ap.waitForSelector("#schedule-tz-error:not([hidden])");
+  assert.match(await ap.textContent("#schedule-tz-error"), /Asia\/Shanghai/);
+  await ap.fill("#schedule-tz", "Asia/Shanghai");
+  await ap.click("#add-schedule button[type=submit]");
+  await ap.waitForSelector('tr[data-schedule="tick-morning"]');
+  // 09:00 in Shanghai is 01:00 UTC.
+  const next = await ap.evaluate(async () => (await (await fetch("/api/v1/schedules/tick-morning")).json()).next_fire);
+  assert.match(next, /T01:00:00/);
+  await shot(ap, "schedules");
+  await ap.click('tr[data-schedule="tick-morning"] button.pause');
+  await ap.waitForSelector('tr[data-schedule="tick-morning"] .badge.warn');
+  await ap.click('tr[data-schedule="tick-morning"] button.resume');
+  await ap.waitForSelector('tr[data-schedule="tick-morning"] button.pause');
+  await ap.click('tr[data-schedule="tick-morning"] button.remove');
+  await ap.waitForFunction(() => !document.querySelector('tr[data-schedule="tick-morning"]'));
   await apCtx.close();
 }

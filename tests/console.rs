@@ -228,6 +228,7 @@ fn the_console_works_in_a_real_browser() {
         "admin-secrets",
         "approval",
         "approvals",
+        "schedules",
     ] {
         assert!(Path::new(&shots).join(format!("{page}.png")).exists(), "no screenshot of {page}");
     }

@@ -97,6 +97,19 @@ pub(super) fn plan_line(step: &serde_json::Value) -> String {
     if let Some(o) = detail.as_object_mut() {
         o.remove("planned");
     }
+    // A before/after pair (a cmdb record): only the fields that change.
+    if let (Some(before), Some(after)) = (detail["before"].as_object(), detail["after"].as_object()) {
+        let mut keys: Vec<&String> = before.keys().chain(after.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let null = serde_json::Value::Null;
+        let changes: Vec<String> = keys
+            .into_iter()
+            .filter(|k| before.get(*k) != after.get(*k))
+            .map(|k| format!("{k}: {} -> {}", before.get(k).unwrap_or(&null), after.get(k).unwrap_or(&null)))
+            .collect();
+        detail = serde_json::Value::String(if changes.is_empty() { "no change".into() } else { changes.join("; ") });
+    }
     let detail = match &detail {
         serde_json::Value::Object(o) if o.is_empty() => String::new(),
         serde_json::Value::Null => String::new(),

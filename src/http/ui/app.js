@@ -27,7 +27,8 @@ const $main = () => document.getElementById("main");
 
 function show(...nodes) {
   const m = $main();
-  m.replaceChildren(...nodes);
+  // Like `h`, nothing for a missing part (replaceChildren would write "null").
+  m.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
   m.focus({ preventScroll: true });
 }
 
@@ -740,7 +741,7 @@ async function viewJob(id) {
   const drawApproval = (j) => {
     if (!j.approval) return;
     approval.hidden = false;
-    approval.replaceChildren(...approvalView(j, async () => drawApproval(await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`))));
+    approval.replaceChildren(...approvalView(j, async () => drawApproval(await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`))).filter(Boolean));
   };
   drawApproval(job);
   show(
@@ -824,16 +825,27 @@ async function viewJob(id) {
 
 // ---- approvals -------------------------------------------------------------------------------------
 
+/// What a plan step would change: for a `before`/`after` pair (a cmdb record), only the fields
+/// that differ, as "field: before → after"; else the detail itself.
+function planDetail(detail) {
+  const d = { ...(detail || {}) };
+  delete d.planned;
+  if (d.before && d.after && typeof d.before === "object" && typeof d.after === "object") {
+    const keys = [...new Set([...Object.keys(d.before), ...Object.keys(d.after)])];
+    const changed = keys.filter((k) => JSON.stringify(d.before[k]) !== JSON.stringify(d.after[k]));
+    return changed.map((k) => `${k}: ${JSON.stringify(d.before[k] ?? null)} → ${JSON.stringify(d.after[k] ?? null)}`).join("\n") || "no change";
+  }
+  return JSON.stringify(d);
+}
+
 /// One step of a plan as a table row: module.action, target, what it would do.
 function planRow(step) {
-  const detail = { ...(step.detail || {}) };
-  delete detail.planned;
   return h(
     "tr",
     {},
     h("td", {}, h("code", {}, `${step.module}.${step.action}`)),
     h("td", {}, step.target),
-    h("td", {}, step.ok === false ? badge("would fail", "bad") : null, h("code", { class: "detail" }, JSON.stringify(detail))),
+    h("td", {}, step.ok === false ? badge("would fail", "bad") : null, h("code", { class: "detail" }, planDetail(step.detail))),
   );
 }
 
