@@ -20,18 +20,7 @@ struct Server {
 
 impl Server {
     fn stop(&mut self) {
-        // SAFETY: sending a signal to our own child process by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        for _ in 0..100 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        serve_proc::stop(&mut self.child);
     }
 
     fn data(&self) -> std::path::PathBuf {

@@ -221,19 +221,9 @@ impl Server {
 
     /// Stops the server the way an operator would (SIGTERM).
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        // SAFETY: sending a signal to our own child process by pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
+        if let Some(mut child) = self.child.take() {
+            serve_proc::stop(&mut child);
         }
-        for _ in 0..200 {
-            if child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Runs `applet` synchronously as alice; returns the job id and status.

