@@ -464,7 +464,24 @@ fn webhook_deliveries_and_schedule_fires_wait_for_approval_too() {
     let s = server("1h");
     let data = s.data();
     let secret = opslet(&data, &["hook", "add", "inventory", "--applet", "tag-hosts", "--map", "hosts=$.hosts", "--map", "note=$.note"]);
-    opslet(&data, &["schedule", "add", "nightly-tag", "--applet", "tag-hosts", "--cron", "*/2 * * * * *", "-p", "hosts=db1", "-p", "note=nightly", "--owner", "alice"]);
+    opslet(
+        &data,
+        &[
+            "schedule",
+            "add",
+            "nightly-tag",
+            "--applet",
+            "tag-hosts",
+            "--cron",
+            "*/2 * * * * *",
+            "-p",
+            "hosts=db1",
+            "-p",
+            "note=nightly",
+            "--owner",
+            "alice",
+        ],
+    );
     rt().block_on(async {
         let body = json!({ "hosts": "web2", "note": "from-a-hook" }).to_string();
         let ts = chrono::Utc::now().timestamp();

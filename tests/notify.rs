@@ -590,7 +590,16 @@ secret = "notify-key"
     opslet(&s.data, &["publish", dir.path().to_str().unwrap()]);
     let url = format!("{}/api/v1/applets/tagger/run", s.base);
     let body: Value = block(async {
-        reqwest::Client::new().post(url).bearer_auth(&s.admin).json(&json!({ "token": PARAM_SECRET })).send().await.unwrap().json().await.unwrap()
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(&s.admin)
+            .json(&json!({ "token": PARAM_SECRET }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     });
     assert_eq!(body["status"], "awaiting_approval", "{body}");
     let job = body["job_id"].as_str().unwrap();

@@ -256,11 +256,13 @@ pub(super) fn authorize(
     match cmd {
         ScheduleCmd::List { .. } => authorize(Action::ReadRegistry),
         ScheduleCmd::Add(a) => {
-            let applet = crate::registry::Reference::parse(&a.applet).map(|r| r.name().to_string()).unwrap_or_else(|_| a.applet.clone());
-            let owner = a.owner.as_deref().unwrap_or(user);
+            // The names as they are saved (trimmed), so a padded name meets the schedule it replaces.
+            let (name, applet) = (a.name.trim(), a.applet.trim());
+            let applet = crate::registry::Reference::parse(applet).map(|r| r.name().to_string()).unwrap_or_else(|_| applet.to_string());
+            let owner = a.owner.as_deref().map(str::trim).unwrap_or(user);
             authorize(schedule::needed(user, owner, &applet))?;
             if a.replace
-                && let Ok(Some(old)) = Schedules::new(store.clone()).and_then(|s| s.get(&a.name))
+                && let Ok(Some(old)) = Schedules::new(store.clone()).and_then(|s| s.get(name))
             {
                 authorize(schedule::needed(user, &old.owner, &old.applet_name()))?;
             }

@@ -50,10 +50,13 @@ pub(super) async fn show(State(s): State<AppState>, Authed(p): Authed, Path(name
 pub(super) async fn add(State(s): State<AppState>, Authed(p): Authed, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let path = "/api/v1/schedules";
     let new: NewSchedule = body_json(&body)?;
-    // Allowed first; an applet that is not a reference saves nothing and is answered by field.
-    if let Ok(r) = Reference::parse(new.applet.trim()) {
-        let owner = new.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()).unwrap_or(&p.user);
-        require(&s, &p, schedule::needed(&p.user, owner, r.name()), path)?;
+    // Allowed first; an applet that is not a reference saves nothing and is answered by field,
+    // but only to whom may name any owner (the answer about the owner tells whether it exists).
+    let owner = new.owner.as_deref().map(str::trim).filter(|o| !o.is_empty()).unwrap_or(&p.user);
+    match Reference::parse(new.applet.trim()) {
+        Ok(r) => require(&s, &p, schedule::needed(&p.user, owner, r.name()), path)?,
+        Err(_) if owner != p.user => require(&s, &p, Action::Admin, path)?,
+        Err(_) => {}
     }
     let all = schedules(&s)?;
     if new.replace

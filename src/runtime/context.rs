@@ -124,6 +124,8 @@ pub struct RunCtx {
     /// A dry run's actions, as [`RunCtx::record_action`] records them (the plan an approver
     /// sees); at most [`MAX_PLAN`] steps, then one that counts the rest.
     pub(crate) plan: Mutex<Vec<serde_json::Value>>,
+    /// Environments this run may not publish config to (see `RunRequest::unapproved_envs`).
+    pub unapproved_envs: Vec<String>,
     /// Where secrets the store does not hold come from (see `Runtime::with_secret_source`).
     /// Set on an `opslet worker`, whose store is a cache: state kept in the control plane's
     /// store (kv, config items, device backups) is refused there rather than lost.

@@ -53,6 +53,9 @@ pub struct RunRequest {
     pub log_sink: Option<LogSink>,
     /// Extra values to redact from logs, errors and results.
     pub secrets: Vec<String>,
+    /// Environments the run may not publish config to: approvals were skipped because its plan
+    /// showed no publish there (`config.publish` refuses them).
+    pub unapproved_envs: Vec<String>,
     pub cancel: CancelToken,
     /// Where the package came from, as `run.start` records it.
     pub origin: Origin,
@@ -91,6 +94,7 @@ impl RunRequest {
             dry_run: false,
             log_sink: None,
             secrets: Vec::new(),
+            unapproved_envs: Vec::new(),
             cancel: CancelToken::default(),
             origin: Origin::Package,
         }
@@ -318,6 +322,7 @@ impl Runtime {
             kv_limits: self.kv_limits,
             targets: Default::default(),
             plan: Default::default(),
+            unapproved_envs: req.unapproved_envs.clone(),
             secret_source: self.secret_source.clone(),
         });
 

@@ -266,6 +266,14 @@ pub struct Approval {
     pub plan_run: Option<String>,
     #[serde(default)]
     pub decisions: Vec<Decision>,
+    /// Accounts besides the requester that asked for the run (who made, changed or ran its
+    /// schedule): they may not approve it either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub asked_by: Vec<String>,
+    /// Environments the run may not publish to: those of `env` rules its plan did not meet, so
+    /// nobody approved a publish there (the run is refused one that its plan did not show).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unapproved_envs: Vec<String>,
 }
 
 impl Approval {
@@ -282,6 +290,8 @@ impl Approval {
             plan_error: None,
             plan_run: None,
             decisions: Vec::new(),
+            asked_by: Vec::new(),
+            unapproved_envs: Vec::new(),
         }
     }
 
@@ -303,7 +313,7 @@ impl Approval {
 
     /// Why `user` may not decide on a request that `requester` made (None: they may).
     pub fn refusal(&self, user: &User, requester: &str) -> Option<String> {
-        if user.name == requester {
+        if user.name == requester || self.asked_by.contains(&user.name) {
             return Some(format!("{} asked for this run: someone else must decide on it (self-approval is refused)", user.name));
         }
         if let Some(r) = self.rules.iter().find(|r| !r.approvers.allows(user)) {
@@ -325,7 +335,14 @@ impl Approval {
     /// condition applies when the plan shows it, or when there is no plan.
     pub fn settle(&mut self, plan: Vec<Value>, plan_error: Option<String>) {
         let known = plan_error.is_none();
-        self.rules.retain(|r| r.env.is_empty() || !known || r.planned_in(&plan));
+        let (kept, dropped): (Vec<Rule>, Vec<Rule>) =
+            std::mem::take(&mut self.rules).into_iter().partition(|r| r.env.is_empty() || !known || r.planned_in(&plan));
+        self.rules = kept;
+        for env in dropped.into_iter().flat_map(|r| r.env) {
+            if !self.unapproved_envs.contains(&env) {
+                self.unapproved_envs.push(env);
+            }
+        }
         self.needed = self.rules.iter().map(|r| r.approvals).max().unwrap_or(1);
         self.plan = plan;
         self.plan_error = plan_error;
@@ -343,7 +360,7 @@ impl RunService {
     /// A risky run: stored as a job `awaiting_approval` (durably, before anyone is answered), and
     /// its plan made by a dry run of the same package and params on a run thread.
     pub(super) fn hold(&self, d: &Dispatch, prepared: Prepared) -> Result<Accepted, ServiceError> {
-        let Prepared { mut request, reference, shown, dev, allow_yanked, worker_tag, schedule, note } = prepared;
+        let Prepared { mut request, reference, shown, dev, allow_yanked, worker_tag, schedule, note, asked_by } = prepared;
         let manifest = Arc::clone(&request.package);
         let manifest = &manifest.manifest;
         let rules: Vec<Rule> = self.inner.policy.risks(manifest).into_iter().cloned().collect();
@@ -374,7 +391,8 @@ impl RunService {
             })?,
         };
         request.validated = Some(params.clone());
-        let approval = Approval::new(rules, &request.caller.via, self.inner.policy.expire);
+        let mut approval = Approval::new(rules, &request.caller.via, self.inner.policy.expire);
+        approval.asked_by = asked_by;
         let mut job = Job::queued(&request, &reference, shown);
         job.status = JobStatus::AwaitingApproval;
         (job.allow_yanked, job.is_async) = (allow_yanked, true);
@@ -575,6 +593,7 @@ impl RunService {
             return Err(Error::Internal(format!("the package of job {} is not the one approved", job.id)));
         }
         req.run_id = job.id.clone();
+        req.unapproved_envs = job.approval.as_ref().map(|a| a.unapproved_envs.clone()).unwrap_or_default();
         d.jobs.requeue(&job.id, req.cancel.clone())?;
         let tag = job.worker_tag.clone().unwrap_or_else(|| super::queue::DEFAULT_TAG.into());
         Slots::take(d, &name, &job.user).and_then(|slots| self.start(d, req, slots, &tag)).map_err(ServiceError::into_error)?;
@@ -666,14 +685,24 @@ impl RunService {
         })
     }
 
-    /// Jobs awaiting approval, oldest first, each with why `viewer` may not decide on it (None:
-    /// they may).
+    /// Jobs awaiting approval that `viewer` may see, oldest first: those they may decide on,
+    /// their own, and every one for those who read all jobs; each with why `viewer` may not
+    /// decide on it (None: they may).
     pub fn pending_approvals(&self, viewer: &str) -> Result<Vec<(Job, Option<String>)>, Error> {
         let d = self.dispatch()?;
         let account = d.auth.user(viewer)?;
+        let grants = d.auth.grants()?;
+        let reads_all = account.as_ref().is_some_and(|u| {
+            Principal { user: u.name.clone(), role: u.role, groups: u.groups.clone(), token_id: String::new() }
+                .allows(&Action::ReadAllJobs, &grants)
+        });
         let mut out = Vec::new();
         for job in d.jobs.open_jobs()?.into_iter().filter(|j| j.status == JobStatus::AwaitingApproval) {
             let Some(a) = &job.approval else { continue };
+            let approver = account.as_ref().is_some_and(|u| a.rules.iter().all(|r| r.approvers.allows(u)));
+            if !(approver || job.user == viewer || a.asked_by.iter().any(|x| x == viewer) || reads_all) {
+                continue;
+            }
             let why = match &account {
                 None => Some(format!("{viewer} has no opslet account")),
                 Some(u) if a.planning => a.refusal(u, &job.user).or_else(|| Some("its plan is still being made".into())),
@@ -794,9 +823,11 @@ groups = ["sre"]
         let mut a = Approval::new(p.rules.clone(), "http", DEFAULT_EXPIRE);
         a.settle(staging, None);
         assert_eq!((a.rules.len(), a.needed), (1, 1));
+        assert_eq!(a.unapproved_envs, ["prod"], "the run may not publish to prod, which nobody approved");
         let mut a = Approval::new(p.rules.clone(), "http", DEFAULT_EXPIRE);
         a.settle(prod, None);
         assert_eq!((a.rules.len(), a.needed), (2, 2));
+        assert!(a.unapproved_envs.is_empty());
         let mut a = Approval::new(p.rules[..1].to_vec(), "http", DEFAULT_EXPIRE);
         a.settle(Vec::new(), Some("the dry run failed".into()));
         assert_eq!((a.rules.len(), a.needed, a.planning), (1, 2, false));

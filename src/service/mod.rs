@@ -190,6 +190,9 @@ pub struct Prepared {
     /// The schedule that made the run, and a note for its job (a catch-up run says why).
     pub schedule: Option<String>,
     pub note: Option<String>,
+    /// Accounts besides the caller that asked for the run (who made or ran its schedule): none
+    /// of them may approve it.
+    pub asked_by: Vec<String>,
 }
 
 /// A submission that was accepted as a job.
@@ -422,7 +425,17 @@ impl RunService {
             .or_else(|| package.manifest.run.worker_tag.clone())
             .or_else(|| self.route_by_hosts(&package.manifest, request.validated.as_ref()))
             .unwrap_or_else(|| queue::DEFAULT_TAG.into());
-        Ok(Prepared { request, reference, shown, dev, allow_yanked: sub.allow_yanked, worker_tag, schedule: None, note: None })
+        Ok(Prepared {
+            request,
+            reference,
+            shown,
+            dev,
+            allow_yanked: sub.allow_yanked,
+            worker_tag,
+            schedule: None,
+            note: None,
+            asked_by: Vec::new(),
+        })
     }
 
     /// With workers and `[[workers.route]]`: the tag of the first route whose hosts include every
@@ -498,7 +511,7 @@ impl RunService {
         if self.held(&prepared.request).is_some() {
             return self.hold(d, prepared);
         }
-        let Prepared { request, reference, shown, dev, allow_yanked, worker_tag, schedule, note } = prepared;
+        let Prepared { request, reference, shown, dev, allow_yanked, worker_tag, schedule, note, asked_by: _ } = prepared;
         // A refusal (quota, full queue) stores nothing: it is answered, and audited at the edge.
         let slots = Slots::take(d, &request.package.manifest.name, &request.caller.user)?;
         match &d.queue {
@@ -624,6 +637,7 @@ impl RunService {
             // Set by the control plane as it publishes.
             secret_token: String::new(),
             cmdb: None,
+            unapproved_envs: req.unapproved_envs.clone(),
         };
         let pending = queue::control::Pending {
             done: tx,

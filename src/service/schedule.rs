@@ -113,6 +113,9 @@ pub struct Schedule {
     pub paused: bool,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// Who last replaced it (`--replace`), when someone did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_by: Option<String>,
     #[serde(default)]
     pub last_fire: Option<DateTime<Utc>>,
     /// None while paused.
@@ -367,6 +370,7 @@ impl Schedules {
             (Some(old), true) => {
                 (s.created_by, s.created_at, s.last_fire, s.last_job) =
                     (old.created_by.clone(), old.created_at, old.last_fire, old.last_job.clone());
+                s.changed_by = Some(actor.to_string());
                 let body = serde_json::to_vec(&s).expect("schedules serialize");
                 self.tree.insert(s.name.as_bytes(), body)?;
                 self.audit("schedule.change", actor, via, &s, json!({ "before": old, "after": s }))?;
@@ -485,6 +489,7 @@ impl Schedules {
             missed,
             paused: new.paused,
             created_by: actor.to_string(),
+            changed_by: None,
             created_at: now,
             last_fire: None,
             next_fire: if new.paused { None } else { next_fire },
@@ -548,7 +553,7 @@ impl Schedules {
     pub fn run_now(&self, service: &RunService, name: &str, actor: &str, via: &str) -> Result<String, ServiceError> {
         let s = self.require(name)?;
         let note = format!("run now by {actor}");
-        let job = Firing { schedules: self, service }.submit(&s, Some(note)).map_err(|refused| match refused {
+        let job = Firing { schedules: self, service }.submit(&s, Some(note), Some(actor)).map_err(|refused| match refused {
             Refused::Owner(why) => ServiceError::Core(Error::Denied(why)),
             Refused::Service(e) => e,
         })?;
@@ -584,8 +589,10 @@ struct Firing<'a> {
 }
 
 impl Firing<'_> {
-    /// Submits a run of `s` as its owner (checked now, with the owner's grants now).
-    fn submit(&self, s: &Schedule, note: Option<String>) -> Result<String, Refused> {
+    /// Submits a run of `s` as its owner (checked now, with the owner's grants now); `by` runs it
+    /// now. Whoever made, changed or ran the schedule counts as asking for the run: none of
+    /// them may approve it.
+    fn submit(&self, s: &Schedule, note: Option<String>, by: Option<&str>) -> Result<String, Refused> {
         let auth = Auth::new(self.schedules.store.clone()).map_err(|e| Refused::Service(e.into()))?;
         let name = s.applet_name();
         let user = auth.user(&s.owner).map_err(|e| Refused::Service(e.into()))?;
@@ -606,6 +613,7 @@ impl Firing<'_> {
         sub.check = Check::InRun;
         let mut prepared = self.service.prepare(sub).map_err(|e| Refused::Service(e.into()))?;
         (prepared.schedule, prepared.note) = (Some(s.name.clone()), note);
+        prepared.asked_by = [Some(s.created_by.as_str()), s.changed_by.as_deref(), by].into_iter().flatten().map(str::to_string).collect();
         self.service.submit(prepared, true).map(|a| a.job_id).map_err(Refused::Service)
     }
 }
@@ -711,7 +719,7 @@ impl Scheduler {
     /// Submits the run of a persisted fire (or a catch-up run, whose `schedule.missed` record
     /// names the job) and records what came of it.
     fn finish(&self, s: &Schedule, at: DateTime<Utc>, note: Option<String>, record: bool) -> Result<Option<String>, Error> {
-        let result = self.firing().submit(s, note);
+        let result = self.firing().submit(s, note, None);
         let now = Utc::now();
         self.schedules.update(&s.name, |cur| {
             cur.firing = None;

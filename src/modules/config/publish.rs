@@ -119,6 +119,14 @@ pub(super) async fn publish_host(
         _ => "publish",
     });
     r.action = Some(action.to_string());
+    // A run whose approval was skipped because its plan showed no publish to an environment may
+    // not publish there now (an applet whose dry run says less than it does).
+    let env = env.and_then(|e| match st.ctx.unapproved_envs.contains(&e) {
+        true => Err(format!(
+            "a publish to env {e} needs approval, and this run's plan showed none there, so nobody approved one; run it again so that its plan shows the publish to {e}"
+        )),
+        false => Ok(e),
+    });
     let env = match env {
         Ok(e) => e,
         Err(m) => {

@@ -278,6 +278,9 @@ pub struct RunMessage {
     pub secret_token: String,
     /// The cmdb copy the run sees: `cmdb-<hash>` in the object store.
     pub cmdb: Option<String>,
+    /// Environments the run may not publish config to (see `RunRequest::unapproved_envs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unapproved_envs: Vec<String>,
 }
 
 /// A worker asking for a secret a run needs.

@@ -285,6 +285,7 @@ impl Ctx {
         req.params_pairs = msg.params_pairs;
         req.validated = msg.validated;
         req.dry_run = msg.dry_run;
+        req.unapproved_envs = msg.unapproved_envs;
         req.origin = msg.origin;
         req.cancel = cancel;
         let log_tx = tx.clone();

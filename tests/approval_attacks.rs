@@ -1,8 +1,7 @@
-//! Red-team tests of approvals, schedules and notifications, against a real `opslet serve`.
+//! Attacks on approvals, schedules and notifications, against a real `opslet serve`.
 //!
-//! Each test tries one attack from an operator, viewer, admin or applet publisher. A test that
-//! fails shows a real hole (see the comment above it); the others are regression tests of
-//! attacks that are refused.
+//! Each test tries one attack from an operator, viewer, admin, webhook sender or applet
+//! publisher, and checks that it is refused.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -229,11 +228,11 @@ fn audit_of(s: &Server, job: &str) -> Vec<Value> {
     })
 }
 
-// ---- findings -------------------------------------------------------------------------------
+// ---- attacks that once got through ---------------------------------------------------------------
 
-/// FINDING: `opslet --server URL approvals` (POST /api/v1/commands) lists every run awaiting
-/// approval — requester, params, the whole plan — to any account, a viewer included, while
-/// `GET /api/v1/approvals` shows a caller only the runs they may decide on and their own.
+/// Attack: a viewer asks `opslet --server URL approvals` for every run awaiting approval (its
+/// requester, params, whole plan). It shows what `GET /api/v1/approvals` shows: the runs the
+/// caller may decide on, their own, and all only to those who read all jobs.
 #[test]
 fn the_remote_cli_lists_approvals_no_wider_than_the_http_route() {
     let s = lab("", |_, _| {});
@@ -251,9 +250,9 @@ fn the_remote_cli_lists_approvals_no_wider_than_the_http_route() {
     }
 }
 
-/// FINDING: self-approval through a schedule. An admin saves a schedule owned by an operator
-/// and runs it now: the job's requester is the owner, so the admin who asked for the run
-/// approves it alone and it runs (four eyes become two).
+/// Attack: self-approval through a schedule. An admin saves a schedule owned by an operator
+/// and runs it now, then approves the run alone. Whoever made, changed or ran a schedule asked
+/// for its runs, and may not approve them.
 #[test]
 fn whoever_runs_a_schedule_now_may_not_approve_that_run() {
     let s = lab("", |_, _| {});
@@ -281,10 +280,10 @@ fn whoever_runs_a_schedule_now_may_not_approve_that_run() {
     assert_eq!(host_note(&s.data(), "db1"), None, "the run carol asked for and approved herself ran");
 }
 
-/// FINDING (high): an `env` rule is decided by the plan, and the plan is the applet's own dry
-/// run. An applet (anyone who can publish) that does nothing in its dry run and publishes to
-/// prod in the real run is released without any approval (`approval.not_needed`), and the real
-/// run connects to the prod host. Here the "prod host" is a TCP listener of this test.
+/// Attack: an `env` rule is decided by the plan, and the plan is the applet's own dry run. An
+/// applet that does nothing in its dry run and publishes to prod in the real run is released
+/// without approval (`approval.not_needed`), but the real run may not publish to an environment
+/// nobody approved: it never connects to the prod host (a TCP listener of this test).
 #[test]
 fn an_env_rule_is_not_dodged_by_a_dry_run_that_plans_nothing() {
     let prod = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -352,9 +351,9 @@ end"#,
     });
 }
 
-/// FINDING: once an `env` rule is settled as not needed, the job keeps `approval` with no rules,
-/// and `may_see` (every rule allows the reader: vacuously true) lets any account read it — its
-/// params, result and logs — a viewer included.
+/// Attack: once an `env` rule is settled as not needed, the job keeps `approval` with no rules;
+/// a viewer reads it as if they were an approver (every rule of none allows them). Only a job
+/// with rules lets its approvers read it.
 #[test]
 fn a_job_released_as_not_needing_approval_is_not_readable_by_everyone() {
     let s = lab("", |dir, data| {
@@ -381,9 +380,9 @@ fn a_job_released_as_not_needing_approval_is_not_readable_by_everyone() {
     });
 }
 
-/// FINDING: the remote CLI's schedule check looks the old schedule up by the name as typed, the
-/// store by the trimmed name: `schedule add " NAME" --replace` by an operator replaces another
-/// user's (here an admin's) schedule — its applet, cron, params and owner — without admin.
+/// Attack: `schedule add " NAME" --replace` (a padded name, saved trimmed) by an operator, to
+/// replace another user's (here an admin's) schedule through the remote CLI. The check looks
+/// the old schedule up by the name as it is saved, and refuses.
 #[test]
 fn an_operator_cannot_replace_anothers_schedule_with_a_padded_name() {
     let s = lab("", |_, _| {});
