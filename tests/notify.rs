@@ -616,3 +616,65 @@ secret = "notify-key"
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(rx.requests("/approvals").len(), 1);
 }
+
+/// Email as production sends it: STARTTLS required (or TLS from the start) and a login, the
+/// password from the secret store, the server's certificate checked against `ca`. An untrusted
+/// certificate ends the delivery `failed`, saying why. (A wrong password is not tried: the test
+/// server answers a failed login by holding the connection until its own timeout.)
+#[test]
+fn email_over_starttls_and_tls_with_a_login() {
+    const SMTP_PASSWORD: &str = "mail-Pa55word-31337";
+    for mode in ["starttls", "tls"] {
+        let mail = smtp::Smtp::start_tls(mode, "opslet", SMTP_PASSWORD);
+        let config = format!(
+            r#"
+[notify]
+attempts = 1
+[notify.smtp]
+host = "127.0.0.1"
+port = {port}
+from = "opslet <opslet@example.com>"
+tls = "{mode}"
+user = "opslet"
+password_secret = "smtp-password"
+ca = "{ca}"
+[[notify.rule]]
+name = "mail"
+on = ["failure"]
+email = ["ops@example.com"]
+"#,
+            port = mail.port,
+            ca = mail.ca().display(),
+        );
+        let s = Server::new(&config);
+        let pw = s._dir.path().join("pw");
+        std::fs::write(&pw, SMTP_PASSWORD).unwrap();
+        opslet(&s.data, &["secret", "set", "smtp-password", "--file", pw.to_str().unwrap()]);
+        let (_, status) = s.run("backup-db", json!({}));
+        assert_eq!(status, "error");
+        let msgs = mail.wait_for(1, Duration::from_secs(20));
+        assert!(msgs[0].contains("backup-db") && msgs[0].contains("X-Peer"), "{mode}: {}", msgs[0]);
+        let d = s.settled(1, Duration::from_secs(20));
+        assert_eq!(d[0]["status"], "delivered", "{mode}: {d:#?}");
+
+        // The password never reaches a record.
+        let all = serde_json::to_string(&d).unwrap();
+        assert!(!all.contains(SMTP_PASSWORD), "{mode}: the password in the records: {all}");
+        assert_eq!(mail.messages().len(), 1, "{mode}: nothing more arrived");
+    }
+
+    // A server whose certificate opslet does not trust (no `ca`): not delivered, and said why.
+    let mail = smtp::Smtp::start_tls("starttls", "opslet", SMTP_PASSWORD);
+    let config = format!(
+        "[notify]\nattempts = 1\n[notify.smtp]\nhost = \"127.0.0.1\"\nport = {}\nfrom = \"opslet@example.com\"\ntls = \"starttls\"\n\
+         [[notify.rule]]\non = [\"failure\"]\nemail = [\"ops@example.com\"]\n",
+        mail.port
+    );
+    let s = Server::new(&config);
+    s.run("backup-db", json!({}));
+    let d = s.settled(1, Duration::from_secs(20));
+    assert_eq!(d[0]["status"], "failed", "{d:#?}");
+    let all = serde_json::to_string(&d).unwrap().to_lowercase();
+    assert!(all.contains("certificate") || all.contains("tls"), "the failure names the certificate: {all}");
+    assert!(mail.messages().is_empty());
+}

@@ -38,3 +38,19 @@ venv_pinned() {
 	[[ -z $check ]] || "$venv/bin/python" -c "$check"
 	echo "$*" >"$venv/.opslet-spec"
 }
+
+# test_tls DIR: DIR/ca.crt (a CA of its own, what clients trust), DIR/tls.crt and DIR/tls.key (a
+# server certificate for IP:127.0.0.1 signed by that CA), for test servers on loopback.
+test_tls() {
+	local dir=$1
+	mkdir -p "$dir"
+	{
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+			-keyout "$dir/ca.key" -out "$dir/ca.crt" -subj "/CN=opslet test CA" &&
+			openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+				-keyout "$dir/tls.key" -out "$dir/tls.csr" -subj /CN=127.0.0.1 &&
+			printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext" &&
+			openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+				-days 3650 -extfile "$dir/tls.ext" -out "$dir/tls.crt"
+	} >/dev/null 2>&1 || { log "openssl failed"; exit 1; }
+}

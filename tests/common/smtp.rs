@@ -32,15 +32,40 @@ impl Smtp {
     pub fn start() -> Smtp {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("smtp.log")).unwrap();
-        let child = Command::new(python())
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("Maildir"));
+        Smtp::spawn(cmd, dir, port)
+    }
+
+    /// Starts `scripts/peers/smtpd-tls.py`: a server that requires STARTTLS (`mode` "starttls")
+    /// or TLS from the first byte ("tls"), then a login as `user` with `password`. Its
+    /// certificate is for IP 127.0.0.1, signed by the CA in [`Smtp::ca`].
+    pub fn start_tls(mode: &str, user: &str, password: &str) -> Smtp {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let certs = dir.path().join("certs");
+        let made = Command::new(root.join("scripts/peers/smtp.sh")).arg("tls").arg(&certs).status().unwrap();
+        assert!(made.success(), "scripts/peers/smtp.sh tls failed");
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(root.join("scripts/peers/smtpd-tls.py"))
+            .args([mode, &port.to_string()])
             .arg(dir.path().join("Maildir"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .arg(certs.join("tls.crt"))
+            .arg(certs.join("tls.key"))
+            .args([user, password]);
+        Smtp::spawn(cmd, dir, port)
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM file).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("certs/ca.crt")
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16) -> Smtp {
+        let log = std::fs::File::create(dir.path().join("smtp.log")).unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         let smtp = Smtp { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
