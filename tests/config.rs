@@ -771,3 +771,123 @@ fn an_approval_rule_for_prod_holds_a_publish_to_prod_only() {
     assert!(audit.contains("its plan shows none of what the approval rules guard"), "{audit}");
     let _ = (tmp, child.kill(), child.wait());
 }
+
+/// A hand edit found by `config.check` (the bundled config-drift applet) is sent to a
+/// `[[notify.rule]] on = ["drift"]` webhook, naming the host and the item, signed.
+#[test]
+fn drift_found_by_a_run_is_sent_to_a_signed_webhook() {
+    use std::io::{Read, Write};
+    let CliLab { fleet, tmp, data, items_dir, root } = cli_lab(1);
+    let host = fleet.hosts[0].name.clone();
+    // A receiver that keeps each request's headers and body.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: std::sync::Arc<parking_lot::Mutex<Vec<(String, Vec<u8>)>>> = Default::default();
+    {
+        let got = std::sync::Arc::clone(&got);
+        std::thread::spawn(move || {
+            for mut c in listener.incoming().flatten() {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = c.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), Vec::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                        let len: usize =
+                            head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+                        let mut body = buf[i + 4..].to_vec();
+                        while body.len() < len {
+                            let n = c.read(&mut chunk).unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                        break (head, body);
+                    }
+                };
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                got.lock().push((head, body));
+            }
+        });
+    }
+    let cfg = std::fs::read_to_string(data.join("opslet.toml")).unwrap();
+    std::fs::write(
+        data.join("opslet.toml"),
+        format!("{cfg}\n[[notify.rule]]\nname = \"drift\"\non = [\"drift\"]\nwebhook = \"http://127.0.0.1:{port}/drift\"\nsecret = \"notify-key\"\n"),
+    )
+    .unwrap();
+    let opslet = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_opslet"))
+            .args(args)
+            .env("OPSLET_DATA_DIR", &data)
+            .env_remove("OPSLET_CONFIG")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "opslet {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let key = tmp.path().join("key");
+    std::fs::write(&key, "drift-signing-key-77").unwrap();
+    opslet(&["secret", "set", "notify-key", "--file", key.to_str().unwrap()]);
+    let item = items_dir.join("app.toml");
+    std::fs::write(
+        &item,
+        format!(
+            "name = \"app\"\npath = \"{}/{{{{ host.name }}}}/app.conf\"\ntemplate = \"port = {{{{ port }}}}\\n\"\n[values]\nport = 7070\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    opslet(&["config", "set", item.to_str().unwrap(), "-m", "first"]);
+    let applets = Path::new(env!("CARGO_MANIFEST_DIR")).join("applets");
+    opslet(&["publish", applets.join("config-publish").to_str().unwrap()]);
+    opslet(&["publish", applets.join("config-drift").to_str().unwrap()]);
+    opslet(&["user", "add", "ada", "--role", "admin"]);
+    let token = opslet(&["token", "create", "ada"]);
+    let (mut child, addr) = common::serve::spawn(&data, &[]);
+    opslet::install_tls_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let run = |applet: &str, params: Value| {
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("http://{addr}/api/v1/applets/{applet}/run"))
+                .bearer_auth(&token)
+                .json(&params)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    let published = run("config-publish", json!({ "item": "app", "targets": host }));
+    assert_eq!(published["status"], "ok", "{published}");
+    // In sync: no drift, nothing sent.
+    let checked = run("config-drift", json!({ "item": "app", "targets": host }));
+    assert_eq!(checked["status"], "ok", "{checked}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(got.lock().is_empty(), "no drift, no message");
+    // Someone edits the file by hand: the next check finds it, and it is sent.
+    std::fs::write(root.join(&host).join("app.conf"), "port = 9999\n").unwrap();
+    let checked = run("config-drift", json!({ "item": "app", "targets": host }));
+    assert_eq!(checked["status"], "ok", "{checked}");
+    let t0 = std::time::Instant::now();
+    while got.lock().is_empty() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "no drift message arrived");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (head, body) = got.lock()[0].clone();
+    let ev: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ev["event"], "drift", "{ev}");
+    assert_eq!(ev["detail"]["hosts"][0]["host"], host.as_str(), "{ev}");
+    assert_eq!(ev["detail"]["hosts"][0]["item"], "app", "{ev}");
+    let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap().trim().to_string();
+    let (ts, delivery) = (header("x-opslet-timestamp"), header("x-opslet-delivery"));
+    let expected = opslet::service::hooks::sign_delivery("drift-signing-key-77", ts.parse().unwrap(), &delivery, &body);
+    assert_eq!(header("x-opslet-signature"), expected);
+    let _ = (child.kill(), child.wait());
+}
