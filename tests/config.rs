@@ -782,7 +782,8 @@ fn drift_found_by_a_run_is_sent_to_a_signed_webhook() {
     // A receiver that keeps each request's headers and body.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let got: std::sync::Arc<parking_lot::Mutex<Vec<(String, Vec<u8>)>>> = Default::default();
+    type Requests = std::sync::Arc<parking_lot::Mutex<Vec<(String, Vec<u8>)>>>;
+    let got: Requests = Default::default();
     {
         let got = std::sync::Arc::clone(&got);
         std::thread::spawn(move || {
