@@ -19,6 +19,7 @@ mod schedule;
 mod serve;
 pub(crate) mod stdio;
 mod store;
+mod test;
 mod worker;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Run an applet: a folder, or NAME[@VERSION|@sha256:PREFIX] from the registry.
     Run(run::RunArgs),
+    /// Run applets' own tests, offline (their module calls answered by fakes; docs/testing.md).
+    Test(test::TestArgs),
     /// Publish an applet folder to the registry as a new version (and make it current).
     Publish(registry::PublishArgs),
     /// List the published versions of an applet.
@@ -421,6 +424,7 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::New(args) => new::run(args),
         Command::Check(args) => check::run(global, args),
         Command::Run(args) => run::run(global, args),
+        Command::Test(args) => test::run(global, args),
         Command::Publish(args) => registry::publish(global, args),
         Command::Versions(args) => registry::versions(global, args),
         Command::Show(args) => registry::show(global, args),
@@ -480,6 +484,7 @@ impl Command {
             self,
             Command::New(_)
                 | Command::Check(_)
+                | Command::Test(_)
                 | Command::Serve(_)
                 | Command::Worker(_)
                 | Command::Meta { .. }

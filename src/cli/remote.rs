@@ -465,6 +465,7 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         | Command::Worker(_)
         | Command::New(_)
         | Command::Check(_)
+        | Command::Test(_)
         | Command::Meta { .. }
         | Command::Completions { .. }
         | Command::Man

@@ -3,6 +3,7 @@
 //! adds the targets of a run and the fan-out over them, the I/O threads, option parsing, secret
 //! access, Lua conversion, error helpers and the audit of actions in flight ([`Pending`]).
 
+pub mod exchange;
 pub mod fanout;
 pub mod http;
 pub mod io;

@@ -126,6 +126,9 @@ pub struct RunCtx {
     pub(crate) plan: Mutex<Vec<serde_json::Value>>,
     /// Environments this run may not publish config to (see `RunRequest::unapproved_envs`).
     pub unapproved_envs: Vec<String>,
+    /// Stands in for the outside world (an applet's tests: fakes, a replayed transcript) or
+    /// records it (`opslet run --record`); None for a plain run. See [`Exchange`].
+    pub exchange: Option<Arc<dyn Exchange>>,
     /// Where secrets the store does not hold come from (see `Runtime::with_secret_source`).
     /// Set on an `opslet worker`, whose store is a cache: state kept in the control plane's
     /// store (kv, config items, device backups) is refused there rather than lost.
@@ -144,6 +147,19 @@ impl RunCtx {
         }
         self.store.as_ref().ok_or_else(|| format!("{what}: this run has no data store"))
     }
+}
+
+/// Where host modules meet the outside world, for tests and transcripts. Each module calls it
+/// (through `kit::exchange::call`) at the one place a call leaves the process: `ssh.run` on a
+/// host, a Zabbix API method, ... — after the call's permission and argument checks, so a test
+/// refuses what a real run refuses.
+pub trait Exchange: Send + Sync {
+    /// The answer to `call` on `target` with `args`, instead of making the call: `Some` in a
+    /// test (a fake's answer, or an error naming the call no fake or transcript covers), `None`
+    /// to make it for real.
+    fn answer(&self, call: &str, target: &str, args: &serde_json::Value) -> Option<Result<serde_json::Value, String>>;
+    /// A call made for real, with its answer (a recording keeps it).
+    fn made(&self, call: &str, target: &str, args: &serde_json::Value, answer: &Result<serde_json::Value, String>);
 }
 
 /// Gives a secret's value for a run: `(run id, secret name)` → the value, None when there is

@@ -4,11 +4,13 @@
 pub mod builtins;
 pub mod context;
 pub mod convert;
+pub mod exchange;
 pub mod lazy_async;
 pub mod limits;
 pub mod modules;
 pub mod redact;
 pub mod sandbox;
+pub mod testing;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -56,6 +58,8 @@ pub struct RunRequest {
     /// Environments the run may not publish config to: approvals were skipped because its plan
     /// showed no publish there (`config.publish` refuses them).
     pub unapproved_envs: Vec<String>,
+    /// Fakes or a transcript for the run's module calls, or a recorder (see [`context::Exchange`]).
+    pub exchange: Option<Arc<dyn context::Exchange>>,
     pub cancel: CancelToken,
     /// Where the package came from, as `run.start` records it.
     pub origin: Origin,
@@ -95,6 +99,7 @@ impl RunRequest {
             log_sink: None,
             secrets: Vec::new(),
             unapproved_envs: Vec::new(),
+            exchange: None,
             cancel: CancelToken::default(),
             origin: Origin::Package,
         }
@@ -323,6 +328,7 @@ impl Runtime {
             targets: Default::default(),
             plan: Default::default(),
             unapproved_envs: req.unapproved_envs.clone(),
+            exchange: req.exchange.clone(),
             secret_source: self.secret_source.clone(),
         });
 

@@ -22,6 +22,7 @@ pub mod notify;
 mod pool;
 pub mod queue;
 pub mod schedule;
+pub mod testing;
 mod watchdog;
 
 use std::path::PathBuf;

@@ -29,7 +29,7 @@ use crate::kit::ssh::SshSettings;
 use crate::kit::ssh::client::{self, shell_quote};
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
-use result::HostResult;
+use result::{Answer, HostResult};
 use scope::Scope;
 
 pub struct SshModule {
@@ -243,10 +243,18 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
         }
         Ok::<HostResult, String>(r)
     };
-    let mut r = match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(m)) => HostResult::failed(&host.name, m),
-        Err(_) => HostResult::failed(&host.name, format!("timed out after {}", humantime::format_duration(timeout))),
+    // What the host answered: from the host itself, or in a test from a fake or a transcript.
+    let real = async {
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(r)) => Ok(Answer::of(&r)),
+            Ok(Err(m)) => Err(m),
+            Err(_) => Err(format!("timed out after {}", humantime::format_duration(timeout))),
+        }
+    };
+    let call = format!("ssh.{}", work.action());
+    let mut r = match crate::kit::exchange::call(&state.ctx, &call, &host.name, work.describe(), real).await {
+        Ok(a) => a.into_result(&host.name, matches!(work, Work::Exec { .. })),
+        Err(m) => HostResult::failed(&host.name, m),
     };
     r.duration = t0.elapsed().as_secs_f64();
     let mut detail = work.describe();

@@ -1,6 +1,6 @@
 //! What `ssh.*` returns for one host.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The outcome on one host.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -39,3 +39,56 @@ impl HostResult {
 }
 
 crate::kit::fanout::impl_outcome!(HostResult);
+
+/// What a host answered a call, as a test fakes it and a transcript keeps it: `exit_code`
+/// (0 when a fake leaves it out and gives no `error`), `stdout`, `stderr`, `content` (`ssh.get`),
+/// `error` (the call failed: "host down", "timed out ...").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Answer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl Answer {
+    pub fn of(r: &HostResult) -> Answer {
+        Answer {
+            exit_code: r.exit_code,
+            stdout: r.stdout.clone(),
+            stderr: r.stderr.clone(),
+            content: r.content.clone(),
+            error: r.error.clone(),
+            truncated: r.truncated,
+        }
+    }
+
+    /// The host's result; `exec` for a command (its exit code decides `ok`).
+    pub fn into_result(self, host: &str, exec: bool) -> HostResult {
+        let exit_code = match (exec, self.exit_code, &self.error) {
+            (true, None, None) => Some(0),
+            (_, code, _) => code,
+        };
+        let ok = self.error.is_none() && (!exec || exit_code == Some(0));
+        HostResult {
+            host: host.to_string(),
+            ok,
+            exit_code,
+            stdout: self.stdout,
+            stderr: self.stderr,
+            content: self.content,
+            error: self.error,
+            truncated: self.truncated,
+            ..Default::default()
+        }
+    }
+}
