@@ -40,6 +40,9 @@ pub struct Config {
     /// Which runs wait for approval before they run, how many approvals they need and from whom.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// `opslet publish`.
+    #[serde(default)]
+    pub publish: PublishConfig,
     /// Every other table: the host modules' settings (`[ssh]`, `[zabbix.NAME]`, ...), each read
     /// by its module through [`Config::section`]; a table no module reads is refused when the
     /// modules are set up (`modules::from_config`).
@@ -68,6 +71,35 @@ pub struct WorkersConfig {
 pub struct WorkerRoute {
     pub hosts: String,
     pub tag: String,
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// What `opslet publish` does with an applet's own tests: `required` (the default: run
+    /// them, and refuse an applet whose tests fail), `warn` (run them, publish anyway and say
+    /// so) or `off` (do not run them).
+    pub tests: Option<String>,
+}
+
+/// What `opslet publish` does with an applet's tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishTests {
+    Required,
+    Warn,
+    Off,
+}
+
+impl PublishConfig {
+    pub fn tests(&self) -> Result<PublishTests, String> {
+        match self.tests.as_deref() {
+            None | Some("required") => Ok(PublishTests::Required),
+            Some("warn") => Ok(PublishTests::Warn),
+            Some("off") => Ok(PublishTests::Off),
+            Some(other) => Err(format!("publish.tests: `{other}` is not one of required, warn, off")),
+        }
+    }
 }
 
 /// `[approvals]`: `[[approvals.rule]]` entries, and how long a request waits.
@@ -254,6 +286,7 @@ impl Config {
         cfg.text = Arc::from(text);
         cfg.host_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         cfg.kv_limits().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
+        cfg.publish.tests().map_err(|m| Error::Config(format!("invalid config: {name}: {m}")))?;
         // `[notify]` is opslet's own: read with its places (rules keep their spans), then checked.
         cfg.notify = cfg.section::<NotifyConfig>("notify")?;
         cfg.tables.remove("notify");

@@ -13,8 +13,11 @@ local function decide(problem, host, errors, min_errors)
 	if problem.severity < 3 then
 		return false, "severity " .. problem.severity_name .. " is below average"
 	end
+	if not problem.host then
+		return false, "the problem has no host"
+	end
 	if not host then
-		return false, "the host " .. tostring(problem.host) .. " is not in the cmdb"
+		return false, "the host " .. problem.host .. " is not in the cmdb"
 	end
 	if errors < min_errors then
 		return false, string.format("only %d error(s) in the logs (the rule asks for %d)", errors, min_errors)
@@ -36,6 +39,10 @@ return function(params, ctx)
 	local service = params.service or problem.tags.service
 	if not service or not string.match(service, "^[%w@][%w@%.:_%-]*$") then
 		error(string.format("no usable service for event %s (give the service param or a `service` tag)", params.eventid))
+	end
+	-- A problem without a host has `host = json.null` (truthy), not nil.
+	if type(problem.host) ~= "string" then
+		problem.host = nil
 	end
 	local host = problem.host and cmdb.host(problem.host)
 	local errors = es.count(params.index, q.bool({ filter = { q.term("level", "ERROR"), q.term("service", service), q.since("@timestamp", "15m") } }))

@@ -19,12 +19,13 @@ return function(params, ctx)
 		add("prepare", "sign-off from " .. table.concat(approvers, ", "), approvers[1])
 	end
 	add("prepare", "silence alerts for " .. params.service .. " during the window")
-	for _, action in ipairs(steps.for_change(params.change, params.service)) do
-		if params.canary > 0 then
+	if params.canary > 0 then
+		for _, action in ipairs(steps.for_change(params.change, params.service)) do
 			add("canary", action .. string.format(" (first %d host%s)", params.canary, params.canary == 1 and "" or "s"))
 		end
+		-- Without canary hosts there is no canary phase, and nothing to check before the rollout.
+		add("canary", "check health of the canary hosts; stop here if anything is red")
 	end
-	add("canary", "check health of the canary hosts; stop here if anything is red")
 	for _, action in ipairs(steps.for_change(params.change, params.service)) do
 		add("rollout", action .. " (remaining hosts, in batches)")
 	end

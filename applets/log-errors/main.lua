@@ -19,7 +19,11 @@ return function(params)
 				source = { "message" },
 			})
 			for _, h in ipairs(found.hits) do
-				table.insert(latest, string.sub(tostring(h.source.message), 1, 200))
+				-- A document without a message (or with `"message": null`) has none to show.
+				local m = type(h.source) == "table" and h.source.message or nil
+				if m ~= nil and m ~= json.null then
+					table.insert(latest, string.sub(tostring(m), 1, 200))
+				end
 			end
 		end
 		table.insert(rows, { service = b.key, errors = b.doc_count, latest = table.concat(latest, " | ") })

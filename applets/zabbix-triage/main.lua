@@ -2,12 +2,14 @@
 return function(params)
 	local rows = json.array()
 	for _, p in ipairs(zabbix.problems({ severity_min = params.severity_min, since = params.since })) do
-		local h = p.host and cmdb.host(p.host)
+		-- A problem without a host has `host = json.null` (truthy), not nil.
+		local name = type(p.host) == "string" and p.host or nil
+		local h = name and cmdb.host(name)
 		table.insert(rows, {
 			eventid = p.eventid,
 			severity = p.severity_name,
 			problem = p.name,
-			host = p.host or "?",
+			host = name or "?",
 			since = p.clock,
 			acknowledged = p.acknowledged,
 			address = h and h.address or nil,

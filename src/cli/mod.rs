@@ -8,6 +8,7 @@ mod check;
 mod cmdb;
 mod config_items;
 pub(crate) mod local;
+mod meta;
 mod netdev;
 mod new;
 mod notify;
@@ -163,11 +164,17 @@ pub enum Command {
     },
     /// Print the man page (`opslet man > opslet.1`).
     Man,
-    /// Write the Lua type definitions (for luau-lsp) into a folder.
+    /// Write the Luau type definitions and editor settings (for luau-lsp): the definitions, the
+    /// stdlib helpers' types and each applet's `Params` into DIR; `.luaurc` and
+    /// `.vscode/settings.json` into the current folder when absent.
     Meta {
         /// Target folder.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// An applet folder to write the `Params` type of (repeatable; default: the current
+        /// folder, when it holds an applet.toml).
+        #[arg(long = "applet", value_name = "FOLDER")]
+        applets: Vec<PathBuf>,
     },
 }
 
@@ -456,7 +463,7 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::Config(cmd) => config_items::run(global, cmd),
         Command::Audit(cmd) => audit::run(global, cmd),
         Command::Store(cmd) => store::run(global, cmd),
-        Command::Meta { out } => write_meta(&out),
+        Command::Meta { out, applets } => meta::write_meta(&out, &applets),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "opslet", &mut buf);
@@ -513,6 +520,7 @@ impl Command {
                 v
             }
             Command::Export(a) => vec![(Write, &mut a.output)],
+            Command::Run(a) => a.record.as_mut().map(|f| vec![(Write, f)]).unwrap_or_default(),
             Command::Import(a) => vec![(Read, &mut a.file)],
             Command::User(auth::UserCmd::Passwd { file: Some(f), .. }) | Command::Secret(auth::SecretCmd::Set { file: Some(f), .. }) => {
                 vec![(Read, f)]
@@ -584,16 +592,6 @@ pub(crate) fn report(e: &Error) -> i32 {
         _ => errln!("error: {e}"),
     }
     e.exit_code()
-}
-
-/// `opslet meta --out DIR`: the Lua type definitions bundled into the binary (the builtins' and
-/// each module's, assembled by `modules::type_definitions`) as `DIR/opslet.d.luau`.
-fn write_meta(out: &std::path::Path) -> Result<i32, Error> {
-    std::fs::create_dir_all(out).map_err(|e| Error::Internal(format!("creating {}: {e}", out.display())))?;
-    let p = out.join("opslet.d.luau");
-    std::fs::write(&p, crate::modules::type_definitions()).map_err(|e| Error::Internal(format!("writing {}: {e}", p.display())))?;
-    errln!("wrote {}", p.display());
-    Ok(0)
 }
 
 /// A clap parser for an enum of a layer below, which lists its values (`ALL`, `name`,

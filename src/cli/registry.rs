@@ -269,8 +269,9 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
         (false, false, flag) => signing_key_path(flag),
     };
     let key = key_path.as_deref().map(crate::registry::signing::load_key).transpose()?;
+    let tests = publish_tests(global, &pkg)?;
     let reg = registry(global)?;
-    let published = reg.publish_signed(&pkg, &global.actor(), &args.message, args.allow_downgrade, key.as_ref())?;
+    let published = reg.publish_tested(&pkg, &global.actor(), &args.message, args.allow_downgrade, key.as_ref(), tests)?;
     reg.flush()?;
     let (v, new) = match published {
         Published::New(v) => (v, true),
@@ -285,6 +286,53 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
         None => outln!("{} is already published with this content; nothing to do", v.id()),
     }
     Ok(0)
+}
+
+/// Runs the applet's own tests before it is published (`[publish] tests`): a failing applet is
+/// refused (`required`) or published with a warning (`warn`). None when it has no tests, or
+/// they are off.
+fn publish_tests(global: &Global, pkg: &AppletPackage) -> Result<Option<crate::registry::model::TestSummary>, Error> {
+    use crate::config::PublishTests;
+    let config = global.config()?;
+    let policy = config.publish.tests().map_err(Error::Config)?;
+    if policy == PublishTests::Off || crate::runtime::testing::test_files(pkg).is_empty() {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Internal(e.to_string()))?;
+    let modules = crate::modules::from_config(&config)?;
+    let report = crate::service::testing::run(&rt, &config, modules, std::sync::Arc::new(pkg.clone()))?;
+    if !report.ok() {
+        let mut failures: Vec<String> = Vec::new();
+        for f in &report.files {
+            failures.extend(f.error.iter().cloned());
+            failures.extend(f.cases.iter().filter(|c| !c.ok).map(|c| {
+                format!("{} › {}: {}", f.file, c.name, c.error.as_deref().unwrap_or_default().lines().next().unwrap_or_default())
+            }));
+        }
+        if policy == PublishTests::Required {
+            let diags = failures.into_iter().map(|m| crate::error::Diagnostic::new("tests", m)).collect();
+            errln!(
+                "{}: {} of {} tests failed; nothing was published (`opslet test {}` shows them; [publish] tests = \"warn\" publishes anyway)",
+                pkg.manifest.id(),
+                report.failed,
+                report.passed + report.failed,
+                pkg.manifest.name
+            );
+            return Err(Error::Applet(diags));
+        }
+        errln!(
+            "warning: {}: {} of {} tests failed; published anyway ([publish] tests = \"warn\")",
+            pkg.manifest.id(),
+            report.failed,
+            report.passed + report.failed
+        );
+        for f in failures {
+            errln!("  {f}");
+        }
+    } else {
+        errln!("{}: {} test{} passed", pkg.manifest.id(), report.passed, if report.passed == 1 { "" } else { "s" });
+    }
+    Ok(Some(crate::registry::model::TestSummary { passed: report.passed, failed: report.failed, ran_at: chrono::Utc::now() }))
 }
 
 pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
@@ -357,6 +405,12 @@ pub fn show(global: &Global, args: RefArgs) -> Result<i32, Error> {
     }
     if !v.message.is_empty() {
         outln!("message:    {}", safe(&v.message));
+    }
+    match &v.tests {
+        Some(t) => {
+            outln!("tests:      {} passed, {} failed (when published, {})", t.passed, t.failed, t.ran_at.format("%Y-%m-%d %H:%M UTC"))
+        }
+        None => outln!("tests:      none run (the applet has no tests, or [publish] tests = \"off\")"),
     }
     if v.permissions.is_empty() {
         outln!("permissions: none (runs with the always-available modules only)");

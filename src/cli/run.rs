@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Print the Lua traceback of an applet error.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Write every host-module call of the run and its answer (secrets redacted) to FILE, a
+    /// transcript an applet's test can replay (`replay("tests/FILE")`, docs/testing.md).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 pub fn run(global: &Global, args: RunArgs) -> Result<i32, Error> {
@@ -149,6 +153,11 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
         Some(server) => server.clone(),
         None => RunService::new(global.runtime(&config, store.clone())?, crate::service::Policy::of(&config)?)?,
     };
+    if args.record.is_some() && service.workers().is_some() {
+        return Err(Error::Usage(
+            "--record keeps the module calls of a run made in this process or its server; with workers (serve --queue) the run is made elsewhere".into(),
+        ));
+    }
     let (rt, cancel) = super::runtime_with_ctrl_c(global)?;
     let once = |cancel: CancelToken, via: &str| -> Result<i32, Error> {
         let mut sub = Submission::new(source.clone(), global.caller(via));
@@ -163,6 +172,12 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             // The server's copy is gone after the command: the record names the caller's folder.
             prepared.request.origin = crate::runtime::Origin::Sent { path: given.clone() };
         }
+        // A transcript of the run's module calls, when asked for.
+        let recorder = args.record.as_ref().map(|_| {
+            let r = crate::runtime::exchange::Recorder::new();
+            prepared.request.exchange = Some(r.clone() as Arc<dyn crate::runtime::context::Exchange>);
+            (r, prepared.request.package.manifest.id(), prepared.request.package.hash.clone(), prepared.shown.clone())
+        });
         let sink: Option<LogSink> = (!args.quiet).then(|| {
             let bars = Progress::default();
             // In the server, the lines are written on its run thread: to this command's caller.
@@ -186,6 +201,12 @@ fn run_inner(global: &Global, args: RunArgs) -> Result<i32, Error> {
             }
             false => service.run_here(&rt, prepared, cancel, sink, Overrun::EndProcess)?,
         };
+        if let (Some(path), Some((rec, applet, hash, shown))) = (&args.record, &recorder) {
+            let t = rec.transcript(applet, hash, serde_json::Value::Object(shown.clone()));
+            let text = serde_json::to_string_pretty(&t).expect("transcripts serialize");
+            std::fs::write(path, text + "\n").map_err(|e| Error::Usage(format!("--record {}: {e}", path.display())))?;
+            errln!("recorded {} module call{} to {}", t.calls.len(), if t.calls.len() == 1 { "" } else { "s" }, path.display());
+        }
         Ok(report(&outcome, &args))
     };
     let code = match (&source, args.watch) {

@@ -51,8 +51,11 @@ fn folders(given: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     Ok(out)
 }
 
+/// Each folder with its report, or why it did not load.
+type Reports = Vec<(PathBuf, Result<Report, Error>)>;
+
 /// Loads and tests each folder; an applet without tests is said, not failed.
-pub fn tests(global: &Global, folders: &[PathBuf]) -> Result<Vec<(PathBuf, Result<Report, Error>)>, Error> {
+pub fn tests(global: &Global, folders: &[PathBuf]) -> Result<Reports, Error> {
     let config = global.config()?;
     let modules = crate::modules::from_config(&config)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Internal(e.to_string()))?;

@@ -155,7 +155,21 @@ impl Registry {
         allow_downgrade: bool,
         key: Option<&ed25519_dalek::SigningKey>,
     ) -> Result<Published, Error> {
+        self.publish_tested(pkg, publisher, message, allow_downgrade, key, None)
+    }
+
+    /// Publishes, with how the applet's own tests went (`opslet publish` ran them).
+    pub fn publish_tested(
+        &self,
+        pkg: &AppletPackage,
+        publisher: &str,
+        message: &str,
+        allow_downgrade: bool,
+        key: Option<&ed25519_dalek::SigningKey>,
+        tests: Option<model::TestSummary>,
+    ) -> Result<Published, Error> {
         let mut meta = VersionMeta::from_package(pkg, publisher, message);
+        meta.tests = tests;
         if let Some(key) = key {
             let sig = signing::sign(key, &meta.name, &meta.version, &meta.hash, &meta.message);
             meta.signed_by = Some(self.trusted_name(&sig.key)?.unwrap_or_else(|| sig.key.clone()));

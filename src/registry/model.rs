@@ -42,6 +42,17 @@ pub struct VersionMeta {
     /// message are what the bundle claims.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unsigned: bool,
+    /// How its own tests went when it was published (None: it has none, or they were not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestSummary>,
+}
+
+/// An applet's tests at publish time (`opslet publish` runs them; docs/testing.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestSummary {
+    pub passed: usize,
+    pub failed: usize,
+    pub ran_at: DateTime<Utc>,
 }
 
 impl VersionMeta {
@@ -63,6 +74,7 @@ impl VersionMeta {
             signature: None,
             signed_by: None,
             unsigned: false,
+            tests: None,
         }
     }
 

@@ -24,6 +24,9 @@ pub struct SearchHit {
     pub featured: Vec<String>,
     /// The current version is yanked: `run NAME` refuses it.
     pub yanked: bool,
+    /// How the current version's own tests went when it was published (None: it has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tests: Option<super::model::TestSummary>,
     pub score: u32,
 }
 
@@ -105,6 +108,7 @@ impl Index {
                         permissions: v.permissions.keys().cloned().collect(),
                         featured: in_collections,
                         yanked: v.yanked,
+                        tests: v.tests.clone(),
                         score: 0,
                     },
                 }

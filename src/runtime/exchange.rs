@@ -67,6 +67,8 @@ fn same(want: &Value, got: &Value) -> bool {
 pub struct Fakes {
     fakes: Mutex<Vec<Fake>>,
     calls: Mutex<Vec<Call>>,
+    /// Calls no fake answered, said: a test fails on them even when the applet carried on.
+    misses: Mutex<Vec<String>>,
 }
 
 impl Fakes {
@@ -77,6 +79,19 @@ impl Fakes {
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().clone()
     }
+
+    /// The calls no fake answered, each said once.
+    pub fn misses(&self) -> Vec<String> {
+        self.misses.lock().clone()
+    }
+}
+
+/// Keeps `m` once.
+fn miss(list: &Mutex<Vec<String>>, m: &str) {
+    let mut l = list.lock();
+    if !l.iter().any(|x| x == m) {
+        l.push(m.to_string());
+    }
 }
 
 impl Exchange for Fakes {
@@ -85,9 +100,11 @@ impl Exchange for Fakes {
         // The fake declared last wins: a test overrides a general fake with a narrower one after it.
         let fakes = self.fakes.lock();
         let Some(f) = fakes.iter().rev().find(|f| f.matches(call, target, args)) else {
-            return Some(Err(format!(
+            let m = format!(
                 "no fake answers {call} on {target} with {args}: declare one, e.g. fake(\"{call}\", {{ target = \"{target}\" }}, {{ ... }})"
-            )));
+            );
+            miss(&self.misses, &m);
+            return Some(Err(m));
         };
         Some(match f.answer.get("error").and_then(Value::as_str) {
             Some(e) if f.answer.as_object().is_some_and(|o| o.len() == 1) => Err(e.to_string()),
@@ -164,15 +181,21 @@ pub struct Replay {
     entries: Vec<Entry>,
     used: Mutex<Vec<bool>>,
     calls: Mutex<Vec<Call>>,
+    misses: Mutex<Vec<String>>,
 }
 
 impl Replay {
     pub fn new(t: &Transcript) -> Replay {
-        Replay { used: Mutex::new(vec![false; t.calls.len()]), entries: t.calls.clone(), calls: Mutex::default() }
+        Replay { used: Mutex::new(vec![false; t.calls.len()]), entries: t.calls.clone(), calls: Mutex::default(), misses: Mutex::default() }
     }
 
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().clone()
+    }
+
+    /// The calls the transcript lacks, each said once.
+    pub fn misses(&self) -> Vec<String> {
+        self.misses.lock().clone()
     }
 
     /// The transcript's calls no run has made (yet).
@@ -212,7 +235,9 @@ impl Exchange for Replay {
                 } else {
                     format!("it recorded {call} on {target} with {}", same_call.join(", "))
                 };
-                Err(format!("the transcript has no {call} on {target} with {}: {recorded}", json!(args)))
+                let m = format!("the transcript has no {call} on {target} with {}: {recorded}", json!(args));
+                miss(&self.misses, &m);
+                Err(m)
             }
         })
     }
@@ -222,8 +247,12 @@ impl Exchange for Replay {
 
 /// Where two JSON values differ, as "path: expected X, got Y" lines (at most 20).
 pub fn diff(expected: &Value, got: &Value) -> Vec<String> {
+    fn empty(v: &Value) -> bool {
+        matches!(v, Value::Array(a) if a.is_empty()) || matches!(v, Value::Object(o) if o.is_empty())
+    }
     fn walk(path: &str, e: &Value, g: &Value, out: &mut Vec<String>) {
-        if out.len() >= 20 || e == g {
+        // An empty Lua table is an empty list and an empty map alike.
+        if out.len() >= 20 || e == g || (empty(e) && empty(g)) {
             return;
         }
         match (e, g) {
@@ -304,5 +333,6 @@ mod tests {
     fn diffs_name_the_paths_that_differ() {
         let d = diff(&json!({ "restarted": ["web1", "web2"], "n": 2 }), &json!({ "restarted": ["web1"], "n": 1 }));
         assert_eq!(d, ["n: expected 2, got 1", "restarted[2]: expected \"web2\", got nil"]);
+        assert!(diff(&json!({ "failed": {} }), &json!({ "failed": [] })).is_empty(), "an empty table is either");
     }
 }

@@ -74,9 +74,24 @@ struct Current {
     /// The exchange of the case in progress: its fakes, or a replay.
     fakes: Option<Arc<Fakes>>,
     replay: Option<Arc<Replay>>,
+    /// The runtime the case's runs use: a fresh one per case (its own store: kv and the cmdb
+    /// fixture start over).
+    runtime: Option<Runtime>,
 }
 
+/// Makes the runtime of one test case.
+pub type Fresh = Arc<dyn Fn() -> Result<Runtime, crate::error::Error> + Send + Sync>;
+
 impl Current {
+    /// The calls no fake or transcript answered.
+    fn misses(&self) -> Vec<String> {
+        match (&self.replay, &self.fakes) {
+            (Some(r), _) => r.misses(),
+            (None, Some(f)) => f.misses(),
+            _ => Vec::new(),
+        }
+    }
+
     fn calls(&self) -> Vec<Call> {
         match (&self.replay, &self.fakes) {
             (Some(r), _) => r.calls(),
@@ -87,18 +102,19 @@ impl Current {
 }
 
 impl Runtime {
-    /// Runs the tests of `package` (its test files, each case with fresh fakes).
-    pub async fn test(&self, package: Arc<AppletPackage>) -> Report {
+    /// Runs the tests of `package` (its test files, each case with fresh fakes and a runtime
+    /// `fresh` makes for it).
+    pub async fn test(&self, package: Arc<AppletPackage>, fresh: Fresh) -> Report {
         let mut files = Vec::new();
         for file in test_files(&package) {
-            files.push(self.test_file(&package, &file).await);
+            files.push(self.test_file(&package, &file, &fresh).await);
         }
         let passed = files.iter().flat_map(|f| &f.cases).filter(|c| c.ok).count();
         let failed = files.iter().map(|f| f.cases.iter().filter(|c| !c.ok).count() + usize::from(f.error.is_some())).sum();
         Report { applet: package.manifest.id(), files, passed, failed }
     }
 
-    async fn test_file(&self, package: &Arc<AppletPackage>, file: &str) -> FileResult {
+    async fn test_file(&self, package: &Arc<AppletPackage>, file: &str, fresh: &Fresh) -> FileResult {
         let mut out = FileResult { file: file.to_string(), cases: Vec::new(), error: None };
         let current: Arc<Mutex<Current>> = Default::default();
         let (limits, _) = RunLimits::resolve(&self.host_limits, &package.manifest.limits);
@@ -147,10 +163,20 @@ impl Runtime {
             out.error = Some(format!("{file} declares no test: add test(\"what it checks\", function() ... end)"));
         }
         for (name, f) in cases {
-            *current.lock() = Current { fakes: Some(Arc::default()), replay: None };
+            let runtime = match fresh() {
+                Ok(r) => r,
+                Err(e) => {
+                    out.cases.push(CaseResult { name, ok: false, error: Some(format!("setting up the case: {e}")), duration_ms: 0 });
+                    continue;
+                }
+            };
+            *current.lock() = Current { fakes: Some(Arc::default()), replay: None, runtime: Some(runtime) };
             let t0 = Instant::now();
             let ran = tokio::time::timeout(limits.timeout, f.call_async::<()>(())).await;
+            let misses = current.lock().misses();
             let error = match ran {
+                // A call nothing answered fails the case, even when the applet carried on.
+                Ok(Ok(())) if !misses.is_empty() => Some(misses.join("\n")),
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(super::describe_lua_error(&e).0),
                 Err(_) => Some(format!("did not finish within {}", humantime::format_duration(limits.timeout))),
@@ -206,12 +232,15 @@ impl Runtime {
             })?,
         )?;
 
-        let (cur, pkg, rt, mt) = (Arc::clone(current), Arc::clone(package), self.clone(), array_mt.clone());
+        let (cur, pkg, mt) = (Arc::clone(current), Arc::clone(package), array_mt.clone());
         env.raw_set(
             "__run",
             lua.create_async_function(move |lua, (params, opts): (LuaValue, Option<Table>)| {
-                let (cur, pkg, rt, mt) = (Arc::clone(&cur), Arc::clone(&pkg), rt.clone(), mt.clone());
+                let (cur, pkg, mt) = (Arc::clone(&cur), Arc::clone(&pkg), mt.clone());
                 async move {
+                    let Some(rt) = cur.lock().runtime.clone() else {
+                        return Err(mlua::Error::runtime("run() is for inside a test(...) case"));
+                    };
                     let params = match convert::to_json(&params, 16 << 20) {
                         Ok(Value::Object(m)) => m,
                         Ok(Value::Null) => Default::default(),

@@ -15,23 +15,65 @@ use crate::store::Store;
 /// The fixture files a test cmdb is read from, in the order they are looked for.
 pub const FIXTURES: [&str; 4] = ["tests/hosts.csv", "tests/hosts.yaml", "tests/hosts.json", "tests/hosts.ini"];
 
-/// Runs the tests of `package` on `rt`.
+/// Runs the tests of `package` on `rt`; each case gets a runtime on a store of its own (kv and
+/// the cmdb fixture start over).
 pub fn run(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     modules: crate::runtime::modules::ModuleSet,
     package: Arc<AppletPackage>,
 ) -> Result<Report, Error> {
-    let store = Store::temporary()?;
-    for path in FIXTURES {
-        let Some(text) = package.files.get(path) else { continue };
+    // The fixture is read once: a bad one is said before any case runs.
+    let mut fixture = None;
+    if let Some(path) = FIXTURES.into_iter().find(|p| package.files.contains_key(*p)) {
         let format = crate::cmdb::inventory::Format::from_path(path).expect("the fixture names have known formats");
-        let text = String::from_utf8_lossy(text);
+        let text = String::from_utf8_lossy(&package.files[path]).into_owned();
         let inv =
             crate::cmdb::inventory::parse(format, &text, path).map_err(|m| Error::Usage(format!("{}: {m}", package.manifest.name)))?;
-        crate::cmdb::Cmdb::new(store.clone())?.import(&inv, "test", false)?;
-        break;
+        fixture = Some(inv);
     }
-    let runtime = Runtime::new(config, Some(store), modules)?;
-    Ok(rt.block_on(runtime.test(package)))
+    let items = Arc::new(items(&package)?);
+    let (config, fixture) = (Arc::new(config.clone()), Arc::new(fixture));
+    let fresh: crate::runtime::testing::Fresh = Arc::new(move || {
+        let store = Store::temporary()?;
+        if let Some(inv) = fixture.as_ref() {
+            crate::cmdb::Cmdb::new(store.clone())?.import(inv, "test", false)?;
+        }
+        if !items.is_empty() {
+            let stored = crate::cmdb::config_items::ConfigItems::open(&store)?;
+            for spec in items.iter() {
+                stored.set(&store, spec.clone(), "test", "tests/items")?;
+            }
+        }
+        Runtime::new(&config, Some(store), modules.clone())
+    });
+    let runtime = fresh()?;
+    Ok(rt.block_on(runtime.test(package, fresh)))
+}
+
+/// The config items a test's `config.*` calls see: `tests/items/*.toml` in the applet folder,
+/// each an item file as `opslet config set` takes it (a `template_file` is read beside it).
+fn items(package: &AppletPackage) -> Result<Vec<crate::cmdb::config_items::ItemSpec>, Error> {
+    let mut out = Vec::new();
+    for (path, bytes) in &package.files {
+        let Some(rest) = path.strip_prefix("tests/items/") else { continue };
+        if rest.contains('/') || !rest.ends_with(".toml") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let mut t: toml::Table = toml::from_str(&text).map_err(|e| Error::Usage(format!("{path}: {}", e.to_string().trim())))?;
+        // The package holds the files, so the template comes from it, not the disk.
+        if let Some(tf) = t.remove("template_file") {
+            let tf = tf.as_str().unwrap_or_default().to_string();
+            let beside = format!("tests/items/{tf}");
+            let body = package
+                .files
+                .get(&beside)
+                .ok_or_else(|| Error::Usage(format!("{path}: template_file `{tf}`: the applet has no file {beside}")))?;
+            t.insert("template".into(), toml::Value::String(String::from_utf8_lossy(body).into_owned()));
+        }
+        let text = toml::to_string(&t).map_err(|e| Error::Internal(e.to_string()))?;
+        out.push(crate::cmdb::config_items::ItemSpec::parse(path, &text, None)?);
+    }
+    Ok(out)
 }

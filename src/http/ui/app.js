@@ -270,6 +270,12 @@ function permissionBadges(perms) {
   return perms.map((p) => badge(p, "perm"));
 }
 
+/// Whether a version has tests of its own and how they went when it was published.
+function testsBadge(tests) {
+  if (!tests) return badge("no tests", "");
+  return tests.failed ? badge(`tests: ${tests.failed} failed`, "bad") : badge(`tests: ${tests.passed} passed`, "good");
+}
+
 function hitCard(hit) {
   return h(
     "li",
@@ -278,6 +284,7 @@ function hitCard(hit) {
     " ",
     h("span", { class: "muted" }, hit.version),
     hit.yanked ? badge("yanked", "bad") : null,
+    testsBadge(hit.tests),
     h("p", {}, hit.description),
     h("div", { class: "badges" }, permissionBadges(hit.permissions), hit.tags.map((t) => badge(`#${t}`, "tag"))),
   );
@@ -354,7 +361,7 @@ async function viewApplet(name, params) {
   const head = h(
     "section",
     { class: "card" },
-    h("h1", {}, v.name, " ", h("span", { class: "muted" }, v.version), v.yanked ? badge("yanked", "bad") : null),
+    h("h1", {}, v.name, " ", h("span", { class: "muted" }, v.version), v.yanked ? badge("yanked", "bad") : null, h("span", { id: "tests-badge" }, testsBadge(v.tests))),
     h("p", {}, v.description || h("span", { class: "muted" }, "No description.")),
     h(
       "div",

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::RunState;
@@ -94,6 +94,45 @@ pub struct HostResult {
 
 crate::kit::fanout::impl_outcome!(HostResult);
 
+/// What publishing did on one host (`config.publish`), as a test fakes it and a transcript keeps
+/// it: the outcome of the one SSH command that writes, validates, installs, reloads and checks.
+/// A fake may give only what matters: `{}` or `{ changed = false }` succeeded; `{ failed_at =
+/// "validate", restored = "reloaded", output = "..." }` failed (`ok` defaults to no `failed_at`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Published {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    /// false: the host had this content already (default true when it went well).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_sha256: Option<String>,
+    /// Default: the published content's, when it went well.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
+    /// The commands' own output (stderr).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+/// The file on a host now (`config.current`, what a dry-run publish diffs against): its
+/// `content`, none (no file), or a symbolic `link` in its place.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Current {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub link: bool,
+}
+
 /// Publishes `item` to one host (or, in a dry run, shows the diff). `action` is what the audit
 /// log calls it: publish, rollback or repair.
 pub(super) async fn publish_host(
@@ -159,14 +198,24 @@ pub(super) async fn publish_host(
             &item.spec.sudo,
             &format!("if [ -L {p} ]; then echo link; elif [ -e {p} ]; then echo file; cat {p}; else echo none; fi"),
         );
-        match st.ssh.exec(&host, read, None, timeout).await {
-            Ok(e) => {
-                let out = String::from_utf8_lossy(&e.stdout).into_owned();
-                let (kind, current) = out.split_once('\n').unwrap_or((out.as_str(), ""));
-                match kind {
-                    "link" => r.error = Some(format!("{path} on {} is a symbolic link; a publish would refuse it", host.name)),
-                    _ => {
-                        if kind == "file" {
+        let real = async {
+            let e = st.ssh.exec(&host, read, None, timeout).await?;
+            let out = String::from_utf8_lossy(&e.stdout).into_owned();
+            let (kind, current) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+            Ok(match kind {
+                "link" => Current { content: None, link: true },
+                "file" => Current { content: Some(current.to_string()), link: false },
+                _ => Current::default(),
+            })
+        };
+        let args = json!({ "item": item.name, "version": item.version, "env": env, "path": path });
+        match crate::kit::exchange::call(&st.ctx, "config.current", &host.name, args, real).await {
+            Ok(now) => {
+                let current = now.content.as_deref().unwrap_or("");
+                match now.link {
+                    true => r.error = Some(format!("{path} on {} is a symbolic link; a publish would refuse it", host.name)),
+                    false => {
+                        if now.content.is_some() {
                             r.before_sha256 = Some(sha256(current.as_bytes()));
                         }
                         let used = used.lock();
@@ -198,7 +247,32 @@ pub(super) async fn publish_host(
     let pending = crate::kit::Pending::new(&st.ctx, "config", action, &host.name, base_detail);
     let tag: String = st.ctx.run_id.chars().rev().take(12).collect();
     let script = with_sudo(&item.spec.sudo, &publish_script(&item, &path, &new_sha, &tag));
-    let res = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await;
+    // The one command that publishes, fed the file on stdin; in a test a fake answers instead.
+    let real = async {
+        let e = st.ssh.exec(&host, script, Some(bytes::Bytes::from(content.into_bytes())), timeout).await?;
+        let mut a = Published { exit_code: e.exit_code, ..Default::default() };
+        let out = String::from_utf8_lossy(&e.stdout);
+        for line in out.lines() {
+            let Some(rest) = line.strip_prefix("opslet: ") else { continue };
+            let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
+            match k {
+                "before" if !v.is_empty() => a.before_sha256 = Some(v.to_string()),
+                "after" => a.after_sha256 = Some(v.to_string()),
+                "unchanged" => {
+                    a.changed = Some(false);
+                    a.after_sha256 = a.before_sha256.clone();
+                }
+                "failed" => a.failed_at = Some(v.to_string()),
+                "restored" => a.restored = Some(if v.is_empty() { "restored".into() } else { v.to_string() }),
+                _ => {}
+            }
+        }
+        a.ok = Some(e.exit_code == Some(0) && a.after_sha256.as_deref() == Some(new_sha.as_str()));
+        a.output = String::from_utf8_lossy(&e.stderr).trim_end().chars().take(4000).collect();
+        Ok(a)
+    };
+    let args = json!({ "item": item.name, "version": item.version, "env": env, "path": path, "action": action });
+    let res = crate::kit::exchange::call(&st.ctx, "config.publish", &host.name, args, real).await;
     // Whether the host's file is known: after a lost connection or a timeout it is not.
     let mut known = true;
     match res {
@@ -207,28 +281,17 @@ pub(super) async fn publish_host(
             r.error = Some(format!("{m}; what {} runs now is unknown: check it (config.check) before publishing again", host.name));
         }
         Ok(e) => {
-            let out = String::from_utf8_lossy(&e.stdout);
-            for line in out.lines() {
-                let Some(rest) = line.strip_prefix("opslet: ") else { continue };
-                let (k, v) = rest.split_once(' ').unwrap_or((rest, ""));
-                match k {
-                    "before" if !v.is_empty() => r.before_sha256 = Some(v.to_string()),
-                    "after" => r.after_sha256 = Some(v.to_string()),
-                    "unchanged" => {
-                        r.changed = Some(false);
-                        r.after_sha256 = r.before_sha256.clone();
-                    }
-                    "failed" => r.failed_at = Some(v.to_string()),
-                    "restored" => r.restored = Some(if v.is_empty() { "restored".into() } else { v.to_string() }),
-                    _ => {}
-                }
-            }
-            r.ok = e.exit_code == Some(0) && r.after_sha256.as_deref() == Some(new_sha.as_str());
+            r.ok = e.ok.unwrap_or(e.failed_at.is_none());
+            r.before_sha256 = e.before_sha256;
+            r.after_sha256 = e.after_sha256.or_else(|| r.ok.then(|| new_sha.clone()));
+            r.changed = e.changed;
+            r.failed_at = e.failed_at;
+            r.restored = e.restored;
             if r.ok && r.changed.is_none() {
                 r.changed = Some(true);
             }
             if !r.ok {
-                r.output = String::from_utf8_lossy(&e.stderr).trim_end().chars().take(4000).collect();
+                r.output = e.output;
                 let exit = e.exit_code.map_or_else(|| "no exit status".to_string(), |c| format!("exit {c}"));
                 r.error = Some(match (&r.failed_at, &r.restored) {
                     (Some(stage), Some(how)) => {

@@ -93,6 +93,35 @@ impl Client {
     }
 }
 
+/// A point in time `es.scan` walks: its client, its id (renewed by each page) and which
+/// endpoints it uses.
+struct Pit {
+    client: Arc<Client>,
+    id: String,
+    opensearch: bool,
+}
+
+impl Pit {
+    async fn open(client: Arc<Client>, index: &str) -> Result<Pit, String> {
+        let opensearch = client.is_opensearch().await?;
+        let path = if opensearch { format!("{index}/_search/point_in_time?keep_alive=2m") } else { format!("{index}/_pit?keep_alive=2m") };
+        let v = client.send(reqwest::Method::POST, &path, None).await.map_err(|m| format!("opening a point in time: {m}"))?;
+        let id = v["pit_id"].as_str().or(v["id"].as_str()).map(str::to_string).ok_or("no point in time id in the answer")?;
+        Ok(Pit { client, id, opensearch })
+    }
+
+    async fn close(self) {
+        let close = if self.opensearch {
+            self.client.send(reqwest::Method::DELETE, "_search/point_in_time", Some(&json!({ "pit_id": [self.id] }))).await
+        } else {
+            self.client.send(reqwest::Method::DELETE, "_pit", Some(&json!({ "id": self.id }))).await
+        };
+        if let Err(m) = close {
+            tracing::debug!(error = %m, "closing a point in time");
+        }
+    }
+}
+
 fn check_index(call: &str, index: &str) -> mlua::Result<()> {
     let ok = !index.is_empty()
         && index.len() <= 255
@@ -109,32 +138,65 @@ struct State {
     clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
     ctx: Arc<RunCtx>,
     grant: Grant,
+    /// The connection the applet named (`es.connection(NAME)`), if it named one.
+    named: Option<String>,
 }
 
 impl State {
-    fn client(&self, call: &str, conn: Option<&str>) -> mlua::Result<Arc<Client>> {
+    /// The connection Lua call `call` uses, once the manifest grants `read`. A test (fakes or a
+    /// transcript answer) with no [es.*] configured gets a stand-in, `default` or the one named,
+    /// that nothing is ever sent to.
+    fn conn(&self, call: &str) -> mlua::Result<String> {
         self.grant.require(call, "read")?;
+        if self.conns.is_empty() && self.ctx.exchange.is_some() {
+            return Ok(self.named.clone().unwrap_or_else(|| "default".into()));
+        }
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        let name = crate::kit::pick_connection("es", "es", &conns, conn).map_err(|m| LUA.err(call, m))?;
-        if let Some(c) = self.clients.lock().get(&name) {
+        crate::kit::pick_connection("es", "es", &conns, self.named.as_deref()).map_err(|m| LUA.err(call, m))
+    }
+
+    /// The client of connection `name`. Only a real request (not a test's fake) asks for it,
+    /// so a test needs neither the connection's secrets nor its cluster.
+    fn client(&self, name: &str) -> Result<Arc<Client>, String> {
+        if let Some(c) = self.clients.lock().get(name) {
             return Ok(Arc::clone(c));
         }
-        let conf = &self.conns[&name];
+        let conf = self.conns.get(name).ok_or("no es connection is configured (add [es.NAME] to opslet.toml)")?;
         let owner = format!("[es.{name}]");
-        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s).map_err(|m| LUA.err(call, m));
+        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s);
         let auth = match (&conf.user, &conf.password_secret, &conf.api_key_secret) {
             (Some(u), Some(p), None) => Auth::Basic(u.clone(), secret(p)?),
             (None, None, Some(k)) => Auth::ApiKey(secret(k)?),
             _ => Auth::None,
         };
         let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-        let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
+        let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| format!("{owner} {m}"))?;
         let trust = ca.map_or(Trust::System, Trust::Also);
         let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true })
-            .map_err(|m| LUA.err(call, format!("{owner} {m}")))?;
-        let c = Arc::new(Client { name: name.clone(), base: conf.url.clone(), auth, http, opensearch: Default::default() });
-        self.clients.lock().insert(name, Arc::clone(&c));
+            .map_err(|m| format!("{owner} {m}"))?;
+        let c = Arc::new(Client { name: name.to_string(), base: conf.url.clone(), auth, http, opensearch: Default::default() });
+        self.clients.lock().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
+    }
+
+    /// Where the module's requests leave the process: `es.CALL` on `index` (`INDEX@CONN` when
+    /// the applet named the connection) with the request body `args`, made by `real` unless a
+    /// test's fake answers it. The answer is Elasticsearch's JSON.
+    async fn ask<F>(&self, call: &str, index: &str, args: Value, real: F) -> mlua::Result<Value>
+    where
+        F: std::future::Future<Output = Result<Value, String>>,
+    {
+        let target = match &self.named {
+            Some(n) => format!("{index}@{n}"),
+            None => index.to_string(),
+        };
+        crate::kit::exchange::call(&self.ctx, &format!("es.{call}"), &target, args, real).await.map_err(|m| LUA.err(call, m))
+    }
+
+    /// POSTs `body` to `path` on connection `conn`, as Lua call `call` on `index`.
+    async fn post(&self, call: &str, conn: &str, index: &str, path: &str, body: Value) -> mlua::Result<Value> {
+        let real = async { self.client(conn)?.send(reqwest::Method::POST, path, Some(&body)).await };
+        self.ask(call, index, body.clone(), real).await
     }
 }
 
@@ -176,46 +238,45 @@ fn search_body(lua: &Lua, call: &str, query: Value, opts: Option<Table>) -> mlua
 
 fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
-    let (s, c) = (st.clone(), conn.clone());
+    let st = &State { named: conn, ..st.clone() };
+    let s = st.clone();
     t.set(
         "search",
         lua.create_async_function(move |lua, (index, query, opts): (String, Option<LuaValue>, Option<Table>)| {
-            let (s, c) = (s.clone(), c.clone());
+            let s = s.clone();
             async move {
                 check_index("search", &index)?;
-                let client = s.client("search", c.as_deref())?;
+                let conn = s.conn("search")?;
                 let body = search_body(&lua, "search", to_json(&lua, query)?, opts)?;
-                let v =
-                    client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("search", m))?;
+                let v = s.post("search", &conn, &index, &format!("{index}/_search"), body).await?;
                 let out =
                     json!({ "total": v["hits"]["total"]["value"].as_u64().or(v["hits"]["total"].as_u64()).unwrap_or(0), "hits": hits(&v) });
                 crate::kit::json_to_lua(&lua, &out)
             }
         })?,
     )?;
-    let (s, c) = (st.clone(), conn.clone());
+    let s = st.clone();
     t.set(
         "count",
         lua.create_async_function(move |lua, (index, query): (String, Option<LuaValue>)| {
-            let (s, c) = (s.clone(), c.clone());
+            let s = s.clone();
             async move {
                 check_index("count", &index)?;
-                let client = s.client("count", c.as_deref())?;
+                let conn = s.conn("count")?;
                 let body = json!({ "query": to_json(&lua, query)? });
-                let v =
-                    client.send(reqwest::Method::POST, &format!("{index}/_count"), Some(&body)).await.map_err(|m| LUA.err("count", m))?;
+                let v = s.post("count", &conn, &index, &format!("{index}/_count"), body).await?;
                 Ok(v["count"].as_u64().unwrap_or(0))
             }
         })?,
     )?;
-    let (s, c) = (st.clone(), conn.clone());
+    let s = st.clone();
     t.set(
         "aggs",
         lua.create_async_function(move |lua, (index, aggs, query): (String, LuaValue, Option<LuaValue>)| {
-            let (s, c) = (s.clone(), c.clone());
+            let s = s.clone();
             async move {
                 check_index("aggs", &index)?;
-                let client = s.client("aggs", c.as_deref())?;
+                let conn = s.conn("aggs")?;
                 let aggs: Value = lua.from_value(aggs)?;
                 if !aggs.is_object() {
                     return Err(
@@ -223,45 +284,55 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     );
                 }
                 let body = json!({ "size": 0, "query": to_json(&lua, query)?, "aggs": aggs });
-                let v =
-                    client.send(reqwest::Method::POST, &format!("{index}/_search"), Some(&body)).await.map_err(|m| LUA.err("aggs", m))?;
+                let v = s.post("aggs", &conn, &index, &format!("{index}/_search"), body).await?;
                 crate::kit::json_to_lua(&lua, &v["aggregations"])
             }
         })?,
     )?;
-    let (s, c) = (st.clone(), conn);
+    let s = st.clone();
     t.set(
         "scan",
         lua.create_async_function(move |lua, (index, query, each, opts): (String, Option<LuaValue>, Function, Option<Table>)| {
-            let (s, c) = (s.clone(), c.clone());
+            let s = s.clone();
             async move {
                 check_index("scan", &index)?;
-                let client = s.client("scan", c.as_deref())?;
+                let conn = s.conn("scan")?;
                 let query = to_json(&lua, query)?;
                 let page: u64 = match opts {
                     Some(o) => o.get::<Option<u64>>("size")?.unwrap_or(500).clamp(1, 10_000),
                     None => 500,
                 };
-                let os = client.is_opensearch().await.map_err(|m| LUA.err("scan", m))?;
-                let open = if os { format!("{index}/_search/point_in_time?keep_alive=2m") } else { format!("{index}/_pit?keep_alive=2m") };
-                let pit = client.send(reqwest::Method::POST, &open, None).await.map_err(|m| LUA.err("scan", format!("opening a point in time: {m}")))?;
-                let mut pit_id = pit["pit_id"].as_str().or(pit["id"].as_str()).map(str::to_string).ok_or_else(|| LUA.err("scan", "no point in time id in the answer"))?;
+                // Each page is one `es.scan` call ({query, size, search_after}). The point in time
+                // is opened by the first page really sent (never in a test, whose fakes answer
+                // the pages) and closed at the end.
+                let pit: tokio::sync::Mutex<Option<Pit>> = Default::default();
                 let mut after: Option<Value> = None;
                 let mut seen: u64 = 0;
                 let result: mlua::Result<u64> = async {
                     loop {
-                        let mut body = json!({ "size": page, "query": query, "pit": { "id": pit_id, "keep_alive": "2m" }, "sort": [{ "_shard_doc": "asc" }] });
+                        let mut args = json!({ "query": query, "size": page });
                         if let Some(a) = &after {
-                            body["search_after"] = a.clone();
+                            args["search_after"] = a.clone();
                         }
-                        let v = client.send(reqwest::Method::POST, "_search", Some(&body)).await.map_err(|m| LUA.err("scan", m))?;
-                        if let Some(p) = v["pit_id"].as_str() {
-                            pit_id = p.to_string();
-                        }
+                        let real = async {
+                            let mut open = pit.lock().await;
+                            let p = match &mut *open {
+                                Some(p) => p,
+                                None => open.insert(Pit::open(s.client(&conn)?, &index).await?),
+                            };
+                            let mut body = args.clone();
+                            body["pit"] = json!({ "id": p.id, "keep_alive": "2m" });
+                            body["sort"] = json!([{ "_shard_doc": "asc" }]);
+                            let v = p.client.send(reqwest::Method::POST, "_search", Some(&body)).await?;
+                            if let Some(id) = v["pit_id"].as_str() {
+                                p.id = id.to_string();
+                            }
+                            Ok(v)
+                        };
+                        let v = s.ask("scan", &index, args.clone(), real).await?;
                         let batch = hits(&v);
-                        if batch.is_empty() {
-                            return Ok(seen);
-                        }
+                        // A short page is the last one (with a point in time, every other page is full).
+                        let last = (batch.len() as u64) < page;
                         after = batch.last().map(|h| h["sort"].clone());
                         for h in batch {
                             seen += 1;
@@ -270,16 +341,14 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                                 return Ok(seen);
                             }
                         }
+                        if last {
+                            return Ok(seen);
+                        }
                     }
                 }
                 .await;
-                let close = if os {
-                    client.send(reqwest::Method::DELETE, "_search/point_in_time", Some(&json!({ "pit_id": [pit_id] }))).await
-                } else {
-                    client.send(reqwest::Method::DELETE, "_pit", Some(&json!({ "id": pit_id }))).await
-                };
-                if let Err(m) = close {
-                    tracing::debug!(error = %m, "closing a point in time");
+                if let Some(p) = pit.into_inner() {
+                    p.close().await;
                 }
                 result
             }
@@ -304,13 +373,13 @@ impl HostModule for EsModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant };
+        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: None };
         let t = functions(lua, &st, None)?;
         let s2 = st.clone();
         t.set(
             "connection",
             lua.create_function(move |lua, name: String| {
-                s2.client("connection", Some(&name))?;
+                State { named: Some(name.clone()), ..s2.clone() }.conn("connection")?;
                 let t = functions(lua, &s2, Some(name))?;
                 t.set_readonly(true);
                 Ok(t)

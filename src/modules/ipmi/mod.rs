@@ -41,6 +41,7 @@ use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 use bmc::{Bmc, BootDevice, Endpoint, Login, PowerAction};
 use settings::IpmiConfig;
+use types::{Checked, List, PowerState};
 
 pub struct IpmiModule {
     config: Arc<IpmiConfig>,
@@ -235,23 +236,31 @@ async fn with_bmc<T, F>(
     f: F,
 ) -> mlua::Result<T>
 where
-    T: Send + Serialize + 'static,
+    T: Send + Serialize + serde::de::DeserializeOwned + 'static,
     F: for<'a> FnOnce(&'a mut Bmc) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>> + Send + 'static,
 {
     let st2 = Arc::clone(st);
     let h = host.clone();
     let t0 = Instant::now();
     let pending = crate::kit::Pending::new(&st.ctx, "ipmi", call, &host.name, detail.clone());
-    let r = on_io(async move {
-        let (ep, mut bmc) = st2.open(&h, change).await?;
-        let r = tokio::time::timeout(st2.timeout * 4, f(&mut bmc))
-            .await
-            .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
-        bmc.close().await;
-        r.map(|v| (ep, v))
-    })
-    .await
-    .and_then(|r| r);
+    // The BMC comes from the host's cmdb tags, checked here in a test too; the login (opslet.toml
+    // and secrets) is read only when the call is really made, so a test needs none.
+    let real = async move {
+        on_io(async move {
+            let (ep, mut bmc) = st2.open(&h, change).await?;
+            let r = tokio::time::timeout(st2.timeout * 4, f(&mut bmc))
+                .await
+                .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
+            bmc.close().await;
+            r
+        })
+        .await
+        .and_then(|r| r)
+    };
+    let r = match st.endpoint(&host) {
+        Ok(ep) => crate::kit::exchange::call(&st.ctx, &format!("ipmi.{call}"), &host.name, detail.clone(), real).await.map(|v| (ep, v)),
+        Err(m) => Err(m),
+    };
     let mut d = detail;
     d["duration_ms"] = json!(t0.elapsed().as_millis() as u64);
     match &r {
@@ -297,11 +306,33 @@ async fn check_host(st: Arc<RunState>, host: Host, sel_limit: usize) -> HostChec
     let t0 = Instant::now();
     let mut c = HostCheck { host: host.name.clone(), ..Default::default() };
     let r: Result<(), String> = async {
-        let (ep, mut b) = st.open(&host, false).await?;
+        let ep = st.endpoint(&host)?;
         c.protocol = Some(ep.protocol().to_string());
-        let work = async {
-            c.power = Some(b.power().await?);
-            let sensors = b.sensors().await?;
+        let (st2, h) = (Arc::clone(&st), host.clone());
+        // One call per host: the power state, sensors and event log, read over one login.
+        let real = async move {
+            let (ep, mut b) = st2.open(&h, false).await?;
+            let work = async {
+                let power = b.power().await?;
+                let sensors = b.sensors().await?;
+                let sel = match b.log(sel_limit).await {
+                    Ok(sel) => sel,
+                    // A BMC without an event log is not a broken host.
+                    Err(m) if m.contains("offers no log service") => Vec::new(),
+                    Err(m) => return Err(m),
+                };
+                Ok(Checked { power, sensors: List(sensors), sel: List(sel) })
+            };
+            let r = tokio::time::timeout(st2.timeout * 4, work)
+                .await
+                .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
+            b.close().await;
+            r
+        };
+        let got = crate::kit::exchange::call(&st.ctx, "ipmi.check", &host.name, json!({ "sel_limit": sel_limit }), real).await?;
+        {
+            c.power = Some(got.power);
+            let sensors = got.sensors.judged();
             for s in &sensors {
                 if s.status == "warning" || s.status == "critical" {
                     let v = s.value.map(|v| format!("{v} {}", s.unit)).unwrap_or_else(|| "no reading".into());
@@ -309,26 +340,15 @@ async fn check_host(st: Arc<RunState>, host: Host, sel_limit: usize) -> HostChec
                 }
             }
             c.sensors = Some(sensors);
-            match b.log(sel_limit).await {
-                Ok(sel) => {
-                    for e in &sel {
-                        if e.severity == "warning" || e.severity == "critical" {
-                            c.problems.push(format!("SEL {} {}: {} ({})", e.id, e.severity, e.message, e.sensor));
-                        }
-                    }
-                    c.sel = Some(sel);
+            let sel = got.sel.0;
+            for e in &sel {
+                if e.severity == "warning" || e.severity == "critical" {
+                    c.problems.push(format!("SEL {} {}: {} ({})", e.id, e.severity, e.message, e.sensor));
                 }
-                // A BMC without an event log is not a broken host.
-                Err(m) if m.contains("offers no log service") => c.sel = Some(Vec::new()),
-                Err(m) => return Err(m),
             }
-            Ok::<(), String>(())
-        };
-        let r = tokio::time::timeout(st.timeout * 4, work)
-            .await
-            .unwrap_or_else(|_| Err(format!("the BMC at {} stopped answering", ep.address())));
-        b.close().await;
-        r
+            c.sel = Some(sel);
+        }
+        Ok::<(), String>(())
     }
     .await;
     c.duration = t0.elapsed().as_secs_f64();
@@ -400,7 +420,11 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("power", false)?;
                     let host = st.reach.one("power", &host)?;
-                    with_bmc(&st, "power", host, json!({}), true, false, |b| Box::pin(b.power())).await
+                    let p = with_bmc(&st, "power", host, json!({}), true, false, |b| {
+                        Box::pin(async move { b.power().await.map(PowerState::Word) })
+                    })
+                    .await?;
+                    Ok(p.into_word())
                 }
             })?,
         )?;
@@ -450,7 +474,10 @@ impl HostModule for IpmiModule {
                         return crate::kit::to_lua(&lua, &json!({ "host": host.name, "device": device, "once": once, "planned": true }));
                     }
                     let hn = host.name.clone();
-                    with_bmc(&st, "boot_device", host, detail, false, true, move |b| Box::pin(b.boot_device(dev, once))).await?;
+                    with_bmc(&st, "boot_device", host, detail, false, true, move |b| {
+                        Box::pin(async move { b.boot_device(dev, once).await.map(|()| json!({})) })
+                    })
+                    .await?;
                     crate::kit::to_lua(&lua, &json!({ "host": hn, "device": device, "once": once }))
                 }
             })?,
@@ -464,8 +491,10 @@ impl HostModule for IpmiModule {
                 async move {
                     st.require("sensors", false)?;
                     let host = st.reach.one("sensors", &host)?;
-                    let v = with_bmc(&st, "sensors", host, json!({}), false, false, |b| Box::pin(b.sensors())).await?;
-                    crate::kit::to_lua(&lua, &v)
+                    let v =
+                        with_bmc(&st, "sensors", host, json!({}), false, false, |b| Box::pin(async move { b.sensors().await.map(List) }))
+                            .await?;
+                    crate::kit::to_lua(&lua, &v.judged())
                 }
             })?,
         )?;
@@ -488,8 +517,11 @@ impl HostModule for IpmiModule {
                         }
                     }
                     let host = st.reach.one("sel", &host)?;
-                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, false, move |b| Box::pin(b.log(limit))).await?;
-                    crate::kit::to_lua(&lua, &v)
+                    let v = with_bmc(&st, "sel", host, json!({ "limit": limit }), false, false, move |b| {
+                        Box::pin(async move { b.log(limit).await.map(List) })
+                    })
+                    .await?;
+                    crate::kit::to_lua(&lua, &v.0)
                 }
             })?,
         )?;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use mlua::{Table, UserData, UserDataMethods, Value};
 use serde_json::json;
 
+use super::answer::{Configured, Done, Expected, Output, Prompt};
 use super::cli::{Cli, CliError, ConfigError};
 use super::options::{parse_opts, string_list};
 use super::profile::Profile;
@@ -95,12 +96,15 @@ impl UserData for Device {
             let t0 = Instant::now();
             let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "config", &name, json!({ "lines": lines, "save": o.save }));
             let (ls, save, timeout) = (lines.clone(), o.save, o.timeout);
-            let r = this.with_cli(move |cli| Box::pin(async move { cli.config(&ls, save, timeout).await })).await;
-            pending.finish();
-            let r = match r {
-                Ok(r) => r,
-                Err(m) => Err(ConfigError::Cli(CliError::Protocol(m))),
+            let real = async {
+                this.with_cli(move |cli| Box::pin(async move { cli.config(&ls, save, timeout).await })).await.and_then(Configured::of)
             };
+            let args = json!({ "lines": lines, "save": o.save });
+            let r = crate::kit::exchange::call(&this.state.ctx, "netdev.config", &name, args, real)
+                .await
+                .map_err(|m| ConfigError::Cli(CliError::Protocol(m)))
+                .and_then(|a| a.into_result(&lines, o.save));
+            pending.finish();
             let ms = t0.elapsed().as_millis() as u64;
             match r {
                 Ok(a) => {
@@ -150,10 +154,20 @@ impl UserData for Device {
             let t0 = Instant::now();
             let timeout = o.timeout;
             let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "expect", &name, json!({ "command": shown }));
-            let r = this.with_cli(move |cli| Box::pin(async move { cli.expect(&command, &res, timeout).await })).await;
+            let real = async {
+                let (output, matched) =
+                    this.with_cli(move |cli| Box::pin(async move { cli.expect(&command, &res, timeout).await })).await?.map_err(|e| e.to_string())?;
+                Ok(Expected { output, matched: matched.map(|i| i + 1) })
+            };
+            let args = json!({ "command": shown, "patterns": pats });
+            let r = crate::kit::exchange::call(&this.state.ctx, "netdev.expect", &name, args, real).await.and_then(|e: Expected| {
+                match e.matched {
+                    Some(i) if i == 0 || i > pats.len() => Err(format!("the answer's matched = {i} is not one of the {} patterns", pats.len())),
+                    m => Ok((e.output, m.map(|i| i - 1))),
+                }
+            });
             pending.finish();
             let ms = t0.elapsed().as_millis() as u64;
-            let r = r.and_then(|r| r.map_err(|e| e.to_string()));
             let _ = this.state.audit(
                 "expect",
                 &name,
@@ -174,15 +188,19 @@ impl UserData for Device {
                 return Ok(());
             }
             let timeout = this.state.settings.timeout;
-            let r = this.with_cli(move |cli| Box::pin(async move { cli.save(timeout).await })).await;
-            let r = r.and_then(|r| r.map_err(|e| e.to_string()));
+            let real = async {
+                this.with_cli(move |cli| Box::pin(async move { cli.save(timeout).await })).await?.map_err(|e| e.to_string())?;
+                Ok(Done {})
+            };
+            let r = crate::kit::exchange::call(&this.state.ctx, "netdev.save", &name, json!({}), real).await.map(|_: Done| ());
             let _ = this.state.audit("save", &name, r.is_ok(), json!({ "error": r.as_ref().err() }));
             r.map_err(|m| cli_err("save", &name, m))
         });
 
         methods.add_async_method("prompt", |_, this, ()| async move {
-            let r = this.with_cli(|cli| Box::pin(async move { cli.prompt.clone() })).await;
-            r.map_err(|m| cli_err("prompt", &this.host.name, m))
+            let real = async { this.with_cli(|cli| Box::pin(async move { cli.prompt.clone() })).await.map(|prompt| Prompt { prompt }) };
+            let r = crate::kit::exchange::call(&this.state.ctx, "netdev.prompt", &this.host.name, json!({}), real).await;
+            r.map(|p| p.prompt).map_err(|m| cli_err("prompt", &this.host.name, m))
         });
 
         methods.add_async_method("close", |_, this, ()| async move {
@@ -224,10 +242,13 @@ async fn one_command(this: &Device, command: String, timeout: Duration) -> mlua:
     }
     let t0 = Instant::now();
     let pending = crate::kit::Pending::new(&this.state.ctx, "netdev", "command", &name, json!({ "command": shown }));
-    let r = this.with_cli(move |cli| Box::pin(async move { cli.command(&command, timeout).await })).await;
+    let sent = command.clone();
+    let real = async { this.with_cli(move |cli| Box::pin(async move { cli.command(&sent, timeout).await })).await.and_then(Output::of) };
+    let r = crate::kit::exchange::call(&this.state.ctx, "netdev.command", &name, json!({ "command": shown }), real)
+        .await
+        .and_then(|o| o.into_result(&command).map_err(|e| e.to_string()));
     pending.finish();
     let ms = t0.elapsed().as_millis() as u64;
-    let r = r.and_then(|r| r.map_err(|e| e.to_string()));
     this.state
         .audit("command", &name, r.is_ok(), json!({ "command": shown, "error": r.as_ref().err(), "duration_ms": ms }))
         .map_err(|m| LUA.err("command", m))?;

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use super::answer::{self, Configured, Output, Saved};
 use super::cli::{CliError, ConfigError};
 use super::device::config_message;
 use super::options::Opts;
 use super::profile::Profile;
-use super::{RunState, backup};
+use super::{Conn, RunState, backup};
 use crate::cmdb::Host;
 
 /// The outcome on one device, for the many-device calls.
@@ -136,16 +137,22 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
         return r;
     }
     let pending = crate::kit::Pending::new(&state.ctx, "netdev", work.call(), &name, json!({ "lines": lines }));
-    let mut conn = match state.connect(&host, Arc::clone(&profile)).await {
-        Ok(c) => c,
-        Err(m) => {
-            pending.finish();
-            let _ = state.audit(work.call(), &name, false, json!({ "error": m, "duration_ms": t0.elapsed().as_millis() as u64 }));
-            r.error = Some(m);
-            r.duration = t0.elapsed().as_secs_f64();
-            return r;
+    // A real run connects now. A run with an exchange (a test, a recording) connects on the first
+    // call the exchange does not answer: a test never connects, nor needs a login.
+    let mut conn: Option<Conn> = None;
+    if state.ctx.exchange.is_none() {
+        match state.connect(&host, Arc::clone(&profile)).await {
+            Ok(c) => conn = Some(c),
+            Err(m) => {
+                pending.finish();
+                let _ = state.audit(work.call(), &name, false, json!({ "error": m, "duration_ms": t0.elapsed().as_millis() as u64 }));
+                r.error = Some(m);
+                r.duration = t0.elapsed().as_secs_f64();
+                return r;
+            }
         }
-    };
+    }
+    let ctx = Arc::clone(&state.ctx);
     match &work {
         Work::Run(cmds) => {
             let mut outputs = Vec::new();
@@ -153,7 +160,11 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
             r.ok = true;
             for c in cmds {
                 let t1 = Instant::now();
-                let res = conn.cli.command(c, timeout).await;
+                let real = async { Output::of(open(&state, &host, &profile, &mut conn).await?.cli.command(c, timeout).await) };
+                let res = crate::kit::exchange::call(&ctx, "netdev.command", &name, json!({ "command": c }), real)
+                    .await
+                    .map_err(answer::failed)
+                    .and_then(|o| o.into_result(c));
                 let ms = t1.elapsed().as_millis() as u64;
                 let err = res.as_ref().err().map(ToString::to_string);
                 if let Err(m) = state.audit("command", &name, res.is_ok(), json!({ "command": shown(c), "error": err, "duration_ms": ms }))
@@ -164,7 +175,7 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
                 }
                 match res {
                     Ok(out) => {
-                        joined.push_str(&format!("{}{c}\n{out}\n", conn.cli.prompt));
+                        joined.push_str(&format!("{}{c}\n{out}\n", prompt_of(&conn, &name)));
                         outputs.push(out);
                     }
                     Err(e) => {
@@ -182,7 +193,11 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
             r.output = Some(joined);
         }
         Work::Configure { save, .. } => {
-            let res = conn.cli.config(&lines, *save, timeout).await;
+            let real = async { Configured::of(open(&state, &host, &profile, &mut conn).await?.cli.config(&lines, *save, timeout).await) };
+            let res = crate::kit::exchange::call(&ctx, "netdev.config", &name, json!({ "lines": lines, "save": save }), real)
+                .await
+                .map_err(|m| ConfigError::Cli(answer::failed(m)))
+                .and_then(|a| a.into_result(&lines, *save));
             let ms = t0.elapsed().as_millis() as u64;
             match res {
                 Ok(a) => {
@@ -212,8 +227,13 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
         }
         Work::Backup => {
             let command = profile.backup.clone();
-            let res = conn.cli.command(&command, timeout).await;
-            let stored = res.map_err(|e| e.to_string()).and_then(|text| backup::keep(&state, &name, &profile, &command, &text));
+            let real = async {
+                let text =
+                    open(&state, &host, &profile, &mut conn).await?.cli.command(&command, timeout).await.map_err(|e| e.to_string())?;
+                Ok(Saved { config: text })
+            };
+            let res = crate::kit::exchange::call(&ctx, "netdev.backup", &name, json!({ "command": command }), real).await;
+            let stored = res.map(|s| s.config).and_then(|text| backup::keep(&state, &name, &profile, &command, &text));
             let ms = t0.elapsed().as_millis() as u64;
             match stored {
                 Ok((b, changed)) => {
@@ -238,10 +258,25 @@ async fn on_device(state: Arc<RunState>, host: Host, profile: Result<Arc<Profile
         }
     }
     pending.finish();
-    conn.cli.close().await;
-    conn.session.close().await;
+    if let Some(mut conn) = conn {
+        conn.cli.close().await;
+        conn.session.close().await;
+    }
     r.duration = t0.elapsed().as_secs_f64();
     r
+}
+
+/// The device's connection, made on first use (see `on_device`).
+async fn open<'a>(state: &RunState, host: &Host, profile: &Arc<Profile>, conn: &'a mut Option<Conn>) -> Result<&'a mut Conn, String> {
+    if conn.is_none() {
+        *conn = Some(state.connect(host, Arc::clone(profile)).await?);
+    }
+    Ok(conn.as_mut().expect("connected above"))
+}
+
+/// The device's prompt, for transcripts; a device that a test's fakes answered has a stand-in.
+fn prompt_of(conn: &Option<Conn>, name: &str) -> String {
+    conn.as_ref().map_or_else(|| format!("{name}#"), |c| c.cli.prompt.clone())
 }
 
 /// Does `work` on every device of `hosts`, as the options' plan (concurrency, batches, canary) says.

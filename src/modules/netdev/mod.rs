@@ -12,9 +12,10 @@
 //!
 //! Layout: `profile` is the vendor data, `cli` the prompt-driven session (plain Rust), `scope` the
 //! permission, `options` the Lua option tables, `device` the session handle of `netdev.open`,
-//! `fanout` the many-device calls, `backup` the stored configurations; this file is the Lua
-//! boundary and the per-run state.
+//! `fanout` the many-device calls, `backup` the stored configurations, `answer` a device's answers
+//! as tests fake them and transcripts keep them; this file is the Lua boundary and the per-run state.
 
+mod answer;
 mod backup;
 pub mod cli;
 mod device;

@@ -132,50 +132,68 @@ struct State {
 }
 
 impl State {
-    fn conn(&self, call: &str, name: &str) -> mlua::Result<Arc<Connect>> {
-        let conf = self.conns.get(name).ok_or_else(|| {
-            LUA.err(
-                call,
-                format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")),
-            )
-        })?;
+    /// Checks that `name` is a connection Lua call `call` may use: a configured one, or in a
+    /// test (fakes or a transcript answer) with no [virt.*] configured, any (a stand-in that
+    /// nothing is sent to).
+    fn check_conn(&self, call: &str, name: &str) -> mlua::Result<()> {
+        if self.conns.contains_key(name) || (self.conns.is_empty() && self.ctx.exchange.is_some()) {
+            return Ok(());
+        }
+        Err(LUA
+            .err(call, format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", "))))
+    }
+
+    /// The libvirt connection `name`, opened on first use. Only a real call (not a test's fake)
+    /// asks for it.
+    fn open(&self, name: &str) -> Result<Arc<Connect>, String> {
+        let conf = self.conns.get(name).ok_or_else(|| format!("no virt connection `{name}` is configured"))?;
         let mut open = self.open.lock();
         if let Some(c) = open.get(name) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(Connect::open(Some(&conf.uri)).map_err(|e| LUA.err(call, format!("connecting to {} ({}): {e}", name, conf.uri)))?);
+        let c = Arc::new(Connect::open(Some(&conf.uri)).map_err(|e| format!("connecting to {} ({}): {e}", name, conf.uri))?);
         open.insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
-    fn domain(&self, call: &str, conn: &str, name: &str) -> mlua::Result<Domain> {
-        valid_name(call, name)?;
-        self.conn(call, conn)?.lookup_domain_by_name(name).map_err(|_| LUA.err(call, format!("no VM `{name}` on {conn}")))
+    /// The VM `name` on connection `conn`.
+    fn domain(&self, conn: &str, name: &str) -> Result<Domain, String> {
+        self.open(conn)?.lookup_domain_by_name(name).map_err(|_| format!("no VM `{name}` on {conn}"))
     }
 
-    /// Runs a change (or plans it in a dry run), audited either way.
-    fn change(
+    /// Where the module's calls leave the process: `virt.CALL` on connection `conn` with
+    /// `args`, done by `op` (libvirt) unless a test's fake answers it.
+    async fn ask(&self, call: &str, conn: &str, args: Value, op: impl FnOnce() -> Result<Value, String>) -> mlua::Result<Value> {
+        crate::kit::exchange::call(&self.ctx, &format!("virt.{call}"), conn, args, async { op() }).await.map_err(|m| LUA.err(call, m))
+    }
+
+    /// Runs a change to VM `target` (or plans it in a dry run), audited either way; `args`
+    /// are the call's (`name`, and for `create` the spec and its XML). `op` makes it.
+    async fn change(
         &self,
         call: &str,
         conn: &str,
         target: &str,
-        detail: Value,
-        f: impl FnOnce() -> Result<(), virt::error::Error>,
+        args: Value,
+        op: impl FnOnce() -> Result<(), String>,
     ) -> mlua::Result<bool> {
         self.grant.require(call, "write")?;
-        let mut d = detail;
+        let mut d = args.clone();
+        if let Some(o) = d.as_object_mut() {
+            o.remove("name");
+        }
         d["connection"] = json!(conn);
         if self.ctx.dry_run {
             d["planned"] = json!(true);
             self.ctx.record_action("virt", call, target, true, d).map_err(mlua::Error::external)?;
             return Ok(false);
         }
-        let r = f();
+        let r = self.ask(call, conn, args, || op().map(|_| json!(true))).await;
         if let Err(e) = &r {
             d["error"] = json!(e.to_string());
         }
         self.ctx.record_action("virt", call, target, r.is_ok(), d).map_err(mlua::Error::external)?;
-        r.map(|_| true).map_err(|e| LUA.err(call, format!("{target} on {conn}: {e}")))
+        r.map(|_| true)
     }
 }
 
@@ -201,34 +219,52 @@ impl HostModule for VirtModule {
         let s = st.clone();
         t.set(
             "list",
-            lua.create_function(move |lua, (conn, opts): (String, Option<Table>)| {
-                s.grant.require("list", "read")?;
-                let want: Option<String> = match &opts {
-                    Some(o) => o.get("state")?,
-                    None => None,
-                };
-                let c = s.conn("list", &conn)?;
-                let mut out = Vec::new();
-                for d in c.list_all_domains(0).map_err(|e| LUA.err("list", e))? {
-                    let v = describe(&d).map_err(|e| LUA.err("list", e))?;
-                    if want.as_deref().is_none_or(|w| v["state"] == w) {
-                        out.push(v);
-                    }
+            lua.create_async_function(move |lua, (conn, opts): (String, Option<Table>)| {
+                let s = s.clone();
+                async move {
+                    s.grant.require("list", "read")?;
+                    let want: Option<String> = match &opts {
+                        Some(o) => o.get("state")?,
+                        None => None,
+                    };
+                    s.check_conn("list", &conn)?;
+                    let all = s
+                        .ask("list", &conn, json!({}), || {
+                            let c = s.open(&conn)?;
+                            let mut out = Vec::new();
+                            for d in c.list_all_domains(0).map_err(|e| e.to_string())? {
+                                out.push(describe(&d).map_err(|e| e.to_string())?);
+                            }
+                            Ok(json!(out))
+                        })
+                        .await?;
+                    let mut out: Vec<Value> =
+                        all.as_array().into_iter().flatten().filter(|v| want.as_deref().is_none_or(|w| v["state"] == w)).cloned().collect();
+                    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                    crate::kit::json_to_lua(&lua, &json!(out))
                 }
-                out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-                crate::kit::json_to_lua(lua, &json!(out))
             })?,
         )?;
 
         let s = st.clone();
         t.set(
             "info",
-            lua.create_function(move |lua, (conn, name): (String, String)| {
-                s.grant.require("info", "read")?;
-                let d = s.domain("info", &conn, &name)?;
-                let mut v = describe(&d).map_err(|e| LUA.err("info", e))?;
-                v["xml"] = json!(d.xml_desc(0).map_err(|e| LUA.err("info", e))?);
-                crate::kit::json_to_lua(lua, &v)
+            lua.create_async_function(move |lua, (conn, name): (String, String)| {
+                let s = s.clone();
+                async move {
+                    s.grant.require("info", "read")?;
+                    valid_name("info", &name)?;
+                    s.check_conn("info", &conn)?;
+                    let v = s
+                        .ask("info", &conn, json!({ "name": name }), || {
+                            let d = s.domain(&conn, &name)?;
+                            let mut v = describe(&d).map_err(|e| e.to_string())?;
+                            v["xml"] = json!(d.xml_desc(0).map_err(|e| e.to_string())?);
+                            Ok(v)
+                        })
+                        .await?;
+                    crate::kit::json_to_lua(&lua, &v)
+                }
             })?,
         )?;
 
@@ -236,14 +272,27 @@ impl HostModule for VirtModule {
             let s = st.clone();
             t.set(
                 action,
-                lua.create_function(move |_, (conn, name): (String, String)| {
-                    let d = s.domain(action, &conn, &name)?;
-                    s.change(action, &conn, &name, json!({}), || match action {
-                        "start" => d.create().map(|_| ()),
-                        "shutdown" => d.shutdown().map(|_| ()),
-                        "destroy" => d.destroy().map(|_| ()),
-                        _ => d.reboot(0).map(|_| ()),
-                    })
+                lua.create_async_function(move |_, (conn, name): (String, String)| {
+                    let s = s.clone();
+                    async move {
+                        valid_name(action, &name)?;
+                        s.grant.require(action, "write")?;
+                        s.check_conn(action, &conn)?;
+                        if s.ctx.dry_run && s.ctx.exchange.is_none() {
+                            s.domain(&conn, &name).map_err(|m| LUA.err(action, m))?;
+                        }
+                        s.change(action, &conn, &name, json!({ "name": name }), || {
+                            let d = s.domain(&conn, &name)?;
+                            match action {
+                                "start" => d.create().map(|_| ()),
+                                "shutdown" => d.shutdown().map(|_| ()),
+                                "destroy" => d.destroy().map(|_| ()),
+                                _ => d.reboot(0).map(|_| ()),
+                            }
+                            .map_err(|e| format!("{name} on {conn}: {e}"))
+                        })
+                        .await
+                    }
                 })?,
             )?;
         }
@@ -251,39 +300,67 @@ impl HostModule for VirtModule {
         let s = st.clone();
         t.set(
             "create",
-            lua.create_function(move |lua, (conn, spec): (String, LuaValue)| {
-                let spec: Value = lua.from_value(spec)?;
-                let kind = if s.conns.get(&conn).is_some_and(|c| c.uri.starts_with("test:")) { "test" } else { "kvm" };
-                let dirs = s.conns.get(&conn).map(|c| c.disk_dirs.clone()).unwrap_or_default();
-                let xml = domain_xml(&spec, kind, &dirs).map_err(|m| LUA.err("create", m))?;
-                let name = spec["name"].as_str().unwrap_or("").to_string();
-                valid_name("create", &name)?;
-                s.grant.require("create", "write")?;
-                let c = s.conn("create", &conn)?;
-                if c.lookup_domain_by_name(&name).is_ok() {
-                    return Err(LUA.err("create", format!("a VM `{name}` already exists on {conn}")));
-                }
-                s.change("create", &conn, &name, json!({ "spec": spec, "xml": xml }), || {
-                    let d = c.define_domain_xml(&xml)?;
-                    // A VM that was defined but would not start is removed again.
-                    d.create().map(|_| ()).inspect_err(|_| {
-                        let _ = d.undefine();
+            lua.create_async_function(move |lua, (conn, spec): (String, LuaValue)| {
+                let s = s.clone();
+                async move {
+                    let spec: Value = lua.from_value(spec)?;
+                    let kind = if s.conns.get(&conn).is_some_and(|c| c.uri.starts_with("test:")) { "test" } else { "kvm" };
+                    let dirs = s.conns.get(&conn).map(|c| c.disk_dirs.clone()).unwrap_or_default();
+                    let xml = domain_xml(&spec, kind, &dirs).map_err(|m| LUA.err("create", m))?;
+                    let name = spec["name"].as_str().unwrap_or("").to_string();
+                    valid_name("create", &name)?;
+                    s.grant.require("create", "write")?;
+                    s.check_conn("create", &conn)?;
+                    let exists = |c: &Connect| -> Result<(), String> {
+                        match c.lookup_domain_by_name(&name) {
+                            Ok(_) => Err(format!("a VM `{name}` already exists on {conn}")),
+                            Err(_) => Ok(()),
+                        }
+                    };
+                    if s.ctx.dry_run && s.ctx.exchange.is_none() {
+                        exists(&*s.open(&conn).map_err(|m| LUA.err("create", m))?).map_err(|m| LUA.err("create", m))?;
+                    }
+                    s.change("create", &conn, &name, json!({ "name": name, "spec": spec, "xml": xml }), || {
+                        let c = s.open(&conn)?;
+                        exists(&c)?;
+                        let d = c.define_domain_xml(&xml).map_err(|e| format!("{name} on {conn}: {e}"))?;
+                        // A VM that was defined but would not start is removed again.
+                        d.create()
+                            .map(|_| ())
+                            .inspect_err(|_| {
+                                let _ = d.undefine();
+                            })
+                            .map_err(|e| format!("{name} on {conn}: {e}"))
                     })
-                })
+                    .await
+                }
             })?,
         )?;
 
         let s = st;
         t.set(
             "delete",
-            lua.create_function(move |_, (conn, name): (String, String)| {
-                let d = s.domain("delete", &conn, &name)?;
-                s.change("delete", &conn, &name, json!({}), || {
-                    if d.is_active()? {
-                        d.destroy()?;
+            lua.create_async_function(move |_, (conn, name): (String, String)| {
+                let s = s.clone();
+                async move {
+                    valid_name("delete", &name)?;
+                    s.grant.require("delete", "write")?;
+                    s.check_conn("delete", &conn)?;
+                    if s.ctx.dry_run && s.ctx.exchange.is_none() {
+                        s.domain(&conn, &name).map_err(|m| LUA.err("delete", m))?;
                     }
-                    d.undefine()
-                })
+                    s.change("delete", &conn, &name, json!({ "name": name }), || {
+                        let d = s.domain(&conn, &name)?;
+                        let gone = || -> Result<(), virt::error::Error> {
+                            if d.is_active()? {
+                                d.destroy()?;
+                            }
+                            d.undefine()
+                        };
+                        gone().map_err(|e| format!("{name} on {conn}: {e}"))
+                    })
+                    .await
+                }
             })?,
         )?;
         Ok(t)

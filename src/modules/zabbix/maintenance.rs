@@ -34,7 +34,7 @@ pub(super) async fn create(s: &State, conn: &str, o: &Value) -> mlua::Result<Opt
         return Ok(None);
     }
     // 6.2 replaced `hostids` with `hosts: [{hostid}]`.
-    let ver = s.client("maintenance", conn)?.version().await.map_err(|e| LUA.err("maintenance", e))?;
+    let ver = s.version("maintenance", conn).await?;
     let mut params = json!({
         "name": name, "active_since": now, "active_till": now + duration as i64,
         "timeperiods": [{ "timeperiod_type": 0, "start_date": now, "period": duration }],

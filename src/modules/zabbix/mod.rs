@@ -59,6 +59,8 @@ struct State {
     clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
     ctx: Arc<RunCtx>,
     grant: Grant,
+    /// The applet named the connection (`zabbix.connection(NAME)`): its calls' targets say so.
+    named: bool,
 }
 
 impl State {
@@ -79,24 +81,59 @@ impl State {
     }
 
     fn conn_name(&self, call: &str, conn: Option<&str>) -> mlua::Result<String> {
+        // A test (fakes or a transcript answer) with no [zabbix.*] configured: a stand-in
+        // connection, `default` or the one named, that nothing is ever sent to.
+        if self.conns.is_empty() && self.ctx.exchange.is_some() {
+            return Ok(conn.unwrap_or("default").to_string());
+        }
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
         crate::kit::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| LUA.err(call, m))
     }
 
-    fn client(&self, call: &str, name: &str) -> mlua::Result<Arc<Client>> {
+    /// The client of connection `name`, logged in on first use. Only the real call (not a
+    /// test's fake) asks for it, so a test needs neither the connection's secrets nor its server.
+    fn client(&self, name: &str) -> Result<Arc<Client>, String> {
         if let Some(c) = self.clients.lock().get(name) {
             return Ok(Arc::clone(c));
         }
+        let conf = self.conns.get(name).ok_or("no Zabbix connection is configured (add [zabbix.NAME] to opslet.toml)")?;
         let owner = format!("[zabbix.{name}]");
         let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s);
-        let c = Arc::new(connect(name, &self.conns[name], &secret).map_err(|m| LUA.err(call, m))?);
+        let c = Arc::new(connect(name, conf, &secret)?);
         self.clients.lock().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
+    /// What a test sees as the target of `method`: the method, and `@CONN` when the applet
+    /// named the connection.
+    fn target(&self, conn: &str, method: &str) -> String {
+        if self.named { format!("{method}@{conn}") } else { method.to_string() }
+    }
+
+    /// Calls `method` with `params` on connection `conn`: where the module's calls leave the
+    /// process, as `zabbix.api` on the method (a test's fakes answer it instead). Lua call
+    /// `call` names the errors.
     async fn call(&self, call: &str, conn: &str, method: &str, params: Value) -> mlua::Result<Value> {
-        let c = self.client(call, conn)?;
-        c.call(method, params).await.map_err(|e: ZabbixError| LUA.err(call, format!("{method} on {conn}: {e}")))
+        let real = async {
+            let c = self.client(conn)?;
+            c.call(method, params.clone()).await.map_err(|e: ZabbixError| e.to_string())
+        };
+        crate::kit::exchange::call(&self.ctx, "zabbix.api", &self.target(conn, method), params.clone(), real)
+            .await
+            .map_err(|e| LUA.err(call, format!("{method} on {conn}: {e}")))
+    }
+
+    /// The server's API version (`zabbix.api` on `apiinfo.version`, answered like "7.0.0").
+    async fn version(&self, call: &str, conn: &str) -> mlua::Result<(u32, u32)> {
+        let real = async {
+            let (major, minor) = self.client(conn)?.version().await.map_err(|e| e.to_string())?;
+            Ok(format!("{major}.{minor}"))
+        };
+        let text: String = crate::kit::exchange::call(&self.ctx, "zabbix.api", &self.target(conn, "apiinfo.version"), json!({}), real)
+            .await
+            .map_err(|e| LUA.err(call, format!("apiinfo.version on {conn}: {e}")))?;
+        let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
 
     fn audit(&self, action: &str, target: &str, ok: bool, detail: Value) -> mlua::Result<()> {
@@ -139,6 +176,7 @@ async fn hostids(st: &State, call: &str, conn: &str, names: &[String]) -> mlua::
 /// The module's functions, bound to connection `conn` (None: the default one).
 fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table> {
     let t = lua.create_table()?;
+    let st = &State { named: conn.is_some(), ..st.clone() };
 
     let (s, c) = (st.clone(), conn.clone());
     t.set(
@@ -396,7 +434,7 @@ impl HostModule for ZabbixModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant };
+        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: false };
         let t = functions(lua, &st, None)?;
         let s2 = st.clone();
         t.set(
