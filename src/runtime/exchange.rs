@@ -69,11 +69,35 @@ pub struct Fakes {
     calls: Mutex<Vec<Call>>,
     /// Calls no fake answered, said: a test fails on them even when the applet carried on.
     misses: Mutex<Vec<String>>,
+    /// Bytes the fakes may hold (0: no bound), and how many they hold.
+    budget: u64,
+    held: std::sync::atomic::AtomicU64,
 }
 
+/// Most calls one case keeps (for `calls()` and `assert.called`); past it, the case fails.
+pub const MAX_CALLS: usize = 100_000;
+
 impl Fakes {
-    pub fn add(&self, fake: Fake) {
+    /// Fakes that hold at most `bytes` of matches and answers (a test's memory limit: they live
+    /// outside its Lua heap).
+    pub fn within(bytes: u64) -> Fakes {
+        Fakes { budget: bytes, ..Fakes::default() }
+    }
+
+    /// Adds a fake, unless the fakes would hold more than their budget.
+    pub fn add(&self, fake: Fake) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let size =
+            (serde_json::to_vec(&fake.answer).map_or(0, |v| v.len()) + serde_json::to_vec(&fake.matching).map_or(0, |v| v.len())) as u64;
+        let held = self.held.fetch_add(size, Ordering::Relaxed) + size;
+        if self.budget > 0 && held > self.budget {
+            return Err(format!(
+                "fake: the fakes of this case hold more than its memory limit ({} bytes): declare fewer or smaller answers",
+                self.budget
+            ));
+        }
         self.fakes.lock().push(fake);
+        Ok(())
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -86,6 +110,17 @@ impl Fakes {
     }
 }
 
+/// Keeps a call made, up to [`MAX_CALLS`]; past it, says so (once) and keeps nothing more.
+fn keep(calls: &Mutex<Vec<Call>>, misses: &Mutex<Vec<String>>, c: Call) -> bool {
+    let mut calls = calls.lock();
+    if calls.len() >= MAX_CALLS {
+        miss(misses, &format!("more than {MAX_CALLS} module calls in one case: the rest were refused"));
+        return false;
+    }
+    calls.push(c);
+    true
+}
+
 /// Keeps `m` once.
 fn miss(list: &Mutex<Vec<String>>, m: &str) {
     let mut l = list.lock();
@@ -96,7 +131,9 @@ fn miss(list: &Mutex<Vec<String>>, m: &str) {
 
 impl Exchange for Fakes {
     fn answer(&self, call: &str, target: &str, args: &Value) -> Option<Result<Value, String>> {
-        self.calls.lock().push(Call { call: call.into(), target: target.into(), args: args.clone() });
+        if !keep(&self.calls, &self.misses, Call { call: call.into(), target: target.into(), args: args.clone() }) {
+            return Some(Err(format!("more than {MAX_CALLS} module calls in one case")));
+        }
         // The fake declared last wins: a test overrides a general fake with a narrower one after it.
         let fakes = self.fakes.lock();
         let Some(f) = fakes.iter().rev().find(|f| f.matches(call, target, args)) else {
@@ -207,7 +244,9 @@ impl Replay {
 
 impl Exchange for Replay {
     fn answer(&self, call: &str, target: &str, args: &Value) -> Option<Result<Value, String>> {
-        self.calls.lock().push(Call { call: call.into(), target: target.into(), args: args.clone() });
+        if !keep(&self.calls, &self.misses, Call { call: call.into(), target: target.into(), args: args.clone() }) {
+            return Some(Err(format!("more than {MAX_CALLS} module calls in one case")));
+        }
         let mut used = self.used.lock();
         let found = self
             .entries
@@ -295,10 +334,12 @@ mod tests {
 
     #[test]
     fn the_last_matching_fake_answers_and_a_call_without_one_is_named() {
-        let f = Fakes::default();
-        f.add(fake("ssh.run", json!({}), json!({ "stdout": "any" })));
-        f.add(fake("ssh.run", json!({ "host": "web1", "command": "journalctl*" }), json!({ "stdout": "ERROR" })));
-        f.add(fake("ssh.run", json!({ "host": "web2" }), json!({ "error": "host down" })));
+        let f = Fakes::within(1 << 20);
+        f.add(fake("ssh.run", json!({}), json!({ "stdout": "any" }))).unwrap();
+        f.add(fake("ssh.run", json!({ "host": "web1", "command": "journalctl*" }), json!({ "stdout": "ERROR" }))).unwrap();
+        f.add(fake("ssh.run", json!({ "host": "web2" }), json!({ "error": "host down" }))).unwrap();
+        let big = Fakes::within(100);
+        assert!(big.add(fake("ssh.run", json!({}), json!({ "stdout": "x".repeat(200) }))).unwrap_err().contains("memory limit"));
         let args = json!({ "command": "journalctl -u nginx" });
         assert_eq!(f.answer("ssh.run", "web1", &args), Some(Ok(json!({ "stdout": "ERROR" }))));
         assert_eq!(f.answer("ssh.run", "web3", &args), Some(Ok(json!({ "stdout": "any" }))));

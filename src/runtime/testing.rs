@@ -118,6 +118,63 @@ impl Runtime {
         let mut out = FileResult { file: file.to_string(), cases: Vec::new(), error: None };
         let current: Arc<Mutex<Current>> = Default::default();
         let (limits, _) = RunLimits::resolve(&self.host_limits, &package.manifest.limits);
+        // The file is loaded once to learn its cases, then again for each case: every case has
+        // a Lua state and limits (CPU, memory, wall time) of its own.
+        let names = match self.load_test_file(package, file, &current, &limits) {
+            Ok((_, cases)) => cases.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            Err(e) => {
+                out.error = Some(format!("{file}: {}", super::describe_lua_error(&e).0));
+                return out;
+            }
+        };
+        if names.is_empty() {
+            out.error = Some(format!("{file} declares no test: add test(\"what it checks\", function() ... end)"));
+        }
+        for (i, name) in names.into_iter().enumerate() {
+            let runtime = match fresh() {
+                Ok(r) => r,
+                Err(e) => {
+                    out.cases.push(CaseResult { name, ok: false, error: Some(format!("setting up the case: {e}")), duration_ms: 0 });
+                    continue;
+                }
+            };
+            *current.lock() = Current { fakes: Some(Arc::new(Fakes::within(limits.memory))), replay: None, runtime: Some(runtime) };
+            let t0 = Instant::now();
+            let loaded = self.load_test_file(package, file, &current, &limits);
+            let ran = match loaded {
+                Err(e) => Ok(Err(e)),
+                Ok((lua, cases)) => {
+                    let f = cases.into_iter().nth(i).map(|(_, f)| f);
+                    let r = match f {
+                        Some(f) => tokio::time::timeout(limits.timeout, f.call_async::<()>(())).await,
+                        None => Ok(Err(mlua::Error::runtime("the file declared other cases when loaded again"))),
+                    };
+                    drop(lua);
+                    r
+                }
+            };
+            let misses = current.lock().misses();
+            let error = match ran {
+                // A call nothing answered fails the case, even when the applet carried on.
+                Ok(Ok(())) if !misses.is_empty() => Some(misses.join("\n")),
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(super::describe_lua_error(&e).0),
+                Err(_) => Some(format!("did not finish within {}", humantime::format_duration(limits.timeout))),
+            };
+            *current.lock() = Current::default();
+            out.cases.push(CaseResult { name, ok: error.is_none(), error, duration_ms: t0.elapsed().as_millis() as u64 });
+        }
+        out
+    }
+
+    /// A Lua state of its own (with a fresh guard) holding the test file: its cases, in order.
+    fn load_test_file(
+        &self,
+        package: &Arc<AppletPackage>,
+        file: &str,
+        current: &Arc<Mutex<Current>>,
+        limits: &RunLimits,
+    ) -> mlua::Result<(Lua, Vec<(String, Function)>)> {
         let ctx = Arc::new(RunCtx {
             run_id: format!("test:{file}"),
             applet: package.manifest.name.clone(),
@@ -139,67 +196,40 @@ impl Runtime {
             exchange: None,
             secret_source: None,
         });
-        let loaded = (|| -> mlua::Result<(Lua, Table)> {
-            let state = sandbox::new_state(&ctx, package, &Default::default())?;
-            let env = self.test_env(&state.lua, package, &current, &state.array_mt)?;
-            let prelude: Table = state.lua.load(PRELUDE).set_name("=opslet-test").set_environment(env.clone()).call(())?;
-            let code = package.bytecode.get(file).ok_or_else(|| mlua::Error::runtime(format!("{file} is not compiled")))?;
-            state.lua.load(code.as_slice()).set_name(format!("={file}")).set_mode(ChunkMode::Binary).set_environment(env).call::<()>(())?;
-            Ok((state.lua, prelude))
-        })();
-        let (lua, prelude) = match loaded {
-            Ok(x) => x,
-            Err(e) => {
-                out.error = Some(format!("{file}: {}", super::describe_lua_error(&e).0));
-                return out;
-            }
-        };
+        let state = sandbox::new_state(&ctx, package, &Default::default())?;
+        let env = self.test_env(&state.lua, package, current, &state.array_mt, limits.memory)?;
+        let prelude: Table = state.lua.load(PRELUDE).set_name("=opslet-test").set_environment(env.clone()).call(())?;
+        let code = package.bytecode.get(file).ok_or_else(|| mlua::Error::runtime(format!("{file} is not compiled")))?;
+        state.lua.load(code.as_slice()).set_name(format!("={file}")).set_mode(ChunkMode::Binary).set_environment(env).call::<()>(())?;
         let cases: Vec<(String, Function)> = prelude
             .sequence_values::<Table>()
             .filter_map(Result::ok)
             .filter_map(|c| Some((c.get::<String>("name").ok()?, c.get::<Function>("fn").ok()?)))
             .collect();
-        if cases.is_empty() {
-            out.error = Some(format!("{file} declares no test: add test(\"what it checks\", function() ... end)"));
-        }
-        for (name, f) in cases {
-            let runtime = match fresh() {
-                Ok(r) => r,
-                Err(e) => {
-                    out.cases.push(CaseResult { name, ok: false, error: Some(format!("setting up the case: {e}")), duration_ms: 0 });
-                    continue;
-                }
-            };
-            *current.lock() = Current { fakes: Some(Arc::default()), replay: None, runtime: Some(runtime) };
-            let t0 = Instant::now();
-            let ran = tokio::time::timeout(limits.timeout, f.call_async::<()>(())).await;
-            let misses = current.lock().misses();
-            let error = match ran {
-                // A call nothing answered fails the case, even when the applet carried on.
-                Ok(Ok(())) if !misses.is_empty() => Some(misses.join("\n")),
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(super::describe_lua_error(&e).0),
-                Err(_) => Some(format!("did not finish within {}", humantime::format_duration(limits.timeout))),
-            };
-            out.cases.push(CaseResult { name, ok: error.is_none(), error, duration_ms: t0.elapsed().as_millis() as u64 });
-        }
-        drop(lua);
-        out
+        Ok((state.lua, cases))
     }
 
     /// The functions test code calls, in its environment (whose other names are the sandbox's).
-    fn test_env(&self, lua: &Lua, package: &Arc<AppletPackage>, current: &Arc<Mutex<Current>>, array_mt: &Table) -> mlua::Result<Table> {
+    fn test_env(
+        &self,
+        lua: &Lua,
+        package: &Arc<AppletPackage>,
+        current: &Arc<Mutex<Current>>,
+        array_mt: &Table,
+        memory: u64,
+    ) -> mlua::Result<Table> {
         let env = lua.create_table()?;
         let meta = lua.create_table()?;
         meta.raw_set("__index", lua.globals())?;
         env.set_metatable(Some(meta))?;
-        let json_of = |v: &LuaValue| convert::to_json(v, 64 << 20).map_err(|e| mlua::Error::runtime(format!("{e:?}")));
+        // Values test code hands to the host are bounded by the applet's memory limit.
+        let json_of = move |v: &LuaValue| convert::to_json(v, memory).map_err(|e| mlua::Error::runtime(format!("{e:?}")));
 
         let cur = Arc::clone(current);
         env.raw_set(
             "__fake",
             lua.create_function(move |_, (call, matching, answer): (String, LuaValue, LuaValue)| {
-                let matching = match convert::to_json(&matching, 1 << 20) {
+                let matching = match convert::to_json(&matching, memory) {
                     Ok(Value::Object(m)) => m,
                     Ok(Value::Array(a)) if a.is_empty() => Default::default(),
                     Ok(Value::Null) => Default::default(),
@@ -207,11 +237,10 @@ impl Runtime {
                         return Err(mlua::Error::runtime("fake(call, match, answer): `match` must be a table such as { host = \"web1\" }"));
                     }
                 };
-                let answer = convert::to_json(&answer, 16 << 20).map_err(|e| mlua::Error::runtime(format!("fake: the answer: {e:?}")))?;
+                let answer = convert::to_json(&answer, memory).map_err(|e| mlua::Error::runtime(format!("fake: the answer: {e:?}")))?;
                 let c = cur.lock();
                 let Some(f) = &c.fakes else { return Err(mlua::Error::runtime("fake() is for inside a test(...) case")) };
-                f.add(Fake { call, matching, answer });
-                Ok(())
+                f.add(Fake { call, matching, answer }).map_err(mlua::Error::runtime)
             })?,
         )?;
 
@@ -241,7 +270,7 @@ impl Runtime {
                     let Some(rt) = cur.lock().runtime.clone() else {
                         return Err(mlua::Error::runtime("run() is for inside a test(...) case"));
                     };
-                    let params = match convert::to_json(&params, 16 << 20) {
+                    let params = match convert::to_json(&params, memory) {
                         Ok(Value::Object(m)) => m,
                         Ok(Value::Null) => Default::default(),
                         Ok(Value::Array(a)) if a.is_empty() => Default::default(),
