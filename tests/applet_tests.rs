@@ -321,3 +321,53 @@ fn each_case_starts_with_a_store_of_its_own() {
     let o = opslet(&tmp.path().join("data"), tmp.path(), &["test", "counter"]);
     assert!(o.status.success() && text(&o).contains("1 applet: 2 passed, 0 failed"), "{}", text(&o));
 }
+
+/// `opslet test --watch`: the tests run again when a file of the applet changes.
+#[test]
+fn watch_runs_the_tests_again_on_a_change() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("counter");
+    write(
+        &app,
+        &[
+            ("applet.toml", "name = \"counter\"\nversion = \"1.0.0\"\n"),
+            ("main.lua", "return function() return 1 end"),
+            ("tests/one.lua", "test(\"one\", function() assert.eq(run({}), 1) end)\n"),
+        ],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_opslet"))
+        .args(["test", "counter", "--watch"])
+        .current_dir(tmp.path())
+        .env("OPSLET_DATA_DIR", tmp.path().join("data"))
+        .env_remove("OPSLET_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(want) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {want:?}"),
+            }
+        }
+    };
+    wait_for("1 applet: 1 passed, 0 failed");
+    // A change that breaks the applet: the tests run again and say so.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(app.join("main.lua"), "return function() return 2 end").unwrap();
+    wait_for("1 applet: 0 passed, 1 failed");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -67,13 +67,20 @@ pub(super) async fn problems(s: &State, conn: &str, f: &Value) -> mlua::Result<V
             let sev = p["severity"].as_str().and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
             let id = p["eventid"].as_str().unwrap_or("").to_string();
             let hosts = host_of.remove(&id).unwrap_or_default();
-            json!({
+            // A problem without a host has no `host` (nil in Lua, not json.null, which is true).
+            let mut row = json!({
                 "eventid": id, "name": p["name"], "severity": sev, "severity_name": SEVERITIES.get(sev).copied().unwrap_or("?"),
                 "host": hosts.first().cloned().unwrap_or(Value::Null), "hosts": hosts,
                 "clock": iso(&p["clock"]), "acknowledged": p["acknowledged"] == "1",
                 "tags": p["tags"].as_array().into_iter().flatten().map(|t| (t["tag"].as_str().unwrap_or("").to_string(), t["value"].clone())).collect::<serde_json::Map<_, _>>(),
                 "acknowledges": p["acknowledges"],
-            })
+            });
+            if row["host"].is_null()
+                && let Some(o) = row.as_object_mut()
+            {
+                o.remove("host");
+            }
+            row
         })
         .collect();
     Ok(json!(shaped))
