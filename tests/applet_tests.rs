@@ -114,7 +114,7 @@ end)
                 "tests/broken.lua",
                 r#"
 test("a diff names what differs", function()
-  fake("ssh.run", { stdout = "Linux" })
+  fake("ssh.run", { stdout = "Linux" }) print("checking web1")
   local r = run({ hosts = "web1" })
   assert.eq(r.os, { web1 = "BSD" })
 end)
@@ -135,6 +135,9 @@ end)
     let broken = files.iter().find(|f| f["file"] == "tests/broken.lua").unwrap();
     let diff = broken["cases"][0]["error"].as_str().unwrap();
     assert!(diff.contains("tests/broken.lua:5: not equal:\nweb1: expected \"BSD\", got \"Linux\""), "{diff}");
+    // A failed case shows what its test code printed; a passing one keeps quiet.
+    assert_eq!(broken["cases"][0]["log"], serde_json::json!(["[info] checking web1"]), "{broken}");
+    assert!(files.iter().flat_map(|f| f["cases"].as_array().unwrap()).filter(|c| c["ok"] == true).all(|c| c.get("log").is_none()));
     let miss = broken["cases"][1]["error"].as_str().unwrap();
     assert!(miss.contains("no fake answers ssh.run on web1 with {\"command\":\"echo <redacted>\"}"), "{miss}");
     // The table form: one line per case, the summary, exit code 1.

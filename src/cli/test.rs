@@ -153,7 +153,15 @@ fn print_report(dir: &Path, report: &Report) {
             let name = terminal_safe(&c.name, false);
             match &c.error {
                 None => outln!("  ok    {} › {name} ({} ms)", f.file, c.duration_ms),
-                Some(e) => outln!("  FAIL  {} › {name}\n        {}", f.file, terminal_safe(e, true).replace('\n', "\n        ")),
+                Some(e) => {
+                    outln!("  FAIL  {} › {name}\n        {}", f.file, terminal_safe(e, true).replace('\n', "\n        "));
+                    if !c.log.is_empty() {
+                        outln!("        log:");
+                        for l in &c.log {
+                            outln!("          {}", terminal_safe(l, false));
+                        }
+                    }
+                }
             }
         }
     }

@@ -29,7 +29,14 @@ pub struct CaseResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// A failed case's log: what its test code printed and its runs logged, in order (the last
+    /// [`LOG_KEPT`] lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
 }
+
+/// Log lines kept for a failed case.
+pub const LOG_KEPT: usize = 50;
 
 /// How one test file went: its cases, or why it did not load.
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +84,8 @@ struct Current {
     /// The runtime the case's runs use: a fresh one per case (its own store: kv and the cmdb
     /// fixture start over).
     runtime: Option<Runtime>,
+    /// Log lines of the case's runs (`run()`), as "[level] message".
+    log: Vec<String>,
 }
 
 /// Makes the runtime of one test case.
@@ -121,7 +130,7 @@ impl Runtime {
         // The file is loaded once to learn its cases, then again for each case: every case has
         // a Lua state and limits (CPU, memory, wall time) of its own.
         let names = match self.load_test_file(package, file, &current, &limits) {
-            Ok((_, cases)) => cases.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            Ok((_, cases, _)) => cases.into_iter().map(|(n, _)| n).collect::<Vec<_>>(),
             Err(e) => {
                 out.error = Some(format!("{file}: {}", super::describe_lua_error(&e).0));
                 return out;
@@ -134,21 +143,30 @@ impl Runtime {
             let runtime = match fresh() {
                 Ok(r) => r,
                 Err(e) => {
-                    out.cases.push(CaseResult { name, ok: false, error: Some(format!("setting up the case: {e}")), duration_ms: 0 });
+                    out.cases.push(CaseResult {
+                        name,
+                        ok: false,
+                        error: Some(format!("setting up the case: {e}")),
+                        duration_ms: 0,
+                        log: Vec::new(),
+                    });
                     continue;
                 }
             };
-            *current.lock() = Current { fakes: Some(Arc::new(Fakes::within(limits.memory))), replay: None, runtime: Some(runtime) };
+            *current.lock() =
+                Current { fakes: Some(Arc::new(Fakes::within(limits.memory))), replay: None, runtime: Some(runtime), log: Vec::new() };
             let t0 = Instant::now();
             let loaded = self.load_test_file(package, file, &current, &limits);
+            let mut printed = Vec::new();
             let ran = match loaded {
                 Err(e) => Ok(Err(e)),
-                Ok((lua, cases)) => {
+                Ok((lua, cases, ctx)) => {
                     let f = cases.into_iter().nth(i).map(|(_, f)| f);
                     let r = match f {
                         Some(f) => tokio::time::timeout(limits.timeout, f.call_async::<()>(())).await,
                         None => Ok(Err(mlua::Error::runtime("the file declared other cases when loaded again"))),
                     };
+                    printed = ctx.take_logs();
                     drop(lua);
                     r
                 }
@@ -161,8 +179,17 @@ impl Runtime {
                 Ok(Err(e)) => Some(super::describe_lua_error(&e).0),
                 Err(_) => Some(format!("did not finish within {}", humantime::format_duration(limits.timeout))),
             };
+            let runs_log = std::mem::take(&mut current.lock().log);
             *current.lock() = Current::default();
-            out.cases.push(CaseResult { name, ok: error.is_none(), error, duration_ms: t0.elapsed().as_millis() as u64 });
+            // A failed case says what was printed and logged; a passing one stays quiet.
+            let mut log: Vec<String> = Vec::new();
+            if error.is_some() {
+                log.extend(printed.iter().map(|l| format!("[{}] {}", l.level.name(), l.message)));
+                log.extend(runs_log);
+                let cut = log.len().saturating_sub(LOG_KEPT);
+                log.drain(..cut);
+            }
+            out.cases.push(CaseResult { name, ok: error.is_none(), error, duration_ms: t0.elapsed().as_millis() as u64, log });
         }
         out
     }
@@ -174,7 +201,7 @@ impl Runtime {
         file: &str,
         current: &Arc<Mutex<Current>>,
         limits: &RunLimits,
-    ) -> mlua::Result<(Lua, Vec<(String, Function)>)> {
+    ) -> mlua::Result<(Lua, Vec<(String, Function)>, Arc<RunCtx>)> {
         let ctx = Arc::new(RunCtx {
             run_id: format!("test:{file}"),
             applet: package.manifest.name.clone(),
@@ -206,7 +233,7 @@ impl Runtime {
             .filter_map(Result::ok)
             .filter_map(|c| Some((c.get::<String>("name").ok()?, c.get::<Function>("fn").ok()?)))
             .collect();
-        Ok((state.lua, cases))
+        Ok((state.lua, cases, ctx))
     }
 
     /// The functions test code calls, in its environment (whose other names are the sandbox's).
@@ -289,6 +316,7 @@ impl Runtime {
                     req.exchange = Some(exchange);
                     req.dry_run = opts.as_ref().and_then(|o| o.get::<Option<bool>>("dry_run").ok().flatten()).unwrap_or(false);
                     let outcome = Box::pin(rt.run(req)).await;
+                    cur.lock().log.extend(outcome.logs.iter().map(|l| format!("[{}] {}", l.level.name(), l.message)));
                     match outcome.result {
                         Ok(v) => Ok((convert::to_lua(&lua, &v, &mt)?, LuaValue::Nil)),
                         Err(e) => Ok((LuaValue::Nil, LuaValue::String(lua.create_string(e.to_string())?))),
