@@ -88,6 +88,10 @@ struct Current {
     log: Vec<String>,
 }
 
+/// A test file in a Lua state of its own: the state, its cases (name, function) in order, and
+/// the run context its test code logs to.
+type Loaded = (Lua, Vec<(String, Function)>, Arc<RunCtx>);
+
 /// Makes the runtime of one test case.
 pub type Fresh = Arc<dyn Fn() -> Result<Runtime, crate::error::Error> + Send + Sync>;
 
@@ -201,7 +205,7 @@ impl Runtime {
         file: &str,
         current: &Arc<Mutex<Current>>,
         limits: &RunLimits,
-    ) -> mlua::Result<(Lua, Vec<(String, Function)>, Arc<RunCtx>)> {
+    ) -> mlua::Result<Loaded> {
         let ctx = Arc::new(RunCtx {
             run_id: format!("test:{file}"),
             applet: package.manifest.name.clone(),
