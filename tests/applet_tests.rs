@@ -374,3 +374,57 @@ fn watch_runs_the_tests_again_on_a_change() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A bundle is tested like a folder: `opslet import` and `POST /api/v1/registry/publish` run its
+/// tests and refuse it when one fails.
+#[test]
+fn import_and_http_publish_run_the_bundles_tests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (from, to) = (tmp.path().join("from"), tmp.path().join("to"));
+    std::fs::create_dir_all(&from).unwrap();
+    std::fs::create_dir_all(&to).unwrap();
+    let app = tmp.path().join("os-report");
+    write(
+        &app,
+        &[
+            ("applet.toml", MANIFEST),
+            ("main.lua", MAIN),
+            ("tests/hosts.csv", "name,address,groups\nweb1,10.0.0.1,fleet\n"),
+            (
+                "tests/wrong.lua",
+                "test(\"expects BSD\", function()\n  fake(\"ssh.run\", { stdout = \"Linux\" })\n  assert.eq(run({ hosts = \"web1\" }).os, { web1 = \"BSD\" })\nend)\n",
+            ),
+        ],
+    );
+    // Published where tests are off, exported as a bundle.
+    std::fs::write(from.join("opslet.toml"), "[publish]\ntests = \"off\"\n").unwrap();
+    let o = opslet(&from, tmp.path(), &["publish", "./os-report", "--no-sign"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = opslet(&from, tmp.path(), &["export", "os-report", "-o", "os.bundle"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = opslet(&to, tmp.path(), &["import", "os.bundle", "--allow-unsigned"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("1 of 1 tests failed; nothing was published") && text(&o).contains("expects BSD"), "{}", text(&o));
+    // Over HTTP, by a publisher.
+    let o = opslet(&to, tmp.path(), &["user", "add", "pat", "--role", "publisher"]);
+    assert!(o.status.success());
+    let token = String::from_utf8(opslet(&to, tmp.path(), &["token", "create", "pat"]).stdout).unwrap().trim().to_string();
+    let (mut child, addr) = common::serve::spawn(&to, &[]);
+    opslet::install_tls_provider();
+    let bundle = std::fs::read(tmp.path().join("os.bundle")).unwrap();
+    let (code, body) = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/api/v1/registry/publish"))
+            .bearer_auth(&token)
+            .body(bundle)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    common::serve::stop(&mut child);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("tests failed") && body.contains("expects BSD"), "{body}");
+    let list = opslet(&to, tmp.path(), &["list", "--format", "json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]", "nothing was published");
+}

@@ -288,51 +288,20 @@ pub fn publish(global: &Global, args: PublishArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// Runs the applet's own tests before it is published (`[publish] tests`): a failing applet is
-/// refused (`required`) or published with a warning (`warn`). None when it has no tests, or
-/// they are off.
+/// Runs the applet's own tests before it is published or imported (`[publish] tests`): a failing
+/// applet is refused (`required`) or published with a warning (`warn`). None when it has no
+/// tests, or they are off.
 fn publish_tests(global: &Global, pkg: &AppletPackage) -> Result<Option<crate::registry::model::TestSummary>, Error> {
-    use crate::config::PublishTests;
     let config = global.config()?;
     let policy = config.publish.tests().map_err(Error::Config)?;
-    if policy == PublishTests::Off || crate::runtime::testing::test_files(pkg).is_empty() {
-        return Ok(None);
+    let template = crate::runtime::Runtime::new(&config, None, crate::modules::from_config(&config)?)?;
+    let (summary, warning) = crate::service::testing::gate(&template, policy, pkg)?;
+    match (&summary, warning) {
+        (_, Some(w)) => errln!("warning: {}: {w}", pkg.manifest.id()),
+        (Some(t), None) => errln!("{}: {} test{} passed", pkg.manifest.id(), t.passed, if t.passed == 1 { "" } else { "s" }),
+        (None, None) => {}
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Internal(e.to_string()))?;
-    let modules = crate::modules::from_config(&config)?;
-    let report = crate::service::testing::run(&rt, &config, modules, std::sync::Arc::new(pkg.clone()))?;
-    if !report.ok() {
-        let mut failures: Vec<String> = Vec::new();
-        for f in &report.files {
-            failures.extend(f.error.iter().cloned());
-            failures.extend(f.cases.iter().filter(|c| !c.ok).map(|c| {
-                format!("{} › {}: {}", f.file, c.name, c.error.as_deref().unwrap_or_default().lines().next().unwrap_or_default())
-            }));
-        }
-        if policy == PublishTests::Required {
-            let diags = failures.into_iter().map(|m| crate::error::Diagnostic::new("tests", m)).collect();
-            errln!(
-                "{}: {} of {} tests failed; nothing was published (`opslet test {}` shows them; [publish] tests = \"warn\" publishes anyway)",
-                pkg.manifest.id(),
-                report.failed,
-                report.passed + report.failed,
-                pkg.manifest.name
-            );
-            return Err(Error::Applet(diags));
-        }
-        errln!(
-            "warning: {}: {} of {} tests failed; published anyway ([publish] tests = \"warn\")",
-            pkg.manifest.id(),
-            report.failed,
-            report.passed + report.failed
-        );
-        for f in failures {
-            errln!("  {f}");
-        }
-    } else {
-        errln!("{}: {} test{} passed", pkg.manifest.id(), report.passed, if report.passed == 1 { "" } else { "s" });
-    }
-    Ok(Some(crate::registry::model::TestSummary { passed: report.passed, failed: report.failed, ran_at: chrono::Utc::now() }))
+    Ok(summary)
 }
 
 pub fn versions(global: &Global, args: NameArgs) -> Result<i32, Error> {
@@ -599,8 +568,12 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32, Error> {
         )]));
     }
     let bytes = std::fs::read(&args.file).map_err(|e| Error::Internal(format!("reading {}: {e}", args.file.display())))?;
+    // Its own tests run before it is taken, as for a publish.
+    let (_, pkg) = crate::registry::bundle::decode(&bytes)?;
+    let tests = publish_tests(global, &pkg)?;
     let reg = registry(global)?;
-    let imported = reg.import(&bytes, &global.actor(), args.allow_downgrade, args.allow_unsigned, &crate::modules::builtin())?;
+    let imported =
+        reg.import_tested(&bytes, &global.actor(), args.allow_downgrade, args.allow_unsigned, &crate::modules::builtin(), tests)?;
     reg.flush()?;
     match imported {
         Published::New(v) if v.unsigned => {

@@ -172,6 +172,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
         workers,
         approvals: crate::service::Policy::of(&config)?,
         notify: config.notify.clone(),
+        publish_tests: config.publish.tests().map_err(Error::Config)?,
     };
     let service = RunService::dispatching(runtime, settings)?;
     let retention = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));

@@ -89,11 +89,17 @@ pub(super) async fn publish_bundle(
     require(&s, &p, Action::Publish, "/api/v1/registry/publish")?;
     let (claimed, pkg) = crate::registry::bundle::decode(&body)?;
     pkg.check_modules(s.service.runtime().modules())?;
+    // Its own tests first (`[publish] tests`), off the async threads.
+    let (service, pkg) = (s.service.clone(), std::sync::Arc::new(pkg));
+    let tested = std::sync::Arc::clone(&pkg);
+    let (tests, warning) = tokio::task::spawn_blocking(move || service.test_before_publish(&tested))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "running the applet's tests stopped"))??;
     let message = q.message.unwrap_or(claimed.message);
-    let out = s.registry.publish(&pkg, &p.user, &message, q.allow_downgrade)?;
+    let out = s.registry.publish_tested(&pkg, &p.user, &message, q.allow_downgrade, None, tests)?;
     s.registry.flush()?;
     Ok(match out {
-        crate::registry::Published::New(v) => (StatusCode::CREATED, Json(json!({ "published": v }))).into_response(),
+        crate::registry::Published::New(v) => (StatusCode::CREATED, Json(json!({ "published": v, "warning": warning }))).into_response(),
         crate::registry::Published::Unchanged(v) => (StatusCode::OK, Json(json!({ "unchanged": v }))).into_response(),
     })
 }

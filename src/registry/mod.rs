@@ -573,6 +573,19 @@ impl Registry {
         allow_unsigned: bool,
         modules: &dyn crate::applet::PermissionCheck,
     ) -> Result<Published, Error> {
+        self.import_tested(bytes, actor, allow_downgrade, allow_unsigned, modules, None)
+    }
+
+    /// Imports, with how the applet's own tests went (`opslet import` ran them).
+    pub fn import_tested(
+        &self,
+        bytes: &[u8],
+        actor: &str,
+        allow_downgrade: bool,
+        allow_unsigned: bool,
+        modules: &dyn crate::applet::PermissionCheck,
+        tests: Option<model::TestSummary>,
+    ) -> Result<Published, Error> {
         let (claimed, pkg) = bundle::decode(bytes)?;
         let refuse = |m: String| Err(Error::Applet(vec![Diagnostic::new(format!("bundle of {}", claimed.id()), m)]));
         let mut meta = VersionMeta::from_package(&pkg, &claimed.publisher, &claimed.message);
@@ -599,6 +612,7 @@ impl Registry {
         pkg.check_modules(modules)?;
         meta.published_at = claimed.published_at;
         meta.imported_by = Some(actor.to_string());
+        meta.tests = tests;
         self.publish_meta(&pkg, meta, allow_downgrade, "registry.import", actor)
     }
 

@@ -205,6 +205,17 @@ impl Runtime {
     }
 
     /// Secrets the store does not hold are asked of `source` (with the run's id and the name).
+    /// A runtime like this one (its limits and host modules) on `store`, with none of this one's
+    /// secrets: what an applet's test case runs on.
+    pub fn for_tests(&self, store: Store) -> Runtime {
+        let mut rt = self.clone();
+        rt.store = Some(store);
+        rt.secrets = Default::default();
+        rt.guesses = Default::default();
+        rt.secret_source = None;
+        rt
+    }
+
     pub fn with_secret_source(mut self, source: context::SecretSource) -> Runtime {
         self.secret_source = Some(source);
         self

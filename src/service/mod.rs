@@ -228,6 +228,8 @@ struct Inner {
     policy: Policy,
     /// Held while an approval request is read and changed (decisions, expiry, its plan).
     decisions: parking_lot::Mutex<()>,
+    /// What publishing through this service does with an applet's tests.
+    publish_tests: crate::config::PublishTests,
 }
 
 /// What a server needs beyond running in place: jobs, run threads, quotas, hooks, metrics.
@@ -265,6 +267,8 @@ pub struct DispatchSettings {
     pub notify: crate::config::NotifyConfig,
     /// `[approvals]` of opslet.toml.
     pub approvals: Policy,
+    /// `[publish] tests` of opslet.toml: what a bundle published over HTTP does with its tests.
+    pub publish_tests: crate::config::PublishTests,
 }
 
 impl RunService {
@@ -272,7 +276,16 @@ impl RunService {
     /// approval is refused (approvals wait in a server).
     pub fn new(runtime: Runtime, policy: Policy) -> Result<RunService, Error> {
         let registry = runtime.store().map(|s| Registry::new(s.clone())).transpose()?;
-        Ok(RunService { inner: Arc::new(Inner { runtime, registry, dispatch: None, policy, decisions: Default::default() }) })
+        Ok(RunService {
+            inner: Arc::new(Inner {
+                runtime,
+                registry,
+                dispatch: None,
+                policy,
+                decisions: Default::default(),
+                publish_tests: crate::config::PublishTests::Required,
+            }),
+        })
     }
 
     /// A service that also dispatches jobs to run threads (`opslet serve`).
@@ -298,7 +311,7 @@ impl RunService {
             awaiting: Default::default(),
             notifier,
         };
-        let policy = settings.approvals;
+        let (policy, publish_tests) = (settings.approvals, settings.publish_tests);
         Ok(RunService {
             inner: Arc::new(Inner {
                 runtime,
@@ -306,8 +319,18 @@ impl RunService {
                 dispatch: Some(dispatch),
                 policy,
                 decisions: Default::default(),
+                publish_tests,
             }),
         })
+    }
+
+    /// Runs an applet's own tests before it is published through this service (a bundle over
+    /// HTTP): see `testing::gate`.
+    pub fn test_before_publish(
+        &self,
+        package: &AppletPackage,
+    ) -> Result<(Option<crate::registry::model::TestSummary>, Option<String>), Error> {
+        testing::gate(&self.inner.runtime, self.inner.publish_tests, package)
     }
 
     pub fn runtime(&self) -> &Runtime {

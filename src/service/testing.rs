@@ -16,13 +16,18 @@ use crate::store::Store;
 pub const FIXTURES: [&str; 4] = ["tests/hosts.csv", "tests/hosts.yaml", "tests/hosts.json", "tests/hosts.ini"];
 
 /// Runs the tests of `package` on `rt`; each case gets a runtime on a store of its own (kv and
-/// the cmdb fixture start over).
+/// the cmdb fixture start over), with the limits and host modules of `config` and `modules`.
 pub fn run(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     modules: crate::runtime::modules::ModuleSet,
     package: Arc<AppletPackage>,
 ) -> Result<Report, Error> {
+    run_like(rt, &Runtime::new(config, None, modules)?, package)
+}
+
+/// Like [`run`], each case on a runtime like `template` (a server's own).
+pub fn run_like(rt: &tokio::runtime::Runtime, template: &Runtime, package: Arc<AppletPackage>) -> Result<Report, Error> {
     // The fixture is read once: a bad one is said before any case runs.
     let mut fixture = None;
     if let Some(path) = FIXTURES.into_iter().find(|p| package.files.contains_key(*p)) {
@@ -33,7 +38,7 @@ pub fn run(
         fixture = Some(inv);
     }
     let items = Arc::new(items(&package)?);
-    let (config, fixture) = (Arc::new(config.clone()), Arc::new(fixture));
+    let (template, fixture) = (template.clone(), Arc::new(fixture));
     let fresh: crate::runtime::testing::Fresh = Arc::new(move || {
         let store = Store::temporary()?;
         if let Some(inv) = fixture.as_ref() {
@@ -45,10 +50,56 @@ pub fn run(
                 stored.set(&store, spec.clone(), "test", "tests/items")?;
             }
         }
-        Runtime::new(&config, Some(store), modules.clone())
+        Ok(template.for_tests(store))
     });
     let runtime = fresh()?;
     Ok(rt.block_on(runtime.test(package, fresh)))
+}
+
+/// What publishing does with an applet's tests (`[publish] tests`): none to run (None), they
+/// passed, or they failed and `policy` lets it be published anyway (the summary, and a
+/// warning naming the failures). A failure under `required` is an invalid-applet error naming
+/// each failing case.
+pub fn gate(
+    template: &Runtime,
+    policy: crate::config::PublishTests,
+    package: &AppletPackage,
+) -> Result<(Option<crate::registry::model::TestSummary>, Option<String>), Error> {
+    use crate::config::PublishTests;
+    if policy == PublishTests::Off || crate::runtime::testing::test_files(package).is_empty() {
+        return Ok((None, None));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Internal(e.to_string()))?;
+    let report = run_like(&rt, template, Arc::new(package.clone()))?;
+    let summary = crate::registry::model::TestSummary { passed: report.passed, failed: report.failed, ran_at: chrono::Utc::now() };
+    if report.ok() {
+        return Ok((Some(summary), None));
+    }
+    let mut failures: Vec<String> = Vec::new();
+    for f in &report.files {
+        failures.extend(f.error.iter().cloned());
+        failures.extend(
+            f.cases
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{} › {}: {}", f.file, c.name, c.error.as_deref().unwrap_or_default().lines().next().unwrap_or_default())),
+        );
+    }
+    let total = report.passed + report.failed;
+    if policy == PublishTests::Required {
+        let mut diags = vec![crate::error::Diagnostic::new(
+            "tests",
+            format!(
+                "{} of {total} tests failed; nothing was published (`opslet test` shows them; [publish] tests = \"warn\" publishes anyway)",
+                report.failed
+            ),
+        )];
+        diags.extend(failures.into_iter().map(|m| crate::error::Diagnostic::new("tests", m)));
+        return Err(Error::Applet(diags));
+    }
+    let warning =
+        format!("{} of {total} tests failed; published anyway ([publish] tests = \"warn\"): {}", report.failed, failures.join("; "));
+    Ok((Some(summary), Some(warning)))
 }
 
 /// The config items a test's `config.*` calls see: `tests/items/*.toml` in the applet folder,
