@@ -92,13 +92,11 @@ test("without the canary, devices are not held back by a first one; a failure st
 	local rows, err = run({ devices = "group:switches", vlan = 42, name = "users", canary = false })
 	assert.eq(err, nil)
 	local r = by_host(rows)
-	assert.eq(r.h3c1.status, "done")
-	assert.eq(r.hw1.status, "done")
-	assert.eq(r.jn1.status, "done")
 	assert.eq(r.sw1.status, "failed")
 	assert.eq(r.sw1.rejected, "vlan 42")
-	-- stop_after = 1: devices not yet started when sw1 failed are skipped
-	for _, host in ipairs({ "sw2", "sw3" }) do
+	-- Devices run at once, so which of the others sw1's failure reaches first varies: each is
+	-- done, or skipped without a call (stop_after = 1: not yet started when sw1 failed).
+	for _, host in ipairs({ "h3c1", "hw1", "jn1", "sw2", "sw3" }) do
 		if r[host].status == "skipped" then
 			assert.contains(r[host].error, "stop_after = 1")
 			assert.not_called("netdev.config", { target = host })
