@@ -21,13 +21,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Accepted, Check, Dispatch, Job, JobStatus, Prepared, RunService, ServiceError, Slots, Source, Submission, pool};
+use super::{Accepted, Dispatch, Job, JobStatus, Prepared, RunService, ServiceError, Slots, pool};
 use crate::applet::Manifest;
 use crate::auth::{Action, Principal, Role, User};
 use crate::config::ApprovalsConfig;
 use crate::error::Error;
-use crate::registry::Reference;
-use crate::runtime::context::Caller;
 use crate::runtime::{CancelToken, Origin, RunRequest, RunStatus};
 
 /// The default time a request waits for its approvals.
@@ -311,6 +309,12 @@ impl Approval {
         seen.join("; and ")
     }
 
+    /// Whether `user` is an approver of every rule the run falls under (a run left with no rules
+    /// has no approvers).
+    pub fn approver(&self, user: &User) -> bool {
+        !self.rules.is_empty() && self.rules.iter().all(|r| r.approvers.allows(user))
+    }
+
     /// Why `user` may not decide on a request that `requester` made (None: they may).
     pub fn refusal(&self, user: &User, requester: &str) -> Option<String> {
         if user.name == requester || self.asked_by.contains(&user.name) {
@@ -583,12 +587,8 @@ impl RunService {
         if !self.may_still_run(d, job)? {
             return Err(Error::Denied(format!("{} may no longer run {name}", job.user)));
         }
-        let via = job.approval.as_ref().map(|a| a.via.clone()).unwrap_or_else(|| "http".into());
-        let mut sub =
-            Submission::new(Source::Registry(Reference::Hash(name.clone(), job.hash.clone())), Caller { user: job.user.clone(), via });
-        sub.params.json = Some(d.jobs.raw_params(&job.id)?);
-        (sub.allow_yanked, sub.check, sub.worker_tag) = (job.allow_yanked, Check::InRun, job.worker_tag.clone());
-        let mut req = self.prepare(sub)?.request;
+        let via = job.approval.as_ref().map_or("http", |a| a.via.as_str());
+        let mut req = self.prepare(self.again(d, job, via)?)?.request;
         if req.package.hash != job.hash {
             return Err(Error::Internal(format!("the package of job {} is not the one approved", job.id)));
         }
@@ -657,14 +657,7 @@ impl RunService {
             d.jobs.relive(&job.id, CancelToken::default());
             d.awaiting.lock().insert(job.id.clone(), a.expires_at);
             if a.planning {
-                let name = job.reference.split('@').next().unwrap_or_default().to_string();
-                let mut sub = Submission::new(
-                    Source::Registry(Reference::Hash(name, job.hash.clone())),
-                    Caller { user: job.user.clone(), via: a.via.clone() },
-                );
-                sub.params.json = Some(d.jobs.raw_params(&job.id)?);
-                (sub.allow_yanked, sub.check) = (job.allow_yanked, Check::InRun);
-                match self.prepare(sub) {
+                match self.prepare(self.again(d, &job, &a.via)?) {
                     Ok(p) => self.make_plan(d, &job.id, &p.request),
                     Err(e) => self.settle(&job.id, Vec::new(), Some(format!("its plan could not be made: {e}"))),
                 }
@@ -699,7 +692,7 @@ impl RunService {
         let mut out = Vec::new();
         for job in d.jobs.open_jobs()?.into_iter().filter(|j| j.status == JobStatus::AwaitingApproval) {
             let Some(a) = &job.approval else { continue };
-            let approver = account.as_ref().is_some_and(|u| a.rules.iter().all(|r| r.approvers.allows(u)));
+            let approver = account.as_ref().is_some_and(|u| a.approver(u));
             if !(approver || job.user == viewer || a.asked_by.iter().any(|x| x == viewer) || reads_all) {
                 continue;
             }

@@ -756,13 +756,8 @@ impl RunService {
                 d.jobs.finish(&job.id, JobStatus::Rejected, None, Some(why), Vec::new())?;
                 continue;
             }
-            let reference =
-                if job.hash.is_empty() { Reference::parse(&job.reference)? } else { Reference::Hash(name.to_string(), job.hash.clone()) };
             let via = if job.user.starts_with("hook:") { "hook" } else { "http" };
-            let mut sub = Submission::new(Source::Registry(reference), Caller { user: job.user.clone(), via: via.into() });
-            sub.params.json = Some(d.jobs.raw_params(&job.id)?);
-            (sub.dry_run, sub.allow_yanked, sub.check) = (job.dry_run, job.allow_yanked, Check::InRun);
-            let mut req = match self.prepare(sub) {
+            let mut req = match self.prepare(self.again(d, job, via)?) {
                 Ok(p) => p.request,
                 Err(e) => {
                     d.jobs.finish(&job.id, JobStatus::Error, None, Some(format!("could not be restarted: {e}")), Vec::new())?;
@@ -786,6 +781,19 @@ impl RunService {
             }
         }
         Ok((restarted, queued.len()))
+    }
+
+    /// The submission that runs `job` again, as its caller came (`via`): exactly the package it
+    /// was accepted with (by hash), its kept params, checked by the run (after a restart, an
+    /// approval).
+    fn again(&self, d: &Dispatch, job: &Job, via: &str) -> Result<Submission, Error> {
+        let name = job.reference.split('@').next().unwrap_or_default();
+        let reference =
+            if job.hash.is_empty() { Reference::parse(&job.reference)? } else { Reference::Hash(name.to_string(), job.hash.clone()) };
+        let mut sub = Submission::new(Source::Registry(reference), Caller { user: job.user.clone(), via: via.into() });
+        sub.params.json = Some(d.jobs.raw_params(&job.id)?);
+        (sub.dry_run, sub.allow_yanked, sub.check, sub.worker_tag) = (job.dry_run, job.allow_yanked, Check::InRun, job.worker_tag.clone());
+        Ok(sub)
     }
 
     /// Shutdown: queued jobs stay queued for the next start; running ones get `grace` to finish,
