@@ -748,7 +748,11 @@ async function viewJob(id) {
   const drawApproval = (j) => {
     if (!j.approval) return;
     approval.hidden = false;
+    // A redraw (a status event) keeps what the approver has typed so far.
+    const typed = document.getElementById("decision-message")?.value;
     approval.replaceChildren(...approvalView(j, async () => drawApproval(await api("GET", `/api/v1/jobs/${encodeURIComponent(id)}`))).filter(Boolean));
+    const box = document.getElementById("decision-message");
+    if (box && typed) box.value = typed;
   };
   drawApproval(job);
   show(
