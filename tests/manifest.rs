@@ -232,7 +232,7 @@ fn each_module_reads_its_own_table_and_a_mistake_is_named_where_it_is() {
     // A table no module reads, and a misspelt core table.
     let e = err("[sssh]\nconcurrency = 4\n").unwrap();
     assert!(
-        e.contains("unknown table `[sssh]`") && e.contains("known: limits, kv, audit, serve, ssh, zabbix, es, netdev, ipmi, virt)"),
+        e.contains("unknown table `[sssh]`") && e.contains("known: limits, kv, audit, serve, ssh, zabbix, es, netdev, ipmi, s3, virt)"),
         "{e}"
     );
     // Modules without a table of their own have none to give.

@@ -241,7 +241,8 @@ fn validate_param_spec(spec: &ParamSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Shape check done while parsing a manifest: `true`, a list of action names, or a table.
+/// Shape check done while parsing a manifest: `true`, a list of action names, a table, or a
+/// list of tables (a module that grants by several rules, like `s3`).
 pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String> {
     let ident = !module.is_empty() && module.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !ident {
@@ -250,7 +251,8 @@ pub fn check_permission(module: &str, scope: &toml::Value) -> Result<(), String>
     match scope {
         toml::Value::Boolean(true) => Ok(()),
         toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => Ok(()),
-        toml::Value::Array(_) => Err("a list of actions must contain only strings, like [\"read\"]".into()),
+        toml::Value::Array(items) if !items.is_empty() && items.iter().all(toml::Value::is_table) => Ok(()),
+        toml::Value::Array(_) => Err("a list of actions must contain only strings, like [\"read\"] (or only tables)".into()),
         toml::Value::Table(_) => Ok(()),
         _ => Err("expected true, a list of actions like [\"read\"], or a table like { hosts = [\"group:web\"] }".into()),
     }

@@ -2,6 +2,7 @@
 //! Exit codes are listed in docs/cli.md and come from [`crate::Error::exit_code`].
 
 mod approvals;
+mod artifact;
 mod audit;
 mod auth;
 mod check;
@@ -136,6 +137,10 @@ pub enum Command {
     /// Notifications `opslet serve` sent for `[[notify.rule]]`s, and a test message.
     #[command(subcommand)]
     Notify(notify::NotifyCmd),
+    /// Artifacts in the S3 stores of opslet.toml: list (with checksums and versions), put, get,
+    /// rm (docs/artifacts.md).
+    #[command(subcommand)]
+    Artifact(artifact::ArtifactCmd),
     /// Manage secrets (encrypted at rest; host modules use them by name).
     #[command(subcommand)]
     Secret(auth::SecretCmd),
@@ -456,6 +461,7 @@ fn dispatch(command: Command, global: &Global) -> i32 {
         Command::Grant(cmd) => auth::grant(global, cmd),
         Command::Hook(cmd) => auth::hook(global, cmd),
         Command::Notify(cmd) => notify::run(global, cmd),
+        Command::Artifact(cmd) => artifact::run(global, cmd),
         Command::Secret(cmd) => auth::secret(global, cmd),
         Command::Schedule(cmd) => schedule::run(global, cmd),
         Command::Cmdb(cmd) => cmdb::run(global, cmd),
@@ -531,6 +537,11 @@ impl Command {
             Command::Config(config_items::ConfigCmd::Watch { dir, .. }) => vec![(Watch, dir)],
             Command::Audit(audit::AuditCmd::Verify { anchor: Some(f), .. }) => vec![(Read, f)],
             Command::Audit(audit::AuditCmd::Anchor { to: Some(f) }) => vec![(Append, f)],
+            Command::Artifact(a) => match a.path_mut() {
+                Some((false, f)) => vec![(Read, f)],
+                Some((true, f)) => vec![(Write, f)],
+                None => vec![],
+            },
             _ => vec![],
         }
     }

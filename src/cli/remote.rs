@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::stdio::{Remote, Sink, Stream};
-use super::{Command, Forwarded, Global, PathUse, cmdb, config_items, netdev, registry};
+use super::{Command, Forwarded, Global, PathUse, artifact, cmdb, config_items, netdev, registry};
 use crate::auth::Action;
 use crate::error::Error;
 use crate::http::commands::{CommandCall, CommandRequest, CommandRunner, FRAMES, FrameSender, Upload};
@@ -447,6 +447,9 @@ fn needed(command: &Command) -> Result<Option<Needed>, Error> {
         | Command::Feature(_) => a(Publish),
         Command::User(_) | Command::Token(_) | Command::Grant(_) | Command::Hook(_) | Command::Secret(_) => a(Admin),
         Command::Notify(_) => a(Admin),
+        // Names, sizes and checksums are the registry's to read; content and changes publish.
+        Command::Artifact(artifact::ArtifactCmd::List { .. } | artifact::ArtifactCmd::Connections { .. }) => a(ReadRegistry),
+        Command::Artifact(_) => a(Publish),
         // What each schedule command needs depends on the schedule: `authorize` asks
         // `schedule::authorize` (one's own: run the applet; another owner's: admin).
         Command::Schedule(_) => a(ReadRegistry),

@@ -195,6 +195,7 @@ pub fn run(global: &Global, args: ServeArgs) -> Result<i32, Error> {
             store.clone(),
             service.clone(),
         )),
+        artifacts: Some(std::sync::Arc::new(crate::service::artifacts::Artifacts::new(&config, store.clone())?)),
     };
     let cfg = ServeConfig { listen, body_limit, shutdown_grace, limits: crate::http::Limits { max_connections, header_timeout } };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@
 //! request is audited. Every error answer has one body, made in `error.rs`.
 
 mod admin;
+mod artifacts;
 mod authn;
 pub mod commands;
 mod error;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub sessions: Arc<session::Sessions>,
     /// CLI commands from `opslet --server` (none when the server was built without a runner).
     pub commands: commands::Commands,
+    /// The artifact stores of opslet.toml (`[s3.NAME]`), for the console's listing.
+    pub artifacts: Option<Arc<crate::service::artifacts::Artifacts>>,
 }
 
 /// Server settings (flags of `opslet serve`).
@@ -143,6 +146,8 @@ pub fn app(state: AppState, body_limit: usize, body_timeout: Duration) -> Router
         .route("/api/v1/schedules/{name}/resume", post(schedules::resume))
         .route("/api/v1/schedules/{name}/run", post(schedules::run_now))
         .route("/api/v1/notifications", get(admin::list_notifications))
+        .route("/api/v1/artifacts", get(artifacts::connections))
+        .route("/api/v1/artifacts/{connection}", get(artifacts::list))
         .route("/api/v1/jobs", get(runs::list_jobs))
         .route("/api/v1/workers", get(runs::list_workers))
         .route("/api/v1/jobs/{id}", get(runs::get_job))

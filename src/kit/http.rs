@@ -29,6 +29,9 @@ pub struct Options {
     pub trust: Trust,
     /// Follow redirects (off where a redirect could carry a login elsewhere).
     pub redirects: bool,
+    /// Longest wait for the next bytes of an answer (streams, whose whole transfer has no
+    /// fixed bound, set this and a long `timeout`).
+    pub read_timeout: Option<Duration>,
 }
 
 /// An HTTP client with these options.
@@ -46,6 +49,9 @@ pub fn client(o: Options) -> Result<reqwest::Client, String> {
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
             b = b.tls_certs_only(certs);
         }
+    }
+    if let Some(t) = o.read_timeout {
+        b = b.read_timeout(t);
     }
     if !o.redirects {
         b = b.redirect(reqwest::redirect::Policy::none());

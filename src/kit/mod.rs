@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod fanout;
 pub mod http;
 pub mod io;
+pub mod objects;
 pub mod options;
 pub mod ssh;
 pub mod targets;
@@ -39,6 +40,27 @@ pub fn pick_connection(label: &str, module: &str, conns: &[(&str, bool)], asked:
         _ if conns.iter().any(|(n, _)| *n == "default") => Ok("default".into()),
         _ => Err(format!("several {label} connections ({}): mark one `default = true` or use {module}.connection(NAME)", names())),
     }
+}
+
+/// The table of a module with named connections (zabbix, es, s3): `functions(lua, None)` on the
+/// default connection, and `connection(NAME)`, the same functions on another one (read-only),
+/// once `check(NAME)` accepts it.
+pub fn with_connections<F, C>(lua: &Lua, functions: F, check: C) -> mlua::Result<mlua::Table>
+where
+    F: Fn(&Lua, Option<String>) -> mlua::Result<mlua::Table> + mlua::MaybeSend + 'static,
+    C: Fn(&str) -> mlua::Result<()> + mlua::MaybeSend + 'static,
+{
+    let t = functions(lua, None)?;
+    t.set(
+        "connection",
+        lua.create_function(move |lua, name: String| {
+            check(&name)?;
+            let t = functions(lua, Some(name))?;
+            t.set_readonly(true);
+            Ok(t)
+        })?,
+    )?;
+    Ok(t)
 }
 
 /// An action sent to a host, device or BMC whose outcome is not known yet. Dropped before

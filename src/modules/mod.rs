@@ -8,6 +8,7 @@ pub mod config;
 pub mod es;
 pub mod ipmi;
 pub mod netdev;
+pub mod s3;
 pub mod ssh;
 #[cfg(feature = "virt")]
 pub mod virt;
@@ -88,6 +89,13 @@ pub const BUILTIN: &[Builtin] = &[
         build: Some(ipmi::module),
         types: include_str!("ipmi/types.d.luau"),
         read_permission: r#"ipmi = ["read"]"#,
+    },
+    Builtin {
+        name: "s3",
+        table: Some("s3"),
+        build: Some(s3::module),
+        types: include_str!("s3/types.d.luau"),
+        read_permission: r#"s3 = { bucket = "*", actions = ["read"] }"#,
     },
     Builtin {
         name: "virt",

@@ -33,14 +33,33 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The listed actions: `["read", "ack"]`, or the `actions` key of a table scope.
+    /// The listed actions: `["read", "ack"]`, the `actions` key of a table scope, or those of a
+    /// list of tables (each table's `actions`).
     pub fn actions(&self) -> Vec<String> {
-        let list = match &self.scope {
-            toml::Value::Array(a) => Some(a),
-            toml::Value::Table(t) => t.get("actions").and_then(toml::Value::as_array),
-            _ => None,
+        let of_table = |t: &toml::map::Map<String, toml::Value>| -> Vec<String> {
+            t.get("actions").and_then(toml::Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect()
         };
-        list.map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        match &self.scope {
+            // A list of actions, or (s3) a list of tables that each grant some.
+            toml::Value::Array(a) => {
+                let mut out: Vec<String> = Vec::new();
+                for v in a {
+                    let more = match v {
+                        toml::Value::String(s) => vec![s.clone()],
+                        toml::Value::Table(t) => of_table(t),
+                        _ => Vec::new(),
+                    };
+                    for m in more {
+                        if !out.contains(&m) {
+                            out.push(m);
+                        }
+                    }
+                }
+                out
+            }
+            toml::Value::Table(t) => of_table(t),
+            _ => Vec::new(),
+        }
     }
 
     /// Fails unless `action` is granted; `function` names the Lua call for the message.

@@ -14,6 +14,7 @@
 //! what comes back; neither builds a `RunRequest` of its own.
 
 pub mod approvals;
+pub mod artifacts;
 pub mod dev;
 pub mod hooks;
 pub mod jobs;

@@ -322,6 +322,7 @@ impl Notifier {
             connect_timeout: Duration::from_secs(10),
             trust: crate::kit::http::Trust::System,
             redirects: false,
+            read_timeout: None,
         })
         .map_err(|m| Error::Config(format!("notify: {m}")))?;
         let smtp_ca = match config.smtp.as_ref().and_then(|s| s.ca.as_ref()) {

@@ -3,6 +3,7 @@
 
 pub mod bmc;
 pub mod netdev;
+pub mod s3;
 pub mod serve;
 pub mod sshd;
 pub mod zabbix;

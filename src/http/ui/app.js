@@ -149,7 +149,7 @@ function renderNav() {
     who.replaceChildren();
     return;
   }
-  const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/approvals", "Approvals"], ["#/schedules", "Schedules"], ["#/hosts", "Hosts"]];
+  const links = [["#/", "Market"], ["#/jobs", "Jobs"], ["#/approvals", "Approvals"], ["#/schedules", "Schedules"], ["#/hosts", "Hosts"], ["#/artifacts", "Artifacts"]];
   if (can.publish()) links.push(["#/publish", "Publish"]);
   if (can.audit()) links.push(["#/audit", "Audit"]);
   if (can.admin()) links.push(["#/admin", "Admin"]);
@@ -207,6 +207,8 @@ async function route() {
         return await viewSchedules();
       case "hosts":
         return await viewHosts(params);
+      case "artifacts":
+        return await viewArtifacts(params);
       case "audit":
         return await viewAudit(params);
       case "publish":
@@ -1013,6 +1015,43 @@ async function viewHosts(params) {
     filterForm([["selector", "Selector, e.g. group:web & tag:env=prod"]], params, "#/hosts"),
     h("p", { class: "muted" }, `${hosts.length} host(s)`),
     resultView(hosts.map((x) => ({ name: x.name, address: x.address, port: x.port, groups: x.groups.join(", "), tags: Object.entries(x.tags).map(([k, v]) => `${k}=${v}`).join(", "), pinned_key: x.pinned ? "yes" : "no" }))),
+  );
+}
+
+// ---- artifacts ----------------------------------------------------------------------------------
+
+async function viewArtifacts(params) {
+  const { connections } = await api("GET", "/api/v1/artifacts");
+  const head = [h("h1", {}, "Artifacts")];
+  if (!connections.length) {
+    return show(...head, h("p", { id: "no-artifacts" }, "No artifact store is configured ([s3.NAME] in opslet.toml)."));
+  }
+  const names = connections.map((c) => c.name);
+  const conn = params.get("connection") || (connections.find((c) => c.default) || connections[0]).name;
+  const form = filterForm([["connection", "Store", names], ["bucket", "Bucket"], ["prefix", "Prefix"], ["versions", "Versions", ["yes"]]], params, "#/artifacts");
+  const bucket = params.get("bucket");
+  if (!bucket) {
+    return show(...head, form, h("p", { class: "muted" }, `Stores: ${connections.map((c) => `${c.name} (${c.endpoint})`).join(", ")}. Name a bucket to list it.`));
+  }
+  const qs = new URLSearchParams({ bucket, prefix: params.get("prefix") || "", versions: params.get("versions") === "yes" ? "true" : "false" });
+  const l = await api("GET", `/api/v1/artifacts/${encodeURIComponent(conn)}?${qs}`);
+  const rows = l.objects.map((o) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, o.key),
+      h("td", { class: "num" }, String(o.size)),
+      h("td", {}, o.modified ? fmtTime(o.modified) : ""),
+      h("td", { class: "mono" }, o.etag || ""),
+      h("td", { class: "mono" }, o.version_id || ""),
+      h("td", {}, o.delete_marker ? badge("deleted", "warn") : o.latest ? badge("latest", "good") : ""),
+    ),
+  );
+  show(
+    ...head,
+    form,
+    h("p", { class: "muted", id: "artifact-summary" }, `${l.connection}: ${l.bucket}/${l.prefix} · versioning ${l.versioning || "off"} · ${l.objects.length}${l.truncated ? "+" : ""} object(s)`),
+    grid("artifacts", ["Key", "Bytes", "Modified", "ETag", "Version", ""], rows),
   );
 }
 

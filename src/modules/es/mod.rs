@@ -172,7 +172,7 @@ impl State {
         let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
         let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| format!("{owner} {m}"))?;
         let trust = ca.map_or(Trust::System, Trust::Also);
-        let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true })
+        let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true, read_timeout: None })
             .map_err(|m| format!("{owner} {m}"))?;
         let c = Arc::new(Client { name: name.to_string(), base: conf.url.clone(), auth, http, opensearch: Default::default() });
         self.clients.lock().insert(name.to_string(), Arc::clone(&c));
@@ -374,17 +374,11 @@ impl HostModule for EsModule {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: None };
-        let t = functions(lua, &st, None)?;
-        let s2 = st.clone();
-        t.set(
-            "connection",
-            lua.create_function(move |lua, name: String| {
-                State { named: Some(name.clone()), ..s2.clone() }.conn("connection")?;
-                let t = functions(lua, &s2, Some(name))?;
-                t.set_readonly(true);
-                Ok(t)
-            })?,
-        )?;
-        Ok(t)
+        let check = st.clone();
+        crate::kit::with_connections(
+            lua,
+            move |lua, conn| functions(lua, &st, conn),
+            move |name| State { named: Some(name.to_string()), ..check.clone() }.conn("connection").map(drop),
+        )
     }
 }

@@ -37,7 +37,7 @@ impl Client {
         // at a server with any public certificate. Redirects would carry the login elsewhere; a
         // BMC has no reason to send any.
         let trust = ca.map_or(Trust::System, |pem| Trust::Only(pem.to_vec()));
-        let http = client(Options { timeout, connect_timeout: timeout, trust, redirects: false })?;
+        let http = client(Options { timeout, connect_timeout: timeout, trust, redirects: false, read_timeout: None })?;
         let base_url = reqwest::Url::parse(base).map_err(|e| format!("BMC URL {base}: {e}"))?;
         if base_url.host_str().is_none() || !base_url.username().is_empty() || base_url.password().is_some() {
             return Err(format!("BMC URL {base}: give scheme://host[:port] (no user or password in it)"));

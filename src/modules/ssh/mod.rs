@@ -2,9 +2,12 @@
 //!
 //! Lua: `ssh.run(selector, command, opts)`, `ssh.script(selector, script, args, opts)`,
 //! `ssh.put(selector, path, source, opts)`, `ssh.get(selector, path, opts)`; each returns one
-//! record per host (docs/lua/ssh.md). Targets come from the cmdb, logins from `[[ssh.credentials]]`
-//! and secrets, host keys from the cmdb's pins. Connections run on opslet's own I/O threads (not
-//! the run's thread, so handshakes do not count as the applet's CPU) and are reused within a run.
+//! record per host (docs/lua/ssh.md). `ssh.put` also takes a stored object (`kit::objects`,
+//! e.g. `s3.object(...)`) which each host streams for itself, and `ssh.get` a destination
+//! (`opts.to`) each host's file is streamed into. Targets come from the cmdb, logins from
+//! `[[ssh.credentials]]` and secrets, host keys from the cmdb's pins. Connections run on
+//! opslet's own I/O threads (not the run's thread, so handshakes do not count as the applet's
+//! CPU) and are reused within a run.
 //!
 //! Layout: `result` is what a call returns per host, `scope` the permission; this file is the
 //! Lua boundary and the per-run state. The SSH client, the run's connections (logins, pins,
@@ -24,6 +27,7 @@ use crate::cmdb::Host;
 use crate::config::Config;
 use crate::error::Error;
 use crate::kit::fanout::{self as batch, Plan};
+use crate::kit::objects::{self, Sink, Source};
 use crate::kit::ssh::Connections;
 use crate::kit::ssh::SshSettings;
 use crate::kit::ssh::client::{self, shell_quote};
@@ -72,6 +76,8 @@ struct CallOpts {
     sudo: Option<String>,
     env: Vec<(String, String)>,
     mode: Option<u32>,
+    /// `ssh.get`: stream each host's file here instead of returning it.
+    to: Option<Arc<dyn Sink>>,
 }
 
 const COMMON_OPTS: &[&str] = &["timeout", "concurrency", "batch", "canary", "stop_after"];
@@ -83,6 +89,7 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
         sudo: None,
         env: Vec::new(),
         mode: None,
+        to: None,
     };
     let Some(opts) = opts else { return Ok(o) };
     for (key, v) in crate::kit::options::entries(&LUA.call(call), &opts)? {
@@ -137,6 +144,14 @@ fn parse_opts(call: &str, opts: Option<Table>, extra: &[&str], settings: &SshSet
                     _ => return Err(LUA.err(call, "opts.mode: expected an octal string like \"0644\"")),
                 });
             }
+            "to" if extra.contains(&"to") => {
+                let Some(sink) = objects::sink_of(&v) else {
+                    return Err(
+                        LUA.err(call, format!("opts.to: expected a destination handle (like s3.destination(...)), got {}", what(&v)))
+                    );
+                };
+                o.to = Some(sink.0);
+            }
             other => {
                 let known: Vec<&str> = COMMON_OPTS.iter().chain(extra).copied().collect();
                 return Err(LUA.err(call, format!("unknown option `{other}` (known: {})", known.join(", "))));
@@ -186,6 +201,17 @@ enum Work {
     Get {
         path: String,
     },
+    /// `ssh.put` of an object: each host reads its own stream of `source`.
+    Stream {
+        path: String,
+        source: Arc<dyn Source>,
+        mode: Option<u32>,
+    },
+    /// `ssh.get` to a destination: each host's file streamed into `sink`.
+    Upload {
+        path: String,
+        sink: Arc<dyn Sink>,
+    },
 }
 
 impl Work {
@@ -193,8 +219,8 @@ impl Work {
         match self {
             Work::Exec { stdin: None, .. } => "run",
             Work::Exec { .. } => "script",
-            Work::Put { .. } => "put",
-            Work::Get { .. } => "get",
+            Work::Put { .. } | Work::Stream { .. } => "put",
+            Work::Get { .. } | Work::Upload { .. } => "get",
         }
     }
 
@@ -205,6 +231,14 @@ impl Work {
                 json!({ "path": path, "bytes": data.len(), "sha256": sha256, "mode": mode.map(|m| format!("{m:04o}")) })
             }
             Work::Get { path } => json!({ "path": path }),
+            Work::Stream { path, source, mode } => json!({
+                "path": path,
+                "object": source.describe(),
+                "bytes": source.size(),
+                "sha256": source.sha256(),
+                "mode": mode.map(|m| format!("{m:04o}")),
+            }),
+            Work::Upload { path, sink } => json!({ "path": path, "to": sink.describe() }),
         }
     }
 }
@@ -240,6 +274,21 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
                 r.content = Some(String::from_utf8_lossy(&data).into_owned());
                 r.ok = true;
             }
+            Work::Stream { path, source, mode } => {
+                let chunks = source.open().await.map_err(|e| format!("opening {}: {e}", source.label()))?;
+                let (bytes, sha256) = s.put_stream(path, chunks, *mode, source.sha256().as_deref()).await?;
+                r.bytes = Some(bytes);
+                r.sha256 = Some(sha256);
+                r.ok = true;
+            }
+            Work::Upload { path, sink } => {
+                let name = format!("{}/{}", host.name, client::basename(path)?);
+                let (bytes, sha256, object) = s.get_stream(path, sink.as_ref(), &name).await?;
+                r.bytes = Some(bytes);
+                r.sha256 = Some(sha256);
+                r.object = Some(object);
+                r.ok = true;
+            }
         }
         Ok::<HostResult, String>(r)
     };
@@ -262,6 +311,13 @@ async fn one_host(state: Arc<RunState>, host: Host, work: Work, timeout: Duratio
     detail["exit_code"] = json!(r.exit_code);
     if let Some(e) = &r.error {
         detail["error"] = json!(e);
+    }
+    // What was checked on the host, and where a host's file was stored.
+    if let Some(h) = r.sha256.as_ref().filter(|_| r.ok) {
+        detail["verified_sha256"] = json!(h);
+    }
+    if let Some(o) = r.object.as_ref().filter(|_| r.ok) {
+        detail["stored"] = o.clone();
     }
     pending.finish();
     if let Err(e) = state.ctx.record_action("ssh", work.action(), &host.name, r.ok, detail) {
@@ -389,26 +445,27 @@ impl HostModule for SshModule {
         let st = Arc::clone(&state);
         t.set(
             "put",
-            lua.create_async_function(move |lua, (selector, path, source, opts): (String, String, Table, Option<Table>)| {
+            lua.create_async_function(move |lua, (selector, path, source, opts): (String, String, Value, Option<Table>)| {
                 let st = Arc::clone(&st);
                 async move {
                     let o = parse_opts("put", opts, &["mode"], &st.settings, &st.scope)?;
                     check_path("put", &st.scope, &path)?;
-                    let content: Option<mlua::LuaString> = source.get("content")?;
-                    let file: Option<String> = source.get("file")?;
-                    let data = match (content, file) {
-                        (Some(c), None) => c.as_bytes().to_vec(),
-                        (None, Some(f)) => st
+                    let data = match put_source(&source)? {
+                        PutSource::Object(source) => {
+                            client::basename(&path).map_err(|m| LUA.err("put", m))?;
+                            let hosts = st.reach.select("put", &selector)?;
+                            let shown = format!("put {path} (object {}, {} bytes)", source.label(), source.size());
+                            let work = Work::Stream { path, source, mode: o.mode };
+                            let results = fan(st, "put", hosts, work, o, Some(shown)).await;
+                            return crate::kit::to_lua(&lua, &results);
+                        }
+                        PutSource::Content(c) => c,
+                        PutSource::File(f) => st
                             .ctx
                             .package
                             .as_ref()
                             .and_then(|p| p.files.get(f.trim_start_matches("./")).cloned())
                             .ok_or_else(|| LUA.err("put", format!("source.file: `{f}` is not a file of this applet")))?,
-                        _ => {
-                            return Err(
-                                LUA.err("put", "source: give exactly one of { content = \"...\" } or { file = \"path/in/applet\" }")
-                            );
-                        }
                     };
                     if data.len() as u64 > st.settings.max_file {
                         return Err(LUA.err(
@@ -436,16 +493,70 @@ impl HostModule for SshModule {
             lua.create_async_function(move |lua, (selector, path, opts): (String, String, Option<Table>)| {
                 let st = Arc::clone(&st);
                 async move {
-                    let o = parse_opts("get", opts, &[], &st.settings, &st.scope)?;
+                    let o = parse_opts("get", opts, &["to"], &st.settings, &st.scope)?;
                     check_path("get", &st.scope, &path)?;
+                    if o.to.is_some() {
+                        client::basename(&path).map_err(|m| LUA.err("get", m))?;
+                    }
                     let hosts = st.reach.select("get", &selector)?;
-                    let shown = format!("get {path}");
-                    let results = fan(st, "get", hosts, Work::Get { path }, o, Some(shown)).await;
+                    let (work, shown) = match &o.to {
+                        None => (Work::Get { path: path.clone() }, format!("get {path}")),
+                        Some(sink) => {
+                            let shown = format!("get {path} to {}", sink.label());
+                            (Work::Upload { path, sink: Arc::clone(sink) }, shown)
+                        }
+                    };
+                    let results = fan(st, "get", hosts, work, o, Some(shown)).await;
                     crate::kit::to_lua(&lua, &results)
                 }
             })?,
         )?;
         Ok(t)
+    }
+}
+
+/// What `ssh.put` writes.
+enum PutSource {
+    Content(Vec<u8>),
+    /// A file of the applet package.
+    File(String),
+    /// A stored object another module handed over (`s3.object(...)`).
+    Object(Arc<dyn Source>),
+}
+
+const PUT_SOURCES: &str =
+    "give { content = \"...\" }, { file = \"path/in/applet\" }, or an object handle (like s3.object(...)), alone or as { object = handle }";
+
+/// Reads `ssh.put`'s `source` argument.
+fn put_source(source: &Value) -> mlua::Result<PutSource> {
+    if let Some(h) = objects::object_of(source) {
+        return Ok(PutSource::Object(h.0));
+    }
+    let Value::Table(t) = source else {
+        return Err(LUA.err("put", format!("source: {PUT_SOURCES}; got {}", what(source))));
+    };
+    let content: Option<mlua::LuaString> = t.get("content")?;
+    let file: Option<String> = t.get("file")?;
+    let object: Value = t.get("object")?;
+    match (content, file, object) {
+        (Some(c), None, Value::Nil) => Ok(PutSource::Content(c.as_bytes().to_vec())),
+        (None, Some(f), Value::Nil) => Ok(PutSource::File(f)),
+        (None, None, v) if !v.is_nil() => match objects::object_of(&v) {
+            Some(h) => Ok(PutSource::Object(h.0)),
+            None => Err(LUA.err("put", format!("source.object: expected an object handle (like s3.object(...)), got {}", what(&v)))),
+        },
+        _ => Err(LUA.err("put", format!("source: {PUT_SOURCES}; exactly one of content, file and object"))),
+    }
+}
+
+/// How a value is named in an error: its type, or which handle it is.
+fn what(v: &Value) -> String {
+    if objects::sink_of(v).is_some() {
+        "a destination handle".to_string()
+    } else if objects::object_of(v).is_some() {
+        "an object handle".to_string()
+    } else {
+        v.type_name().to_string()
     }
 }
 
@@ -471,5 +582,118 @@ fn short(s: &str) -> String {
         format!("{}...", line.chars().take(60).collect::<String>())
     } else {
         line.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kit::objects::{Chunks, ObjectHandle, SinkHandle, Writer};
+    use futures_util::future::BoxFuture;
+
+    struct Fake;
+
+    impl Source for Fake {
+        fn label(&self) -> String {
+            "s3://artifacts/agent.tgz".into()
+        }
+        fn size(&self) -> u64 {
+            42
+        }
+        fn sha256(&self) -> Option<String> {
+            Some("ab".repeat(32))
+        }
+        fn describe(&self) -> serde_json::Value {
+            json!({ "bucket": "artifacts", "key": "agent.tgz" })
+        }
+        fn open(&self) -> BoxFuture<'static, Result<Box<dyn Chunks>, String>> {
+            Box::pin(async { Err("not in a unit test".to_string()) })
+        }
+    }
+
+    impl Sink for Fake {
+        fn label(&self) -> String {
+            "s3://logs/fleet/".into()
+        }
+        fn describe(&self) -> serde_json::Value {
+            json!({ "bucket": "logs", "prefix": "fleet/" })
+        }
+        fn begin(&self, _: &str, _: Option<String>) -> BoxFuture<'static, Result<Box<dyn Writer>, String>> {
+            Box::pin(async { Err("not in a unit test".to_string()) })
+        }
+    }
+
+    fn err(r: mlua::Result<PutSource>) -> String {
+        match r {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn put_takes_content_a_file_or_an_object_handle() {
+        let lua = Lua::new();
+        let object = Value::UserData(lua.create_userdata(ObjectHandle(Arc::new(Fake))).unwrap());
+        let sink = Value::UserData(lua.create_userdata(SinkHandle(Arc::new(Fake))).unwrap());
+        let table = |code: &str| lua.load(code).eval::<Value>().unwrap();
+
+        assert!(matches!(put_source(&object).unwrap(), PutSource::Object(s) if s.size() == 42));
+        let wrapped = lua.create_table().unwrap();
+        wrapped.set("object", object.clone()).unwrap();
+        assert!(matches!(put_source(&Value::Table(wrapped)).unwrap(), PutSource::Object(_)));
+        assert!(matches!(put_source(&table("return { content = 'hi' }")).unwrap(), PutSource::Content(c) if c == b"hi"));
+        assert!(matches!(put_source(&table("return { file = 'files/motd' }")).unwrap(), PutSource::File(f) if f == "files/motd"));
+
+        let e = err(put_source(&Value::Integer(7)));
+        assert!(e.contains("or an object handle") && e.contains("got integer"), "{e}");
+        let e = err(put_source(&sink));
+        assert!(e.contains("got a destination handle"), "{e}");
+        let e = err(put_source(&table("return { object = 'agent.tgz' }")));
+        assert!(e.contains("source.object: expected an object handle") && e.contains("got string"), "{e}");
+        let both = lua.create_table().unwrap();
+        both.set("object", object).unwrap();
+        both.set("content", "x").unwrap();
+        let e = err(put_source(&Value::Table(both)));
+        assert!(e.contains("exactly one of content, file and object"), "{e}");
+        assert!(err(put_source(&table("return {}"))).contains("exactly one"));
+    }
+
+    #[test]
+    fn streamed_work_keeps_the_put_and_get_action_names() {
+        let stream = Work::Stream { path: "/opt/agent.tgz".into(), source: Arc::new(Fake), mode: Some(0o644) };
+        assert_eq!(stream.action(), "put");
+        assert_eq!(
+            stream.describe(),
+            json!({
+                "path": "/opt/agent.tgz",
+                "object": { "bucket": "artifacts", "key": "agent.tgz" },
+                "bytes": 42,
+                "sha256": "ab".repeat(32),
+                "mode": "0644",
+            })
+        );
+        let upload = Work::Upload { path: "/var/log/syslog".into(), sink: Arc::new(Fake) };
+        assert_eq!(upload.action(), "get");
+        assert_eq!(upload.describe(), json!({ "path": "/var/log/syslog", "to": { "bucket": "logs", "prefix": "fleet/" } }));
+    }
+
+    #[test]
+    fn to_is_a_get_option_taking_a_destination() {
+        let lua = Lua::new();
+        let settings = SshSettings::from_config(&Config::default()).unwrap();
+        let scope = Scope::parse(&toml::from_str("hosts = [\"*\"]").unwrap()).unwrap();
+        let opts = |v: Value| {
+            let t = lua.create_table().unwrap();
+            t.set("to", v).unwrap();
+            Some(t)
+        };
+        let sink = Value::UserData(lua.create_userdata(SinkHandle(Arc::new(Fake))).unwrap());
+        let object = Value::UserData(lua.create_userdata(ObjectHandle(Arc::new(Fake))).unwrap());
+        let o = parse_opts("get", opts(sink.clone()), &["to"], &settings, &scope).unwrap();
+        assert_eq!(o.to.unwrap().label(), "s3://logs/fleet/");
+        let e = parse_opts("get", opts(object), &["to"], &settings, &scope).err().unwrap().to_string();
+        assert!(e.contains("opts.to: expected a destination handle") && e.contains("got an object handle"), "{e}");
+        let e = parse_opts("put", opts(sink), &["mode"], &settings, &scope).err().unwrap().to_string();
+        assert!(e.contains("unknown option `to`"), "{e}");
     }
 }

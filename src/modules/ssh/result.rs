@@ -27,6 +27,15 @@ pub struct HostResult {
     /// `ssh.get`: the file's content.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// `ssh.put` of an object, `ssh.get` to a destination: the bytes moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// `ssh.put` of an object, `ssh.get` to a destination: their hex SHA-256, as checked on the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `ssh.get` to a destination: the stored object as the destination describes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<serde_json::Value>,
     /// The command as run on the host (dry run and errors show it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -42,7 +51,8 @@ crate::kit::fanout::impl_outcome!(HostResult);
 
 /// What a host answered a call, as a test fakes it and a transcript keeps it: `exit_code`
 /// (0 when a fake leaves it out and gives no `error`), `stdout`, `stderr`, `content` (`ssh.get`),
-/// `error` (the call failed: "host down", "timed out ...").
+/// `bytes` and `sha256` (an object put, a get to a destination), `object` (a get to a
+/// destination), `error` (the call failed: "host down", "timed out ...").
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Answer {
@@ -54,6 +64,12 @@ pub struct Answer {
     pub stderr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -67,6 +83,9 @@ impl Answer {
             stdout: r.stdout.clone(),
             stderr: r.stderr.clone(),
             content: r.content.clone(),
+            bytes: r.bytes,
+            sha256: r.sha256.clone(),
+            object: r.object.clone(),
             error: r.error.clone(),
             truncated: r.truncated,
         }
@@ -86,6 +105,9 @@ impl Answer {
             stdout: self.stdout,
             stderr: self.stderr,
             content: self.content,
+            bytes: self.bytes,
+            sha256: self.sha256,
+            object: self.object,
             error: self.error,
             truncated: self.truncated,
             ..Default::default()

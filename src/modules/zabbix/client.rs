@@ -63,7 +63,8 @@ impl Client {
         use crate::kit::http::{Options, Trust, client};
         let trust = ca_pem.map_or(Trust::System, |pem| Trust::Also(pem.to_vec()));
         let connect_timeout = timeout.min(Duration::from_secs(10));
-        let http = client(Options { timeout, connect_timeout, trust, redirects: true }).map_err(|m| format!("zabbix.{name}: {m}"))?;
+        let http = client(Options { timeout, connect_timeout, trust, redirects: true, read_timeout: None })
+            .map_err(|m| format!("zabbix.{name}: {m}"))?;
         Ok(Client {
             name: name.into(),
             url: url.into(),

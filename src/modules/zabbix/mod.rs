@@ -435,17 +435,11 @@ impl HostModule for ZabbixModule {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: false };
-        let t = functions(lua, &st, None)?;
-        let s2 = st.clone();
-        t.set(
-            "connection",
-            lua.create_function(move |lua, name: String| {
-                s2.conn_name("connection", Some(&name))?;
-                let t = functions(lua, &s2, Some(name))?;
-                t.set_readonly(true);
-                Ok(t)
-            })?,
-        )?;
-        Ok(t)
+        let check = st.clone();
+        crate::kit::with_connections(
+            lua,
+            move |lua, conn| functions(lua, &st, conn),
+            move |name| check.conn_name("connection", Some(name)).map(drop),
+        )
     }
 }
