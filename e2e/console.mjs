@@ -335,6 +335,13 @@ async function beforeRestart() {
   await page.waitForSelector("#result-table");
   assert.equal(await page.locator("#result-table tbody tr").count(), 3);
   await shot(page, "hosts");
+  step("artifacts page: a store's objects with their versions");
+  await page.goto(base + `/ui/#/artifacts?connection=store&bucket=${process.env.OPSLET_ARTIFACT_BUCKET}&versions=yes`);
+  await page.waitForSelector("#artifacts");
+  assert.equal(await page.locator("#artifacts tbody tr").count(), 2, "two versions of agent/agent.tgz");
+  assert.match(await page.textContent("#artifact-summary"), /versioning Enabled · 2 object/);
+  assert.equal(await page.locator("#artifacts tbody tr .badge").first().textContent(), "latest");
+  await shot(page, "artifacts");
   step("CSV downloads neutralise spreadsheet formulas");
   await page.goto(base + "/ui/#/hosts?selector=group%3Asheet");
   await page.waitForFunction(() => document.querySelector("#result-count")?.textContent.startsWith("1 of"));

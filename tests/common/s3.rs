@@ -13,20 +13,30 @@ pub const SECRET: &str = "opsletsecret123";
 pub const RO_ACCESS: &str = "readonly";
 pub const RO_SECRET: &str = "readonlysecret1";
 
-/// The store's endpoint, once it answers.
-pub fn endpoint() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
+/// What `scripts/peers/s3.sh env` says, once the store answers.
+fn peer_env(name: &str) -> &'static str {
+    static ENV: OnceLock<String> = OnceLock::new();
+    let env = ENV.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/peers/s3.sh");
         let o = std::process::Command::new("bash").args([script, "start"]).output().expect("running scripts/peers/s3.sh");
         assert!(o.status.success(), "scripts/peers/s3.sh start failed:\n{}", String::from_utf8_lossy(&o.stderr));
         let o = std::process::Command::new("bash").args([script, "env"]).output().unwrap();
-        let env = String::from_utf8_lossy(&o.stdout).to_string();
-        env.lines()
-            .find_map(|l| l.strip_prefix("OPSLET_S3_ENDPOINT="))
-            .map(|s| s.trim().trim_matches('\'').trim_matches('"').to_string())
-            .expect("scripts/peers/s3.sh env names the endpoint")
-    })
+        String::from_utf8_lossy(&o.stdout).to_string()
+    });
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("scripts/peers/s3.sh env names no {name}"))
+}
+
+/// The store's endpoint.
+pub fn endpoint() -> &'static str {
+    peer_env("OPSLET_S3_ENDPOINT")
+}
+
+/// The same store over TLS, and the CA file its certificate is signed by.
+pub fn https_endpoint() -> (&'static str, &'static str) {
+    (peer_env("OPSLET_S3_HTTPS_ENDPOINT"), peer_env("OPSLET_S3_CA"))
 }
 
 /// `[s3.NAME]` for the store, its secret key in the secret `s3-secret`.
