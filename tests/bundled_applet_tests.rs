@@ -12,7 +12,7 @@ use serde_json::Value;
 
 /// Applets whose tests must exist (and pass). The others may have none yet, and are named. The
 /// virt applets' tests run (and so are required) only in a build with the `virt` feature.
-const MUST_HAVE_TESTS: [&str; 17] = [
+const MUST_HAVE_TESTS: [&str; 18] = [
     "disk-usage",
     "host-facts",
     "service-restart",
@@ -24,6 +24,7 @@ const MUST_HAVE_TESTS: [&str; 17] = [
     "zabbix-triage",
     "vm-inventory",
     "vm-provision",
+    "vm-capacity",
     "config-drift",
     "config-publish",
     "component-push",

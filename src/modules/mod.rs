@@ -10,7 +10,6 @@ pub mod ipmi;
 pub mod netdev;
 pub mod s3;
 pub mod ssh;
-#[cfg(feature = "virt")]
 pub mod virt;
 pub mod zabbix;
 
@@ -100,10 +99,7 @@ pub const BUILTIN: &[Builtin] = &[
     Builtin {
         name: "virt",
         table: Some("virt"),
-        #[cfg(feature = "virt")]
         build: Some(virt::module),
-        #[cfg(not(feature = "virt"))]
-        build: None,
         types: include_str!("virt/types.d.luau"),
         read_permission: r#"virt = ["read"]"#,
     },

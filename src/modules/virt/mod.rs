@@ -1,66 +1,49 @@
-//! The `virt` host module (cargo feature `virt`): virtual machines through libvirt.
+//! The `virt` host module: virtual machines through libvirt or on an OpenStack cloud, with one
+//! set of calls. An applet names a `[virt.NAME]` connection; opslet.toml says whether it is a
+//! libvirt URI or a Keystone URL, so the same applet lists, powers, creates and deletes VMs on
+//! either (docs/lua/virt.md).
 //!
-//! `[permissions] virt = ["read"]` or `["read", "write"]`. Connections are `[virt.NAME] uri =
-//! "qemu:///system"` in opslet.toml. Reads list and describe domains; writes start, shut down,
-//! destroy, reboot, create (from a small spec turned into domain XML) and delete, each audited
-//! and only planned in a dry run. One libvirt connection per name and run.
+//! Layout: `settings` the `[virt.NAME]` tables, `scope` the permission (read, power, write; by
+//! connection and project), `libvirt` the libvirt calls (cargo feature `virt`, which links
+//! libvirt), `openstack` the Keystone-authenticated HTTP client and `nova` the OpenStack calls;
+//! this file is the Lua boundary: each call checks the permission, then goes to the connection's
+//! backend, audited with the VM's state before and after, and only planned in a dry run.
+
+#[cfg(feature = "virt")]
+pub mod libvirt;
+pub mod nova;
+pub mod openstack;
+pub mod scope;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use virt::connect::Connect;
-use virt::domain::{Domain, DomainState};
-
-use crate::kit::{Grant, HostModule};
-pub mod settings;
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
-use settings::VirtConn;
+use openstack::Cloud;
+use scope::Scope;
+use settings::{Conn, OsConn, OsLogin};
 
 pub struct VirtModule {
-    conns: Arc<BTreeMap<String, VirtConn>>,
+    conns: Arc<BTreeMap<String, Conn>>,
 }
 
 impl VirtModule {
-    pub fn new(conns: BTreeMap<String, VirtConn>) -> VirtModule {
+    pub fn new(conns: BTreeMap<String, Conn>) -> VirtModule {
         VirtModule { conns: Arc::new(conns) }
     }
 }
 
 /// This module's calls, for their errors (`virt.CALL: ...`).
 const LUA: crate::kit::Calls = crate::kit::Calls("virt");
-
-fn state_name(s: &virt::domain::DomainStateEnum) -> &'static str {
-    match s {
-        virt::enumutil::Enum::Known(DomainState::Running) => "running",
-        virt::enumutil::Enum::Known(DomainState::Blocked) => "blocked",
-        virt::enumutil::Enum::Known(DomainState::Paused) => "paused",
-        virt::enumutil::Enum::Known(DomainState::Shutdown) => "shutting-down",
-        virt::enumutil::Enum::Known(DomainState::Shutoff) => "shutoff",
-        virt::enumutil::Enum::Known(DomainState::Crashed) => "crashed",
-        virt::enumutil::Enum::Known(DomainState::PMSuspended) => "suspended",
-        _ => "unknown",
-    }
-}
-
-fn describe(d: &Domain) -> Result<Value, virt::error::Error> {
-    let info = d.info()?;
-    Ok(json!({
-        "name": d.name()?,
-        "uuid": d.uuid_string()?,
-        "id": d.id(),
-        "state": state_name(&info.state),
-        "vcpus": info.nr_virt_cpu,
-        "memory_mib": info.memory / 1024,
-        "max_memory_mib": info.max_mem / 1024,
-        "cpu_time_s": info.cpu_time as f64 / 1e9,
-    }))
-}
 
 /// A domain name libvirt and the XML both accept.
 fn valid_name(call: &str, name: &str) -> mlua::Result<()> {
@@ -123,78 +106,220 @@ pub fn domain_xml(spec: &Value, kind: &str, disk_dirs: &[std::path::PathBuf]) ->
     ))
 }
 
+/// What a power call waits for on OpenStack, and the action it sends.
+fn power_action(call: &str, hard: bool) -> (Value, &'static str) {
+    match call {
+        "start" => (json!({ "os-start": null }), "ACTIVE"),
+        "shutdown" | "destroy" => (json!({ "os-stop": null }), "SHUTOFF"),
+        _ => (json!({ "reboot": { "type": if hard { "HARD" } else { "SOFT" } } }), "ACTIVE"),
+    }
+}
+
 #[derive(Clone)]
 struct State {
-    conns: Arc<BTreeMap<String, VirtConn>>,
-    open: Arc<Mutex<HashMap<String, Arc<Connect>>>>,
+    conns: Arc<BTreeMap<String, Conn>>,
+    #[cfg(feature = "virt")]
+    open: Arc<libvirt::Open>,
+    clouds: Arc<Mutex<HashMap<String, Arc<Cloud>>>>,
     ctx: Arc<RunCtx>,
-    grant: Grant,
+    scope: Arc<Scope>,
+}
+
+/// The backend of a call.
+enum Backend<'a> {
+    #[cfg_attr(not(feature = "virt"), allow(dead_code))]
+    Libvirt(&'a settings::VirtConn),
+    OpenStack(&'a OsConn),
+    /// A test's stand-in connection: nothing is sent (fakes answer).
+    Test,
 }
 
 impl State {
-    /// Checks that `name` is a connection Lua call `call` may use: a configured one, or in a
-    /// test (fakes or a transcript answer) with no [virt.*] configured, any (a stand-in that
-    /// nothing is sent to).
-    fn check_conn(&self, call: &str, name: &str) -> mlua::Result<()> {
-        if self.conns.contains_key(name) || (self.conns.is_empty() && self.ctx.exchange.is_some()) {
-            return Ok(());
+    /// Refuses a call the permission does not cover, or a connection that is not configured
+    /// (a test with no [virt.*] has stand-ins that nothing is sent to).
+    fn check(&self, call: &str, conn: &str, action: &str) -> mlua::Result<()> {
+        if !self.scope.allows(action) {
+            let why = match action {
+                "power" => "does not grant `write` (nor `power`, which allows only start, stop and reboot)".to_string(),
+                other => format!("does not grant `{other}`"),
+            };
+            return Err(LUA.err(
+                call,
+                format!("permission denied: the applet's manifest {why} (add it: [permissions] virt = [\"read\", \"{action}\"])"),
+            ));
         }
-        Err(LUA
-            .err(call, format!("no virt connection `{name}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", "))))
+        let stand_in = self.conns.is_empty() && self.ctx.exchange.is_some();
+        if !(self.conns.contains_key(conn) || stand_in) {
+            return Err(LUA.err(
+                call,
+                format!("no virt connection `{conn}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")),
+            ));
+        }
+        if !self.scope.allows_connection(conn) {
+            return Err(LUA.err(
+                call,
+                format!(
+                    "permission denied: connection `{conn}` is not among the applet's virt connections ({})",
+                    self.scope.connections.as_deref().unwrap_or_default().join(", ")
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    /// The libvirt connection `name`, opened on first use. Only a real call (not a test's fake)
-    /// asks for it.
-    fn open(&self, name: &str) -> Result<Arc<Connect>, String> {
-        let conf = self.conns.get(name).ok_or_else(|| format!("no virt connection `{name}` is configured"))?;
-        let mut open = self.open.lock();
-        if let Some(c) = open.get(name) {
+    fn backend(&self, conn: &str) -> Backend<'_> {
+        match self.conns.get(conn) {
+            Some(Conn::Libvirt(c)) => Backend::Libvirt(c),
+            Some(Conn::OpenStack(c)) => Backend::OpenStack(c),
+            None => Backend::Test,
+        }
+    }
+
+    /// The cloud of connection `name`, logged in on first use (per run).
+    fn cloud(&self, name: &str) -> Result<Arc<Cloud>, String> {
+        if let Some(c) = self.clouds.lock().get(name) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(Connect::open(Some(&conf.uri)).map_err(|e| format!("connecting to {} ({}): {e}", name, conf.uri))?);
-        open.insert(name.to_string(), Arc::clone(&c));
+        let Some(Conn::OpenStack(conf)) = self.conns.get(name) else { return Err(format!("`{name}` is not an OpenStack connection")) };
+        let owner = format!("[virt.{name}]");
+        let secret = match &conf.login {
+            OsLogin::Password { password_secret, .. } => crate::kit::read_secret(&self.ctx, &owner, password_secret)?,
+            OsLogin::AppCredential { secret_secret, .. } => crate::kit::read_secret(&self.ctx, &owner, secret_secret)?,
+        };
+        let c = Arc::new(Cloud::new(name, conf, secret)?);
+        self.clouds.lock().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
 
-    /// The VM `name` on connection `conn`.
-    fn domain(&self, conn: &str, name: &str) -> Result<Domain, String> {
-        self.open(conn)?.lookup_domain_by_name(name).map_err(|_| format!("no VM `{name}` on {conn}"))
+    /// Where a call leaves the process: `virt.CALL` on connection `conn` with `args`, made by
+    /// `real` unless a test's fake answers it.
+    async fn ask<F>(&self, call: &str, conn: &str, args: Value, real: F) -> mlua::Result<Value>
+    where
+        F: std::future::Future<Output = Result<Value, String>>,
+    {
+        crate::kit::exchange::call(&self.ctx, &format!("virt.{call}"), conn, args, real).await.map_err(|m| LUA.err(call, m))
     }
 
-    /// Where the module's calls leave the process: `virt.CALL` on connection `conn` with
-    /// `args`, done by `op` (libvirt) unless a test's fake answers it.
-    async fn ask(&self, call: &str, conn: &str, args: Value, op: impl FnOnce() -> Result<Value, String>) -> mlua::Result<Value> {
-        crate::kit::exchange::call(&self.ctx, &format!("virt.{call}"), conn, args, async { op() }).await.map_err(|m| LUA.err(call, m))
+    fn record(&self, call: &str, target: &str, ok: bool, detail: Value) -> mlua::Result<()> {
+        self.ctx.record_action("virt", call, target, ok, detail).map_err(mlua::Error::external)
     }
 
-    /// Runs a change to VM `target` (or plans it in a dry run), audited either way; `args`
-    /// are the call's (`name`, and for `create` the spec and its XML). `op` makes it.
-    async fn change(
-        &self,
-        call: &str,
-        conn: &str,
-        target: &str,
-        args: Value,
-        op: impl FnOnce() -> Result<(), String>,
-    ) -> mlua::Result<bool> {
-        self.grant.require(call, "write")?;
-        let mut d = args.clone();
-        if let Some(o) = d.as_object_mut() {
-            o.remove("name");
+    /// The OpenStack server `name` on `cloud`, if the permission's projects allow it.
+    async fn server(&self, cloud: &Cloud, conf: &OsConn, name: &str, all: bool) -> Result<Value, String> {
+        let s = cloud.find(name, all).await.map_err(|e| e.to_string())?;
+        let project = s["tenant_id"].as_str();
+        let own = match &conf.login {
+            OsLogin::Password { project: p, .. } if cloud.whoami().await.ok().and_then(|w| w.0).as_deref() == project => Some(p.as_str()),
+            _ => None,
+        };
+        if !self.scope.allows_project(project, own) {
+            return Err(format!(
+                "permission denied: `{name}` belongs to project {}, not among the applet's virt projects ({}); nothing was sent",
+                project.unwrap_or("?"),
+                self.scope.projects.as_deref().unwrap_or_default().join(", ")
+            ));
         }
-        d["connection"] = json!(conn);
-        if self.ctx.dry_run {
-            d["planned"] = json!(true);
-            self.ctx.record_action("virt", call, target, true, d).map_err(mlua::Error::external)?;
-            return Ok(false);
-        }
-        let r = self.ask(call, conn, args, || op().map(|_| json!(true))).await;
-        if let Err(e) = &r {
-            d["error"] = json!(e.to_string());
-        }
-        self.ctx.record_action("virt", call, target, r.is_ok(), d).map_err(mlua::Error::external)?;
-        r.map(|_| true)
+        Ok(s)
     }
+
+    /// How long a call waits for its VM to settle: `opts.timeout`, else the connection's `wait`.
+    fn wait(&self, conf: &OsConn, opts: &Opts) -> Duration {
+        opts.timeout.unwrap_or(conf.wait)
+    }
+}
+
+/// Options of the calls that change a VM.
+#[derive(Default, Clone)]
+struct Opts {
+    hard: bool,
+    timeout: Option<Duration>,
+}
+
+fn opts_of(call: &str, t: Option<Table>, known: &[&str]) -> mlua::Result<(Opts, BTreeMap<String, LuaValue>)> {
+    let mut o = Opts::default();
+    let mut rest = BTreeMap::new();
+    let Some(t) = t else { return Ok((o, rest)) };
+    for (k, v) in crate::kit::options::entries(&LUA.call(call), &t)? {
+        match k.as_str() {
+            "hard" if known.contains(&"hard") => o.hard = matches!(v, LuaValue::Boolean(true)),
+            "timeout" => o.timeout = Some(crate::kit::options::duration_opt(&LUA.call(call), "timeout", v)?),
+            other if known.contains(&other) => {
+                rest.insert(k, v);
+            }
+            other => {
+                let mut all: Vec<&str> = known.to_vec();
+                all.push("timeout");
+                return Err(LUA.err(call, format!("unknown option `{other}` (known: {})", all.join(", "))));
+            }
+        }
+    }
+    Ok((o, rest))
+}
+
+/// An OpenStack-only call on a libvirt connection.
+fn openstack_only(call: &str, conn: &str) -> mlua::Error {
+    LUA.err(call, format!("`{conn}` is a libvirt connection; {call} is an OpenStack call"))
+}
+
+#[cfg(not(feature = "virt"))]
+fn no_libvirt(conn: &str) -> String {
+    format!("`{conn}` is a libvirt connection, and this opslet was built without libvirt (cargo feature `virt`)")
+}
+
+/// The OpenStack create request for `spec`: `flavor` (a name or id; else the smallest that
+/// fits `vcpus` and `memory`), `image` (a name or id), and `network` (a network id; none:
+/// no network), `keypair`, `metadata`, `user_data` when given.
+async fn create_body(cloud: &Cloud, spec: &Value) -> Result<(Value, Value), String> {
+    let known = ["name", "flavor", "image", "network", "keypair", "metadata", "user_data", "vcpus", "memory", "disk"];
+    let obj = spec.as_object().ok_or("spec: a table like { name = \"vm1\", flavor = \"m1.small\", image = \"debian-12\" }")?;
+    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("spec: unknown key `{k}` (known: {})", known.join(", ")));
+    }
+    if obj.contains_key("disk") {
+        return Err("spec.disk: a libvirt key; on OpenStack the disk comes from the image and the flavor".into());
+    }
+    let name = spec["name"].as_str().ok_or("spec.name is required")?;
+    let flavors = cloud.flavors().await.map_err(|e| e.to_string())?;
+    let flavor = match spec["flavor"].as_str() {
+        Some(f) => flavors
+            .iter()
+            .find(|x| x["id"] == f || x["name"] == f)
+            .cloned()
+            .ok_or_else(|| format!("spec.flavor: no flavor `{f}` on {}", cloud.name))?,
+        None => {
+            let (cpus, mem) = (spec["vcpus"].as_u64().unwrap_or(1), spec["memory"].as_u64().unwrap_or(512));
+            flavors
+                .iter()
+                .find(|x| x["vcpus"].as_u64().unwrap_or(0) >= cpus && x["memory_mib"].as_u64().unwrap_or(0) >= mem)
+                .cloned()
+                .ok_or_else(|| format!("no flavor on {} has {cpus} vCPU(s) and {mem} MiB; name one in spec.flavor", cloud.name))?
+        }
+    };
+    let image = spec["image"].as_str().ok_or("spec.image is required on OpenStack (a Glance image name or id)")?;
+    let images = cloud.images().await.map_err(|e| e.to_string())?;
+    let matching: Vec<&Value> = images.iter().filter(|i| i["id"] == image || i["name"] == image).collect();
+    let img = match matching.as_slice() {
+        [one] => (*one).clone(),
+        [] => return Err(format!("spec.image: no image `{image}` on {}", cloud.name)),
+        _ => return Err(format!("spec.image: several images are named `{image}` on {}; give its id", cloud.name)),
+    };
+    let mut server = json!({ "name": name, "flavorRef": flavor["id"], "imageRef": img["id"] });
+    server["networks"] = match spec["network"].as_str() {
+        Some(n) => json!([{ "uuid": n }]),
+        None => json!("none"),
+    };
+    if let Some(k) = spec["keypair"].as_str() {
+        server["key_name"] = json!(k);
+    }
+    if spec["metadata"].is_object() {
+        server["metadata"] = spec["metadata"].clone();
+    }
+    if let Some(u) = spec["user_data"].as_str() {
+        use base64::Engine;
+        server["user_data"] = json!(base64::engine::general_purpose::STANDARD.encode(u));
+    }
+    let plan = json!({ "name": name, "flavor": flavor["name"], "vcpus": flavor["vcpus"], "memory_mib": flavor["memory_mib"], "image": img["name"], "image_id": img["id"], "network": spec["network"] });
+    Ok((json!({ "server": server }), plan))
 }
 
 /// The module set up from opslet.toml.
@@ -208,12 +333,19 @@ impl HostModule for VirtModule {
     }
 
     fn check_scope(&self, scope: &toml::Value) -> Result<(), String> {
-        let ok = scope.as_array().is_some_and(|a| !a.is_empty() && a.iter().all(|v| matches!(v.as_str(), Some("read" | "write"))));
-        if ok { Ok(()) } else { Err("expected a list of actions: [\"read\"] or [\"read\", \"write\"]".into()) }
+        Scope::parse(scope).map(drop)
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let st = State { conns: Arc::clone(&self.conns), open: Arc::default(), ctx: Arc::clone(ctx), grant };
+        let scope = Scope::parse(&grant.scope).map_err(|m| LUA.err("permission", m))?;
+        let st = State {
+            conns: Arc::clone(&self.conns),
+            #[cfg(feature = "virt")]
+            open: Arc::default(),
+            clouds: Arc::default(),
+            ctx: Arc::clone(ctx),
+            scope: Arc::new(scope),
+        };
         let t = lua.create_table()?;
 
         let s = st.clone();
@@ -222,24 +354,53 @@ impl HostModule for VirtModule {
             lua.create_async_function(move |lua, (conn, opts): (String, Option<Table>)| {
                 let s = s.clone();
                 async move {
-                    s.grant.require("list", "read")?;
-                    let want: Option<String> = match &opts {
-                        Some(o) => o.get("state")?,
-                        None => None,
+                    let (_, o) = opts_of("list", opts, &["state", "host", "project", "all_projects", "limit"])?;
+                    s.check("list", &conn, "read")?;
+                    let text = |k: &str| -> Option<String> {
+                        match o.get(k) {
+                            Some(LuaValue::String(v)) => Some(v.to_string_lossy()),
+                            _ => None,
+                        }
                     };
-                    s.check_conn("list", &conn)?;
-                    let all = s
-                        .ask("list", &conn, json!({}), || {
-                            let c = s.open(&conn)?;
-                            let mut out = Vec::new();
-                            for d in c.list_all_domains(0).map_err(|e| e.to_string())? {
-                                out.push(describe(&d).map_err(|e| e.to_string())?);
+                    let want = text("state");
+                    let all = matches!(o.get("all_projects"), Some(LuaValue::Boolean(true)));
+                    let limit = match o.get("limit") {
+                        Some(v) => crate::kit::options::count_opt("virt.list", "limit", v.clone())?.clamp(1, 100_000),
+                        None => 10_000,
+                    };
+                    let args = json!({ "state": want, "host": text("host"), "project": text("project"), "all_projects": all });
+                    let backend = s.backend(&conn);
+                    let real = async {
+                        match backend {
+                            #[cfg(feature = "virt")]
+                            Backend::Libvirt(c) => s.open.list(&conn, c),
+                            #[cfg(not(feature = "virt"))]
+                            Backend::Libvirt(_) => Err(no_libvirt(&conn)),
+                            Backend::OpenStack(_) => {
+                                let cloud = s.cloud(&conn)?;
+                                // Nova filters by its own status; ours is derived from it.
+                                let q = nova::ServerQuery {
+                                    all_projects: all,
+                                    host: text("host"),
+                                    project: text("project"),
+                                    limit,
+                                    status: None,
+                                };
+                                let (list, _) = cloud.servers(&q).await.map_err(|e| e.to_string())?;
+                                Ok(json!(list))
                             }
-                            Ok(json!(out))
-                        })
-                        .await?;
-                    let mut out: Vec<Value> =
-                        all.as_array().into_iter().flatten().filter(|v| want.as_deref().is_none_or(|w| v["state"] == w)).cloned().collect();
+                            Backend::Test => Err("no connection to send to".into()),
+                        }
+                    };
+                    let all_vms = s.ask("list", &conn, args, real).await?;
+                    let mut out: Vec<Value> = all_vms
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|v| want.as_deref().is_none_or(|w| v["state"] == w))
+                        .filter(|v| s.scope.projects.is_none() || s.scope.allows_project(v["project"].as_str(), None))
+                        .cloned()
+                        .collect();
                     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
                     crate::kit::json_to_lua(&lua, &json!(out))
                 }
@@ -252,17 +413,24 @@ impl HostModule for VirtModule {
             lua.create_async_function(move |lua, (conn, name): (String, String)| {
                 let s = s.clone();
                 async move {
-                    s.grant.require("info", "read")?;
                     valid_name("info", &name)?;
-                    s.check_conn("info", &conn)?;
-                    let v = s
-                        .ask("info", &conn, json!({ "name": name }), || {
-                            let d = s.domain(&conn, &name)?;
-                            let mut v = describe(&d).map_err(|e| e.to_string())?;
-                            v["xml"] = json!(d.xml_desc(0).map_err(|e| e.to_string())?);
-                            Ok(v)
-                        })
-                        .await?;
+                    s.check("info", &conn, "read")?;
+                    let backend = s.backend(&conn);
+                    let real = async {
+                        match backend {
+                            #[cfg(feature = "virt")]
+                            Backend::Libvirt(c) => s.open.info(&conn, c, &name),
+                            #[cfg(not(feature = "virt"))]
+                            Backend::Libvirt(_) => Err(no_libvirt(&conn)),
+                            Backend::OpenStack(c) => {
+                                let cloud = s.cloud(&conn)?;
+                                let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
+                                Ok(nova::normalize(&s.server(&cloud, c, &name, admin).await?))
+                            }
+                            Backend::Test => Err("no connection to send to".into()),
+                        }
+                    };
+                    let v = s.ask("info", &conn, json!({ "name": name }), real).await?;
                     crate::kit::json_to_lua(&lua, &v)
                 }
             })?,
@@ -272,26 +440,13 @@ impl HostModule for VirtModule {
             let s = st.clone();
             t.set(
                 action,
-                lua.create_async_function(move |_, (conn, name): (String, String)| {
+                lua.create_async_function(move |_, (conn, name, opts): (String, String, Option<Table>)| {
                     let s = s.clone();
                     async move {
+                        let (o, _) = opts_of(action, opts, &["hard"])?;
                         valid_name(action, &name)?;
-                        s.grant.require(action, "write")?;
-                        s.check_conn(action, &conn)?;
-                        if s.ctx.dry_run && s.ctx.exchange.is_none() {
-                            s.domain(&conn, &name).map_err(|m| LUA.err(action, m))?;
-                        }
-                        s.change(action, &conn, &name, json!({ "name": name }), || {
-                            let d = s.domain(&conn, &name)?;
-                            match action {
-                                "start" => d.create().map(|_| ()),
-                                "shutdown" => d.shutdown().map(|_| ()),
-                                "destroy" => d.destroy().map(|_| ()),
-                                _ => d.reboot(0).map(|_| ()),
-                            }
-                            .map_err(|e| format!("{name} on {conn}: {e}"))
-                        })
-                        .await
+                        s.check(action, &conn, "power")?;
+                        change(&s, action, &conn, &name, o, json!({ "name": name })).await
                     }
                 })?,
             )?;
@@ -300,71 +455,301 @@ impl HostModule for VirtModule {
         let s = st.clone();
         t.set(
             "create",
-            lua.create_async_function(move |lua, (conn, spec): (String, LuaValue)| {
+            lua.create_async_function(move |lua, (conn, spec, opts): (String, LuaValue, Option<Table>)| {
                 let s = s.clone();
                 async move {
+                    let (o, _) = opts_of("create", opts, &[])?;
                     let spec: Value = lua.from_value(spec)?;
-                    let kind = if s.conns.get(&conn).is_some_and(|c| c.uri.starts_with("test:")) { "test" } else { "kvm" };
-                    let dirs = s.conns.get(&conn).map(|c| c.disk_dirs.clone()).unwrap_or_default();
-                    let xml = domain_xml(&spec, kind, &dirs).map_err(|m| LUA.err("create", m))?;
                     let name = spec["name"].as_str().unwrap_or("").to_string();
-                    valid_name("create", &name)?;
-                    s.grant.require("create", "write")?;
-                    s.check_conn("create", &conn)?;
-                    let exists = |c: &Connect| -> Result<(), String> {
-                        match c.lookup_domain_by_name(&name) {
-                            Ok(_) => Err(format!("a VM `{name}` already exists on {conn}")),
-                            Err(_) => Ok(()),
+                    // A libvirt spec is checked whole before anything else (an OpenStack one
+                    // needs the cloud's flavors and images, so it is checked where they are read).
+                    let xml = match s.conns.get(&conn) {
+                        Some(Conn::Libvirt(c)) => {
+                            let kind = if c.uri.starts_with("test:") { "test" } else { "kvm" };
+                            Some(domain_xml(&spec, kind, &c.disk_dirs).map_err(|m| LUA.err("create", m))?)
                         }
+                        Some(Conn::OpenStack(_)) => None,
+                        None if spec.get("image").is_none() && spec.get("flavor").is_none() => {
+                            Some(domain_xml(&spec, "kvm", &[]).map_err(|m| LUA.err("create", m))?)
+                        }
+                        None => None,
                     };
-                    if s.ctx.dry_run && s.ctx.exchange.is_none() {
-                        exists(&*s.open(&conn).map_err(|m| LUA.err("create", m))?).map_err(|m| LUA.err("create", m))?;
+                    valid_name("create", &name)?;
+                    s.check("create", &conn, "write")?;
+                    let mut args = json!({ "name": name, "spec": spec });
+                    if let Some(x) = xml {
+                        args["xml"] = json!(x);
                     }
-                    s.change("create", &conn, &name, json!({ "name": name, "spec": spec, "xml": xml }), || {
-                        let c = s.open(&conn)?;
-                        exists(&c)?;
-                        let d = c.define_domain_xml(&xml).map_err(|e| format!("{name} on {conn}: {e}"))?;
-                        // A VM that was defined but would not start is removed again.
-                        d.create()
-                            .map(|_| ())
-                            .inspect_err(|_| {
-                                let _ = d.undefine();
-                            })
-                            .map_err(|e| format!("{name} on {conn}: {e}"))
-                    })
-                    .await
+                    change(&s, "create", &conn, &name, o, args).await
                 }
             })?,
         )?;
 
-        let s = st;
+        let s = st.clone();
         t.set(
             "delete",
-            lua.create_async_function(move |_, (conn, name): (String, String)| {
+            lua.create_async_function(move |_, (conn, name, opts): (String, String, Option<Table>)| {
                 let s = s.clone();
                 async move {
+                    let (o, _) = opts_of("delete", opts, &[])?;
                     valid_name("delete", &name)?;
-                    s.grant.require("delete", "write")?;
-                    s.check_conn("delete", &conn)?;
-                    if s.ctx.dry_run && s.ctx.exchange.is_none() {
-                        s.domain(&conn, &name).map_err(|m| LUA.err("delete", m))?;
-                    }
-                    s.change("delete", &conn, &name, json!({ "name": name }), || {
-                        let d = s.domain(&conn, &name)?;
-                        let gone = || -> Result<(), virt::error::Error> {
-                            if d.is_active()? {
-                                d.destroy()?;
-                            }
-                            d.undefine()
-                        };
-                        gone().map_err(|e| format!("{name} on {conn}: {e}"))
-                    })
-                    .await
+                    s.check("delete", &conn, "write")?;
+                    change(&s, "delete", &conn, &name, o, json!({ "name": name })).await
                 }
             })?,
         )?;
+
+        let s = st.clone();
+        t.set(
+            "resize",
+            lua.create_async_function(move |_, (conn, name, flavor, opts): (String, String, String, Option<Table>)| {
+                let s = s.clone();
+                async move {
+                    let (o, _) = opts_of("resize", opts, &[])?;
+                    valid_name("resize", &name)?;
+                    s.check("resize", &conn, "write")?;
+                    if matches!(s.backend(&conn), Backend::Libvirt(_)) {
+                        return Err(openstack_only("resize", &conn));
+                    }
+                    change(&s, "resize", &conn, &name, o, json!({ "name": name, "flavor": flavor })).await
+                }
+            })?,
+        )?;
+
+        let s = st.clone();
+        t.set(
+            "confirm_resize",
+            lua.create_async_function(move |_, (conn, name, opts): (String, String, Option<Table>)| {
+                let s = s.clone();
+                async move {
+                    let (o, _) = opts_of("confirm_resize", opts, &[])?;
+                    valid_name("confirm_resize", &name)?;
+                    s.check("confirm_resize", &conn, "write")?;
+                    if matches!(s.backend(&conn), Backend::Libvirt(_)) {
+                        return Err(openstack_only("confirm_resize", &conn));
+                    }
+                    change(&s, "confirm_resize", &conn, &name, o, json!({ "name": name })).await
+                }
+            })?,
+        )?;
+
+        let s = st.clone();
+        t.set(
+            "console_log",
+            lua.create_async_function(move |_, (conn, name, opts): (String, String, Option<Table>)| {
+                let s = s.clone();
+                async move {
+                    let (_, o) = opts_of("console_log", opts, &["lines"])?;
+                    valid_name("console_log", &name)?;
+                    s.check("console_log", &conn, "read")?;
+                    let lines = match o.get("lines") {
+                        Some(v) => crate::kit::options::count_opt("virt.console_log", "lines", v.clone())?.clamp(1, 10_000) as u32,
+                        None => 100,
+                    };
+                    let backend = s.backend(&conn);
+                    if matches!(backend, Backend::Libvirt(_)) {
+                        return Err(openstack_only("console_log", &conn));
+                    }
+                    let real = async {
+                        let Backend::OpenStack(c) = backend else { return Err("no connection to send to".to_string()) };
+                        let cloud = s.cloud(&conn)?;
+                        let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
+                        let srv = s.server(&cloud, c, &name, admin).await?;
+                        let id = srv["id"].as_str().unwrap_or_default();
+                        cloud.console_log(id, lines).await.map(Value::String).map_err(|e| format!("{name}: {e}"))
+                    };
+                    let v = s.ask("console_log", &conn, json!({ "name": name, "lines": lines }), real).await?;
+                    Ok(v.as_str().unwrap_or_default().to_string())
+                }
+            })?,
+        )?;
+
+        for call in ["flavors", "images", "hypervisors", "usage"] {
+            let s = st.clone();
+            t.set(
+                call,
+                lua.create_async_function(move |lua, (conn, opts): (String, Option<Table>)| {
+                    let s = s.clone();
+                    async move {
+                        let (_, o) = opts_of(call, opts, if call == "usage" { &["since"] } else { &[] })?;
+                        s.check(call, &conn, "read")?;
+                        let backend = s.backend(&conn);
+                        if matches!(backend, Backend::Libvirt(_)) {
+                            return Err(openstack_only(call, &conn));
+                        }
+                        let since = match o.get("since") {
+                            Some(v) => crate::kit::options::duration_opt("virt.usage", "since", v.clone())?,
+                            None => Duration::from_secs(24 * 3600),
+                        };
+                        let real = async {
+                            let cloud = s.cloud(&conn)?;
+                            let r = match call {
+                                "flavors" => cloud.flavors().await,
+                                "images" => cloud.images().await,
+                                "hypervisors" => cloud.hypervisors().await,
+                                _ => cloud.usage(chrono::Utc::now() - chrono::Duration::from_std(since).unwrap_or_default()).await,
+                            };
+                            r.map(Value::from).map_err(|e| e.to_string())
+                        };
+                        let args = if call == "usage" { json!({ "since_s": since.as_secs() }) } else { json!({}) };
+                        let v = s.ask(call, &conn, args, real).await?;
+                        let v = if call == "usage" && s.scope.projects.is_some() {
+                            Value::from(
+                                v.as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|u| s.scope.allows_project(u["project"].as_str(), None))
+                                    .cloned()
+                                    .collect::<Vec<_>>(),
+                            )
+                        } else {
+                            v
+                        };
+                        crate::kit::json_to_lua(&lua, &v)
+                    }
+                })?,
+            )?;
+        }
         Ok(t)
     }
+}
+
+/// A change to VM `name` on `conn` (a power action, create, delete, resize, confirm): planned
+/// in a dry run (after checking the VM is there and may be touched), else made and waited for;
+/// audited either way with the VM's state before and after.
+async fn change(s: &State, call: &'static str, conn: &str, name: &str, o: Opts, args: Value) -> mlua::Result<bool> {
+    let backend = s.backend(conn);
+    let mut detail = json!({ "connection": conn });
+    if let Some(spec) = args.get("spec") {
+        detail["spec"] = spec.clone();
+    }
+    if let Some(xml) = args.get("xml") {
+        detail["xml"] = xml.clone();
+    }
+    if let Some(f) = args.get("flavor") {
+        detail["flavor"] = f.clone();
+    }
+    if s.ctx.dry_run {
+        // What the plan rests on is read (a test's fakes stand in for nothing here).
+        if s.ctx.exchange.is_none() {
+            let before = match backend {
+                #[cfg(feature = "virt")]
+                Backend::Libvirt(c) => {
+                    let exists = s.open.exists(conn, c, name).map_err(|m| LUA.err(call, m))?;
+                    match (call, exists) {
+                        ("create", true) => return Err(LUA.err(call, format!("a VM `{name}` already exists on {conn}"))),
+                        ("create", false) => Value::Null,
+                        (_, false) => return Err(LUA.err(call, format!("no VM `{name}` on {conn}"))),
+                        _ => Value::Null,
+                    }
+                }
+                #[cfg(not(feature = "virt"))]
+                Backend::Libvirt(_) => return Err(LUA.err(call, no_libvirt(conn))),
+                Backend::OpenStack(c) => {
+                    let cloud = s.cloud(conn).map_err(|m| LUA.err(call, m))?;
+                    if call == "create" {
+                        let (_, plan) = create_body(&cloud, &args["spec"]).await.map_err(|m| LUA.err(call, m))?;
+                        detail["create"] = plan;
+                        Value::Null
+                    } else {
+                        let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
+                        let srv = s.server(&cloud, c, name, admin).await.map_err(|m| LUA.err(call, m))?;
+                        json!(srv["status"])
+                    }
+                }
+                Backend::Test => Value::Null,
+            };
+            if !before.is_null() {
+                detail["before"] = before;
+            }
+        }
+        detail["planned"] = json!(true);
+        s.record(call, name, true, detail)?;
+        return Ok(false);
+    }
+    let real = async {
+        match backend {
+            #[cfg(feature = "virt")]
+            Backend::Libvirt(c) => {
+                match call {
+                    "create" => s.open.create(conn, c, name, args["xml"].as_str().unwrap_or_default())?,
+                    "delete" => s.open.delete(conn, c, name)?,
+                    _ => s.open.power(conn, c, name, call)?,
+                }
+                Ok(json!(true))
+            }
+            #[cfg(not(feature = "virt"))]
+            Backend::Libvirt(_) => Err(no_libvirt(conn)),
+            Backend::OpenStack(c) => openstack_change(s, c, call, conn, name, &o, &args).await,
+            Backend::Test => Err("no connection to send to".into()),
+        }
+    };
+    let r = s.ask(call, conn, args.clone(), real).await;
+    match &r {
+        Ok(v) if v.is_object() => {
+            detail["before"] = v["before"].clone();
+            detail["after"] = v["after"].clone();
+        }
+        Ok(_) => {}
+        Err(e) => detail["error"] = json!(e.to_string()),
+    }
+    s.record(call, name, r.is_ok(), detail)?;
+    r.map(|_| true)
+}
+
+/// A change on OpenStack: looked up (and the project checked) first, then sent and waited for.
+/// The answer is `{ before, after }` (Nova's status; after is null for a deleted server).
+async fn openstack_change(s: &State, c: &OsConn, call: &str, conn: &str, name: &str, o: &Opts, args: &Value) -> Result<Value, String> {
+    let cloud = s.cloud(conn)?;
+    let wait = s.wait(c, o);
+    let (project, admin) = cloud.whoami().await.map_err(|e| e.to_string())?;
+    if call == "create" {
+        let own = match &c.login {
+            OsLogin::Password { project, .. } => Some(project.as_str()),
+            OsLogin::AppCredential { .. } => None,
+        };
+        if !s.scope.allows_project(project.as_deref(), own) {
+            return Err(format!(
+                "permission denied: new servers go to project {}, not among the applet's virt projects",
+                project.as_deref().unwrap_or("?")
+            ));
+        }
+        if cloud.find(name, false).await.is_ok() {
+            return Err(format!("a server `{name}` already exists on {conn}"));
+        }
+        let (body, _) = create_body(&cloud, &args["spec"]).await?;
+        let made = cloud.create(&body).await.map_err(|e| format!("{name}: {e}"))?;
+        let id = made["id"].as_str().ok_or("Nova answered without the new server's id")?.to_string();
+        let done = cloud.wait(&id, &["ACTIVE"], false, wait).await.map_err(|e| format!("{e} (server {id})"))?;
+        return Ok(json!({ "before": null, "after": done.map(|d| nova::normalize(&d)) }));
+    }
+    let srv = s.server(&cloud, c, name, admin).await?;
+    let id = srv["id"].as_str().unwrap_or_default().to_string();
+    let before = nova::normalize(&srv);
+    let sent = |e: openstack::OsError| format!("{name}: {e}");
+    let after = match call {
+        "delete" => {
+            cloud.delete(&id).await.map_err(sent)?;
+            cloud.wait(&id, &[], true, wait).await.map_err(|e| e.to_string())?
+        }
+        "resize" => {
+            let f = args["flavor"].as_str().unwrap_or_default();
+            let flavors = cloud.flavors().await.map_err(|e| e.to_string())?;
+            let flavor = flavors.iter().find(|x| x["id"] == f || x["name"] == f).ok_or_else(|| format!("no flavor `{f}` on {conn}"))?;
+            cloud.action(&id, &json!({ "resize": { "flavorRef": flavor["id"] } })).await.map_err(sent)?;
+            cloud.wait(&id, &["VERIFY_RESIZE"], false, wait).await.map_err(|e| e.to_string())?
+        }
+        "confirm_resize" => {
+            cloud.action(&id, &json!({ "confirmResize": null })).await.map_err(sent)?;
+            cloud.wait(&id, &["ACTIVE", "SHUTOFF"], false, wait).await.map_err(|e| e.to_string())?
+        }
+        _ => {
+            let (body, target) = power_action(call, o.hard);
+            cloud.action(&id, &body).await.map_err(sent)?;
+            cloud.wait(&id, &[target], false, wait).await.map_err(|e| e.to_string())?
+        }
+    };
+    Ok(json!({ "before": before, "after": after.map(|a| nova::normalize(&a)) }))
 }
 
 #[cfg(test)]
