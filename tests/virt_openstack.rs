@@ -454,3 +454,31 @@ fn the_vm_applets_run_on_openstack_as_on_libvirt() {
         assert_eq!(ok(&o), true);
     }
 }
+
+#[test]
+fn a_change_still_under_way_when_the_wait_ends_is_an_error_naming_its_state() {
+    let lab = lab("demo", "");
+    let name = unique("slow");
+    let main = format!(
+        r#"return function()
+            -- Building takes seconds (scheduling, placement, the spawn): 50 ms is not enough.
+            local ok, err = pcall(virt.create, "cloud", {{ name = "{name}", flavor = "m1.tiny", image = "{}" }}, {{ timeout = 0.05 }})
+            -- it settles by itself; then it goes
+            for _ = 1, 200 do
+                if virt.info("cloud", "{name}").state == "running" then break end
+                time.sleep(0.1)
+            end
+            virt.delete("cloud", "{name}")
+            return {{ ok = ok, err = tostring(err) }}
+        end"#,
+        e("OPSLET_OS_IMAGE")
+    );
+    let o = lab.run(r#"["read", "write"]"#, &main, false);
+    let v = ok(&o);
+    assert_eq!(v["ok"], false);
+    let err = v["err"].as_str().unwrap();
+    assert!(err.contains(&format!("virt.create: {name} is still BUILD")) && err.contains("after 50ms (waiting for ACTIVE)"), "{err}");
+    let acts = actions(&lab.store, &o);
+    let create = acts.iter().find(|r| r.data["action"] == "create").unwrap();
+    assert_eq!(create.status.as_deref(), Some("error"), "recorded as failed: its outcome was not seen");
+}
