@@ -243,6 +243,12 @@ impl Client {
         Ok(text)
     }
 
+    /// A GET of the bucket itself (a listing, its settings): the XML answer.
+    async fn bucket_xml(&self, bucket: &str, query: &[(&str, String)]) -> Result<String, S3Error> {
+        let resp = self.send(Method::Get, bucket, None, query, &[], Body::None, true).await?;
+        Self::xml(resp).await
+    }
+
     /// Lists up to `limit` objects of `bucket` under `prefix`, a page at a time; with
     /// `delimiter`, keys below it are rolled up into `prefixes`.
     pub async fn list(&self, bucket: &str, prefix: &str, delimiter: Option<&str>, limit: usize) -> Result<Listing, S3Error> {
@@ -264,19 +270,11 @@ impl Client {
             if let Some(t) = &token {
                 q.push(("continuation-token", t.clone()));
             }
-            let resp = self.send(Method::Get, bucket, None, &q, &[], Body::None, true).await?;
-            let text = Self::xml(resp).await?;
-            let doc = roxmltree::Document::parse(&text).map_err(|e| S3Error::Transport(format!("the listing is not XML: {e}")))?;
+            let text = self.bucket_xml(bucket, &q).await?;
+            let doc = parse_xml(&text)?;
             let root = doc.root_element();
             for n in root.children().filter(|n| n.has_tag_name_local("Contents")) {
-                out.objects.push(Object {
-                    bucket: bucket.to_string(),
-                    key: child(n, "Key").unwrap_or_default(),
-                    size: child(n, "Size").and_then(|s| s.parse().ok()).unwrap_or(0),
-                    etag: child(n, "ETag").map(|e| unquote(&e)),
-                    modified: child(n, "LastModified").map(|m| iso(&m)),
-                    ..Default::default()
-                });
+                out.objects.push(listed(bucket, n));
             }
             for n in root.children().filter(|n| n.has_tag_name_local("CommonPrefixes")) {
                 if let Some(p) = child(n, "Prefix") {
@@ -312,21 +310,15 @@ impl Client {
                     q.push(("version-id-marker", v.clone()));
                 }
             }
-            let resp = self.send(Method::Get, bucket, None, &q, &[], Body::None, true).await?;
-            let text = Self::xml(resp).await?;
-            let doc = roxmltree::Document::parse(&text).map_err(|e| S3Error::Transport(format!("the listing is not XML: {e}")))?;
+            let text = self.bucket_xml(bucket, &q).await?;
+            let doc = parse_xml(&text)?;
             let root = doc.root_element();
             for n in root.children().filter(|n| n.has_tag_name_local("Version") || n.has_tag_name_local("DeleteMarker")) {
                 out.objects.push(Object {
-                    bucket: bucket.to_string(),
-                    key: child(n, "Key").unwrap_or_default(),
-                    size: child(n, "Size").and_then(|s| s.parse().ok()).unwrap_or(0),
-                    etag: child(n, "ETag").map(|e| unquote(&e)),
-                    modified: child(n, "LastModified").map(|m| iso(&m)),
                     version_id: child(n, "VersionId"),
                     latest: Some(child(n, "IsLatest").as_deref() == Some("true")),
                     delete_marker: n.has_tag_name_local("DeleteMarker"),
-                    ..Default::default()
+                    ..listed(bucket, n)
                 });
             }
             let more = child(root, "IsTruncated").as_deref() == Some("true");
@@ -339,9 +331,8 @@ impl Client {
 
     /// Whether the bucket keeps versions: "Enabled", "Suspended", or None (never enabled).
     pub async fn versioning(&self, bucket: &str) -> Result<Option<String>, S3Error> {
-        let resp = self.send(Method::Get, bucket, None, &[("versioning", String::new())], &[], Body::None, true).await?;
-        let text = Self::xml(resp).await?;
-        let doc = roxmltree::Document::parse(&text).map_err(|e| S3Error::Transport(format!("not XML: {e}")))?;
+        let text = self.bucket_xml(bucket, &[("versioning", String::new())]).await?;
+        let doc = parse_xml(&text)?;
         Ok(child(doc.root_element(), "Status").filter(|s| !s.is_empty()))
     }
 
@@ -618,7 +609,7 @@ impl Upload {
             let resp =
                 c.send(Method::Post, &self.bucket, Some(&self.key), &[("uploads", String::new())], &headers, Body::None, true).await?;
             let text = Client::xml(resp).await?;
-            let doc = roxmltree::Document::parse(&text).map_err(|e| S3Error::Transport(format!("not XML: {e}")))?;
+            let doc = parse_xml(&text)?;
             let id = child(doc.root_element(), "UploadId").ok_or_else(|| S3Error::Transport("no UploadId in the answer".into()))?;
             self.id = Some(id);
         }
@@ -682,7 +673,7 @@ impl Upload {
             let resp = c.send(Method::Post, &bucket, Some(&key), &q, &[], Body::Bytes(body.into()), true).await?;
             let version = header(resp.headers(), "x-amz-version-id");
             let text = Client::xml(resp).await?;
-            let doc = roxmltree::Document::parse(&text).map_err(|e| S3Error::Transport(format!("not XML: {e}")))?;
+            let doc = parse_xml(&text)?;
             Ok::<_, S3Error>((child(doc.root_element(), "ETag").map(|e| unquote(&e)), version))
         }
         .await;
@@ -842,6 +833,23 @@ trait LocalName {
 impl LocalName for roxmltree::Node<'_, '_> {
     fn has_tag_name_local(&self, name: &str) -> bool {
         self.is_element() && self.tag_name().name() == name
+    }
+}
+
+/// The store's XML answer, parsed.
+fn parse_xml(text: &str) -> Result<roxmltree::Document<'_>, S3Error> {
+    roxmltree::Document::parse(text).map_err(|e| S3Error::Transport(format!("the store's answer is not XML: {e}")))
+}
+
+/// What every listing says of an object (`Contents`, `Version`, `DeleteMarker`).
+fn listed(bucket: &str, n: roxmltree::Node<'_, '_>) -> Object {
+    Object {
+        bucket: bucket.to_string(),
+        key: child(n, "Key").unwrap_or_default(),
+        size: child(n, "Size").and_then(|s| s.parse().ok()).unwrap_or(0),
+        etag: child(n, "ETag").map(|e| unquote(&e)),
+        modified: child(n, "LastModified").map(|m| iso(&m)),
+        ..Default::default()
     }
 }
 

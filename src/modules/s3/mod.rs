@@ -207,10 +207,6 @@ fn check_key(call: &str, key: &str) -> mlua::Result<()> {
     scope::check_key(key).map_err(|m| LUA.err(call, m))
 }
 
-fn version_text(v: &Option<String>) -> Option<&str> {
-    v.as_deref()
-}
-
 /// A stored object other modules stream (an `s3.object` handle).
 struct S3Source {
     st: State,
@@ -406,7 +402,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 let max = s.conns.get(&conn).map_or(16 * 1024 * 1024, |c| c.max_get).min(s.ctx.guard.limits.memory);
                 let real = async {
                     let c = s.client(&conn)?;
-                    match c.get(&bucket, &key, version_text(&version), max).await {
+                    match c.get(&bucket, &key, version.as_deref(), max).await {
                         Ok((object, content)) => Ok(Content { content, object }),
                         Err(client::S3Error::Check(m)) if m.contains("-byte limit") => {
                             Err(format!("{m} (s3.get returns small objects as text; use s3.object for a handle ssh.put streams)"))
@@ -533,7 +529,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                     }
                     let real = async {
                         let c = s.client(&conn)?;
-                        c.copy((&from_bucket, &from_key, version_text(&version)), (&to_bucket, &to_key))
+                        c.copy((&from_bucket, &from_key, version.as_deref()), (&to_bucket, &to_key))
                             .await
                             .map_err(|e| format!("{from_bucket}/{from_key} to {to_bucket}/{to_key}: {e}"))
                     };
@@ -562,7 +558,7 @@ fn functions(lua: &Lua, st: &State, conn: Option<String>) -> mlua::Result<Table>
                 }
                 let real = async {
                     let c = s.client(&conn)?;
-                    c.delete(&bucket, &key, version_text(&version)).await.map_err(|e| format!("{bucket}/{key}: {e}"))
+                    c.delete(&bucket, &key, version.as_deref()).await.map_err(|e| format!("{bucket}/{key}: {e}"))
                 };
                 let r: mlua::Result<client::Deleted> = s.ask("delete", &bucket, &key, json!({ "version": version }), real).await;
                 let d = s.audited("delete", &conn, &bucket, &key, r)?;
@@ -675,7 +671,7 @@ struct Copied {
 async fn head(s: &State, conn: &str, bucket: &str, key: &str, version: &Option<String>) -> mlua::Result<Option<Object>> {
     let real = async {
         let c = s.client(conn)?;
-        c.head(bucket, key, version_text(version)).await.map_err(|e| format!("{bucket}/{key}: {e}"))
+        c.head(bucket, key, version.as_deref()).await.map_err(|e| format!("{bucket}/{key}: {e}"))
     };
     s.ask("head", bucket, key, json!({ "version": version }), real).await
 }
