@@ -241,7 +241,15 @@ async function beforeRestart() {
   await page.waitForURL(/#\/job\//);
   await page.waitForSelector("#result-table", { timeout: 600000 });
   const longBig = await longestTask(page);
-  assert.match(await page.textContent("#job-progress"), new RegExp(`ssh\\.script: ${BIG}/${BIG} hosts.*ok ${BIG} · failed 0`));
+  const bigProgress = await page.textContent("#job-progress");
+  if (!bigProgress.includes(`ok ${BIG} · failed 0`)) {
+    // Name what the failed hosts said, so a failure here can be read from the log alone.
+    const id = page.url().split("#/job/")[1];
+    const job = await page.evaluate(async (id) => (await fetch(`/api/v1/jobs/${id}`)).json(), id);
+    const rows = Array.isArray(job.result) ? job.result : [];
+    console.log("failed hosts:", JSON.stringify(rows.filter((r) => r.error).slice(0, 20), null, 1));
+  }
+  assert.match(bigProgress, new RegExp(`ssh\\.script: ${BIG}/${BIG} hosts.*ok ${BIG} · failed 0`));
   assert.equal(await page.textContent("#result-count"), `${BIG} of ${BIG} row(s)`);
   assert.equal(await page.locator("#result-table tbody tr").count(), 200, "one page of rows is drawn, not all");
   assert.equal(await page.textContent("#rows-shown"), `rows 1–200 of ${BIG}`);
