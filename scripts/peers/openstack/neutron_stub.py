@@ -8,7 +8,7 @@ import re
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 35005
+PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 25005
 
 
 class H(BaseHTTPRequestHandler):

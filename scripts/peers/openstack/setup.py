@@ -7,7 +7,7 @@ library only (no openstackclient/openstacksdk in the venv: it installs faster).
     python3 setup.py hypervisor waits until the node, once mapped to cell1, is an up hypervisor
     python3 setup.py services   one line per Nova service (for `status`)
 
-Ports from $OPSLET_OS_PORT_BASE (default 35000); the image id goes to $OPSLET_OS_STATE/image-id.
+Ports from $OPSLET_OS_PORT_BASE (default 25000); the image id goes to $OPSLET_OS_STATE/image-id.
 Each step is idempotent (looks things up by name before creating them).
 """
 import json
@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 
-BASE = int(os.environ.get('OPSLET_OS_PORT_BASE', '35000'))
+BASE = int(os.environ.get('OPSLET_OS_PORT_BASE', '25000'))
 STATE = os.environ.get('OPSLET_OS_STATE', '.')
 KEYSTONE = 'http://127.0.0.1:%d/v3' % BASE
 PLACEMENT = 'http://127.0.0.1:%d' % (BASE + 1)
