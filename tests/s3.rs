@@ -238,6 +238,26 @@ fn the_stores_errors_pass_through_with_its_code_and_message() {
 }
 
 #[test]
+fn a_rotated_key_takes_effect_at_the_next_run_of_the_same_process() {
+    // One runtime, as a server keeps it: its client of the store outlives a run, but not a
+    // change of the secret it was made with.
+    let b = peer::bucket("rotate", false);
+    let lab = lab("");
+    let secrets = opslet::secrets::Secrets::open(lab.store.clone()).unwrap();
+    let list = format!(r#"return function() return #s3.list("{b}") end"#);
+    let scope = format!("{{ bucket = \"{b}\", actions = [\"read\"] }}");
+    let o = lab.run(&scope, &list);
+    assert!(o.result.is_ok(), "{:?}", o.result);
+    secrets.set("s3-secret", b"not-the-key-anymore", "tester").unwrap();
+    let e = err_text(&lab.run(&scope, &list));
+    assert!(e.contains("SignatureDoesNotMatch") || e.contains("AccessDenied") || e.contains("HTTP 403"), "the old key is not used: {e}");
+    assert!(!e.contains("not-the-key-anymore"), "{e}");
+    secrets.set("s3-secret", peer::SECRET.as_bytes(), "tester").unwrap();
+    let o = lab.run(&scope, &list);
+    assert!(o.result.is_ok(), "the restored key works at once: {:?}", o.result);
+}
+
+#[test]
 fn permissions_are_refused_before_anything_is_sent() {
     // The connection points where nothing listens: a refusal that reached the network would
     // say "connect"; every one here must be the permission's.

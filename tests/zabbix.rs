@@ -187,6 +187,33 @@ fn api_errors_wrong_credentials_and_a_dead_server_are_clear() {
 }
 
 #[test]
+fn a_rotated_token_is_used_from_the_next_run_on() {
+    // An API token of Admin's, made for this test.
+    let admin = admin();
+    let name = format!("opslet-rotate-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let (id, token) = block(async {
+        let made = admin.call("token.create", json!({ "name": name, "userid": "1" })).await.unwrap();
+        let id = made["tokenids"][0].as_str().unwrap().to_string();
+        let generated = admin.call("token.generate", json!([id])).await.unwrap();
+        (id, generated[0]["token"].as_str().unwrap().to_string())
+    });
+    // One runtime, as a server keeps it: its logged-in client outlives a run, but not a change
+    // of the secret it logged in with.
+    let rt = runtime_with(&format!("[zabbix.main]\nurl = \"{}\"\ntoken_secret = \"zbx-pass\"\n", url()), &token);
+    let secrets = Secrets::open(rt.store().unwrap().clone()).unwrap();
+    let main = r#"return function() return #zabbix.hosts({ name = "Zabbix server" }) end"#;
+    assert_eq!(ok(&applet(&rt, "[\"read\"]", main, false)), &json!(1));
+    let revoked = "0".repeat(64);
+    secrets.set("zbx-pass", revoked.as_bytes(), "tester").unwrap();
+    let e = err_text(&applet(&rt, "[\"read\"]", main, false));
+    assert!(e.contains("Not authorized") || e.contains("re-login"), "the new token is used, and refused: {e}");
+    assert!(!e.contains(&revoked) && !e.contains(&token), "{e}");
+    secrets.set("zbx-pass", token.as_bytes(), "tester").unwrap();
+    assert_eq!(ok(&applet(&rt, "[\"read\"]", main, false)), &json!(1), "the restored token works at once");
+    block(admin.call("token.delete", json!([id]))).unwrap();
+}
+
+#[test]
 fn a_lost_session_is_renewed_once() {
     let rt = rt();
     let main = r#"return function()

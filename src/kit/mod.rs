@@ -3,6 +3,7 @@
 //! adds the targets of a run and the fan-out over them, the I/O threads, option parsing, secret
 //! access, Lua conversion, error helpers and the audit of actions in flight ([`Pending`]).
 
+pub mod clients;
 pub mod exchange;
 pub mod fanout;
 pub mod http;
@@ -40,6 +41,22 @@ pub fn pick_connection(label: &str, module: &str, conns: &[(&str, bool)], asked:
         _ if conns.iter().any(|(n, _)| *n == "default") => Ok("default".into()),
         _ => Err(format!("several {label} connections ({}): mark one `default = true` or use {module}.connection(NAME)", names())),
     }
+}
+
+/// Whether a run's calls of a module with `configured` connections go to stand-ins: a test
+/// (fakes or a transcript answer) with no connection of that module configured has stand-ins,
+/// which nothing is ever sent to.
+pub fn stand_ins(ctx: &RunCtx, configured: usize) -> bool {
+    configured == 0 && ctx.exchange.is_some()
+}
+
+/// The connection a run's call uses: [`pick_connection`], or, where [`stand_ins`] holds, the one
+/// asked for or "default".
+pub fn run_connection(ctx: &RunCtx, label: &str, module: &str, conns: &[(&str, bool)], asked: Option<&str>) -> Result<String, String> {
+    if stand_ins(ctx, conns.len()) {
+        return Ok(asked.unwrap_or("default").to_string());
+    }
+    pick_connection(label, module, conns, asked)
 }
 
 /// The table of a module with named connections (zabbix, es, s3): `functions(lua, None)` on the

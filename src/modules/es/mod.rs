@@ -5,14 +5,14 @@
 //! `es.connection(NAME)` another one. `es.scan` walks every hit with a point in time and
 //! `search_after`, one page at a time, so a large result never sits in memory whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value as LuaValue};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::kit::clients::{Clients, RunClients};
 use crate::kit::http::{self, Trust};
 use crate::kit::{Grant, HostModule};
 pub mod settings;
@@ -24,7 +24,8 @@ use settings::EsConn;
 
 pub struct EsModule {
     conns: Arc<BTreeMap<String, EsConn>>,
-    clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
+    /// Clients by connection name, shared by all runs (see `kit::clients`).
+    clients: Arc<Clients<Client>>,
 }
 
 impl EsModule {
@@ -135,7 +136,7 @@ fn check_index(call: &str, index: &str) -> mlua::Result<()> {
 #[derive(Clone)]
 struct State {
     conns: Arc<BTreeMap<String, EsConn>>,
-    clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
+    clients: RunClients<Client>,
     ctx: Arc<RunCtx>,
     grant: Grant,
     /// The connection the applet named (`es.connection(NAME)`), if it named one.
@@ -143,40 +144,32 @@ struct State {
 }
 
 impl State {
-    /// The connection Lua call `call` uses, once the manifest grants `read`. A test (fakes or a
-    /// transcript answer) with no [es.*] configured gets a stand-in, `default` or the one named,
-    /// that nothing is ever sent to.
+    /// The connection Lua call `call` uses, once the manifest grants `read` (a stand-in in a
+    /// test with no [es.*]: `kit::run_connection`).
     fn conn(&self, call: &str) -> mlua::Result<String> {
         self.grant.require(call, "read")?;
-        if self.conns.is_empty() && self.ctx.exchange.is_some() {
-            return Ok(self.named.clone().unwrap_or_else(|| "default".into()));
-        }
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        crate::kit::pick_connection("es", "es", &conns, self.named.as_deref()).map_err(|m| LUA.err(call, m))
+        crate::kit::run_connection(&self.ctx, "es", "es", &conns, self.named.as_deref()).map_err(|m| LUA.err(call, m))
     }
 
     /// The client of connection `name`. Only a real request (not a test's fake) asks for it,
     /// so a test needs neither the connection's secrets nor its cluster.
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
-        if let Some(c) = self.clients.lock().get(name) {
-            return Ok(Arc::clone(c));
-        }
         let conf = self.conns.get(name).ok_or("no es connection is configured (add [es.NAME] to opslet.toml)")?;
         let owner = format!("[es.{name}]");
-        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s);
-        let auth = match (&conf.user, &conf.password_secret, &conf.api_key_secret) {
-            (Some(u), Some(p), None) => Auth::Basic(u.clone(), secret(p)?),
-            (None, None, Some(k)) => Auth::ApiKey(secret(k)?),
-            _ => Auth::None,
-        };
-        let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
-        let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| format!("{owner} {m}"))?;
-        let trust = ca.map_or(Trust::System, Trust::Also);
-        let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true, read_timeout: None })
-            .map_err(|m| format!("{owner} {m}"))?;
-        let c = Arc::new(Client { name: name.to_string(), base: conf.url.clone(), auth, http, opensearch: Default::default() });
-        self.clients.lock().insert(name.to_string(), Arc::clone(&c));
-        Ok(c)
+        self.clients.get(&self.ctx, &owner, name, |secret| {
+            let auth = match (&conf.user, &conf.password_secret, &conf.api_key_secret) {
+                (Some(u), Some(p), None) => Auth::Basic(u.clone(), secret(p)?),
+                (None, None, Some(k)) => Auth::ApiKey(secret(k)?),
+                _ => Auth::None,
+            };
+            let timeout = crate::util::parse_duration(&conf.timeout).unwrap_or(Duration::from_secs(30));
+            let ca = http::read_ca(conf.ca_file.as_deref()).map_err(|m| format!("{owner} {m}"))?;
+            let trust = ca.map_or(Trust::System, Trust::Also);
+            let http = http::client(http::Options { timeout, connect_timeout: timeout, trust, redirects: true, read_timeout: None })
+                .map_err(|m| format!("{owner} {m}"))?;
+            Ok(Client { name: name.to_string(), base: conf.url.clone(), auth, http, opensearch: Default::default() })
+        })
     }
 
     /// Where the module's requests leave the process: `es.CALL` on `index` (`INDEX@CONN` when
@@ -373,7 +366,8 @@ impl HostModule for EsModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: None };
+        let st =
+            State { conns: Arc::clone(&self.conns), clients: RunClients::new(&self.clients), ctx: Arc::clone(ctx), grant, named: None };
         let check = st.clone();
         crate::kit::with_connections(
             lua,

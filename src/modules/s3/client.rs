@@ -28,16 +28,6 @@ pub enum S3Error {
     Check(String),
 }
 
-impl S3Error {
-    /// The store's code (`NoSuchKey`, `AccessDenied`), when it answered with one.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            S3Error::Store { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
 impl std::fmt::Display for S3Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -871,7 +861,7 @@ mod tests {
         let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>x</Key></Error>"#;
         let e = parse_error(404, xml).unwrap();
-        assert_eq!(e.code(), Some("NoSuchKey"));
+        assert!(matches!(&e, S3Error::Store { status: 404, code, .. } if code == "NoSuchKey"), "{e:?}");
         assert_eq!(e.to_string(), "NoSuchKey: The specified key does not exist. (HTTP 404)");
         assert!(parse_error(200, "<CopyObjectResult/>").is_none());
         // An error inside a 200 answer is still an error.

@@ -16,18 +16,18 @@ pub mod client;
 pub mod scope;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::kit::clients::{Clients, RunClients};
 use crate::kit::objects::{Chunks, ObjectHandle, Sink, SinkHandle, Source, Writer};
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
@@ -40,11 +40,13 @@ const LUA: crate::kit::Calls = crate::kit::Calls("s3");
 
 pub struct S3Module {
     conns: Arc<BTreeMap<String, S3Conn>>,
+    /// Clients by connection name, shared by all runs (see `kit::clients`).
+    clients: Arc<Clients<Client>>,
 }
 
 /// The module set up from opslet.toml.
 pub fn module(config: &Config) -> Result<Arc<dyn HostModule>, Error> {
-    Ok(Arc::new(S3Module { conns: Arc::new(settings::from_config(config)?) }))
+    Ok(Arc::new(S3Module { conns: Arc::new(settings::from_config(config)?), clients: Arc::default() }))
 }
 
 /// A client for connection `name` of `conns`, its keys read through `secret` (the CLI and the
@@ -73,16 +75,19 @@ pub fn client_for(
 
 /// The connection a call uses when none is named.
 pub fn default_connection(conns: &BTreeMap<String, S3Conn>, asked: Option<&str>) -> Result<String, String> {
-    let list: Vec<(&str, bool)> = conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-    crate::kit::pick_connection("s3", "s3", &list, asked)
+    crate::kit::pick_connection("s3", "s3", &listed(conns), asked)
+}
+
+/// (name, marked default) of each connection, as `kit::pick_connection` takes them.
+fn listed(conns: &BTreeMap<String, S3Conn>) -> Vec<(&str, bool)> {
+    conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect()
 }
 
 /// One run's view of the module.
 #[derive(Clone)]
 struct State {
     conns: Arc<BTreeMap<String, S3Conn>>,
-    /// This run's clients (keys read once per run).
-    clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
+    clients: RunClients<Client>,
     ctx: Arc<RunCtx>,
     scope: Arc<Scope>,
     /// The connection the applet named (`s3.connection(NAME)`), if it named one.
@@ -90,23 +95,13 @@ struct State {
 }
 
 impl State {
-    /// The connection a call uses. A test with no [s3.*] configured gets a stand-in that
-    /// nothing is ever sent to.
+    /// The connection a call uses (a stand-in in a test with no [s3.*]: `kit::run_connection`).
     fn conn(&self, call: &str) -> mlua::Result<String> {
-        if self.conns.is_empty() && self.ctx.exchange.is_some() {
-            return Ok(self.named.clone().unwrap_or_else(|| "default".into()));
-        }
-        default_connection(&self.conns, self.named.as_deref()).map_err(|m| LUA.err(call, m))
+        crate::kit::run_connection(&self.ctx, "s3", "s3", &listed(&self.conns), self.named.as_deref()).map_err(|m| LUA.err(call, m))
     }
 
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
-        if let Some(c) = self.clients.lock().get(name) {
-            return Ok(Arc::clone(c));
-        }
-        let secret = |owner: &str, s: &str| crate::kit::read_secret(&self.ctx, owner, s);
-        let c = Arc::new(client_for(&self.conns, name, &secret)?);
-        self.clients.lock().insert(name.to_string(), Arc::clone(&c));
-        Ok(c)
+        self.clients.get(&self.ctx, &format!("[s3.{name}]"), name, |secret| client_for(&self.conns, name, &|_, s| secret(s)))
     }
 
     /// Refuses, before anything is sent, a call the permission does not cover.
@@ -687,8 +682,13 @@ impl HostModule for S3Module {
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
         let scope = Scope::parse(&grant.scope).map_err(|m| LUA.err("permission", m))?;
-        let st =
-            State { conns: Arc::clone(&self.conns), clients: Arc::default(), ctx: Arc::clone(ctx), scope: Arc::new(scope), named: None };
+        let st = State {
+            conns: Arc::clone(&self.conns),
+            clients: RunClients::new(&self.clients),
+            ctx: Arc::clone(ctx),
+            scope: Arc::new(scope),
+            named: None,
+        };
         let check = st.clone();
         crate::kit::with_connections(
             lua,

@@ -16,16 +16,16 @@ pub mod openstack;
 pub mod scope;
 pub mod settings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::kit::clients::{Clients, RunClients};
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 use openstack::Cloud;
@@ -34,11 +34,14 @@ use settings::{Conn, OsConn, OsLogin};
 
 pub struct VirtModule {
     conns: Arc<BTreeMap<String, Conn>>,
+    /// OpenStack clouds (each with its token) by connection name, shared by all runs (see
+    /// `kit::clients`).
+    clouds: Arc<Clients<Cloud>>,
 }
 
 impl VirtModule {
     pub fn new(conns: BTreeMap<String, Conn>) -> VirtModule {
-        VirtModule { conns: Arc::new(conns) }
+        VirtModule { conns: Arc::new(conns), clouds: Arc::default() }
     }
 }
 
@@ -120,7 +123,7 @@ struct State {
     conns: Arc<BTreeMap<String, Conn>>,
     #[cfg(feature = "virt")]
     open: Arc<libvirt::Open>,
-    clouds: Arc<Mutex<HashMap<String, Arc<Cloud>>>>,
+    clouds: RunClients<Cloud>,
     ctx: Arc<RunCtx>,
     scope: Arc<Scope>,
 }
@@ -148,8 +151,7 @@ impl State {
                 format!("permission denied: the applet's manifest {why} (add it: [permissions] virt = [\"read\", \"{action}\"])"),
             ));
         }
-        let stand_in = self.conns.is_empty() && self.ctx.exchange.is_some();
-        if !(self.conns.contains_key(conn) || stand_in) {
+        if !(self.conns.contains_key(conn) || crate::kit::stand_ins(&self.ctx, self.conns.len())) {
             return Err(LUA.err(
                 call,
                 format!("no virt connection `{conn}` (configured: {})", self.conns.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -175,20 +177,16 @@ impl State {
         }
     }
 
-    /// The cloud of connection `name`, logged in on first use (per run).
+    /// The cloud of connection `name`, logged in on first use; its token serves later runs too.
     fn cloud(&self, name: &str) -> Result<Arc<Cloud>, String> {
-        if let Some(c) = self.clouds.lock().get(name) {
-            return Ok(Arc::clone(c));
-        }
         let Some(Conn::OpenStack(conf)) = self.conns.get(name) else { return Err(format!("`{name}` is not an OpenStack connection")) };
-        let owner = format!("[virt.{name}]");
-        let secret = match &conf.login {
-            OsLogin::Password { password_secret, .. } => crate::kit::read_secret(&self.ctx, &owner, password_secret)?,
-            OsLogin::AppCredential { secret_secret, .. } => crate::kit::read_secret(&self.ctx, &owner, secret_secret)?,
-        };
-        let c = Arc::new(Cloud::new(name, conf, secret)?);
-        self.clouds.lock().insert(name.to_string(), Arc::clone(&c));
-        Ok(c)
+        self.clouds.get(&self.ctx, &format!("[virt.{name}]"), name, |secret| {
+            let text = match &conf.login {
+                OsLogin::Password { password_secret, .. } => secret(password_secret)?,
+                OsLogin::AppCredential { secret_secret, .. } => secret(secret_secret)?,
+            };
+            Cloud::new(name, conf, text)
+        })
     }
 
     /// Where a call leaves the process: `virt.CALL` on connection `conn` with `args`, made by
@@ -342,7 +340,7 @@ impl HostModule for VirtModule {
             conns: Arc::clone(&self.conns),
             #[cfg(feature = "virt")]
             open: Arc::default(),
-            clouds: Arc::default(),
+            clouds: RunClients::new(&self.clouds),
             ctx: Arc::clone(ctx),
             scope: Arc::new(scope),
         };
@@ -504,15 +502,7 @@ impl HostModule for VirtModule {
             "resize",
             lua.create_async_function(move |_, (conn, name, flavor, opts): (String, String, String, Option<Table>)| {
                 let s = s.clone();
-                async move {
-                    let (o, _) = opts_of("resize", opts, &[])?;
-                    valid_name("resize", &name)?;
-                    s.check("resize", &conn, "write")?;
-                    if matches!(s.backend(&conn), Backend::Libvirt(_)) {
-                        return Err(openstack_only("resize", &conn));
-                    }
-                    change(&s, "resize", &conn, &name, o, json!({ "name": name, "flavor": flavor })).await
-                }
+                async move { cloud_change(&s, "resize", &conn, &name, opts, json!({ "name": name, "flavor": flavor })).await }
             })?,
         )?;
 
@@ -521,15 +511,7 @@ impl HostModule for VirtModule {
             "confirm_resize",
             lua.create_async_function(move |_, (conn, name, opts): (String, String, Option<Table>)| {
                 let s = s.clone();
-                async move {
-                    let (o, _) = opts_of("confirm_resize", opts, &[])?;
-                    valid_name("confirm_resize", &name)?;
-                    s.check("confirm_resize", &conn, "write")?;
-                    if matches!(s.backend(&conn), Backend::Libvirt(_)) {
-                        return Err(openstack_only("confirm_resize", &conn));
-                    }
-                    change(&s, "confirm_resize", &conn, &name, o, json!({ "name": name })).await
-                }
+                async move { cloud_change(&s, "confirm_resize", &conn, &name, opts, json!({ "name": name })).await }
             })?,
         )?;
 
@@ -617,6 +599,18 @@ impl HostModule for VirtModule {
 /// A change to VM `name` on `conn` (a power action, create, delete, resize, confirm): planned
 /// in a dry run (after checking the VM is there and may be touched), else made and waited for;
 /// audited either way with the VM's state before and after.
+/// A change only OpenStack makes (resize, confirm_resize): checked like any other, refused on a
+/// libvirt connection, then made.
+async fn cloud_change(s: &State, call: &'static str, conn: &str, name: &str, opts: Option<Table>, args: Value) -> mlua::Result<bool> {
+    let (o, _) = opts_of(call, opts, &[])?;
+    valid_name(call, name)?;
+    s.check(call, conn, "write")?;
+    if matches!(s.backend(conn), Backend::Libvirt(_)) {
+        return Err(openstack_only(call, conn));
+    }
+    change(s, call, conn, name, o, args).await
+}
+
 async fn change(s: &State, call: &'static str, conn: &str, name: &str, o: Opts, args: Value) -> mlua::Result<bool> {
     let backend = s.backend(conn);
     let mut detail = json!({ "connection": conn });

@@ -18,15 +18,14 @@ mod redact;
 pub mod settings;
 mod time;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use mlua::{Lua, LuaSerdeExt, Table, Value as LuaValue};
-use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::kit::clients::{Clients, RunClients};
 use crate::kit::{Grant, HostModule};
 use crate::runtime::context::RunCtx;
 use client::{Client, ZabbixError};
@@ -40,8 +39,9 @@ pub use cmdb_import::{client_for, cmdb_hosts};
 
 pub struct ZabbixModule {
     conns: Arc<std::collections::BTreeMap<String, ZabbixConn>>,
-    /// Clients by connection name, shared by all runs (one login per server, reused).
-    clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
+    /// Clients by connection name, shared by all runs (one login per server, reused; see
+    /// `kit::clients`).
+    clients: Arc<Clients<Client>>,
 }
 
 impl ZabbixModule {
@@ -56,7 +56,7 @@ const LUA: crate::kit::Calls = crate::kit::Calls("zabbix");
 #[derive(Clone)]
 struct State {
     conns: Arc<std::collections::BTreeMap<String, ZabbixConn>>,
-    clients: Arc<Mutex<HashMap<String, Arc<Client>>>>,
+    clients: RunClients<Client>,
     ctx: Arc<RunCtx>,
     grant: Grant,
     /// The applet named the connection (`zabbix.connection(NAME)`): its calls' targets say so.
@@ -80,28 +80,17 @@ impl State {
         ))
     }
 
+    /// The connection a call uses (a stand-in in a test with no [zabbix.*]: `kit::run_connection`).
     fn conn_name(&self, call: &str, conn: Option<&str>) -> mlua::Result<String> {
-        // A test (fakes or a transcript answer) with no [zabbix.*] configured: a stand-in
-        // connection, `default` or the one named, that nothing is ever sent to.
-        if self.conns.is_empty() && self.ctx.exchange.is_some() {
-            return Ok(conn.unwrap_or("default").to_string());
-        }
         let conns: Vec<(&str, bool)> = self.conns.iter().map(|(n, c)| (n.as_str(), c.default)).collect();
-        crate::kit::pick_connection("Zabbix", "zabbix", &conns, conn).map_err(|m| LUA.err(call, m))
+        crate::kit::run_connection(&self.ctx, "Zabbix", "zabbix", &conns, conn).map_err(|m| LUA.err(call, m))
     }
 
     /// The client of connection `name`, logged in on first use. Only the real call (not a
     /// test's fake) asks for it, so a test needs neither the connection's secrets nor its server.
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
-        if let Some(c) = self.clients.lock().get(name) {
-            return Ok(Arc::clone(c));
-        }
         let conf = self.conns.get(name).ok_or("no Zabbix connection is configured (add [zabbix.NAME] to opslet.toml)")?;
-        let owner = format!("[zabbix.{name}]");
-        let secret = |s: &str| crate::kit::read_secret(&self.ctx, &owner, s);
-        let c = Arc::new(connect(name, conf, &secret)?);
-        self.clients.lock().insert(name.to_string(), Arc::clone(&c));
-        Ok(c)
+        self.clients.get(&self.ctx, &format!("[zabbix.{name}]"), name, |secret| connect(name, conf, secret))
     }
 
     /// What a test sees as the target of `method`: the method, and `@CONN` when the applet
@@ -434,7 +423,8 @@ impl HostModule for ZabbixModule {
     }
 
     fn register(&self, lua: &Lua, grant: Grant, ctx: &Arc<RunCtx>) -> mlua::Result<Table> {
-        let st = State { conns: Arc::clone(&self.conns), clients: Arc::clone(&self.clients), ctx: Arc::clone(ctx), grant, named: false };
+        let st =
+            State { conns: Arc::clone(&self.conns), clients: RunClients::new(&self.clients), ctx: Arc::clone(ctx), grant, named: false };
         let check = st.clone();
         crate::kit::with_connections(
             lua,
