@@ -1,11 +1,17 @@
-//! The clients of a module's named connections (zabbix, es, s3, virt): one per connection, kept
-//! for the process so logins, tokens and connection pools outlive a run, and made again when a
-//! secret it was made with reads differently (a rotated key takes effect at the next run, with
-//! no restart). Each run reads the secrets once per connection it uses, so the run's redactor
-//! knows them and a worker asks its secret source as for any other run.
+//! The clients of a module's named connections (zabbix, es, s3, virt): kept from run to run so
+//! logins, tokens and connection pools outlive a run, and made again when a secret a client was
+//! made with reads differently (a rotated key takes effect at the next run, with no restart).
+//! Each run reads the secrets once per connection it uses, so the run's redactor knows them and
+//! a worker asks its secret source as for any other run.
+//!
+//! A client serves the runs of one thread only. A run thread (`service::pool`) has an async
+//! runtime of its own that turns only while the thread has a run, and a client's pooled
+//! connections are driven by the runtime that opened them: shared with another thread, a
+//! request could wait on a connection nobody drives until its timeout.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -18,10 +24,21 @@ type Used = Vec<(String, [u8; 32])>;
 /// Reads a secret's text by name (what a module's client maker is given).
 pub type SecretReader<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 
-/// A module's clients, shared by all its runs (one per module instance: a new config makes a new
-/// module and so new clients).
+thread_local! {
+    /// Dropped when the thread ends: the clients it made go with it.
+    static THREAD_ALIVE: Arc<()> = Arc::new(());
+}
+
+struct Made<C> {
+    used: Used,
+    client: Arc<C>,
+    thread: Weak<()>,
+}
+
+/// A module's clients, by connection and thread (one set per module instance: a new config
+/// makes a new module and so new clients).
 pub struct Clients<C> {
-    made: Mutex<HashMap<String, (Used, Arc<C>)>>,
+    made: Mutex<HashMap<(String, ThreadId), Made<C>>>,
 }
 
 impl<C> Default for Clients<C> {
@@ -35,21 +52,22 @@ fn digest(text: &str) -> [u8; 32] {
 }
 
 impl<C> Clients<C> {
-    /// The client of connection `name`: the one made before if every secret it read still reads
-    /// the same, else a new one from `make`. `owner` (`[es.NAME]`) names the config entry in the
-    /// errors of a secret that is not set.
+    /// This thread's client of connection `name`: the one made before if every secret it read
+    /// still reads the same, else a new one from `make`. `owner` (`[es.NAME]`) names the config
+    /// entry in the errors of a secret that is not set.
     pub fn get<F>(&self, ctx: &RunCtx, owner: &str, name: &str, make: F) -> Result<Arc<C>, String>
     where
         F: FnOnce(SecretReader<'_>) -> Result<C, String>,
     {
         let read = |s: &str| super::read_secret(ctx, owner, s);
-        let before = self.made.lock().get(name).map(|(used, c)| (used.clone(), Arc::clone(c)));
+        let key = (name.to_string(), std::thread::current().id());
+        let before = self.made.lock().get(&key).map(|m| (m.used.clone(), Arc::clone(&m.client)));
         if let Some((used, c)) = before {
             let mut same = true;
             for (secret, was) in &used {
                 // Every secret is read (not only up to the first change): the run's redactor
-                // learns each one.
-                same &= read(secret).map(|v| digest(&v) == *was).unwrap_or(false);
+                // learns each one. One that cannot be read fails the call.
+                same &= digest(&read(secret)?) == *was;
             }
             if same {
                 return Ok(c);
@@ -61,9 +79,13 @@ impl<C> Clients<C> {
             used.lock().push((s.to_string(), digest(&v)));
             Ok(v)
         };
-        let c = Arc::new(make(&recording)?);
-        self.made.lock().insert(name.to_string(), (used.into_inner(), Arc::clone(&c)));
-        Ok(c)
+        let client = Arc::new(make(&recording)?);
+        let thread = THREAD_ALIVE.with(Arc::downgrade);
+        let mut made = self.made.lock();
+        // The clients of threads that ended are dropped here.
+        made.retain(|_, m| m.thread.strong_count() > 0);
+        made.insert(key, Made { used: used.into_inner(), client: Arc::clone(&client), thread });
+        Ok(client)
     }
 }
 
@@ -184,5 +206,44 @@ mod tests {
         let ctx = run(&secrets);
         let e = RunClients::new(&shared).get(&ctx, "[es.main]", "main", make).unwrap_err();
         assert_eq!(e, "secret `key` (named in [es.main]) is not set");
+    }
+
+    #[test]
+    fn every_secret_is_read_again_and_learned_by_each_run() {
+        let secrets = Arc::new(Mutex::new(HashMap::from([
+            ("user".to_string(), "first-user".to_string()),
+            ("pass".to_string(), "first-pass".to_string()),
+        ])));
+        let shared = Arc::new(Clients::<String>::default());
+        let make = |read: SecretReader<'_>| Ok(format!("{}:{}", read("user")?, read("pass")?));
+        RunClients::new(&shared).get(&run(&secrets), "[zabbix.main]", "main", make).unwrap();
+        // The first secret changes: a new client, and the run has learned the second one too.
+        secrets.lock().insert("user".into(), "other-user".into());
+        let ctx = run(&secrets);
+        assert_eq!(*RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", make).unwrap(), "other-user:first-pass");
+        assert_eq!(ctx.redactor.apply("first-pass other-user"), "<redacted> <redacted>");
+        // Unchanged: the same client, and still both learned.
+        let ctx = run(&secrets);
+        RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", make).unwrap();
+        assert_eq!(ctx.redactor.apply("first-pass other-user"), "<redacted> <redacted>");
+    }
+
+    #[test]
+    fn a_client_serves_the_thread_that_made_it_and_goes_with_it() {
+        let secrets = Arc::new(Mutex::new(HashMap::from([("key".to_string(), "first-key".to_string())])));
+        let shared = Arc::new(Clients::<(String, std::thread::ThreadId)>::default());
+        let make = |read: SecretReader<'_>| Ok((read("key")?, std::thread::current().id()));
+        let here = RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap();
+        assert_eq!(here.1, std::thread::current().id());
+        // Another thread (another run thread's runtime) gets a client of its own.
+        let (s2, sh2) = (Arc::clone(&secrets), Arc::clone(&shared));
+        let there = std::thread::spawn(move || RunClients::new(&sh2).get(&run(&s2), "[s3.store]", "store", make).unwrap()).join().unwrap();
+        assert_ne!(there.1, here.1);
+        assert_eq!(shared.made.lock().len(), 2);
+        // That thread has ended: its client is dropped when the next one is made.
+        secrets.lock().insert("key".into(), "second-key".into());
+        RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap();
+        assert_eq!(shared.made.lock().len(), 1);
+        assert_eq!(RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap().0, "second-key");
     }
 }

@@ -148,7 +148,7 @@ pub fn string_list(t: &toml::map::Map<String, toml::Value>, key: &str) -> Result
 }
 
 /// A secret's text for this run; `owner` is the config entry that names it. The store's, or
-/// (on a worker) what the run's secret source gives, which the run's output hides from then on.
+/// (on a worker) what the run's secret source gives; the run's output hides it from then on.
 pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, String> {
     if let Some(source) = &ctx.secret_source {
         return match source(&ctx.run_id, name)? {
@@ -160,7 +160,11 @@ pub fn read_secret(ctx: &RunCtx, owner: &str, name: &str) -> Result<String, Stri
         };
     }
     let store = ctx.store.clone().ok_or("this run has no data store (no secrets)")?;
-    crate::secrets::Secrets::open(store).and_then(|s| s.text(name, owner)).map_err(|e| e.to_string())
+    let v = crate::secrets::Secrets::open(store).and_then(|s| s.text(name, owner)).map_err(|e| e.to_string())?;
+    // The run's redactor was given the store's secrets when it began; one set since is learned
+    // here.
+    ctx.redactor.learn(&v);
+    Ok(v)
 }
 
 /// A host module's name, for the errors of its calls: `SSH.err("run", m)` raises `ssh.run: m`.

@@ -216,7 +216,12 @@ impl Client {
         if let Body::Bytes(b) = body {
             req = req.body(b);
         }
-        let resp = req.send().await.map_err(|e| S3Error::Transport(format!("{what}: {}", crate::util::error_chain(&e))))?;
+        // The message names the store, not the URL: its query is a signature that lets anyone
+        // read or change the object for minutes.
+        let resp = req.send().await.map_err(|e| {
+            let at = self.endpoint.origin().ascii_serialization();
+            S3Error::Transport(format!("{what} at {at}: {}", crate::util::error_chain(&e.without_url())))
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -225,7 +230,7 @@ impl Client {
 
     /// Reads a small XML answer.
     async fn xml(resp: reqwest::Response) -> Result<String, S3Error> {
-        let text = resp.text().await.map_err(|e| S3Error::Transport(format!("reading the answer: {e}")))?;
+        let text = resp.text().await.map_err(|e| S3Error::Transport(format!("reading the answer: {}", e.without_url())))?;
         // CompleteMultipartUpload and CopyObject may answer 200 with an error in the body.
         if let Some(e) = parse_error(200, &text) {
             return Err(e);
@@ -488,7 +493,11 @@ pub struct Reader {
 impl Reader {
     /// The next bytes; None at the end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, S3Error> {
-        let c = self.resp.chunk().await.map_err(|e| S3Error::Transport(format!("reading the object: {}", crate::util::error_chain(&e))))?;
+        let c = self
+            .resp
+            .chunk()
+            .await
+            .map_err(|e| S3Error::Transport(format!("reading the object: {}", crate::util::error_chain(&e.without_url()))))?;
         match &c {
             Some(c) => {
                 self.hasher.update(c);

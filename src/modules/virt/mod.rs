@@ -596,9 +596,6 @@ impl HostModule for VirtModule {
     }
 }
 
-/// A change to VM `name` on `conn` (a power action, create, delete, resize, confirm): planned
-/// in a dry run (after checking the VM is there and may be touched), else made and waited for;
-/// audited either way with the VM's state before and after.
 /// A change only OpenStack makes (resize, confirm_resize): checked like any other, refused on a
 /// libvirt connection, then made.
 async fn cloud_change(s: &State, call: &'static str, conn: &str, name: &str, opts: Option<Table>, args: Value) -> mlua::Result<bool> {
@@ -611,6 +608,9 @@ async fn cloud_change(s: &State, call: &'static str, conn: &str, name: &str, opt
     change(s, call, conn, name, o, args).await
 }
 
+/// A change to VM `name` on `conn` (a power action, create, delete, resize, confirm): planned
+/// in a dry run (after checking the VM is there and may be touched), else made and waited for;
+/// audited either way with the VM's state before and after.
 async fn change(s: &State, call: &'static str, conn: &str, name: &str, o: Opts, args: Value) -> mlua::Result<bool> {
     let backend = s.backend(conn);
     let mut detail = json!({ "connection": conn });
