@@ -2,7 +2,8 @@
 //! logins, tokens and connection pools outlive a run, and made again when a secret a client was
 //! made with reads differently (a rotated key takes effect at the next run, with no restart).
 //! Each run reads the secrets once per connection it uses, so the run's redactor knows them and
-//! a worker asks its secret source as for any other run.
+//! a worker asks its secret source as for any other run. The connection's CA file (`ca_file`) is
+//! read again each run too: new contents make a new client.
 //!
 //! A client serves the runs of one thread only. A run thread (`service::pool`) has an async
 //! runtime of its own that turns only while the thread has a run, and a client's pooled
@@ -10,6 +11,7 @@
 //! request could wait on a connection nobody drives until its timeout.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 
@@ -31,6 +33,8 @@ thread_local! {
 
 struct Made<C> {
     used: Used,
+    /// The CA file's contents when the client was made (None: no file, or it could not be read).
+    ca: Option<[u8; 32]>,
     client: Arc<C>,
     thread: Weak<()>,
 }
@@ -51,19 +55,24 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+fn file_digest(path: Option<&Path>) -> Option<[u8; 32]> {
+    std::fs::read(path?).ok().map(|b| Sha256::digest(&b).into())
+}
+
 impl<C> Clients<C> {
     /// This thread's client of connection `name`: the one made before if every secret it read
-    /// still reads the same, else a new one from `make`. `owner` (`[es.NAME]`) names the config
-    /// entry in the errors of a secret that is not set.
-    pub fn get<F>(&self, ctx: &RunCtx, owner: &str, name: &str, make: F) -> Result<Arc<C>, String>
+    /// and its CA file `ca_file` still read the same, else a new one from `make`. `owner`
+    /// (`[es.NAME]`) names the config entry in the errors of a secret that is not set.
+    pub fn get<F>(&self, ctx: &RunCtx, owner: &str, name: &str, ca_file: Option<&Path>, make: F) -> Result<Arc<C>, String>
     where
         F: FnOnce(SecretReader<'_>) -> Result<C, String>,
     {
         let read = |s: &str| super::read_secret(ctx, owner, s);
         let key = (name.to_string(), std::thread::current().id());
-        let before = self.made.lock().get(&key).map(|m| (m.used.clone(), Arc::clone(&m.client)));
-        if let Some((used, c)) = before {
-            let mut same = true;
+        let ca = file_digest(ca_file);
+        let before = self.made.lock().get(&key).map(|m| (m.used.clone(), m.ca, Arc::clone(&m.client)));
+        if let Some((used, ca_before, c)) = before {
+            let mut same = ca_before == ca;
             for (secret, was) in &used {
                 // Every secret is read (not only up to the first change): the run's redactor
                 // learns each one. One that cannot be read fails the call.
@@ -84,7 +93,7 @@ impl<C> Clients<C> {
         let mut made = self.made.lock();
         // The clients of threads that ended are dropped here.
         made.retain(|_, m| m.thread.strong_count() > 0);
-        made.insert(key, Made { used: used.into_inner(), client: Arc::clone(&client), thread });
+        made.insert(key, Made { used: used.into_inner(), ca, client: Arc::clone(&client), thread });
         Ok(client)
     }
 }
@@ -108,14 +117,14 @@ impl<C> RunClients<C> {
     }
 
     /// See [`Clients::get`].
-    pub fn get<F>(&self, ctx: &RunCtx, owner: &str, name: &str, make: F) -> Result<Arc<C>, String>
+    pub fn get<F>(&self, ctx: &RunCtx, owner: &str, name: &str, ca_file: Option<&Path>, make: F) -> Result<Arc<C>, String>
     where
         F: FnOnce(SecretReader<'_>) -> Result<C, String>,
     {
         if let Some(c) = self.run.lock().get(name) {
             return Ok(Arc::clone(c));
         }
-        let c = self.shared.get(ctx, owner, name, make)?;
+        let c = self.shared.get(ctx, owner, name, ca_file, make)?;
         self.run.lock().insert(name.to_string(), Arc::clone(&c));
         Ok(c)
     }
@@ -183,7 +192,7 @@ mod tests {
         // Two runs: one client, made once; each run's redactor learns the key.
         for _ in 0..2 {
             let ctx = run(&secrets);
-            let c = RunClients::new(&shared).get(&ctx, "[es.main]", "main", make).unwrap();
+            let c = RunClients::new(&shared).get(&ctx, "[es.main]", "main", None, make).unwrap();
             assert_eq!(*c, "first-key");
             assert_eq!(ctx.redactor.apply("key=first-key"), "key=<redacted>", "the run knows the secret");
         }
@@ -192,19 +201,19 @@ mod tests {
         // Within a run the secret is read once, however many calls ask.
         let ctx = run(&secrets);
         let this_run = RunClients::new(&shared);
-        this_run.get(&ctx, "[es.main]", "main", make).unwrap();
+        this_run.get(&ctx, "[es.main]", "main", None, make).unwrap();
         secrets.lock().insert("key".into(), "second-key".into());
-        assert_eq!(*this_run.get(&ctx, "[es.main]", "main", make).unwrap(), "first-key", "a run keeps its client");
+        assert_eq!(*this_run.get(&ctx, "[es.main]", "main", None, make).unwrap(), "first-key", "a run keeps its client");
 
         // The next run sees the rotated key and makes a new client.
         let ctx = run(&secrets);
-        assert_eq!(*RunClients::new(&shared).get(&ctx, "[es.main]", "main", make).unwrap(), "second-key");
+        assert_eq!(*RunClients::new(&shared).get(&ctx, "[es.main]", "main", None, make).unwrap(), "second-key");
         assert_eq!(made.load(Ordering::Relaxed), 2);
 
         // A secret that is gone is an error naming it, not the old client.
         secrets.lock().clear();
         let ctx = run(&secrets);
-        let e = RunClients::new(&shared).get(&ctx, "[es.main]", "main", make).unwrap_err();
+        let e = RunClients::new(&shared).get(&ctx, "[es.main]", "main", None, make).unwrap_err();
         assert_eq!(e, "secret `key` (named in [es.main]) is not set");
     }
 
@@ -216,16 +225,31 @@ mod tests {
         ])));
         let shared = Arc::new(Clients::<String>::default());
         let make = |read: SecretReader<'_>| Ok(format!("{}:{}", read("user")?, read("pass")?));
-        RunClients::new(&shared).get(&run(&secrets), "[zabbix.main]", "main", make).unwrap();
+        RunClients::new(&shared).get(&run(&secrets), "[zabbix.main]", "main", None, make).unwrap();
         // The first secret changes: a new client, and the run has learned the second one too.
         secrets.lock().insert("user".into(), "other-user".into());
         let ctx = run(&secrets);
-        assert_eq!(*RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", make).unwrap(), "other-user:first-pass");
+        assert_eq!(*RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", None, make).unwrap(), "other-user:first-pass");
         assert_eq!(ctx.redactor.apply("first-pass other-user"), "<redacted> <redacted>");
         // Unchanged: the same client, and still both learned.
         let ctx = run(&secrets);
-        RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", make).unwrap();
+        RunClients::new(&shared).get(&ctx, "[zabbix.main]", "main", None, make).unwrap();
         assert_eq!(ctx.redactor.apply("first-pass other-user"), "<redacted> <redacted>");
+    }
+
+    #[test]
+    fn new_contents_of_the_ca_file_make_a_new_client() {
+        let secrets = Arc::new(Mutex::new(HashMap::from([("key".to_string(), "first-key".to_string())])));
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "first CA").unwrap();
+        let shared = Arc::new(Clients::<String>::default());
+        let make = |_: SecretReader<'_>| Ok(std::fs::read_to_string(&ca).unwrap());
+        let get = || RunClients::new(&shared).get(&run(&secrets), "[virt.cloud]", "cloud", Some(&ca), make).unwrap();
+        assert_eq!(*get(), "first CA");
+        assert_eq!(*get(), "first CA");
+        std::fs::write(&ca, "second CA").unwrap();
+        assert_eq!(*get(), "second CA", "the CA file is read again each run");
     }
 
     #[test]
@@ -233,17 +257,18 @@ mod tests {
         let secrets = Arc::new(Mutex::new(HashMap::from([("key".to_string(), "first-key".to_string())])));
         let shared = Arc::new(Clients::<(String, std::thread::ThreadId)>::default());
         let make = |read: SecretReader<'_>| Ok((read("key")?, std::thread::current().id()));
-        let here = RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap();
+        let here = RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", None, make).unwrap();
         assert_eq!(here.1, std::thread::current().id());
         // Another thread (another run thread's runtime) gets a client of its own.
         let (s2, sh2) = (Arc::clone(&secrets), Arc::clone(&shared));
-        let there = std::thread::spawn(move || RunClients::new(&sh2).get(&run(&s2), "[s3.store]", "store", make).unwrap()).join().unwrap();
+        let there =
+            std::thread::spawn(move || RunClients::new(&sh2).get(&run(&s2), "[s3.store]", "store", None, make).unwrap()).join().unwrap();
         assert_ne!(there.1, here.1);
         assert_eq!(shared.made.lock().len(), 2);
         // That thread has ended: its client is dropped when the next one is made.
         secrets.lock().insert("key".into(), "second-key".into());
-        RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap();
+        RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", None, make).unwrap();
         assert_eq!(shared.made.lock().len(), 1);
-        assert_eq!(RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", make).unwrap().0, "second-key");
+        assert_eq!(RunClients::new(&shared).get(&run(&secrets), "[s3.store]", "store", None, make).unwrap().0, "second-key");
     }
 }

@@ -157,7 +157,7 @@ impl State {
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
         let conf = self.conns.get(name).ok_or("no es connection is configured (add [es.NAME] to opslet.toml)")?;
         let owner = format!("[es.{name}]");
-        self.clients.get(&self.ctx, &owner, name, |secret| {
+        self.clients.get(&self.ctx, &owner, name, conf.ca_file.as_deref(), |secret| {
             let auth = match (&conf.user, &conf.password_secret, &conf.api_key_secret) {
                 (Some(u), Some(p), None) => Auth::Basic(u.clone(), secret(p)?),
                 (None, None, Some(k)) => Auth::ApiKey(secret(k)?),

@@ -101,7 +101,8 @@ impl State {
     }
 
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
-        self.clients.get(&self.ctx, &format!("[s3.{name}]"), name, |secret| client_for(&self.conns, name, &|_, s| secret(s)))
+        let ca_file = self.conns.get(name).and_then(|c| c.ca_file.as_deref());
+        self.clients.get(&self.ctx, &format!("[s3.{name}]"), name, ca_file, |secret| client_for(&self.conns, name, &|_, s| secret(s)))
     }
 
     /// Refuses, before anything is sent, a call the permission does not cover.

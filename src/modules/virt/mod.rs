@@ -180,7 +180,7 @@ impl State {
     /// The cloud of connection `name`, logged in on first use; its token serves later runs too.
     fn cloud(&self, name: &str) -> Result<Arc<Cloud>, String> {
         let Some(Conn::OpenStack(conf)) = self.conns.get(name) else { return Err(format!("`{name}` is not an OpenStack connection")) };
-        self.clouds.get(&self.ctx, &format!("[virt.{name}]"), name, |secret| {
+        self.clouds.get(&self.ctx, &format!("[virt.{name}]"), name, conf.ca_file.as_deref(), |secret| {
             let text = match &conf.login {
                 OsLogin::Password { password_secret, .. } => secret(password_secret)?,
                 OsLogin::AppCredential { secret_secret, .. } => secret(secret_secret)?,

@@ -90,7 +90,7 @@ impl State {
     /// test's fake) asks for it, so a test needs neither the connection's secrets nor its server.
     fn client(&self, name: &str) -> Result<Arc<Client>, String> {
         let conf = self.conns.get(name).ok_or("no Zabbix connection is configured (add [zabbix.NAME] to opslet.toml)")?;
-        self.clients.get(&self.ctx, &format!("[zabbix.{name}]"), name, |secret| connect(name, conf, secret))
+        self.clients.get(&self.ctx, &format!("[zabbix.{name}]"), name, conf.ca_file.as_deref(), |secret| connect(name, conf, secret))
     }
 
     /// What a test sees as the target of `method`: the method, and `@CONN` when the applet
