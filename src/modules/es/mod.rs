@@ -24,7 +24,7 @@ use settings::EsConn;
 
 pub struct EsModule {
     conns: Arc<BTreeMap<String, EsConn>>,
-    /// Clients by connection name, shared by all runs (see `kit::clients`).
+    /// Clients by connection name, kept from run to run (see `kit::clients`).
     clients: Arc<Clients<Client>>,
 }
 

@@ -40,7 +40,7 @@ const LUA: crate::kit::Calls = crate::kit::Calls("s3");
 
 pub struct S3Module {
     conns: Arc<BTreeMap<String, S3Conn>>,
-    /// Clients by connection name, shared by all runs (see `kit::clients`).
+    /// Clients by connection name, kept from run to run (see `kit::clients`).
     clients: Arc<Clients<Client>>,
 }
 

@@ -34,7 +34,7 @@ use settings::{Conn, OsConn, OsLogin};
 
 pub struct VirtModule {
     conns: Arc<BTreeMap<String, Conn>>,
-    /// OpenStack clouds (each with its token) by connection name, shared by all runs (see
+    /// OpenStack clouds (each with its token) by connection name, kept from run to run (see
     /// `kit::clients`).
     clouds: Arc<Clients<Cloud>>,
 }
@@ -177,7 +177,8 @@ impl State {
         }
     }
 
-    /// The cloud of connection `name`, logged in on first use; its token serves later runs too.
+    /// The cloud of connection `name`, logged in on first use; its token serves the later runs
+    /// of this run thread too.
     fn cloud(&self, name: &str) -> Result<Arc<Cloud>, String> {
         let Some(Conn::OpenStack(conf)) = self.conns.get(name) else { return Err(format!("`{name}` is not an OpenStack connection")) };
         self.clouds.get(&self.ctx, &format!("[virt.{name}]"), name, conf.ca_file.as_deref(), |secret| {
@@ -202,12 +203,14 @@ impl State {
         self.ctx.record_action("virt", call, target, ok, detail).map_err(mlua::Error::external)
     }
 
-    /// The OpenStack server `name` on `cloud`, if the permission's projects allow it.
-    async fn server(&self, cloud: &Cloud, conf: &OsConn, name: &str, all: bool) -> Result<Value, String> {
-        let s = cloud.find(name, all).await.map_err(|e| e.to_string())?;
+    /// The OpenStack server `name` on `cloud` (looked up in every project when the login is an
+    /// admin's), if the permission's projects allow it.
+    async fn server(&self, cloud: &Cloud, conf: &OsConn, name: &str) -> Result<Value, String> {
+        let (me, admin) = cloud.whoami().await.unwrap_or((None, false));
+        let s = cloud.find(name, admin).await.map_err(|e| e.to_string())?;
         let project = s["tenant_id"].as_str();
         let own = match &conf.login {
-            OsLogin::Password { project: p, .. } if cloud.whoami().await.ok().and_then(|w| w.0).as_deref() == project => Some(p.as_str()),
+            OsLogin::Password { project: p, .. } if me.as_deref() == project => Some(p.as_str()),
             _ => None,
         };
         if !self.scope.allows_project(project, own) {
@@ -422,8 +425,7 @@ impl HostModule for VirtModule {
                             Backend::Libvirt(_) => Err(no_libvirt(&conn)),
                             Backend::OpenStack(c) => {
                                 let cloud = s.cloud(&conn)?;
-                                let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
-                                Ok(nova::normalize(&s.server(&cloud, c, &name, admin).await?))
+                                Ok(nova::normalize(&s.server(&cloud, c, &name).await?))
                             }
                             Backend::Test => Err("no connection to send to".into()),
                         }
@@ -535,8 +537,7 @@ impl HostModule for VirtModule {
                     let real = async {
                         let Backend::OpenStack(c) = backend else { return Err("no connection to send to".to_string()) };
                         let cloud = s.cloud(&conn)?;
-                        let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
-                        let srv = s.server(&cloud, c, &name, admin).await?;
+                        let srv = s.server(&cloud, c, &name).await?;
                         let id = srv["id"].as_str().unwrap_or_default();
                         cloud.console_log(id, lines).await.map(Value::String).map_err(|e| format!("{name}: {e}"))
                     };
@@ -646,8 +647,7 @@ async fn change(s: &State, call: &'static str, conn: &str, name: &str, o: Opts, 
                         detail["create"] = plan;
                         Value::Null
                     } else {
-                        let admin = cloud.whoami().await.map(|w| w.1).unwrap_or(false);
-                        let srv = s.server(&cloud, c, name, admin).await.map_err(|m| LUA.err(call, m))?;
+                        let srv = s.server(&cloud, c, name).await.map_err(|m| LUA.err(call, m))?;
                         json!(srv["status"])
                     }
                 }
@@ -696,7 +696,7 @@ async fn change(s: &State, call: &'static str, conn: &str, name: &str, o: Opts, 
 async fn openstack_change(s: &State, c: &OsConn, call: &str, conn: &str, name: &str, o: &Opts, args: &Value) -> Result<Value, String> {
     let cloud = s.cloud(conn)?;
     let wait = s.wait(c, o);
-    let (project, admin) = cloud.whoami().await.map_err(|e| e.to_string())?;
+    let (project, _) = cloud.whoami().await.map_err(|e| e.to_string())?;
     if call == "create" {
         let own = match &c.login {
             OsLogin::Password { project, .. } => Some(project.as_str()),
@@ -717,7 +717,7 @@ async fn openstack_change(s: &State, c: &OsConn, call: &str, conn: &str, name: &
         let done = cloud.wait(&id, &["ACTIVE"], false, wait).await.map_err(|e| format!("{e} (server {id})"))?;
         return Ok(json!({ "before": null, "after": done.map(|d| nova::normalize(&d)) }));
     }
-    let srv = s.server(&cloud, c, name, admin).await?;
+    let srv = s.server(&cloud, c, name).await?;
     let id = srv["id"].as_str().unwrap_or_default().to_string();
     let before = nova::normalize(&srv);
     let sent = |e: openstack::OsError| format!("{name}: {e}");

@@ -39,8 +39,8 @@ pub use cmdb_import::{client_for, cmdb_hosts};
 
 pub struct ZabbixModule {
     conns: Arc<std::collections::BTreeMap<String, ZabbixConn>>,
-    /// Clients by connection name, shared by all runs (one login per server, reused; see
-    /// `kit::clients`).
+    /// Clients by connection name, kept from run to run (a login reused by the later runs of
+    /// its run thread; see `kit::clients`).
     clients: Arc<Clients<Client>>,
 }
 
