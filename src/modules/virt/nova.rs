@@ -104,8 +104,9 @@ pub fn normalize(s: &Value) -> Value {
     v
 }
 
+/// A server id: a UUID in its hyphenated form (the only one 36 characters long).
 fn is_uuid(s: &str) -> bool {
-    s.len() == 36 && s.bytes().enumerate().all(|(i, b)| if [8, 13, 18, 23].contains(&i) { b == b'-' } else { b.is_ascii_hexdigit() })
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
 }
 
 /// Query text, percent-encoded.
